@@ -1,0 +1,310 @@
+//! Attribute selectors on items as CEL expressions, as Kubernetes DRA does:
+//! `item.attributes.model == "H100" && item.attributes.memoryGiB >= 80`.
+//!
+//! The expression sees one variable, `item`, a map with `name` (string) and `attributes`
+//! (a map of string, int and bool values). Expressions are compiled once at admission and
+//! checked against the class's attribute schema by evaluating them on typed sample items, so a
+//! typo in an attribute name or a string compared with an int is a 4xx, not a silent mismatch
+//! at scheduling time.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+const MAX_EXPRESSION_LEN: usize = 4096;
+
+/// The value of one item attribute.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum AttributeValue {
+    Bool(bool),
+    Int(i64),
+    String(String),
+}
+
+/// The declared type of an attribute in a ResourceClass schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AttributeType {
+    String,
+    Int,
+    Bool,
+}
+
+impl AttributeValue {
+    pub fn type_of(&self) -> AttributeType {
+        match self {
+            AttributeValue::Bool(_) => AttributeType::Bool,
+            AttributeValue::Int(_) => AttributeType::Int,
+            AttributeValue::String(_) => AttributeType::String,
+        }
+    }
+
+    fn to_cel(&self) -> cel::Value {
+        match self {
+            AttributeValue::Bool(b) => cel::Value::Bool(*b),
+            AttributeValue::Int(i) => cel::Value::Int(*i),
+            AttributeValue::String(s) => cel::Value::String(Arc::new(s.clone())),
+        }
+    }
+}
+
+impl fmt::Display for AttributeValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttributeValue::Bool(b) => write!(f, "{b}"),
+            AttributeValue::Int(i) => write!(f, "{i}"),
+            AttributeValue::String(s) => f.write_str(s),
+        }
+    }
+}
+
+impl fmt::Display for AttributeType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttributeType::String => "string",
+            AttributeType::Int => "int",
+            AttributeType::Bool => "bool",
+        })
+    }
+}
+
+/// Why a CEL selector was rejected or failed to evaluate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CelError {
+    #[error("CEL expression does not compile: {0}")]
+    Compile(String),
+    #[error("CEL expression is longer than {MAX_EXPRESSION_LEN} characters")]
+    TooLong,
+    #[error("CEL expression refers to {0:?}; only `item` is defined")]
+    UnknownVariable(String),
+    #[error("CEL expression does not type-check: {0}")]
+    Type(String),
+    #[error("CEL expression must return a bool, returned {0}")]
+    NotBool(String),
+    #[error("CEL evaluation failed: {0}")]
+    Eval(String),
+}
+
+/// A compiled item selector. Cheap to clone; compares and prints as its source text.
+#[derive(Clone)]
+pub struct ItemSelector {
+    source: Arc<str>,
+    program: Arc<cel::Program>,
+}
+
+impl ItemSelector {
+    pub fn compile(source: &str) -> Result<Self, CelError> {
+        if source.len() > MAX_EXPRESSION_LEN {
+            return Err(CelError::TooLong);
+        }
+        let program = cel::Program::compile(source)
+            .map_err(|e| CelError::Compile(e.to_string().replace('\n', " ")))?;
+        for var in program.references().variables() {
+            if var != "item" {
+                return Err(CelError::UnknownVariable(var.to_string()));
+            }
+        }
+        Ok(ItemSelector {
+            source: source.into(),
+            program: Arc::new(program),
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Checks the expression against an attribute schema by evaluating it on typed samples:
+    /// an undeclared attribute, a type mismatch or a non-bool result is an error.
+    pub fn check(&self, schema: &BTreeMap<String, AttributeType>) -> Result<(), CelError> {
+        for variant in 0..2 {
+            let attributes = schema
+                .iter()
+                .map(|(name, ty)| {
+                    let v = match (ty, variant) {
+                        (AttributeType::String, 0) => AttributeValue::String(String::new()),
+                        (AttributeType::String, _) => AttributeValue::String("x".into()),
+                        (AttributeType::Int, 0) => AttributeValue::Int(0),
+                        (AttributeType::Int, _) => AttributeValue::Int(1),
+                        (AttributeType::Bool, v) => AttributeValue::Bool(v != 0),
+                    };
+                    (name.clone(), v)
+                })
+                .collect();
+            let sample = Item {
+                name: "sample".into(),
+                attributes,
+            };
+            match self.evaluate(&sample) {
+                Ok(_) => {}
+                Err(CelError::Eval(e)) => return Err(CelError::Type(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Evaluates against one item. An attribute the item lacks is an evaluation error, which
+    /// callers treat as "does not match" (as DRA does), not as a crash.
+    pub fn matches(&self, item: &Item) -> Result<bool, CelError> {
+        self.evaluate(item)
+    }
+
+    fn evaluate(&self, item: &Item) -> Result<bool, CelError> {
+        let mut context = cel::Context::default();
+        let attributes: std::collections::HashMap<cel::objects::Key, cel::Value> = item
+            .attributes
+            .iter()
+            .map(|(k, v)| (cel::objects::Key::from(k.as_str()), v.to_cel()))
+            .collect();
+        let mut root: std::collections::HashMap<cel::objects::Key, cel::Value> =
+            std::collections::HashMap::new();
+        root.insert(
+            "name".into(),
+            cel::Value::String(Arc::new(item.name.clone())),
+        );
+        root.insert("attributes".into(), cel::Value::Map(attributes.into()));
+        context.add_variable_from_value("item", cel::Value::Map(root.into()));
+        match self.program.execute(&context) {
+            Ok(cel::Value::Bool(b)) => Ok(b),
+            Ok(other) => Err(CelError::NotBool(format!("{:?}", other.type_of()))),
+            Err(e) => Err(CelError::Eval(e.to_string())),
+        }
+    }
+}
+
+/// One individually allocatable thing: a GPU, an IP address, a port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Item {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, AttributeValue>,
+}
+
+impl PartialEq for ItemSelector {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl fmt::Debug for ItemSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ItemSelector({:?})", self.source)
+    }
+}
+
+impl fmt::Display for ItemSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+impl Serialize for ItemSelector {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.source)
+    }
+}
+
+impl<'de> Deserialize<'de> for ItemSelector {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        ItemSelector::compile(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for ItemSelector {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ItemSelector".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A CEL expression over `item` (name, attributes) returning bool."
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(model: &str, mem: i64) -> Item {
+        Item {
+            name: "gpu0".into(),
+            attributes: [
+                ("model".to_string(), AttributeValue::String(model.into())),
+                ("memoryGiB".to_string(), AttributeValue::Int(mem)),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    fn schema() -> BTreeMap<String, AttributeType> {
+        [
+            ("model".to_string(), AttributeType::String),
+            ("memoryGiB".to_string(), AttributeType::Int),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn matches_the_issue_example() {
+        let s = ItemSelector::compile(
+            r#"item.attributes.model == "H100" && item.attributes.memoryGiB >= 80"#,
+        )
+        .unwrap();
+        assert!(s.matches(&gpu("H100", 80)).unwrap());
+        assert!(!s.matches(&gpu("H100", 40)).unwrap());
+        assert!(!s.matches(&gpu("A100", 80)).unwrap());
+        s.check(&schema()).unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_expressions() {
+        assert!(matches!(
+            ItemSelector::compile("item.attributes.model ==").unwrap_err(),
+            CelError::Compile(_)
+        ));
+        assert!(matches!(
+            ItemSelector::compile("node.zone == 'a'").unwrap_err(),
+            CelError::UnknownVariable(_)
+        ));
+        let typo = ItemSelector::compile("item.attributes.modle == 'H100'").unwrap();
+        assert!(matches!(
+            typo.check(&schema()).unwrap_err(),
+            CelError::Type(_)
+        ));
+        let mistyped = ItemSelector::compile("item.attributes.memoryGiB > 'big'").unwrap();
+        assert!(matches!(
+            mistyped.check(&schema()).unwrap_err(),
+            CelError::Type(_)
+        ));
+        let not_bool = ItemSelector::compile("item.attributes.memoryGiB + 1").unwrap();
+        assert!(matches!(
+            not_bool.check(&schema()).unwrap_err(),
+            CelError::NotBool(_)
+        ));
+    }
+
+    #[test]
+    fn string_functions_work() {
+        let s = ItemSelector::compile(
+            r#"item.name.startsWith("gpu") && item.attributes.model.matches("^H")"#,
+        )
+        .unwrap();
+        assert!(s.matches(&gpu("H100", 80)).unwrap());
+    }
+
+    #[test]
+    fn program_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<ItemSelector>();
+    }
+}

@@ -1,0 +1,35 @@
+//! The kinds of `infraos.io/v1`, one module each.
+
+mod allocation;
+mod claim;
+mod event;
+mod node;
+mod resource;
+mod resource_class;
+mod tenancy;
+
+pub use allocation::*;
+pub use claim::*;
+pub use event::*;
+pub use node::*;
+pub use resource::*;
+pub use resource_class::*;
+pub use tenancy::*;
+
+use crate::object::Object;
+
+pub type ResourceClass = Object<ResourceClassSpec>;
+pub type Resource = Object<ResourceSpec>;
+pub type Claim = Object<ClaimSpec>;
+pub type Allocation = Object<AllocationSpec>;
+pub type Node = Object<NodeSpec>;
+pub type Tenant = Object<TenantSpec>;
+pub type Project = Object<ProjectSpec>;
+pub type Event = Object<EventSpec>;
+
+/// Status with no fields yet, for kinds whose status is reserved for later use.
+#[derive(
+    Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EmptyStatus {}

@@ -1,0 +1,145 @@
+//! Allocation: the binding of a Claim to concrete resources, with its lease. Written only by
+//! the control plane.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::object::{Kind, KindInfo};
+use crate::quantity::Quantity;
+use crate::time::Time;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllocationSpec {
+    pub claim: ClaimRef,
+    /// The node the claim's node-bound requests landed on; absent for pool-only claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub resources: Vec<AllocatedResource>,
+    /// The scheduler's score breakdown for the chosen placement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<ScoreBreakdown>,
+    /// The best placement not chosen, to explain the choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_up: Option<RunnerUp>,
+    /// The store revision of the snapshot the decision was made on (for replay).
+    #[serde(default)]
+    pub snapshot_revision: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimRef {
+    pub name: String,
+    pub uid: String,
+}
+
+/// What one request of the claim got.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllocatedResource {
+    pub request: String,
+    pub resource: String,
+    pub class: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub amount: BTreeMap<String, Quantity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScoreBreakdown {
+    /// Weighted total, 0–100.
+    pub total: f64,
+    /// Each plugin's normalized score (0–100) before weighting.
+    pub plugins: BTreeMap<String, f64>,
+    /// How many feasible candidates were scored.
+    #[serde(default)]
+    pub feasible: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunnerUp {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub total: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum AllocationPhase {
+    /// Holding its resources under a live lease.
+    #[default]
+    Active,
+    /// Ended by its owner (release or claim deletion); resources freed.
+    Released,
+    /// The lease ran out and was reclaimed after the skew margin; resources freed.
+    Expired,
+}
+
+impl AllocationPhase {
+    /// Whether the allocation still counts against capacity.
+    pub fn holds_resources(self) -> bool {
+        matches!(self, AllocationPhase::Active)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocationPhase::Active => "Active",
+            AllocationPhase::Released => "Released",
+            AllocationPhase::Expired => "Expired",
+        }
+    }
+}
+
+/// The lease contract (DESIGN §2): valid until `expireTime`; freed by the control plane only
+/// after `expireTime` plus the clock-skew margin; `fencingEpoch` grows with each allocation of
+/// the claim so agents can reject stale instructions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Lease {
+    pub acquire_time: Time,
+    pub renew_time: Time,
+    pub expire_time: Time,
+    pub fencing_epoch: u64,
+}
+
+impl Default for Time {
+    fn default() -> Self {
+        Time::UNIX_EPOCH
+    }
+}
+
+impl Lease {
+    /// A renewal is allowed while the lease has not run out.
+    pub fn can_renew(&self, now: Time) -> bool {
+        now < self.expire_time
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllocationStatus {
+    pub phase: AllocationPhase,
+    pub lease: Lease,
+    /// When the allocation stopped holding resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Kind for AllocationSpec {
+    type Status = AllocationStatus;
+    const INFO: &'static KindInfo = &KindInfo {
+        kind: "Allocation",
+        plural: "allocations",
+        singular: "allocation",
+        short_names: &["alloc", "allocs"],
+        namespaced: true,
+        user_writable: false,
+    };
+}

@@ -1,0 +1,272 @@
+//! Claim: a request for resources, held under a lease.
+//!
+//! ```text
+//!  Pending ──schedule──► Allocated ──release──► Released
+//!     ▲                      │  └──lease ends──► Expired
+//!     └──(requeue: lost)─────┘
+//! ```
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+use crate::item_selector::ItemSelector;
+use crate::labels::{self, LabelSelector};
+use crate::names;
+use crate::object::{Kind, KindInfo, Object};
+use crate::quantity::Quantity;
+use crate::time::Time;
+use crate::validation::Errors;
+
+pub const MAX_REQUESTS: usize = 16;
+pub const MAX_ITEM_COUNT: u32 = 4096;
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(3600);
+pub const MIN_LEASE: Duration = Duration::from_secs(1);
+pub const MAX_LEASE: Duration = Duration::from_secs(366 * 24 * 3600);
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimSpec {
+    pub requests: Vec<ClaimRequest>,
+    /// Label selector over the labels of the resources (and of their nodes) that may serve
+    /// this claim, e.g. `zone in (a,b),!legacy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<TopologySpec>,
+    #[serde(default)]
+    pub lease: LeaseSpec,
+}
+
+/// One thing asked for: an amount of a counted class, or a number of items.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// Names the request in the allocation; defaults to the class name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    pub class: String,
+    /// For counted classes: the amount per dimension.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub amount: BTreeMap<String, Quantity>,
+    /// For items classes: how many items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// For items classes: a CEL expression every chosen item satisfies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<ItemSelector>,
+}
+
+impl ClaimRequest {
+    /// The request's name, defaulting to its class.
+    pub fn effective_name(&self) -> &str {
+        if self.name.is_empty() {
+            &self.class
+        } else {
+            &self.name
+        }
+    }
+}
+
+/// Topology constraints: where the claim's resources must sit relative to each other.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopologySpec {
+    /// Label keys (`region`, `zone`, `rack`) on which every resource of the claim — the node's
+    /// and the pools' — must have the same value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub colocate: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeaseSpec {
+    #[serde(default = "default_lease")]
+    pub duration: Duration,
+    #[serde(default)]
+    pub renew_policy: RenewPolicy,
+}
+
+fn default_lease() -> Duration {
+    DEFAULT_LEASE
+}
+
+impl Default for LeaseSpec {
+    fn default() -> Self {
+        LeaseSpec {
+            duration: DEFAULT_LEASE,
+            renew_policy: RenewPolicy::Manual,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RenewPolicy {
+    /// The owner renews with `infraos renew`.
+    #[default]
+    Manual,
+    /// The agent renews while the claim's workload is healthy.
+    WhileRunning,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum ClaimPhase {
+    #[default]
+    Pending,
+    Allocated,
+    Released,
+    Expired,
+    Failed,
+}
+
+impl ClaimPhase {
+    /// A terminal claim is never scheduled again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            ClaimPhase::Released | ClaimPhase::Expired | ClaimPhase::Failed
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimPhase::Pending => "Pending",
+            ClaimPhase::Allocated => "Allocated",
+            ClaimPhase::Released => "Released",
+            ClaimPhase::Expired => "Expired",
+            ClaimPhase::Failed => "Failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimStatus {
+    pub phase: ClaimPhase,
+    /// The Allocation holding this claim's resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fencing_epoch: u64,
+    /// Machine-readable reason for the phase: `Unschedulable`, `LeaseExpired`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable detail: for a pending claim, why no node fits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// For pending claims: how many candidates each filter rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unschedulable: Option<Unschedulable>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Why a claim could not be placed, per filter.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Unschedulable {
+    /// Candidates considered (nodes, or pools for a claim that needs no node).
+    pub candidates: u64,
+    /// `nodes` or `pools`.
+    pub candidate_kind: String,
+    /// Rejection counts by reason ("insufficient gpu", "selector mismatch").
+    pub reasons: BTreeMap<String, u64>,
+    /// The store revision of the snapshot the decision was made on.
+    pub snapshot_revision: u64,
+}
+
+impl Kind for ClaimSpec {
+    type Status = ClaimStatus;
+    const INFO: &'static KindInfo = &KindInfo {
+        kind: "Claim",
+        plural: "claims",
+        singular: "claim",
+        short_names: &["cl"],
+        namespaced: true,
+        user_writable: true,
+    };
+
+    fn validate(object: &Object<Self>, errors: &mut Errors) {
+        let spec = &object.spec;
+        if spec.requests.is_empty() {
+            errors.add("spec.requests", "at least one request is required");
+        }
+        if spec.requests.len() > MAX_REQUESTS {
+            errors.add("spec.requests", format!("at most {MAX_REQUESTS} requests"));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, r) in spec.requests.iter().enumerate() {
+            let at = |f: &str| format!("spec.requests[{i}].{f}");
+            if let Some(p) = names::object_name_problem(&r.class) {
+                errors.add(at("class"), p);
+            }
+            if !r.name.is_empty() && names::object_name_problem(&r.name).is_some() {
+                errors.add(at("name"), "must be a lowercase name");
+            }
+            if !names.insert(r.effective_name().to_string()) {
+                errors.add(
+                    at("name"),
+                    format!(
+                        "duplicate request name {:?}; name the requests to tell them apart",
+                        r.effective_name()
+                    ),
+                );
+            }
+            match (r.amount.is_empty(), r.count) {
+                (true, None) => errors.add(
+                    at("amount"),
+                    "give amount (counted classes) or count (items classes)",
+                ),
+                (false, Some(_)) => errors.add(at("count"), "give amount or count, not both"),
+                (false, None) => {
+                    if r.selector.is_some() {
+                        errors.add(
+                            at("selector"),
+                            "item selectors apply to items classes (with count)",
+                        );
+                    }
+                    for (dim, q) in &r.amount {
+                        if q.is_negative() || q.is_zero() {
+                            errors.add(
+                                format!("spec.requests[{i}].amount.{dim}"),
+                                "must be greater than zero",
+                            );
+                        }
+                    }
+                }
+                (true, Some(n)) => {
+                    if n == 0 || n > MAX_ITEM_COUNT {
+                        errors.add(
+                            at("count"),
+                            format!("must be between 1 and {MAX_ITEM_COUNT}"),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(topology) = &spec.topology {
+            for (i, key) in topology.colocate.iter().enumerate() {
+                if let Err(e) = labels::validate_key(key) {
+                    errors.add(format!("spec.topology.colocate[{i}]"), e.to_string());
+                }
+            }
+        }
+        let d = spec.lease.duration;
+        if d < MIN_LEASE || d > MAX_LEASE {
+            errors.add(
+                "spec.lease.duration",
+                format!("must be between {MIN_LEASE} and {MAX_LEASE}"),
+            );
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The InfraOS object model (`infraos.io/v1`): kinds, quantities, label and item selectors,
+//! durations, validation and the audit chain's hashing.
+//!
+//! Pure by design: no I/O, no async runtime, no clock reads. Every other crate depends on it
+//! and it depends on none of ours.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod duration;
+pub mod item_selector;
+pub mod kinds;
+pub mod labels;
+pub mod meta;
+pub mod names;
+pub mod object;
+pub mod quantity;
+pub mod time;
+pub mod validation;
+
+pub use duration::Duration;
+pub use item_selector::{AttributeType, AttributeValue, Item, ItemSelector};
+pub use labels::{LabelSelector, Labels};
+pub use meta::{Condition, ObjectMeta, ObjectRef, OwnerReference};
+pub use object::{API_VERSION, Kind, KindInfo, Object};
+pub use quantity::Quantity;
+pub use time::Time;
+pub use validation::{FieldError, ValidationErrors};

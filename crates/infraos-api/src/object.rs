@@ -1,0 +1,391 @@
+//! The typed object envelope (`apiVersion`, `kind`, `metadata`, `spec`, `status`), the
+//! registry of kinds, and decoding with field-path errors.
+//!
+//! The server handles objects generically as JSON and calls [`validate_value`] to check them
+//! against the kind's typed schema; controllers decode into [`Object`] to work on them.
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::meta::ObjectMeta;
+use crate::names;
+use crate::validation::{Errors, ValidationErrors};
+
+pub const API_GROUP: &str = "infraos.io";
+pub const API_VERSION: &str = "infraos.io/v1";
+
+/// Static facts about a kind: its names in URLs and the CLI, and its scope.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KindInfo {
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub short_names: &'static [&'static str],
+    /// Namespaced (project-scoped) or cluster-scoped.
+    pub namespaced: bool,
+    /// Whether users may create, update and delete it (Allocations are control-plane only).
+    pub user_writable: bool,
+}
+
+/// A kind's spec type, binding it to its status type and validation.
+pub trait Kind:
+    Serialize + DeserializeOwned + Clone + Default + JsonSchema + Send + Sync + std::fmt::Debug
+{
+    type Status: Serialize
+        + DeserializeOwned
+        + Clone
+        + Default
+        + JsonSchema
+        + Send
+        + Sync
+        + std::fmt::Debug;
+    const INFO: &'static KindInfo;
+
+    /// Checks what serde cannot: cross-field rules, ranges, references by name.
+    fn validate(_object: &Object<Self>, _errors: &mut Errors) {}
+}
+
+/// An object of kind `K` with the Kubernetes envelope.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(bound(
+    serialize = "K: Serialize, K::Status: Serialize",
+    deserialize = "K: DeserializeOwned, K::Status: DeserializeOwned"
+))]
+pub struct Object<K: Kind> {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: K,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<K::Status>,
+}
+
+impl<K: Kind> Object<K> {
+    /// A new object with the right apiVersion and kind.
+    pub fn new(name: impl Into<String>, namespace: Option<&str>, spec: K) -> Self {
+        Object {
+            api_version: API_VERSION.to_string(),
+            kind: K::INFO.kind.to_string(),
+            metadata: ObjectMeta {
+                name: name.into(),
+                namespace: namespace.map(str::to_string),
+                ..Default::default()
+            },
+            spec,
+            status: None,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        self.metadata.namespace.as_deref()
+    }
+
+    /// The status, or the default one when the object has none yet.
+    pub fn status_or_default(&self) -> K::Status {
+        self.status.clone().unwrap_or_default()
+    }
+
+    /// `resourceVersion` as the store revision it is.
+    pub fn revision(&self) -> Option<u64> {
+        self.metadata.resource_version.as_deref()?.parse().ok()
+    }
+
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Decodes a JSON value into a typed object and validates it; errors name the field.
+pub fn decode<K: Kind>(value: &serde_json::Value) -> Result<Object<K>, ValidationErrors> {
+    let object: Object<K> = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        ValidationErrors::one(field, e.inner().to_string())
+    })?;
+    let mut errors = Errors::default();
+    if object.api_version != API_VERSION {
+        errors.add(
+            "apiVersion",
+            format!("must be {API_VERSION}, not {:?}", object.api_version),
+        );
+    }
+    if object.kind != K::INFO.kind {
+        errors.add(
+            "kind",
+            format!("must be {}, not {:?}", K::INFO.kind, object.kind),
+        );
+    }
+    validate_meta(&object.metadata, K::INFO, &mut errors);
+    K::validate(&object, &mut errors);
+    errors.into_result()?;
+    Ok(object)
+}
+
+/// Decodes an object the control plane wrote itself (no validation beyond the schema).
+pub fn decode_trusted<K: Kind>(bytes: &[u8]) -> Result<Object<K>, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+fn validate_meta(meta: &ObjectMeta, info: &KindInfo, errors: &mut Errors) {
+    if let Some(problem) = names::object_name_problem(&meta.name) {
+        errors.add("metadata.name", problem);
+    }
+    if info.kind == "Project" {
+        if let Some(problem) = names::project_name_problem(&meta.name) {
+            errors.add("metadata.name", problem);
+        }
+    }
+    match (&meta.namespace, info.namespaced) {
+        (Some(ns), true) => {
+            if let Some(problem) = names::project_name_problem(ns) {
+                errors.add("metadata.namespace", problem);
+            }
+        }
+        (None, true) => errors.add("metadata.namespace", "required: a project name"),
+        (Some(_), false) => errors.add(
+            "metadata.namespace",
+            format!("{} is cluster-scoped and takes no namespace", info.kind),
+        ),
+        (None, false) => {}
+    }
+    for (k, v) in &meta.labels {
+        if let Err(e) = crate::labels::validate_key(k) {
+            errors.add(format!("metadata.labels.{k}"), e.to_string());
+        } else if let Err(e) = crate::labels::validate_value(v) {
+            errors.add(format!("metadata.labels.{k}"), e.to_string());
+        }
+    }
+    for k in meta.annotations.keys() {
+        if let Err(e) = crate::labels::validate_key(k) {
+            errors.add(format!("metadata.annotations.{k}"), e.to_string());
+        }
+    }
+    let annotation_bytes: usize = meta
+        .annotations
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if annotation_bytes > 256 * 1024 {
+        errors.add("metadata.annotations", "total size must be at most 256KiB");
+    }
+    for (i, f) in meta.finalizers.iter().enumerate() {
+        if crate::labels::validate_key(f).is_err() {
+            errors.add(
+                format!("metadata.finalizers[{i}]"),
+                "must be a qualified name",
+            );
+        }
+    }
+}
+
+/// Every kind the API serves from the store, in a stable order.
+pub fn kinds() -> &'static [&'static KindInfo] {
+    use crate::kinds::*;
+    static KINDS: [&KindInfo; 8] = [
+        ResourceClassSpec::INFO,
+        ResourceSpec::INFO,
+        ClaimSpec::INFO,
+        AllocationSpec::INFO,
+        NodeSpec::INFO,
+        TenantSpec::INFO,
+        ProjectSpec::INFO,
+        EventSpec::INFO,
+    ];
+    &KINDS
+}
+
+/// Looks a kind up by plural (URL form).
+pub fn kind_by_plural(plural: &str) -> Option<&'static KindInfo> {
+    kinds().iter().copied().find(|k| k.plural == plural)
+}
+
+/// Looks a kind up the way the CLI accepts it: kind, plural, singular or short name, any case.
+pub fn kind_by_any_name(name: &str) -> Option<&'static KindInfo> {
+    let lower = name.to_ascii_lowercase();
+    kinds().iter().copied().find(|k| {
+        k.kind.eq_ignore_ascii_case(&lower)
+            || k.plural == lower
+            || k.singular == lower
+            || k.short_names.contains(&lower.as_str())
+    })
+}
+
+/// Validates a JSON object against its kind's schema and rules.
+pub fn validate_value(info: &KindInfo, value: &serde_json::Value) -> Result<(), ValidationErrors> {
+    use crate::kinds::*;
+    match info.kind {
+        "ResourceClass" => decode::<ResourceClassSpec>(value).map(drop),
+        "Resource" => decode::<ResourceSpec>(value).map(drop),
+        "Claim" => decode::<ClaimSpec>(value).map(drop),
+        "Allocation" => decode::<AllocationSpec>(value).map(drop),
+        "Node" => decode::<NodeSpec>(value).map(drop),
+        "Tenant" => decode::<TenantSpec>(value).map(drop),
+        "Project" => decode::<ProjectSpec>(value).map(drop),
+        "Event" => decode::<EventSpec>(value).map(drop),
+        other => Err(ValidationErrors::one(
+            "kind",
+            format!("unknown kind {other:?}"),
+        )),
+    }
+}
+
+/// The JSON Schema of a kind's full object, for the OpenAPI document.
+pub fn object_schema(
+    info: &KindInfo,
+    generator: &mut schemars::SchemaGenerator,
+) -> schemars::Schema {
+    use crate::kinds::*;
+    fn build<K: Kind>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let meta = g.subschema_for::<ObjectMeta>();
+        let spec = g.subschema_for::<K>();
+        let status = g.subschema_for::<K::Status>();
+        schemars::json_schema!({
+            "type": "object",
+            "required": ["apiVersion", "kind", "metadata"],
+            "additionalProperties": false,
+            "properties": {
+                "apiVersion": {"type": "string", "const": API_VERSION},
+                "kind": {"type": "string", "const": K::INFO.kind},
+                "metadata": meta,
+                "spec": spec,
+                "status": status
+            }
+        })
+    }
+    match info.kind {
+        "ResourceClass" => build::<ResourceClassSpec>(generator),
+        "Resource" => build::<ResourceSpec>(generator),
+        "Claim" => build::<ClaimSpec>(generator),
+        "Allocation" => build::<AllocationSpec>(generator),
+        "Node" => build::<NodeSpec>(generator),
+        "Tenant" => build::<TenantSpec>(generator),
+        "Project" => build::<ProjectSpec>(generator),
+        _ => build::<EventSpec>(generator),
+    }
+}
+
+/// Parses one or more YAML or JSON documents (`---`-separated) into JSON values.
+pub fn parse_documents(text: &str) -> Result<Vec<serde_json::Value>, ValidationErrors> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let value = serde_json::Value::deserialize(doc).map_err(|e| {
+            ValidationErrors::one(String::new(), format!("document {}: {e}", i + 1))
+        })?;
+        match value {
+            serde_json::Value::Null => {}
+            serde_json::Value::Array(items) => out.extend(items),
+            serde_json::Value::Object(ref map)
+                if map.get("kind").and_then(|k| k.as_str()) == Some("List") =>
+            {
+                if let Some(serde_json::Value::Array(items)) = map.get("items") {
+                    out.extend(items.iter().cloned());
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::{ClaimSpec, ResourceClassSpec};
+
+    fn claim(requests: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "infraos.io/v1", "kind": "Claim",
+            "metadata": {"name": "c1", "namespace": "ml"},
+            "spec": {"requests": requests}
+        })
+    }
+
+    #[test]
+    fn bad_quantity_names_the_field() {
+        let v = claim(serde_json::json!([
+            {"class": "compute", "amount": {"cpu": "1"}},
+            {"class": "mem", "amount": {"memory": "4Gx"}}
+        ]));
+        let err = decode::<ClaimSpec>(&v).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "spec.requests[1].amount.memory: quantity \"4Gx\" is not valid: unknown suffix"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let mut v = claim(serde_json::json!([{"class": "compute", "amount": {"cpu": "1"}}]));
+        v["spec"]["requets"] = serde_json::json!([]);
+        let err = decode::<ClaimSpec>(&v).unwrap_err();
+        assert!(err.to_string().contains("unknown field `requets`"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_fields() {
+        let v = claim(serde_json::json!([
+            {"class": "gpu", "count": 0},
+            {"class": "compute", "amount": {"cpu": "1"}, "count": 2}
+        ]));
+        let err = decode::<ClaimSpec>(&v).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.requests[0].count", "spec.requests[1].count"]);
+    }
+
+    #[test]
+    fn bad_cel_names_the_field() {
+        let v = claim(
+            serde_json::json!([{"class": "gpu", "count": 1, "selector": "item.attributes.model =="}]),
+        );
+        let err = decode::<ClaimSpec>(&v).unwrap_err();
+        assert_eq!(
+            err.first_field(),
+            Some("spec.requests[0].selector"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn envelope_checks() {
+        let mut v = claim(serde_json::json!([{"class": "compute", "amount": {"cpu": "1"}}]));
+        v["metadata"]["namespace"] = serde_json::Value::Null;
+        v["metadata"]["name"] = "Bad_Name".into();
+        v["apiVersion"] = "v1".into();
+        let err = decode::<ClaimSpec>(&v).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["apiVersion", "metadata.name", "metadata.namespace"]
+        );
+        let class = serde_json::json!({"apiVersion": "infraos.io/v1", "kind": "ResourceClass",
+            "metadata": {"name": "x", "namespace": "ml"}, "spec": {"kind": "counted", "dimensions": [{"name": "cpu"}]}});
+        assert_eq!(
+            decode::<ResourceClassSpec>(&class)
+                .unwrap_err()
+                .first_field(),
+            Some("metadata.namespace")
+        );
+    }
+
+    #[test]
+    fn multi_document_yaml() {
+        let docs = parse_documents("a: 1\n---\n---\nb: 2\n").unwrap();
+        assert_eq!(docs.len(), 2);
+        assert!(parse_documents("a: [1,\n").is_err());
+    }
+
+    #[test]
+    fn kind_lookup() {
+        assert_eq!(kind_by_any_name("Claims").unwrap().kind, "Claim");
+        assert_eq!(kind_by_any_name("rc").unwrap().kind, "ResourceClass");
+        assert_eq!(kind_by_plural("allocations").unwrap().kind, "Allocation");
+        assert!(kind_by_any_name("pods").is_none());
+    }
+}
