@@ -1,1 +1,234 @@
-//! placeholder
+//! The InfraOS store: revisioned keys with etcd's semantics behind one trait.
+//!
+//! - every committed transaction that writes gets the next revision; a key's `mod_revision`
+//!   is the revision that last wrote it, and it is what the API calls `resourceVersion`;
+//! - transactions compare revisions and either apply all their operations or none;
+//! - watches start after a revision and deliver every later change in order; when the
+//!   requested revision is older than what the backend still holds, the watch fails with
+//!   [`StoreError::Compacted`] and the caller relists (kube's watcher does the same);
+//! - a transaction may append entries to the hash-chained ledger (the audit log), atomically
+//!   with its writes.
+//!
+//! Backends: [`embedded::EmbeddedStore`] (redb, one file in the data dir). Every backend
+//! passes [`conformance`] unchanged.
+#![forbid(unsafe_code)]
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::Stream;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod embedded;
+mod hub;
+
+/// A store revision. `0` means "before anything was written".
+pub type Revision = u64;
+
+/// Largest key the store accepts, in bytes.
+pub const MAX_KEY_LEN: usize = 4096;
+/// Largest value the store accepts, in bytes (etcd's default request limit is 1.5 MiB).
+pub const MAX_VALUE_LEN: usize = 4 * 1024 * 1024;
+
+/// A key with its current value and revisions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Bytes,
+    /// The revision that created the key (reset when it is deleted and created again).
+    pub create_revision: Revision,
+    /// The revision that last wrote the key.
+    pub mod_revision: Revision,
+    /// Number of writes since creation, starting at 1.
+    pub version: u64,
+}
+
+/// A precondition of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// The key's `mod_revision` equals the given one; `0` means the key must not exist.
+    ModRevision(String, Revision),
+}
+
+impl Compare {
+    pub fn absent(key: impl Into<String>) -> Self {
+        Compare::ModRevision(key.into(), 0)
+    }
+    pub fn unchanged(key: impl Into<String>, revision: Revision) -> Self {
+        Compare::ModRevision(key.into(), revision)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put(String, Bytes),
+    Delete(String),
+}
+
+/// An atomic unit of work: if every compare holds, every op is applied and every ledger entry
+/// appended, all under one new revision; otherwise nothing changes.
+#[derive(Clone, Debug, Default)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub ops: Vec<Op>,
+    /// Payloads appended to the hash-chained ledger when the transaction succeeds.
+    pub ledger: Vec<Vec<u8>>,
+}
+
+impl Txn {
+    pub fn new() -> Self {
+        Txn::default()
+    }
+    pub fn when(mut self, c: Compare) -> Self {
+        self.compares.push(c);
+        self
+    }
+    pub fn put(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.ops.push(Op::Put(key.into(), value.into()));
+        self
+    }
+    pub fn delete(mut self, key: impl Into<String>) -> Self {
+        self.ops.push(Op::Delete(key.into()));
+        self
+    }
+    pub fn append(mut self, payload: Vec<u8>) -> Self {
+        self.ledger.push(payload);
+        self
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnOutcome {
+    pub succeeded: bool,
+    /// The transaction's revision when it succeeded and wrote; otherwise the current one.
+    pub revision: Revision,
+    /// Sequence numbers given to the ledger entries, in order.
+    pub ledger_seqs: Vec<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// The store revision the range was read at.
+    pub revision: Revision,
+    /// Whether more keys match beyond `limit`.
+    pub more: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change. For a delete, `kv` holds the deleted value with `mod_revision` set to the
+/// revision of the delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+    /// The value before this change, if there was one.
+    pub prev: Option<KeyValue>,
+}
+
+/// One chained ledger entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub seq: u64,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+    pub payload: Bytes,
+}
+
+/// The newest ledger entry's sequence number and hash (genesis: 0 and zeros).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct LedgerHead {
+    pub seq: u64,
+    pub hash: [u8; 32],
+}
+
+/// Watch batches, each in revision order; ends with an error when the watcher fell behind
+/// what the backend retains.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Arc<[Event]>, StoreError>> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("revision {requested} has been compacted (oldest watchable is after {compacted})")]
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
+    #[error("key of {len} bytes exceeds the {MAX_KEY_LEN}-byte limit")]
+    KeyTooLarge { len: usize },
+    #[error("value for {key:?} of {len} bytes exceeds the {MAX_VALUE_LEN}-byte limit")]
+    ValueTooLarge { key: String, len: usize },
+    #[error("store file {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("store backend: {0}")]
+    Backend(String),
+    #[error("stored record under {key:?} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// The store contract every backend implements (DESIGN §4).
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+
+    /// Keys starting with `prefix`, in key order, after `start_after` if given, at most `limit`
+    /// (0 = no limit).
+    async fn range(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<RangeResult, StoreError>;
+
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError>;
+
+    /// Changes under `prefix` with revision greater than `after`.
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError>;
+
+    async fn current_revision(&self) -> Result<Revision, StoreError>;
+
+    /// Forgets history up to and including `revision`: watches from before it fail.
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
+
+    /// Ledger entries with `seq >= from`, at most `limit` (0 = no limit).
+    async fn ledger_range(&self, from: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError>;
+
+    async fn ledger_head(&self) -> Result<LedgerHead, StoreError>;
+}
+
+pub(crate) fn check_sizes(txn: &Txn) -> Result<(), StoreError> {
+    for op in &txn.ops {
+        let (key, len) = match op {
+            Op::Put(k, v) => (k, v.len()),
+            Op::Delete(k) => (k, 0),
+        };
+        if key.len() > MAX_KEY_LEN {
+            return Err(StoreError::KeyTooLarge { len: key.len() });
+        }
+        if len > MAX_VALUE_LEN {
+            return Err(StoreError::ValueTooLarge {
+                key: key.clone(),
+                len,
+            });
+        }
+    }
+    Ok(())
+}

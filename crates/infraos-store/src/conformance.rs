@@ -1,0 +1,481 @@
+//! The store conformance suite: what every backend must do, tested the same way for all.
+//!
+//! A backend's tests provide a [`Harness`] and expand [`store_conformance_tests!`], which
+//! declares one `#[tokio::test]` per contract below, so failures name the broken contract.
+//! ```text
+//! infraos_store::store_conformance_tests!(crate::my_harness());
+//! ```
+//! Test support code: panics are how it reports failures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+
+use crate::{Compare, EventKind, Store, StoreError, Txn, WatchStream};
+
+/// Opens stores over one isolated data set.
+pub trait Harness: Send + Sync {
+    /// Opens the store. After every handle from a previous call is dropped, calling it again
+    /// reopens the same data (a restart).
+    fn open(&self) -> BoxFuture<'_, Arc<dyn Store>>;
+}
+
+/// Declares one test per contract for the harness built by `$make`.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@each $make;
+            put_get_and_revisions, failed_compare_changes_nothing, create_only_compare,
+            delete_and_recreate, range_prefix_order_and_pagination, txn_is_atomic,
+            watch_delivers_in_order_with_prefix, watch_replays_from_past_revision,
+            compaction_forces_relist, concurrent_cas_loses_no_update, ledger_chains_atomically,
+            oversized_writes_are_rejected, slow_watcher_sees_no_gap, survives_reopen);
+    };
+    (@each $make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let harness = $make;
+                $crate::conformance::$name(&harness).await;
+            }
+        )*
+    };
+}
+
+async fn put(store: &dyn Store, key: &str, value: &str) -> u64 {
+    let out = store
+        .txn(Txn::new().put(key, value.to_string()))
+        .await
+        .unwrap();
+    assert!(out.succeeded);
+    out.revision
+}
+
+async fn next_events(watch: &mut WatchStream, want: usize) -> Vec<crate::Event> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        let batch = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("watch event within 10s")
+            .expect("watch stream still open")
+            .expect("watch batch ok");
+        got.extend(batch.iter().cloned());
+    }
+    got
+}
+
+pub async fn put_get_and_revisions(h: &impl Harness) {
+    let s = h.open().await;
+    let r0 = s.current_revision().await.unwrap();
+    let r1 = put(&*s, "/a/1", "one").await;
+    assert!(r1 > r0, "a write gets a new revision");
+    let kv = s.get("/a/1").await.unwrap().unwrap();
+    assert_eq!(kv.value.as_ref(), b"one");
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.version),
+        (r1, r1, 1)
+    );
+    let r2 = put(&*s, "/a/1", "uno").await;
+    assert!(r2 > r1);
+    let kv = s.get("/a/1").await.unwrap().unwrap();
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.version),
+        (r1, r2, 2)
+    );
+    assert_eq!(s.current_revision().await.unwrap(), r2);
+    assert!(s.get("/a/2").await.unwrap().is_none());
+}
+
+pub async fn failed_compare_changes_nothing(h: &impl Harness) {
+    let s = h.open().await;
+    let r1 = put(&*s, "/k", "v1").await;
+    let out = s
+        .txn(
+            Txn::new()
+                .when(Compare::unchanged("/k", r1 - 1))
+                .put("/k", "v2")
+                .put("/other", "x"),
+        )
+        .await
+        .unwrap();
+    assert!(!out.succeeded);
+    assert_eq!(
+        out.revision, r1,
+        "a failed txn does not advance the revision"
+    );
+    assert_eq!(s.get("/k").await.unwrap().unwrap().value.as_ref(), b"v1");
+    assert!(s.get("/other").await.unwrap().is_none());
+    assert_eq!(s.current_revision().await.unwrap(), r1);
+    let ok = s
+        .txn(
+            Txn::new()
+                .when(Compare::unchanged("/k", r1))
+                .put("/k", "v2"),
+        )
+        .await
+        .unwrap();
+    assert!(ok.succeeded);
+}
+
+pub async fn create_only_compare(h: &impl Harness) {
+    let s = h.open().await;
+    let create = || Txn::new().when(Compare::absent("/c")).put("/c", "x");
+    assert!(s.txn(create()).await.unwrap().succeeded);
+    assert!(
+        !s.txn(create()).await.unwrap().succeeded,
+        "second create must fail"
+    );
+}
+
+pub async fn delete_and_recreate(h: &impl Harness) {
+    let s = h.open().await;
+    put(&*s, "/d", "1").await;
+    put(&*s, "/d", "2").await;
+    let del = s.txn(Txn::new().delete("/d")).await.unwrap();
+    assert!(del.succeeded);
+    assert!(s.get("/d").await.unwrap().is_none());
+    let again = s
+        .txn(Txn::new().when(Compare::absent("/d")).put("/d", "3"))
+        .await
+        .unwrap();
+    assert!(again.succeeded, "absent compare holds after delete");
+    let kv = s.get("/d").await.unwrap().unwrap();
+    assert_eq!(
+        (kv.create_revision, kv.version),
+        (again.revision, 1),
+        "re-created key starts over"
+    );
+}
+
+pub async fn range_prefix_order_and_pagination(h: &impl Harness) {
+    let s = h.open().await;
+    let mut want = Vec::new();
+    for i in (0..25).rev() {
+        put(&*s, &format!("/r/x/{i:03}"), &i.to_string()).await;
+        want.push(format!("/r/x/{i:03}"));
+    }
+    want.sort();
+    put(&*s, "/r/xy/000", "outside").await;
+    put(&*s, "/r/w", "before").await;
+    let all = s.range("/r/x/", None, 0).await.unwrap();
+    let keys: Vec<_> = all.kvs.iter().map(|k| k.key.clone()).collect();
+    assert_eq!(keys, want, "prefix range is exact and ordered");
+    assert!(!all.more);
+    assert_eq!(all.revision, s.current_revision().await.unwrap());
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s.range("/r/x/", after.as_deref(), 7).await.unwrap();
+        assert!(page.kvs.len() <= 7);
+        paged.extend(page.kvs.iter().map(|k| k.key.clone()));
+        after = page.kvs.last().map(|k| k.key.clone());
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(paged, want, "pages cover every key exactly once");
+}
+
+pub async fn txn_is_atomic(h: &impl Harness) {
+    let s = h.open().await;
+    let out = s
+        .txn(
+            Txn::new()
+                .put("/t/1", "a")
+                .put("/t/2", "b")
+                .delete("/t/none"),
+        )
+        .await
+        .unwrap();
+    assert!(out.succeeded);
+    let one = s.get("/t/1").await.unwrap().unwrap();
+    let two = s.get("/t/2").await.unwrap().unwrap();
+    assert_eq!(one.mod_revision, out.revision);
+    assert_eq!(
+        two.mod_revision, out.revision,
+        "all ops of a txn share its revision"
+    );
+}
+
+pub async fn watch_delivers_in_order_with_prefix(h: &impl Harness) {
+    let s = h.open().await;
+    let start = s.current_revision().await.unwrap();
+    let mut w = s.watch("/w/", start).await.unwrap();
+    put(&*s, "/w/a", "1").await;
+    put(&*s, "/elsewhere", "x").await;
+    put(&*s, "/w/b", "2").await;
+    put(&*s, "/w/a", "3").await;
+    s.txn(Txn::new().delete("/w/b")).await.unwrap();
+    let events = next_events(&mut w, 4).await;
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                e.kv.key.as_str(),
+                String::from_utf8_lossy(&e.kv.value).to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (EventKind::Put, "/w/a", "1".to_string()),
+            (EventKind::Put, "/w/b", "2".to_string()),
+            (EventKind::Put, "/w/a", "3".to_string()),
+            (EventKind::Delete, "/w/b", "2".to_string()),
+        ]
+    );
+    assert!(
+        events
+            .windows(2)
+            .all(|p| p[0].kv.mod_revision < p[1].kv.mod_revision)
+    );
+    assert_eq!(
+        events[2].prev.as_ref().unwrap().value.as_ref(),
+        b"1",
+        "puts carry the previous value"
+    );
+}
+
+pub async fn watch_replays_from_past_revision(h: &impl Harness) {
+    let s = h.open().await;
+    let start = s.current_revision().await.unwrap();
+    let r1 = put(&*s, "/p/1", "a").await;
+    put(&*s, "/p/2", "b").await;
+    let mut from_start = s.watch("/p/", start).await.unwrap();
+    assert_eq!(next_events(&mut from_start, 2).await.len(), 2);
+    let mut from_r1 = s.watch("/p/", r1).await.unwrap();
+    let events = next_events(&mut from_r1, 1).await;
+    assert_eq!(
+        events[0].kv.key, "/p/2",
+        "a watch after r1 starts with the change after r1"
+    );
+}
+
+pub async fn compaction_forces_relist(h: &impl Harness) {
+    let s = h.open().await;
+    let start = s.current_revision().await.unwrap();
+    put(&*s, "/cp/1", "a").await;
+    let r2 = put(&*s, "/cp/2", "b").await;
+    put(&*s, "/cp/3", "c").await;
+    s.compact(r2).await.unwrap();
+    match s.watch("/cp/", start).await {
+        Err(StoreError::Compacted { .. }) => {}
+        Err(e) => panic!("expected Compacted, got {e}"),
+        Ok(_) => panic!("expected Compacted, got a stream"),
+    }
+    let mut w = s.watch("/cp/", r2).await.unwrap();
+    assert_eq!(next_events(&mut w, 1).await[0].kv.key, "/cp/3");
+}
+
+pub async fn concurrent_cas_loses_no_update(h: &impl Harness) {
+    let s = h.open().await;
+    put(&*s, "/counter", "0").await;
+    let tasks = 8;
+    let per_task = 25;
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let s = Arc::clone(&s);
+        handles.push(tokio::spawn(async move {
+            for _ in 0..per_task {
+                loop {
+                    let kv = s.get("/counter").await.unwrap().unwrap();
+                    let n: u64 = std::str::from_utf8(&kv.value).unwrap().parse().unwrap();
+                    let out = s
+                        .txn(
+                            Txn::new()
+                                .when(Compare::unchanged("/counter", kv.mod_revision))
+                                .put("/counter", (n + 1).to_string()),
+                        )
+                        .await
+                        .unwrap();
+                    if out.succeeded {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let kv = s.get("/counter").await.unwrap().unwrap();
+    assert_eq!(kv.value.as_ref(), (tasks * per_task).to_string().as_bytes());
+}
+
+pub async fn ledger_chains_atomically(h: &impl Harness) {
+    let s = h.open().await;
+    let head0 = s.ledger_head().await.unwrap();
+    let ok = s
+        .txn(
+            Txn::new()
+                .put("/l/1", "x")
+                .append(b"first".to_vec())
+                .append(b"second".to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.ledger_seqs, vec![head0.seq + 1, head0.seq + 2]);
+    let failed = s
+        .txn(
+            Txn::new()
+                .when(Compare::absent("/l/1"))
+                .put("/l/1", "y")
+                .append(b"never".to_vec()),
+        )
+        .await
+        .unwrap();
+    assert!(!failed.succeeded);
+    assert!(failed.ledger_seqs.is_empty());
+    let only_ledger = s.txn(Txn::new().append(b"third".to_vec())).await.unwrap();
+    assert!(only_ledger.succeeded);
+    assert_eq!(
+        only_ledger.revision, ok.revision,
+        "a ledger-only txn writes no key"
+    );
+    let entries = s.ledger_range(head0.seq + 1, 0).await.unwrap();
+    let payloads: Vec<_> = entries.iter().map(|e| e.payload.to_vec()).collect();
+    assert_eq!(
+        payloads,
+        vec![b"first".to_vec(), b"second".to_vec(), b"third".to_vec()]
+    );
+    let mut prev = head0.hash;
+    for e in &entries {
+        assert_eq!(e.prev_hash, prev);
+        assert_eq!(
+            e.hash,
+            infraos_api::audit::chain_hash(e.seq, &prev, &e.payload)
+        );
+        prev = e.hash;
+    }
+    let head = s.ledger_head().await.unwrap();
+    assert_eq!((head.seq, head.hash), (head0.seq + 3, prev));
+    assert_eq!(
+        s.ledger_range(head0.seq + 2, 1).await.unwrap().len(),
+        1,
+        "limit applies"
+    );
+}
+
+pub async fn oversized_writes_are_rejected(h: &impl Harness) {
+    let s = h.open().await;
+    let big = vec![b'x'; crate::MAX_VALUE_LEN + 1];
+    let err = s.txn(Txn::new().put("/big", big)).await.unwrap_err();
+    assert!(matches!(err, StoreError::ValueTooLarge { .. }), "{err}");
+    let long_key = format!("/{}", "k".repeat(crate::MAX_KEY_LEN));
+    let err = s.txn(Txn::new().put(long_key, "v")).await.unwrap_err();
+    assert!(matches!(err, StoreError::KeyTooLarge { .. }), "{err}");
+    assert!(s.get("/big").await.unwrap().is_none());
+}
+
+pub async fn slow_watcher_sees_no_gap(h: &impl Harness) {
+    let s = h.open().await;
+    let start = s.current_revision().await.unwrap();
+    let mut w = s.watch("/slow/", start).await.unwrap();
+    let n = 3000;
+    let mut writers = Vec::new();
+    for t in 0..4 {
+        let s = Arc::clone(&s);
+        writers.push(tokio::spawn(async move {
+            for i in 0..n / 4 {
+                s.txn(Txn::new().put(format!("/slow/{t}/{i}"), "v"))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for wr in writers {
+        wr.await.unwrap();
+    }
+    // Now read everything: either every event arrives in order, or the stream ends with
+    // Compacted. A silent gap is the one forbidden outcome.
+    let mut last = start;
+    let mut seen = BTreeMap::new();
+    while seen.len() < n {
+        let next = tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .expect("progress");
+        match next {
+            Some(Ok(batch)) => {
+                for e in batch.iter() {
+                    assert!(e.kv.mod_revision > last, "revisions increase");
+                    last = e.kv.mod_revision;
+                    seen.insert(e.kv.key.clone(), ());
+                }
+            }
+            Some(Err(StoreError::Compacted { .. })) => return,
+            Some(Err(e)) => panic!("unexpected watch error {e}"),
+            None => panic!("watch ended without an error"),
+        }
+    }
+    assert_eq!(seen.len(), n);
+}
+
+pub async fn survives_reopen(h: &impl Harness) {
+    let (rev, head) = {
+        let s = h.open().await;
+        put(&*s, "/keep/1", "a").await;
+        let out = s
+            .txn(Txn::new().put("/keep/2", "b").append(b"audit".to_vec()))
+            .await
+            .unwrap();
+        (out.revision, s.ledger_head().await.unwrap())
+    };
+    let s = h.open().await;
+    assert_eq!(
+        s.get("/keep/2").await.unwrap().unwrap().value.as_ref(),
+        b"b"
+    );
+    assert_eq!(s.current_revision().await.unwrap(), rev);
+    assert_eq!(s.ledger_head().await.unwrap(), head);
+    let next = put(&*s, "/keep/3", "c").await;
+    assert!(next > rev, "revisions keep increasing after a restart");
+    let more = s.txn(Txn::new().append(b"more".to_vec())).await.unwrap();
+    assert_eq!(
+        more.ledger_seqs,
+        vec![head.seq + 1],
+        "the ledger chain continues"
+    );
+    let e = &s.ledger_range(head.seq + 1, 1).await.unwrap()[0];
+    assert_eq!(e.prev_hash, head.hash);
+}
+
+/// A harness for the embedded backend in a temporary directory.
+pub struct EmbeddedHarness {
+    dir: tempfile::TempDir,
+    options: crate::embedded::EmbeddedOptions,
+}
+
+impl EmbeddedHarness {
+    pub fn new() -> Self {
+        Self::with_options(crate::embedded::EmbeddedOptions::default())
+    }
+
+    pub fn with_options(options: crate::embedded::EmbeddedOptions) -> Self {
+        EmbeddedHarness {
+            dir: tempfile::tempdir().unwrap(),
+            options,
+        }
+    }
+}
+
+impl Default for EmbeddedHarness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Harness for EmbeddedHarness {
+    fn open(&self) -> BoxFuture<'_, Arc<dyn Store>> {
+        Box::pin(async move {
+            let path = self.dir.path().join("store.redb");
+            let store = crate::embedded::EmbeddedStore::open(&path, self.options.clone()).unwrap();
+            Arc::new(store) as Arc<dyn Store>
+        })
+    }
+}
