@@ -192,16 +192,16 @@ impl ChainVerifier {
             seq: record.seq,
             reason,
         };
-        if let Some(expected) = self.expected_seq {
-            if record.seq != expected {
-                return Err(ChainError {
-                    seq: expected,
-                    reason: format!(
-                        "expected record {expected} next, found {} (a record was removed or reordered)",
-                        record.seq
-                    ),
-                });
-            }
+        if let Some(expected) = self.expected_seq
+            && record.seq != expected
+        {
+            return Err(ChainError {
+                seq: expected,
+                reason: format!(
+                    "expected record {expected} next, found {} (a record was removed or reordered)",
+                    record.seq
+                ),
+            });
         }
         let prev = decode_hash(&record.prev_hash)
             .ok_or_else(|| fail("prevHash is not a 32-byte hex hash".into()))?;

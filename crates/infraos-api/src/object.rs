@@ -137,10 +137,10 @@ fn validate_meta(meta: &ObjectMeta, info: &KindInfo, errors: &mut Errors) {
     if let Some(problem) = names::object_name_problem(&meta.name) {
         errors.add("metadata.name", problem);
     }
-    if info.kind == "Project" {
-        if let Some(problem) = names::project_name_problem(&meta.name) {
-            errors.add("metadata.name", problem);
-        }
+    if info.kind == "Project"
+        && let Some(problem) = names::project_name_problem(&meta.name)
+    {
+        errors.add("metadata.name", problem);
     }
     match (&meta.namespace, info.namespaced) {
         (Some(ns), true) => {

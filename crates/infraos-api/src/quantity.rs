@@ -292,12 +292,12 @@ impl fmt::Display for Quantity {
         if abs == 0 {
             return f.write_str("0");
         }
-        let units_exact = abs % (NANOS_PER_UNIT as u128) == 0;
+        let units_exact = abs.is_multiple_of(NANOS_PER_UNIT as u128);
         if self.format == QuantityFormat::BinarySi && units_exact {
             let units = abs / NANOS_PER_UNIT as u128;
             for (suffix, shift) in BINARY_SUFFIXES.iter().rev() {
                 let unit = 1u128 << shift;
-                if units % unit == 0 {
+                if units.is_multiple_of(unit) {
                     return write!(f, "{sign}{}{suffix}", units / unit);
                 }
             }
@@ -306,7 +306,7 @@ impl fmt::Display for Quantity {
         // Decimal: the largest power of 1000 that divides exactly.
         for exponent in [18i32, 15, 12, 9, 6, 3, 0, -3, -6, -9] {
             let unit = 10u128.pow((exponent + 9) as u32);
-            if abs % unit == 0 {
+            if abs.is_multiple_of(unit) {
                 let suffix = DECIMAL_SUFFIXES
                     .iter()
                     .find(|(_, e)| *e == exponent)

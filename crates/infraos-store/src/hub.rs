@@ -20,6 +20,8 @@ use crate::{Event, Revision, StoreError, WatchStream};
 
 const BROADCAST_CAPACITY: usize = 1024;
 
+type Batch = Arc<[Event]>;
+
 pub(crate) struct Hub {
     inner: Mutex<Inner>,
 }
@@ -30,7 +32,7 @@ struct Inner {
     /// Watches must start after this revision.
     compacted: Revision,
     /// `None` once the store closed: receivers then see `Closed`.
-    sender: Option<broadcast::Sender<Arc<[Event]>>>,
+    sender: Option<broadcast::Sender<Batch>>,
 }
 
 impl Hub {
@@ -92,7 +94,7 @@ impl Hub {
         &self,
         prefix: &str,
         after: Revision,
-    ) -> Result<(Vec<Event>, broadcast::Receiver<Arc<[Event]>>), StoreError> {
+    ) -> Result<(Vec<Event>, broadcast::Receiver<Batch>), StoreError> {
         let inner = self.inner.lock();
         let Some(sender) = &inner.sender else {
             return Err(StoreError::Closed);
@@ -140,11 +142,11 @@ struct WatchState {
     /// The newest revision delivered.
     last: Revision,
     pending: Option<Vec<Event>>,
-    receiver: broadcast::Receiver<Arc<[Event]>>,
+    receiver: broadcast::Receiver<Batch>,
     done: bool,
 }
 
-async fn next_batch(mut s: WatchState) -> Option<(Result<Arc<[Event]>, StoreError>, WatchState)> {
+async fn next_batch(mut s: WatchState) -> Option<(Result<Batch, StoreError>, WatchState)> {
     if s.done {
         return None;
     }

@@ -206,10 +206,10 @@ impl Kind for ResourceSpec {
         if let Some(p) = names::object_name_problem(&spec.class) {
             errors.add("spec.class", p);
         }
-        if let Some(node) = &spec.node {
-            if let Some(p) = names::object_name_problem(node) {
-                errors.add("spec.node", p);
-            }
+        if let Some(node) = &spec.node
+            && let Some(p) = names::object_name_problem(node)
+        {
+            errors.add("spec.node", p);
         }
         for (dim, q) in &spec.capacity {
             if q.is_negative() {
@@ -240,11 +240,11 @@ impl Kind for ResourceSpec {
                 );
             }
         }
-        if spec.cidr.is_some() {
-            if let Err(e) = spec.expand_items() {
-                for fe in e.0 {
-                    errors.add(fe.field, fe.message);
-                }
+        if spec.cidr.is_some()
+            && let Err(e) = spec.expand_items()
+        {
+            for fe in e.0 {
+                errors.add(fe.field, fe.message);
             }
         }
     }
