@@ -1,1 +1,18 @@
-//! placeholder
+//! The InfraOS scheduler: a pure library. A [`Snapshot`] of the cluster and a batch of claims
+//! go in, a [`Plan`] comes out; no I/O, no async runtime, no clock, so it can be benchmarked
+//! and property-tested on its own (DESIGN §3). The server feeds the snapshot from watches and
+//! commits plans through its plan applier, which re-checks each placement with
+//! [`Snapshot::fits`].
+#![forbid(unsafe_code)]
+
+pub mod planner;
+pub mod plugins;
+pub mod profile;
+pub mod snapshot;
+
+pub use planner::{Decision, Explanation, Outcome, Placement, Plan, Scheduler};
+pub use profile::{Profile, ProfileError};
+pub use snapshot::{FitError, Snapshot};
+
+#[cfg(test)]
+mod tests;

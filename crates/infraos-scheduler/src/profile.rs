@@ -1,0 +1,119 @@
+//! The scheduler profile: which score plugins run with what weight, and how many feasible
+//! candidates to find before choosing (sampling keeps large clusters fast).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::plugins::{self, ScorePlugin};
+
+/// The enabled score plugins with their weights.
+pub(crate) type WeightedPlugins = Vec<(Box<dyn ScorePlugin>, f64)>;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Profile {
+    /// Score plugins by name with their weights, e.g. `{binpack: 1}` or `{spread: 2, binpack: 1}`.
+    #[serde(default = "default_scores")]
+    pub scores: BTreeMap<String, f64>,
+    /// Share of candidate nodes to find feasible before choosing; 0 adapts to cluster size
+    /// (50% at 100 nodes down to 5% from 5,625 nodes), as kube-scheduler does.
+    #[serde(default)]
+    pub percentage_of_nodes_to_score: u32,
+    /// Never stop looking before this many feasible nodes (or all of them, if fewer).
+    #[serde(default = "default_min_feasible")]
+    pub min_feasible_nodes: usize,
+}
+
+fn default_scores() -> BTreeMap<String, f64> {
+    [("binpack".to_string(), 1.0)].into_iter().collect()
+}
+
+fn default_min_feasible() -> usize {
+    100
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile {
+            scores: default_scores(),
+            percentage_of_nodes_to_score: 0,
+            min_feasible_nodes: default_min_feasible(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    #[error("scheduler profile: unknown score plugin {0:?} (known: {known})", known = plugins::NAMES.join(", "))]
+    UnknownPlugin(String),
+    #[error("scheduler profile: weight of {0:?} must be a finite number >= 0")]
+    BadWeight(String),
+    #[error("scheduler profile: percentageOfNodesToScore must be at most 100")]
+    BadPercentage,
+}
+
+impl Profile {
+    pub(crate) fn build_plugins(&self) -> Result<WeightedPlugins, ProfileError> {
+        if self.percentage_of_nodes_to_score > 100 {
+            return Err(ProfileError::BadPercentage);
+        }
+        self.scores
+            .iter()
+            .map(|(name, weight)| {
+                if !weight.is_finite() || *weight < 0.0 {
+                    return Err(ProfileError::BadWeight(name.clone()));
+                }
+                let plugin = plugins::by_name(name)
+                    .ok_or_else(|| ProfileError::UnknownPlugin(name.clone()))?;
+                Ok((plugin, *weight))
+            })
+            .collect()
+    }
+
+    /// How many feasible candidates to find among `total` before choosing.
+    pub fn feasible_to_find(&self, total: usize) -> usize {
+        if total <= self.min_feasible_nodes {
+            return total.max(1);
+        }
+        let percentage = if self.percentage_of_nodes_to_score == 0 {
+            (50usize.saturating_sub(total / 125)).max(5)
+        } else {
+            self.percentage_of_nodes_to_score as usize
+        };
+        (total * percentage / 100)
+            .max(self.min_feasible_nodes)
+            .min(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_adapts_to_size() {
+        let p = Profile::default();
+        assert_eq!(p.feasible_to_find(50), 50);
+        assert_eq!(p.feasible_to_find(1000), 420);
+        assert_eq!(p.feasible_to_find(10_000), 500);
+        let all = Profile {
+            percentage_of_nodes_to_score: 100,
+            ..Profile::default()
+        };
+        assert_eq!(all.feasible_to_find(10_000), 10_000);
+    }
+
+    #[test]
+    fn rejects_unknown_plugins_and_bad_weights() {
+        let mut p = Profile::default();
+        p.scores.insert("magic".into(), 1.0);
+        assert!(matches!(
+            p.build_plugins(),
+            Err(ProfileError::UnknownPlugin(_))
+        ));
+        let mut p = Profile::default();
+        p.scores.insert("spread".into(), f64::NAN);
+        assert!(matches!(p.build_plugins(), Err(ProfileError::BadWeight(_))));
+    }
+}

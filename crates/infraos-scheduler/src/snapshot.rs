@@ -1,0 +1,477 @@
+//! The scheduler's view of the cluster: classes, nodes, resources and what allocations use.
+//!
+//! Usage is derived, never stored: each allocation's contribution is kept under its key, so
+//! applying the same allocation twice (once when the plan applier commits it, once when its
+//! watch event arrives) changes nothing, and removing it gives back exactly what it took.
+//! Mutations are level-triggered upserts and removals fed by the server's watch cache.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use infraos_api::kinds::{
+    AllocatedResource, ClassKind, NodeSpec, NodeStatus, ResourceClassSpec, ResourceSpec,
+};
+use infraos_api::{Item, Labels, Quantity};
+
+pub type ResourceId = usize;
+pub type NodeId = usize;
+
+/// A class as the scheduler needs it: dimension names by index.
+#[derive(Clone, Debug)]
+pub struct ClassInfo {
+    pub name: String,
+    pub kind: ClassKind,
+    pub dimensions: Vec<String>,
+}
+
+impl ClassInfo {
+    pub fn dimension_index(&self, name: &str) -> Option<usize> {
+        self.dimensions.iter().position(|d| d == name)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeEntry {
+    pub name: String,
+    pub labels: Labels,
+    /// False for a node named by resources but not registered as a Node object.
+    pub registered: bool,
+    pub ready: bool,
+    pub unschedulable: bool,
+    pub resources: Vec<ResourceId>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ResourceEntry {
+    pub name: String,
+    pub class: String,
+    pub node: Option<NodeId>,
+    /// The resource's own labels; node labels are looked up underneath them.
+    pub labels: Labels,
+    /// Capacity per dimension of the class (counted), by dimension name.
+    pub capacity: BTreeMap<String, Quantity>,
+    pub used: BTreeMap<String, Quantity>,
+    /// Items (items classes), in declaration order.
+    pub items: Arc<[Item]>,
+    pub item_index: HashMap<String, usize>,
+    pub item_used: Vec<bool>,
+    pub items_free: usize,
+    /// Changes whenever the resource's spec changes, to key memoized selector results.
+    pub stamp: u64,
+}
+
+impl ResourceEntry {
+    pub fn free(&self, dim: &str) -> Quantity {
+        let cap = self.capacity.get(dim).copied().unwrap_or(Quantity::ZERO);
+        let used = self.used.get(dim).copied().unwrap_or(Quantity::ZERO);
+        cap.saturating_sub(used)
+    }
+}
+
+/// The indexed state a plan is computed on.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    revision: u64,
+    classes: HashMap<String, ClassInfo>,
+    nodes: Vec<NodeEntry>,
+    node_index: HashMap<String, NodeId>,
+    resources: Vec<Option<ResourceEntry>>,
+    free_slots: Vec<ResourceId>,
+    resource_index: HashMap<String, ResourceId>,
+    /// Node-less resources by class.
+    pools_by_class: HashMap<String, Vec<ResourceId>>,
+    /// Nodes that have at least one resource of the class.
+    nodes_by_class: HashMap<String, Vec<NodeId>>,
+    allocations: HashMap<String, Vec<AllocatedResource>>,
+    allocations_by_resource: HashMap<String, HashSet<String>>,
+    next_stamp: u64,
+}
+
+/// Why an allocation cannot be applied to the current state.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FitError {
+    #[error("resource {0:?} no longer exists")]
+    ResourceGone(String),
+    #[error("resource {resource:?} has {free} {dimension} free, {wanted} wanted")]
+    Insufficient {
+        resource: String,
+        dimension: String,
+        free: Quantity,
+        wanted: Quantity,
+    },
+    #[error("item {item:?} of resource {resource:?} is taken or does not exist")]
+    ItemUnavailable { resource: String, item: String },
+}
+
+impl Snapshot {
+    pub fn new() -> Self {
+        Snapshot::default()
+    }
+
+    /// The store revision the snapshot reflects (as far as the caller has told it).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn set_revision(&mut self, revision: u64) {
+        self.revision = self.revision.max(revision);
+    }
+
+    pub fn class(&self, name: &str) -> Option<&ClassInfo> {
+        self.classes.get(name)
+    }
+
+    pub fn node(&self, id: NodeId) -> &NodeEntry {
+        &self.nodes[id]
+    }
+
+    pub fn node_by_name(&self, name: &str) -> Option<&NodeEntry> {
+        self.node_index.get(name).map(|&id| &self.nodes[id])
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.iter().filter(|n| n.registered).count()
+    }
+
+    pub fn resource(&self, id: ResourceId) -> Option<&ResourceEntry> {
+        self.resources.get(id).and_then(Option::as_ref)
+    }
+
+    pub fn resource_by_name(&self, name: &str) -> Option<&ResourceEntry> {
+        self.resource_index
+            .get(name)
+            .and_then(|&id| self.resource(id))
+    }
+
+    pub fn resource_id(&self, name: &str) -> Option<ResourceId> {
+        self.resource_index.get(name).copied()
+    }
+
+    pub fn resources(&self) -> impl Iterator<Item = (ResourceId, &ResourceEntry)> {
+        self.resources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().map(|r| (i, r)))
+    }
+
+    pub fn pools_of(&self, class: &str) -> &[ResourceId] {
+        self.pools_by_class.get(class).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn nodes_with(&self, class: &str) -> &[NodeId] {
+        self.nodes_by_class.get(class).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn allocation(&self, key: &str) -> Option<&[AllocatedResource]> {
+        self.allocations.get(key).map(Vec::as_slice)
+    }
+
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// A resource's label lookup: its own labels first, then its node's.
+    pub fn label<'a>(&'a self, resource: &'a ResourceEntry, key: &str) -> Option<&'a str> {
+        resource.labels.get(key).map(String::as_str).or_else(|| {
+            resource
+                .node
+                .and_then(|n| self.nodes[n].labels.get(key).map(String::as_str))
+        })
+    }
+
+    // ---- mutations fed by the watch cache -------------------------------------------------
+
+    pub fn upsert_class(&mut self, name: &str, spec: &ResourceClassSpec) {
+        self.classes.insert(
+            name.to_string(),
+            ClassInfo {
+                name: name.to_string(),
+                kind: spec.kind,
+                dimensions: spec.dimensions.iter().map(|d| d.name.clone()).collect(),
+            },
+        );
+    }
+
+    pub fn remove_class(&mut self, name: &str) {
+        self.classes.remove(name);
+    }
+
+    fn node_slot(&mut self, name: &str) -> NodeId {
+        if let Some(&id) = self.node_index.get(name) {
+            return id;
+        }
+        let id = self.nodes.len();
+        self.nodes.push(NodeEntry {
+            name: name.to_string(),
+            labels: Labels::new(),
+            registered: false,
+            ready: false,
+            unschedulable: false,
+            resources: Vec::new(),
+        });
+        self.node_index.insert(name.to_string(), id);
+        id
+    }
+
+    pub fn upsert_node(
+        &mut self,
+        name: &str,
+        labels: &Labels,
+        spec: &NodeSpec,
+        status: Option<&NodeStatus>,
+    ) {
+        let id = self.node_slot(name);
+        let node = &mut self.nodes[id];
+        node.labels = labels.clone();
+        node.registered = true;
+        node.ready = status.is_none_or(NodeStatus::is_ready);
+        node.unschedulable = spec.unschedulable;
+    }
+
+    /// The node stays as an unregistered placeholder while resources still name it.
+    pub fn remove_node(&mut self, name: &str) {
+        if let Some(&id) = self.node_index.get(name) {
+            let node = &mut self.nodes[id];
+            node.registered = false;
+            node.ready = false;
+            node.labels.clear();
+        }
+    }
+
+    pub fn upsert_resource(&mut self, name: &str, labels: &Labels, spec: &ResourceSpec) {
+        self.remove_resource_entry(name);
+        let items: Arc<[Item]> = spec.expand_items().unwrap_or_default().into();
+        let node = spec.node.as_deref().map(|n| self.node_slot(n));
+        self.next_stamp += 1;
+        let entry = ResourceEntry {
+            name: name.to_string(),
+            class: spec.class.clone(),
+            node,
+            labels: labels.clone(),
+            capacity: spec.capacity.clone(),
+            used: BTreeMap::new(),
+            item_index: items
+                .iter()
+                .enumerate()
+                .map(|(i, it)| (it.name.clone(), i))
+                .collect(),
+            item_used: vec![false; items.len()],
+            items_free: items.len(),
+            items,
+            stamp: self.next_stamp,
+        };
+        let id = match self.free_slots.pop() {
+            Some(id) => {
+                self.resources[id] = Some(entry);
+                id
+            }
+            None => {
+                self.resources.push(Some(entry));
+                self.resources.len() - 1
+            }
+        };
+        self.resource_index.insert(name.to_string(), id);
+        match node {
+            Some(n) => {
+                self.nodes[n].resources.push(id);
+                let list = self.nodes_by_class.entry(spec.class.clone()).or_default();
+                if !list.contains(&n) {
+                    list.push(n);
+                }
+            }
+            None => self
+                .pools_by_class
+                .entry(spec.class.clone())
+                .or_default()
+                .push(id),
+        }
+        // Re-apply what existing allocations hold on it.
+        let holders: Vec<String> = self
+            .allocations_by_resource
+            .get(name)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for key in holders {
+            if let Some(parts) = self.allocations.get(&key).cloned() {
+                for part in parts.iter().filter(|p| p.resource == name) {
+                    self.add_usage(id, part);
+                }
+            }
+        }
+    }
+
+    pub fn remove_resource(&mut self, name: &str) {
+        self.remove_resource_entry(name);
+    }
+
+    fn remove_resource_entry(&mut self, name: &str) {
+        let Some(id) = self.resource_index.remove(name) else {
+            return;
+        };
+        let Some(entry) = self.resources[id].take() else {
+            return;
+        };
+        self.free_slots.push(id);
+        match entry.node {
+            Some(n) => {
+                self.nodes[n].resources.retain(|&r| r != id);
+                let still_has_class = self.nodes[n].resources.iter().any(|&r| {
+                    self.resources[r]
+                        .as_ref()
+                        .is_some_and(|e| e.class == entry.class)
+                });
+                if !still_has_class && let Some(list) = self.nodes_by_class.get_mut(&entry.class) {
+                    list.retain(|&x| x != n);
+                }
+            }
+            None => {
+                if let Some(list) = self.pools_by_class.get_mut(&entry.class) {
+                    list.retain(|&x| x != id);
+                }
+            }
+        }
+    }
+
+    /// Records what an allocation holds (replacing what it held before under the same key).
+    pub fn apply_allocation(&mut self, key: &str, parts: &[AllocatedResource]) {
+        self.remove_allocation(key);
+        for part in parts {
+            self.allocations_by_resource
+                .entry(part.resource.clone())
+                .or_default()
+                .insert(key.to_string());
+            if let Some(&id) = self.resource_index.get(&part.resource) {
+                self.add_usage(id, part);
+            }
+        }
+        self.allocations.insert(key.to_string(), parts.to_vec());
+    }
+
+    /// Gives back what an allocation held; a no-op for unknown keys.
+    pub fn remove_allocation(&mut self, key: &str) {
+        let Some(parts) = self.allocations.remove(key) else {
+            return;
+        };
+        for part in &parts {
+            if let Some(holders) = self.allocations_by_resource.get_mut(&part.resource) {
+                holders.remove(key);
+                if holders.is_empty() {
+                    self.allocations_by_resource.remove(&part.resource);
+                }
+            }
+            if let Some(&id) = self.resource_index.get(&part.resource) {
+                self.sub_usage(id, part);
+            }
+        }
+    }
+
+    fn add_usage(&mut self, id: ResourceId, part: &AllocatedResource) {
+        let Some(entry) = self.resources[id].as_mut() else {
+            return;
+        };
+        for (dim, q) in &part.amount {
+            let slot = entry.used.entry(dim.clone()).or_insert(Quantity::ZERO);
+            *slot = slot.checked_add(*q).unwrap_or(*slot);
+        }
+        for item in &part.items {
+            if let Some(&i) = entry.item_index.get(item)
+                && !entry.item_used[i]
+            {
+                entry.item_used[i] = true;
+                entry.items_free -= 1;
+            }
+        }
+    }
+
+    fn sub_usage(&mut self, id: ResourceId, part: &AllocatedResource) {
+        let Some(entry) = self.resources[id].as_mut() else {
+            return;
+        };
+        for (dim, q) in &part.amount {
+            if let Some(slot) = entry.used.get_mut(dim) {
+                *slot = slot.saturating_sub(*q);
+            }
+        }
+        for item in &part.items {
+            if let Some(&i) = entry.item_index.get(item)
+                && entry.item_used[i]
+            {
+                entry.item_used[i] = false;
+                entry.items_free += 1;
+            }
+        }
+    }
+
+    /// The plan applier's re-check: does this allocation fit what is free right now?
+    /// Parts on the same resource are summed, and an item listed twice does not fit.
+    pub fn fits(&self, parts: &[AllocatedResource]) -> Result<(), FitError> {
+        let mut wanted: HashMap<(&str, &str), Quantity> = HashMap::new();
+        let mut items: HashSet<(&str, &str)> = HashSet::new();
+        for part in parts {
+            let entry = self
+                .resource_by_name(&part.resource)
+                .ok_or_else(|| FitError::ResourceGone(part.resource.clone()))?;
+            for (dim, q) in &part.amount {
+                let total = wanted
+                    .entry((part.resource.as_str(), dim.as_str()))
+                    .or_insert(Quantity::ZERO);
+                *total = total
+                    .checked_add(*q)
+                    .unwrap_or(Quantity::from_nanos(i128::MAX));
+                let free = entry.free(dim);
+                if *total > free || !entry.capacity.contains_key(dim) {
+                    return Err(FitError::Insufficient {
+                        resource: part.resource.clone(),
+                        dimension: dim.clone(),
+                        free,
+                        wanted: *total,
+                    });
+                }
+            }
+            for item in &part.items {
+                let free = entry
+                    .item_index
+                    .get(item)
+                    .is_some_and(|&i| !entry.item_used[i]);
+                if !free || !items.insert((part.resource.as_str(), item.as_str())) {
+                    return Err(FitError::ItemUnavailable {
+                        resource: part.resource.clone(),
+                        item: item.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every resource's usage within capacity and every item held at most once; the invariant
+    /// the property tests check after every step.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut item_holders: HashMap<(&str, &str), &str> = HashMap::new();
+        for (key, parts) in &self.allocations {
+            for part in parts {
+                for item in &part.items {
+                    if let Some(other) = item_holders.insert((&part.resource, item), key) {
+                        return Err(format!(
+                            "item {item} of {} held by both {other} and {key}",
+                            part.resource
+                        ));
+                    }
+                }
+            }
+        }
+        for (_, r) in self.resources() {
+            for (dim, used) in &r.used {
+                let cap = r.capacity.get(dim).copied().unwrap_or(Quantity::ZERO);
+                if *used > cap {
+                    return Err(format!("{} {dim}: {used} used of {cap}", r.name));
+                }
+            }
+            let counted = r.item_used.iter().filter(|u| **u).count();
+            if counted + r.items_free != r.items.len() {
+                return Err(format!("{}: item accounting is inconsistent", r.name));
+            }
+        }
+        Ok(())
+    }
+}
