@@ -23,7 +23,7 @@ use std::sync::Arc;
 use infraos_api::kinds::{AllocatedResource, Claim, ClassKind, RunnerUp, ScoreBreakdown};
 use infraos_api::{ItemSelector, LabelSelector, Quantity};
 
-use crate::plugins::{ScoreInput, ScorePlugin};
+use crate::plugins::ScoreInput;
 use crate::profile::{Profile, ProfileError, WeightedPlugins};
 use crate::snapshot::{ClassInfo, NodeId, ResourceEntry, ResourceId, Snapshot};
 
