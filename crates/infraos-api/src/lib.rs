@@ -21,7 +21,7 @@ pub use duration::Duration;
 pub use item_selector::{AttributeType, AttributeValue, Item, ItemSelector};
 pub use labels::{LabelSelector, Labels};
 pub use meta::{Condition, ObjectMeta, ObjectRef, OwnerReference};
-pub use object::{API_VERSION, Kind, KindInfo, Object};
+pub use object::{API_VERSION, Kind, KindInfo, Object, TypedObject};
 pub use quantity::Quantity;
 pub use time::Time;
 pub use validation::{FieldError, ValidationErrors};

@@ -217,23 +217,78 @@ pub fn kind_by_any_name(name: &str) -> Option<&'static KindInfo> {
     })
 }
 
+/// An object of any kind, decoded and validated: what the server works with between parsing
+/// a request and storing the object.
+#[derive(Clone, Debug)]
+pub enum TypedObject {
+    ResourceClass(Object<crate::kinds::ResourceClassSpec>),
+    Resource(Object<crate::kinds::ResourceSpec>),
+    Claim(Object<crate::kinds::ClaimSpec>),
+    Allocation(Object<crate::kinds::AllocationSpec>),
+    Node(Object<crate::kinds::NodeSpec>),
+    Tenant(Object<crate::kinds::TenantSpec>),
+    Project(Object<crate::kinds::ProjectSpec>),
+    Event(Object<crate::kinds::EventSpec>),
+}
+
+macro_rules! each_kind {
+    ($self:expr, $o:ident => $body:expr) => {
+        match $self {
+            TypedObject::ResourceClass($o) => $body,
+            TypedObject::Resource($o) => $body,
+            TypedObject::Claim($o) => $body,
+            TypedObject::Allocation($o) => $body,
+            TypedObject::Node($o) => $body,
+            TypedObject::Tenant($o) => $body,
+            TypedObject::Project($o) => $body,
+            TypedObject::Event($o) => $body,
+        }
+    };
+}
+
+impl TypedObject {
+    /// Decodes and validates a JSON object of the given kind.
+    pub fn decode(info: &KindInfo, value: &serde_json::Value) -> Result<Self, ValidationErrors> {
+        use crate::kinds::*;
+        Ok(match info.kind {
+            "ResourceClass" => TypedObject::ResourceClass(decode::<ResourceClassSpec>(value)?),
+            "Resource" => TypedObject::Resource(decode::<ResourceSpec>(value)?),
+            "Claim" => TypedObject::Claim(decode::<ClaimSpec>(value)?),
+            "Allocation" => TypedObject::Allocation(decode::<AllocationSpec>(value)?),
+            "Node" => TypedObject::Node(decode::<NodeSpec>(value)?),
+            "Tenant" => TypedObject::Tenant(decode::<TenantSpec>(value)?),
+            "Project" => TypedObject::Project(decode::<ProjectSpec>(value)?),
+            "Event" => TypedObject::Event(decode::<EventSpec>(value)?),
+            other => {
+                return Err(ValidationErrors::one(
+                    "kind",
+                    format!("unknown kind {other:?}"),
+                ));
+            }
+        })
+    }
+
+    pub fn meta(&self) -> &ObjectMeta {
+        each_kind!(self, o => &o.metadata)
+    }
+
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        each_kind!(self, o => &mut o.metadata)
+    }
+
+    /// The normalized JSON form: quantities, selectors and defaults as the server stores them.
+    pub fn to_value(&self) -> serde_json::Value {
+        each_kind!(self, o => o.to_value())
+    }
+
+    pub fn has_status(&self) -> bool {
+        each_kind!(self, o => o.status.is_some())
+    }
+}
+
 /// Validates a JSON object against its kind's schema and rules.
 pub fn validate_value(info: &KindInfo, value: &serde_json::Value) -> Result<(), ValidationErrors> {
-    use crate::kinds::*;
-    match info.kind {
-        "ResourceClass" => decode::<ResourceClassSpec>(value).map(drop),
-        "Resource" => decode::<ResourceSpec>(value).map(drop),
-        "Claim" => decode::<ClaimSpec>(value).map(drop),
-        "Allocation" => decode::<AllocationSpec>(value).map(drop),
-        "Node" => decode::<NodeSpec>(value).map(drop),
-        "Tenant" => decode::<TenantSpec>(value).map(drop),
-        "Project" => decode::<ProjectSpec>(value).map(drop),
-        "Event" => decode::<EventSpec>(value).map(drop),
-        other => Err(ValidationErrors::one(
-            "kind",
-            format!("unknown kind {other:?}"),
-        )),
-    }
+    TypedObject::decode(info, value).map(drop)
 }
 
 /// The JSON Schema of a kind's full object, for the OpenAPI document.

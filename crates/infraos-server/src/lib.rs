@@ -1,1 +1,119 @@
-//! placeholder
+//! The InfraOS control plane (DESIGN §3): HTTPS API → authentication → admission → store →
+//! audit, and the controllers (scheduler, leases, claim finalizer) as level-triggered loops
+//! over watches of the store.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use tokio::sync::watch;
+
+pub mod admission;
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod controllers;
+pub mod error;
+pub mod events;
+pub mod init;
+pub mod lease;
+pub mod objects;
+pub mod openapi;
+pub mod reflector;
+pub mod state;
+pub mod tls;
+
+pub use clock::{Clock, OffsetClock, SharedClock, SystemClock};
+pub use config::ServerConfig;
+pub use error::{ApiError, ServerError};
+
+/// The file a running server writes its URL to, so scripts and tests can find a port chosen
+/// by the OS (`--listen 127.0.0.1:0`).
+pub const URL_FILE: &str = "server.url";
+
+/// A running server; dropping it does not stop it, [`Server::shutdown`] does.
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens the data dir's store, starts the controllers and listens.
+    pub async fn start(config: ServerConfig, clock: SharedClock) -> Result<Server, ServerError> {
+        let dir = config.data_dir.clone();
+        if !init::is_initialised(&dir) {
+            return Err(ServerError::NotInitialised(dir.display().to_string()));
+        }
+        let store: Arc<dyn infraos_store::Store> = Arc::new(
+            infraos_store::embedded::EmbeddedStore::open(&config.store_path(), Default::default())?,
+        );
+        let tls =
+            tls::load_server_config(&dir.join(init::SERVER_CERT), &dir.join(init::SERVER_KEY))?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen.to_string(),
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen.to_string(),
+                source,
+            })?;
+        let state = state::AppState {
+            store,
+            config: Arc::new(config),
+            tokens: Arc::new(auth::TokenCache::default()),
+            clock,
+            ready: Arc::new(AtomicBool::new(false)),
+            openapi: Arc::new(openapi::document()),
+        };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = vec![
+            controllers::scheduler::spawn(state.clone(), shutdown_rx.clone())?,
+            controllers::lease::spawn(state.clone(), shutdown_rx.clone()),
+            controllers::claims::spawn(state.clone(), shutdown_rx.clone()),
+        ];
+        let app = api::router(state.clone()).layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(
+                    tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::DEBUG),
+                )
+                .on_response(
+                    tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG),
+                ),
+        );
+        tasks.push(tokio::spawn(tls::serve(
+            listener,
+            Arc::new(tls),
+            app,
+            shutdown_rx,
+        )));
+        let url = format!("https://{addr}");
+        init::write_file(&dir.join(URL_FILE), format!("{url}\n").as_bytes(), 0o644)?;
+        tracing::info!(%url, data_dir = %dir.display(), "InfraOS server listening");
+        Ok(Server {
+            addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to a few seconds), stops the
+    /// controllers and closes the store.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Admission: what must hold between objects, checked after a request's object has been decoded
+//! and validated on its own (schema, fields) and before it is stored.
+//!
+//! - namespaced objects live in an existing Project; a Project names an existing Tenant;
+//! - a Resource follows its class (dimensions, item attribute schema);
+//! - a Claim asks for existing classes the way they are counted, and its CEL selectors
+//!   type-check against the class's attribute schema;
+//! - immutable fields stay as they were; in-use objects are not deleted from under their users.
+
+use infraos_api::kinds::{ClassKind, ResourceClassSpec, TenantSpec};
+use infraos_api::validation::Errors;
+use infraos_api::{KindInfo, Object, TypedObject};
+use infraos_store::Store;
+
+use crate::error::ApiError;
+use crate::objects::{self, decode_typed};
+
+async fn get_typed<K: infraos_api::Kind>(
+    store: &dyn Store,
+    name: &str,
+) -> Result<Option<Object<K>>, ApiError> {
+    let key = objects::key(K::INFO, None, name);
+    match store.get(&key).await? {
+        Some(kv) => Ok(Some(decode_typed::<K>(&kv)?)),
+        None => Ok(None),
+    }
+}
+
+async fn require_project(store: &dyn Store, namespace: &str) -> Result<(), ApiError> {
+    let key = objects::key(infraos_api::kinds::ProjectSpec::INFO, None, namespace);
+    if store.get(&key).await?.is_none() {
+        return Err(ApiError::not_found("Project", namespace));
+    }
+    Ok(())
+}
+
+use infraos_api::Kind as _;
+
+/// Checks a new object against the objects it refers to.
+pub async fn admit(store: &dyn Store, object: &TypedObject) -> Result<(), ApiError> {
+    let meta = object.meta();
+    if let Some(ns) = meta.namespace.as_deref() {
+        require_project(store, ns).await?;
+    }
+    let kind_name = |o: &TypedObject| match o {
+        TypedObject::Claim(_) => "Claim",
+        TypedObject::Resource(_) => "Resource",
+        TypedObject::Project(_) => "Project",
+        _ => "",
+    };
+    let invalid = |errors: Errors| -> Result<(), ApiError> {
+        errors
+            .into_result()
+            .map_err(|e| ApiError::invalid(kind_name(object), &meta.name, &e))
+    };
+    match object {
+        TypedObject::Project(project) => {
+            let tenant = &project.spec.tenant;
+            if get_typed::<TenantSpec>(store, tenant).await?.is_none() {
+                let mut errors = Errors::default();
+                errors.add("spec.tenant", format!("Tenant {tenant:?} not found"));
+                return invalid(errors);
+            }
+        }
+        TypedObject::Resource(resource) => {
+            let class_name = &resource.spec.class;
+            let Some(class) = get_typed::<ResourceClassSpec>(store, class_name).await? else {
+                let mut errors = Errors::default();
+                errors.add(
+                    "spec.class",
+                    format!("ResourceClass {class_name:?} not found"),
+                );
+                return invalid(errors);
+            };
+            resource
+                .spec
+                .validate_against_class(&class.spec)
+                .map_err(|e| ApiError::invalid("Resource", &meta.name, &e))?;
+        }
+        TypedObject::Claim(claim) => {
+            let mut errors = Errors::default();
+            for (i, request) in claim.spec.requests.iter().enumerate() {
+                let Some(class) = get_typed::<ResourceClassSpec>(store, &request.class).await?
+                else {
+                    errors.add(
+                        format!("spec.requests[{i}].class"),
+                        format!("ResourceClass {:?} not found", request.class),
+                    );
+                    continue;
+                };
+                match class.spec.kind {
+                    ClassKind::Counted => {
+                        if request.count.is_some() {
+                            errors.add(
+                                format!("spec.requests[{i}].count"),
+                                format!(
+                                    "class {:?} is counted: request an amount per dimension",
+                                    request.class
+                                ),
+                            );
+                        }
+                        for dim in request.amount.keys() {
+                            if !class.spec.has_dimension(dim) {
+                                errors.add(
+                                    format!("spec.requests[{i}].amount.{dim}"),
+                                    format!("class {:?} has no dimension {dim:?}", request.class),
+                                );
+                            }
+                        }
+                    }
+                    ClassKind::Items => {
+                        if !request.amount.is_empty() {
+                            errors.add(
+                                format!("spec.requests[{i}].amount"),
+                                format!("class {:?} has items: request a count", request.class),
+                            );
+                        }
+                        if let (Some(selector), false) =
+                            (&request.selector, class.spec.attributes.is_empty())
+                        {
+                            if let Err(e) = selector.check(&class.spec.attributes) {
+                                errors.add(format!("spec.requests[{i}].selector"), e.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+            return invalid(errors);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Checks an update against the stored object: immutable fields stay.
+pub fn admit_update(new: &TypedObject, old: &TypedObject) -> Result<(), ApiError> {
+    let name = &new.meta().name;
+    let immutable =
+        |kind: &str, field: &str| ApiError::invalid_field(kind, name, field, "field is immutable");
+    match (new, old) {
+        (TypedObject::Claim(n), TypedObject::Claim(o)) if n.spec != o.spec => {
+            Err(immutable("Claim", "spec"))
+        }
+        (TypedObject::Project(n), TypedObject::Project(o)) if n.spec.tenant != o.spec.tenant => {
+            Err(immutable("Project", "spec.tenant"))
+        }
+        (TypedObject::ResourceClass(n), TypedObject::ResourceClass(o))
+            if n.spec.kind != o.spec.kind =>
+        {
+            Err(immutable("ResourceClass", "spec.kind"))
+        }
+        (TypedObject::Resource(n), TypedObject::Resource(o)) if n.spec.class != o.spec.class => {
+            Err(immutable("Resource", "spec.class"))
+        }
+        (TypedObject::Resource(n), TypedObject::Resource(o)) if n.spec.node != o.spec.node => {
+            Err(immutable("Resource", "spec.node"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses to delete what others still use.
+pub async fn admit_delete(store: &dyn Store, info: &KindInfo, name: &str) -> Result<(), ApiError> {
+    use infraos_api::kinds::*;
+    match info.kind {
+        "Project" => {
+            for kind in [ClaimSpec::INFO, AllocationSpec::INFO] {
+                let inside = store
+                    .range(&objects::prefix(kind, Some(name)), None, 1)
+                    .await?;
+                if let Some(kv) = inside.kvs.first() {
+                    return Err(ApiError::conflict(
+                        "Project",
+                        name,
+                        format!("project {name:?} is not empty: it still holds {}", kv.key),
+                    ));
+                }
+            }
+        }
+        "Tenant" => {
+            let projects = store
+                .range(&objects::prefix(ProjectSpec::INFO, None), None, 0)
+                .await?;
+            for kv in &projects.kvs {
+                let project = decode_typed::<ProjectSpec>(kv)?;
+                if project.spec.tenant == name {
+                    return Err(ApiError::conflict(
+                        "Tenant",
+                        name,
+                        format!(
+                            "tenant {name:?} still owns project {:?}",
+                            project.metadata.name
+                        ),
+                    ));
+                }
+            }
+        }
+        "ResourceClass" => {
+            let resources = store
+                .range(&objects::prefix(ResourceSpec::INFO, None), None, 0)
+                .await?;
+            for kv in &resources.kvs {
+                let resource = decode_typed::<ResourceSpec>(kv)?;
+                if resource.spec.class == name {
+                    return Err(ApiError::conflict(
+                        "ResourceClass",
+                        name,
+                        format!(
+                            "class {name:?} is in use by resource {:?}",
+                            resource.metadata.name
+                        ),
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! The HTTP API: Kubernetes-shaped paths under `/apis/infraos.io/v1`.
+//!
+//! ```text
+//!  /apis/infraos.io/v1/<plural>[/<name>[/status]]                       cluster-scoped kinds
+//!  /apis/infraos.io/v1/namespaces/<ns>/<plural>[/<name>[/<sub>]]         namespaced kinds
+//!  /apis/infraos.io/v1/auditrecords                                     the audit chain
+//!  /healthz /readyz /version /openapi/v3 /apis /apis/infraos.io/v1      unauthenticated meta
+//! ```
+//! Every request passes authentication (a tower layer), then its handler parses the request
+//! into a typed command at the border: body size-capped, JSON or YAML, decoded into the kind's
+//! closed type with field-path errors.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::routing::get;
+use infraos_api::KindInfo;
+
+use crate::audit::Actor;
+use crate::auth::Identity;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+mod audit_records;
+mod claims;
+mod meta;
+mod objects;
+mod watch;
+
+pub const PREFIX: &str = "/apis/infraos.io/v1";
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/auditrecords", get(audit_records::list))
+        .route(
+            "/namespaces/{ns}/{plural}",
+            get(objects::list_namespaced).post(objects::create_namespaced),
+        )
+        .route(
+            "/namespaces/{ns}/{plural}/{name}",
+            get(objects::get_namespaced)
+                .put(objects::update_namespaced)
+                .patch(objects::patch_namespaced)
+                .delete(objects::delete_namespaced),
+        )
+        .route(
+            "/namespaces/{ns}/{plural}/{name}/{sub}",
+            get(objects::get_namespaced_sub)
+                .put(objects::update_namespaced_sub)
+                .patch(objects::patch_namespaced_sub)
+                .post(claims::action),
+        )
+        .route(
+            "/{plural}",
+            get(objects::list_cluster).post(objects::create_cluster),
+        )
+        .route(
+            "/{plural}/{name}",
+            get(objects::get_cluster)
+                .put(objects::update_cluster)
+                .patch(objects::patch_cluster)
+                .delete(objects::delete_cluster),
+        )
+        .route(
+            "/{plural}/{name}/{sub}",
+            get(objects::get_cluster_sub)
+                .put(objects::update_cluster_sub)
+                .patch(objects::patch_cluster_sub),
+        );
+    let authenticated = Router::new()
+        .nest(PREFIX, v1)
+        .route("/openapi/v3", get(meta::openapi))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::authenticate,
+        ));
+    Router::new()
+        .merge(authenticated)
+        .route("/healthz", get(meta::healthz))
+        .route("/readyz", get(meta::readyz))
+        .route("/version", get(meta::version))
+        .route("/apis", get(meta::api_groups))
+        .route(PREFIX, get(meta::api_resources))
+        .fallback(|| async {
+            ApiError::no_route("the server could not find the requested resource")
+        })
+        .with_state(state)
+}
+
+/// The caller of a request: its identity and network address.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub identity: Arc<Identity>,
+    pub source: Option<SocketAddr>,
+}
+
+impl Ctx {
+    pub fn actor(&self) -> Actor {
+        Actor {
+            subject: self.identity.subject.clone(),
+            source: self.source.map(|s| s.to_string()),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Ctx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let identity = parts
+            .extensions
+            .get::<Arc<Identity>>()
+            .cloned()
+            .ok_or_else(|| ApiError::unauthorized("not authenticated"))?;
+        let source = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        Ok(Ctx { identity, source })
+    }
+}
+
+/// Resolves a URL's plural to a kind, checking it is served at this scope.
+pub fn kind_for(plural: &str, namespaced_path: bool) -> Result<&'static KindInfo, ApiError> {
+    let info = infraos_api::object::kind_by_plural(plural).ok_or_else(|| {
+        ApiError::no_route(format!(
+            "the server does not serve {plural:?} in infraos.io/v1 (known: {})",
+            infraos_api::object::kinds()
+                .iter()
+                .map(|k| k.plural)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    if info.namespaced != namespaced_path {
+        let scope = if info.namespaced {
+            "namespaced: use /apis/infraos.io/v1/namespaces/<project>/"
+        } else {
+            "cluster-scoped: use /apis/infraos.io/v1/"
+        };
+        return Err(ApiError::no_route(format!(
+            "{} is {scope}{plural}",
+            info.kind
+        )));
+    }
+    Ok(info)
+}
+
+/// Reads a request body up to the configured cap and parses it as JSON or YAML.
+pub async fn read_body(
+    state: &AppState,
+    request: Request,
+) -> Result<(serde_json::Value, String), ApiError> {
+    let content_type = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let limit = state.config.max_body_bytes;
+    let bytes = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| ApiError::too_large(format!("request body exceeds the {limit}-byte limit")))?;
+    let value: serde_json::Value = match content_type.as_str() {
+        "application/json" | "application/merge-patch+json" | "" => serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?,
+        "application/yaml" | "application/x-yaml" | "text/yaml" => {
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| ApiError::bad_request("request body is not UTF-8"))?;
+            serde_norway::from_str(text).map_err(|e| {
+                ApiError::bad_request(format!("request body is not valid YAML: {e}"))
+            })?
+        }
+        other => {
+            return Err(ApiError::unsupported_media_type(format!(
+                "content type {other:?} is not supported; use application/json, application/merge-patch+json or application/yaml"
+            )));
+        }
+    };
+    if !value.is_object() {
+        return Err(ApiError::bad_request("request body must be a JSON object"));
+    }
+    Ok((value, content_type))
+}

@@ -1,0 +1,951 @@
+//! Create, read, update, patch, delete and list for every kind, generically.
+//!
+//! Writes follow one path: parse → strip what the server owns → decode and validate into the
+//! kind's type → admission → compare-and-swap in the store, with the audit record in the same
+//! transaction. A refused write changes nothing and still leaves an audit record.
+
+use axum::Json;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use infraos_api::kinds::{ClaimPhase, ClaimStatus};
+use infraos_api::{KindInfo, LabelSelector, TypedObject};
+use infraos_store::{Compare, Txn};
+use serde::Deserialize;
+
+use super::{Ctx, kind_for, read_body};
+use crate::admission;
+use crate::audit::{self, Record};
+use crate::error::ApiError;
+use crate::objects::{
+    self, ALLOCATION_FINALIZER, Stored, decode_stored, encode_for_store, set_revision,
+};
+use crate::state::AppState;
+
+/// Query parameters of list and watch requests. All strings, parsed here so that bad values
+/// get a Status body that names them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListParams {
+    pub label_selector: Option<String>,
+    pub limit: Option<String>,
+    #[serde(rename = "continue")]
+    pub continue_token: Option<String>,
+    pub watch: Option<String>,
+    pub resource_version: Option<String>,
+    pub allow_watch_bookmarks: Option<String>,
+    pub timeout_seconds: Option<String>,
+}
+
+fn truthy(v: &Option<String>) -> bool {
+    matches!(v.as_deref(), Some("true" | "1" | ""))
+}
+
+impl ListParams {
+    pub fn selector(&self) -> Result<Option<LabelSelector>, ApiError> {
+        match self.label_selector.as_deref() {
+            None | Some("") => Ok(None),
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|e| ApiError::bad_request(format!("labelSelector: {e}"))),
+        }
+    }
+
+    pub fn resource_version(&self) -> Result<Option<u64>, ApiError> {
+        match self.resource_version.as_deref() {
+            None | Some("") => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                ApiError::bad_request(format!("resourceVersion: {v:?} is not a revision number"))
+            }),
+        }
+    }
+
+    pub fn is_watch(&self) -> bool {
+        truthy(&self.watch)
+    }
+
+    pub fn bookmarks(&self) -> bool {
+        truthy(&self.allow_watch_bookmarks)
+    }
+
+    pub fn timeout(&self) -> Result<Option<std::time::Duration>, ApiError> {
+        match self.timeout_seconds.as_deref() {
+            None | Some("") => Ok(None),
+            Some(v) => v
+                .parse::<u64>()
+                .map(|s| Some(std::time::Duration::from_secs(s)))
+                .map_err(|_| {
+                    ApiError::bad_request(format!("timeoutSeconds: {v:?} is not a number"))
+                }),
+        }
+    }
+}
+
+fn labels_of<'a>(value: &'a serde_json::Value) -> impl Fn(&str) -> Option<&'a str> + Copy + 'a {
+    move |k: &str| {
+        value
+            .pointer("/metadata/labels")
+            .and_then(|l| l.get(k))
+            .and_then(|v| v.as_str())
+    }
+}
+
+pub fn selector_matches(selector: Option<&LabelSelector>, value: &serde_json::Value) -> bool {
+    selector.is_none_or(|s| s.matches_with(labels_of(value)))
+}
+
+// ---- handlers (thin: resolve the kind, then share one implementation) ----------------------
+
+pub async fn list_cluster(
+    State(state): State<AppState>,
+    Path(plural): Path<String>,
+    Query(params): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let info = kind_for(&plural, false)?;
+    list_or_watch(state, info, None, params).await
+}
+
+pub async fn list_namespaced(
+    State(state): State<AppState>,
+    Path((ns, plural)): Path<(String, String)>,
+    Query(params): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let info = kind_for(&plural, true)?;
+    list_or_watch(state, info, Some(ns), params).await
+}
+
+pub async fn get_cluster(
+    State(state): State<AppState>,
+    Path((plural, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    get_one(&state, kind_for(&plural, false)?, None, &name).await
+}
+
+pub async fn get_namespaced(
+    State(state): State<AppState>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    get_one(&state, kind_for(&plural, true)?, Some(&ns), &name).await
+}
+
+pub async fn get_cluster_sub(
+    State(state): State<AppState>,
+    Path((plural, name, sub)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    check_status_sub(&sub)?;
+    get_one(&state, kind_for(&plural, false)?, None, &name).await
+}
+
+pub async fn get_namespaced_sub(
+    State(state): State<AppState>,
+    Path((ns, plural, name, sub)): Path<(String, String, String, String)>,
+) -> Result<Response, ApiError> {
+    check_status_sub(&sub)?;
+    get_one(&state, kind_for(&plural, true)?, Some(&ns), &name).await
+}
+
+pub async fn create_cluster(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(plural): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let info = kind_for(&plural, false)?;
+    Ok(create(state, ctx, info, None, request).await)
+}
+
+pub async fn create_namespaced(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((ns, plural)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let info = kind_for(&plural, true)?;
+    Ok(create(state, ctx, info, Some(ns), request).await)
+}
+
+pub async fn update_cluster(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((plural, name)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let info = kind_for(&plural, false)?;
+    Ok(write(state, ctx, info, None, name, None, Verb::Update, request).await)
+}
+
+pub async fn update_namespaced(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let info = kind_for(&plural, true)?;
+    Ok(write(
+        state,
+        ctx,
+        info,
+        Some(ns),
+        name,
+        None,
+        Verb::Update,
+        request,
+    )
+    .await)
+}
+
+pub async fn update_cluster_sub(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((plural, name, sub)): Path<(String, String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    check_status_sub(&sub)?;
+    let info = kind_for(&plural, false)?;
+    Ok(write(
+        state,
+        ctx,
+        info,
+        None,
+        name,
+        Some(sub),
+        Verb::Update,
+        request,
+    )
+    .await)
+}
+
+pub async fn update_namespaced_sub(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((ns, plural, name, sub)): Path<(String, String, String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    check_status_sub(&sub)?;
+    let info = kind_for(&plural, true)?;
+    Ok(write(
+        state,
+        ctx,
+        info,
+        Some(ns),
+        name,
+        Some(sub),
+        Verb::Update,
+        request,
+    )
+    .await)
+}
+
+pub async fn patch_cluster(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((plural, name)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let info = kind_for(&plural, false)?;
+    Ok(write(state, ctx, info, None, name, None, Verb::Patch, request).await)
+}
+
+pub async fn patch_namespaced(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let info = kind_for(&plural, true)?;
+    Ok(write(state, ctx, info, Some(ns), name, None, Verb::Patch, request).await)
+}
+
+pub async fn patch_cluster_sub(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((plural, name, sub)): Path<(String, String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    check_status_sub(&sub)?;
+    let info = kind_for(&plural, false)?;
+    Ok(write(
+        state,
+        ctx,
+        info,
+        None,
+        name,
+        Some(sub),
+        Verb::Patch,
+        request,
+    )
+    .await)
+}
+
+pub async fn patch_namespaced_sub(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((ns, plural, name, sub)): Path<(String, String, String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    check_status_sub(&sub)?;
+    let info = kind_for(&plural, true)?;
+    Ok(write(
+        state,
+        ctx,
+        info,
+        Some(ns),
+        name,
+        Some(sub),
+        Verb::Patch,
+        request,
+    )
+    .await)
+}
+
+pub async fn delete_cluster(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((plural, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let info = kind_for(&plural, false)?;
+    Ok(delete(state, ctx, info, None, name).await)
+}
+
+pub async fn delete_namespaced(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let info = kind_for(&plural, true)?;
+    Ok(delete(state, ctx, info, Some(ns), name).await)
+}
+
+fn check_status_sub(sub: &str) -> Result<(), ApiError> {
+    if sub == "status" {
+        Ok(())
+    } else {
+        Err(ApiError::no_route(format!("unknown subresource {sub:?}")))
+    }
+}
+
+// ---- reads ---------------------------------------------------------------------------------
+
+async fn get_one(
+    state: &AppState,
+    info: &KindInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let key = objects::key(info, ns, name);
+    let kv = state
+        .store
+        .get(&key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(info.kind, name))?;
+    Ok(Json(decode_stored(&kv)?.value).into_response())
+}
+
+const PAGE: usize = 500;
+
+async fn list_or_watch(
+    state: AppState,
+    info: &'static KindInfo,
+    ns: Option<String>,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    if params.is_watch() {
+        return super::watch::watch(state, info, ns, params).await;
+    }
+    let selector = params.selector()?;
+    let limit = match params.limit.as_deref() {
+        None | Some("") | Some("0") => None,
+        Some(v) => Some(
+            v.parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("limit: {v:?} is not a number")))?,
+        ),
+    };
+    let prefix = objects::prefix(info, ns.as_deref());
+    let mut after = match params.continue_token.as_deref() {
+        None | Some("") => None,
+        Some(token) => Some(decode_continue(token, &prefix)?),
+    };
+    let mut items = Vec::new();
+    let mut revision = None;
+    let mut next = None;
+    loop {
+        let want = limit.map_or(PAGE, |l| (l - items.len()).clamp(1, PAGE));
+        let page = state.store.range(&prefix, after.as_deref(), want).await?;
+        revision.get_or_insert(page.revision);
+        for kv in &page.kvs {
+            let stored = decode_stored(kv)?;
+            if selector_matches(selector.as_ref(), &stored.value) {
+                items.push(stored.value);
+            }
+            after = Some(kv.key.clone());
+            if limit.is_some_and(|l| items.len() >= l) {
+                break;
+            }
+        }
+        let full = limit.is_some_and(|l| items.len() >= l);
+        if full {
+            // Whether anything follows decides if a continue token is given.
+            let probe = state.store.range(&prefix, after.as_deref(), 1).await?;
+            if !probe.kvs.is_empty() {
+                next = after.clone();
+            }
+            break;
+        }
+        if !page.more {
+            break;
+        }
+    }
+    let mut metadata = serde_json::json!({"resourceVersion": revision.unwrap_or(0).to_string()});
+    if let Some(key) = next {
+        metadata["continue"] = encode_continue(&key).into();
+    }
+    Ok(Json(serde_json::json!({
+        "apiVersion": infraos_api::API_VERSION,
+        "kind": format!("{}List", info.kind),
+        "metadata": metadata,
+        "items": items,
+    }))
+    .into_response())
+}
+
+fn encode_continue(key: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.as_bytes())
+}
+
+fn decode_continue(token: &str, prefix: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::bad_request("continue: the token is not valid for this list");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let key = String::from_utf8(bytes).map_err(|_| bad())?;
+    if !key.starts_with(prefix) {
+        return Err(bad());
+    }
+    Ok(key)
+}
+
+// ---- writes --------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Update,
+    Patch,
+}
+
+/// Finishes a mutating request: on failure, the refusal is audited too.
+async fn finish(
+    state: &AppState,
+    ctx: &Ctx,
+    verb: &str,
+    info: &KindInfo,
+    ns: Option<&str>,
+    name: &str,
+    result: Result<Response, ApiError>,
+) -> Response {
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            let object = audit::object_ref(info.kind, ns, name);
+            let payload = Record {
+                actor: &ctx.actor(),
+                verb,
+                object,
+                code: e.code.as_u16(),
+                reason: Some(e.reason.to_string()),
+                before: None,
+                after: None,
+                node: None,
+            }
+            .payload(state.clock.now());
+            audit::append_alone(&*state.store, payload).await;
+            e.into_response()
+        }
+    }
+}
+
+async fn create(
+    state: AppState,
+    ctx: Ctx,
+    info: &'static KindInfo,
+    ns: Option<String>,
+    request: Request,
+) -> Response {
+    let mut name = String::new();
+    let result = create_inner(&state, &ctx, info, ns.as_deref(), request, &mut name).await;
+    finish(&state, &ctx, "create", info, ns.as_deref(), &name, result).await
+}
+
+async fn create_inner(
+    state: &AppState,
+    ctx: &Ctx,
+    info: &'static KindInfo,
+    ns: Option<&str>,
+    request: Request,
+    name_out: &mut String,
+) -> Result<Response, ApiError> {
+    if !info.user_writable {
+        return Err(ApiError::method_not_allowed(format!(
+            "{} objects are written by the control plane only",
+            info.kind
+        )));
+    }
+    let (mut body, _) = read_body(state, request).await?;
+    let name = body
+        .pointer("/metadata/name")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    name_out.clone_from(&name);
+    if let Some(meta) = body.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        if let Some(ns) = ns {
+            match meta.get("namespace").and_then(|v| v.as_str()) {
+                Some(given) if given != ns => {
+                    return Err(ApiError::bad_request(format!(
+                        "metadata.namespace {given:?} does not match the namespace {ns:?} of the URL"
+                    )));
+                }
+                _ => {
+                    meta.insert("namespace".into(), ns.into());
+                }
+            }
+        }
+        if meta
+            .get("resourceVersion")
+            .is_some_and(|v| !v.is_null() && v != "")
+        {
+            return Err(ApiError::invalid_field(
+                info.kind,
+                &name,
+                "metadata.resourceVersion",
+                "must not be set on objects to be created",
+            ));
+        }
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "generation",
+            "resourceVersion",
+        ] {
+            meta.remove(field);
+        }
+    }
+    if let Some(obj) = body.as_object_mut() {
+        obj.remove("status");
+    }
+    let mut object =
+        TypedObject::decode(info, &body).map_err(|e| ApiError::invalid(info.kind, &name, &e))?;
+    admission::admit(&*state.store, &object).await?;
+    let now = state.clock.now();
+    {
+        let meta = object.meta_mut();
+        meta.uid = uuid::Uuid::new_v4().to_string();
+        meta.creation_timestamp = Some(now);
+        meta.generation = 1;
+    }
+    if let TypedObject::Claim(claim) = &mut object {
+        if !claim
+            .metadata
+            .finalizers
+            .iter()
+            .any(|f| f == ALLOCATION_FINALIZER)
+        {
+            claim
+                .metadata
+                .finalizers
+                .push(ALLOCATION_FINALIZER.to_string());
+        }
+        claim.status = Some(ClaimStatus {
+            phase: ClaimPhase::Pending,
+            last_transition_time: Some(now),
+            ..Default::default()
+        });
+    }
+    let mut value = object.to_value();
+    let bytes = encode_for_store(&value);
+    let key = objects::key(info, ns, &name);
+    let mut object_ref = audit::object_ref(info.kind, ns, &name);
+    object_ref.uid = Some(object.meta().uid.clone());
+    let payload = Record {
+        actor: &ctx.actor(),
+        verb: "create",
+        object: object_ref,
+        code: 201,
+        reason: None,
+        before: None,
+        after: Some(&bytes),
+        node: None,
+    }
+    .payload(now);
+    let out = state
+        .store
+        .txn(
+            Txn::new()
+                .when(Compare::absent(key.clone()))
+                .put(key, bytes)
+                .append(payload),
+        )
+        .await?;
+    if !out.succeeded {
+        return Err(ApiError::already_exists(info.kind, &name));
+    }
+    set_revision(&mut value, out.revision);
+    Ok((StatusCode::CREATED, Json(value)).into_response())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write(
+    state: AppState,
+    ctx: Ctx,
+    info: &'static KindInfo,
+    ns: Option<String>,
+    name: String,
+    sub: Option<String>,
+    verb: Verb,
+    request: Request,
+) -> Response {
+    let verb_name = match (verb, sub.is_some()) {
+        (Verb::Update, false) => "update",
+        (Verb::Update, true) => "update-status",
+        (Verb::Patch, false) => "patch",
+        (Verb::Patch, true) => "patch-status",
+    };
+    let result = write_inner(
+        &state,
+        &ctx,
+        info,
+        ns.as_deref(),
+        &name,
+        sub.is_some(),
+        verb,
+        verb_name,
+        request,
+    )
+    .await;
+    finish(&state, &ctx, verb_name, info, ns.as_deref(), &name, result).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_inner(
+    state: &AppState,
+    ctx: &Ctx,
+    info: &'static KindInfo,
+    ns: Option<&str>,
+    name: &str,
+    status_only: bool,
+    verb: Verb,
+    verb_name: &str,
+    request: Request,
+) -> Result<Response, ApiError> {
+    if !info.user_writable {
+        return Err(ApiError::method_not_allowed(format!(
+            "{} objects are written by the control plane only",
+            info.kind
+        )));
+    }
+    let (body, content_type) = read_body(state, request).await?;
+    if verb == Verb::Patch
+        && content_type != "application/merge-patch+json"
+        && content_type != "application/json"
+    {
+        return Err(ApiError::unsupported_media_type(
+            "PATCH takes a JSON merge patch (application/merge-patch+json)",
+        ));
+    }
+    let precondition = match body.pointer("/metadata/resourceVersion") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            v.as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("metadata.resourceVersion must be a revision number")
+                })?,
+        ),
+    };
+    let key = objects::key(info, ns, name);
+    // A merge patch without a precondition is retried on conflicts; everything else reports
+    // them (409) so the client decides.
+    let attempts = if verb == Verb::Patch && precondition.is_none() {
+        5
+    } else {
+        1
+    };
+    let mut last_err = None;
+    for _ in 0..attempts {
+        let kv = state
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| ApiError::not_found(info.kind, name))?;
+        let current = decode_stored(&kv)?;
+        if precondition.is_some_and(|rv| rv != current.revision) {
+            return Err(ApiError::stale(info.kind, name));
+        }
+        let desired = match verb {
+            Verb::Update => body.clone(),
+            Verb::Patch => {
+                let mut target = current.value.clone();
+                json_patch::merge(&mut target, &body);
+                target
+            }
+        };
+        match commit_update(
+            state,
+            ctx,
+            info,
+            ns,
+            name,
+            status_only,
+            verb_name,
+            desired,
+            &current,
+        )
+        .await
+        {
+            Err(e) if e.reason == "Conflict" && attempts > 1 => last_err = Some(e),
+            other => return other,
+        }
+    }
+    Err(last_err.unwrap_or_else(|| ApiError::stale(info.kind, name)))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn commit_update(
+    state: &AppState,
+    ctx: &Ctx,
+    info: &'static KindInfo,
+    ns: Option<&str>,
+    name: &str,
+    status_only: bool,
+    verb_name: &str,
+    mut desired: serde_json::Value,
+    current: &Stored,
+) -> Result<Response, ApiError> {
+    let body_name = desired.pointer("/metadata/name").and_then(|v| v.as_str());
+    if body_name.is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request(format!(
+            "metadata.name {:?} does not match the name {name:?} of the URL",
+            body_name.unwrap_or_default()
+        )));
+    }
+    let body_ns = desired
+        .pointer("/metadata/namespace")
+        .and_then(|v| v.as_str());
+    if body_ns.is_some() && body_ns != ns {
+        return Err(ApiError::bad_request(
+            "metadata.namespace does not match the URL",
+        ));
+    }
+    // What the server owns comes from the stored object, whatever the body says.
+    let old = &current.value;
+    if status_only {
+        let mut merged = old.clone();
+        match desired.get("status") {
+            Some(s) => merged["status"] = s.clone(),
+            None => {
+                if let Some(o) = merged.as_object_mut() {
+                    o.remove("status");
+                }
+            }
+        }
+        desired = merged;
+    } else {
+        match old.get("status") {
+            Some(s) => desired["status"] = s.clone(),
+            None => {
+                if let Some(o) = desired.as_object_mut() {
+                    o.remove("status");
+                }
+            }
+        }
+    }
+    if let Some(meta) = desired.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.insert("name".into(), name.into());
+        if let Some(ns) = ns {
+            meta.insert("namespace".into(), ns.into());
+        }
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "generation",
+        ] {
+            match old.pointer(&format!("/metadata/{field}")) {
+                Some(v) => {
+                    meta.insert(field.into(), v.clone());
+                }
+                None => {
+                    meta.remove(field);
+                }
+            }
+        }
+        meta.remove("resourceVersion");
+    }
+    let old_typed = TypedObject::decode(info, old).map_err(|e| {
+        ApiError::internal(format!(
+            "stored {} {name:?} no longer validates: {e}",
+            info.kind
+        ))
+    })?;
+    let mut object =
+        TypedObject::decode(info, &desired).map_err(|e| ApiError::invalid(info.kind, name, &e))?;
+    admission::admit_update(&object, &old_typed)?;
+    admission::admit(&*state.store, &object).await?;
+    // System finalizers are removed by the control plane only.
+    {
+        let kept: Vec<String> = old_typed
+            .meta()
+            .finalizers
+            .iter()
+            .filter(|f| f.starts_with("infraos.io/") && !object.meta().finalizers.contains(f))
+            .cloned()
+            .collect();
+        object.meta_mut().finalizers.extend(kept);
+    }
+    if old.get("spec") != object.to_value().get("spec") {
+        object.meta_mut().generation = old_typed.meta().generation + 1;
+    }
+    let now = state.clock.now();
+    let mut value = object.to_value();
+    let bytes = encode_for_store(&value);
+    let key = objects::key(info, ns, name);
+    let finalized =
+        object.meta().deletion_timestamp.is_some() && object.meta().finalizers.is_empty();
+    let mut object_ref = audit::object_ref(info.kind, ns, name);
+    object_ref.uid = Some(object.meta().uid.clone());
+    if status_only {
+        object_ref.subresource = Some("status".into());
+    }
+    let payload = Record {
+        actor: &ctx.actor(),
+        verb: if finalized { "delete" } else { verb_name },
+        object: object_ref,
+        code: 200,
+        reason: None,
+        before: Some(&current.bytes),
+        after: if finalized { None } else { Some(&bytes) },
+        node: None,
+    }
+    .payload(now);
+    let txn = Txn::new().when(Compare::unchanged(key.clone(), current.revision));
+    let txn = if finalized {
+        txn.delete(key)
+    } else {
+        txn.put(key, bytes)
+    };
+    let out = state.store.txn(txn.append(payload)).await?;
+    if !out.succeeded {
+        return Err(ApiError::stale(info.kind, name));
+    }
+    set_revision(&mut value, out.revision);
+    Ok(Json(value).into_response())
+}
+
+async fn delete(
+    state: AppState,
+    ctx: Ctx,
+    info: &'static KindInfo,
+    ns: Option<String>,
+    name: String,
+) -> Response {
+    let result = delete_inner(&state, &ctx, info, ns.as_deref(), &name).await;
+    finish(&state, &ctx, "delete", info, ns.as_deref(), &name, result).await
+}
+
+async fn delete_inner(
+    state: &AppState,
+    ctx: &Ctx,
+    info: &'static KindInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Response, ApiError> {
+    if info.kind == "Allocation" {
+        return Err(ApiError::method_not_allowed(
+            "allocations end when their claim is released or deleted; use `infraos release` or delete the claim",
+        ));
+    }
+    let key = objects::key(info, ns, name);
+    let kv = state
+        .store
+        .get(&key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(info.kind, name))?;
+    let current = decode_stored(&kv)?;
+    admission::admit_delete(&*state.store, info, name).await?;
+    let now = state.clock.now();
+    let finalizers_pending = current
+        .value
+        .pointer("/metadata/finalizers")
+        .and_then(|f| f.as_array())
+        .is_some_and(|f| !f.is_empty());
+    let mut object_ref = audit::object_ref(info.kind, ns, name);
+    object_ref.uid = current
+        .value
+        .pointer("/metadata/uid")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    if finalizers_pending {
+        // Mark for deletion; the controller owning the finalizer finishes the job.
+        if current
+            .value
+            .pointer("/metadata/deletionTimestamp")
+            .is_some()
+        {
+            return Ok(Json(current.value).into_response());
+        }
+        let mut value = current.value.clone();
+        value["metadata"]["deletionTimestamp"] = serde_json::to_value(now).unwrap_or_default();
+        let bytes = encode_for_store(&value);
+        let payload = Record {
+            actor: &ctx.actor(),
+            verb: "delete",
+            object: object_ref,
+            code: 202,
+            reason: Some("waiting for finalizers".into()),
+            before: Some(&current.bytes),
+            after: Some(&bytes),
+            node: None,
+        }
+        .payload(now);
+        let out = state
+            .store
+            .txn(
+                Txn::new()
+                    .when(Compare::unchanged(key.clone(), current.revision))
+                    .put(key, bytes)
+                    .append(payload),
+            )
+            .await?;
+        if !out.succeeded {
+            return Err(ApiError::stale(info.kind, name));
+        }
+        set_revision(&mut value, out.revision);
+        return Ok((StatusCode::ACCEPTED, Json(value)).into_response());
+    }
+    let payload = Record {
+        actor: &ctx.actor(),
+        verb: "delete",
+        object: object_ref,
+        code: 200,
+        reason: None,
+        before: Some(&current.bytes),
+        after: None,
+        node: None,
+    }
+    .payload(now);
+    let out = state
+        .store
+        .txn(
+            Txn::new()
+                .when(Compare::unchanged(key.clone(), current.revision))
+                .delete(key)
+                .append(payload),
+        )
+        .await?;
+    if !out.succeeded {
+        return Err(ApiError::stale(info.kind, name));
+    }
+    Ok(Json(current.value).into_response())
+}

@@ -1,0 +1,186 @@
+//! `?watch=true`: newline-delimited JSON events, Kubernetes style.
+//!
+//! ```text
+//!   resourceVersion absent or 0 ─► ADDED for every current object, then changes after the list
+//!   resourceVersion N           ─► changes after N, or 410 Gone when N is compacted
+//!   mid-stream compaction        ─► {"type":"ERROR","object":<Status 410>} and the stream ends
+//!   allowWatchBookmarks=true     ─► BOOKMARK every few seconds with the last revision sent
+//! ```
+//! With a label selector, an object that starts or stops matching is sent as ADDED or DELETED,
+//! as the Kubernetes API server does.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use futures::StreamExt;
+use infraos_api::{KindInfo, LabelSelector};
+use infraos_store::{EventKind, StoreError};
+use tokio::sync::mpsc;
+
+use super::objects::{ListParams, selector_matches};
+use crate::error::ApiError;
+use crate::objects::{self, decode_stored, set_revision};
+use crate::state::AppState;
+
+const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
+const MAX_WATCH: Duration = Duration::from_secs(30 * 60);
+
+fn line(kind: &str, object: &serde_json::Value) -> Bytes {
+    let mut out = serde_json::to_vec(&serde_json::json!({"type": kind, "object": object}))
+        .unwrap_or_default();
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+pub async fn watch(
+    state: AppState,
+    info: &'static KindInfo,
+    ns: Option<String>,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    let selector = params.selector()?;
+    let bookmarks = params.bookmarks();
+    let timeout = params.timeout()?.unwrap_or(MAX_WATCH).min(MAX_WATCH);
+    let prefix = objects::prefix(info, ns.as_deref());
+    let mut initial = Vec::new();
+    let start = match params.resource_version()? {
+        Some(rv) if rv > 0 => rv,
+        _ => {
+            // List first, then watch from the list's revision: no gap, no duplicate.
+            let mut after: Option<String> = None;
+            let mut revision = None;
+            loop {
+                let page = state.store.range(&prefix, after.as_deref(), 1000).await?;
+                revision.get_or_insert(page.revision);
+                for kv in &page.kvs {
+                    let stored = decode_stored(kv)?;
+                    if selector_matches(selector.as_ref(), &stored.value) {
+                        initial.push(line("ADDED", &stored.value));
+                    }
+                    after = Some(kv.key.clone());
+                }
+                if !page.more {
+                    break;
+                }
+            }
+            revision.unwrap_or(0)
+        }
+    };
+    let events = match state.store.watch(&prefix, start).await {
+        Ok(s) => s,
+        Err(StoreError::Compacted { compacted, .. }) => {
+            return Err(ApiError::gone(format!(
+                "too old resource version: {start} (oldest watchable is after {compacted}); list again"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    tokio::spawn(pump(
+        events, tx, initial, selector, bookmarks, timeout, start, info,
+    ));
+    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    }));
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CACHE_CONTROL, "no-cache")
+        .body(body)
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pump(
+    mut events: infraos_store::WatchStream,
+    tx: mpsc::Sender<Bytes>,
+    initial: Vec<Bytes>,
+    selector: Option<LabelSelector>,
+    bookmarks: bool,
+    timeout: Duration,
+    start: u64,
+    info: &'static KindInfo,
+) {
+    for l in initial {
+        if tx.send(l).await.is_err() {
+            return;
+        }
+    }
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+    tick.tick().await;
+    let mut last = start;
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return,
+            _ = tx.closed() => return,
+            _ = tick.tick(), if bookmarks => {
+                let bookmark = serde_json::json!({
+                    "apiVersion": infraos_api::API_VERSION,
+                    "kind": info.kind,
+                    "metadata": {"resourceVersion": last.to_string()},
+                });
+                if tx.send(line("BOOKMARK", &bookmark)).await.is_err() {
+                    return;
+                }
+            }
+            batch = events.next() => {
+                let batch = match batch {
+                    Some(Ok(b)) => b,
+                    Some(Err(e)) => {
+                        let status = match e {
+                            StoreError::Compacted { .. } => ApiError::gone(format!("watch fell behind: {e}; list again")),
+                            other => ApiError::from(other),
+                        };
+                        let _ = tx.send(line("ERROR", &status.to_status_json())).await;
+                        return;
+                    }
+                    None => return,
+                };
+                for event in batch.iter() {
+                    last = event.kv.mod_revision;
+                    if let Some(l) = render(event, selector.as_ref()) {
+                        if tx.send(l).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The watch line for one store event, or `None` when the selector hides it.
+fn render(event: &infraos_store::Event, selector: Option<&LabelSelector>) -> Option<Bytes> {
+    let parse = |bytes: &[u8], revision: u64| -> Option<serde_json::Value> {
+        let mut v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        set_revision(&mut v, revision);
+        Some(v)
+    };
+    let revision = event.kv.mod_revision;
+    let object = parse(&event.kv.value, revision)?;
+    match event.kind {
+        EventKind::Delete => selector_matches(selector, &object).then(|| line("DELETED", &object)),
+        EventKind::Put => {
+            let now = selector_matches(selector, &object);
+            let before = match &event.prev {
+                None => None,
+                Some(prev) => Some(
+                    selector.is_none()
+                        || parse(&prev.value, prev.mod_revision)
+                            .is_some_and(|p| selector_matches(selector, &p)),
+                ),
+            };
+            match (before, now) {
+                (None, true) | (Some(false), true) => Some(line("ADDED", &object)),
+                (Some(true), true) => Some(line("MODIFIED", &object)),
+                (Some(true), false) => Some(line("DELETED", &object)),
+                _ => None,
+            }
+        }
+    }
+}

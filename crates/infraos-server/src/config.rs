@@ -1,0 +1,69 @@
+//! Server configuration: command-line flags over an optional `server.yaml` in the data dir.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use infraos_api::Duration;
+use infraos_scheduler::Profile;
+use serde::{Deserialize, Serialize};
+
+use crate::ServerError;
+
+pub const CONFIG_FILE: &str = "server.yaml";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ServerConfig {
+    #[serde(skip)]
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// How long after a lease's expireTime the control plane waits before freeing it, to
+    /// absorb clock skew between servers and agents (DESIGN §2).
+    pub lease_skew_margin: Duration,
+    /// Most claims the scheduler places per batch.
+    pub scheduler_batch: usize,
+    pub scheduler: Profile,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long events are kept.
+    pub event_ttl: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::new(),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7443))),
+            lease_skew_margin: Duration::from_secs(5),
+            scheduler_batch: 512,
+            scheduler: Profile::default(),
+            max_body_bytes: 3 * 1024 * 1024,
+            event_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads `server.yaml` from the data dir if there is one, else the defaults.
+    pub fn load(data_dir: &Path) -> Result<Self, ServerError> {
+        let path = data_dir.join(CONFIG_FILE);
+        let mut config = if path.exists() {
+            let text = std::fs::read_to_string(&path).map_err(|e| ServerError::io(&path, e))?;
+            serde_norway::from_str::<ServerConfig>(&text).map_err(|e| ServerError::Config {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?
+        } else {
+            ServerConfig::default()
+        };
+        config.data_dir = data_dir.to_path_buf();
+        Ok(config)
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("store.redb")
+    }
+}

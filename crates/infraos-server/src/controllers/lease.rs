@@ -1,0 +1,225 @@
+//! The lease controller: frees allocations whose lease ran out, once `expireTime` plus the
+//! clock-skew margin has passed (DESIGN §2), and marks their claims Expired.
+//!
+//! It keeps a timer per active allocation, fed by a watch. When one fires it re-reads both
+//! objects and decides again with [`lease::expiry_action`] (level-triggered: a renewal that
+//! landed meanwhile simply moves the timer), then commits with compare-and-swap on both.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use infraos_api::Kind as _;
+use infraos_api::kinds::{AllocationSpec, ClaimSpec};
+use infraos_store::{Compare, Txn};
+use tokio::sync::{mpsc, watch};
+
+use crate::audit::{self, Actor, Record};
+use crate::events;
+use crate::lease::{self, ExpiryAction};
+use crate::objects::{self, decode_typed, encode_typed};
+use crate::reflector::{self, Change};
+use crate::state::AppState;
+
+/// Longest sleep between checks, so wall-clock jumps are noticed promptly.
+const MAX_SLEEP: Duration = Duration::from_millis(500);
+
+pub fn spawn(state: AppState, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    let (tx, rx) = mpsc::channel(4096);
+    tokio::spawn(reflector::run(
+        state.store.clone(),
+        objects::prefix(AllocationSpec::INFO, None),
+        (),
+        tx,
+        shutdown.clone(),
+    ));
+    tokio::spawn(run(state, rx, shutdown))
+}
+
+#[derive(Default)]
+struct Timers {
+    due: BTreeSet<(i64, String)>,
+    by_key: HashMap<String, i64>,
+}
+
+impl Timers {
+    fn set(&mut self, key: String, at_ms: i64) {
+        if let Some(old) = self.by_key.insert(key.clone(), at_ms) {
+            self.due.remove(&(old, key.clone()));
+        }
+        self.due.insert((at_ms, key));
+    }
+
+    fn clear(&mut self, key: &str) {
+        if let Some(old) = self.by_key.remove(key) {
+            self.due.remove(&(old, key.to_string()));
+        }
+    }
+
+    fn pop_due(&mut self, now_ms: i64) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some((at, _)) = self.due.first() {
+            if *at > now_ms {
+                break;
+            }
+            if let Some((_, key)) = self.due.pop_first() {
+                self.by_key.remove(&key);
+                out.push(key);
+            }
+        }
+        out
+    }
+
+    fn next_ms(&self) -> Option<i64> {
+        self.due.first().map(|(at, _)| *at)
+    }
+}
+
+async fn run(
+    state: AppState,
+    mut rx: mpsc::Receiver<Change<()>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let margin = state.config.lease_skew_margin;
+    let mut timers = Timers::default();
+    let consider =
+        |timers: &mut Timers, key: &str, kv: &infraos_store::KeyValue, now| match decode_typed::<
+            AllocationSpec,
+        >(kv)
+        {
+            Ok(a) => match lease::expiry_action(&a, now, margin) {
+                ExpiryAction::Expire => timers.set(key.to_string(), now.unix_millis()),
+                ExpiryAction::CheckAt(t) => timers.set(key.to_string(), t.unix_millis() + 1),
+                ExpiryAction::Done => timers.clear(key),
+            },
+            Err(e) => tracing::error!(%key, error = ?e, "cannot decode allocation"),
+        };
+    loop {
+        let now = state.clock.now();
+        let sleep = timers
+            .next_ms()
+            .map(|at| Duration::from_millis(at.saturating_sub(now.unix_millis()).max(0) as u64))
+            .unwrap_or(MAX_SLEEP)
+            .min(MAX_SLEEP);
+        tokio::select! {
+            change = rx.recv() => {
+                let now = state.clock.now();
+                match change {
+                    Some(Change::Resync((), kvs, _)) => {
+                        timers = Timers::default();
+                        for kv in &kvs {
+                            consider(&mut timers, &kv.key, kv, now);
+                        }
+                    }
+                    Some(Change::Apply((), kv)) => consider(&mut timers, &kv.key.clone(), &kv, now),
+                    Some(Change::Delete((), kv)) => timers.clear(&kv.key),
+                    None => return,
+                }
+            }
+            _ = tokio::time::sleep(sleep) => {}
+            _ = shutdown.changed() => return,
+        }
+        for key in timers.pop_due(state.clock.now().unix_millis()) {
+            match expire(&state, &key).await {
+                Ok(Some(at)) => timers.set(key, at),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "expiring a lease failed; retrying");
+                    timers.set(key, state.clock.now().unix_millis() + 1000);
+                }
+            }
+        }
+    }
+}
+
+/// Expires one allocation if it is due; returns when to look again if it is not.
+async fn expire(state: &AppState, alloc_key: &str) -> Result<Option<i64>, crate::error::ApiError> {
+    let Some(alloc_kv) = state.store.get(alloc_key).await? else {
+        return Ok(None);
+    };
+    let mut allocation = decode_typed::<AllocationSpec>(&alloc_kv)?;
+    let now = state.clock.now();
+    match lease::expiry_action(&allocation, now, state.config.lease_skew_margin) {
+        ExpiryAction::Done => return Ok(None),
+        ExpiryAction::CheckAt(t) => return Ok(Some(t.unix_millis() + 1)),
+        ExpiryAction::Expire => {}
+    }
+    let claim_key = objects::key(
+        ClaimSpec::INFO,
+        allocation.namespace(),
+        &allocation.spec.claim.name,
+    );
+    let claim_kv = state.store.get(&claim_key).await?;
+    let mut claim = match &claim_kv {
+        Some(kv) => Some(decode_typed::<ClaimSpec>(kv)?),
+        None => None,
+    };
+    lease::expire(claim.as_mut(), &mut allocation, now);
+    let alloc_bytes = encode_typed(&allocation);
+    let mut object = audit::object_ref("Allocation", allocation.namespace(), allocation.name());
+    object.uid = Some(allocation.metadata.uid.clone());
+    let payload = Record {
+        actor: &Actor::system("lease-controller"),
+        verb: "expire",
+        object,
+        code: 200,
+        reason: Some("LeaseExpired".into()),
+        before: Some(&alloc_kv.value),
+        after: Some(&alloc_bytes),
+        node: allocation.spec.node.clone(),
+    }
+    .payload(now);
+    let mut txn = Txn::new()
+        .when(Compare::unchanged(
+            alloc_key.to_string(),
+            alloc_kv.mod_revision,
+        ))
+        .put(alloc_key.to_string(), alloc_bytes)
+        .append(payload);
+    match (&claim, &claim_kv) {
+        (Some(claim), Some(kv)) => {
+            let expired_at = allocation.status.as_ref().map(|s| s.lease.expire_time);
+            let message = format!(
+                "lease expired at {} and was freed after the skew margin",
+                expired_at.map(|t| t.to_string()).unwrap_or_default()
+            );
+            let (event_key, event_bytes) = events::build(
+                &events::claim_ref(claim.name(), claim.namespace(), &claim.metadata.uid),
+                events::NORMAL,
+                "Expired",
+                &message,
+                "lease-controller",
+                now,
+            );
+            txn = txn
+                .when(Compare::unchanged(claim_key.clone(), kv.mod_revision))
+                .put(claim_key, encode_typed(claim))
+                .put(event_key, event_bytes);
+        }
+        _ => txn = txn.when(Compare::absent(claim_key)),
+    }
+    let out = state.store.txn(txn).await?;
+    if out.succeeded {
+        tracing::info!(allocation = %alloc_key, "lease expired; resources freed");
+        Ok(None)
+    } else {
+        // Something changed (a renewal, a release): decide again right away.
+        Ok(Some(now.unix_millis()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_fire_in_order_and_can_move() {
+        let mut t = Timers::default();
+        t.set("b".into(), 20);
+        t.set("a".into(), 10);
+        t.set("c".into(), 30);
+        t.set("c".into(), 5);
+        t.clear("b");
+        assert_eq!(t.pop_due(15), vec!["c".to_string(), "a".to_string()]);
+        assert_eq!(t.next_ms(), None);
+    }
+}

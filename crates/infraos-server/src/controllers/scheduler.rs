@@ -1,0 +1,357 @@
+//! The scheduler controller: keeps the scheduler's snapshot and queue in step with the store,
+//! and runs batches through the pure scheduler and the plan applier.
+//!
+//! ```text
+//!   reflectors (classes, nodes, resources, allocations, claims) ──► one channel
+//!        │ drain every pending change, then:
+//!        ├─ cluster changed and claims wait as unschedulable ──► requeue them (≥ 1 s apart)
+//!        └─ while claims are queued: batch ─► Scheduler::plan ─► applier::commit
+//! ```
+//! Level-triggered: a claim is queued whenever its latest state is Pending and it is neither
+//! queued nor known unschedulable; the store, not this loop, is the source of truth, and a
+//! stale decision is caught by the applier's compare-and-swap.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use infraos_api::Kind as _;
+use infraos_api::kinds::{
+    AllocationSpec, ClaimPhase, ClaimSpec, NodeSpec, ResourceClassSpec, ResourceSpec,
+};
+use infraos_scheduler::{Scheduler, Snapshot};
+use infraos_store::KeyValue;
+use tokio::sync::{mpsc, watch};
+
+use super::applier::{self, ClaimEntry};
+use crate::ServerError;
+use crate::objects::{self, decode_typed};
+use crate::reflector::{self, Change};
+use crate::state::AppState;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Source {
+    Classes,
+    Nodes,
+    Resources,
+    Allocations,
+    Claims,
+}
+
+const SOURCES: [Source; 5] = [
+    Source::Classes,
+    Source::Nodes,
+    Source::Resources,
+    Source::Allocations,
+    Source::Claims,
+];
+
+const REQUEUE_INTERVAL: Duration = Duration::from_secs(1);
+const FULL_RETRY_INTERVAL: Duration = Duration::from_secs(30);
+
+struct Controller {
+    state: AppState,
+    scheduler: Scheduler,
+    snapshot: Snapshot,
+    /// Pending claims by `namespace/name`.
+    claims: HashMap<String, ClaimEntry>,
+    queue: VecDeque<String>,
+    queued: HashSet<String>,
+    /// Claims that fit nowhere last time, with the message recorded.
+    unschedulable: HashMap<String, String>,
+    /// Revisions our own commits produced: older claim events are echoes to ignore.
+    committed: HashMap<String, u64>,
+    known: HashMap<Source, HashSet<String>>,
+    synced: HashSet<Source>,
+    cluster_changed: bool,
+    last_requeue: Instant,
+}
+
+/// Starts the reflectors and the scheduling loop.
+pub fn spawn(
+    state: AppState,
+    shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+    let scheduler = Scheduler::new(state.config.scheduler.clone())?;
+    let (tx, rx) = mpsc::channel(16_384);
+    for source in SOURCES {
+        let prefix = match source {
+            Source::Classes => objects::prefix(ResourceClassSpec::INFO, None),
+            Source::Nodes => objects::prefix(NodeSpec::INFO, None),
+            Source::Resources => objects::prefix(ResourceSpec::INFO, None),
+            Source::Allocations => objects::prefix(AllocationSpec::INFO, None),
+            Source::Claims => objects::prefix(ClaimSpec::INFO, None),
+        };
+        tokio::spawn(reflector::run(
+            state.store.clone(),
+            prefix,
+            source,
+            tx.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let controller = Controller {
+        state,
+        scheduler,
+        snapshot: Snapshot::new(),
+        claims: HashMap::new(),
+        queue: VecDeque::new(),
+        queued: HashSet::new(),
+        unschedulable: HashMap::new(),
+        committed: HashMap::new(),
+        known: HashMap::new(),
+        synced: HashSet::new(),
+        cluster_changed: false,
+        last_requeue: Instant::now(),
+    };
+    Ok(tokio::spawn(controller.run(rx, shutdown)))
+}
+
+/// `namespace/name` from a key `/registry/<plural>/<namespace>/<name>`, or the name of a
+/// cluster-scoped object.
+fn object_id(key: &str) -> String {
+    let mut parts = key.trim_start_matches("/registry/").splitn(2, '/');
+    parts.next();
+    parts.next().unwrap_or_default().to_string()
+}
+
+impl Controller {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Change<Source>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut last_full_retry = Instant::now();
+        loop {
+            let wait = if self.unschedulable.is_empty() {
+                FULL_RETRY_INTERVAL
+            } else {
+                REQUEUE_INTERVAL
+            };
+            tokio::select! {
+                change = rx.recv() => match change {
+                    Some(c) => self.handle(c),
+                    None => return,
+                },
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+            while let Ok(c) = rx.try_recv() {
+                self.handle(c);
+            }
+            if self.synced.len() < SOURCES.len() {
+                continue;
+            }
+            self.state.ready.store(true, Ordering::Release);
+            if last_full_retry.elapsed() >= FULL_RETRY_INTERVAL {
+                self.cluster_changed = true;
+                last_full_retry = Instant::now();
+            }
+            if self.cluster_changed && self.last_requeue.elapsed() >= REQUEUE_INTERVAL {
+                self.requeue_unschedulable();
+            }
+            let mut backoff = false;
+            while !self.queue.is_empty() && !backoff {
+                backoff = self.schedule_batch().await;
+                while let Ok(c) = rx.try_recv() {
+                    self.handle(c);
+                }
+            }
+            if backoff
+                && reflector::sleep_or_shutdown(&mut shutdown, Duration::from_millis(500)).await
+            {
+                return;
+            }
+        }
+    }
+
+    fn requeue_unschedulable(&mut self) {
+        self.cluster_changed = false;
+        self.last_requeue = Instant::now();
+        let keys: Vec<String> = self.unschedulable.keys().cloned().collect();
+        for key in keys {
+            self.enqueue(key);
+        }
+    }
+
+    fn enqueue(&mut self, key: String) {
+        if self.queued.insert(key.clone()) {
+            self.queue.push_back(key);
+        }
+    }
+
+    fn handle(&mut self, change: Change<Source>) {
+        match change {
+            Change::Resync(source, kvs, revision) => {
+                let names: HashSet<String> = kvs.iter().map(|kv| object_id(&kv.key)).collect();
+                let gone: Vec<String> = self
+                    .known
+                    .get(&source)
+                    .map(|old| old.difference(&names).cloned().collect())
+                    .unwrap_or_default();
+                for id in gone {
+                    self.remove(source, &id);
+                }
+                for kv in &kvs {
+                    self.upsert(source, kv);
+                }
+                self.known.insert(source, names);
+                self.synced.insert(source);
+                self.snapshot.set_revision(revision);
+                self.cluster_changed = true;
+            }
+            Change::Apply(source, kv) => {
+                self.known
+                    .entry(source)
+                    .or_default()
+                    .insert(object_id(&kv.key));
+                self.snapshot.set_revision(kv.mod_revision);
+                self.upsert(source, &kv);
+            }
+            Change::Delete(source, kv) => {
+                let id = object_id(&kv.key);
+                if let Some(known) = self.known.get_mut(&source) {
+                    known.remove(&id);
+                }
+                self.snapshot.set_revision(kv.mod_revision);
+                self.remove(source, &id);
+            }
+        }
+    }
+
+    fn upsert(&mut self, source: Source, kv: &KeyValue) {
+        let id = object_id(&kv.key);
+        let result = match source {
+            Source::Classes => decode_typed::<ResourceClassSpec>(kv).map(|c| {
+                self.snapshot.upsert_class(&id, &c.spec);
+                self.cluster_changed = true;
+            }),
+            Source::Nodes => decode_typed::<NodeSpec>(kv).map(|n| {
+                self.snapshot
+                    .upsert_node(&id, &n.metadata.labels, &n.spec, n.status.as_ref());
+                self.cluster_changed = true;
+            }),
+            Source::Resources => decode_typed::<ResourceSpec>(kv).map(|r| {
+                self.snapshot
+                    .upsert_resource(&id, &r.metadata.labels, &r.spec);
+                self.cluster_changed = true;
+            }),
+            Source::Allocations => decode_typed::<AllocationSpec>(kv).map(|a| {
+                let holds = a.status.as_ref().is_some_and(|s| s.phase.holds_resources());
+                if holds {
+                    self.snapshot.apply_allocation(&id, &a.spec.resources);
+                } else {
+                    self.snapshot.remove_allocation(&id);
+                    self.cluster_changed = true;
+                }
+            }),
+            Source::Claims => decode_typed::<ClaimSpec>(kv)
+                .map(|c| self.upsert_claim(id.clone(), kv.mod_revision, c)),
+        };
+        if let Err(e) = result {
+            tracing::error!(key = %kv.key, error = ?e, "cannot decode a stored object; ignoring it");
+        }
+    }
+
+    fn upsert_claim(&mut self, id: String, revision: u64, claim: infraos_api::kinds::Claim) {
+        if self.committed.get(&id).is_some_and(|&r| r > revision) {
+            return; // an event from before our own commit
+        }
+        let pending = claim.metadata.deletion_timestamp.is_none()
+            && claim
+                .status
+                .as_ref()
+                .is_none_or(|s| s.phase == ClaimPhase::Pending);
+        if !pending {
+            self.forget_claim(&id);
+            return;
+        }
+        self.claims.insert(
+            id.clone(),
+            ClaimEntry {
+                claim: Arc::new(claim),
+                revision,
+            },
+        );
+        if !self.unschedulable.contains_key(&id) {
+            self.enqueue(id);
+        }
+    }
+
+    fn forget_claim(&mut self, id: &str) {
+        self.claims.remove(id);
+        self.unschedulable.remove(id);
+        self.committed.remove(id);
+    }
+
+    fn remove(&mut self, source: Source, id: &str) {
+        match source {
+            Source::Classes => self.snapshot.remove_class(id),
+            Source::Nodes => self.snapshot.remove_node(id),
+            Source::Resources => self.snapshot.remove_resource(id),
+            Source::Allocations => {
+                self.snapshot.remove_allocation(id);
+                self.cluster_changed = true;
+            }
+            Source::Claims => self.forget_claim(id),
+        }
+    }
+
+    /// Places up to one batch of queued claims; returns true when the store failed.
+    async fn schedule_batch(&mut self) -> bool {
+        let max = self.state.config.scheduler_batch.max(1);
+        let mut batch: Vec<(String, Arc<infraos_api::kinds::Claim>)> = Vec::with_capacity(max);
+        while batch.len() < max {
+            let Some(key) = self.queue.pop_front() else {
+                break;
+            };
+            self.queued.remove(&key);
+            if let Some(entry) = self.claims.get(&key) {
+                batch.push((key, Arc::clone(&entry.claim)));
+            }
+        }
+        if batch.is_empty() {
+            return false;
+        }
+        let refs: Vec<(String, &infraos_api::kinds::Claim)> =
+            batch.iter().map(|(k, c)| (k.clone(), c.as_ref())).collect();
+        let plan = self.scheduler.plan(&self.snapshot, &refs);
+        let applied = applier::commit(&self.state, &mut self.snapshot, &plan, &self.claims).await;
+        for (key, revision) in applied.committed {
+            self.claims.remove(&key);
+            self.unschedulable.remove(&key);
+            self.committed.insert(key, revision);
+        }
+        for (key, message) in applied.unschedulable {
+            self.unschedulable.insert(key, message);
+        }
+        for key in applied.retry {
+            self.refresh_claim(&key).await;
+        }
+        applied.store_failed
+    }
+
+    /// Re-reads a claim after a conflict, so the next attempt uses its current revision.
+    async fn refresh_claim(&mut self, id: &str) {
+        let Some((ns, name)) = id.split_once('/') else {
+            return;
+        };
+        let key = objects::key(ClaimSpec::INFO, Some(ns), name);
+        match self.state.store.get(&key).await {
+            Ok(Some(kv)) => match decode_typed::<ClaimSpec>(&kv) {
+                Ok(c) => {
+                    self.committed.remove(id);
+                    self.unschedulable.remove(id);
+                    self.upsert_claim(id.to_string(), kv.mod_revision, c);
+                }
+                Err(e) => tracing::error!(claim = %id, error = ?e, "cannot decode claim"),
+            },
+            Ok(None) => self.forget_claim(id),
+            Err(e) => {
+                tracing::warn!(claim = %id, error = %e, "cannot re-read claim; will retry");
+                self.enqueue(id.to_string());
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Errors: [`ServerError`] for start-up and background failures, [`ApiError`] for requests,
+//! rendered as Kubernetes-style `Status` bodies with a reason and the field at fault.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use infraos_api::ValidationErrors;
+use infraos_store::StoreError;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {reason}")]
+    Config { path: String, reason: String },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("certificates: {0}")]
+    Cert(String),
+    #[error("data dir {0} is not initialised: run `infraos server init --data-dir {0}` first")]
+    NotInitialised(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Profile(#[from] infraos_scheduler::ProfileError),
+}
+
+impl ServerError {
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        ServerError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusCause {
+    pub field: String,
+    pub message: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct StatusDetails {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<StatusCause>,
+}
+
+/// A failed request, as a Kubernetes `Status`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: StatusCode,
+    pub reason: &'static str,
+    pub message: String,
+    pub details: Option<StatusDetails>,
+    /// Seconds, for 429/503 responses.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+            retry_after: None,
+        }
+    }
+
+    fn with_target(mut self, kind: &str, name: &str) -> Self {
+        let details = self.details.get_or_insert_with(StatusDetails::default);
+        details.kind = kind.to_string();
+        details.name = name.to_string();
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", message)
+    }
+    pub fn not_found(kind: &str, name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{kind} {name:?} not found"),
+        )
+        .with_target(kind, name)
+    }
+    pub fn no_route(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NotFound", message)
+    }
+    pub fn already_exists(kind: &str, name: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{kind} {name:?} already exists"),
+        )
+        .with_target(kind, name)
+    }
+    pub fn conflict(kind: &str, name: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "Conflict", message).with_target(kind, name)
+    }
+    pub fn stale(kind: &str, name: &str) -> Self {
+        Self::conflict(
+            kind,
+            name,
+            format!(
+                "operation cannot be fulfilled on {kind} {name:?}: the object has been modified; apply your changes to the latest version and try again"
+            ),
+        )
+    }
+    pub fn invalid(kind: &str, name: &str, errors: &ValidationErrors) -> Self {
+        let mut e = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!("{kind} {name:?} is invalid: {errors}"),
+        )
+        .with_target(kind, name);
+        if let Some(d) = e.details.as_mut() {
+            d.causes = errors
+                .0
+                .iter()
+                .map(|fe| StatusCause {
+                    field: fe.field.clone(),
+                    message: fe.message.clone(),
+                    reason: "FieldValueInvalid".into(),
+                })
+                .collect();
+        }
+        e
+    }
+    pub fn invalid_field(kind: &str, name: &str, field: &str, message: impl Into<String>) -> Self {
+        Self::invalid(kind, name, &ValidationErrors::one(field, message))
+    }
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message)
+    }
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GONE, "Expired", message)
+    }
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            message,
+        )
+    }
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            message,
+        )
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            message,
+        );
+        e.retry_after = Some(1);
+        e
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
+    }
+
+    pub fn to_status_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code.as_u16(),
+        });
+        if let Some(d) = &self.details {
+            v["details"] = serde_json::to_value(d).unwrap_or_default();
+        }
+        v
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.code.as_u16(),
+            self.reason,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Compacted { .. } => ApiError::gone(e.to_string()),
+            StoreError::ValueTooLarge { .. } | StoreError::KeyTooLarge { .. } => {
+                ApiError::too_large(e.to_string())
+            }
+            StoreError::Closed => ApiError::unavailable("the server is shutting down"),
+            other => {
+                tracing::error!(error = %other, "store failure");
+                ApiError::unavailable(format!("store unavailable: {other}"))
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.code, axum::Json(self.to_status_json())).into_response();
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = http::HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,268 @@
+//! The lease contract (DESIGN §2) as pure functions over a claim and its allocation.
+//!
+//! ```text
+//!   acquire ──► Active ──renew (before expireTime)──► Active (expireTime moves)
+//!                 │ release / claim deleted ──────────► Released  (freed now)
+//!                 └ now > expireTime + skew margin ────► Expired   (freed only then)
+//! ```
+//! A renewal after `expireTime` is refused even inside the skew margin: the agent may already
+//! have stopped the workload, and only a new allocation (with a higher fencing epoch) may run
+//! it again. The API handlers and the lease controller both go through these functions, and
+//! commit the results with compare-and-swap on both objects.
+
+use infraos_api::kinds::{
+    Allocation, AllocationPhase, AllocationSpec, AllocationStatus, Claim, ClaimPhase, ClaimRef,
+    Lease,
+};
+use infraos_api::{Duration, Object, OwnerReference, Time};
+use infraos_scheduler::Placement;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    #[error("claim is {0}, not Allocated")]
+    NotAllocated(&'static str),
+    #[error("the lease expired at {0}; create a new claim to allocate again")]
+    Expired(Time),
+    #[error("the allocation is {0}")]
+    Ended(&'static str),
+}
+
+/// What the lease controller should do about an allocation now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiryAction {
+    /// Past expireTime plus the margin: free it.
+    Expire,
+    /// Look again at this time.
+    CheckAt(Time),
+    /// Nothing to watch: the allocation no longer holds resources.
+    Done,
+}
+
+pub fn expiry_action(allocation: &Allocation, now: Time, skew_margin: Duration) -> ExpiryAction {
+    let Some(status) = &allocation.status else {
+        return ExpiryAction::Done;
+    };
+    if !status.phase.holds_resources() {
+        return ExpiryAction::Done;
+    }
+    let free_at = status.lease.expire_time.plus(skew_margin);
+    if now > free_at {
+        ExpiryAction::Expire
+    } else {
+        ExpiryAction::CheckAt(free_at)
+    }
+}
+
+/// The Allocation for a placed claim and the claim's new status.
+pub fn allocate(
+    claim: &mut Claim,
+    placement: &Placement,
+    now: Time,
+    snapshot_revision: u64,
+) -> Allocation {
+    let epoch = claim.status.as_ref().map_or(0, |s| s.fencing_epoch) + 1;
+    let expire = now.plus(claim.spec.lease.duration);
+    let mut allocation: Allocation = Object::new(
+        claim.metadata.name.clone(),
+        claim.metadata.namespace.as_deref(),
+        AllocationSpec {
+            claim: ClaimRef {
+                name: claim.metadata.name.clone(),
+                uid: claim.metadata.uid.clone(),
+            },
+            node: placement.node.clone(),
+            resources: placement.resources.clone(),
+            score: Some(placement.score.clone()),
+            runner_up: placement.runner_up.clone(),
+            snapshot_revision,
+        },
+    );
+    allocation.metadata.uid = uuid::Uuid::new_v4().to_string();
+    allocation.metadata.creation_timestamp = Some(now);
+    allocation.metadata.generation = 1;
+    allocation.metadata.labels = claim.metadata.labels.clone();
+    allocation.metadata.owner_references = vec![OwnerReference {
+        api_version: infraos_api::API_VERSION.into(),
+        kind: "Claim".into(),
+        name: claim.metadata.name.clone(),
+        uid: claim.metadata.uid.clone(),
+        controller: true,
+    }];
+    allocation.status = Some(AllocationStatus {
+        phase: AllocationPhase::Active,
+        lease: Lease {
+            acquire_time: now,
+            renew_time: now,
+            expire_time: expire,
+            fencing_epoch: epoch,
+        },
+        end_time: None,
+        reason: None,
+    });
+    let status = claim.status.get_or_insert_with(Default::default);
+    status.phase = ClaimPhase::Allocated;
+    status.allocation = Some(claim.metadata.name.clone());
+    status.node = placement.node.clone();
+    status.expire_time = Some(expire);
+    status.fencing_epoch = epoch;
+    status.reason = None;
+    status.message = None;
+    status.unschedulable = None;
+    status.last_transition_time = Some(now);
+    allocation
+}
+
+fn active_lease<'a>(
+    claim: &Claim,
+    allocation: &'a mut Allocation,
+) -> Result<&'a mut AllocationStatus, LeaseError> {
+    let phase = claim
+        .status
+        .as_ref()
+        .map_or(ClaimPhase::Pending, |s| s.phase);
+    if phase != ClaimPhase::Allocated {
+        return Err(LeaseError::NotAllocated(phase.as_str()));
+    }
+    let status = allocation.status.get_or_insert_with(Default::default);
+    if !status.phase.holds_resources() {
+        return Err(LeaseError::Ended(status.phase.as_str()));
+    }
+    Ok(status)
+}
+
+/// Extends the lease to `now + duration`.
+pub fn renew(
+    claim: &mut Claim,
+    allocation: &mut Allocation,
+    now: Time,
+    duration: Duration,
+) -> Result<Time, LeaseError> {
+    let status = active_lease(claim, allocation)?;
+    if !status.lease.can_renew(now) {
+        return Err(LeaseError::Expired(status.lease.expire_time));
+    }
+    let expire = now.plus(duration);
+    status.lease.renew_time = now;
+    status.lease.expire_time = expire;
+    if let Some(s) = claim.status.as_mut() {
+        s.expire_time = Some(expire);
+    }
+    Ok(expire)
+}
+
+/// Ends the lease early: resources are freed at once.
+pub fn release(
+    claim: &mut Claim,
+    allocation: &mut Allocation,
+    now: Time,
+    reason: &str,
+) -> Result<(), LeaseError> {
+    let status = active_lease(claim, allocation)?;
+    status.phase = AllocationPhase::Released;
+    status.end_time = Some(now);
+    status.reason = Some(reason.to_string());
+    if let Some(s) = claim.status.as_mut() {
+        s.phase = ClaimPhase::Released;
+        s.reason = Some(reason.to_string());
+        s.message = None;
+        s.last_transition_time = Some(now);
+    }
+    Ok(())
+}
+
+/// Marks an allocation whose lease ran out (plus the margin) as Expired, and its claim too.
+pub fn expire(claim: Option<&mut Claim>, allocation: &mut Allocation, now: Time) {
+    let status = allocation.status.get_or_insert_with(Default::default);
+    let expired_at = status.lease.expire_time;
+    status.phase = AllocationPhase::Expired;
+    status.end_time = Some(now);
+    status.reason = Some("LeaseExpired".into());
+    if let Some(claim) = claim {
+        let s = claim.status.get_or_insert_with(Default::default);
+        if s.phase == ClaimPhase::Allocated {
+            s.phase = ClaimPhase::Expired;
+            s.reason = Some("LeaseExpired".into());
+            s.message = Some(format!(
+                "the lease expired at {expired_at} and was not renewed"
+            ));
+            s.last_transition_time = Some(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use infraos_api::kinds::{ClaimSpec, ScoreBreakdown};
+
+    fn t(ms: i64) -> Time {
+        Time::from_unix_millis(ms)
+    }
+
+    fn placed() -> (Claim, Allocation) {
+        let mut claim: Claim = Object::new("c", Some("p"), ClaimSpec::default());
+        claim.spec.lease.duration = Duration::from_secs(10);
+        let placement = Placement {
+            node: Some("n1".into()),
+            resources: vec![],
+            score: ScoreBreakdown::default(),
+            runner_up: None,
+        };
+        let alloc = allocate(&mut claim, &placement, t(1_000), 7);
+        (claim, alloc)
+    }
+
+    #[test]
+    fn allocation_starts_a_lease_with_the_next_epoch() {
+        let (claim, alloc) = placed();
+        let lease = &alloc.status.as_ref().unwrap().lease;
+        assert_eq!(lease.expire_time, t(11_000));
+        assert_eq!(lease.fencing_epoch, 1);
+        assert_eq!(claim.status.as_ref().unwrap().phase, ClaimPhase::Allocated);
+        assert_eq!(alloc.spec.snapshot_revision, 7);
+    }
+
+    #[test]
+    fn renew_only_before_expiry() {
+        let (mut claim, mut alloc) = placed();
+        assert_eq!(
+            renew(&mut claim, &mut alloc, t(5_000), Duration::from_secs(10)).unwrap(),
+            t(15_000)
+        );
+        assert_eq!(
+            renew(&mut claim, &mut alloc, t(15_001), Duration::from_secs(10)),
+            Err(LeaseError::Expired(t(15_000)))
+        );
+    }
+
+    #[test]
+    fn expiry_waits_for_the_skew_margin() {
+        let (_, alloc) = placed();
+        let margin = Duration::from_secs(5);
+        assert_eq!(
+            expiry_action(&alloc, t(11_500), margin),
+            ExpiryAction::CheckAt(t(16_000))
+        );
+        assert_eq!(
+            expiry_action(&alloc, t(16_000), margin),
+            ExpiryAction::CheckAt(t(16_000))
+        );
+        assert_eq!(
+            expiry_action(&alloc, t(16_001), margin),
+            ExpiryAction::Expire
+        );
+    }
+
+    #[test]
+    fn released_allocations_cannot_be_renewed_or_released_again() {
+        let (mut claim, mut alloc) = placed();
+        release(&mut claim, &mut alloc, t(2_000), "Released").unwrap();
+        assert_eq!(claim.status.as_ref().unwrap().phase, ClaimPhase::Released);
+        assert!(renew(&mut claim, &mut alloc, t(3_000), Duration::from_secs(1)).is_err());
+        assert!(release(&mut claim, &mut alloc, t(3_000), "Released").is_err());
+        assert_eq!(
+            expiry_action(&alloc, t(99_000), Duration::default()),
+            ExpiryAction::Done
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! What every request handler and controller shares.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use infraos_store::Store;
+
+use crate::auth::TokenCache;
+use crate::clock::SharedClock;
+use crate::config::ServerConfig;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<ServerConfig>,
+    pub tokens: Arc<TokenCache>,
+    pub clock: SharedClock,
+    /// Set once the controllers have synced their caches.
+    pub ready: Arc<AtomicBool>,
+    pub openapi: Arc<serde_json::Value>,
+}
