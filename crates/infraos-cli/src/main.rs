@@ -1,1 +1,119 @@
-fn main() {}
+//! `infraos`: one binary for the control plane, the dev environment, the client verbs and the
+//! benchmarks (DESIGN §1).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod commands;
+mod output;
+mod synthetic;
+
+#[derive(Parser)]
+#[command(
+    name = "infraos",
+    version,
+    about = "InfraOS: one control plane for every machine you already have"
+)]
+struct Cli {
+    /// Client config file (default ~/.config/infraos/config.yaml).
+    #[arg(long, global = true, env = "INFRAOS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane, or initialise its data dir.
+    Server(commands::server::ServerArgs),
+    /// Server on the embedded store in one process, with the client config written for you.
+    Dev(commands::dev::DevArgs),
+    /// Create or update objects from YAML/JSON files, directories or stdin (-).
+    Apply(commands::apply::ApplyArgs),
+    /// List objects, or show one.
+    Get(commands::get::GetArgs),
+    /// Show an object in detail: status, lease countdown, scheduling explanation, events.
+    Describe(commands::describe::DescribeArgs),
+    /// Delete objects by name or from files.
+    Delete(commands::delete::DeleteArgs),
+    /// Extend a claim's lease.
+    Renew(commands::lease::RenewArgs),
+    /// End a claim's lease now and free its resources.
+    Release(commands::lease::ReleaseArgs),
+    /// The audit chain.
+    Audit(commands::audit::AuditArgs),
+    /// Print the client and server versions.
+    Version,
+    /// Benchmarks: the scheduler core, or end to end through a real server.
+    Bench(commands::bench::BenchArgs),
+}
+
+/// Options shared by the commands that address namespaced objects.
+#[derive(Args, Clone, Debug, Default)]
+pub struct NamespaceArg {
+    /// The project (namespace).
+    #[arg(short = 'n', long = "namespace", env = "INFRAOS_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Server(_) | Command::Dev(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = cli.config.clone();
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => commands::server::run(args).await,
+            Command::Dev(args) => commands::dev::run(args).await,
+            Command::Apply(args) => commands::apply::run(config.as_deref(), args).await,
+            Command::Get(args) => commands::get::run(config.as_deref(), args).await,
+            Command::Describe(args) => commands::describe::run(config.as_deref(), args).await,
+            Command::Delete(args) => commands::delete::run(config.as_deref(), args).await,
+            Command::Renew(args) => commands::lease::renew(config.as_deref(), args).await,
+            Command::Release(args) => commands::lease::release(config.as_deref(), args).await,
+            Command::Audit(args) => commands::audit::run(config.as_deref(), args).await,
+            Command::Version => commands::version::run(config.as_deref()).await,
+            Command::Bench(args) => commands::bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause already in the message.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out.replace('\n', " ")
+}

@@ -1,1 +1,573 @@
-//! placeholder
+//! A typed HTTPS client for the InfraOS API.
+//!
+//! It speaks the Kubernetes-shaped paths of `infraos.io/v1`, trusts the cluster CA from the
+//! client config, and turns `Status` bodies into [`ClientError::Api`] with the reason and the
+//! fields at fault.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use infraos_api::KindInfo;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use serde::Deserialize;
+
+pub mod config;
+
+pub use config::{ClientConfig, ConfigError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot reach {url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{message}")]
+    Api {
+        code: u16,
+        reason: String,
+        message: String,
+        causes: Vec<Cause>,
+    },
+    #[error("unexpected response from {url}: {reason}")]
+    Decode { url: String, reason: String },
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(404)
+    }
+
+    pub fn is_conflict(&self) -> bool {
+        self.code() == Some(409)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Cause {
+    #[serde(default)]
+    pub field: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// One watch event.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WatchEvent {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub object: serde_json::Value,
+}
+
+/// A stream of watch events; ends when the server closes the watch.
+pub type WatchEvents =
+    std::pin::Pin<Box<dyn Stream<Item = Result<WatchEvent, ClientError>> + Send>>;
+
+/// A page of the audit chain.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuditPage {
+    pub metadata: AuditPageMeta,
+    pub items: Vec<infraos_api::audit::AuditRecord>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditPageMeta {
+    pub head_seq: u64,
+    pub head_hash: String,
+    pub next: Option<u64>,
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The path of a kind's collection, or of one object.
+pub fn path(info: &KindInfo, namespace: Option<&str>, name: Option<&str>) -> String {
+    let mut p = match namespace {
+        Some(ns) if info.namespaced => {
+            format!("/apis/infraos.io/v1/namespaces/{ns}/{}", info.plural)
+        }
+        _ => format!("/apis/infraos.io/v1/{}", info.plural),
+    };
+    if let Some(name) = name {
+        p.push('/');
+        p.push_str(name);
+    }
+    p
+}
+
+impl Client {
+    pub fn new(config: &ClientConfig) -> Result<Self, ClientError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(pem) = &config.ca_pem {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| ClientError::Tls(format!("CA certificate: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| ClientError::Tls(format!("CA certificate: {e}")))?;
+            }
+        }
+        if roots.is_empty() {
+            return Err(ClientError::Tls(
+                "no CA certificate: set `ca` in the client config or INFRAOS_CA".into(),
+            ));
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        Ok(Client {
+            http,
+            base: config.server.trim_end_matches('/').to_string(),
+            token: config.token.clone(),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    async fn send(
+        &self,
+        builder: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = builder
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.to_string(),
+                source,
+            })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let code = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        #[derive(Deserialize)]
+        struct Status {
+            #[serde(default)]
+            reason: String,
+            #[serde(default)]
+            message: String,
+            #[serde(default)]
+            details: Option<Details>,
+        }
+        #[derive(Deserialize)]
+        struct Details {
+            #[serde(default)]
+            causes: Vec<Cause>,
+        }
+        match serde_json::from_str::<Status>(&text) {
+            Ok(s) => Err(ClientError::Api {
+                code,
+                reason: s.reason,
+                message: if s.message.is_empty() {
+                    format!("HTTP {code}")
+                } else {
+                    s.message
+                },
+                causes: s.details.map(|d| d.causes).unwrap_or_default(),
+            }),
+            Err(_) => Err(ClientError::Api {
+                code,
+                reason: String::new(),
+                message: format!("HTTP {code}: {}", text.trim()),
+                causes: Vec::new(),
+            }),
+        }
+    }
+
+    async fn json(
+        &self,
+        builder: reqwest::RequestBuilder,
+        path: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let response = self.send(builder, &url).await?;
+        response.json().await.map_err(|e| ClientError::Decode {
+            url,
+            reason: e.to_string(),
+        })
+    }
+
+    /// `GET` on any path, returning the JSON body.
+    pub async fn get_path(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.json(self.request(reqwest::Method::GET, path), path)
+            .await
+    }
+
+    pub async fn get(
+        &self,
+        info: &KindInfo,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.get_path(&path(info, ns, Some(name))).await
+    }
+
+    /// Lists every object (following `continue` tokens), optionally filtered by labels.
+    pub async fn list(
+        &self,
+        info: &KindInfo,
+        ns: Option<&str>,
+        selector: Option<&str>,
+    ) -> Result<(Vec<serde_json::Value>, u64), ClientError> {
+        let base = path(info, ns, None);
+        let mut items = Vec::new();
+        let mut token: Option<String> = None;
+        let mut revision = 0;
+        loop {
+            let mut query: Vec<(&str, String)> = vec![("limit", "1000".into())];
+            if let Some(s) = selector {
+                query.push(("labelSelector", s.to_string()));
+            }
+            if let Some(t) = &token {
+                query.push(("continue", t.clone()));
+            }
+            let page = self
+                .json(
+                    self.request(reqwest::Method::GET, &base).query(&query),
+                    &base,
+                )
+                .await?;
+            if revision == 0 {
+                revision = page
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(|v| v.as_str())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+            }
+            if let Some(list) = page.get("items").and_then(|i| i.as_array()) {
+                items.extend(list.iter().cloned());
+            }
+            token = page
+                .pointer("/metadata/continue")
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
+            if token.is_none() {
+                return Ok((items, revision));
+            }
+        }
+    }
+
+    pub async fn create(
+        &self,
+        info: &KindInfo,
+        ns: Option<&str>,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        let p = path(info, ns, None);
+        self.json(self.request(reqwest::Method::POST, &p).json(body), &p)
+            .await
+    }
+
+    pub async fn replace(
+        &self,
+        info: &KindInfo,
+        ns: Option<&str>,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        let p = path(info, ns, Some(name));
+        self.json(self.request(reqwest::Method::PUT, &p).json(body), &p)
+            .await
+    }
+
+    pub async fn replace_status(
+        &self,
+        info: &KindInfo,
+        ns: Option<&str>,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        let p = format!("{}/status", path(info, ns, Some(name)));
+        self.json(self.request(reqwest::Method::PUT, &p).json(body), &p)
+            .await
+    }
+
+    pub async fn merge_patch(
+        &self,
+        info: &KindInfo,
+        ns: Option<&str>,
+        name: &str,
+        patch: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        let p = path(info, ns, Some(name));
+        let body = serde_json::to_vec(patch).unwrap_or_default();
+        let builder = self
+            .request(reqwest::Method::PATCH, &p)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/merge-patch+json",
+            )
+            .body(body);
+        self.json(builder, &p).await
+    }
+
+    pub async fn delete(
+        &self,
+        info: &KindInfo,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        let p = path(info, ns, Some(name));
+        self.json(self.request(reqwest::Method::DELETE, &p), &p)
+            .await
+    }
+
+    /// `renew` or `release` a claim.
+    pub async fn claim_action(
+        &self,
+        ns: &str,
+        name: &str,
+        action: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let p = format!("/apis/infraos.io/v1/namespaces/{ns}/claims/{name}/{action}");
+        let mut builder = self.request(reqwest::Method::POST, &p);
+        if let Some(b) = body {
+            builder = builder.json(b);
+        }
+        self.json(builder, &p).await
+    }
+
+    /// Creates the object, or replaces its spec, labels and annotations when it exists
+    /// (status and server-owned metadata are kept), retrying on conflicts.
+    pub async fn apply(
+        &self,
+        object: &serde_json::Value,
+    ) -> Result<(Applied, serde_json::Value), ClientError> {
+        let (info, ns, name) = target_of(object)?;
+        for _ in 0..5 {
+            let current = match self.get(info, ns.as_deref(), &name).await {
+                Ok(v) => v,
+                Err(e) if e.is_not_found() => {
+                    match self.create(info, ns.as_deref(), object).await {
+                        Ok(v) => return Ok((Applied::Created, v)),
+                        Err(e) if e.is_conflict() => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            let mut desired = current.clone();
+            for field in ["spec"] {
+                match object.get(field) {
+                    Some(v) => desired[field] = v.clone(),
+                    None => {
+                        if let Some(o) = desired.as_object_mut() {
+                            o.remove(field);
+                        }
+                    }
+                }
+            }
+            for field in ["labels", "annotations"] {
+                match object.pointer(&format!("/metadata/{field}")) {
+                    Some(v) => desired["metadata"][field] = v.clone(),
+                    None => {
+                        if let Some(m) = desired.get_mut("metadata").and_then(|m| m.as_object_mut())
+                        {
+                            m.remove(field);
+                        }
+                    }
+                }
+            }
+            if desired == current {
+                return Ok((Applied::Unchanged, current));
+            }
+            match self.replace(info, ns.as_deref(), &name, &desired).await {
+                Ok(v) => {
+                    let unchanged = v.get("spec") == current.get("spec")
+                        && v.pointer("/metadata/labels") == current.pointer("/metadata/labels")
+                        && v.pointer("/metadata/annotations")
+                            == current.pointer("/metadata/annotations");
+                    return Ok((
+                        if unchanged {
+                            Applied::Unchanged
+                        } else {
+                            Applied::Configured
+                        },
+                        v,
+                    ));
+                }
+                Err(e) if e.is_conflict() && e.to_string().contains("has been modified") => {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Api {
+            code: 409,
+            reason: "Conflict".into(),
+            message: format!(
+                "{} {name:?} kept changing while applying; try again",
+                info.kind
+            ),
+            causes: vec![],
+        })
+    }
+
+    /// Watches a kind: events after `resource_version`, or the current state first.
+    pub async fn watch(
+        &self,
+        info: &KindInfo,
+        ns: Option<&str>,
+        selector: Option<&str>,
+        resource_version: Option<u64>,
+    ) -> Result<WatchEvents, ClientError> {
+        let p = path(info, ns, None);
+        let mut query: Vec<(&str, String)> = vec![
+            ("watch", "true".into()),
+            ("allowWatchBookmarks", "true".into()),
+        ];
+        if let Some(s) = selector {
+            query.push(("labelSelector", s.to_string()));
+        }
+        if let Some(rv) = resource_version {
+            query.push(("resourceVersion", rv.to_string()));
+        }
+        let url = format!("{}{p}", self.base);
+        let response = self
+            .send(self.request(reqwest::Method::GET, &p).query(&query), &url)
+            .await?;
+        let bytes = response.bytes_stream();
+        let lines = futures::stream::unfold(
+            (bytes, Vec::<u8>::new(), url),
+            |(mut bytes, mut buf, url)| async move {
+                loop {
+                    if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=pos).collect();
+                        if line.iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
+                        let event = serde_json::from_slice::<WatchEvent>(&line).map_err(|e| {
+                            ClientError::Decode {
+                                url: url.clone(),
+                                reason: format!("bad watch event: {e}"),
+                            }
+                        });
+                        return Some((event, (bytes, buf, url)));
+                    }
+                    match bytes.next().await {
+                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                        Some(Err(source)) => {
+                            let err = ClientError::Transport {
+                                url: url.clone(),
+                                source,
+                            };
+                            return Some((Err(err), (bytes, Vec::new(), url)));
+                        }
+                        None => return None,
+                    }
+                }
+            },
+        );
+        Ok(Box::pin(lines))
+    }
+
+    pub async fn audit_records(&self, from: u64, limit: usize) -> Result<AuditPage, ClientError> {
+        let p = "/apis/infraos.io/v1/auditrecords";
+        let url = format!("{}{p}", self.base);
+        let response = self
+            .send(
+                self.request(reqwest::Method::GET, p)
+                    .query(&[("from", from.to_string()), ("limit", limit.to_string())]),
+                &url,
+            )
+            .await?;
+        response.json().await.map_err(|e| ClientError::Decode {
+            url,
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The kind, namespace and name an object's envelope names.
+pub fn target_of(
+    object: &serde_json::Value,
+) -> Result<(&'static KindInfo, Option<String>, String), ClientError> {
+    let bad = |reason: String| ClientError::Api {
+        code: 400,
+        reason: "BadRequest".into(),
+        message: reason,
+        causes: vec![],
+    };
+    let kind = object
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .ok_or_else(|| bad("kind: required".into()))?;
+    let info = infraos_api::object::kinds()
+        .iter()
+        .copied()
+        .find(|k| k.kind == kind)
+        .ok_or_else(|| bad(format!("kind: unknown kind {kind:?}")))?;
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| bad(format!("{kind}: metadata.name is required")))?
+        .to_string();
+    let ns = object
+        .pointer("/metadata/namespace")
+        .and_then(|n| n.as_str())
+        .map(str::to_string);
+    if info.namespaced && ns.is_none() {
+        return Err(bad(format!(
+            "{kind} {name:?}: metadata.namespace is required (the project)"
+        )));
+    }
+    Ok((info, ns, name))
+}

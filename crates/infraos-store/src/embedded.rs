@@ -37,6 +37,10 @@ use crate::{
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
+/// The ledger head's hash, kept apart from the entries so a damaged chain can still be opened
+/// and its damage reported by a verifier.
+const META_BYTES: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_bytes");
+const META_LEDGER_HASH: &str = "ledger_head_hash";
 const META_REVISION: &str = "revision";
 const META_LEDGER_SEQ: &str = "ledger_seq";
 const HEADER_LEN: usize = 24;
@@ -95,33 +99,15 @@ impl EmbeddedStore {
             let wtx = db.begin_write().map_err(redb::Error::from)?;
             let (revision, head) = {
                 wtx.open_table(KV).map_err(redb::Error::from)?;
+                wtx.open_table(LEDGER).map_err(redb::Error::from)?;
                 let meta = wtx.open_table(META).map_err(redb::Error::from)?;
-                let ledger = wtx.open_table(LEDGER).map_err(redb::Error::from)?;
+                let meta_bytes = wtx.open_table(META_BYTES).map_err(redb::Error::from)?;
                 let revision = meta
                     .get(META_REVISION)
                     .map_err(redb::Error::from)?
                     .map(|v| v.value())
                     .unwrap_or(0);
-                let seq = meta
-                    .get(META_LEDGER_SEQ)
-                    .map_err(redb::Error::from)?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
-                let head = if seq == 0 {
-                    LedgerHead::default()
-                } else {
-                    let raw = ledger.get(seq).map_err(redb::Error::from)?.ok_or_else(|| {
-                        StoreError::Corrupt {
-                            key: format!("ledger/{seq}"),
-                            reason: "ledger head entry is missing".into(),
-                        }
-                    })?;
-                    let entry = decode_ledger(seq, raw.value())?;
-                    LedgerHead {
-                        seq,
-                        hash: entry.hash,
-                    }
-                };
+                let head = read_head(&meta, &meta_bytes)?;
                 (revision, head)
             };
             wtx.commit().map_err(redb::Error::from)?;
@@ -228,6 +214,7 @@ fn commit_group(
         let mut kv = wtx.open_table(KV).map_err(redb::Error::from)?;
         let mut meta = wtx.open_table(META).map_err(redb::Error::from)?;
         let mut ledger = wtx.open_table(LEDGER).map_err(redb::Error::from)?;
+        let mut meta_bytes = wtx.open_table(META_BYTES).map_err(redb::Error::from)?;
         for request in batch {
             let txn = &request.txn;
             if let Err(e) = check_sizes(txn) {
@@ -318,6 +305,9 @@ fn commit_group(
         meta.insert(META_REVISION, revision)
             .map_err(redb::Error::from)?;
         meta.insert(META_LEDGER_SEQ, ledger_head.seq)
+            .map_err(redb::Error::from)?;
+        meta_bytes
+            .insert(META_LEDGER_HASH, ledger_head.hash.as_slice())
             .map_err(redb::Error::from)?;
     }
     wtx.commit().map_err(redb::Error::from)?;
@@ -498,29 +488,35 @@ impl Store for EmbeddedStore {
     async fn ledger_head(&self) -> Result<LedgerHead, StoreError> {
         let rtx = self.shared.db.begin_read().map_err(redb::Error::from)?;
         let meta = rtx.open_table(META).map_err(redb::Error::from)?;
-        let seq = meta
-            .get(META_LEDGER_SEQ)
-            .map_err(redb::Error::from)?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        if seq == 0 {
-            return Ok(LedgerHead::default());
-        }
-        let table = rtx.open_table(LEDGER).map_err(redb::Error::from)?;
-        let raw =
-            table
-                .get(seq)
-                .map_err(redb::Error::from)?
-                .ok_or_else(|| StoreError::Corrupt {
-                    key: format!("ledger/{seq}"),
-                    reason: "ledger head entry is missing".into(),
-                })?;
-        let entry = decode_ledger(seq, raw.value())?;
-        Ok(LedgerHead {
-            seq,
-            hash: entry.hash,
-        })
+        let meta_bytes = rtx.open_table(META_BYTES).map_err(redb::Error::from)?;
+        read_head(&meta, &meta_bytes)
     }
+}
+
+fn read_head(
+    meta: &impl ReadableTable<&'static str, u64>,
+    meta_bytes: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<LedgerHead, StoreError> {
+    let seq = meta
+        .get(META_LEDGER_SEQ)
+        .map_err(redb::Error::from)?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    if seq == 0 {
+        return Ok(LedgerHead::default());
+    }
+    let raw = meta_bytes
+        .get(META_LEDGER_HASH)
+        .map_err(redb::Error::from)?
+        .ok_or_else(|| StoreError::Corrupt {
+            key: META_LEDGER_HASH.into(),
+            reason: "ledger head hash is missing".into(),
+        })?;
+    let hash: [u8; 32] = raw.value().try_into().map_err(|_| StoreError::Corrupt {
+        key: META_LEDGER_HASH.into(),
+        reason: "ledger head hash is not 32 bytes".into(),
+    })?;
+    Ok(LedgerHead { seq, hash })
 }
 
 impl EmbeddedStore {

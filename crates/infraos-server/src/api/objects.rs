@@ -103,7 +103,11 @@ pub async fn list_cluster(
     Path(plural): Path<String>,
     Query(params): Query<ListParams>,
 ) -> Result<Response, ApiError> {
-    let info = kind_for(&plural, false)?;
+    // Namespaced kinds are listed across all projects here, as Kubernetes does.
+    let info = kind_for(&plural, false).or_else(|e| match kind_for(&plural, true) {
+        Ok(info) => Ok(info),
+        Err(_) => Err(e),
+    })?;
     list_or_watch(state, info, None, params).await
 }
 

@@ -1,0 +1,331 @@
+//! `infraos bench scheduler|e2e --nodes N --claims M`: the benchmarks the closing notes quote.
+//! Both end with the line `claims/s: X`.
+//!
+//! - `scheduler`: the pure scheduler and the applier's re-check on an in-memory snapshot of the
+//!   synthetic cluster; the median of `--runs` runs.
+//! - `e2e`: a real server process on a temporary data dir (or `--server`), the cluster created
+//!   through the API, then M claims submitted concurrently over HTTPS; claims/s counts from the
+//!   first submission until the watch has seen every claim allocated. It also runs the
+//!   scheduler core on the same objects in this process, as the limit to compare against.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use infraos_api::kinds::{Claim, NodeSpec, ResourceClassSpec, ResourceSpec};
+use infraos_api::object::decode;
+use infraos_client::{Client, ClientConfig};
+use infraos_scheduler::{Outcome, Profile, Scheduler, Snapshot};
+
+use crate::synthetic::{self, PROJECT, Synthetic};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The scheduler core alone.
+    Scheduler {
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 10_000)]
+        claims: usize,
+        /// Claims per batch, as the server's scheduler uses.
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// End to end through a real server over HTTPS.
+    E2e {
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 10_000)]
+        claims: usize,
+        /// Use this running server (with the client config's CA and token) instead of starting one.
+        #[arg(long)]
+        server: Option<String>,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Give up waiting for allocations after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.command {
+        BenchCommand::Scheduler {
+            nodes,
+            claims,
+            batch,
+            runs,
+        } => {
+            let synthetic = synthetic::cluster(nodes, claims);
+            let mut rates = Vec::new();
+            for run in 1..=runs.max(1) {
+                let (rate, placed) = scheduler_core(&synthetic, batch)?;
+                println!("run {run}: {placed}/{claims} placed, {rate:.0} claims/s");
+                rates.push(rate);
+            }
+            println!(
+                "nodes: {nodes}, claims: {claims}, batch: {batch}, runs: {}",
+                rates.len()
+            );
+            println!("claims/s: {:.0}", median(&mut rates));
+            Ok(())
+        }
+        BenchCommand::E2e {
+            nodes,
+            claims,
+            server,
+            concurrency,
+            timeout,
+        } => {
+            e2e(
+                nodes,
+                claims,
+                server,
+                concurrency.max(1),
+                Duration::from_secs(timeout),
+            )
+            .await
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+/// Builds the snapshot from the synthetic manifests and schedules every claim the way the
+/// server does (plan, re-check, apply). Returns claims/s and how many were placed.
+fn scheduler_core(s: &Synthetic, batch: usize) -> anyhow::Result<(f64, usize)> {
+    let mut snapshot = Snapshot::new();
+    for v in &s.setup {
+        if v["kind"] == "ResourceClass" {
+            let c = decode::<ResourceClassSpec>(v)?;
+            snapshot.upsert_class(c.name(), &c.spec);
+        }
+    }
+    for v in &s.nodes {
+        let n = decode::<NodeSpec>(v)?;
+        snapshot.upsert_node(n.name(), &n.metadata.labels, &n.spec, None);
+    }
+    for v in &s.resources {
+        let r = decode::<ResourceSpec>(v)?;
+        snapshot.upsert_resource(r.name(), &r.metadata.labels, &r.spec);
+    }
+    let claims: Vec<Claim> = s.claims.iter().map(decode).collect::<Result<_, _>>()?;
+    let keyed: Vec<(String, &Claim)> = claims
+        .iter()
+        .map(|c| (format!("{PROJECT}/{}", c.name()), c))
+        .collect();
+    let mut scheduler = Scheduler::new(Profile::default())?;
+    let start = Instant::now();
+    let mut placed = 0;
+    for chunk in keyed.chunks(batch.max(1)) {
+        let plan = scheduler.plan(&snapshot, chunk);
+        for d in &plan.decisions {
+            if let Outcome::Placed(p) = &d.outcome {
+                if snapshot.fits(&p.resources).is_ok() {
+                    snapshot.apply_allocation(&d.claim_key, &p.resources);
+                    placed += 1;
+                }
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok((claims.len() as f64 / elapsed.max(1e-9), placed))
+}
+
+/// Stops the server child process when dropped.
+struct ChildServer {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_server() -> anyhow::Result<(ChildServer, ClientConfig)> {
+    let dir = tempfile::tempdir().context("cannot create a temporary data dir")?;
+    let data = dir.path().to_path_buf();
+    infraos_server::init::init_data_dir(&data, &[]).await?;
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let child = std::process::Command::new(exe)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .context("cannot start the server process")?;
+    let guard = ChildServer { child, _dir: dir };
+    let url_file = data.join(infraos_server::URL_FILE);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let server = loop {
+        if let Ok(url) = std::fs::read_to_string(&url_file) {
+            break url.trim().to_string();
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the server did not start within 60s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let config = ClientConfig {
+        server,
+        ca_pem: Some(std::fs::read(data.join("ca.crt"))?),
+        token: Some(
+            std::fs::read_to_string(data.join("admin.token"))?
+                .trim()
+                .to_string(),
+        ),
+    };
+    let client = Client::new(&config)?;
+    while client.get_path("/readyz").await.is_err() {
+        if Instant::now() > deadline {
+            anyhow::bail!("the server did not become ready within 60s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((guard, config))
+}
+
+async fn create_all(
+    client: &Client,
+    objects: &[serde_json::Value],
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let mut results = futures::stream::iter(objects.iter().map(|o| {
+        let client = client.clone();
+        async move { client.apply(o).await }
+    }))
+    .buffer_unordered(concurrency);
+    while let Some(r) = results.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+async fn e2e(
+    nodes: usize,
+    claims: usize,
+    server: Option<String>,
+    concurrency: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let synthetic = synthetic::cluster(nodes, claims);
+    let (_guard, config) = match server {
+        Some(url) => {
+            let mut c = ClientConfig::load(None)?;
+            c.server = url;
+            (None, c)
+        }
+        None => {
+            let (g, c) = start_server().await?;
+            (Some(g), c)
+        }
+    };
+    let client = Client::new(&config)?;
+    let t = Instant::now();
+    for o in &synthetic.setup {
+        client.apply(o).await?;
+    }
+    create_all(&client, &synthetic.nodes, concurrency).await?;
+    create_all(&client, &synthetic.resources, concurrency).await?;
+    println!(
+        "setup: {nodes} nodes, {} resources through the API in {:.1}s",
+        synthetic.resources.len(),
+        t.elapsed().as_secs_f64()
+    );
+
+    // Watch claims from now on; count each claim once when it is Allocated or Unschedulable.
+    let claim_kind = super::kind("claims")?;
+    let (_, revision) = client
+        .list(claim_kind, Some(PROJECT), Some("bench=true"))
+        .await?;
+    let mut events = client
+        .watch(claim_kind, Some(PROJECT), None, Some(revision))
+        .await?;
+    let expected = synthetic.claims.len();
+    let watcher = tokio::spawn(async move {
+        let mut allocated = HashSet::new();
+        let mut unschedulable = HashSet::new();
+        while let Some(event) = events.next().await {
+            let Ok(event) = event else { break };
+            let name = event
+                .object
+                .pointer("/metadata/name")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string();
+            match event
+                .object
+                .pointer("/status/phase")
+                .and_then(|v| v.as_str())
+            {
+                Some("Allocated") => {
+                    unschedulable.remove(&name);
+                    allocated.insert(name);
+                }
+                Some("Pending")
+                    if event
+                        .object
+                        .pointer("/status/reason")
+                        .and_then(|v| v.as_str())
+                        == Some("Unschedulable") =>
+                {
+                    unschedulable.insert(name);
+                }
+                _ => {}
+            }
+            if allocated.len() + unschedulable.len() >= expected {
+                break;
+            }
+        }
+        (Instant::now(), allocated.len(), unschedulable.len())
+    });
+
+    let start = Instant::now();
+    let client = Arc::new(client);
+    let mut submissions = futures::stream::iter(synthetic.claims.iter().map(|c| {
+        let client = Arc::clone(&client);
+        async move { client.create(claim_kind, Some(PROJECT), c).await }
+    }))
+    .buffer_unordered(concurrency);
+    while let Some(r) = submissions.next().await {
+        r.context("submitting a claim")?;
+    }
+    let submitted = start.elapsed().as_secs_f64();
+    println!(
+        "submitted {claims} claims in {submitted:.2}s ({:.0} creates/s, {concurrency} in flight)",
+        claims as f64 / submitted
+    );
+    let (done, allocated, unschedulable) = tokio::time::timeout(timeout, watcher)
+        .await
+        .context("timed out waiting for allocations")?
+        .context("the watch task failed")?;
+    let elapsed = done.duration_since(start).as_secs_f64();
+    println!(
+        "allocated {allocated}/{claims} claims ({unschedulable} unschedulable) in {elapsed:.2}s end to end"
+    );
+    let (core, _) = scheduler_core(&synthetic, 512)?;
+    println!("scheduler core on the same cluster and claims: {core:.0} claims/s");
+    println!("claims/s: {:.0}", allocated as f64 / elapsed.max(1e-9));
+    Ok(())
+}
