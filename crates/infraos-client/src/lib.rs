@@ -17,6 +17,7 @@ use serde::Deserialize;
 pub mod config;
 
 pub use config::{ClientConfig, ConfigError};
+pub use reqwest::Method;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -241,6 +242,36 @@ impl Client {
             url,
             reason: e.to_string(),
         })
+    }
+
+    /// Sends any request and returns the status code and body as JSON (`null` when the body
+    /// is not JSON). For tools and tests that need to send what the typed methods would not.
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+        token: Option<&str>,
+    ) -> Result<(u16, serde_json::Value), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut builder = self.http.request(method, &url).body(body);
+        if let Some(ct) = content_type {
+            builder = builder.header(reqwest::header::CONTENT_TYPE, ct);
+        }
+        if let Some(t) = token.or(self.token.as_deref()) {
+            builder = builder.bearer_auth(t);
+        }
+        let response = builder
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport { url, source })?;
+        let code = response.status().as_u16();
+        let bytes = response.bytes().await.unwrap_or_default();
+        Ok((
+            code,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        ))
     }
 
     /// `GET` on any path, returning the JSON body.

@@ -197,7 +197,12 @@ async fn start_server() -> anyhow::Result<(ChildServer, ClientConfig)> {
         ),
     };
     let client = Client::new(&config)?;
-    while client.get_path("/readyz").await.is_err() {
+    while !matches!(
+        client
+            .raw(infraos_client::Method::GET, "/readyz", None, vec![], None)
+            .await,
+        Ok((200, _))
+    ) {
         if Instant::now() > deadline {
             anyhow::bail!("the server did not become ready within 60s");
         }

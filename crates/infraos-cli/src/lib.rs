@@ -1,5 +1,6 @@
-//! `infraos`: one binary for the control plane, the dev environment, the client verbs and the
-//! benchmarks (DESIGN §1).
+//! The `infraos` command line: one binary for the control plane, the dev environment, the
+//! client verbs and the benchmarks (DESIGN §1). The binary itself is the workspace's root
+//! package, a one-line `main` calling [`main`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,7 +59,8 @@ pub struct NamespaceArg {
     pub namespace: Option<String>,
 }
 
-fn main() -> ExitCode {
+/// Parses the command line, runs the command and maps errors to one line and exit code 1.
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Server(_) | Command::Dev(_) => "info",

@@ -1,0 +1,268 @@
+//! Test support: a real `infraos` server process on a temporary data dir, on loopback.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use infraos_client::{Client, ClientConfig};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_infraos")
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub config: ClientConfig,
+}
+
+impl TestServer {
+    /// Initialises a data dir with `infraos server init` and starts `infraos server` on it.
+    pub async fn start() -> TestServer {
+        Self::start_with_config("").await
+    }
+
+    /// As [`start`], with `server.yaml` holding `config_yaml`.
+    pub async fn start_with_config(config_yaml: &str) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = Command::new(bin())
+            .args(["server", "init", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .expect("run infraos server init");
+        assert!(
+            out.status.success(),
+            "server init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let token = std::fs::read_to_string(dir.path().join("admin.token")).expect("admin.token");
+        assert!(
+            stdout.contains(token.trim()),
+            "init prints the admin token once"
+        );
+        if !config_yaml.is_empty() {
+            std::fs::write(dir.path().join("server.yaml"), config_yaml).expect("server.yaml");
+        }
+        let mut server = TestServer {
+            dir,
+            child: None,
+            config: ClientConfig::default(),
+        };
+        server.spawn().await;
+        server
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts the server process on the data dir and waits until it is ready.
+    pub async fn spawn(&mut self) {
+        let dir = self.dir.path().to_path_buf();
+        let _ = std::fs::remove_file(dir.join("server.url"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .expect("server.log");
+        let child = Command::new(bin())
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn infraos server");
+        self.child = Some(child);
+        let url = eventually(Duration::from_secs(30), "server writes server.url", || {
+            let url = std::fs::read_to_string(dir.join("server.url")).ok();
+            async move { url.map(|u| u.trim().to_string()) }
+        })
+        .await;
+        self.config = ClientConfig {
+            server: url,
+            ca_pem: Some(std::fs::read(dir.join("ca.crt")).expect("ca.crt")),
+            token: Some(
+                std::fs::read_to_string(dir.join("admin.token"))
+                    .expect("token")
+                    .trim()
+                    .to_string(),
+            ),
+        };
+        let client = self.client();
+        eventually(Duration::from_secs(30), "server is ready", || {
+            let client = client.clone();
+            async move {
+                let (code, _) = client
+                    .raw(infraos_client::Method::GET, "/readyz", None, vec![], None)
+                    .await
+                    .ok()?;
+                (code == 200).then_some(())
+            }
+        })
+        .await;
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.config).expect("client")
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Runs the CLI against this server, with a private HOME so no user config leaks in.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let home = self.dir.path().join("home");
+        let _ = std::fs::create_dir_all(&home);
+        Command::new(bin())
+            .args(args)
+            .env_clear()
+            .env("HOME", &home)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("INFRAOS_SERVER", &self.config.server)
+            .env("INFRAOS_CA", self.dir.path().join("ca.crt"))
+            .env("INFRAOS_TOKEN", self.config.token.as_deref().unwrap_or(""))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run infraos")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after `deadline` naming what was awaited.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Applies the objects of a YAML string through the API.
+pub async fn apply_yaml(client: &Client, yaml: &str) {
+    for doc in infraos_api::object::parse_documents(yaml).expect("yaml") {
+        client
+            .apply(&doc)
+            .await
+            .unwrap_or_else(|e| panic!("apply {doc}: {e}"));
+    }
+}
+
+/// A tenant, a project `p`, a `compute` class and one node with `cpu` CPUs.
+pub fn small_cluster(cpu: u32) -> String {
+    format!(
+        r#"
+apiVersion: infraos.io/v1
+kind: Tenant
+metadata: {{name: t}}
+---
+apiVersion: infraos.io/v1
+kind: Project
+metadata: {{name: p}}
+spec: {{tenant: t}}
+---
+apiVersion: infraos.io/v1
+kind: ResourceClass
+metadata: {{name: compute}}
+spec:
+  kind: counted
+  dimensions: [{{name: cpu}}, {{name: memory}}]
+---
+apiVersion: infraos.io/v1
+kind: ResourceClass
+metadata: {{name: gpu}}
+spec:
+  kind: items
+  attributes: {{model: string, memoryGiB: int}}
+---
+apiVersion: infraos.io/v1
+kind: Node
+metadata: {{name: n1, labels: {{zone: a}}}}
+spec: {{}}
+---
+apiVersion: infraos.io/v1
+kind: Resource
+metadata: {{name: n1-compute}}
+spec:
+  class: compute
+  node: n1
+  capacity: {{cpu: "{cpu}", memory: 64Gi}}
+"#
+    )
+}
+
+pub fn claim(name: &str, cpu: &str, lease: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "infraos.io/v1", "kind": "Claim",
+        "metadata": {"name": name, "namespace": "p"},
+        "spec": {"requests": [{"class": "compute", "amount": {"cpu": cpu}}], "lease": {"duration": lease}}
+    })
+}
+
+pub fn phase(claim: &serde_json::Value) -> &str {
+    claim
+        .pointer("/status/phase")
+        .and_then(|p| p.as_str())
+        .unwrap_or("")
+}
