@@ -1,6 +1,9 @@
 //! The HTTPS API of a real server process: CRUD semantics, optimistic concurrency, the status
 //! subresource, lists, watches, discovery, and bad input of every kind.
 
+// Test code: a panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;
@@ -11,6 +14,19 @@ use serde_json::json;
 use support::*;
 
 const TENANTS: &str = "/apis/infraos.io/v1/tenants";
+
+/// A bad request: what it is, method, path, content type, body, the expected status code, text
+/// the message must contain, and the field the Status must name.
+type Case<'a> = (
+    &'a str,
+    Method,
+    &'a str,
+    &'a str,
+    Vec<u8>,
+    u16,
+    &'a str,
+    Option<&'a str>,
+);
 
 #[tokio::test]
 async fn crud_with_optimistic_concurrency_and_status() {
@@ -106,8 +122,7 @@ async fn bad_input_is_refused_with_a_reason_and_writes_nothing() {
         serde_json::to_vec(&v).unwrap()
     };
     let big = vec![b' '; 4 * 1024 * 1024];
-    // (what, method, path, content type, body, code, text in message, field)
-    let cases: Vec<(&str, Method, &str, &str, Vec<u8>, u16, &str, Option<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             Method::POST,

@@ -2,6 +2,9 @@
 //! even when claims race, freed capacity goes to waiting claims, and deleting a claim
 //! releases what it holds.
 
+// Test code: a panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! Test support: a real `infraos` server process on a temporary data dir, on loopback.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -56,6 +56,29 @@ impl TestServer {
         };
         server.spawn().await;
         server
+    }
+
+    /// Starts a server on an existing, initialised data dir.
+    pub async fn start_in(dir: tempfile::TempDir) -> TestServer {
+        let mut server = TestServer {
+            dir,
+            child: None,
+            config: ClientConfig::default(),
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// A copy of the data dir (the server should be stopped first).
+    pub fn copy_data_dir(&self) -> tempfile::TempDir {
+        let copy = tempfile::tempdir().expect("temp dir");
+        for entry in std::fs::read_dir(self.dir.path()).expect("read data dir") {
+            let entry = entry.expect("entry");
+            if entry.file_type().expect("type").is_file() {
+                std::fs::copy(entry.path(), copy.path().join(entry.file_name())).expect("copy");
+            }
+        }
+        copy
     }
 
     pub fn data_dir(&self) -> &Path {

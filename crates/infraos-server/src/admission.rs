@@ -117,10 +117,9 @@ pub async fn admit(store: &dyn Store, object: &TypedObject) -> Result<(), ApiErr
                         }
                         if let (Some(selector), false) =
                             (&request.selector, class.spec.attributes.is_empty())
+                            && let Err(e) = selector.check(&class.spec.attributes)
                         {
-                            if let Err(e) = selector.check(&class.spec.attributes) {
-                                errors.add(format!("spec.requests[{i}].selector"), e.to_string());
-                            }
+                            errors.add(format!("spec.requests[{i}].selector"), e.to_string());
                         }
                     }
                 }

@@ -67,7 +67,7 @@ pub struct ApiError {
     pub code: StatusCode,
     pub reason: &'static str,
     pub message: String,
-    pub details: Option<StatusDetails>,
+    pub details: Option<Box<StatusDetails>>,
     /// Seconds, for 429/503 responses.
     pub retry_after: Option<u64>,
 }
@@ -84,7 +84,7 @@ impl ApiError {
     }
 
     fn with_target(mut self, kind: &str, name: &str) -> Self {
-        let details = self.details.get_or_insert_with(StatusDetails::default);
+        let details = self.details.get_or_insert_with(Box::default);
         details.kind = kind.to_string();
         details.name = name.to_string();
         self
@@ -233,10 +233,10 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.code, axum::Json(self.to_status_json())).into_response();
-        if let Some(secs) = self.retry_after {
-            if let Ok(v) = http::HeaderValue::from_str(&secs.to_string()) {
-                response.headers_mut().insert(http::header::RETRY_AFTER, v);
-            }
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = http::HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(http::header::RETRY_AFTER, v);
         }
         response
     }

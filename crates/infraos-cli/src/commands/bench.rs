@@ -135,11 +135,11 @@ fn scheduler_core(s: &Synthetic, batch: usize) -> anyhow::Result<(f64, usize)> {
     for chunk in keyed.chunks(batch.max(1)) {
         let plan = scheduler.plan(&snapshot, chunk);
         for d in &plan.decisions {
-            if let Outcome::Placed(p) = &d.outcome {
-                if snapshot.fits(&p.resources).is_ok() {
-                    snapshot.apply_allocation(&d.claim_key, &p.resources);
-                    placed += 1;
-                }
+            if let Outcome::Placed(p) = &d.outcome
+                && snapshot.fits(&p.resources).is_ok()
+            {
+                snapshot.apply_allocation(&d.claim_key, &p.resources);
+                placed += 1;
             }
         }
     }

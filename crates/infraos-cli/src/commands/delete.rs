@@ -45,7 +45,7 @@ pub async fn run(config: Option<&Path>, args: DeleteArgs) -> anyhow::Result<()> 
         match client.delete(info, ns.as_deref(), &name).await {
             Ok(v)
                 if v.pointer("/metadata/deletionTimestamp").is_some()
-                    && !v.pointer("/metadata/finalizers").is_none() =>
+                    && v.pointer("/metadata/finalizers").is_some() =>
             {
                 println!(
                     "{}/{name} deleting (releasing what it holds)",

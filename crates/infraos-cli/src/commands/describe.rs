@@ -238,7 +238,7 @@ async fn describe_claim(client: &Client, claim: &Value, now: Time) -> anyhow::Re
                     serde_json::from_value(u.get("reasons").cloned().unwrap_or_default())
                         .unwrap_or_default();
                 let mut reasons: Vec<_> = reasons.into_iter().collect();
-                reasons.sort_by(|a, b| b.1.cmp(&a.1));
+                reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
                 println!(
                     "  Rejected ({} {} considered at revision {}):",
                     u.get("candidates")

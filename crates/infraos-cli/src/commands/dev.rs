@@ -83,11 +83,12 @@ fn write_client_config(url: &str, data_dir: &Path) -> anyhow::Result<PathBuf> {
         "# written by `infraos dev`\n{}",
         serde_norway::to_string(&file)?
     );
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        if existing != text && !existing.starts_with("# written by `infraos dev`") {
-            std::fs::copy(&path, path.with_extension("yaml.bak"))
-                .with_context(|| format!("cannot back up {}", path.display()))?;
-        }
+    if let Ok(existing) = std::fs::read_to_string(&path)
+        && existing != text
+        && !existing.starts_with("# written by `infraos dev`")
+    {
+        std::fs::copy(&path, path.with_extension("yaml.bak"))
+            .with_context(|| format!("cannot back up {}", path.display()))?;
     }
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)

@@ -96,15 +96,14 @@ pub async fn run(config: Option<&Path>, args: GetArgs) -> anyhow::Result<()> {
             ),
             _ => {}
         }
-        if let Some(name) = &args.name {
-            if event
+        if let Some(name) = &args.name
+            && event
                 .object
                 .pointer("/metadata/name")
                 .and_then(|v| v.as_str())
                 != Some(name)
-            {
-                continue;
-            }
+        {
+            continue;
         }
         match args.output {
             Format::Table | Format::Wide => {

@@ -68,15 +68,15 @@ async fn requested_duration(
     }
     let body: RenewBody = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("renew body: {e}")))?;
-    if let Some(d) = body.duration {
-        if d < MIN_LEASE || d > MAX_LEASE {
-            return Err(ApiError::invalid_field(
-                "Claim",
-                "",
-                "duration",
-                format!("must be between {MIN_LEASE} and {MAX_LEASE}"),
-            ));
-        }
+    if let Some(d) = body.duration
+        && (d < MIN_LEASE || d > MAX_LEASE)
+    {
+        return Err(ApiError::invalid_field(
+            "Claim",
+            "",
+            "duration",
+            format!("must be between {MIN_LEASE} and {MAX_LEASE}"),
+        ));
     }
     Ok(body.duration)
 }

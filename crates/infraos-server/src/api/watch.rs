@@ -143,11 +143,10 @@ async fn pump(
                 };
                 for event in batch.iter() {
                     last = event.kv.mod_revision;
-                    if let Some(l) = render(event, selector.as_ref()) {
-                        if tx.send(l).await.is_err() {
+                    if let Some(l) = render(event, selector.as_ref())
+                        && tx.send(l).await.is_err() {
                             return;
                         }
-                    }
                 }
             }
         }
@@ -167,14 +166,11 @@ fn render(event: &infraos_store::Event, selector: Option<&LabelSelector>) -> Opt
         EventKind::Delete => selector_matches(selector, &object).then(|| line("DELETED", &object)),
         EventKind::Put => {
             let now = selector_matches(selector, &object);
-            let before = match &event.prev {
-                None => None,
-                Some(prev) => Some(
-                    selector.is_none()
-                        || parse(&prev.value, prev.mod_revision)
-                            .is_some_and(|p| selector_matches(selector, &p)),
-                ),
-            };
+            let before = event.prev.as_ref().map(|prev| {
+                selector.is_none()
+                    || parse(&prev.value, prev.mod_revision)
+                        .is_some_and(|p| selector_matches(selector, &p))
+            });
             match (before, now) {
                 (None, true) | (Some(false), true) => Some(line("ADDED", &object)),
                 (Some(true), true) => Some(line("MODIFIED", &object)),

@@ -176,18 +176,18 @@ async fn collect_events(state: &AppState) {
         };
         let mut txn = Txn::new();
         for kv in &page.kvs {
-            if let Ok(event) = decode_typed::<EventSpec>(kv) {
-                if event.spec.last_timestamp.unix_millis() < cutoff {
-                    txn = txn
-                        .when(Compare::unchanged(kv.key.clone(), kv.mod_revision))
-                        .delete(kv.key.clone());
-                }
+            if let Ok(event) = decode_typed::<EventSpec>(kv)
+                && event.spec.last_timestamp.unix_millis() < cutoff
+            {
+                txn = txn
+                    .when(Compare::unchanged(kv.key.clone(), kv.mod_revision))
+                    .delete(kv.key.clone());
             }
         }
-        if !txn.ops.is_empty() {
-            if let Err(e) = state.store.txn(txn).await {
-                tracing::warn!(error = %e, "event collection failed");
-            }
+        if !txn.ops.is_empty()
+            && let Err(e) = state.store.txn(txn).await
+        {
+            tracing::warn!(error = %e, "event collection failed");
         }
         after = page.kvs.last().map(|kv| kv.key.clone());
         if !page.more {
