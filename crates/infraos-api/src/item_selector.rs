@@ -101,7 +101,8 @@ impl ItemSelector {
         if source.len() > MAX_EXPRESSION_LEN {
             return Err(CelError::TooLong);
         }
-        let program = cel::Program::compile(source)
+        let program = stdlib()
+            .compile(source)
             .map_err(|e| CelError::Compile(e.to_string().replace('\n', " ")))?;
         for var in program.references().variables() {
             if var != "item" {
@@ -155,7 +156,7 @@ impl ItemSelector {
     }
 
     fn evaluate(&self, item: &Item) -> Result<bool, CelError> {
-        let mut context = cel::Context::default();
+        let mut context = cel::Context::with_env(Arc::clone(stdlib()));
         let attributes: std::collections::HashMap<cel::objects::Key, cel::Value> = item
             .attributes
             .iter()
@@ -175,6 +176,13 @@ impl ItemSelector {
             Err(e) => Err(CelError::Eval(e.to_string())),
         }
     }
+}
+
+/// The standard CEL environment, built once: building it registers every standard function,
+/// which costs far more than evaluating a selector.
+fn stdlib() -> &'static Arc<cel::Env> {
+    static ENV: std::sync::OnceLock<Arc<cel::Env>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| Arc::new(cel::Env::stdlib()))
 }
 
 /// One individually allocatable thing: a GPU, an IP address, a port.

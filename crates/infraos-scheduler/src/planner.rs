@@ -86,14 +86,10 @@ impl Explanation {
             )
         }
     }
-
-    fn reject(&mut self, reason: Reject<'_>) {
-        *self.reasons.entry(reason.to_string()).or_insert(0) += 1;
-    }
 }
 
 /// Rejection reasons; their text is what users read in explanations.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Reject<'a> {
     NodeNotRegistered,
     NodeNotReady,
@@ -138,49 +134,37 @@ impl std::fmt::Display for Reject<'_> {
     }
 }
 
-/// Resources and items taken by claims placed earlier in the batch (or tentatively by the
-/// candidate under evaluation).
+/// Resources and items taken by claims placed earlier in the batch.
 #[derive(Default)]
 struct Overlay {
-    dims: HashMap<(ResourceId, String), Quantity>,
-    items: HashMap<ResourceId, Vec<usize>>,
+    taken: HashMap<ResourceId, Taken>,
+}
+
+#[derive(Default)]
+struct Taken {
+    /// Nano-units by the class's dimension index.
+    dims: Vec<i128>,
+    items: Vec<usize>,
 }
 
 impl Overlay {
-    fn used(&self, id: ResourceId, dim: &str) -> Quantity {
-        if self.dims.is_empty() {
-            return Quantity::ZERO;
+    fn get(&self, id: ResourceId) -> Option<&Taken> {
+        if self.taken.is_empty() {
+            None
+        } else {
+            self.taken.get(&id)
         }
-        self.dims
-            .get(&(id, dim.to_string()))
-            .copied()
-            .unwrap_or(Quantity::ZERO)
     }
 
-    fn item_taken(&self, id: ResourceId, item: usize) -> bool {
-        self.items.get(&id).is_some_and(|v| v.contains(&item))
-    }
-
-    fn items_taken(&self, id: ResourceId) -> usize {
-        self.items.get(&id).map_or(0, Vec::len)
-    }
-
-    fn add(&mut self, pick: &Pick, amount: Option<&BTreeMap<String, Quantity>>) {
-        if let Some(amount) = amount {
-            for (dim, q) in amount {
-                let slot = self
-                    .dims
-                    .entry((pick.resource, dim.clone()))
-                    .or_insert(Quantity::ZERO);
-                *slot = slot.checked_add(*q).unwrap_or(*slot);
+    fn add(&mut self, resource: ResourceId, dims: &[(usize, i128)], items: &[usize]) {
+        let taken = self.taken.entry(resource).or_default();
+        for &(i, nanos) in dims {
+            if taken.dims.len() <= i {
+                taken.dims.resize(i + 1, 0);
             }
+            taken.dims[i] = taken.dims[i].saturating_add(nanos);
         }
-        if !pick.items.is_empty() {
-            self.items
-                .entry(pick.resource)
-                .or_default()
-                .extend(pick.items.iter().copied());
-        }
+        taken.items.extend_from_slice(items);
     }
 }
 
@@ -192,46 +176,97 @@ struct Request<'c> {
 }
 
 enum Need<'c> {
-    Counted(&'c BTreeMap<String, Quantity>),
+    Counted {
+        amount: &'c BTreeMap<String, Quantity>,
+        /// The amount by the class's dimension index, in nano-units.
+        dims: Vec<(usize, i128)>,
+    },
     Items {
         count: usize,
         selector: Option<&'c ItemSelector>,
     },
 }
 
+impl Need<'_> {
+    fn dims(&self) -> &[(usize, i128)] {
+        match self {
+            Need::Counted { dims, .. } => dims,
+            Need::Items { .. } => &[],
+        }
+    }
+}
+
+#[derive(Clone)]
 struct Pick {
     request: usize,
     resource: ResourceId,
     items: Vec<usize>,
 }
 
+const MAX_PLUGINS: usize = 8;
+
 struct Candidate {
     node: Option<NodeId>,
     picks: Vec<Pick>,
     score: f64,
-    plugin_scores: Vec<f64>,
+    plugin_scores: [f64; MAX_PLUGINS],
 }
 
-type SelectorMemo = HashMap<(ResourceId, u64, Arc<str>), Arc<[bool]>>;
-const MEMO_LIMIT: usize = 200_000;
+/// Per-evaluation buffers, reused so that filtering a candidate allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    picks: Vec<Pick>,
+    utilizations: Vec<f64>,
+    /// What the candidate's earlier requests took: (resource, dimension index, nanos).
+    dims: Vec<(ResourceId, usize, i128)>,
+    items: Vec<(ResourceId, usize)>,
+}
+
+impl Scratch {
+    fn clear(&mut self) {
+        self.picks.clear();
+        self.utilizations.clear();
+        self.dims.clear();
+        self.items.clear();
+    }
+
+    fn used(&self, id: ResourceId, dim: usize) -> i128 {
+        self.dims
+            .iter()
+            .filter(|(r, d, _)| *r == id && *d == dim)
+            .map(|(_, _, n)| *n)
+            .sum()
+    }
+}
+
+/// Memoized CEL results: selector source → (resource, stamp) → match per item.
+type SelectorMemo = HashMap<Arc<str>, HashMap<(ResourceId, u64), Arc<[bool]>>>;
+const MEMO_LIMIT: usize = 100_000;
 
 /// The scheduler: a profile, its plugins, and the little state that makes it fair and fast
-/// (where the next scan starts, memoized CEL results).
+/// (where the next scan starts, memoized CEL results, reusable buffers).
 pub struct Scheduler {
     profile: Profile,
     plugins: WeightedPlugins,
     next_start: usize,
     memo: SelectorMemo,
+    memo_entries: usize,
+    scratch: Scratch,
 }
 
 impl Scheduler {
     pub fn new(profile: Profile) -> Result<Self, ProfileError> {
         let plugins = profile.build_plugins()?;
+        if plugins.len() > MAX_PLUGINS {
+            return Err(ProfileError::TooManyPlugins(MAX_PLUGINS));
+        }
         Ok(Scheduler {
             profile,
             plugins,
             next_start: 0,
             memo: HashMap::new(),
+            memo_entries: 0,
+            scratch: Scratch::default(),
         })
     }
 
@@ -241,8 +276,9 @@ impl Scheduler {
 
     /// Decides a placement for each claim, in order, on `snapshot`.
     pub fn plan(&mut self, snapshot: &Snapshot, claims: &[(String, &Claim)]) -> Plan {
-        if self.memo.len() > MEMO_LIMIT {
+        if self.memo_entries > MEMO_LIMIT {
             self.memo.clear();
+            self.memo_entries = 0;
         }
         let mut overlay = Overlay::default();
         let decisions = claims
@@ -284,9 +320,43 @@ impl Scheduler {
             .filter(|r| !snapshot.nodes_with(&r.class.name).is_empty())
             .min_by_key(|r| snapshot.nodes_with(&r.class.name).len());
         let mut explanation = Explanation::default();
+        let mut rejections: Vec<(Reject<'_>, u64)> = Vec::new();
         let mut best: Option<Candidate> = None;
         let mut runner_up: Option<Candidate> = None;
         let mut feasible = 0usize;
+        let mut consider =
+            |this: &mut Scheduler, node: Option<NodeId>, pool: Option<ResourceId>| match this
+                .evaluate(snapshot, node, pool, &requests, selector, colocate, overlay)
+            {
+                Ok((score, plugin_scores)) => {
+                    feasible += 1;
+                    let beats_runner_up = runner_up.as_ref().is_none_or(|r| score > r.score);
+                    if best.as_ref().is_none_or(|b| score > b.score) {
+                        runner_up = best.take();
+                        best = Some(Candidate {
+                            node,
+                            picks: this.scratch.picks.clone(),
+                            score,
+                            plugin_scores,
+                        });
+                    } else if beats_runner_up {
+                        runner_up = Some(Candidate {
+                            node,
+                            picks: Vec::new(),
+                            score,
+                            plugin_scores,
+                        });
+                    }
+                    true
+                }
+                Err(reason) => {
+                    match rejections.iter_mut().find(|(r, _)| *r == reason) {
+                        Some((_, n)) => *n += 1,
+                        None => rejections.push((reason, 1)),
+                    }
+                    false
+                }
+            };
 
         match anchor {
             Some(anchor) => {
@@ -304,26 +374,15 @@ impl Scheduler {
                 let want = self.profile.feasible_to_find(candidates.len());
                 let start = self.next_start % candidates.len();
                 let mut examined = 0;
+                let mut found = 0;
                 for offset in 0..candidates.len() {
                     let node = candidates[(start + offset) % candidates.len()];
                     examined += 1;
-                    match self.evaluate(
-                        snapshot,
-                        Some(node),
-                        None,
-                        &requests,
-                        selector,
-                        colocate,
-                        overlay,
-                    ) {
-                        Ok(candidate) => {
-                            feasible += 1;
-                            keep_best(&mut best, &mut runner_up, candidate);
-                            if feasible >= want {
-                                break;
-                            }
+                    if consider(self, Some(node), None) {
+                        found += 1;
+                        if found >= want {
+                            break;
                         }
-                        Err(reason) => explanation.reject(reason),
                     }
                 }
                 self.next_start = (start + examined) % candidates.len().max(1);
@@ -334,40 +393,28 @@ impl Scheduler {
                 explanation.candidate_kind = "pools";
                 explanation.candidates = pools.len() as u64;
                 if pools.is_empty() {
-                    explanation.candidates = 0;
                     explanation
                         .reasons
                         .insert(Reject::NoResource(&requests[0].class.name).to_string(), 0);
                 }
                 for &pool in pools {
-                    match self.evaluate(
-                        snapshot,
-                        None,
-                        Some(pool),
-                        &requests,
-                        selector,
-                        colocate,
-                        overlay,
-                    ) {
-                        Ok(candidate) => {
-                            feasible += 1;
-                            keep_best(&mut best, &mut runner_up, candidate);
-                        }
-                        Err(reason) => explanation.reject(reason),
-                    }
+                    consider(self, None, Some(pool));
                 }
             }
+        }
+        for (reason, n) in rejections {
+            *explanation.reasons.entry(reason.to_string()).or_insert(0) += n;
         }
 
         let Some(best) = best else {
             return Outcome::Unschedulable(explanation);
         };
         for pick in &best.picks {
-            let amount = match &requests[pick.request].need {
-                Need::Counted(a) => Some(*a),
-                Need::Items { .. } => None,
-            };
-            overlay.add(pick, amount);
+            overlay.add(
+                pick.resource,
+                requests[pick.request].need.dims(),
+                &pick.items,
+            );
         }
         Outcome::Placed(self.placement(snapshot, &requests, best, runner_up, feasible))
     }
@@ -391,7 +438,7 @@ impl Scheduler {
                     resource: entry.name.clone(),
                     class: entry.class.clone(),
                     amount: match &request.need {
-                        Need::Counted(a) => (*a).clone(),
+                        Need::Counted { amount, .. } => (*amount).clone(),
                         Need::Items { .. } => BTreeMap::new(),
                     },
                     items: pick
@@ -424,18 +471,18 @@ impl Scheduler {
     }
 
     /// Filters and scores one candidate: a node, or (for pool-only claims) an anchor pool for
-    /// the first request.
+    /// the first request. On success the chosen resources are in `self.scratch.picks`.
     #[allow(clippy::too_many_arguments)]
     fn evaluate<'c>(
         &mut self,
-        snapshot: &Snapshot,
+        snapshot: &'c Snapshot,
         node: Option<NodeId>,
         anchor_pool: Option<ResourceId>,
         requests: &[Request<'c>],
         selector: Option<&LabelSelector>,
         colocate: &[String],
         overlay: &Overlay,
-    ) -> Result<Candidate, Reject<'c>> {
+    ) -> Result<(f64, [f64; MAX_PLUGINS]), Reject<'c>> {
         if let Some(n) = node {
             let entry = snapshot.node(n);
             if !entry.registered {
@@ -448,35 +495,35 @@ impl Scheduler {
                 return Err(Reject::NodeUnschedulable);
             }
         }
-        // The topology values every resource must share: the node's, or the anchor pool's.
-        let reference: Vec<Option<String>> = colocate
-            .iter()
-            .map(|key| match (node, anchor_pool) {
-                (Some(n), _) => snapshot.node(n).labels.get(key).cloned(),
-                (None, Some(p)) => snapshot
-                    .resource(p)
-                    .and_then(|r| snapshot.label(r, key).map(str::to_string)),
-                (None, None) => None,
-            })
-            .collect();
-        let mut tentative = TentativeUse::default();
-        let mut picks = Vec::with_capacity(requests.len());
-        let mut utilizations = Vec::with_capacity(requests.len());
+        // The topology values every pool must share: the node's, or the anchor pool's.
+        let reference: Vec<Option<&str>> = if colocate.is_empty() {
+            Vec::new()
+        } else {
+            colocate
+                .iter()
+                .map(|key| match (node, anchor_pool) {
+                    (Some(n), _) => snapshot.node(n).labels.get(key).map(String::as_str),
+                    (None, Some(p)) => snapshot.resource(p).and_then(|r| snapshot.label(r, key)),
+                    (None, None) => None,
+                })
+                .collect()
+        };
+        self.scratch.clear();
+        let on_node: &[ResourceId] = node.map_or(&[], |n| snapshot.node(n).resources.as_slice());
         for (index, request) in requests.iter().enumerate() {
-            let on_node: &[ResourceId] =
-                node.map_or(&[], |n| snapshot.node(n).resources.as_slice());
             let pools = snapshot.pools_of(&request.class.name);
-            let candidates: Box<dyn Iterator<Item = ResourceId>> = match (index, anchor_pool) {
-                (0, Some(p)) => Box::new(std::iter::once(p)),
-                _ => Box::new(on_node.iter().copied().chain(pools.iter().copied())),
+            let anchor = [anchor_pool.unwrap_or_default()];
+            let (first, second): (&[ResourceId], &[ResourceId]) = match (index, anchor_pool) {
+                (0, Some(_)) => (&anchor, &[]),
+                _ => (on_node, pools),
             };
             let mut worst = None;
-            let mut found = None;
-            for id in candidates {
+            let mut found = false;
+            for &id in first.iter().chain(second) {
                 let Some(entry) = snapshot.resource(id) else {
                     continue;
                 };
-                if entry.class != request.class.name {
+                if entry.class_id != Some(request.class.id) {
                     continue;
                 }
                 if let Some(sel) = selector
@@ -486,102 +533,98 @@ impl Scheduler {
                     continue;
                 }
                 if entry.node.is_none() && !colocate.is_empty() {
-                    let same = colocate.iter().zip(&reference).all(|(key, want)| {
-                        want.is_some() && snapshot.label(entry, key) == want.as_deref()
-                    });
+                    let same = colocate
+                        .iter()
+                        .zip(&reference)
+                        .all(|(key, want)| want.is_some() && snapshot.label(entry, key) == *want);
                     if !same {
                         worst = closer(worst, Reject::TopologyMismatch);
                         continue;
                     }
                 }
-                match self.fit(snapshot, id, entry, request, overlay, &tentative) {
-                    Some((items, utilization)) => {
-                        found = Some(Pick {
-                            request: index,
-                            resource: id,
-                            items,
-                        });
-                        utilizations.push(utilization);
-                        break;
-                    }
-                    None => worst = closer(worst, Reject::Insufficient(&request.class.name)),
+                if let Some(utilization) = self.fit(id, entry, request, overlay) {
+                    self.scratch.utilizations.push(utilization);
+                    found = true;
+                    break;
                 }
+                worst = closer(worst, Reject::Insufficient(&request.class.name));
             }
-            let Some(pick) = found else {
+            if !found {
                 return Err(worst.unwrap_or(Reject::NoResource(&request.class.name)));
-            };
-            tentative.add(&pick, request);
-            picks.push(pick);
+            }
+            if let Some(pick) = self.scratch.picks.last_mut() {
+                pick.request = index;
+            }
         }
         let input = ScoreInput {
-            utilizations: &utilizations,
+            utilizations: &self.scratch.utilizations,
         };
-        let plugin_scores: Vec<f64> = self
-            .plugins
-            .iter()
-            .map(|(p, _)| p.score(&input).clamp(0.0, 100.0))
-            .collect();
-        let weight_sum: f64 = self.plugins.iter().map(|(_, w)| *w).sum();
+        let mut plugin_scores = [0.0; MAX_PLUGINS];
+        let mut weighted = 0.0;
+        let mut weight_sum = 0.0;
+        for (i, (plugin, weight)) in self.plugins.iter().enumerate() {
+            let score = plugin.score(&input).clamp(0.0, 100.0);
+            plugin_scores[i] = score;
+            weighted += weight * score;
+            weight_sum += weight;
+        }
         let score = if weight_sum > 0.0 {
-            self.plugins
-                .iter()
-                .zip(&plugin_scores)
-                .map(|((_, w), s)| w * s)
-                .sum::<f64>()
-                / weight_sum
+            weighted / weight_sum
         } else {
             0.0
         };
-        Ok(Candidate {
-            node,
-            picks,
-            score,
-            plugin_scores,
-        })
+        Ok((score, plugin_scores))
     }
 
-    /// Whether `request` fits on resource `id`; returns the items chosen and the resource's
-    /// utilization after placement (0..=1), used for scoring.
+    /// Whether `request` fits on resource `id`; on success records the pick (and what it
+    /// takes) in the scratch buffers and returns the resource's utilization after placement
+    /// (0..=1), used for scoring.
     fn fit(
         &mut self,
-        snapshot: &Snapshot,
         id: ResourceId,
         entry: &ResourceEntry,
         request: &Request<'_>,
         overlay: &Overlay,
-        tentative: &TentativeUse,
-    ) -> Option<(Vec<usize>, f64)> {
+    ) -> Option<f64> {
+        let taken = overlay.get(id);
         match &request.need {
-            Need::Counted(amount) => {
+            Need::Counted { dims, .. } => {
                 let mut utilization: f64 = 0.0;
-                for (dim, want) in amount.iter() {
-                    let cap = *entry.capacity.get(dim)?;
-                    let used = entry
-                        .used
-                        .get(dim)
-                        .copied()
-                        .unwrap_or(Quantity::ZERO)
-                        .checked_add(overlay.used(id, dim))?
-                        .checked_add(tentative.used(id, dim))?;
-                    let after = used.checked_add(*want)?;
+                for &(i, want) in dims {
+                    let cap = *entry.cap.get(i)?;
+                    let used = entry.used.get(i).copied().unwrap_or(0)
+                        + taken.and_then(|t| t.dims.get(i)).copied().unwrap_or(0)
+                        + self.scratch.used(id, i);
+                    let after = used.checked_add(want)?;
                     if after > cap {
                         return None;
                     }
-                    utilization = utilization.max(after.ratio(cap));
+                    if cap > 0 {
+                        utilization = utilization.max(after as f64 / cap as f64);
+                    }
                 }
-                Some((Vec::new(), utilization))
+                for &(i, want) in dims {
+                    self.scratch.dims.push((id, i, want));
+                }
+                self.scratch.picks.push(Pick {
+                    request: 0,
+                    resource: id,
+                    items: Vec::new(),
+                });
+                Some(utilization)
             }
             Need::Items { count, selector } => {
-                let taken = overlay.items_taken(id) + tentative.items_taken(id);
-                if entry.items_free < taken + count {
+                let in_batch = taken.map_or(0, |t| t.items.len());
+                let in_candidate = self.scratch.items.iter().filter(|(r, _)| *r == id).count();
+                if entry.items_free < in_batch + in_candidate + count {
                     return None;
                 }
-                let matches = selector.map(|s| self.selector_matches(snapshot, id, entry, s));
+                let matches = selector.map(|s| self.selector_matches(id, entry, s));
                 let mut chosen = Vec::with_capacity(*count);
                 for i in 0..entry.items.len() {
                     if entry.item_used[i]
-                        || overlay.item_taken(id, i)
-                        || tentative.item_taken(id, i)
+                        || taken.is_some_and(|t| t.items.contains(&i))
+                        || self.scratch.items.contains(&(id, i))
                     {
                         continue;
                     }
@@ -597,21 +640,30 @@ impl Scheduler {
                     return None;
                 }
                 let total = entry.items.len().max(1) as f64;
-                let used_after = (entry.items.len() - entry.items_free + taken + count) as f64;
-                Some((chosen, used_after / total))
+                let used_after =
+                    (entry.items.len() - entry.items_free + in_batch + in_candidate + count) as f64;
+                self.scratch.items.extend(chosen.iter().map(|&i| (id, i)));
+                self.scratch.picks.push(Pick {
+                    request: 0,
+                    resource: id,
+                    items: chosen,
+                });
+                Some(used_after / total)
             }
         }
     }
 
     fn selector_matches(
         &mut self,
-        _snapshot: &Snapshot,
         id: ResourceId,
         entry: &ResourceEntry,
         selector: &ItemSelector,
     ) -> Arc<[bool]> {
-        let key = (id, entry.stamp, Arc::<str>::from(selector.source()));
-        if let Some(hit) = self.memo.get(&key) {
+        if let Some(hit) = self
+            .memo
+            .get(selector.source())
+            .and_then(|by_resource| by_resource.get(&(id, entry.stamp)))
+        {
             return Arc::clone(hit);
         }
         // An evaluation error (an attribute the item lacks) counts as no match, as in DRA.
@@ -620,55 +672,12 @@ impl Scheduler {
             .iter()
             .map(|item| selector.matches(item).unwrap_or(false))
             .collect();
-        self.memo.insert(key, Arc::clone(&result));
+        self.memo
+            .entry(Arc::from(selector.source()))
+            .or_default()
+            .insert((id, entry.stamp), Arc::clone(&result));
+        self.memo_entries += 1;
         result
-    }
-}
-
-/// What the requests of the candidate under evaluation have already taken.
-#[derive(Default)]
-struct TentativeUse {
-    dims: Vec<(ResourceId, String, Quantity)>,
-    items: Vec<(ResourceId, usize)>,
-}
-
-impl TentativeUse {
-    fn used(&self, id: ResourceId, dim: &str) -> Quantity {
-        self.dims
-            .iter()
-            .filter(|(r, d, _)| *r == id && d == dim)
-            .fold(Quantity::ZERO, |acc, (_, _, q)| {
-                acc.checked_add(*q).unwrap_or(acc)
-            })
-    }
-    fn items_taken(&self, id: ResourceId) -> usize {
-        self.items.iter().filter(|(r, _)| *r == id).count()
-    }
-    fn item_taken(&self, id: ResourceId, item: usize) -> bool {
-        self.items.contains(&(id, item))
-    }
-    fn add(&mut self, pick: &Pick, request: &Request<'_>) {
-        if let Need::Counted(amount) = &request.need {
-            for (dim, q) in amount.iter() {
-                self.dims.push((pick.resource, dim.clone(), *q));
-            }
-        }
-        self.items
-            .extend(pick.items.iter().map(|&i| (pick.resource, i)));
-    }
-}
-
-fn keep_best(best: &mut Option<Candidate>, runner_up: &mut Option<Candidate>, c: Candidate) {
-    match best {
-        Some(b) if c.score <= b.score => {
-            if runner_up.as_ref().is_none_or(|r| c.score > r.score) {
-                *runner_up = Some(c);
-            }
-        }
-        _ => {
-            *runner_up = best.take();
-            *best = Some(c);
-        }
     }
 }
 
@@ -683,11 +692,17 @@ fn compile<'c>(snapshot: &'c Snapshot, claim: &'c Claim) -> Result<Vec<Request<'
                 .ok_or_else(|| format!("unknown class {}", r.class))?;
             let need = match (class.kind, r.count) {
                 (ClassKind::Counted, None) => {
-                    if let Some(dim) = r.amount.keys().find(|d| class.dimension_index(d).is_none())
-                    {
-                        return Err(format!("class {} has no dimension {dim}", class.name));
+                    let mut dims = Vec::with_capacity(r.amount.len());
+                    for (dim, q) in &r.amount {
+                        let i = class.dimension_index(dim).ok_or_else(|| {
+                            format!("class {} has no dimension {dim}", class.name)
+                        })?;
+                        dims.push((i, q.nanos()));
                     }
-                    Need::Counted(&r.amount)
+                    Need::Counted {
+                        amount: &r.amount,
+                        dims,
+                    }
                 }
                 (ClassKind::Items, Some(count)) => Need::Items {
                     count: count as usize,

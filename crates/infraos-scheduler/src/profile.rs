@@ -16,8 +16,9 @@ pub struct Profile {
     /// Score plugins by name with their weights, e.g. `{binpack: 1}` or `{spread: 2, binpack: 1}`.
     #[serde(default = "default_scores")]
     pub scores: BTreeMap<String, f64>,
-    /// Share of candidate nodes to find feasible before choosing; 0 adapts to cluster size
-    /// (50% at 100 nodes down to 5% from 5,625 nodes), as kube-scheduler does.
+    /// Share of candidate nodes to find feasible before choosing. 0 (the default) adapts to
+    /// the cluster: max(minFeasibleNodes, 4·log2(candidates)), 54 of 10,000 nodes, in the
+    /// spirit of Nomad's log2(n) limit; kube-scheduler's default would be 5% (500).
     #[serde(default)]
     pub percentage_of_nodes_to_score: u32,
     /// Never stop looking before this many feasible nodes (or all of them, if fewer).
@@ -30,7 +31,7 @@ fn default_scores() -> BTreeMap<String, f64> {
 }
 
 fn default_min_feasible() -> usize {
-    100
+    32
 }
 
 impl Default for Profile {
@@ -51,6 +52,8 @@ pub enum ProfileError {
     BadWeight(String),
     #[error("scheduler profile: percentageOfNodesToScore must be at most 100")]
     BadPercentage,
+    #[error("scheduler profile: at most {0} score plugins")]
+    TooManyPlugins(usize),
 }
 
 impl Profile {
@@ -76,14 +79,12 @@ impl Profile {
         if total <= self.min_feasible_nodes {
             return total.max(1);
         }
-        let percentage = if self.percentage_of_nodes_to_score == 0 {
-            (50usize.saturating_sub(total / 125)).max(5)
+        let wanted = if self.percentage_of_nodes_to_score == 0 {
+            4 * (usize::BITS - total.leading_zeros()) as usize
         } else {
-            self.percentage_of_nodes_to_score as usize
+            total * self.percentage_of_nodes_to_score as usize / 100
         };
-        (total * percentage / 100)
-            .max(self.min_feasible_nodes)
-            .min(total)
+        wanted.max(self.min_feasible_nodes).min(total)
     }
 }
 
@@ -94,9 +95,10 @@ mod tests {
     #[test]
     fn sampling_adapts_to_size() {
         let p = Profile::default();
-        assert_eq!(p.feasible_to_find(50), 50);
-        assert_eq!(p.feasible_to_find(1000), 420);
-        assert_eq!(p.feasible_to_find(10_000), 500);
+        assert_eq!(p.feasible_to_find(20), 20);
+        assert_eq!(p.feasible_to_find(1000), 40);
+        assert_eq!(p.feasible_to_find(10_000), 56);
+        assert_eq!(p.feasible_to_find(100), 32);
         let all = Profile {
             percentage_of_nodes_to_score: 100,
             ..Profile::default()

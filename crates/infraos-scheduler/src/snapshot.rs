@@ -15,10 +15,13 @@ use infraos_api::{Item, Labels, Quantity};
 
 pub type ResourceId = usize;
 pub type NodeId = usize;
+/// Classes are interned so the hot path compares integers, not names.
+pub type ClassId = u32;
 
 /// A class as the scheduler needs it: dimension names by index.
 #[derive(Clone, Debug)]
 pub struct ClassInfo {
+    pub id: ClassId,
     pub name: String,
     pub kind: ClassKind,
     pub dimensions: Vec<String>,
@@ -45,12 +48,17 @@ pub struct NodeEntry {
 pub struct ResourceEntry {
     pub name: String,
     pub class: String,
+    /// The interned class, `None` while the class does not exist (the resource is unusable).
+    pub class_id: Option<ClassId>,
     pub node: Option<NodeId>,
     /// The resource's own labels; node labels are looked up underneath them.
     pub labels: Labels,
-    /// Capacity per dimension of the class (counted), by dimension name.
+    /// Capacity per dimension as declared (counted classes).
     pub capacity: BTreeMap<String, Quantity>,
-    pub used: BTreeMap<String, Quantity>,
+    /// Capacity and use in nano-units by the class's dimension index, derived from
+    /// `capacity` and the allocations holding this resource.
+    pub cap: Vec<i128>,
+    pub used: Vec<i128>,
     /// Items (items classes), in declaration order.
     pub items: Arc<[Item]>,
     pub item_index: HashMap<String, usize>,
@@ -61,10 +69,11 @@ pub struct ResourceEntry {
 }
 
 impl ResourceEntry {
-    pub fn free(&self, dim: &str) -> Quantity {
-        let cap = self.capacity.get(dim).copied().unwrap_or(Quantity::ZERO);
-        let used = self.used.get(dim).copied().unwrap_or(Quantity::ZERO);
-        cap.saturating_sub(used)
+    /// What is free of a dimension, by index.
+    pub fn free_at(&self, index: usize) -> i128 {
+        let cap = self.cap.get(index).copied().unwrap_or(0);
+        let used = self.used.get(index).copied().unwrap_or(0);
+        (cap - used).max(0)
     }
 }
 
@@ -73,6 +82,7 @@ impl ResourceEntry {
 pub struct Snapshot {
     revision: u64,
     classes: HashMap<String, ClassInfo>,
+    class_ids: HashMap<String, ClassId>,
     nodes: Vec<NodeEntry>,
     node_index: HashMap<String, NodeId>,
     resources: Vec<Option<ResourceEntry>>,
@@ -119,6 +129,17 @@ impl Snapshot {
 
     pub fn class(&self, name: &str) -> Option<&ClassInfo> {
         self.classes.get(name)
+    }
+
+    /// What is free of a resource's dimension, by name (zero when unknown).
+    pub fn free(&self, resource: &str, dim: &str) -> Quantity {
+        self.resource_by_name(resource)
+            .and_then(|r| {
+                Some(Quantity::from_nanos(
+                    r.free_at(self.dimension_index(&r.class, dim)?),
+                ))
+            })
+            .unwrap_or(Quantity::ZERO)
     }
 
     pub fn node(&self, id: NodeId) -> &NodeEntry {
@@ -182,18 +203,70 @@ impl Snapshot {
     // ---- mutations fed by the watch cache -------------------------------------------------
 
     pub fn upsert_class(&mut self, name: &str, spec: &ResourceClassSpec) {
-        self.classes.insert(
-            name.to_string(),
-            ClassInfo {
-                name: name.to_string(),
-                kind: spec.kind,
-                dimensions: spec.dimensions.iter().map(|d| d.name.clone()).collect(),
-            },
-        );
+        let next_id = self.class_ids.len() as ClassId;
+        let id = *self.class_ids.entry(name.to_string()).or_insert(next_id);
+        let info = ClassInfo {
+            id,
+            name: name.to_string(),
+            kind: spec.kind,
+            dimensions: spec.dimensions.iter().map(|d| d.name.clone()).collect(),
+        };
+        let changed = self
+            .classes
+            .get(name)
+            .is_none_or(|old| old.dimensions != info.dimensions || old.kind != info.kind);
+        self.classes.insert(name.to_string(), info);
+        if changed {
+            self.reindex_class(name);
+        }
     }
 
     pub fn remove_class(&mut self, name: &str) {
-        self.classes.remove(name);
+        if self.classes.remove(name).is_some() {
+            self.reindex_class(name);
+        }
+    }
+
+    fn reindex_class(&mut self, name: &str) {
+        let ids: Vec<ResourceId> = self
+            .resources()
+            .filter(|(_, r)| r.class == name)
+            .map(|(id, _)| id)
+            .collect();
+        for id in ids {
+            self.reindex_resource(id);
+        }
+    }
+
+    /// Rebuilds a resource's derived vectors from its declared capacity, its class and the
+    /// allocations holding it.
+    fn reindex_resource(&mut self, id: ResourceId) {
+        let Some(entry) = self.resources.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        let class = self.classes.get(&entry.class);
+        entry.class_id = class.map(|c| c.id);
+        let dims: &[String] = class.map_or(&[], |c| c.dimensions.as_slice());
+        entry.cap = dims
+            .iter()
+            .map(|d| entry.capacity.get(d).map_or(0, Quantity::nanos))
+            .collect();
+        entry.used = vec![0; dims.len()];
+        entry.item_used.iter_mut().for_each(|u| *u = false);
+        entry.items_free = entry.items.len();
+        let name = entry.name.clone();
+        let holders: Vec<String> = self
+            .allocations_by_resource
+            .get(&name)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for key in holders {
+            if let Some(parts) = self.allocations.get(&key).cloned() {
+                for part in parts.iter().filter(|p| p.resource == name) {
+                    self.add_usage(id, part);
+                }
+            }
+        }
     }
 
     fn node_slot(&mut self, name: &str) -> NodeId {
@@ -246,10 +319,12 @@ impl Snapshot {
         let entry = ResourceEntry {
             name: name.to_string(),
             class: spec.class.clone(),
+            class_id: None,
             node,
             labels: labels.clone(),
             capacity: spec.capacity.clone(),
-            used: BTreeMap::new(),
+            cap: Vec::new(),
+            used: Vec::new(),
             item_index: items
                 .iter()
                 .enumerate()
@@ -285,19 +360,8 @@ impl Snapshot {
                 .or_default()
                 .push(id),
         }
-        // Re-apply what existing allocations hold on it.
-        let holders: Vec<String> = self
-            .allocations_by_resource
-            .get(name)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
-        for key in holders {
-            if let Some(parts) = self.allocations.get(&key).cloned() {
-                for part in parts.iter().filter(|p| p.resource == name) {
-                    self.add_usage(id, part);
-                }
-            }
-        }
+        // Derive the vectors and re-apply what existing allocations hold on it.
+        self.reindex_resource(id);
     }
 
     pub fn remove_resource(&mut self, name: &str) {
@@ -365,13 +429,26 @@ impl Snapshot {
         }
     }
 
+    fn dimension_index(&self, class: &str, dim: &str) -> Option<usize> {
+        self.classes.get(class)?.dimension_index(dim)
+    }
+
     fn add_usage(&mut self, id: ResourceId, part: &AllocatedResource) {
+        let indices: Vec<(usize, i128)> = match self.resources[id].as_ref() {
+            Some(entry) => part
+                .amount
+                .iter()
+                .filter_map(|(dim, q)| Some((self.dimension_index(&entry.class, dim)?, q.nanos())))
+                .collect(),
+            None => return,
+        };
         let Some(entry) = self.resources[id].as_mut() else {
             return;
         };
-        for (dim, q) in &part.amount {
-            let slot = entry.used.entry(dim.clone()).or_insert(Quantity::ZERO);
-            *slot = slot.checked_add(*q).unwrap_or(*slot);
+        for (i, nanos) in indices {
+            if let Some(slot) = entry.used.get_mut(i) {
+                *slot = slot.saturating_add(nanos);
+            }
         }
         for item in &part.items {
             if let Some(&i) = entry.item_index.get(item)
@@ -384,12 +461,20 @@ impl Snapshot {
     }
 
     fn sub_usage(&mut self, id: ResourceId, part: &AllocatedResource) {
+        let indices: Vec<(usize, i128)> = match self.resources[id].as_ref() {
+            Some(entry) => part
+                .amount
+                .iter()
+                .filter_map(|(dim, q)| Some((self.dimension_index(&entry.class, dim)?, q.nanos())))
+                .collect(),
+            None => return,
+        };
         let Some(entry) = self.resources[id].as_mut() else {
             return;
         };
-        for (dim, q) in &part.amount {
-            if let Some(slot) = entry.used.get_mut(dim) {
-                *slot = slot.saturating_sub(*q);
+        for (i, nanos) in indices {
+            if let Some(slot) = entry.used.get_mut(i) {
+                *slot = (*slot - nanos).max(0);
             }
         }
         for item in &part.items {
@@ -418,8 +503,11 @@ impl Snapshot {
                 *total = total
                     .checked_add(*q)
                     .unwrap_or(Quantity::from_nanos(i128::MAX));
-                let free = entry.free(dim);
-                if *total > free || !entry.capacity.contains_key(dim) {
+                let free = self
+                    .dimension_index(&entry.class, dim)
+                    .filter(|_| entry.class_id.is_some())
+                    .map_or(Quantity::ZERO, |i| Quantity::from_nanos(entry.free_at(i)));
+                if *total > free {
                     return Err(FitError::Insufficient {
                         resource: part.resource.clone(),
                         dimension: dim.clone(),
@@ -461,10 +549,14 @@ impl Snapshot {
             }
         }
         for (_, r) in self.resources() {
-            for (dim, used) in &r.used {
-                let cap = r.capacity.get(dim).copied().unwrap_or(Quantity::ZERO);
-                if *used > cap {
-                    return Err(format!("{} {dim}: {used} used of {cap}", r.name));
+            for (i, (used, cap)) in r.used.iter().zip(&r.cap).enumerate() {
+                if used > cap {
+                    return Err(format!(
+                        "{} dimension {i}: {} used of {}",
+                        r.name,
+                        Quantity::from_nanos(*used),
+                        Quantity::from_nanos(*cap)
+                    ));
                 }
             }
             let counted = r.item_used.iter().filter(|u| **u).count();

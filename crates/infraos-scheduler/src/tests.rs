@@ -423,17 +423,11 @@ fn allocations_apply_idempotently_and_fits_rechecks() {
     };
     c.snap.apply_allocation("p/x", std::slice::from_ref(&part));
     c.snap.apply_allocation("p/x", std::slice::from_ref(&part));
-    assert_eq!(
-        c.snap.resource_by_name("a-compute").unwrap().free("cpu"),
-        q("1")
-    );
+    assert_eq!(c.snap.free("a-compute", "cpu"), q("1"));
     assert!(c.snap.fits(std::slice::from_ref(&part)).is_err());
     c.snap.remove_allocation("p/x");
     c.snap.remove_allocation("p/x");
-    assert_eq!(
-        c.snap.resource_by_name("a-compute").unwrap().free("cpu"),
-        q("4")
-    );
+    assert_eq!(c.snap.free("a-compute", "cpu"), q("4"));
     let gpu = AllocatedResource {
         request: "gpu".into(),
         resource: "a-gpu".into(),
@@ -457,10 +451,7 @@ fn allocations_apply_idempotently_and_fits_rechecks() {
             ..Default::default()
         },
     );
-    assert_eq!(
-        c.snap.resource_by_name("a-compute").unwrap().free("cpu"),
-        q("1")
-    );
+    assert_eq!(c.snap.free("a-compute", "cpu"), q("1"));
 }
 
 #[test]
@@ -475,7 +466,7 @@ fn sampling_rotates_over_nodes() {
         let cl = cpu_claim(&format!("c{i}"), "1");
         let p = plan_one(&mut s, &c.snap, &cl);
         nodes.insert(placed(&p).node.clone().unwrap());
-        assert!(placed(&p).score.feasible <= 150, "stops after the sample");
+        assert!(placed(&p).score.feasible <= 40, "stops after the sample");
     }
     assert!(nodes.len() > 1, "rotation spreads the scan start");
 }
