@@ -101,6 +101,12 @@ impl ItemSelector {
         if source.len() > MAX_EXPRESSION_LEN {
             return Err(CelError::TooLong);
         }
+        if let Some(program) = compiled().get(source) {
+            return Ok(ItemSelector {
+                source: source.into(),
+                program,
+            });
+        }
         let program = stdlib()
             .compile(source)
             .map_err(|e| CelError::Compile(e.to_string().replace('\n', " ")))?;
@@ -109,9 +115,11 @@ impl ItemSelector {
                 return Err(CelError::UnknownVariable(var.to_string()));
             }
         }
+        let program = Arc::new(program);
+        compiled().put(source, Arc::clone(&program));
         Ok(ItemSelector {
             source: source.into(),
-            program: Arc::new(program),
+            program,
         })
     }
 
@@ -183,6 +191,36 @@ impl ItemSelector {
 fn stdlib() -> &'static Arc<cel::Env> {
     static ENV: std::sync::OnceLock<Arc<cel::Env>> = std::sync::OnceLock::new();
     ENV.get_or_init(|| Arc::new(cel::Env::stdlib()))
+}
+
+/// Programs compiled from valid sources, shared: the same selector arrives with every claim
+/// of a kind, and is decoded by the API, the scheduler and the controllers.
+struct ProgramCache {
+    programs: std::sync::Mutex<std::collections::HashMap<String, Arc<cel::Program>>>,
+}
+
+const PROGRAM_CACHE_LIMIT: usize = 4096;
+
+impl ProgramCache {
+    fn get(&self, source: &str) -> Option<Arc<cel::Program>> {
+        let map = self.programs.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(source).cloned()
+    }
+
+    fn put(&self, source: &str, program: Arc<cel::Program>) {
+        let mut map = self.programs.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= PROGRAM_CACHE_LIMIT {
+            map.clear();
+        }
+        map.insert(source.to_string(), program);
+    }
+}
+
+fn compiled() -> &'static ProgramCache {
+    static CACHE: std::sync::OnceLock<ProgramCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| ProgramCache {
+        programs: std::sync::Mutex::new(std::collections::HashMap::new()),
+    })
 }
 
 /// One individually allocatable thing: a GPU, an IP address, a port.

@@ -104,11 +104,27 @@ impl<K: Kind> Object<K> {
 
 /// Decodes a JSON value into a typed object and validates it; errors name the field.
 pub fn decode<K: Kind>(value: &serde_json::Value) -> Result<Object<K>, ValidationErrors> {
-    let object: Object<K> = serde_path_to_error::deserialize(value).map_err(|e| {
+    let object = parse::<K, _>(value)?;
+    check(&object)?;
+    Ok(object)
+}
+
+/// Decodes against the kind's schema only (types, unknown fields), naming the field at fault.
+pub fn parse<'de, K: Kind, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Object<K>, ValidationErrors>
+where
+    D::Error: std::fmt::Display,
+{
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { String::new() } else { path };
         ValidationErrors::one(field, e.inner().to_string())
-    })?;
+    })
+}
+
+/// Checks what the schema cannot: apiVersion and kind, metadata, and the kind's own rules.
+pub fn check<K: Kind>(object: &Object<K>) -> Result<(), ValidationErrors> {
     let mut errors = Errors::default();
     if object.api_version != API_VERSION {
         errors.add(
@@ -123,9 +139,8 @@ pub fn decode<K: Kind>(value: &serde_json::Value) -> Result<Object<K>, Validatio
         );
     }
     validate_meta(&object.metadata, K::INFO, &mut errors);
-    K::validate(&object, &mut errors);
-    errors.into_result()?;
-    Ok(object)
+    K::validate(object, &mut errors);
+    errors.into_result()
 }
 
 /// Decodes an object the control plane wrote itself (no validation beyond the schema).
@@ -266,6 +281,58 @@ impl TypedObject {
                 ));
             }
         })
+    }
+
+    /// Parses JSON (or YAML) bytes against the kind's schema, without the checks of
+    /// [`TypedObject::check`], so the caller can fill in what the URL implies first.
+    pub fn parse_slice(
+        info: &KindInfo,
+        bytes: &[u8],
+        yaml: bool,
+    ) -> Result<Self, ValidationErrors> {
+        use crate::kinds::*;
+        fn one<K: Kind>(bytes: &[u8], yaml: bool) -> Result<Object<K>, ValidationErrors> {
+            if yaml {
+                parse::<K, _>(serde_norway::Deserializer::from_slice(bytes))
+            } else {
+                let mut de = serde_json::Deserializer::from_slice(bytes);
+                let object = parse::<K, _>(&mut de)?;
+                de.end().map_err(|e| {
+                    ValidationErrors::one("", format!("trailing data after the object: {e}"))
+                })?;
+                Ok(object)
+            }
+        }
+        Ok(match info.kind {
+            "ResourceClass" => TypedObject::ResourceClass(one::<ResourceClassSpec>(bytes, yaml)?),
+            "Resource" => TypedObject::Resource(one::<ResourceSpec>(bytes, yaml)?),
+            "Claim" => TypedObject::Claim(one::<ClaimSpec>(bytes, yaml)?),
+            "Allocation" => TypedObject::Allocation(one::<AllocationSpec>(bytes, yaml)?),
+            "Node" => TypedObject::Node(one::<NodeSpec>(bytes, yaml)?),
+            "Tenant" => TypedObject::Tenant(one::<TenantSpec>(bytes, yaml)?),
+            "Project" => TypedObject::Project(one::<ProjectSpec>(bytes, yaml)?),
+            "Event" => TypedObject::Event(one::<EventSpec>(bytes, yaml)?),
+            other => {
+                return Err(ValidationErrors::one(
+                    "kind",
+                    format!("unknown kind {other:?}"),
+                ));
+            }
+        })
+    }
+
+    /// The checks beyond the schema (see [`check`]).
+    pub fn check(&self) -> Result<(), ValidationErrors> {
+        each_kind!(self, o => check(o))
+    }
+
+    /// The serialized object, as the store keeps it.
+    pub fn to_vec(&self) -> Vec<u8> {
+        each_kind!(self, o => serde_json::to_vec(o).unwrap_or_default())
+    }
+
+    pub fn clear_status(&mut self) {
+        each_kind!(self, o => o.status = None)
     }
 
     pub fn meta(&self) -> &ObjectMeta {

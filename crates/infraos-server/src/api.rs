@@ -149,11 +149,19 @@ pub fn kind_for(plural: &str, namespaced_path: bool) -> Result<&'static KindInfo
     Ok(info)
 }
 
-/// Reads a request body up to the configured cap and parses it as JSON or YAML.
-pub async fn read_body(
+/// How a request body is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFormat {
+    Json,
+    MergePatch,
+    Yaml,
+}
+
+/// Reads a request body up to the configured cap, with its format from the content type.
+pub async fn read_bytes(
     state: &AppState,
     request: Request,
-) -> Result<(serde_json::Value, String), ApiError> {
+) -> Result<(bytes::Bytes, BodyFormat), ApiError> {
     let content_type = request
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -164,28 +172,47 @@ pub async fn read_body(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let limit = state.config.max_body_bytes;
-    let bytes = axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|_| ApiError::too_large(format!("request body exceeds the {limit}-byte limit")))?;
-    let value: serde_json::Value = match content_type.as_str() {
-        "application/json" | "application/merge-patch+json" | "" => serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?,
-        "application/yaml" | "application/x-yaml" | "text/yaml" => {
-            let text = std::str::from_utf8(&bytes)
-                .map_err(|_| ApiError::bad_request("request body is not UTF-8"))?;
-            serde_norway::from_str(text).map_err(|e| {
-                ApiError::bad_request(format!("request body is not valid YAML: {e}"))
-            })?
-        }
+    let format = match content_type.as_str() {
+        "application/json" | "" => BodyFormat::Json,
+        "application/merge-patch+json" => BodyFormat::MergePatch,
+        "application/yaml" | "application/x-yaml" | "text/yaml" => BodyFormat::Yaml,
         other => {
             return Err(ApiError::unsupported_media_type(format!(
                 "content type {other:?} is not supported; use application/json, application/merge-patch+json or application/yaml"
             )));
         }
     };
+    let limit = state.config.max_body_bytes;
+    let bytes = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| ApiError::too_large(format!("request body exceeds the {limit}-byte limit")))?;
+    Ok((bytes, format))
+}
+
+/// Parses a body as a JSON object; syntax errors are 400s.
+pub fn parse_value(bytes: &[u8], format: BodyFormat) -> Result<serde_json::Value, ApiError> {
+    let value: serde_json::Value = match format {
+        BodyFormat::Json | BodyFormat::MergePatch => serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?,
+        BodyFormat::Yaml => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| ApiError::bad_request("request body is not UTF-8"))?;
+            serde_norway::from_str(text).map_err(|e| {
+                ApiError::bad_request(format!("request body is not valid YAML: {e}"))
+            })?
+        }
+    };
     if !value.is_object() {
         return Err(ApiError::bad_request("request body must be a JSON object"));
     }
-    Ok((value, content_type))
+    Ok(value)
+}
+
+/// Reads a request body up to the configured cap and parses it as JSON or YAML.
+pub async fn read_body(
+    state: &AppState,
+    request: Request,
+) -> Result<(serde_json::Value, BodyFormat), ApiError> {
+    let (bytes, format) = read_bytes(state, request).await?;
+    Ok((parse_value(&bytes, format)?, format))
 }

@@ -59,6 +59,34 @@ pub fn decode_typed<K: Kind>(kv: &KeyValue) -> Result<Object<K>, ApiError> {
     Ok(object)
 }
 
+/// The stored JSON with `resourceVersion` spliced into its metadata, without parsing it.
+///
+/// Stored objects are written only by this server's serializers, which emit `apiVersion`,
+/// `kind` (plain identifiers) and then `"metadata":{`, so the first occurrence is the
+/// envelope's. Anything else is parsed and re-serialized.
+pub fn with_revision(stored: &[u8], revision: u64) -> bytes::Bytes {
+    const METADATA: &[u8] = b"\"metadata\":{";
+    if let Some(at) = stored.windows(METADATA.len()).position(|w| w == METADATA) {
+        let insert_at = at + METADATA.len();
+        let field = format!("\"resourceVersion\":\"{revision}\"");
+        let mut out = Vec::with_capacity(stored.len() + field.len() + 1);
+        out.extend_from_slice(&stored[..insert_at]);
+        out.extend_from_slice(field.as_bytes());
+        if stored.get(insert_at) != Some(&b'}') {
+            out.push(b',');
+        }
+        out.extend_from_slice(&stored[insert_at..]);
+        return out.into();
+    }
+    match serde_json::from_slice::<serde_json::Value>(stored) {
+        Ok(mut v) => {
+            set_revision(&mut v, revision);
+            serde_json::to_vec(&v).unwrap_or_default().into()
+        }
+        Err(_) => bytes::Bytes::copy_from_slice(stored),
+    }
+}
+
 pub fn set_revision(value: &mut serde_json::Value, revision: u64) {
     if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
         meta.insert("resourceVersion".into(), revision.to_string().into());
@@ -79,4 +107,24 @@ pub fn encode_typed<K: Kind>(object: &Object<K>) -> Vec<u8> {
     let mut object = object.clone();
     object.metadata.resource_version = None;
     serde_json::to_vec(&object).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revision_splice_matches_a_full_round_trip() {
+        for stored in [
+            r#"{"apiVersion":"infraos.io/v1","kind":"Tenant","metadata":{"name":"a","labels":{"x":"y"}},"spec":{}}"#,
+            r#"{"apiVersion":"infraos.io/v1","kind":"Tenant","metadata":{},"spec":{}}"#,
+            r#"{"kind":"Odd","spec":{"metadata":1}}"#,
+        ] {
+            let spliced: serde_json::Value =
+                serde_json::from_slice(&with_revision(stored.as_bytes(), 42)).unwrap();
+            let mut parsed: serde_json::Value = serde_json::from_str(stored).unwrap();
+            set_revision(&mut parsed, 42);
+            assert_eq!(spliced, parsed, "{stored}");
+        }
+    }
 }

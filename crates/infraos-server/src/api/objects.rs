@@ -14,7 +14,7 @@ use infraos_api::{KindInfo, LabelSelector, TypedObject};
 use infraos_store::{Compare, Txn};
 use serde::Deserialize;
 
-use super::{Ctx, kind_for, read_body};
+use super::{BodyFormat, Ctx, kind_for, parse_value, read_body, read_bytes};
 use crate::admission;
 use crate::audit::{self, Record};
 use crate::error::ApiError;
@@ -344,7 +344,15 @@ async fn get_one(
         .get(&key)
         .await?
         .ok_or_else(|| ApiError::not_found(info.kind, name))?;
-    Ok(Json(decode_stored(&kv)?.value).into_response())
+    Ok(json_bytes(objects::with_revision(
+        &kv.value,
+        kv.mod_revision,
+    )))
+}
+
+/// A 200 response with a JSON body already rendered.
+fn json_bytes(body: bytes::Bytes) -> Response {
+    ([(http::header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 const PAGE: usize = 500;
@@ -371,7 +379,7 @@ async fn list_or_watch(
         None | Some("") => None,
         Some(token) => Some(decode_continue(token, &prefix)?),
     };
-    let mut items = Vec::new();
+    let mut items: Vec<bytes::Bytes> = Vec::new();
     let mut revision = None;
     let mut next = None;
     loop {
@@ -379,9 +387,12 @@ async fn list_or_watch(
         let page = state.store.range(&prefix, after.as_deref(), want).await?;
         revision.get_or_insert(page.revision);
         for kv in &page.kvs {
-            let stored = decode_stored(kv)?;
-            if selector_matches(selector.as_ref(), &stored.value) {
-                items.push(stored.value);
+            let keep = match &selector {
+                None => true,
+                Some(_) => selector_matches(selector.as_ref(), &decode_stored(kv)?.value),
+            };
+            if keep {
+                items.push(objects::with_revision(&kv.value, kv.mod_revision));
             }
             after = Some(kv.key.clone());
             if limit.is_some_and(|l| items.len() >= l) {
@@ -405,13 +416,23 @@ async fn list_or_watch(
     if let Some(key) = next {
         metadata["continue"] = encode_continue(&key).into();
     }
-    Ok(Json(serde_json::json!({
+    // Assembled from the stored bytes: a list of 10,000 objects is never parsed.
+    let head = serde_json::json!({
         "apiVersion": infraos_api::API_VERSION,
         "kind": format!("{}List", info.kind),
         "metadata": metadata,
-        "items": items,
-    }))
-    .into_response())
+    });
+    let mut body = serde_json::to_vec(&head).unwrap_or_default();
+    body.pop();
+    body.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(b"]}");
+    Ok(json_bytes(body.into()))
 }
 
 fn encode_continue(key: &str) -> String {
@@ -495,52 +516,57 @@ async fn create_inner(
             info.kind
         )));
     }
-    let (mut body, _) = read_body(state, request).await?;
-    let name = body
-        .pointer("/metadata/name")
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .to_string();
+    let (bytes, format) = read_bytes(state, request).await?;
+    // One parse, straight into the kind's type; a failure is told apart as malformed (400)
+    // or invalid (422, naming the field).
+    let mut object = match TypedObject::parse_slice(info, &bytes, format == BodyFormat::Yaml) {
+        Ok(o) => o,
+        Err(e) => {
+            let value = parse_value(&bytes, format)?;
+            name_out.push_str(
+                value
+                    .pointer("/metadata/name")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or(""),
+            );
+            return Err(ApiError::invalid(info.kind, name_out, &e));
+        }
+    };
+    let name = object.meta().name.clone();
     name_out.clone_from(&name);
-    if let Some(meta) = body.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-        if let Some(ns) = ns {
-            match meta.get("namespace").and_then(|v| v.as_str()) {
-                Some(given) if given != ns => {
-                    return Err(ApiError::bad_request(format!(
-                        "metadata.namespace {given:?} does not match the namespace {ns:?} of the URL"
-                    )));
-                }
-                _ => {
-                    meta.insert("namespace".into(), ns.into());
-                }
+    let meta = object.meta_mut();
+    if let Some(ns) = ns {
+        match meta.namespace.as_deref() {
+            Some(given) if given != ns => {
+                return Err(ApiError::bad_request(format!(
+                    "metadata.namespace {given:?} does not match the namespace {ns:?} of the URL"
+                )));
             }
-        }
-        if meta
-            .get("resourceVersion")
-            .is_some_and(|v| !v.is_null() && v != "")
-        {
-            return Err(ApiError::invalid_field(
-                info.kind,
-                &name,
-                "metadata.resourceVersion",
-                "must not be set on objects to be created",
-            ));
-        }
-        for field in [
-            "uid",
-            "creationTimestamp",
-            "deletionTimestamp",
-            "generation",
-            "resourceVersion",
-        ] {
-            meta.remove(field);
+            _ => meta.namespace = Some(ns.to_string()),
         }
     }
-    if let Some(obj) = body.as_object_mut() {
-        obj.remove("status");
+    if meta
+        .resource_version
+        .as_deref()
+        .is_some_and(|v| !v.is_empty())
+    {
+        return Err(ApiError::invalid_field(
+            info.kind,
+            &name,
+            "metadata.resourceVersion",
+            "must not be set on objects to be created",
+        ));
     }
-    let mut object =
-        TypedObject::decode(info, &body).map_err(|e| ApiError::invalid(info.kind, &name, &e))?;
+    // What the server owns is the server's, whatever the body said.
+    meta.uid.clear();
+    meta.creation_timestamp = None;
+    meta.deletion_timestamp = None;
+    meta.generation = 0;
+    meta.resource_version = None;
+    object.clear_status();
+    object
+        .check()
+        .map_err(|e| ApiError::invalid(info.kind, &name, &e))?;
     admission::admit(&*state.store, &object).await?;
     let now = state.clock.now();
     {
@@ -567,8 +593,7 @@ async fn create_inner(
             ..Default::default()
         });
     }
-    let mut value = object.to_value();
-    let bytes = encode_for_store(&value);
+    let bytes = object.to_vec();
     let key = objects::key(info, ns, &name);
     let mut object_ref = audit::object_ref(info.kind, ns, &name);
     object_ref.uid = Some(object.meta().uid.clone());
@@ -583,20 +608,22 @@ async fn create_inner(
         node: None,
     }
     .payload(now);
+    let stored = bytes::Bytes::from(bytes);
     let out = state
         .store
         .txn(
             Txn::new()
                 .when(Compare::absent(key.clone()))
-                .put(key, bytes)
+                .put(key, stored.clone())
                 .append(payload),
         )
         .await?;
     if !out.succeeded {
         return Err(ApiError::already_exists(info.kind, &name));
     }
-    set_revision(&mut value, out.revision);
-    Ok((StatusCode::CREATED, Json(value)).into_response())
+    let mut response = json_bytes(objects::with_revision(&stored, out.revision));
+    *response.status_mut() = StatusCode::CREATED;
+    Ok(response)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -649,11 +676,8 @@ async fn write_inner(
             info.kind
         )));
     }
-    let (body, content_type) = read_body(state, request).await?;
-    if verb == Verb::Patch
-        && content_type != "application/merge-patch+json"
-        && content_type != "application/json"
-    {
+    let (body, format) = read_body(state, request).await?;
+    if verb == Verb::Patch && format == BodyFormat::Yaml {
         return Err(ApiError::unsupported_media_type(
             "PATCH takes a JSON merge patch (application/merge-patch+json)",
         ));

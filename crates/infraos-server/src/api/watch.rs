@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::objects::{ListParams, selector_matches};
 use crate::error::ApiError;
-use crate::objects::{self, decode_stored, set_revision};
+use crate::objects::{self, decode_stored};
 use crate::state::AppState;
 
 const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
@@ -31,6 +31,17 @@ fn line(kind: &str, object: &serde_json::Value) -> Bytes {
     let mut out = serde_json::to_vec(&serde_json::json!({"type": kind, "object": object}))
         .unwrap_or_default();
     out.push(b'\n');
+    Bytes::from(out)
+}
+
+/// A watch line around an object already rendered as JSON.
+fn raw_line(kind: &str, object: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(object.len() + 32);
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    out.extend_from_slice(object);
+    out.extend_from_slice(b"}\n");
     Bytes::from(out)
 }
 
@@ -155,26 +166,31 @@ async fn pump(
 
 /// The watch line for one store event, or `None` when the selector hides it.
 fn render(event: &infraos_store::Event, selector: Option<&LabelSelector>) -> Option<Bytes> {
-    let parse = |bytes: &[u8], revision: u64| -> Option<serde_json::Value> {
-        let mut v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-        set_revision(&mut v, revision);
-        Some(v)
-    };
     let revision = event.kv.mod_revision;
-    let object = parse(&event.kv.value, revision)?;
+    let object = objects::with_revision(&event.kv.value, revision);
+    let Some(selector) = selector else {
+        // Without a selector nothing needs parsing: the stored bytes are the object.
+        let kind = match (event.kind, &event.prev) {
+            (EventKind::Delete, _) => "DELETED",
+            (EventKind::Put, None) => "ADDED",
+            (EventKind::Put, Some(_)) => "MODIFIED",
+        };
+        return Some(raw_line(kind, &object));
+    };
+    let matches = |bytes: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .is_some_and(|v| selector_matches(Some(selector), &v))
+    };
+    let now = matches(&event.kv.value);
     match event.kind {
-        EventKind::Delete => selector_matches(selector, &object).then(|| line("DELETED", &object)),
+        EventKind::Delete => now.then(|| raw_line("DELETED", &object)),
         EventKind::Put => {
-            let now = selector_matches(selector, &object);
-            let before = event.prev.as_ref().map(|prev| {
-                selector.is_none()
-                    || parse(&prev.value, prev.mod_revision)
-                        .is_some_and(|p| selector_matches(selector, &p))
-            });
+            let before = event.prev.as_ref().map(|prev| matches(&prev.value));
             match (before, now) {
-                (None, true) | (Some(false), true) => Some(line("ADDED", &object)),
-                (Some(true), true) => Some(line("MODIFIED", &object)),
-                (Some(true), false) => Some(line("DELETED", &object)),
+                (None, true) | (Some(false), true) => Some(raw_line("ADDED", &object)),
+                (Some(true), true) => Some(raw_line("MODIFIED", &object)),
+                (Some(true), false) => Some(raw_line("DELETED", &object)),
                 _ => None,
             }
         }

@@ -53,6 +53,10 @@ async fn run(
             _ = shutdown.changed() => return,
         };
         for kv in kvs {
+            // Cheap pre-filter on the raw bytes: most claim events are not deletions.
+            if !contains(&kv.value, b"\"deletionTimestamp\"") {
+                continue;
+            }
             let deleting = serde_json::from_slice::<serde_json::Value>(&kv.value)
                 .ok()
                 .is_some_and(|v| v.pointer("/metadata/deletionTimestamp").is_some());
@@ -78,6 +82,10 @@ async fn run(
             }
         }
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Releases and removes the allocation of a claim being deleted; true when done.
