@@ -67,17 +67,17 @@ pub struct Cause {
     pub message: String,
 }
 
-/// One watch event.
+/// One watch event; `T` is the object's type (any JSON by default).
 #[derive(Debug, Clone, Deserialize)]
-pub struct WatchEvent {
+pub struct WatchEvent<T = serde_json::Value> {
     #[serde(rename = "type")]
     pub type_: String,
-    pub object: serde_json::Value,
+    pub object: T,
 }
 
 /// A stream of watch events; ends when the server closes the watch.
-pub type WatchEvents =
-    std::pin::Pin<Box<dyn Stream<Item = Result<WatchEvent, ClientError>> + Send>>;
+pub type WatchEvents<T = serde_json::Value> =
+    std::pin::Pin<Box<dyn Stream<Item = Result<WatchEvent<T>, ClientError>> + Send>>;
 
 /// A page of the audit chain.
 #[derive(Debug, Clone, Deserialize)]
@@ -334,6 +334,28 @@ impl Client {
         }
     }
 
+    /// Creates an object without reading the created object back (status only), for bulk
+    /// loaders that do not need it.
+    pub async fn create_quiet(
+        &self,
+        info: &KindInfo,
+        ns: Option<&str>,
+        body: &serde_json::Value,
+    ) -> Result<(), ClientError> {
+        let p = path(info, ns, None);
+        let url = format!("{}{p}", self.base);
+        let response = self
+            .send(self.request(reqwest::Method::POST, &p).json(body), &url)
+            .await?;
+        // Drain (not parse) the body: dropping it unread resets the HTTP/2 stream, which
+        // servers rightly treat as abuse when it happens thousands of times.
+        response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport { url, source })?;
+        Ok(())
+    }
+
     pub async fn create(
         &self,
         info: &KindInfo,
@@ -499,6 +521,18 @@ impl Client {
         selector: Option<&str>,
         resource_version: Option<u64>,
     ) -> Result<WatchEvents, ClientError> {
+        self.watch_as::<serde_json::Value>(info, ns, selector, resource_version)
+            .await
+    }
+
+    /// As [`Client::watch`], decoding objects as `T` (fields `T` lacks are skipped unparsed).
+    pub async fn watch_as<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        info: &KindInfo,
+        ns: Option<&str>,
+        selector: Option<&str>,
+        resource_version: Option<u64>,
+    ) -> Result<WatchEvents<T>, ClientError> {
         let p = path(info, ns, None);
         let mut query: Vec<(&str, String)> = vec![
             ("watch", "true".into()),
@@ -524,7 +558,7 @@ impl Client {
                         if line.iter().all(u8::is_ascii_whitespace) {
                             continue;
                         }
-                        let event = serde_json::from_slice::<WatchEvent>(&line).map_err(|e| {
+                        let event = serde_json::from_slice::<WatchEvent<T>>(&line).map_err(|e| {
                             ClientError::Decode {
                                 url: url.clone(),
                                 reason: format!("bad watch event: {e}"),

@@ -7,6 +7,9 @@
 //!   type-check against the class's attribute schema;
 //! - immutable fields stay as they were; in-use objects are not deleted from under their users.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use infraos_api::kinds::{ClassKind, ResourceClassSpec, TenantSpec};
 use infraos_api::validation::Errors;
 use infraos_api::{KindInfo, Object, TypedObject};
@@ -14,6 +17,39 @@ use infraos_store::Store;
 
 use crate::error::ApiError;
 use crate::objects::{self, decode_typed};
+
+/// ResourceClasses as last decoded, by name with their revision: claims name the same few
+/// classes over and over, and a class changes rarely. The store is still read every time (so
+/// a change is seen at once); only the decoding is saved.
+#[derive(Default)]
+pub struct ClassCache {
+    classes: parking_lot::RwLock<HashMap<String, (u64, Arc<ResourceClassSpec>)>>,
+}
+
+impl ClassCache {
+    async fn get(
+        &self,
+        store: &dyn Store,
+        name: &str,
+    ) -> Result<Option<Arc<ResourceClassSpec>>, ApiError> {
+        let key = objects::key(ResourceClassSpec::INFO, None, name);
+        let Some(kv) = store.get(&key).await? else {
+            return Ok(None);
+        };
+        if let Some((revision, spec)) = self.classes.read().get(name)
+            && *revision == kv.mod_revision
+        {
+            return Ok(Some(Arc::clone(spec)));
+        }
+        let spec = Arc::new(decode_typed::<ResourceClassSpec>(&kv)?.spec);
+        let mut classes = self.classes.write();
+        if classes.len() > 10_000 {
+            classes.clear();
+        }
+        classes.insert(name.to_string(), (kv.mod_revision, Arc::clone(&spec)));
+        Ok(Some(spec))
+    }
+}
 
 async fn get_typed<K: infraos_api::Kind>(
     store: &dyn Store,
@@ -37,7 +73,11 @@ async fn require_project(store: &dyn Store, namespace: &str) -> Result<(), ApiEr
 use infraos_api::Kind as _;
 
 /// Checks a new object against the objects it refers to.
-pub async fn admit(store: &dyn Store, object: &TypedObject) -> Result<(), ApiError> {
+pub async fn admit(
+    store: &dyn Store,
+    classes: &ClassCache,
+    object: &TypedObject,
+) -> Result<(), ApiError> {
     let meta = object.meta();
     if let Some(ns) = meta.namespace.as_deref() {
         require_project(store, ns).await?;
@@ -64,7 +104,7 @@ pub async fn admit(store: &dyn Store, object: &TypedObject) -> Result<(), ApiErr
         }
         TypedObject::Resource(resource) => {
             let class_name = &resource.spec.class;
-            let Some(class) = get_typed::<ResourceClassSpec>(store, class_name).await? else {
+            let Some(class) = classes.get(store, class_name).await? else {
                 let mut errors = Errors::default();
                 errors.add(
                     "spec.class",
@@ -74,21 +114,20 @@ pub async fn admit(store: &dyn Store, object: &TypedObject) -> Result<(), ApiErr
             };
             resource
                 .spec
-                .validate_against_class(&class.spec)
+                .validate_against_class(&class)
                 .map_err(|e| ApiError::invalid("Resource", &meta.name, &e))?;
         }
         TypedObject::Claim(claim) => {
             let mut errors = Errors::default();
             for (i, request) in claim.spec.requests.iter().enumerate() {
-                let Some(class) = get_typed::<ResourceClassSpec>(store, &request.class).await?
-                else {
+                let Some(class) = classes.get(store, &request.class).await? else {
                     errors.add(
                         format!("spec.requests[{i}].class"),
                         format!("ResourceClass {:?} not found", request.class),
                     );
                     continue;
                 };
-                match class.spec.kind {
+                match class.kind {
                     ClassKind::Counted => {
                         if request.count.is_some() {
                             errors.add(
@@ -100,7 +139,7 @@ pub async fn admit(store: &dyn Store, object: &TypedObject) -> Result<(), ApiErr
                             );
                         }
                         for dim in request.amount.keys() {
-                            if !class.spec.has_dimension(dim) {
+                            if !class.has_dimension(dim) {
                                 errors.add(
                                     format!("spec.requests[{i}].amount.{dim}"),
                                     format!("class {:?} has no dimension {dim:?}", request.class),
@@ -116,8 +155,8 @@ pub async fn admit(store: &dyn Store, object: &TypedObject) -> Result<(), ApiErr
                             );
                         }
                         if let (Some(selector), false) =
-                            (&request.selector, class.spec.attributes.is_empty())
-                            && let Err(e) = selector.check(&class.spec.attributes)
+                            (&request.selector, class.attributes.is_empty())
+                            && let Err(e) = selector.check(&class.attributes)
                         {
                             errors.add(format!("spec.requests[{i}].selector"), e.to_string());
                         }

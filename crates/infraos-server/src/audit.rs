@@ -3,7 +3,7 @@
 //! refused requests get a record of their own.
 
 use infraos_api::Time;
-use infraos_api::audit::{AuditEntry, AuditObjectRef, AuditResult, canonical_json, sha256_hex};
+use infraos_api::audit::{AuditEntry, AuditObjectRef, AuditResult, sha256_hex};
 use infraos_store::{Store, Txn};
 
 /// Who acts, and from where.
@@ -37,7 +37,7 @@ pub struct Record<'a> {
 impl Record<'_> {
     /// The canonical JSON payload for the ledger.
     pub fn payload(self, now: Time) -> Vec<u8> {
-        let entry = AuditEntry {
+        AuditEntry {
             time: now,
             subject: self.actor.subject.clone(),
             verb: self.verb.to_string(),
@@ -50,8 +50,8 @@ impl Record<'_> {
             after_hash: self.after.map(sha256_hex),
             node: self.node,
             source: self.actor.source.clone(),
-        };
-        canonical_json(&serde_json::to_value(entry).unwrap_or_default())
+        }
+        .canonical_bytes()
     }
 }
 

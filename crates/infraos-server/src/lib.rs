@@ -69,6 +69,7 @@ impl Server {
             store,
             config: Arc::new(config),
             tokens: Arc::new(auth::TokenCache::default()),
+            classes: Arc::new(admission::ClassCache::default()),
             clock,
             ready: Arc::new(AtomicBool::new(false)),
             openapi: Arc::new(openapi::document()),

@@ -51,12 +51,11 @@ pub fn decode_stored(kv: &KeyValue) -> Result<Stored, ApiError> {
     })
 }
 
-/// Decodes a stored object the control plane wrote into its typed form.
+/// Decodes a stored object the control plane wrote into its typed form. Its revision is
+/// `kv.mod_revision`; `metadata.resourceVersion` stays unset, as in the stored form.
 pub fn decode_typed<K: Kind>(kv: &KeyValue) -> Result<Object<K>, ApiError> {
-    let mut object: Object<K> = infraos_api::object::decode_trusted(&kv.value)
-        .map_err(|e| ApiError::internal(format!("stored object {} is corrupt: {e}", kv.key)))?;
-    object.metadata.resource_version = Some(kv.mod_revision.to_string());
-    Ok(object)
+    infraos_api::object::decode_trusted(&kv.value)
+        .map_err(|e| ApiError::internal(format!("stored object {} is corrupt: {e}", kv.key)))
 }
 
 /// The stored JSON with `resourceVersion` spliced into its metadata, without parsing it.
@@ -104,6 +103,9 @@ pub fn encode_for_store(value: &serde_json::Value) -> Vec<u8> {
 
 /// The stored form of a typed object.
 pub fn encode_typed<K: Kind>(object: &Object<K>) -> Vec<u8> {
+    if object.metadata.resource_version.is_none() {
+        return serde_json::to_vec(object).unwrap_or_default();
+    }
     let mut object = object.clone();
     object.metadata.resource_version = None;
     serde_json::to_vec(&object).unwrap_or_default()

@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicBool;
 
 use infraos_store::Store;
 
+use crate::admission::ClassCache;
 use crate::auth::TokenCache;
 use crate::clock::SharedClock;
 use crate::config::ServerConfig;
@@ -14,6 +15,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub config: Arc<ServerConfig>,
     pub tokens: Arc<TokenCache>,
+    pub classes: Arc<ClassCache>,
     pub clock: SharedClock,
     /// Set once the controllers have synced their caches.
     pub ready: Arc<AtomicBool>,

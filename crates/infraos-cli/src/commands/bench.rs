@@ -310,7 +310,7 @@ async fn e2e(
     let client = Arc::new(client);
     let mut submissions = futures::stream::iter(synthetic.claims.iter().map(|c| {
         let client = Arc::clone(&client);
-        async move { client.create(claim_kind, Some(PROJECT), c).await }
+        async move { client.create_quiet(claim_kind, Some(PROJECT), c).await }
     }))
     .buffer_unordered(concurrency);
     while let Some(r) = submissions.next().await {

@@ -567,7 +567,7 @@ async fn create_inner(
     object
         .check()
         .map_err(|e| ApiError::invalid(info.kind, &name, &e))?;
-    admission::admit(&*state.store, &object).await?;
+    admission::admit(&*state.store, &state.classes, &object).await?;
     let now = state.clock.now();
     {
         let meta = object.meta_mut();
@@ -820,7 +820,7 @@ async fn commit_update(
     let mut object =
         TypedObject::decode(info, &desired).map_err(|e| ApiError::invalid(info.kind, name, &e))?;
     admission::admit_update(&object, &old_typed)?;
-    admission::admit(&*state.store, &object).await?;
+    admission::admit(&*state.store, &state.classes, &object).await?;
     // System finalizers are removed by the control plane only.
     {
         let kept: Vec<String> = old_typed

@@ -60,8 +60,10 @@ struct Controller {
     queued: HashSet<String>,
     /// Claims that fit nowhere last time, with the message recorded.
     unschedulable: HashMap<String, String>,
-    /// Revisions our own commits produced: older claim events are echoes to ignore.
+    /// Revisions our own commits produced: claim events up to them are echoes to ignore.
     committed: HashMap<String, u64>,
+    /// Allocations our own commits wrote (already assumed in the snapshot), by revision.
+    own_allocations: HashMap<String, u64>,
     known: HashMap<Source, HashSet<String>>,
     synced: HashSet<Source>,
     cluster_changed: bool,
@@ -100,6 +102,7 @@ pub fn spawn(
         queued: HashSet::new(),
         unschedulable: HashMap::new(),
         committed: HashMap::new(),
+        own_allocations: HashMap::new(),
         known: HashMap::new(),
         synced: HashSet::new(),
         cluster_changed: false,
@@ -237,6 +240,11 @@ impl Controller {
                     .upsert_resource(&id, &r.metadata.labels, &r.spec);
                 self.cluster_changed = true;
             }),
+            Source::Allocations if self.own_allocations.get(&id) == Some(&kv.mod_revision) => {
+                // The echo of our own commit: already assumed, no need to decode it.
+                self.own_allocations.remove(&id);
+                Ok(())
+            }
             Source::Allocations => decode_typed::<AllocationSpec>(kv).map(|a| {
                 let holds = a.status.as_ref().is_some_and(|s| s.phase.holds_resources());
                 if holds {
@@ -291,6 +299,7 @@ impl Controller {
             Source::Nodes => self.snapshot.remove_node(id),
             Source::Resources => self.snapshot.remove_resource(id),
             Source::Allocations => {
+                self.own_allocations.remove(id);
                 self.snapshot.remove_allocation(id);
                 self.cluster_changed = true;
             }
@@ -321,6 +330,7 @@ impl Controller {
         for (key, revision) in applied.committed {
             self.claims.remove(&key);
             self.unschedulable.remove(&key);
+            self.own_allocations.insert(key.clone(), revision);
             self.committed.insert(key, revision);
         }
         for (key, message) in applied.unschedulable {
