@@ -53,6 +53,12 @@ fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
 impl ClientConfig {
     /// Loads the config file (if any) and applies the environment on top.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_for(file, None)
+    }
+
+    /// As [`ClientConfig::load`], with the server URL given explicitly (a `--server` flag),
+    /// which wins over the file and the environment.
+    pub fn load_for(file: Option<&Path>, server: Option<&str>) -> Result<Self, ConfigError> {
         let path = file.map(Path::to_path_buf).unwrap_or_else(default_path);
         let mut config = ClientConfig::default();
         if path.exists() {
@@ -81,6 +87,9 @@ impl ClientConfig {
         }
         if let Some(ca) = std::env::var_os("INFRAOS_CA") {
             config.ca_pem = Some(read(Path::new(&ca))?);
+        }
+        if let Some(server) = server {
+            config.server = server.to_string();
         }
         if config.server.is_empty() {
             return Err(ConfigError::NoServer(path.display().to_string()));

@@ -52,6 +52,8 @@ pub struct EmbeddedOptions {
     pub watch_history: usize,
     /// Most requests committed together in one group.
     pub max_batch: usize,
+    /// How long a busy writer waits for more requests before committing a small group.
+    pub linger: std::time::Duration,
 }
 
 impl Default for EmbeddedOptions {
@@ -59,6 +61,7 @@ impl Default for EmbeddedOptions {
         EmbeddedOptions {
             watch_history: 100_000,
             max_batch: 2048,
+            linger: std::time::Duration::from_micros(300),
         }
     }
 }
@@ -121,9 +124,10 @@ impl EmbeddedStore {
         let (queue, requests) = mpsc::channel(options.max_batch.max(1) * 4);
         let writer_shared = Arc::clone(&shared);
         let max_batch = options.max_batch.max(1);
+        let linger = options.linger;
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(writer_shared, requests, max_batch, revision, ledger_head))
+            .spawn(move || writer_loop(writer_shared, requests, max_batch, linger, revision, ledger_head))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         tracing::info!(path = %path.display(), revision, "embedded store opened");
         Ok(EmbeddedStore {
@@ -156,17 +160,27 @@ fn writer_loop(
     shared: Arc<Shared>,
     mut requests: mpsc::Receiver<WriteRequest>,
     max_batch: usize,
+    linger: std::time::Duration,
     mut revision: Revision,
     mut ledger: LedgerHead,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Some(first) = requests.blocking_recv() {
         batch.push(first);
-        while batch.len() < max_batch {
-            match requests.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        let drain = |batch: &mut Vec<WriteRequest>, requests: &mut mpsc::Receiver<WriteRequest>| {
+            while batch.len() < max_batch {
+                match requests.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
             }
+        };
+        drain(&mut batch, &mut requests);
+        // Under load, waiting a moment for more requests makes each commit cover more of
+        // them; when idle (a lone request) it would only add latency.
+        if linger > std::time::Duration::ZERO && batch.len() > 1 && batch.len() < max_batch / 4 {
+            std::thread::sleep(linger);
+            drain(&mut batch, &mut requests);
         }
         match commit_group(&shared.db, &batch, revision, &ledger) {
             Ok(group) => {

@@ -11,6 +11,7 @@ mod tiny_history {
             infraos_store::embedded::EmbeddedOptions {
                 watch_history: 64,
                 max_batch: 4,
+                linger: std::time::Duration::ZERO,
             }
         )
     );

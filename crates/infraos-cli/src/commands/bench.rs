@@ -51,8 +51,8 @@ enum BenchCommand {
         /// Use this running server (with the client config's CA and token) instead of starting one.
         #[arg(long)]
         server: Option<String>,
-        /// Requests in flight at once.
-        #[arg(long, default_value_t = 64)]
+        /// Requests in flight at once (many clients at a time, as in production).
+        #[arg(long, default_value_t = 256)]
         concurrency: usize,
         /// Give up waiting for allocations after this many seconds.
         #[arg(long, default_value_t = 600)]
@@ -236,11 +236,7 @@ async fn e2e(
 ) -> anyhow::Result<()> {
     let synthetic = synthetic::cluster(nodes, claims);
     let (_guard, config) = match server {
-        Some(url) => {
-            let mut c = ClientConfig::load(None)?;
-            c.server = url;
-            (None, c)
-        }
+        Some(url) => (None, ClientConfig::load_for(None, Some(&url))?),
         None => {
             let (g, c) = start_server().await?;
             (Some(g), c)
