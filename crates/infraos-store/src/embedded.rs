@@ -127,7 +127,16 @@ impl EmbeddedStore {
         let linger = options.linger;
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(writer_shared, requests, max_batch, linger, revision, ledger_head))
+            .spawn(move || {
+                writer_loop(
+                    writer_shared,
+                    requests,
+                    max_batch,
+                    linger,
+                    revision,
+                    ledger_head,
+                )
+            })
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         tracing::info!(path = %path.display(), revision, "embedded store opened");
         Ok(EmbeddedStore {

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The test command: formatting, lints, and every test of the workspace.
+# It installs what the tests need when it is missing, so a fresh machine with the Rust
+# toolchain passes it by itself. `.ci/run` runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages the tests need, installed when missing (as root, non-interactively).
+# Today the tests need nothing beyond the Rust toolchain: the store is embedded (redb), TLS
+# is rustls, and the cross-process tests start the `infraos` binary itself.
+PACKAGES=()
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing packages: ${missing[*]} (run as root, or install them)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+echo "== cargo fmt"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --profile "${NEXTEST_PROFILE:-$([ "${CI:-}" = true ] && echo ci || echo default)}"
+else
+  echo "cargo-nextest not found; running cargo test (install it with: cargo install cargo-nextest --locked)" >&2
+  cargo test --workspace
+fi
