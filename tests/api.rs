@@ -361,6 +361,16 @@ async fn bad_input_is_refused_with_a_reason_and_writes_nothing() {
             None,
         ),
         (
+            "claim status is the control plane's",
+            Method::PUT,
+            "/apis/infraos.io/v1/namespaces/p/claims/ok/status",
+            "application/json",
+            with(&|v| v["status"] = json!({"phase": "Allocated"})),
+            405,
+            "control plane",
+            None,
+        ),
+        (
             "oversized body",
             Method::POST,
             claims,

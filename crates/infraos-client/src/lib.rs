@@ -334,19 +334,21 @@ impl Client {
         }
     }
 
-    /// Creates an object without reading the created object back (status only), for bulk
-    /// loaders that do not need it.
+    /// Creates an object from its JSON bytes without reading the created object back (status
+    /// only), for bulk loaders that prepare their requests in advance.
     pub async fn create_quiet(
         &self,
         info: &KindInfo,
         ns: Option<&str>,
-        body: &serde_json::Value,
+        json: bytes::Bytes,
     ) -> Result<(), ClientError> {
         let p = path(info, ns, None);
         let url = format!("{}{p}", self.base);
-        let response = self
-            .send(self.request(reqwest::Method::POST, &p).json(body), &url)
-            .await?;
+        let builder = self
+            .request(reqwest::Method::POST, &p)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(json);
+        let response = self.send(builder, &url).await?;
         // Drain (not parse) the body: dropping it unread resets the HTTP/2 stream, which
         // servers rightly treat as abuse when it happens thousands of times.
         response

@@ -71,7 +71,14 @@ impl Explanation {
         reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let detail = reasons
             .iter()
-            .map(|(r, n)| format!("{n} {r}"))
+            // A reason counted 0 is a note about the whole cluster ("no ipv4"), not per candidate.
+            .map(|(r, n)| {
+                if **n == 0 {
+                    r.to_string()
+                } else {
+                    format!("{n} {r}")
+                }
+            })
             .collect::<Vec<_>>()
             .join(", ");
         if detail.is_empty() {

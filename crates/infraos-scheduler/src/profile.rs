@@ -17,7 +17,7 @@ pub struct Profile {
     #[serde(default = "default_scores")]
     pub scores: BTreeMap<String, f64>,
     /// Share of candidate nodes to find feasible before choosing. 0 (the default) adapts to
-    /// the cluster: max(minFeasibleNodes, 4·log2(candidates)), 54 of 10,000 nodes, in the
+    /// the cluster: max(minFeasibleNodes, 4·(⌊log2 n⌋ + 1)), 56 of 10,000 nodes, in the
     /// spirit of Nomad's log2(n) limit; kube-scheduler's default would be 5% (500).
     #[serde(default)]
     pub percentage_of_nodes_to_score: u32,

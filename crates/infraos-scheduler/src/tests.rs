@@ -363,6 +363,20 @@ fn pool_only_claims_need_no_node() {
 }
 
 #[test]
+fn no_pools_at_all_is_explained_plainly() {
+    let c = Cluster::new().node("a", &[], "8", "32Gi");
+    let mut s = Scheduler::new(Profile::default()).unwrap();
+    let cl = claim(
+        "seat",
+        serde_json::json!({"requests": [{"class": "license", "amount": {"seats": 1}}]}),
+    );
+    assert_eq!(
+        unschedulable(&plan_one(&mut s, &c.snap, &cl)),
+        "0/0 pools are available: no license."
+    );
+}
+
+#[test]
 fn a_batch_never_double_books() {
     let c = Cluster::new().node("a", &[], "10", "32Gi");
     let mut s = Scheduler::new(Profile::default()).unwrap();

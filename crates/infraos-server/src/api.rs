@@ -4,7 +4,8 @@
 //!  /apis/infraos.io/v1/<plural>[/<name>[/status]]                       cluster-scoped kinds
 //!  /apis/infraos.io/v1/namespaces/<ns>/<plural>[/<name>[/<sub>]]         namespaced kinds
 //!  /apis/infraos.io/v1/auditrecords                                     the audit chain
-//!  /healthz /readyz /version /openapi/v3 /apis /apis/infraos.io/v1      unauthenticated meta
+//!  /healthz /readyz /version /apis /apis/infraos.io/v1   unauthenticated meta
+//!  /openapi/v3                                              the OpenAPI document (authenticated)
 //! ```
 //! Every request passes authentication (a tower layer), then its handler parses the request
 //! into a typed command at the border: body size-capped, JSON or YAML, decoded into the kind's

@@ -95,7 +95,17 @@ impl Server {
             app,
             shutdown_rx,
         )));
-        let url = format!("https://{addr}");
+        // A wildcard listen address is not something a client can connect to: use loopback.
+        let reachable = match addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+                SocketAddr::from(([127, 0, 0, 1], addr.port()))
+            }
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+            }
+            _ => addr,
+        };
+        let url = format!("https://{reachable}");
         init::write_file(&dir.join(URL_FILE), format!("{url}\n").as_bytes(), 0o644)?;
         tracing::info!(%url, data_dir = %dir.display(), "InfraOS server listening");
         Ok(Server {

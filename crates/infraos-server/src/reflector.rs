@@ -12,17 +12,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use infraos_store::{EventKind, KeyValue, Store, StoreError};
+use infraos_store::{Event, KeyValue, Store, StoreError};
 use tokio::sync::{mpsc, watch};
 
-/// One change to a watched prefix, tagged with the consumer's name for the prefix.
+/// Changes to a watched prefix, tagged with the consumer's name for the prefix.
 #[derive(Debug)]
 pub enum Change<S> {
     /// The complete current state of the prefix (after start or a relist).
     Resync(S, Vec<KeyValue>, u64),
-    Apply(S, KeyValue),
-    /// The key was deleted; the value is its last state.
-    Delete(S, KeyValue),
+    /// Puts and deletes in revision order, as the store delivered them (one message per
+    /// commit group, not per event). A delete's value is the key's last state.
+    Events(S, Arc<[Event]>),
 }
 
 /// Feeds `tx` with the changes under `prefix` until shutdown or until the receiver is gone.
@@ -68,14 +68,8 @@ pub async fn run<S: Copy + Send + 'static>(
             };
             match next {
                 Some(Ok(batch)) => {
-                    for event in batch.iter() {
-                        let change = match event.kind {
-                            EventKind::Put => Change::Apply(source, event.kv.clone()),
-                            EventKind::Delete => Change::Delete(source, event.kv.clone()),
-                        };
-                        if tx.send(change).await.is_err() {
-                            return;
-                        }
+                    if tx.send(Change::Events(source, batch)).await.is_err() {
+                        return;
                     }
                 }
                 Some(Err(StoreError::Compacted { .. })) => {

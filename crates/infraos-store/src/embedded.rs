@@ -245,7 +245,12 @@ fn commit_group(
                 continue;
             }
             let mut holds = true;
+            // Keys this transaction proved absent: their first put has no previous value.
+            let mut absent: Vec<&str> = Vec::new();
             for Compare::ModRevision(key, expected) in &txn.compares {
+                if *expected == 0 {
+                    absent.push(key);
+                }
                 let actual = match kv.get(key.as_str()).map_err(redb::Error::from)? {
                     Some(raw) => decode_header(key, raw.value())?.1,
                     None => 0,
@@ -269,10 +274,16 @@ fn commit_group(
             for op in &txn.ops {
                 match op {
                     Op::Put(key, value) => {
-                        let prev = match kv.get(key.as_str()).map_err(redb::Error::from)? {
-                            Some(raw) => Some(decode_kv(key, raw.value())?),
-                            None => None,
+                        let known_absent = absent.contains(&key.as_str());
+                        let prev = if known_absent {
+                            None
+                        } else {
+                            match kv.get(key.as_str()).map_err(redb::Error::from)? {
+                                Some(raw) => Some(decode_kv(key, raw.value())?),
+                                None => None,
+                            }
                         };
+                        absent.retain(|k| *k != key.as_str());
                         let kv_new = KeyValue {
                             key: key.clone(),
                             value: value.clone(),

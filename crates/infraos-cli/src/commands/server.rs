@@ -13,7 +13,12 @@ pub struct ServerArgs {
     #[command(subcommand)]
     command: Option<ServerCommand>,
     /// Data dir holding the store, CA, certificates and admin token.
-    #[arg(long, default_value = "/var/lib/infraos", env = "INFRAOS_DATA_DIR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/var/lib/infraos",
+        env = "INFRAOS_DATA_DIR"
+    )]
     data_dir: PathBuf,
     /// Address to listen on (overrides server.yaml); port 0 picks a free one.
     #[arg(long)]
@@ -24,8 +29,6 @@ pub struct ServerArgs {
 enum ServerCommand {
     /// Create the CA, the server certificate and the admin token in the data dir.
     Init {
-        #[arg(long, default_value = "/var/lib/infraos", env = "INFRAOS_DATA_DIR")]
-        data_dir: PathBuf,
         /// Extra names or IP addresses for the server certificate.
         #[arg(long = "san")]
         sans: Vec<String>,
@@ -34,7 +37,7 @@ enum ServerCommand {
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     match args.command {
-        Some(ServerCommand::Init { data_dir, sans }) => init(&data_dir, &sans).await,
+        Some(ServerCommand::Init { sans }) => init(&args.data_dir, &sans).await,
         None => serve(args.data_dir, args.listen).await,
     }
 }

@@ -676,6 +676,11 @@ async fn write_inner(
             info.kind
         )));
     }
+    if status_only && info.kind == "Claim" {
+        return Err(ApiError::method_not_allowed(
+            "a claim's status is written by the control plane only; use renew, release or delete",
+        ));
+    }
     let (body, format) = read_body(state, request).await?;
     if verb == Verb::Patch && format == BodyFormat::Yaml {
         return Err(ApiError::unsupported_media_type(

@@ -42,8 +42,11 @@ async fn run(
         let kvs = tokio::select! {
             change = rx.recv() => match change {
                 Some(Change::Resync((), kvs, _)) => kvs,
-                Some(Change::Apply((), kv)) => vec![kv],
-                Some(Change::Delete(..)) => continue,
+                Some(Change::Events((), events)) => events
+                    .iter()
+                    .filter(|e| e.kind == infraos_store::EventKind::Put)
+                    .map(|e| e.kv.clone())
+                    .collect(),
                 None => return,
             },
             _ = gc.tick() => {

@@ -35,6 +35,25 @@ pub fn spawn(state: AppState, shutdown: watch::Receiver<bool>) -> tokio::task::J
     tokio::spawn(run(state, rx, shutdown))
 }
 
+/// The part of an Allocation the timers need.
+#[derive(serde::Deserialize)]
+struct LeaseView {
+    #[serde(default)]
+    status: Option<LeaseViewStatus>,
+}
+
+#[derive(serde::Deserialize)]
+struct LeaseViewStatus {
+    phase: infraos_api::kinds::AllocationPhase,
+    lease: LeaseViewLease,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeaseViewLease {
+    expire_time: infraos_api::Time,
+}
+
 #[derive(Default)]
 struct Timers {
     due: BTreeSet<(i64, String)>,
@@ -82,16 +101,22 @@ async fn run(
     let margin = state.config.lease_skew_margin;
     let mut timers = Timers::default();
     let consider =
-        |timers: &mut Timers, key: &str, kv: &infraos_store::KeyValue, now| match decode_typed::<
-            AllocationSpec,
-        >(kv)
-        {
-            Ok(a) => match lease::expiry_action(&a, now, margin) {
-                ExpiryAction::Expire => timers.set(key.to_string(), now.unix_millis()),
-                ExpiryAction::CheckAt(t) => timers.set(key.to_string(), t.unix_millis() + 1),
-                ExpiryAction::Done => timers.clear(key),
-            },
-            Err(e) => tracing::error!(%key, error = ?e, "cannot decode allocation"),
+        |timers: &mut Timers, key: &str, kv: &infraos_store::KeyValue, now: infraos_api::Time| {
+            // Only the phase and expiry matter here; the rest of the object is skipped unparsed.
+            match serde_json::from_slice::<LeaseView>(&kv.value) {
+                Ok(view) => match view.status {
+                    Some(s) if s.phase.holds_resources() => {
+                        let free_at = s.lease.expire_time.plus(margin);
+                        if now > free_at {
+                            timers.set(key.to_string(), now.unix_millis());
+                        } else {
+                            timers.set(key.to_string(), free_at.unix_millis() + 1);
+                        }
+                    }
+                    _ => timers.clear(key),
+                },
+                Err(e) => tracing::error!(%key, error = %e, "cannot decode allocation"),
+            }
         };
     loop {
         let now = state.clock.now();
@@ -110,8 +135,14 @@ async fn run(
                             consider(&mut timers, &kv.key, kv, now);
                         }
                     }
-                    Some(Change::Apply((), kv)) => consider(&mut timers, &kv.key.clone(), &kv, now),
-                    Some(Change::Delete((), kv)) => timers.clear(&kv.key),
+                    Some(Change::Events((), events)) => {
+                        for e in events.iter() {
+                            match e.kind {
+                                infraos_store::EventKind::Put => consider(&mut timers, &e.kv.key, &e.kv, now),
+                                infraos_store::EventKind::Delete => timers.clear(&e.kv.key),
+                            }
+                        }
+                    }
                     None => return,
                 }
             }

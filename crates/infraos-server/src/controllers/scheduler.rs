@@ -21,7 +21,7 @@ use infraos_api::kinds::{
     AllocationSpec, ClaimPhase, ClaimSpec, NodeSpec, ResourceClassSpec, ResourceSpec,
 };
 use infraos_scheduler::{Scheduler, Snapshot};
-use infraos_store::KeyValue;
+use infraos_store::{EventKind, KeyValue};
 use tokio::sync::{mpsc, watch};
 
 use super::applier::{self, ClaimEntry};
@@ -204,21 +204,27 @@ impl Controller {
                 self.snapshot.set_revision(revision);
                 self.cluster_changed = true;
             }
-            Change::Apply(source, kv) => {
-                self.known
-                    .entry(source)
-                    .or_default()
-                    .insert(object_id(&kv.key));
-                self.snapshot.set_revision(kv.mod_revision);
-                self.upsert(source, &kv);
-            }
-            Change::Delete(source, kv) => {
-                let id = object_id(&kv.key);
-                if let Some(known) = self.known.get_mut(&source) {
-                    known.remove(&id);
+            Change::Events(source, events) => {
+                for event in events.iter() {
+                    let kv = &event.kv;
+                    self.snapshot.set_revision(kv.mod_revision);
+                    match event.kind {
+                        EventKind::Put => {
+                            self.known
+                                .entry(source)
+                                .or_default()
+                                .insert(object_id(&kv.key));
+                            self.upsert(source, kv);
+                        }
+                        EventKind::Delete => {
+                            let id = object_id(&kv.key);
+                            if let Some(known) = self.known.get_mut(&source) {
+                                known.remove(&id);
+                            }
+                            self.remove(source, &id);
+                        }
+                    }
                 }
-                self.snapshot.set_revision(kv.mod_revision);
-                self.remove(source, &id);
             }
         }
     }
