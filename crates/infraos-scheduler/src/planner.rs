@@ -141,10 +141,12 @@ impl std::fmt::Display for Reject<'_> {
     }
 }
 
-/// Resources and items taken by claims placed earlier in the batch.
+/// Resources and items taken by claims placed earlier in the batch, indexed by resource id
+/// (a dense table: lookups on the hot path are an index, not a hash).
 #[derive(Default)]
 struct Overlay {
-    taken: HashMap<ResourceId, Taken>,
+    taken: Vec<Option<Box<Taken>>>,
+    any: bool,
 }
 
 #[derive(Default)]
@@ -156,15 +158,18 @@ struct Taken {
 
 impl Overlay {
     fn get(&self, id: ResourceId) -> Option<&Taken> {
-        if self.taken.is_empty() {
-            None
-        } else {
-            self.taken.get(&id)
+        if !self.any {
+            return None;
         }
+        self.taken.get(id).and_then(|t| t.as_deref())
     }
 
     fn add(&mut self, resource: ResourceId, dims: &[(usize, i128)], items: &[usize]) {
-        let taken = self.taken.entry(resource).or_default();
+        if self.taken.len() <= resource {
+            self.taken.resize_with(resource + 1, || None);
+        }
+        self.any = true;
+        let taken = self.taken[resource].get_or_insert_with(Box::default);
         for &(i, nanos) in dims {
             if taken.dims.len() <= i {
                 taken.dims.resize(i + 1, 0);
@@ -179,6 +184,8 @@ impl Overlay {
 struct Request<'c> {
     name: &'c str,
     class: &'c ClassInfo,
+    /// The class's node-less resources, looked up once per claim.
+    pools: &'c [ResourceId],
     need: Need<'c>,
 }
 
@@ -518,7 +525,7 @@ impl Scheduler {
         self.scratch.clear();
         let on_node: &[ResourceId] = node.map_or(&[], |n| snapshot.node(n).resources.as_slice());
         for (index, request) in requests.iter().enumerate() {
-            let pools = snapshot.pools_of(&request.class.name);
+            let pools = request.pools;
             let anchor = [anchor_pool.unwrap_or_default()];
             let (first, second): (&[ResourceId], &[ResourceId]) = match (index, anchor_pool) {
                 (0, Some(_)) => (&anchor, &[]),
@@ -728,6 +735,7 @@ fn compile<'c>(snapshot: &'c Snapshot, claim: &'c Claim) -> Result<Vec<Request<'
             Ok(Request {
                 name: r.effective_name(),
                 class,
+                pools: snapshot.pools_of(&class.name),
                 need,
             })
         })

@@ -147,6 +147,17 @@ fn scheduler_core(s: &Synthetic, batch: usize) -> anyhow::Result<(f64, usize)> {
     Ok((claims.len() as f64 / elapsed.max(1e-9), placed))
 }
 
+/// CPU time (user + system) used so far by a process, from /proc; `None` where unavailable.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 /// Stops the server child process when dropped.
 struct ChildServer {
     child: std::process::Child,
@@ -235,7 +246,7 @@ async fn e2e(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let synthetic = synthetic::cluster(nodes, claims);
-    let (_guard, config) = match server {
+    let (guard, config) = match server {
         Some(url) => (None, ClientConfig::load_for(None, Some(&url))?),
         None => {
             let (g, c) = start_server().await?;
@@ -308,6 +319,9 @@ async fn e2e(
         .iter()
         .map(|c| serde_json::to_vec(c).map(bytes::Bytes::from))
         .collect::<Result<_, _>>()?;
+    let server_pid = guard.as_ref().map(|g| g.child.id().to_string());
+    let server_cpu_before = server_pid.as_deref().and_then(cpu_seconds);
+    let client_cpu_before = cpu_seconds("self");
     let start = Instant::now();
     let client = Arc::new(client);
     let mut submissions = futures::stream::iter(bodies.into_iter().map(|body| {
@@ -331,8 +345,21 @@ async fn e2e(
     println!(
         "allocated {allocated}/{claims} claims ({unschedulable} unschedulable) in {elapsed:.2}s end to end"
     );
+    let per_claim = |before: Option<f64>, after: Option<f64>| match (before, after) {
+        (Some(b), Some(a)) if claims > 0 => format!("{:.0}us", (a - b) * 1e6 / claims as f64),
+        _ => "n/a".to_string(),
+    };
+    println!(
+        "cpu per claim: server {}, this client {}",
+        per_claim(
+            server_cpu_before,
+            server_pid.as_deref().and_then(cpu_seconds)
+        ),
+        per_claim(client_cpu_before, cpu_seconds("self"))
+    );
     let (core, _) = scheduler_core(&synthetic, 512)?;
     println!("scheduler core on the same cluster and claims: {core:.0} claims/s");
     println!("claims/s: {:.0}", allocated as f64 / elapsed.max(1e-9));
+    drop(guard);
     Ok(())
 }
