@@ -57,6 +57,9 @@ enum BenchCommand {
         /// Give up waiting for allocations after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+        /// HTTPS connections the submissions are spread over.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
     },
 }
 
@@ -88,12 +91,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             server,
             concurrency,
             timeout,
+            connections,
         } => {
             e2e(
                 nodes,
                 claims,
                 server,
                 concurrency.max(1),
+                connections.max(1),
                 Duration::from_secs(timeout),
             )
             .await
@@ -243,6 +248,7 @@ async fn e2e(
     claims: usize,
     server: Option<String>,
     concurrency: usize,
+    connections: usize,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let synthetic = synthetic::cluster(nodes, claims);
@@ -322,10 +328,13 @@ async fn e2e(
     let server_pid = guard.as_ref().map(|g| g.child.id().to_string());
     let server_cpu_before = server_pid.as_deref().and_then(cpu_seconds);
     let client_cpu_before = cpu_seconds("self");
+    // One client per connection (each reqwest client keeps one HTTP/2 connection).
+    let clients: Vec<Arc<Client>> = (0..connections)
+        .map(|_| Client::new(&config).map(Arc::new))
+        .collect::<Result<_, _>>()?;
     let start = Instant::now();
-    let client = Arc::new(client);
-    let mut submissions = futures::stream::iter(bodies.into_iter().map(|body| {
-        let client = Arc::clone(&client);
+    let mut submissions = futures::stream::iter(bodies.into_iter().enumerate().map(|(i, body)| {
+        let client = Arc::clone(&clients[i % clients.len()]);
         async move { client.create_quiet(claim_kind, Some(PROJECT), body).await }
     }))
     .buffer_unordered(concurrency);
@@ -334,7 +343,7 @@ async fn e2e(
     }
     let submitted = start.elapsed().as_secs_f64();
     println!(
-        "submitted {claims} claims in {submitted:.2}s ({:.0} creates/s, {concurrency} in flight)",
+        "submitted {claims} claims in {submitted:.2}s ({:.0} creates/s, {concurrency} in flight over {connections} connections)",
         claims as f64 / submitted
     );
     let (done, allocated, unschedulable) = tokio::time::timeout(timeout, watcher)
