@@ -224,7 +224,7 @@ fn compiled() -> &'static ProgramCache {
 }
 
 /// One individually allocatable thing: a GPU, an IP address, a port.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Item {
     pub name: String,

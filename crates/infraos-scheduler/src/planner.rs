@@ -255,6 +255,10 @@ impl Scratch {
 
 /// Memoized CEL results: selector source → (resource, stamp) → match per item.
 type SelectorMemo = HashMap<Arc<str>, HashMap<(ResourceId, u64), Arc<[bool]>>>;
+/// Memoized CEL results by item content: selector source → item → match. Items repeat across
+/// machines (the same GPU names and attributes on every node of a model), so a new resource
+/// is mostly answered without evaluating anything.
+type ItemMemo = HashMap<Arc<str>, HashMap<infraos_api::Item, bool>>;
 const MEMO_LIMIT: usize = 100_000;
 
 /// The scheduler: a profile, its plugins, and the little state that makes it fair and fast
@@ -264,6 +268,7 @@ pub struct Scheduler {
     plugins: WeightedPlugins,
     next_start: usize,
     memo: SelectorMemo,
+    item_memo: ItemMemo,
     memo_entries: usize,
     scratch: Scratch,
 }
@@ -279,6 +284,7 @@ impl Scheduler {
             plugins,
             next_start: 0,
             memo: HashMap::new(),
+            item_memo: HashMap::new(),
             memo_entries: 0,
             scratch: Scratch::default(),
         })
@@ -292,6 +298,7 @@ impl Scheduler {
     pub fn plan(&mut self, snapshot: &Snapshot, claims: &[(String, &Claim)]) -> Plan {
         if self.memo_entries > MEMO_LIMIT {
             self.memo.clear();
+            self.item_memo.clear();
             self.memo_entries = 0;
         }
         let mut overlay = Overlay::default();
@@ -681,11 +688,28 @@ impl Scheduler {
             return Arc::clone(hit);
         }
         // An evaluation error (an attribute the item lacks) counts as no match, as in DRA.
+        let by_item = match self.item_memo.get_mut(selector.source()) {
+            Some(m) => m,
+            None => self
+                .item_memo
+                .entry(Arc::from(selector.source()))
+                .or_default(),
+        };
+        let mut evaluated = 0;
         let result: Arc<[bool]> = entry
             .items
             .iter()
-            .map(|item| selector.matches(item).unwrap_or(false))
+            .map(|item| match by_item.get(item) {
+                Some(hit) => *hit,
+                None => {
+                    let matched = selector.matches(item).unwrap_or(false);
+                    by_item.insert(item.clone(), matched);
+                    evaluated += 1;
+                    matched
+                }
+            })
             .collect();
+        self.memo_entries += evaluated;
         self.memo
             .entry(Arc::from(selector.source()))
             .or_default()
