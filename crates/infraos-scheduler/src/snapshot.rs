@@ -84,6 +84,7 @@ pub struct Snapshot {
     classes: HashMap<String, ClassInfo>,
     class_ids: HashMap<String, ClassId>,
     nodes: Vec<NodeEntry>,
+    registered_nodes: usize,
     node_index: HashMap<String, NodeId>,
     resources: Vec<Option<ResourceEntry>>,
     free_slots: Vec<ResourceId>,
@@ -150,8 +151,9 @@ impl Snapshot {
         self.node_index.get(name).map(|&id| &self.nodes[id])
     }
 
+    /// Registered nodes (kept as a count: explanations need it for every claim).
     pub fn node_count(&self) -> usize {
-        self.nodes.iter().filter(|n| n.registered).count()
+        self.registered_nodes
     }
 
     pub fn resource(&self, id: ResourceId) -> Option<&ResourceEntry> {
@@ -295,6 +297,9 @@ impl Snapshot {
     ) {
         let id = self.node_slot(name);
         let node = &mut self.nodes[id];
+        if !node.registered {
+            self.registered_nodes += 1;
+        }
         node.labels = labels.clone();
         node.registered = true;
         node.ready = status.is_none_or(NodeStatus::is_ready);
@@ -305,6 +310,9 @@ impl Snapshot {
     pub fn remove_node(&mut self, name: &str) {
         if let Some(&id) = self.node_index.get(name) {
             let node = &mut self.nodes[id];
+            if node.registered {
+                self.registered_nodes -= 1;
+            }
             node.registered = false;
             node.ready = false;
             node.labels.clear();

@@ -377,6 +377,23 @@ fn no_pools_at_all_is_explained_plainly() {
 }
 
 #[test]
+fn node_count_follows_registrations() {
+    let mut c = Cluster::new()
+        .node("a", &[], "8", "32Gi")
+        .node("b", &[], "8", "32Gi");
+    assert_eq!(c.snap.node_count(), 2);
+    c.snap
+        .upsert_node("a", &Labels::new(), &NodeSpec::default(), None);
+    assert_eq!(c.snap.node_count(), 2, "re-registering counts once");
+    c.snap.remove_node("b");
+    c.snap.remove_node("b");
+    assert_eq!(c.snap.node_count(), 1);
+    c.snap
+        .upsert_node("b", &Labels::new(), &NodeSpec::default(), None);
+    assert_eq!(c.snap.node_count(), 2);
+}
+
+#[test]
 fn a_batch_never_double_books() {
     let c = Cluster::new().node("a", &[], "10", "32Gi");
     let mut s = Scheduler::new(Profile::default()).unwrap();
