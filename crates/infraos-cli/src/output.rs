@@ -60,7 +60,8 @@ pub fn countdown(expire: Option<Time>, now: Time) -> String {
     }
 }
 
-fn join_map(v: Option<&Value>) -> String {
+/// `k=v` pairs of a JSON object joined by `sep`, or `empty` when there are none.
+pub fn key_values(v: Option<&Value>, sep: &str, empty: &str) -> String {
     v.and_then(|m| m.as_object())
         .map(|m| {
             m.iter()
@@ -73,10 +74,14 @@ fn join_map(v: Option<&Value>) -> String {
                     )
                 })
                 .collect::<Vec<_>>()
-                .join(",")
+                .join(sep)
         })
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "-".into())
+        .unwrap_or_else(|| empty.into())
+}
+
+fn join_map(v: Option<&Value>) -> String {
+    key_values(v, ",", "-")
 }
 
 fn headers(info: &KindInfo, wide: bool, all_namespaces: bool) -> Vec<&'static str> {

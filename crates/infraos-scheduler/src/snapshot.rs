@@ -441,14 +441,24 @@ impl Snapshot {
         self.classes.get(class)?.dimension_index(dim)
     }
 
-    fn add_usage(&mut self, id: ResourceId, part: &AllocatedResource) {
-        let indices: Vec<(usize, i128)> = match self.resources[id].as_ref() {
-            Some(entry) => part
-                .amount
+    /// A part's amounts by the class's dimension index, in nano-units.
+    fn usage_indices(
+        &self,
+        id: ResourceId,
+        part: &AllocatedResource,
+    ) -> Option<Vec<(usize, i128)>> {
+        let entry = self.resources.get(id)?.as_ref()?;
+        Some(
+            part.amount
                 .iter()
                 .filter_map(|(dim, q)| Some((self.dimension_index(&entry.class, dim)?, q.nanos())))
                 .collect(),
-            None => return,
+        )
+    }
+
+    fn add_usage(&mut self, id: ResourceId, part: &AllocatedResource) {
+        let Some(indices) = self.usage_indices(id, part) else {
+            return;
         };
         let Some(entry) = self.resources[id].as_mut() else {
             return;
@@ -469,13 +479,8 @@ impl Snapshot {
     }
 
     fn sub_usage(&mut self, id: ResourceId, part: &AllocatedResource) {
-        let indices: Vec<(usize, i128)> = match self.resources[id].as_ref() {
-            Some(entry) => part
-                .amount
-                .iter()
-                .filter_map(|(dim, q)| Some((self.dimension_index(&entry.class, dim)?, q.nanos())))
-                .collect(),
-            None => return,
+        let Some(indices) = self.usage_indices(id, part) else {
+            return;
         };
         let Some(entry) = self.resources[id].as_mut() else {
             return;

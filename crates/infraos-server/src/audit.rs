@@ -65,6 +65,29 @@ pub fn object_ref(kind: &str, namespace: Option<&str>, name: &str) -> AuditObjec
     }
 }
 
+/// Records a refused request: it changed nothing, but the attempt is part of the trail.
+pub async fn refusal(
+    store: &dyn Store,
+    now: infraos_api::Time,
+    actor: &Actor,
+    verb: &str,
+    object: AuditObjectRef,
+    error: &crate::error::ApiError,
+) {
+    let payload = Record {
+        actor,
+        verb,
+        object,
+        code: error.code.as_u16(),
+        reason: Some(error.reason.to_string()),
+        before: None,
+        after: None,
+        node: None,
+    }
+    .payload(now);
+    append_alone(store, payload).await;
+}
+
 /// Appends a record on its own, for requests that changed nothing.
 pub async fn append_alone(store: &dyn Store, payload: Vec<u8>) {
     if let Err(e) = store.txn(Txn::new().append(payload)).await {

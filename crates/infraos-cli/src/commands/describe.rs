@@ -36,22 +36,7 @@ fn when(time: Option<Time>, now: Time) -> String {
 }
 
 fn kv_list(v: Option<&Value>) -> String {
-    v.and_then(|m| m.as_object())
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| {
-                    format!(
-                        "{k}={}",
-                        v.as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| v.to_string())
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "<none>".into())
+    output::key_values(v, ", ", "<none>")
 }
 
 pub async fn run(config: Option<&Path>, args: DescribeArgs) -> anyhow::Result<()> {

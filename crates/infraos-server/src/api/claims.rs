@@ -33,18 +33,15 @@ pub async fn action(
         Err(e) => {
             let mut object = audit::object_ref("Claim", Some(&ns), &name);
             object.subresource = Some(sub.clone());
-            let payload = Record {
-                actor: &ctx.actor(),
-                verb: &sub,
+            audit::refusal(
+                &*state.store,
+                state.clock.now(),
+                &ctx.actor(),
+                &sub,
                 object,
-                code: e.code.as_u16(),
-                reason: Some(e.reason.to_string()),
-                before: None,
-                after: None,
-                node: None,
-            }
-            .payload(state.clock.now());
-            audit::append_alone(&*state.store, payload).await;
+                &e,
+            )
+            .await;
             Err(e)
         }
     }

@@ -473,18 +473,15 @@ async fn finish(
         Ok(r) => r,
         Err(e) => {
             let object = audit::object_ref(info.kind, ns, name);
-            let payload = Record {
-                actor: &ctx.actor(),
+            audit::refusal(
+                &*state.store,
+                state.clock.now(),
+                &ctx.actor(),
                 verb,
                 object,
-                code: e.code.as_u16(),
-                reason: Some(e.reason.to_string()),
-                before: None,
-                after: None,
-                node: None,
-            }
-            .payload(state.clock.now());
-            audit::append_alone(&*state.store, payload).await;
+                &e,
+            )
+            .await;
             e.into_response()
         }
     }
