@@ -457,28 +457,15 @@ impl Snapshot {
     }
 
     fn add_usage(&mut self, id: ResourceId, part: &AllocatedResource) {
-        let Some(indices) = self.usage_indices(id, part) else {
-            return;
-        };
-        let Some(entry) = self.resources[id].as_mut() else {
-            return;
-        };
-        for (i, nanos) in indices {
-            if let Some(slot) = entry.used.get_mut(i) {
-                *slot = slot.saturating_add(nanos);
-            }
-        }
-        for item in &part.items {
-            if let Some(&i) = entry.item_index.get(item)
-                && !entry.item_used[i]
-            {
-                entry.item_used[i] = true;
-                entry.items_free -= 1;
-            }
-        }
+        self.change_usage(id, part, true);
     }
 
     fn sub_usage(&mut self, id: ResourceId, part: &AllocatedResource) {
+        self.change_usage(id, part, false);
+    }
+
+    /// Adds (`take`) or gives back what an allocation part holds on a resource.
+    fn change_usage(&mut self, id: ResourceId, part: &AllocatedResource, take: bool) {
         let Some(indices) = self.usage_indices(id, part) else {
             return;
         };
@@ -487,15 +474,23 @@ impl Snapshot {
         };
         for (i, nanos) in indices {
             if let Some(slot) = entry.used.get_mut(i) {
-                *slot = (*slot - nanos).max(0);
+                *slot = if take {
+                    slot.saturating_add(nanos)
+                } else {
+                    (*slot - nanos).max(0)
+                };
             }
         }
         for item in &part.items {
             if let Some(&i) = entry.item_index.get(item)
-                && entry.item_used[i]
+                && entry.item_used[i] != take
             {
-                entry.item_used[i] = false;
-                entry.items_free += 1;
+                entry.item_used[i] = take;
+                if take {
+                    entry.items_free -= 1;
+                } else {
+                    entry.items_free += 1;
+                }
             }
         }
     }

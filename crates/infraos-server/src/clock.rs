@@ -1,7 +1,7 @@
-//! The one clock the control plane reads, so tests can move time instead of sleeping.
+//! The one clock the control plane reads (a trait, so a test or a simulation can supply its
+//! own; today's tests use short real leases and wait on conditions with deadlines).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use infraos_api::Time;
 
@@ -19,26 +19,6 @@ impl Clock for SystemClock {
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
         Time::from_unix_millis(ms)
-    }
-}
-
-/// The wall clock shifted by an adjustable offset, for tests that jump time forward.
-#[derive(Default)]
-pub struct OffsetClock {
-    offset_ms: AtomicI64,
-}
-
-impl OffsetClock {
-    pub fn advance(&self, ms: i64) {
-        self.offset_ms.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for OffsetClock {
-    fn now(&self) -> Time {
-        Time::from_unix_millis(
-            SystemClock.now().unix_millis() + self.offset_ms.load(Ordering::SeqCst),
-        )
     }
 }
 

@@ -26,7 +26,7 @@ pub mod reflector;
 pub mod state;
 pub mod tls;
 
-pub use clock::{Clock, OffsetClock, SharedClock, SystemClock};
+pub use clock::{Clock, SharedClock, SystemClock};
 pub use config::ServerConfig;
 pub use error::{ApiError, ServerError};
 

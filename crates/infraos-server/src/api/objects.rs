@@ -834,11 +834,13 @@ async fn commit_update(
             .collect();
         object.meta_mut().finalizers.extend(kept);
     }
-    if old.get("spec") != object.to_value().get("spec") {
-        object.meta_mut().generation = old_typed.meta().generation + 1;
+    let mut value = object.to_value();
+    if old.get("spec") != value.get("spec") {
+        let generation = old_typed.meta().generation + 1;
+        object.meta_mut().generation = generation;
+        value["metadata"]["generation"] = generation.into();
     }
     let now = state.clock.now();
-    let mut value = object.to_value();
     let bytes = encode_for_store(&value);
     let key = objects::key(info, ns, name);
     let finalized =

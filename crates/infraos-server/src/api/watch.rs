@@ -66,9 +66,17 @@ pub async fn watch(
                 let page = state.store.range(&prefix, after.as_deref(), 1000).await?;
                 revision.get_or_insert(page.revision);
                 for kv in &page.kvs {
-                    let stored = decode_stored(kv)?;
-                    if selector_matches(selector.as_ref(), &stored.value) {
-                        initial.push(line("ADDED", &stored.value));
+                    // Parsed only when a selector needs the labels; otherwise the stored
+                    // bytes are sent as they are, as for live events.
+                    let keep = match &selector {
+                        None => true,
+                        Some(_) => selector_matches(selector.as_ref(), &decode_stored(kv)?.value),
+                    };
+                    if keep {
+                        initial.push(raw_line(
+                            "ADDED",
+                            &objects::with_revision(&kv.value, kv.mod_revision),
+                        ));
                     }
                     after = Some(kv.key.clone());
                 }
