@@ -3,18 +3,22 @@
 mod allocation;
 mod claim;
 mod event;
+mod inventory;
 mod node;
 mod resource;
 mod resource_class;
 mod tenancy;
+mod workload;
 
 pub use allocation::*;
 pub use claim::*;
 pub use event::*;
+pub use inventory::*;
 pub use node::*;
 pub use resource::*;
 pub use resource_class::*;
 pub use tenancy::*;
+pub use workload::*;
 
 use crate::object::Object;
 

@@ -5,6 +5,7 @@
 //! and it depends on none of ours.
 #![forbid(unsafe_code)]
 
+pub mod agent_protocol;
 pub mod audit;
 pub mod duration;
 pub mod item_selector;

@@ -20,7 +20,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use infraos_api::kinds::{AllocatedResource, Claim, ClassKind, RunnerUp, ScoreBreakdown};
+use infraos_api::kinds::{
+    AllocatedResource, Claim, ClassKind, RunnerUp, ScoreBreakdown, Tier,
+};
 use infraos_api::{ItemSelector, LabelSelector, Quantity};
 
 use crate::plugins::ScoreInput;
@@ -105,6 +107,8 @@ enum Reject<'a> {
     TopologyMismatch,
     Insufficient(&'a str),
     NoResource(&'a str),
+    MissingTier(&'static str),
+    WorkloadNeedsNode,
 }
 
 impl Reject<'_> {
@@ -137,6 +141,8 @@ impl std::fmt::Display for Reject<'_> {
             Reject::TopologyMismatch => f.write_str("topology mismatch"),
             Reject::Insufficient(class) => write!(f, "insufficient {class}"),
             Reject::NoResource(class) => write!(f, "no {class}"),
+            Reject::MissingTier(tier) => write!(f, "node lacks the {tier} tier"),
+            Reject::WorkloadNeedsNode => f.write_str("a workload needs a node-bound request"),
         }
     }
 }
@@ -329,6 +335,12 @@ impl Scheduler {
             }
         };
         let selector = claim.spec.selector.as_ref();
+        // A workload runs only on a node granted its driver's tier.
+        let needs_tier = claim
+            .spec
+            .workload
+            .as_ref()
+            .map(|w| w.driver.tier());
         let colocate: &[String] = claim
             .spec
             .topology
@@ -347,7 +359,7 @@ impl Scheduler {
         let mut feasible = 0usize;
         let mut consider =
             |this: &mut Scheduler, node: Option<NodeId>, pool: Option<ResourceId>| match this
-                .evaluate(snapshot, node, pool, &requests, selector, colocate, overlay)
+                .evaluate(snapshot, node, pool, &requests, selector, colocate, needs_tier, overlay)
             {
                 Ok((score, plugin_scores)) => {
                     feasible += 1;
@@ -502,8 +514,18 @@ impl Scheduler {
         requests: &[Request<'c>],
         selector: Option<&LabelSelector>,
         colocate: &[String],
+        needs_tier: Option<Tier>,
         overlay: &Overlay,
     ) -> Result<(f64, [f64; MAX_PLUGINS]), Reject<'c>> {
+        if let Some(tier) = needs_tier {
+            match node {
+                None => return Err(Reject::WorkloadNeedsNode),
+                Some(n) if snapshot.node(n).tiers & tier.bit() == 0 => {
+                    return Err(Reject::MissingTier(tier.as_str()));
+                }
+                Some(_) => {}
+            }
+        }
         if let Some(n) = node {
             let entry = snapshot.node(n);
             if !entry.registered {

@@ -41,6 +41,8 @@ pub struct NodeEntry {
     pub registered: bool,
     pub ready: bool,
     pub unschedulable: bool,
+    /// Capability tiers as bits (`Tier::bit`).
+    pub tiers: u8,
     pub resources: Vec<ResourceId>,
 }
 
@@ -282,6 +284,7 @@ impl Snapshot {
             registered: false,
             ready: false,
             unschedulable: false,
+            tiers: 0,
             resources: Vec::new(),
         });
         self.node_index.insert(name.to_string(), id);
@@ -304,6 +307,7 @@ impl Snapshot {
         node.registered = true;
         node.ready = status.is_none_or(NodeStatus::is_ready);
         node.unschedulable = spec.unschedulable;
+        node.tiers = spec.tier_bits();
     }
 
     /// The node stays as an unregistered placeholder while resources still name it.
@@ -315,6 +319,7 @@ impl Snapshot {
             }
             node.registered = false;
             node.ready = false;
+            node.tiers = 0;
             node.labels.clear();
         }
     }

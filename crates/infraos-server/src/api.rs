@@ -17,7 +17,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::routing::get;
+use axum::routing::{get, post};
 use infraos_api::KindInfo;
 
 use crate::audit::Actor;
@@ -25,8 +25,11 @@ use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+pub(crate) mod agent;
 mod audit_records;
 mod claims;
+mod join_tokens;
+mod logs;
 mod meta;
 mod objects;
 mod watch;
@@ -36,6 +39,9 @@ pub const PREFIX: &str = "/apis/infraos.io/v1";
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/auditrecords", get(audit_records::list))
+        .route("/jointokens", get(join_tokens::list).post(join_tokens::create))
+        .route("/jointokens/{id}", axum::routing::delete(join_tokens::revoke))
+        .route("/namespaces/{ns}/claims/{name}/log", get(logs::claim_log))
         .route(
             "/namespaces/{ns}/{plural}",
             get(objects::list_namespaced).post(objects::create_namespaced),
@@ -71,8 +77,18 @@ pub fn router(state: AppState) -> Router {
                 .put(objects::update_cluster_sub)
                 .patch(objects::patch_cluster_sub),
         );
+    let agent_v1 = Router::new()
+        .route("/heartbeat", post(agent::heartbeat))
+        .route("/certificate", post(agent::certificate))
+        .route("/status", axum::routing::put(agent::report))
+        .route(
+            "/namespaces/{ns}/allocations/{name}/workload",
+            axum::routing::put(agent::workload),
+        )
+        .route("/namespaces/{ns}/allocations/{name}/renew", post(agent::renew));
     let authenticated = Router::new()
         .nest(PREFIX, v1)
+        .nest("/agent/v1", agent_v1)
         .route("/openapi/v3", get(meta::openapi))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -80,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(authenticated)
+        .route("/agent/v1/join", post(agent::join))
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
         .route("/version", get(meta::version))

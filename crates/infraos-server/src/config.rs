@@ -28,6 +28,12 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long events are kept.
     pub event_ttl: Duration,
+    /// How often agents heartbeat.
+    pub heartbeat_interval: Duration,
+    /// How long without a heartbeat before a node is NotReady.
+    pub node_grace_period: Duration,
+    /// Lifetime of agents' client certificates (they rotate at two thirds of it).
+    pub agent_cert_ttl: Duration,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +48,9 @@ impl Default for ServerConfig {
             scheduler: Profile::default(),
             max_body_bytes: 3 * 1024 * 1024,
             event_ttl: Duration::from_secs(3600),
+            heartbeat_interval: Duration::from_secs(10),
+            node_grace_period: Duration::from_secs(40),
+            agent_cert_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

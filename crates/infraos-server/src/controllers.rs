@@ -4,4 +4,5 @@
 mod applier;
 pub mod claims;
 pub mod lease;
+pub mod nodes;
 pub mod scheduler;

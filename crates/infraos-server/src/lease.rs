@@ -11,6 +11,7 @@
 //! commit the results with compare-and-swap on both objects.
 
 use infraos_api::kinds::{
+    NODE_LABEL,
     Allocation, AllocationPhase, AllocationSpec, AllocationStatus, Claim, ClaimPhase, ClaimRef,
     Lease,
 };
@@ -75,12 +76,21 @@ pub fn allocate(
             score: Some(placement.score.clone()),
             runner_up: placement.runner_up.clone(),
             snapshot_revision,
+            workload: claim.spec.workload.clone(),
+            renew_policy: claim.spec.lease.renew_policy,
         },
     );
     allocation.metadata.uid = uuid::Uuid::new_v4().to_string();
     allocation.metadata.creation_timestamp = Some(now);
     allocation.metadata.generation = 1;
     allocation.metadata.labels = claim.metadata.labels.clone();
+    // Lets a node's agent watch exactly its own allocations (the node authorizer checks it).
+    if let Some(node) = &placement.node {
+        allocation
+            .metadata
+            .labels
+            .insert(NODE_LABEL.to_string(), node.clone());
+    }
     allocation.metadata.owner_references = vec![OwnerReference {
         api_version: infraos_api::API_VERSION.into(),
         kind: "Claim".into(),
@@ -98,6 +108,7 @@ pub fn allocate(
         },
         end_time: None,
         reason: None,
+        workload: None,
     });
     let status = claim.status.get_or_insert_with(Default::default);
     status.phase = ClaimPhase::Allocated;
@@ -184,6 +195,32 @@ pub fn expire(claim: Option<&mut Claim>, allocation: &mut Allocation, now: Time)
             s.reason = Some("LeaseExpired".into());
             s.message = Some(format!(
                 "the lease expired at {expired_at} and was not renewed"
+            ));
+            s.last_transition_time = Some(now);
+        }
+    }
+}
+
+/// Marks an allocation whose lease ran out while its node was not ready as Lost, and puts its
+/// claim back in the queue: the next allocation gets a higher fencing epoch, so the agent
+/// that lost contact cannot act for the claim any more.
+pub fn lose(claim: Option<&mut Claim>, allocation: &mut Allocation, now: Time) {
+    let status = allocation.status.get_or_insert_with(Default::default);
+    let expired_at = status.lease.expire_time;
+    status.phase = AllocationPhase::Lost;
+    status.end_time = Some(now);
+    status.reason = Some("NodeLost".into());
+    let node = allocation.spec.node.clone().unwrap_or_default();
+    if let Some(claim) = claim {
+        let s = claim.status.get_or_insert_with(Default::default);
+        if s.phase == ClaimPhase::Allocated {
+            s.phase = ClaimPhase::Pending;
+            s.allocation = None;
+            s.node = None;
+            s.expire_time = None;
+            s.reason = Some("NodeLost".into());
+            s.message = Some(format!(
+                "node {node} stopped heartbeating and the lease ended at {expired_at}; requeued"
             ));
             s.last_transition_time = Some(now);
         }

@@ -10,18 +10,23 @@ use std::sync::atomic::AtomicBool;
 use tokio::sync::watch;
 
 pub mod admission;
+pub mod agents;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod bootstrap;
 pub mod clock;
 pub mod config;
 pub mod controllers;
 pub mod error;
 pub mod events;
 pub mod init;
+pub mod join_tokens;
 pub mod lease;
+pub mod liveness;
 pub mod objects;
 pub mod openapi;
+pub mod pki;
 pub mod reflector;
 pub mod state;
 pub mod tls;
@@ -51,8 +56,11 @@ impl Server {
         let store: Arc<dyn infraos_store::Store> = Arc::new(
             infraos_store::embedded::EmbeddedStore::open(&config.store_path(), Default::default())?,
         );
-        let tls =
-            tls::load_server_config(&dir.join(init::SERVER_CERT), &dir.join(init::SERVER_KEY))?;
+        let tls = tls::load_server_config(
+            &dir.join(init::SERVER_CERT),
+            &dir.join(init::SERVER_KEY),
+            &dir.join(init::CA_CERT),
+        )?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServerError::Listen {
@@ -65,6 +73,10 @@ impl Server {
                 addr: config.listen.to_string(),
                 source,
             })?;
+        let ca = Arc::new(
+            pki::Ca::load(&dir).map_err(|e| ServerError::Cert(e.to_string()))?,
+        );
+        let agents = Arc::new(agents::AgentDialer::new(&ca, clock.now())?);
         let state = state::AppState {
             store,
             config: Arc::new(config),
@@ -73,12 +85,17 @@ impl Server {
             clock,
             ready: Arc::new(AtomicBool::new(false)),
             openapi: Arc::new(openapi::document()),
+            ca,
+            liveness: Arc::new(liveness::Liveness::default()),
+            agents,
         };
+        bootstrap::ensure_builtin_classes(&state).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = vec![
             controllers::scheduler::spawn(state.clone(), shutdown_rx.clone())?,
             controllers::lease::spawn(state.clone(), shutdown_rx.clone()),
             controllers::claims::spawn(state.clone(), shutdown_rx.clone()),
+            controllers::nodes::spawn(state.clone(), shutdown_rx.clone()),
         ];
         let app = api::router(state.clone()).layer(
             tower_http::trace::TraceLayer::new_for_http()

@@ -20,4 +20,8 @@ pub struct AppState {
     /// Set once the controllers have synced their caches.
     pub ready: Arc<AtomicBool>,
     pub openapi: Arc<serde_json::Value>,
+    pub ca: crate::pki::SharedCa,
+    pub liveness: Arc<crate::liveness::Liveness>,
+    /// How the server calls agents (logs), with its `system:server` client certificate.
+    pub agents: Arc<crate::agents::AgentDialer>,
 }

@@ -19,7 +19,19 @@ use crate::ServerError;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn load_server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServerError> {
+/// The identity a client certificate proved during the handshake (agents: `node:<name>`).
+#[derive(Clone, Debug)]
+pub struct PeerCertificate {
+    pub common_name: String,
+}
+
+/// The server's TLS settings. Client certificates are optional (users bring bearer tokens),
+/// but one that is presented must chain to `client_ca`.
+pub fn load_server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<rustls::ServerConfig, ServerError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| ServerError::Tls(format!("{}: {e}", cert.display())))?
         .collect::<Result<_, _>>()
@@ -27,10 +39,24 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfi
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| ServerError::Tls(format!("{}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(client_ca)
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", client_ca.display())))?
+    {
+        let ca = ca.map_err(|e| ServerError::Tls(format!("{}: {e}", client_ca.display())))?;
+        roots
+            .add(ca)
+            .map_err(|e| ServerError::Tls(format!("{}: {e}", client_ca.display())))?;
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ServerError::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
         .map_err(|e| ServerError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -73,11 +99,21 @@ pub async fn serve(
                     return;
                 }
             };
+            let peer_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|der| crate::pki::common_name(der))
+                .map(|common_name| PeerCertificate { common_name });
             let service = hyper::service::service_fn(
                 move |mut request: hyper::Request<hyper::body::Incoming>| {
                     request
                         .extensions_mut()
                         .insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
+                    if let Some(cert) = &peer_cert {
+                        request.extensions_mut().insert(cert.clone());
+                    }
                     app.clone().oneshot(request.map(axum::body::Body::new))
                 },
             );

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::kinds::{RenewPolicy, WorkloadSpec, WorkloadStatus};
 use crate::object::{Kind, KindInfo};
 use crate::quantity::Quantity;
 use crate::time::Time;
@@ -27,6 +28,12 @@ pub struct AllocationSpec {
     /// The store revision of the snapshot the decision was made on (for replay).
     #[serde(default)]
     pub snapshot_revision: u64,
+    /// The claim's workload, copied so the node's agent needs to read nothing but its
+    /// allocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadSpec>,
+    #[serde(default)]
+    pub renew_policy: RenewPolicy,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -78,6 +85,8 @@ pub enum AllocationPhase {
     Released,
     /// The lease ran out and was reclaimed after the skew margin; resources freed.
     Expired,
+    /// The lease ran out while its node was not ready: resources freed, the claim requeued.
+    Lost,
 }
 
 impl AllocationPhase {
@@ -91,6 +100,7 @@ impl AllocationPhase {
             AllocationPhase::Active => "Active",
             AllocationPhase::Released => "Released",
             AllocationPhase::Expired => "Expired",
+            AllocationPhase::Lost => "Lost",
         }
     }
 }
@@ -130,6 +140,9 @@ pub struct AllocationStatus {
     pub end_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The workload as its agent last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadStatus>,
 }
 
 impl Kind for AllocationSpec {

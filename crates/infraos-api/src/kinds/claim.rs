@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
 use crate::item_selector::ItemSelector;
+use crate::kinds::WorkloadSpec;
 use crate::labels::{self, LabelSelector};
 use crate::names;
 use crate::object::{Kind, KindInfo, Object};
@@ -38,6 +39,26 @@ pub struct ClaimSpec {
     pub topology: Option<TopologySpec>,
     #[serde(default)]
     pub lease: LeaseSpec,
+    /// What the agent of the chosen node runs for the claim while it holds the allocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadSpec>,
+}
+
+impl ClaimSpec {
+    /// The claim's total per counted dimension over all requests (`cpu`, `memory`, …).
+    pub fn requested_amounts(&self) -> BTreeMap<String, Quantity> {
+        let mut total: BTreeMap<String, Quantity> = BTreeMap::new();
+        for r in &self.requests {
+            for (dim, q) in &r.amount {
+                let sum = match total.get(dim) {
+                    Some(t) => t.checked_add(*q).unwrap_or(*t),
+                    None => *q,
+                };
+                total.insert(dim.clone(), sum);
+            }
+        }
+        total
+    }
 }
 
 /// One thing asked for: an amount of a counted class, or a number of items.
@@ -260,6 +281,15 @@ impl Kind for ClaimSpec {
                     errors.add(format!("spec.topology.colocate[{i}]"), e.to_string());
                 }
             }
+        }
+        if let Some(workload) = &spec.workload {
+            workload.validate("spec.workload", &spec.requested_amounts(), errors);
+        }
+        if spec.lease.renew_policy == RenewPolicy::WhileRunning && spec.workload.is_none() {
+            errors.add(
+                "spec.lease.renewPolicy",
+                "WhileRunning needs a spec.workload whose health renews the lease",
+            );
         }
         let d = spec.lease.duration;
         if d < MIN_LEASE || d > MAX_LEASE {

@@ -27,7 +27,15 @@ pub async fn action(
             "{plural}/{sub} does not accept POST"
         )));
     }
-    let result = act(&state, &ctx, &ns, &name, &sub, request).await;
+    let result = async {
+        let duration = if sub == "renew" {
+            requested_duration(&state, request).await?
+        } else {
+            None
+        };
+        act(&state, &ctx, &ns, &name, &sub, duration, None).await
+    }
+    .await;
     match result {
         Ok(r) => Ok(r),
         Err(e) => {
@@ -78,19 +86,17 @@ async fn requested_duration(
     Ok(body.duration)
 }
 
-async fn act(
+/// Renews or releases a claim's lease. `fence`, for agents, is the fencing epoch they act
+/// under: a newer allocation of the claim refuses them.
+pub(crate) async fn act(
     state: &AppState,
     ctx: &Ctx,
     ns: &str,
     name: &str,
     sub: &str,
-    request: Request,
+    duration: Option<Duration>,
+    fence: Option<u64>,
 ) -> Result<Response, ApiError> {
-    let duration = if sub == "renew" {
-        requested_duration(state, request).await?
-    } else {
-        None
-    };
     let claim_key = objects::key(ClaimSpec::INFO, Some(ns), name);
     let alloc_key = objects::key(AllocationSpec::INFO, Some(ns), name);
     for _ in 0..5 {
@@ -112,6 +118,16 @@ async fn act(
             ));
         };
         let mut allocation = decode_typed::<AllocationSpec>(&alloc_kv)?;
+        if let Some(epoch) = fence {
+            let current = allocation.status.as_ref().map_or(0, |s| s.lease.fencing_epoch);
+            if current != epoch {
+                return Err(ApiError::conflict(
+                    "Claim",
+                    name,
+                    format!("stale fencing epoch {epoch} (the claim is at epoch {current})"),
+                ));
+            }
+        }
         let now = state.clock.now();
         let renew_for = duration.unwrap_or(claim.spec.lease.duration);
         let outcome = match sub {

@@ -184,39 +184,70 @@ async fn expire(state: &AppState, alloc_key: &str) -> Result<Option<i64>, crate:
         Some(kv) => Some(decode_typed::<ClaimSpec>(kv)?),
         None => None,
     };
-    lease::expire(claim.as_mut(), &mut allocation, now);
+    // On a node that stopped heartbeating, the claim is not over: it is lost, and requeued.
+    let node_lost = match &allocation.spec.node {
+        Some(node) => {
+            let node_key = objects::key(infraos_api::kinds::NodeSpec::INFO, None, node);
+            match state.store.get(&node_key).await? {
+                Some(kv) => !decode_typed::<infraos_api::kinds::NodeSpec>(&kv)?
+                    .status
+                    .is_none_or(|s| s.is_ready()),
+                None => false,
+            }
+        }
+        None => false,
+    };
+    if node_lost {
+        lease::lose(claim.as_mut(), &mut allocation, now);
+    } else {
+        lease::expire(claim.as_mut(), &mut allocation, now);
+    }
+    let (verb, reason) = if node_lost {
+        ("lose", "NodeLost")
+    } else {
+        ("expire", "LeaseExpired")
+    };
     let alloc_bytes = encode_typed(&allocation);
     let mut object = audit::object_ref("Allocation", allocation.namespace(), allocation.name());
     object.uid = Some(allocation.metadata.uid.clone());
     let payload = Record {
         actor: &Actor::system("lease-controller"),
-        verb: "expire",
+        verb,
         object,
         code: 200,
-        reason: Some("LeaseExpired".into()),
+        reason: Some(reason.into()),
         before: Some(&alloc_kv.value),
         after: Some(&alloc_bytes),
         node: allocation.spec.node.clone(),
     }
     .payload(now);
-    let mut txn = Txn::new()
-        .when(Compare::unchanged(
-            alloc_key.to_string(),
-            alloc_kv.mod_revision,
-        ))
-        .put(alloc_key.to_string(), alloc_bytes)
-        .append(payload);
+    let txn = Txn::new().when(Compare::unchanged(
+        alloc_key.to_string(),
+        alloc_kv.mod_revision,
+    ));
+    // A lost allocation makes way for the claim's next one (same name, higher epoch).
+    let mut txn = if node_lost {
+        txn.delete(alloc_key.to_string())
+    } else {
+        txn.put(alloc_key.to_string(), alloc_bytes)
+    }
+    .append(payload);
     match (&claim, &claim_kv) {
         (Some(claim), Some(kv)) => {
             let expired_at = allocation.status.as_ref().map(|s| s.lease.expire_time);
-            let message = format!(
-                "lease expired at {} and was freed after the skew margin",
-                expired_at.map(|t| t.to_string()).unwrap_or_default()
-            );
+            let at = expired_at.map(|t| t.to_string()).unwrap_or_default();
+            let message = if node_lost {
+                format!(
+                    "node {} is not ready and the lease ended at {at}; the claim is requeued",
+                    allocation.spec.node.as_deref().unwrap_or_default()
+                )
+            } else {
+                format!("lease expired at {at} and was freed after the skew margin")
+            };
             let (event_key, event_bytes) = events::build(
                 &events::claim_ref(claim.name(), claim.namespace(), &claim.metadata.uid),
-                events::NORMAL,
-                "Expired",
+                if node_lost { events::WARNING } else { events::NORMAL },
+                if node_lost { "Lost" } else { "Expired" },
                 &message,
                 "lease-controller",
                 now,

@@ -1,0 +1,415 @@
+//! Workloads: what an agent runs for a claim (`spec.workload`), and what it reports back
+//! (`status.workload` on the Allocation).
+//!
+//! ```text
+//!  Pending ─► Starting ─► Running ─► Exited(code) ──restart policy──► Starting …
+//!                │            └────► Failed(reason)
+//!                └──────────────────► Failed(reason)      any ──stop──► Stopped
+//! ```
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+use crate::quantity::Quantity;
+use crate::time::Time;
+use crate::validation::Errors;
+
+pub const MAX_ARGS: usize = 256;
+pub const MAX_ENV: usize = 256;
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// A host process in its own cgroup and namespaces.
+    #[default]
+    Process,
+}
+
+impl Driver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Process => "process",
+        }
+    }
+
+    /// The capability tier a node needs to run this driver.
+    pub fn tier(self) -> Tier {
+        match self {
+            Driver::Process => Tier::Execute,
+        }
+    }
+}
+
+/// Capability tiers granted to a node (DESIGN §5): the server never dispatches beyond them and
+/// the agent refuses locally too.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Inventory,
+    Execute,
+    Network,
+    Storage,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 4] = [Tier::Inventory, Tier::Execute, Tier::Network, Tier::Storage];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Inventory => "inventory",
+            Tier::Execute => "execute",
+            Tier::Network => "network",
+            Tier::Storage => "storage",
+        }
+    }
+
+    pub fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+
+    pub fn parse(s: &str) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadSpec {
+    #[serde(default)]
+    pub driver: Driver,
+    /// The program: an absolute path, or a name looked up on the agent's PATH.
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Run as this user (a name, or `uid[:gid]`) instead of root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub restart: RestartSpec,
+    /// Limits tighter than the allocation; by default the allocation's cpu and memory.
+    #[serde(default, skip_serializing_if = "WorkloadLimits::is_empty")]
+    pub limits: WorkloadLimits,
+    /// A private network namespace (only loopback) instead of the host's network.
+    #[serde(default)]
+    pub isolate_network: bool,
+    /// Between SIGTERM and SIGKILL when the workload is stopped.
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace: Duration,
+}
+
+fn default_stop_grace() -> Duration {
+    DEFAULT_STOP_GRACE
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RestartPolicy {
+    #[default]
+    Never,
+    OnFailure,
+    Always,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestartSpec {
+    #[serde(default)]
+    pub policy: RestartPolicy,
+    /// The first delay before a restart; doubles on each consecutive failure.
+    #[serde(default = "default_backoff")]
+    pub backoff: Duration,
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: Duration,
+}
+
+fn default_backoff() -> Duration {
+    DEFAULT_BACKOFF
+}
+
+fn default_max_backoff() -> Duration {
+    MAX_BACKOFF
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        RestartSpec {
+            policy: RestartPolicy::Never,
+            backoff: DEFAULT_BACKOFF,
+            max_backoff: MAX_BACKOFF,
+        }
+    }
+}
+
+impl RestartSpec {
+    /// Whether a run that ended with `exit_code` (None: killed by a signal) is restarted.
+    pub fn restarts_after(&self, exit_code: Option<i32>) -> bool {
+        match self.policy {
+            RestartPolicy::Never => false,
+            RestartPolicy::OnFailure => exit_code != Some(0),
+            RestartPolicy::Always => true,
+        }
+    }
+
+    /// The delay before restart number `restarts` (0-based): backoff · 2^n, capped.
+    pub fn delay(&self, restarts: u32) -> std::time::Duration {
+        let base = self.backoff.as_std();
+        let cap = self.max_backoff.as_std();
+        base.checked_mul(1u32 << restarts.min(20))
+            .map_or(cap, |d| d.min(cap))
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// Maximum number of processes and threads (default 4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+impl WorkloadLimits {
+    pub fn is_empty(&self) -> bool {
+        self.cpu.is_none() && self.memory.is_none() && self.pids.is_none()
+    }
+}
+
+impl WorkloadSpec {
+    /// Checks what needs no other object; `allocated` is the claim's total per counted
+    /// dimension (`cpu`, `memory`), which the limits must not exceed.
+    pub fn validate(&self, at: &str, allocated: &BTreeMap<String, Quantity>, errors: &mut Errors) {
+        if self.command.trim().is_empty() {
+            errors.add(format!("{at}.command"), "a command is required");
+        }
+        if self.command.contains('\0') || self.args.iter().any(|a| a.contains('\0')) {
+            errors.add(format!("{at}.args"), "must not contain NUL bytes");
+        }
+        if self.args.len() > MAX_ARGS {
+            errors.add(format!("{at}.args"), format!("at most {MAX_ARGS} arguments"));
+        }
+        if self.env.len() > MAX_ENV {
+            errors.add(format!("{at}.env"), format!("at most {MAX_ENV} variables"));
+        }
+        for (key, value) in &self.env {
+            let valid = !key.is_empty()
+                && !key.starts_with(|c: char| c.is_ascii_digit())
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                errors.add(
+                    format!("{at}.env.{key}"),
+                    "names are letters, digits and _, not starting with a digit",
+                );
+            }
+            if value.contains('\0') {
+                errors.add(format!("{at}.env.{key}"), "must not contain NUL bytes");
+            }
+        }
+        if let Some(dir) = &self.working_dir
+            && !dir.starts_with('/')
+        {
+            errors.add(format!("{at}.workingDir"), "must be an absolute path");
+        }
+        if let Some(user) = &self.user
+            && parse_user(user).is_none()
+        {
+            errors.add(
+                format!("{at}.user"),
+                format!("{user:?} is not a user name or uid[:gid]"),
+            );
+        }
+        if self.restart.backoff.as_millis() == 0 || self.restart.backoff > self.restart.max_backoff {
+            errors.add(
+                format!("{at}.restart.backoff"),
+                "must be greater than zero and at most maxBackoff",
+            );
+        }
+        for (dim, limit) in [("cpu", &self.limits.cpu), ("memory", &self.limits.memory)] {
+            let Some(limit) = limit else { continue };
+            let field = format!("{at}.limits.{dim}");
+            if limit.is_negative() || limit.is_zero() {
+                errors.add(field, "must be greater than zero");
+                continue;
+            }
+            match allocated.get(dim) {
+                None => errors.add(
+                    field,
+                    format!("the claim requests no {dim}, so there is nothing to limit"),
+                ),
+                Some(total) if limit > total => errors.add(
+                    field,
+                    format!("{limit} is above the {total} the claim requests"),
+                ),
+                Some(_) => {}
+            }
+        }
+        if self.limits.pids == Some(0) {
+            errors.add(format!("{at}.limits.pids"), "must be greater than zero");
+        }
+    }
+}
+
+/// A user given as a name or `uid[:gid]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserSpec {
+    Name(String),
+    Id { uid: u32, gid: Option<u32> },
+}
+
+pub fn parse_user(s: &str) -> Option<UserSpec> {
+    if s.is_empty() || s.len() > 64 {
+        return None;
+    }
+    if s.starts_with(|c: char| c.is_ascii_digit()) {
+        let (uid, gid) = match s.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (s, None),
+        };
+        let uid = uid.parse().ok()?;
+        let gid = match gid {
+            Some(g) => Some(g.parse().ok()?),
+            None => None,
+        };
+        return Some(UserSpec::Id { uid, gid });
+    }
+    let valid = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    valid.then(|| UserSpec::Name(s.to_string()))
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum WorkloadState {
+    /// Allocated; the agent has not started it yet.
+    #[default]
+    Pending,
+    Starting,
+    Running,
+    /// The process ended by itself with `exitCode`; it may be restarted by policy.
+    Exited,
+    /// It could not be started or was killed by something other than a stop.
+    Failed,
+    /// Stopped on purpose: released, expired, preempted or deleted.
+    Stopped,
+}
+
+impl WorkloadState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadState::Pending => "Pending",
+            WorkloadState::Starting => "Starting",
+            WorkloadState::Running => "Running",
+            WorkloadState::Exited => "Exited",
+            WorkloadState::Failed => "Failed",
+            WorkloadState::Stopped => "Stopped",
+        }
+    }
+
+    /// Nothing more will happen to it on its own.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            WorkloadState::Exited | WorkloadState::Failed | WorkloadState::Stopped
+        )
+    }
+}
+
+/// What the agent reports, stamped with the fencing epoch it acted under.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadStatus {
+    pub state: WorkloadState,
+    pub fencing_epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> WorkloadSpec {
+        serde_norway::from_str(yaml).unwrap()
+    }
+
+    fn amounts(cpu: &str, mem: &str) -> BTreeMap<String, Quantity> {
+        BTreeMap::from([
+            ("cpu".to_string(), cpu.parse().unwrap()),
+            ("memory".to_string(), mem.parse().unwrap()),
+        ])
+    }
+
+    #[test]
+    fn limits_above_the_allocation_name_the_field() {
+        let w = spec("command: /bin/true\nlimits: {cpu: '4', memory: 1Gi}");
+        let mut errors = Errors::default();
+        w.validate("spec.workload", &amounts("2", "2Gi"), &mut errors);
+        let text = errors.into_result().unwrap_err().to_string();
+        assert!(text.contains("spec.workload.limits.cpu"), "{text}");
+        assert!(!text.contains("limits.memory"), "{text}");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let w = spec("command: ''\nworkingDir: tmp\nuser: 'a b'\nenv: {1X: y}");
+        let mut errors = Errors::default();
+        w.validate("spec.workload", &BTreeMap::new(), &mut errors);
+        let text = errors.into_result().unwrap_err().to_string();
+        for field in ["command", "workingDir", "user", "env.1X"] {
+            assert!(text.contains(&format!("spec.workload.{field}")), "{text}");
+        }
+    }
+
+    #[test]
+    fn users_parse() {
+        assert_eq!(parse_user("nobody"), Some(UserSpec::Name("nobody".into())));
+        assert_eq!(
+            parse_user("1000:100"),
+            Some(UserSpec::Id {
+                uid: 1000,
+                gid: Some(100)
+            })
+        );
+        assert_eq!(parse_user("12x"), None);
+        assert_eq!(parse_user(""), None);
+    }
+
+    #[test]
+    fn restart_backoff_doubles_up_to_the_cap() {
+        let r = RestartSpec {
+            policy: RestartPolicy::OnFailure,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5),
+        };
+        assert_eq!(r.delay(0).as_secs(), 1);
+        assert_eq!(r.delay(2).as_secs(), 4);
+        assert_eq!(r.delay(3).as_secs(), 5);
+        assert_eq!(r.delay(99).as_secs(), 5);
+        assert!(r.restarts_after(Some(1)) && r.restarts_after(None) && !r.restarts_after(Some(0)));
+    }
+}

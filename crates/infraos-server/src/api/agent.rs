@@ -1,0 +1,593 @@
+//! The agent API (`/agent/v1`, see `infraos_api::agent_protocol`): join, certificate
+//! rotation, heartbeat, node report, workload status and lease renewal.
+//!
+//! Join is the one call without a client certificate: the join token is the credential.
+//! Every other call is made with the node's certificate, and acts only on that node's
+//! objects: the node is taken from the certificate, never from the request.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use infraos_api::Kind as _;
+use infraos_api::agent_protocol::{
+    CertificateRequest, CertificateResponse, HeartbeatResponse, JoinRequest, MIN_PROTOCOL_VERSION,
+    NodeReport, NodeReportResponse, PROTOCOL_VERSION, RenewRequest,
+};
+use infraos_api::kinds::{
+    AllocationSpec, Node, NodeSpec, RenewPolicy, ResourceSpec, Tier, WorkloadStatus, NODE_LABEL,
+};
+use infraos_api::{Object, TypedObject};
+use infraos_store::{Compare, Txn};
+use serde::de::DeserializeOwned;
+
+use super::Ctx;
+use crate::admission;
+use crate::audit::{self, Actor, Record};
+use crate::error::ApiError;
+use crate::join_tokens::{self, JoinTokenRecord};
+use crate::objects::{self, decode_typed, encode_typed};
+use crate::state::AppState;
+
+/// Ties a node name to the key that joined it: a join for the same name with another key is
+/// refused until an administrator deletes the node.
+pub const KEY_ANNOTATION: &str = "infraos.io/agent-key-sha256";
+/// Marks the Resources an agent publishes (and may update).
+pub const MANAGED_LABEL: &str = "infraos.io/managed-by";
+
+const RETRIES: usize = 8;
+
+async fn read_json<T: DeserializeOwned>(state: &AppState, request: Request) -> Result<T, ApiError> {
+    let limit = state.config.max_body_bytes;
+    let bytes = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| ApiError::too_large(format!("request body exceeds the {limit}-byte limit")))?;
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::bad_request(format!("{path}: {}", e.into_inner()))
+    })
+}
+
+fn node_of(ctx: &Ctx) -> Result<String, ApiError> {
+    ctx.identity
+        .node()
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::forbidden("the agent API needs a node's client certificate"))
+}
+
+fn check_protocol(version: u32) -> Result<(), ApiError> {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+        return Err(ApiError::bad_request(format!(
+            "agent.protocolVersion: {version} is not supported; this server speaks \
+             {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}"
+        )));
+    }
+    Ok(())
+}
+
+fn certificate_response(
+    state: &AppState,
+    node: &str,
+    signed: &crate::pki::Signed,
+    tiers: Vec<Tier>,
+) -> CertificateResponse {
+    CertificateResponse {
+        node: node.to_string(),
+        certificate: signed.pem.clone(),
+        ca: state.ca.cert_pem().to_string(),
+        expires: signed.not_after,
+        heartbeat_interval_ms: state.config.heartbeat_interval.as_millis(),
+        tiers,
+    }
+}
+
+/// Audits a refused agent call and turns it into a response.
+async fn refused(state: &AppState, actor: &Actor, verb: &str, kind: &str, ns: Option<&str>, name: &str, e: ApiError) -> Response {
+    let object = audit::object_ref(kind, ns, name);
+    audit::refusal(&*state.store, state.clock.now(), actor, verb, object, &e).await;
+    e.into_response()
+}
+
+// ---- join ----------------------------------------------------------------------------------
+
+pub async fn join(State(state): State<AppState>, request: Request) -> Response {
+    let source = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.to_string());
+    let body: JoinRequest = match read_json(&state, request).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let actor = Actor {
+        subject: format!("{}{}", crate::pki::NODE_PREFIX, body.name),
+        source,
+    };
+    match join_inner(&state, &actor, &body).await {
+        Ok(r) => (StatusCode::CREATED, Json(r)).into_response(),
+        Err(e) => refused(&state, &actor, "join", "Node", None, &body.name, e).await,
+    }
+}
+
+async fn join_inner(state: &AppState, actor: &Actor, body: &JoinRequest) -> Result<CertificateResponse, ApiError> {
+    if let Some(problem) = infraos_api::names::object_name_problem(&body.name) {
+        return Err(ApiError::invalid_field("Node", &body.name, "name", problem));
+    }
+    check_protocol(body.agent.protocol_version)?;
+    let (token_key, _) = join_tokens::key_for(body.token.trim());
+    for _ in 0..RETRIES {
+        let now = state.clock.now();
+        let token_kv = state
+            .store
+            .get(&token_key)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized(join_tokens::TokenProblem::Unknown.to_string()))?;
+        let mut token: JoinTokenRecord = serde_json::from_slice(&token_kv.value)
+            .map_err(|e| ApiError::internal(format!("join token record is corrupt: {e}")))?;
+        token
+            .check(now)
+            .map_err(|p| ApiError::unauthorized(p.to_string()))?;
+        let ttl = state.config.agent_cert_ttl.as_std();
+        let signed = state
+            .ca
+            .sign_node(&body.csr, &body.name, now, ttl)
+            .map_err(|e| match e {
+                crate::pki::PkiError::WrongSubject { .. } => ApiError::forbidden(e.to_string()),
+                crate::pki::PkiError::BadCsr(_) => ApiError::invalid_field("Node", &body.name, "csr", e.to_string()),
+                other => ApiError::internal(other.to_string()),
+            })?;
+        let node_key = objects::key(NodeSpec::INFO, None, &body.name);
+        let existing = state.store.get(&node_key).await?;
+        let (mut node, before): (Node, _) = match &existing {
+            Some(kv) => (decode_typed::<NodeSpec>(kv)?, Some(kv.clone())),
+            None => {
+                let mut node = Object::new(body.name.clone(), None, NodeSpec::default());
+                node.metadata.uid = uuid::Uuid::new_v4().to_string();
+                node.metadata.creation_timestamp = Some(now);
+                node.metadata.generation = 1;
+                (node, None)
+            }
+        };
+        if let Some(bound) = node.metadata.annotations.get(KEY_ANNOTATION)
+            && *bound != signed.key_fingerprint
+        {
+            return Err(ApiError::conflict(
+                "Node",
+                &body.name,
+                format!(
+                    "node {:?} already joined with another key; delete the node to join it again",
+                    body.name
+                ),
+            ));
+        }
+        for (k, v) in token.labels.iter().chain(&body.labels) {
+            node.metadata.labels.insert(k.clone(), v.clone());
+        }
+        node.metadata
+            .annotations
+            .insert(KEY_ANNOTATION.into(), signed.key_fingerprint.clone());
+        for tier in &token.tiers {
+            if !node.spec.tiers.contains(tier) {
+                node.spec.tiers.push(*tier);
+            }
+        }
+        node.spec.tiers.sort();
+        let status = node.status.get_or_insert_with(Default::default);
+        let mut agent = body.agent.clone();
+        agent.certificate_expires = Some(signed.not_after);
+        status.agent = Some(agent);
+        infraos_api::object::check(&node).map_err(|e| ApiError::invalid("Node", &body.name, &e))?;
+        token.used += 1;
+        let node_bytes = encode_typed(&node);
+        let mut object = audit::object_ref("Node", None, &body.name);
+        object.uid = Some(node.metadata.uid.clone());
+        let payload = Record {
+            actor,
+            verb: "join",
+            object,
+            code: 201,
+            reason: None,
+            before: before.as_ref().map(|kv| kv.value.as_ref()),
+            after: Some(&node_bytes),
+            node: Some(body.name.clone()),
+        }
+        .payload(now);
+        let node_guard = match &before {
+            Some(kv) => Compare::unchanged(node_key.clone(), kv.mod_revision),
+            None => Compare::absent(node_key.clone()),
+        };
+        let token_bytes = serde_json::to_vec(&token)
+            .map_err(|e| ApiError::internal(format!("join token record: {e}")))?;
+        let out = state
+            .store
+            .txn(
+                Txn::new()
+                    .when(Compare::unchanged(token_key.clone(), token_kv.mod_revision))
+                    .when(node_guard)
+                    .put(token_key.clone(), token_bytes)
+                    .put(node_key, node_bytes)
+                    .append(payload),
+            )
+            .await?;
+        if out.succeeded {
+            state.liveness.beat(&body.name, now.unix_millis());
+            tracing::info!(node = %body.name, tiers = ?node.spec.tiers, "node joined");
+            return Ok(certificate_response(state, &body.name, &signed, node.spec.tiers));
+        }
+    }
+    Err(ApiError::stale("Node", &body.name))
+}
+
+// ---- certificate rotation ------------------------------------------------------------------
+
+pub async fn certificate(State(state): State<AppState>, ctx: Ctx, request: Request) -> Response {
+    let result = async {
+        let node_name = node_of(&ctx)?;
+        let body: CertificateRequest = read_json(&state, request).await?;
+        rotate(&state, &ctx, &node_name, &body).await
+    }
+    .await;
+    match result {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => {
+            let name = ctx.identity.node().unwrap_or_default().to_string();
+            refused(&state, &ctx.actor(), "rotate-certificate", "Node", None, &name, e).await
+        }
+    }
+}
+
+async fn rotate(state: &AppState, ctx: &Ctx, name: &str, body: &CertificateRequest) -> Result<CertificateResponse, ApiError> {
+    let node_key = objects::key(NodeSpec::INFO, None, name);
+    for _ in 0..RETRIES {
+        let now = state.clock.now();
+        let kv = state.store.get(&node_key).await?.ok_or_else(|| {
+            ApiError::forbidden(format!("node {name:?} was removed; join it again with a token"))
+        })?;
+        let mut node = decode_typed::<NodeSpec>(&kv)?;
+        let signed = state
+            .ca
+            .sign_node(&body.csr, name, now, state.config.agent_cert_ttl.as_std())
+            .map_err(|e| match e {
+                crate::pki::PkiError::WrongSubject { .. } => ApiError::forbidden(e.to_string()),
+                other => ApiError::invalid_field("Node", name, "csr", other.to_string()),
+            })?;
+        node.metadata
+            .annotations
+            .insert(KEY_ANNOTATION.into(), signed.key_fingerprint.clone());
+        let status = node.status.get_or_insert_with(Default::default);
+        if let Some(agent) = status.agent.as_mut() {
+            agent.certificate_expires = Some(signed.not_after);
+        }
+        let bytes = encode_typed(&node);
+        let payload = Record {
+            actor: &ctx.actor(),
+            verb: "rotate-certificate",
+            object: audit::object_ref("Node", None, name),
+            code: 200,
+            reason: None,
+            before: Some(&kv.value),
+            after: Some(&bytes),
+            node: Some(name.to_string()),
+        }
+        .payload(now);
+        let out = state
+            .store
+            .txn(
+                Txn::new()
+                    .when(Compare::unchanged(node_key.clone(), kv.mod_revision))
+                    .put(node_key.clone(), bytes)
+                    .append(payload),
+            )
+            .await?;
+        if out.succeeded {
+            return Ok(certificate_response(state, name, &signed, node.spec.tiers));
+        }
+    }
+    Err(ApiError::stale("Node", name))
+}
+
+// ---- heartbeat -----------------------------------------------------------------------------
+
+pub async fn heartbeat(State(state): State<AppState>, ctx: Ctx) -> Result<Response, ApiError> {
+    let node = node_of(&ctx)?;
+    state.liveness.beat(&node, state.clock.now().unix_millis());
+    Ok(Json(HeartbeatResponse {
+        heartbeat_interval_ms: state.config.heartbeat_interval.as_millis(),
+    })
+    .into_response())
+}
+
+// ---- node report ---------------------------------------------------------------------------
+
+pub async fn report(State(state): State<AppState>, ctx: Ctx, request: Request) -> Response {
+    let result = async {
+        let node = node_of(&ctx)?;
+        let body: NodeReport = read_json(&state, request).await?;
+        report_inner(&state, &ctx, &node, body).await
+    }
+    .await;
+    match result {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => {
+            let name = ctx.identity.node().unwrap_or_default().to_string();
+            refused(&state, &ctx.actor(), "report", "Node", None, &name, e).await
+        }
+    }
+}
+
+async fn report_inner(state: &AppState, ctx: &Ctx, name: &str, body: NodeReport) -> Result<NodeReportResponse, ApiError> {
+    check_protocol(body.agent.protocol_version)?;
+    // Resources first: each must be this node's, named after it.
+    for (i, resource) in body.resources.iter().enumerate() {
+        let field = |f: &str| format!("resources[{i}].{f}");
+        if resource.spec.node.as_deref() != Some(name) {
+            return Err(ApiError::forbidden(format!(
+                "{}: node:{name} may only publish resources on its own node",
+                field("spec.node")
+            )));
+        }
+        if !resource.metadata.name.starts_with(&format!("{name}-")) {
+            return Err(ApiError::invalid_field(
+                "Resource",
+                &resource.metadata.name,
+                &field("metadata.name"),
+                format!("a node's resources are named {name}-<suffix>"),
+            ));
+        }
+    }
+    for resource in body.resources {
+        upsert_resource(state, ctx, name, resource).await?;
+    }
+    let node_key = objects::key(NodeSpec::INFO, None, name);
+    for _ in 0..RETRIES {
+        let kv = state.store.get(&node_key).await?.ok_or_else(|| {
+            ApiError::forbidden(format!("node {name:?} was removed; join it again with a token"))
+        })?;
+        let mut node = decode_typed::<NodeSpec>(&kv)?;
+        let status = node.status.get_or_insert_with(Default::default);
+        let mut agent = body.agent.clone();
+        agent.certificate_expires = status.agent.as_ref().and_then(|a| a.certificate_expires);
+        if status.agent.as_ref() == Some(&agent) && status.inventory.as_ref() == Some(&body.inventory) {
+            return Ok(NodeReportResponse { tiers: node.spec.tiers });
+        }
+        status.agent = Some(agent);
+        status.inventory = Some(body.inventory.clone());
+        let bytes = encode_typed(&node);
+        let now = state.clock.now();
+        let mut object = audit::object_ref("Node", None, name);
+        object.subresource = Some("status".into());
+        let payload = Record {
+            actor: &ctx.actor(),
+            verb: "update-status",
+            object,
+            code: 200,
+            reason: None,
+            before: Some(&kv.value),
+            after: Some(&bytes),
+            node: Some(name.to_string()),
+        }
+        .payload(now);
+        let out = state
+            .store
+            .txn(
+                Txn::new()
+                    .when(Compare::unchanged(node_key.clone(), kv.mod_revision))
+                    .put(node_key.clone(), bytes)
+                    .append(payload),
+            )
+            .await?;
+        if out.succeeded {
+            return Ok(NodeReportResponse { tiers: node.spec.tiers });
+        }
+    }
+    Err(ApiError::stale("Node", name))
+}
+
+/// Creates or updates one of the node's Resources when what the agent found changed.
+async fn upsert_resource(state: &AppState, ctx: &Ctx, node: &str, mut resource: infraos_api::kinds::Resource) -> Result<(), ApiError> {
+    let name = resource.metadata.name.clone();
+    resource.metadata.labels.insert(NODE_LABEL.into(), node.into());
+    resource.metadata.labels.insert(MANAGED_LABEL.into(), "agent".into());
+    let key = objects::key(ResourceSpec::INFO, None, &name);
+    for _ in 0..RETRIES {
+        let now = state.clock.now();
+        let existing = state.store.get(&key).await?;
+        let mut desired = resource.clone();
+        desired.status = None;
+        desired.metadata.resource_version = None;
+        match &existing {
+            Some(kv) => {
+                let current = decode_typed::<ResourceSpec>(kv)?;
+                if current.metadata.labels.get(MANAGED_LABEL).map(String::as_str) != Some("agent") {
+                    return Err(ApiError::conflict(
+                        "Resource",
+                        &name,
+                        format!("resource {name:?} exists and was not published by an agent"),
+                    ));
+                }
+                if current.spec == desired.spec && current.metadata.labels == desired.metadata.labels {
+                    return Ok(());
+                }
+                desired.metadata.uid = current.metadata.uid.clone();
+                desired.metadata.creation_timestamp = current.metadata.creation_timestamp;
+                desired.metadata.generation = current.metadata.generation + 1;
+                desired.metadata.annotations = current.metadata.annotations.clone();
+            }
+            None => {
+                desired.metadata.uid = uuid::Uuid::new_v4().to_string();
+                desired.metadata.creation_timestamp = Some(now);
+                desired.metadata.generation = 1;
+            }
+        }
+        desired.metadata.deletion_timestamp = None;
+        desired.metadata.finalizers.clear();
+        let typed = TypedObject::Resource(desired);
+        typed.check().map_err(|e| ApiError::invalid("Resource", &name, &e))?;
+        admission::admit(&*state.store, &state.classes, &typed).await?;
+        let bytes = typed.to_vec();
+        let mut object = audit::object_ref("Resource", None, &name);
+        object.uid = Some(typed.meta().uid.clone());
+        let payload = Record {
+            actor: &ctx.actor(),
+            verb: if existing.is_some() { "update" } else { "create" },
+            object,
+            code: if existing.is_some() { 200 } else { 201 },
+            reason: None,
+            before: existing.as_ref().map(|kv| kv.value.as_ref()),
+            after: Some(&bytes),
+            node: Some(node.to_string()),
+        }
+        .payload(now);
+        let guard = match &existing {
+            Some(kv) => Compare::unchanged(key.clone(), kv.mod_revision),
+            None => Compare::absent(key.clone()),
+        };
+        let out = state
+            .store
+            .txn(Txn::new().when(guard).put(key.clone(), bytes).append(payload))
+            .await?;
+        if out.succeeded {
+            return Ok(());
+        }
+    }
+    Err(ApiError::stale("Resource", &name))
+}
+
+// ---- workload status and renewal -----------------------------------------------------------
+
+pub async fn workload(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((ns, name)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let result = async {
+        let node = node_of(&ctx)?;
+        let body: WorkloadStatus = read_json(&state, request).await?;
+        report_workload(&state, &ctx, &node, &ns, &name, body).await
+    }
+    .await;
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => refused(&state, &ctx.actor(), "report-workload", "Allocation", Some(&ns), &name, e).await,
+    }
+}
+
+async fn report_workload(
+    state: &AppState,
+    ctx: &Ctx,
+    node: &str,
+    ns: &str,
+    name: &str,
+    report: WorkloadStatus,
+) -> Result<(), ApiError> {
+    let key = objects::key(AllocationSpec::INFO, Some(ns), name);
+    for _ in 0..RETRIES {
+        let kv = state
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| ApiError::not_found("Allocation", name))?;
+        let mut allocation = decode_typed::<AllocationSpec>(&kv)?;
+        if allocation.spec.node.as_deref() != Some(node) {
+            return Err(ApiError::forbidden(format!(
+                "allocation {ns}/{name} is not on node {node}"
+            )));
+        }
+        let status = allocation.status.get_or_insert_with(Default::default);
+        if report.fencing_epoch != status.lease.fencing_epoch {
+            return Err(ApiError::conflict(
+                "Allocation",
+                name,
+                format!(
+                    "stale fencing epoch {} (the allocation is at epoch {})",
+                    report.fencing_epoch, status.lease.fencing_epoch
+                ),
+            ));
+        }
+        if status.workload.as_ref() == Some(&report) {
+            return Ok(());
+        }
+        status.workload = Some(report.clone());
+        let bytes = encode_typed(&allocation);
+        let now = state.clock.now();
+        let mut object = audit::object_ref("Allocation", Some(ns), name);
+        object.uid = Some(allocation.metadata.uid.clone());
+        object.subresource = Some("workload".into());
+        let payload = Record {
+            actor: &ctx.actor(),
+            verb: "report-workload",
+            object,
+            code: 200,
+            reason: Some(report.state.as_str().to_string()),
+            before: Some(&kv.value),
+            after: Some(&bytes),
+            node: Some(node.to_string()),
+        }
+        .payload(now);
+        let out = state
+            .store
+            .txn(
+                Txn::new()
+                    .when(Compare::unchanged(key.clone(), kv.mod_revision))
+                    .put(key.clone(), bytes)
+                    .append(payload),
+            )
+            .await?;
+        if out.succeeded {
+            return Ok(());
+        }
+    }
+    Err(ApiError::stale("Allocation", name))
+}
+
+pub async fn renew(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path((ns, name)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let result = async {
+        let node = node_of(&ctx)?;
+        let body: RenewRequest = read_json(&state, request).await?;
+        let key = objects::key(AllocationSpec::INFO, Some(&ns), &name);
+        let kv = state
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| ApiError::not_found("Allocation", &name))?;
+        let allocation = decode_typed::<AllocationSpec>(&kv)?;
+        if allocation.spec.node.as_deref() != Some(node.as_str()) {
+            return Err(ApiError::forbidden(format!(
+                "allocation {ns}/{name} is not on node {node}"
+            )));
+        }
+        if allocation.spec.renew_policy != RenewPolicy::WhileRunning {
+            return Err(ApiError::forbidden(format!(
+                "claim {ns}/{name} is renewed by its owner (renewPolicy Manual)"
+            )));
+        }
+        let epoch = allocation.status.as_ref().map_or(0, |s| s.lease.fencing_epoch);
+        if body.fencing_epoch != epoch {
+            return Err(ApiError::conflict(
+                "Allocation",
+                &name,
+                format!("stale fencing epoch {} (the allocation is at epoch {epoch})", body.fencing_epoch),
+            ));
+        }
+        super::claims::act(&state, &ctx, &ns, &allocation.spec.claim.name, "renew", None, Some(epoch)).await
+    }
+    .await;
+    match result {
+        Ok(r) => r,
+        Err(e) => refused(&state, &ctx.actor(), "renew", "Allocation", Some(&ns), &name, e).await,
+    }
+}
+
+/// Labels a join token grants must be valid labels.
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    infraos_api::labels::validate_labels(labels).map_err(|e| ApiError::bad_request(format!("labels: {e}")))
+}

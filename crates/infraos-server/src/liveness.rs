@@ -1,0 +1,57 @@
+//! Node heartbeats, kept in memory as Nomad does: a heartbeat is a map update, not a store
+//! write, so 10,000 agents beating every 10 s cost the store nothing. Only transitions
+//! (Ready ↔ NotReady) are written, by the node-lifecycle controller.
+//!
+//! After a server restart every agent-run node gets a fresh grace period from the first
+//! moment the controller looks, so a restart never marks healthy nodes NotReady.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+#[derive(Default)]
+pub struct Liveness {
+    last_beat_ms: Mutex<HashMap<String, i64>>,
+    /// Wakes the lifecycle controller when a node it may hold NotReady beats again.
+    pub changed: Notify,
+}
+
+impl Liveness {
+    /// Records a heartbeat; returns whether the node was unknown (first beat since start).
+    pub fn beat(&self, node: &str, now_ms: i64) -> bool {
+        let fresh = self
+            .last_beat_ms
+            .lock()
+            .insert(node.to_string(), now_ms)
+            .is_none();
+        if fresh {
+            self.changed.notify_one();
+        }
+        fresh
+    }
+
+    pub fn last_beat(&self, node: &str) -> Option<i64> {
+        self.last_beat_ms.lock().get(node).copied()
+    }
+
+    /// Starts a grace period for a node seen in the store but not heard from yet.
+    pub fn adopt(&self, node: &str, now_ms: i64) {
+        self.last_beat_ms
+            .lock()
+            .entry(node.to_string())
+            .or_insert(now_ms);
+    }
+
+    pub fn forget(&self, node: &str) {
+        self.last_beat_ms.lock().remove(node);
+    }
+
+    pub fn len(&self) -> usize {
+        self.last_beat_ms.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
