@@ -453,6 +453,7 @@ async fn bad_input_is_refused_with_a_reason_and_writes_nothing() {
     assert_eq!(code, 401);
     let anonymous = infraos_client::Client::new(&infraos_client::ClientConfig {
         token: None,
+        identity: None,
         ..server.config.clone()
     })
     .unwrap();

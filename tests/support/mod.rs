@@ -118,6 +118,7 @@ impl TestServer {
                     .trim()
                     .to_string(),
             ),
+            identity: None,
         };
         let client = self.client();
         eventually(Duration::from_secs(30), "server is ready", || {

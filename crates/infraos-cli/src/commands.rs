@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod agent;
 pub mod apply;
 pub mod audit;
 pub mod bench;
@@ -7,7 +8,9 @@ pub mod delete;
 pub mod describe;
 pub mod dev;
 pub mod get;
+pub mod join_token;
 pub mod lease;
+pub mod logs;
 pub mod server;
 pub mod version;
 

@@ -29,8 +29,15 @@ struct Cli {
 enum Command {
     /// Run the control plane, or initialise its data dir.
     Server(commands::server::ServerArgs),
-    /// Server on the embedded store in one process, with the client config written for you.
+    /// Run the node agent: join, heartbeat, publish inventory, run workloads.
+    Agent(commands::agent::AgentArgs),
+    /// Server and a local agent on the embedded store in one process, with the client config
+    /// written for you.
     Dev(commands::dev::DevArgs),
+    /// Tokens for agents to join with.
+    JoinToken(commands::join_token::JoinTokenArgs),
+    /// A claim's workload output.
+    Logs(commands::logs::LogsArgs),
     /// Create or update objects from YAML/JSON files, directories or stdin (-).
     Apply(commands::apply::ApplyArgs),
     /// List objects, or show one.
@@ -61,9 +68,19 @@ pub struct NamespaceArg {
 
 /// Parses the command line, runs the command and maps errors to one line and exit code 1.
 pub fn main() -> ExitCode {
+    // The workload shim runs before anything else: single-threaded, no runtime, no clap.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "__shim") {
+        let Some(dir) = args.get(2) else {
+            eprintln!("usage: infraos __shim TASK_DIR");
+            return ExitCode::from(2);
+        };
+        let code = infraos_agent::shim::main(std::path::Path::new(dir));
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Server(_) | Command::Dev(_) => "info",
+        Command::Server(_) | Command::Dev(_) | Command::Agent(_) => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -87,6 +104,9 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => commands::server::run(args).await,
             Command::Dev(args) => commands::dev::run(args).await,
+            Command::Agent(args) => commands::agent::run(args).await,
+            Command::JoinToken(args) => commands::join_token::run(config.as_deref(), args).await,
+            Command::Logs(args) => commands::logs::run(config.as_deref(), args).await,
             Command::Apply(args) => commands::apply::run(config.as_deref(), args).await,
             Command::Get(args) => commands::get::run(config.as_deref(), args).await,
             Command::Describe(args) => commands::describe::run(config.as_deref(), args).await,

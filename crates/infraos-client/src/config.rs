@@ -33,6 +33,20 @@ pub struct ClientConfig {
     pub server: String,
     pub ca_pem: Option<Vec<u8>>,
     pub token: Option<String>,
+    /// A client certificate and key (PEM), for agents speaking mTLS.
+    pub identity: Option<ClientIdentity>,
+}
+
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientIdentity { .. }")
+    }
 }
 
 pub fn default_path() -> PathBuf {

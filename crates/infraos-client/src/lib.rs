@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 pub mod config;
 
-pub use config::{ClientConfig, ConfigError};
+pub use config::{ClientConfig, ClientIdentity, ConfigError};
 pub use reqwest::Method;
 
 #[derive(Debug, thiserror::Error)]
@@ -149,11 +149,24 @@ impl Client {
                 "no CA certificate: set `ca` in the client config or INFRAOS_CA".into(),
             ));
         }
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| ClientError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut tls = match &config.identity {
+            None => builder.with_no_client_auth(),
+            Some(identity) => {
+                let certs: Vec<CertificateDer<'static>> =
+                    CertificateDer::pem_slice_iter(&identity.cert_pem)
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| ClientError::Tls(format!("client certificate: {e}")))?;
+                let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&identity.key_pem)
+                    .map_err(|e| ClientError::Tls(format!("client key: {e}")))?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| ClientError::Tls(format!("client certificate: {e}")))?
+            }
+        };
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
@@ -272,6 +285,46 @@ impl Client {
             code,
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
         ))
+    }
+
+    /// `POST`/`PUT` a JSON body to any path and decode the JSON answer (the agent API).
+    pub async fn send_json<B: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &B,
+    ) -> Result<R, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .send(self.request(method, path).json(body), &url)
+            .await?;
+        if response.status() == reqwest::StatusCode::NO_CONTENT {
+            return serde_json::from_value(serde_json::Value::Null).map_err(|e| {
+                ClientError::Decode {
+                    url,
+                    reason: e.to_string(),
+                }
+            });
+        }
+        response.json().await.map_err(|e| ClientError::Decode {
+            url,
+            reason: e.to_string(),
+        })
+    }
+
+    /// A streaming `GET` (logs): the response body as it arrives.
+    pub async fn get_stream(
+        &self,
+        path: &str,
+    ) -> Result<
+        impl futures::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + use<>,
+        ClientError,
+    > {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .send(self.request(reqwest::Method::GET, path), &url)
+            .await?;
+        Ok(response.bytes_stream())
     }
 
     /// `GET` on any path, returning the JSON body.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use infraos_api::kinds::DiskInfo;
-use nix::sys::statvfs::statvfs;
+use nix::sys::statvfs::{Statvfs, statvfs};
 
 use crate::mounts::MountEntry;
 
@@ -52,13 +52,7 @@ pub fn collect(mounts: &[MountEntry]) -> Vec<DiskInfo> {
         .into_iter()
         .map(|entry| {
             let (size_bytes, free_bytes) = match statvfs(entry.mount.as_str()) {
-                Ok(stat) => {
-                    let fragment = u64::from(stat.fragment_size());
-                    (
-                        u64::from(stat.blocks()).saturating_mul(fragment),
-                        u64::from(stat.blocks_available()).saturating_mul(fragment),
-                    )
-                }
+                Ok(stat) => sizes(&stat),
                 Err(errno) => {
                     tracing::debug!(mount = %entry.mount, error = %errno, "statvfs failed");
                     (0, 0)
@@ -73,6 +67,18 @@ pub fn collect(mounts: &[MountEntry]) -> Vec<DiskInfo> {
             }
         })
         .collect()
+}
+
+/// Total and available bytes: blocks count in fragment-size units, and "available" is what
+/// an unprivileged writer may still use (the root reserve excluded).
+// `c_ulong` and `fsblkcnt_t` are u64 here but u32 on some 32-bit targets; keep the `from`s.
+#[allow(clippy::useless_conversion)]
+fn sizes(stat: &Statvfs) -> (u64, u64) {
+    let fragment = u64::from(stat.fragment_size());
+    (
+        u64::from(stat.blocks()).saturating_mul(fragment),
+        u64::from(stat.blocks_available()).saturating_mul(fragment),
+    )
 }
 
 #[cfg(test)]

@@ -40,10 +40,12 @@ pub fn parse_nvidia_smi(text: &str) -> Vec<GpuInfo> {
 }
 
 fn parse_nvidia_line(line: &str) -> Option<GpuInfo> {
-    let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+    let fields: Vec<&str> = line.split(',').collect();
     let [index, .., uuid, memory, bus_id] = fields.as_slice() else {
         return None;
     };
+    let (index, uuid, memory) = (index.trim(), uuid.trim(), memory.trim());
+    // Joined untrimmed, so `Tesla T4, Rev A` keeps its inner space.
     let name = fields.get(1..fields.len().checked_sub(3)?)?.join(",");
     if name.is_empty() || !uuid.starts_with("GPU-") {
         return None;
@@ -54,7 +56,7 @@ fn parse_nvidia_line(line: &str) -> Option<GpuInfo> {
         model: name.trim().to_string(),
         // `[N/A]` on some virtual GPUs: the GPU is still there, its size unknown.
         memory_mib: memory.parse().unwrap_or(0),
-        uuid: (*uuid).to_string(),
+        uuid: uuid.to_string(),
         pci_bus_id: sysfs_pci_address(bus_id),
         numa_node: None,
     })

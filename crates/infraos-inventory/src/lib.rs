@@ -85,6 +85,8 @@ pub fn collect(options: &Options) -> Inventory {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     /// Guards against a collector that compiles but reads nothing on a real Linux machine.
@@ -174,8 +176,7 @@ mod tests {
         write("sys/class/net/eth9/speed", "10000\n");
         write("bin/runc", "#!/bin/sh\n");
         let runc = root.join("bin/runc");
-        std::fs::set_permissions(&runc, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(&runc, std::fs::Permissions::from_mode(0o755)).unwrap();
 
         let inv = collect(&Options {
             proc_root: root.join("proc"),

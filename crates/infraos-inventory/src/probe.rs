@@ -95,12 +95,21 @@ pub fn run_with_timeout(
 
     let (tx, rx) = mpsc::channel();
     if let Some(mut stdout) = child.stdout.take() {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let result = stdout.read_to_string(&mut text).map(|_| text);
-            // The receiver may have given up already; nothing to do then.
-            let _ = tx.send(result);
-        });
+        let reader = std::thread::Builder::new()
+            .name("inventory-probe".into())
+            .spawn(move || {
+                let mut text = String::new();
+                let result = stdout.read_to_string(&mut text).map(|_| text);
+                // The receiver may have given up already; nothing to do then.
+                let _ = tx.send(result);
+            });
+        if let Err(source) = reader {
+            kill(&mut child);
+            return Err(ProbeError::Output {
+                program: program.to_path_buf(),
+                source,
+            });
+        }
     }
 
     let status = loop {

@@ -20,9 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use infraos_api::kinds::{
-    AllocatedResource, Claim, ClassKind, RunnerUp, ScoreBreakdown, Tier,
-};
+use infraos_api::kinds::{AllocatedResource, Claim, ClassKind, RunnerUp, ScoreBreakdown, Tier};
 use infraos_api::{ItemSelector, LabelSelector, Quantity};
 
 use crate::plugins::ScoreInput;
@@ -336,11 +334,7 @@ impl Scheduler {
         };
         let selector = claim.spec.selector.as_ref();
         // A workload runs only on a node granted its driver's tier.
-        let needs_tier = claim
-            .spec
-            .workload
-            .as_ref()
-            .map(|w| w.driver.tier());
+        let needs_tier = claim.spec.workload.as_ref().map(|w| w.driver.tier());
         let colocate: &[String] = claim
             .spec
             .topology
@@ -359,8 +353,9 @@ impl Scheduler {
         let mut feasible = 0usize;
         let mut consider =
             |this: &mut Scheduler, node: Option<NodeId>, pool: Option<ResourceId>| match this
-                .evaluate(snapshot, node, pool, &requests, selector, colocate, needs_tier, overlay)
-            {
+                .evaluate(
+                    snapshot, node, pool, &requests, selector, colocate, needs_tier, overlay,
+                ) {
                 Ok((score, plugin_scores)) => {
                     feasible += 1;
                     let beats_runner_up = runner_up.as_ref().is_none_or(|r| score > r.score);

@@ -21,10 +21,12 @@ impl AgentDialer {
         let (cert_pem, key_pem) = ca
             .issue_server_client(now)
             .map_err(|e| tls_err(e.to_string()))?;
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| tls_err(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| tls_err(e.to_string()))?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls_err(e.to_string()))?;
         let mut roots = rustls::RootCertStore::empty();
         for ca in CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
             let ca = ca.map_err(|e| tls_err(e.to_string()))?;
@@ -41,7 +43,11 @@ impl AgentDialer {
     }
 
     /// A client that reaches `node` at `address` (`host:port`) and nothing else.
-    pub fn client_for(&self, node: &str, address: &str) -> Result<(reqwest::Client, String), ApiError> {
+    pub fn client_for(
+        &self,
+        node: &str,
+        address: &str,
+    ) -> Result<(reqwest::Client, String), ApiError> {
         let addr: SocketAddr = address.parse().map_err(|_| {
             ApiError::unavailable(format!(
                 "node {node} published an address that is not host:port: {address:?}"

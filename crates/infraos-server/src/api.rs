@@ -39,8 +39,14 @@ pub const PREFIX: &str = "/apis/infraos.io/v1";
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/auditrecords", get(audit_records::list))
-        .route("/jointokens", get(join_tokens::list).post(join_tokens::create))
-        .route("/jointokens/{id}", axum::routing::delete(join_tokens::revoke))
+        .route(
+            "/jointokens",
+            get(join_tokens::list).post(join_tokens::create),
+        )
+        .route(
+            "/jointokens/{id}",
+            axum::routing::delete(join_tokens::revoke),
+        )
         .route("/namespaces/{ns}/claims/{name}/log", get(logs::claim_log))
         .route(
             "/namespaces/{ns}/{plural}",
@@ -85,7 +91,10 @@ pub fn router(state: AppState) -> Router {
             "/namespaces/{ns}/allocations/{name}/workload",
             axum::routing::put(agent::workload),
         )
-        .route("/namespaces/{ns}/allocations/{name}/renew", post(agent::renew));
+        .route(
+            "/namespaces/{ns}/allocations/{name}/renew",
+            post(agent::renew),
+        );
     let authenticated = Router::new()
         .nest(PREFIX, v1)
         .nest("/agent/v1", agent_v1)

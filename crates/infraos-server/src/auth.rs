@@ -54,7 +54,12 @@ impl Identity {
 
 /// What a node may do, by path: its own Node, Resources and Allocations, and the agent API.
 /// Lists and watches must select `infraos.io/node=<name>`, so they return nothing else.
-pub fn node_may(node: &str, method: &http::Method, path: &str, query: Option<&str>) -> Result<(), String> {
+pub fn node_may(
+    node: &str,
+    method: &http::Method,
+    path: &str,
+    query: Option<&str>,
+) -> Result<(), String> {
     if path.starts_with("/agent/v1/") {
         return Ok(());
     }
@@ -235,16 +240,36 @@ mod tests {
         assert!(may("/apis/infraos.io/v1/nodes/a", None));
         assert!(!may("/apis/infraos.io/v1/nodes/b", None));
         assert!(!may("/apis/infraos.io/v1/nodes", None));
-        assert!(may("/apis/infraos.io/v1/allocations", Some("watch=true&labelSelector=infraos.io%2Fnode%3Da")));
-        assert!(may("/apis/infraos.io/v1/resources", Some("labelSelector=infraos.io/node=a,x=y")));
-        assert!(!may("/apis/infraos.io/v1/allocations", Some("labelSelector=infraos.io/node=b")));
-        assert!(!may("/apis/infraos.io/v1/allocations", Some("labelSelector=infraos.io/node!=b")));
+        assert!(may(
+            "/apis/infraos.io/v1/allocations",
+            Some("watch=true&labelSelector=infraos.io%2Fnode%3Da")
+        ));
+        assert!(may(
+            "/apis/infraos.io/v1/resources",
+            Some("labelSelector=infraos.io/node=a,x=y")
+        ));
+        assert!(!may(
+            "/apis/infraos.io/v1/allocations",
+            Some("labelSelector=infraos.io/node=b")
+        ));
+        assert!(!may(
+            "/apis/infraos.io/v1/allocations",
+            Some("labelSelector=infraos.io/node!=b")
+        ));
         assert!(!may("/apis/infraos.io/v1/allocations", None));
         assert!(!may("/apis/infraos.io/v1/namespaces/p/claims/c", None));
         assert!(!may("/apis/infraos.io/v1/namespaces/p/allocations/c", None));
         assert!(!may("/apis/infraos.io/v1/auditrecords", None));
         assert!(may("/agent/v1/heartbeat", None));
-        assert!(node_may("a", &http::Method::DELETE, "/apis/infraos.io/v1/nodes/a", None).is_err());
+        assert!(
+            node_may(
+                "a",
+                &http::Method::DELETE,
+                "/apis/infraos.io/v1/nodes/a",
+                None
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -72,7 +72,12 @@ pub async fn ensure_builtin_classes(state: &AppState) -> Result<(), ServerError>
         .payload(now);
         state
             .store
-            .txn(Txn::new().when(Compare::absent(key.clone())).put(key, bytes).append(payload))
+            .txn(
+                Txn::new()
+                    .when(Compare::absent(key.clone()))
+                    .put(key, bytes)
+                    .append(payload),
+            )
             .await?;
     }
     Ok(())

@@ -37,7 +37,9 @@ pub struct JoinTokenRecord {
 /// Why a join token was refused. The messages are what the agent's operator reads.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenProblem {
-    #[error("the join token is not known to this server (mistyped, revoked, or from another cluster)")]
+    #[error(
+        "the join token is not known to this server (mistyped, revoked, or from another cluster)"
+    )]
     Unknown,
     #[error("the join token expired at {0}")]
     Expired(Time),
@@ -88,7 +90,10 @@ mod tests {
     fn tokens_expire_and_run_out() {
         let early = Time::from_unix_millis(5_000);
         assert_eq!(record(Some(2), 1).check(early), Ok(()));
-        assert_eq!(record(Some(2), 2).check(early), Err(TokenProblem::UsedUp(2)));
+        assert_eq!(
+            record(Some(2), 2).check(early),
+            Err(TokenProblem::UsedUp(2))
+        );
         assert_eq!(record(None, 99).check(early), Ok(()));
         assert!(matches!(
             record(None, 0).check(Time::from_unix_millis(10_000)),

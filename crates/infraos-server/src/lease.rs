@@ -11,9 +11,8 @@
 //! commit the results with compare-and-swap on both objects.
 
 use infraos_api::kinds::{
-    NODE_LABEL,
     Allocation, AllocationPhase, AllocationSpec, AllocationStatus, Claim, ClaimPhase, ClaimRef,
-    Lease,
+    Lease, NODE_LABEL,
 };
 use infraos_api::{Duration, Object, OwnerReference, Time};
 use infraos_scheduler::Placement;

@@ -73,9 +73,7 @@ impl Server {
                 addr: config.listen.to_string(),
                 source,
             })?;
-        let ca = Arc::new(
-            pki::Ca::load(&dir).map_err(|e| ServerError::Cert(e.to_string()))?,
-        );
+        let ca = Arc::new(pki::Ca::load(&dir).map_err(|e| ServerError::Cert(e.to_string()))?);
         let agents = Arc::new(agents::AgentDialer::new(&ca, clock.now())?);
         let state = state::AppState {
             store,

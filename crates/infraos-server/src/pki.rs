@@ -190,5 +190,7 @@ pub fn common_name(der: &[u8]) -> Option<String> {
 pub fn key_fingerprint(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let spki = cert.public_key();
-    Some(hex::encode(Sha256::digest(spki.subject_public_key.data.as_ref())))
+    Some(hex::encode(Sha256::digest(
+        spki.subject_public_key.data.as_ref(),
+    )))
 }

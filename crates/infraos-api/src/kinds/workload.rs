@@ -199,7 +199,10 @@ impl WorkloadSpec {
             errors.add(format!("{at}.args"), "must not contain NUL bytes");
         }
         if self.args.len() > MAX_ARGS {
-            errors.add(format!("{at}.args"), format!("at most {MAX_ARGS} arguments"));
+            errors.add(
+                format!("{at}.args"),
+                format!("at most {MAX_ARGS} arguments"),
+            );
         }
         if self.env.len() > MAX_ENV {
             errors.add(format!("{at}.env"), format!("at most {MAX_ENV} variables"));
@@ -231,7 +234,8 @@ impl WorkloadSpec {
                 format!("{user:?} is not a user name or uid[:gid]"),
             );
         }
-        if self.restart.backoff.as_millis() == 0 || self.restart.backoff > self.restart.max_backoff {
+        if self.restart.backoff.as_millis() == 0 || self.restart.backoff > self.restart.max_backoff
+        {
             errors.add(
                 format!("{at}.restart.backoff"),
                 "must be greater than zero and at most maxBackoff",

@@ -211,6 +211,7 @@ async fn start_server() -> anyhow::Result<(ChildServer, ClientConfig)> {
                 .trim()
                 .to_string(),
         ),
+        identity: None,
     };
     let client = Client::new(&config)?;
     while !matches!(

@@ -20,6 +20,9 @@ pub struct DevArgs {
     /// Do not write ~/.config/infraos/config.yaml.
     #[arg(long)]
     no_client_config: bool,
+    /// Run the server only, without the local agent.
+    #[arg(long)]
+    no_agent: bool,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -52,7 +55,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         format!("client config written to {}", path.display())
     };
     println!(
-        "InfraOS dev server {} at {url}\n  data dir: {}\n  {config_note}\n\nTry, in another terminal:\n  infraos apply -f examples/walkthrough/\n  infraos get claims -n ml-team\n  infraos describe claim train-h100 -n ml-team\n  infraos audit verify\n\nCtrl-C stops the server; the data dir keeps its state.",
+        "InfraOS dev server {} at {url}\n  data dir: {}\n  {config_note}\n\nTry, in another terminal:\n  infraos apply -f examples/walkthrough/\n  infraos get nodes\n  infraos apply -f examples/workloads/hello.yaml\n  infraos logs hello -n ml-team -f\n  infraos get claims -n ml-team\n  infraos describe claim train-h100 -n ml-team\n  infraos audit verify\n\nCtrl-C stops the server; the data dir keeps its state.",
         if fresh {
             "initialised and running"
         } else {
@@ -60,9 +63,76 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         },
         data_dir.display()
     );
+    let (stop_agent, agent_stopped) = tokio::sync::watch::channel(false);
+    let agent = if args.no_agent {
+        None
+    } else {
+        Some(start_agent(&url, &data_dir, agent_stopped).await?)
+    };
     super::server::wait_for_signal().await;
+    let _ = stop_agent.send(true);
+    if let Some(agent) = agent {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), agent).await;
+    }
     server.shutdown().await;
     Ok(())
+}
+
+/// A local agent joined to this server with a one-use token, its state in `D/agent`.
+async fn start_agent(
+    url: &str,
+    data_dir: &Path,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let ca = std::fs::read(data_dir.join("ca.crt"))?;
+    let token = std::fs::read_to_string(data_dir.join("admin.token"))?;
+    let client = infraos_client::Client::new(&infraos_client::ClientConfig {
+        server: url.to_string(),
+        ca_pem: Some(ca.clone()),
+        token: Some(token.trim().to_string()),
+        identity: None,
+    })?;
+    let name = super::agent::hostname();
+    let mut config =
+        infraos_agent::AgentConfig::new(url.to_string(), data_dir.join("agent"), name.clone());
+    config.ca_pem = Some(ca);
+    if infraos_agent::identity::load(&config.identity_dir(), &name, infraos_agent::now())?.is_none()
+    {
+        let created: serde_json::Value = client
+            .send_json(
+                reqwest::Method::POST,
+                "/apis/infraos.io/v1/jointokens",
+                &serde_json::json!({"ttl": "10m", "uses": 1, "description": "infraos dev local agent"}),
+            )
+            .await
+            .context("cannot mint a join token for the local agent")?;
+        config.join_token = created["token"].as_str().map(str::to_string);
+    }
+    if !nix_is_root() {
+        println!(
+            "  note: not running as root, so the local agent cannot create cgroups and namespaces; workloads will fail to start"
+        );
+    }
+    println!(
+        "  local agent: node {name} (state in {})",
+        config.data_dir.display()
+    );
+    Ok(tokio::spawn(async move {
+        if let Err(e) = infraos_agent::run(config, stopped).await {
+            eprintln!("local agent stopped: {e}");
+        }
+    }))
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
 }
 
 /// Writes the client config pointing at this dev server; an existing config for another server

@@ -17,7 +17,7 @@ use infraos_api::agent_protocol::{
     NodeReport, NodeReportResponse, PROTOCOL_VERSION, RenewRequest,
 };
 use infraos_api::kinds::{
-    AllocationSpec, Node, NodeSpec, RenewPolicy, ResourceSpec, Tier, WorkloadStatus, NODE_LABEL,
+    AllocationSpec, NODE_LABEL, Node, NodeSpec, RenewPolicy, ResourceSpec, Tier, WorkloadStatus,
 };
 use infraos_api::{Object, TypedObject};
 use infraos_store::{Compare, Txn};
@@ -85,7 +85,15 @@ fn certificate_response(
 }
 
 /// Audits a refused agent call and turns it into a response.
-async fn refused(state: &AppState, actor: &Actor, verb: &str, kind: &str, ns: Option<&str>, name: &str, e: ApiError) -> Response {
+async fn refused(
+    state: &AppState,
+    actor: &Actor,
+    verb: &str,
+    kind: &str,
+    ns: Option<&str>,
+    name: &str,
+    e: ApiError,
+) -> Response {
     let object = audit::object_ref(kind, ns, name);
     audit::refusal(&*state.store, state.clock.now(), actor, verb, object, &e).await;
     e.into_response()
@@ -112,7 +120,11 @@ pub async fn join(State(state): State<AppState>, request: Request) -> Response {
     }
 }
 
-async fn join_inner(state: &AppState, actor: &Actor, body: &JoinRequest) -> Result<CertificateResponse, ApiError> {
+async fn join_inner(
+    state: &AppState,
+    actor: &Actor,
+    body: &JoinRequest,
+) -> Result<CertificateResponse, ApiError> {
     if let Some(problem) = infraos_api::names::object_name_problem(&body.name) {
         return Err(ApiError::invalid_field("Node", &body.name, "name", problem));
     }
@@ -120,11 +132,9 @@ async fn join_inner(state: &AppState, actor: &Actor, body: &JoinRequest) -> Resu
     let (token_key, _) = join_tokens::key_for(body.token.trim());
     for _ in 0..RETRIES {
         let now = state.clock.now();
-        let token_kv = state
-            .store
-            .get(&token_key)
-            .await?
-            .ok_or_else(|| ApiError::unauthorized(join_tokens::TokenProblem::Unknown.to_string()))?;
+        let token_kv = state.store.get(&token_key).await?.ok_or_else(|| {
+            ApiError::unauthorized(join_tokens::TokenProblem::Unknown.to_string())
+        })?;
         let mut token: JoinTokenRecord = serde_json::from_slice(&token_kv.value)
             .map_err(|e| ApiError::internal(format!("join token record is corrupt: {e}")))?;
         token
@@ -136,7 +146,9 @@ async fn join_inner(state: &AppState, actor: &Actor, body: &JoinRequest) -> Resu
             .sign_node(&body.csr, &body.name, now, ttl)
             .map_err(|e| match e {
                 crate::pki::PkiError::WrongSubject { .. } => ApiError::forbidden(e.to_string()),
-                crate::pki::PkiError::BadCsr(_) => ApiError::invalid_field("Node", &body.name, "csr", e.to_string()),
+                crate::pki::PkiError::BadCsr(_) => {
+                    ApiError::invalid_field("Node", &body.name, "csr", e.to_string())
+                }
                 other => ApiError::internal(other.to_string()),
             })?;
         let node_key = objects::key(NodeSpec::INFO, None, &body.name);
@@ -215,7 +227,12 @@ async fn join_inner(state: &AppState, actor: &Actor, body: &JoinRequest) -> Resu
         if out.succeeded {
             state.liveness.beat(&body.name, now.unix_millis());
             tracing::info!(node = %body.name, tiers = ?node.spec.tiers, "node joined");
-            return Ok(certificate_response(state, &body.name, &signed, node.spec.tiers));
+            return Ok(certificate_response(
+                state,
+                &body.name,
+                &signed,
+                node.spec.tiers,
+            ));
         }
     }
     Err(ApiError::stale("Node", &body.name))
@@ -234,17 +251,33 @@ pub async fn certificate(State(state): State<AppState>, ctx: Ctx, request: Reque
         Ok(r) => Json(r).into_response(),
         Err(e) => {
             let name = ctx.identity.node().unwrap_or_default().to_string();
-            refused(&state, &ctx.actor(), "rotate-certificate", "Node", None, &name, e).await
+            refused(
+                &state,
+                &ctx.actor(),
+                "rotate-certificate",
+                "Node",
+                None,
+                &name,
+                e,
+            )
+            .await
         }
     }
 }
 
-async fn rotate(state: &AppState, ctx: &Ctx, name: &str, body: &CertificateRequest) -> Result<CertificateResponse, ApiError> {
+async fn rotate(
+    state: &AppState,
+    ctx: &Ctx,
+    name: &str,
+    body: &CertificateRequest,
+) -> Result<CertificateResponse, ApiError> {
     let node_key = objects::key(NodeSpec::INFO, None, name);
     for _ in 0..RETRIES {
         let now = state.clock.now();
         let kv = state.store.get(&node_key).await?.ok_or_else(|| {
-            ApiError::forbidden(format!("node {name:?} was removed; join it again with a token"))
+            ApiError::forbidden(format!(
+                "node {name:?} was removed; join it again with a token"
+            ))
         })?;
         let mut node = decode_typed::<NodeSpec>(&kv)?;
         let signed = state
@@ -318,7 +351,12 @@ pub async fn report(State(state): State<AppState>, ctx: Ctx, request: Request) -
     }
 }
 
-async fn report_inner(state: &AppState, ctx: &Ctx, name: &str, body: NodeReport) -> Result<NodeReportResponse, ApiError> {
+async fn report_inner(
+    state: &AppState,
+    ctx: &Ctx,
+    name: &str,
+    body: NodeReport,
+) -> Result<NodeReportResponse, ApiError> {
     check_protocol(body.agent.protocol_version)?;
     // Resources first: each must be this node's, named after it.
     for (i, resource) in body.resources.iter().enumerate() {
@@ -344,14 +382,20 @@ async fn report_inner(state: &AppState, ctx: &Ctx, name: &str, body: NodeReport)
     let node_key = objects::key(NodeSpec::INFO, None, name);
     for _ in 0..RETRIES {
         let kv = state.store.get(&node_key).await?.ok_or_else(|| {
-            ApiError::forbidden(format!("node {name:?} was removed; join it again with a token"))
+            ApiError::forbidden(format!(
+                "node {name:?} was removed; join it again with a token"
+            ))
         })?;
         let mut node = decode_typed::<NodeSpec>(&kv)?;
         let status = node.status.get_or_insert_with(Default::default);
         let mut agent = body.agent.clone();
         agent.certificate_expires = status.agent.as_ref().and_then(|a| a.certificate_expires);
-        if status.agent.as_ref() == Some(&agent) && status.inventory.as_ref() == Some(&body.inventory) {
-            return Ok(NodeReportResponse { tiers: node.spec.tiers });
+        if status.agent.as_ref() == Some(&agent)
+            && status.inventory.as_ref() == Some(&body.inventory)
+        {
+            return Ok(NodeReportResponse {
+                tiers: node.spec.tiers,
+            });
         }
         status.agent = Some(agent);
         status.inventory = Some(body.inventory.clone());
@@ -380,17 +424,30 @@ async fn report_inner(state: &AppState, ctx: &Ctx, name: &str, body: NodeReport)
             )
             .await?;
         if out.succeeded {
-            return Ok(NodeReportResponse { tiers: node.spec.tiers });
+            return Ok(NodeReportResponse {
+                tiers: node.spec.tiers,
+            });
         }
     }
     Err(ApiError::stale("Node", name))
 }
 
 /// Creates or updates one of the node's Resources when what the agent found changed.
-async fn upsert_resource(state: &AppState, ctx: &Ctx, node: &str, mut resource: infraos_api::kinds::Resource) -> Result<(), ApiError> {
+async fn upsert_resource(
+    state: &AppState,
+    ctx: &Ctx,
+    node: &str,
+    mut resource: infraos_api::kinds::Resource,
+) -> Result<(), ApiError> {
     let name = resource.metadata.name.clone();
-    resource.metadata.labels.insert(NODE_LABEL.into(), node.into());
-    resource.metadata.labels.insert(MANAGED_LABEL.into(), "agent".into());
+    resource
+        .metadata
+        .labels
+        .insert(NODE_LABEL.into(), node.into());
+    resource
+        .metadata
+        .labels
+        .insert(MANAGED_LABEL.into(), "agent".into());
     let key = objects::key(ResourceSpec::INFO, None, &name);
     for _ in 0..RETRIES {
         let now = state.clock.now();
@@ -401,14 +458,22 @@ async fn upsert_resource(state: &AppState, ctx: &Ctx, node: &str, mut resource: 
         match &existing {
             Some(kv) => {
                 let current = decode_typed::<ResourceSpec>(kv)?;
-                if current.metadata.labels.get(MANAGED_LABEL).map(String::as_str) != Some("agent") {
+                if current
+                    .metadata
+                    .labels
+                    .get(MANAGED_LABEL)
+                    .map(String::as_str)
+                    != Some("agent")
+                {
                     return Err(ApiError::conflict(
                         "Resource",
                         &name,
                         format!("resource {name:?} exists and was not published by an agent"),
                     ));
                 }
-                if current.spec == desired.spec && current.metadata.labels == desired.metadata.labels {
+                if current.spec == desired.spec
+                    && current.metadata.labels == desired.metadata.labels
+                {
                     return Ok(());
                 }
                 desired.metadata.uid = current.metadata.uid.clone();
@@ -425,14 +490,20 @@ async fn upsert_resource(state: &AppState, ctx: &Ctx, node: &str, mut resource: 
         desired.metadata.deletion_timestamp = None;
         desired.metadata.finalizers.clear();
         let typed = TypedObject::Resource(desired);
-        typed.check().map_err(|e| ApiError::invalid("Resource", &name, &e))?;
+        typed
+            .check()
+            .map_err(|e| ApiError::invalid("Resource", &name, &e))?;
         admission::admit(&*state.store, &state.classes, &typed).await?;
         let bytes = typed.to_vec();
         let mut object = audit::object_ref("Resource", None, &name);
         object.uid = Some(typed.meta().uid.clone());
         let payload = Record {
             actor: &ctx.actor(),
-            verb: if existing.is_some() { "update" } else { "create" },
+            verb: if existing.is_some() {
+                "update"
+            } else {
+                "create"
+            },
             object,
             code: if existing.is_some() { 200 } else { 201 },
             reason: None,
@@ -447,7 +518,12 @@ async fn upsert_resource(state: &AppState, ctx: &Ctx, node: &str, mut resource: 
         };
         let out = state
             .store
-            .txn(Txn::new().when(guard).put(key.clone(), bytes).append(payload))
+            .txn(
+                Txn::new()
+                    .when(guard)
+                    .put(key.clone(), bytes)
+                    .append(payload),
+            )
             .await?;
         if out.succeeded {
             return Ok(());
@@ -472,7 +548,18 @@ pub async fn workload(
     .await;
     match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => refused(&state, &ctx.actor(), "report-workload", "Allocation", Some(&ns), &name, e).await,
+        Err(e) => {
+            refused(
+                &state,
+                &ctx.actor(),
+                "report-workload",
+                "Allocation",
+                Some(&ns),
+                &name,
+                e,
+            )
+            .await
+        }
     }
 }
 
@@ -570,24 +657,51 @@ pub async fn renew(
                 "claim {ns}/{name} is renewed by its owner (renewPolicy Manual)"
             )));
         }
-        let epoch = allocation.status.as_ref().map_or(0, |s| s.lease.fencing_epoch);
+        let epoch = allocation
+            .status
+            .as_ref()
+            .map_or(0, |s| s.lease.fencing_epoch);
         if body.fencing_epoch != epoch {
             return Err(ApiError::conflict(
                 "Allocation",
                 &name,
-                format!("stale fencing epoch {} (the allocation is at epoch {epoch})", body.fencing_epoch),
+                format!(
+                    "stale fencing epoch {} (the allocation is at epoch {epoch})",
+                    body.fencing_epoch
+                ),
             ));
         }
-        super::claims::act(&state, &ctx, &ns, &allocation.spec.claim.name, "renew", None, Some(epoch)).await
+        super::claims::act(
+            &state,
+            &ctx,
+            &ns,
+            &allocation.spec.claim.name,
+            "renew",
+            None,
+            Some(epoch),
+        )
+        .await
     }
     .await;
     match result {
         Ok(r) => r,
-        Err(e) => refused(&state, &ctx.actor(), "renew", "Allocation", Some(&ns), &name, e).await,
+        Err(e) => {
+            refused(
+                &state,
+                &ctx.actor(),
+                "renew",
+                "Allocation",
+                Some(&ns),
+                &name,
+                e,
+            )
+            .await
+        }
     }
 }
 
 /// Labels a join token grants must be valid labels.
 pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
-    infraos_api::labels::validate_labels(labels).map_err(|e| ApiError::bad_request(format!("labels: {e}")))
+    infraos_api::labels::validate_labels(labels)
+        .map_err(|e| ApiError::bad_request(format!("labels: {e}")))
 }

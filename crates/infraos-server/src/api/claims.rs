@@ -119,7 +119,10 @@ pub(crate) async fn act(
         };
         let mut allocation = decode_typed::<AllocationSpec>(&alloc_kv)?;
         if let Some(epoch) = fence {
-            let current = allocation.status.as_ref().map_or(0, |s| s.lease.fencing_epoch);
+            let current = allocation
+                .status
+                .as_ref()
+                .map_or(0, |s| s.lease.fencing_epoch);
             if current != epoch {
                 return Err(ApiError::conflict(
                     "Claim",

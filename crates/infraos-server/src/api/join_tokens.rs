@@ -56,7 +56,9 @@ pub struct CreatedJoinToken {
 
 fn forbid_nodes(ctx: &Ctx) -> Result<(), ApiError> {
     match ctx.identity.node() {
-        Some(node) => Err(ApiError::forbidden(format!("node:{node} may not manage join tokens"))),
+        Some(node) => Err(ApiError::forbidden(format!(
+            "node:{node} may not manage join tokens"
+        ))),
         None => Ok(()),
     }
 }
@@ -72,7 +74,9 @@ pub async fn create(State(state): State<AppState>, ctx: Ctx, request: Request) -
         }
         .map_err(|e| ApiError::bad_request(format!("join token: {e}")))?;
         if body.ttl.as_millis() == 0 || body.ttl > MAX_TTL {
-            return Err(ApiError::bad_request(format!("ttl: must be between 1s and {MAX_TTL}")));
+            return Err(ApiError::bad_request(format!(
+                "ttl: must be between 1s and {MAX_TTL}"
+            )));
         }
         if body.uses == Some(0) {
             return Err(ApiError::bad_request("uses: must be at least 1"));
@@ -84,7 +88,8 @@ pub async fn create(State(state): State<AppState>, ctx: Ctx, request: Request) -
         let token = format!(
             "{}{}",
             join_tokens::TOKEN_PREFIX,
-            crate::auth::generate_token().map_err(|e| ApiError::internal(e.to_string()))?
+            crate::auth::generate_token()
+                .map_err(|e| ApiError::internal(e.to_string()))?
                 .trim_start_matches("ios_")
         );
         let (key, id) = join_tokens::key_for(&token);
@@ -117,7 +122,12 @@ pub async fn create(State(state): State<AppState>, ctx: Ctx, request: Request) -
         .payload(now);
         state
             .store
-            .txn(Txn::new().when(Compare::absent(key.clone())).put(key, bytes).append(payload))
+            .txn(
+                Txn::new()
+                    .when(Compare::absent(key.clone()))
+                    .put(key, bytes)
+                    .append(payload),
+            )
             .await?;
         Ok(CreatedJoinToken { token, record })
     }
@@ -167,6 +177,9 @@ pub async fn revoke(
         node: None,
     }
     .payload(state.clock.now());
-    state.store.txn(Txn::new().delete(key).append(payload)).await?;
+    state
+        .store
+        .txn(Txn::new().delete(key).append(payload))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

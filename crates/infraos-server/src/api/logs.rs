@@ -37,11 +37,19 @@ pub async fn claim_log(
     let follow = matches!(params.follow.as_deref(), Some("true" | "1" | ""));
     let key = objects::key(AllocationSpec::INFO, Some(&ns), &name);
     let kv = state.store.get(&key).await?.ok_or_else(|| {
-        ApiError::conflict("Claim", &name, format!("claim {ns}/{name} has no allocation, so nothing ran"))
+        ApiError::conflict(
+            "Claim",
+            &name,
+            format!("claim {ns}/{name} has no allocation, so nothing ran"),
+        )
     })?;
     let allocation = decode_typed::<AllocationSpec>(&kv)?;
     if allocation.spec.workload.is_none() {
-        return Err(ApiError::conflict("Claim", &name, format!("claim {ns}/{name} has no workload")));
+        return Err(ApiError::conflict(
+            "Claim",
+            &name,
+            format!("claim {ns}/{name} has no workload"),
+        ));
     }
     let node = allocation
         .spec
@@ -64,11 +72,9 @@ pub async fn claim_log(
     if let Some(tail) = params.tail {
         url.push_str(&format!("&tail={tail}"));
     }
-    let response = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| ApiError::unavailable(format!("cannot reach the agent of node {node}: {e}")))?;
+    let response = client.get(&url).send().await.map_err(|e| {
+        ApiError::unavailable(format!("cannot reach the agent of node {node}: {e}"))
+    })?;
     if !response.status().is_success() {
         let code = response.status();
         let text = response.text().await.unwrap_or_default();

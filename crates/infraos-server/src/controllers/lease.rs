@@ -246,7 +246,11 @@ async fn expire(state: &AppState, alloc_key: &str) -> Result<Option<i64>, crate:
             };
             let (event_key, event_bytes) = events::build(
                 &events::claim_ref(claim.name(), claim.namespace(), &claim.metadata.uid),
-                if node_lost { events::WARNING } else { events::NORMAL },
+                if node_lost {
+                    events::WARNING
+                } else {
+                    events::NORMAL
+                },
                 if node_lost { "Lost" } else { "Expired" },
                 &message,
                 "lease-controller",

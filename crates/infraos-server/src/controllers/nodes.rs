@@ -45,12 +45,21 @@ struct Seen {
 }
 
 /// The pure decision: the `Ready` status a node should have, if it differs from `seen`.
-pub fn desired_ready(seen_ready: bool, last_beat_ms: i64, now_ms: i64, grace_ms: i64) -> Option<bool> {
+pub fn desired_ready(
+    seen_ready: bool,
+    last_beat_ms: i64,
+    now_ms: i64,
+    grace_ms: i64,
+) -> Option<bool> {
     let alive = now_ms - last_beat_ms < grace_ms;
     (alive != seen_ready).then_some(alive)
 }
 
-async fn run(state: AppState, mut rx: mpsc::Receiver<Change<()>>, mut shutdown: watch::Receiver<bool>) {
+async fn run(
+    state: AppState,
+    mut rx: mpsc::Receiver<Change<()>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut nodes: HashMap<String, Seen> = HashMap::new();
     let grace_ms = i64::try_from(state.config.node_grace_period.as_millis()).unwrap_or(i64::MAX);
     loop {
@@ -98,13 +107,20 @@ async fn run(state: AppState, mut rx: mpsc::Receiver<Change<()>>, mut shutdown: 
                         seen.ready = ready;
                     }
                 }
-                Err(e) => tracing::warn!(node = %name, error = %e, "updating node readiness failed"),
+                Err(e) => {
+                    tracing::warn!(node = %name, error = %e, "updating node readiness failed")
+                }
             }
         }
     }
 }
 
-fn observe(state: &AppState, nodes: &mut HashMap<String, Seen>, kv: &infraos_store::KeyValue, now_ms: i64) {
+fn observe(
+    state: &AppState,
+    nodes: &mut HashMap<String, Seen>,
+    kv: &infraos_store::KeyValue,
+    now_ms: i64,
+) {
     let Ok(node) = decode_typed::<NodeSpec>(kv) else {
         return;
     };
@@ -112,7 +128,12 @@ fn observe(state: &AppState, nodes: &mut HashMap<String, Seen>, kv: &infraos_sto
         return;
     };
     state.liveness.adopt(node.name(), now_ms);
-    nodes.insert(node.name().to_string(), Seen { ready: status.is_ready() && has_ready(status) });
+    nodes.insert(
+        node.name().to_string(),
+        Seen {
+            ready: status.is_ready() && has_ready(status),
+        },
+    );
 }
 
 /// An agent-run node is ready only once the controller has said so.
@@ -128,7 +149,10 @@ async fn set_ready(state: &AppState, name: &str, ready: bool) -> Result<(), crat
         };
         let mut node = decode_typed::<NodeSpec>(&kv)?;
         let now = state.clock.now();
-        let last_beat = state.liveness.last_beat(name).map(infraos_api::Time::from_unix_millis);
+        let last_beat = state
+            .liveness
+            .last_beat(name)
+            .map(infraos_api::Time::from_unix_millis);
         let status = node.status.get_or_insert_with(Default::default);
         if has_ready(status) && status.is_ready() == ready {
             return Ok(());
@@ -138,14 +162,23 @@ async fn set_ready(state: &AppState, name: &str, ready: bool) -> Result<(), crat
         status.conditions.push(Condition {
             type_: "Ready".into(),
             status: if ready { "True" } else { "False" }.into(),
-            reason: Some(if ready { "HeartbeatOK" } else { "HeartbeatMissed" }.into()),
+            reason: Some(
+                if ready {
+                    "HeartbeatOK"
+                } else {
+                    "HeartbeatMissed"
+                }
+                .into(),
+            ),
             message: Some(if ready {
                 "the agent is heartbeating".to_string()
             } else {
                 format!(
                     "no heartbeat for {} (last at {})",
                     state.config.node_grace_period,
-                    last_beat.map(|t| t.to_string()).unwrap_or_else(|| "never".into())
+                    last_beat
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "never".into())
                 )
             }),
             last_transition_time: Some(now),

@@ -1,0 +1,298 @@
+//! The `process` driver: a host process in its own cgroup (limits from the allocation) and
+//! its own PID, mount, UTS and IPC namespaces (network optional), with rlimits, as a
+//! non-root user when asked, supervised by a detached shim (see `shim.rs`).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use infraos_api::kinds::{UserSpec, parse_user};
+use infraos_sys::cgroup::{Cgroup, Hierarchy};
+
+use super::{Driver, DriverError, ExitResult, TaskConfig, TaskHandle, TaskState};
+use crate::shim::{self, ShimSpec};
+
+/// Most processes a workload may have unless it says otherwise.
+pub const DEFAULT_PIDS: u64 = 4096;
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct ProcessDriver {
+    hierarchy: Option<Hierarchy>,
+    shim_program: PathBuf,
+    log_max_bytes: u64,
+}
+
+impl ProcessDriver {
+    pub fn new(shim_program: PathBuf, log_max_bytes: u64) -> ProcessDriver {
+        let hierarchy = Hierarchy::detect()
+            .inspect_err(|e| tracing::warn!(error = %e, "no cgroups: workloads run without limits"))
+            .ok();
+        ProcessDriver {
+            hierarchy,
+            shim_program,
+            log_max_bytes,
+        }
+    }
+
+    pub fn hierarchy(&self) -> Option<&Hierarchy> {
+        self.hierarchy.as_ref()
+    }
+
+    fn cgroup(&self, id: &str) -> Option<Cgroup> {
+        self.hierarchy.as_ref().map(|h| Cgroup::open(h, id))
+    }
+}
+
+/// Finds the program: an absolute path as given, or a name on PATH.
+pub fn resolve_program(command: &str, path_env: Option<&str>) -> Result<PathBuf, DriverError> {
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if command.contains('/') {
+        let p = PathBuf::from(command);
+        if !p.is_absolute() {
+            return Err(DriverError::Refused(format!(
+                "command {command:?}: give an absolute path or a bare name found on PATH"
+            )));
+        }
+        return if executable(&p) {
+            Ok(p)
+        } else {
+            Err(DriverError::Refused(format!(
+                "command {command:?} does not exist or is not executable on this node"
+            )))
+        };
+    }
+    let search = path_env.unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    search
+        .split(':')
+        .map(|dir| Path::new(dir).join(command))
+        .find(|p| executable(p))
+        .ok_or_else(|| {
+            DriverError::Refused(format!("command {command:?} is not on PATH ({search})"))
+        })
+}
+
+fn credentials(user: Option<&str>) -> Result<Option<infraos_sys::users::Credentials>, DriverError> {
+    let Some(user) = user else { return Ok(None) };
+    let parsed = parse_user(user)
+        .ok_or_else(|| DriverError::Refused(format!("user {user:?} is not valid")))?;
+    let resolved = match parsed {
+        UserSpec::Name(name) => infraos_sys::users::resolve(Some(&name), None, None),
+        UserSpec::Id { uid, gid } => infraos_sys::users::resolve(None, Some(uid), gid),
+    };
+    resolved
+        .map(Some)
+        .map_err(|e| DriverError::Refused(format!("user {user:?}: {e}")))
+}
+
+#[async_trait::async_trait]
+impl Driver for ProcessDriver {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    async fn start(&self, task: &TaskConfig) -> Result<TaskHandle, DriverError> {
+        let spec = &task.spec;
+        let path_env = spec.env.get("PATH").cloned();
+        let program = resolve_program(&spec.command, path_env.as_deref())?;
+        let creds = credentials(spec.user.as_deref())?;
+        let cwd = PathBuf::from(spec.working_dir.as_deref().unwrap_or("/"));
+        if !cwd.is_dir() {
+            return Err(DriverError::Refused(format!(
+                "workingDir {} does not exist on this node",
+                cwd.display()
+            )));
+        }
+        std::fs::create_dir_all(&task.dir)
+            .map_err(|e| DriverError::Failed(format!("{}: {e}", task.dir.display())))?;
+        for stale in [shim::SHIM, shim::STARTED, shim::FAILED, shim::EXIT] {
+            let _ = std::fs::remove_file(task.dir.join(stale));
+        }
+        let cgroup = match &self.hierarchy {
+            Some(h) => Some(
+                Cgroup::create(h, &task.id, &task.limits)
+                    .map_err(|e| DriverError::Failed(format!("cgroup: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut env: Vec<(String, String)> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !spec.env.contains_key("PATH") {
+            env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
+        }
+        let shim_spec = ShimSpec {
+            program,
+            args: spec.args.clone(),
+            env,
+            cwd,
+            cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+            namespaces: true,
+            new_network: spec.isolate_network,
+            hostname: task.hostname.clone(),
+            uid: creds.as_ref().map(|c| c.uid),
+            gid: creds.as_ref().map(|c| c.gid),
+            groups: creds.map(|c| c.groups).unwrap_or_default(),
+            nofile: 65_536,
+            log_max_bytes: self.log_max_bytes,
+        };
+        let bytes =
+            serde_json::to_vec(&shim_spec).map_err(|e| DriverError::Failed(e.to_string()))?;
+        crate::write_atomic(&task.dir.join(shim::SPEC), &bytes, 0o600)
+            .map_err(|e| DriverError::Failed(e.to_string()))?;
+        let undo = |reason: String| {
+            if let Some(c) = &cgroup {
+                let _ = c.kill_all(Duration::from_secs(2));
+                let _ = c.remove();
+            }
+            DriverError::Failed(reason)
+        };
+        // The shim forks and its first process exits at once; the detached one carries on.
+        let program = self.shim_program.clone();
+        let dir = task.dir.clone();
+        let launched = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(program)
+                .arg("__shim")
+                .arg(&dir)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+        })
+        .await;
+        match launched {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => return Err(undo(format!("the shim exited with {status}"))),
+            Ok(Err(e)) => {
+                return Err(undo(format!(
+                    "cannot run the shim {}: {e}",
+                    self.shim_program.display()
+                )));
+            }
+            Err(e) => return Err(undo(format!("cannot run the shim: {e}"))),
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut pause = Duration::from_micros(500);
+        loop {
+            if let Some(failed) = shim::read::<shim::Failed>(&task.dir, shim::FAILED) {
+                return Err(undo(failed.reason));
+            }
+            if let (Some(started), Some(shim_process)) = (
+                shim::read::<shim::Started>(&task.dir, shim::STARTED),
+                shim::read::<shim::ShimProcess>(&task.dir, shim::SHIM),
+            ) {
+                return Ok(TaskHandle {
+                    id: task.id.clone(),
+                    driver: self.name().into(),
+                    dir: task.dir.clone(),
+                    shim_pid: shim_process.pid,
+                    shim_ticks: shim_process.ticks,
+                    pid: started.pid,
+                    started_at_ms: started.at_ms,
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(undo("the workload did not start within 10s".into()));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    async fn wait(&self, handle: &TaskHandle) -> TaskState {
+        let waited = match infraos_sys::process::pidfd_open(handle.shim_pid) {
+            // A pidfd turns readable when its process exits, child of ours or not.
+            Ok(fd) if infraos_sys::process::is_alive(handle.shim_pid, handle.shim_ticks) => {
+                infraos_sys::process::exited(fd).await.is_ok()
+            }
+            _ => false,
+        };
+        if !waited {
+            // No pidfd (the shim is gone or pidfds are unsupported): poll.
+            while infraos_sys::process::is_alive(handle.shim_pid, handle.shim_ticks) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        reap(handle.shim_pid);
+        self.inspect(handle)
+    }
+
+    async fn stop(&self, handle: &TaskHandle, grace: Duration) -> Result<(), DriverError> {
+        let Some(cgroup) = self.cgroup(&handle.id) else {
+            let _ = infraos_sys::process::signal(handle.pid, nix::sys::signal::Signal::SIGKILL);
+            return Ok(());
+        };
+        cgroup.signal_all(nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while !cgroup.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !cgroup.is_empty() {
+            tokio::task::spawn_blocking(move || cgroup.kill_all(Duration::from_secs(5)))
+                .await
+                .map_err(|e| DriverError::Failed(e.to_string()))?
+                .map_err(|e| DriverError::Failed(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn inspect(&self, handle: &TaskHandle) -> TaskState {
+        if let Some(exit) = shim::read::<shim::Exit>(&handle.dir, shim::EXIT) {
+            return TaskState::Exited(ExitResult {
+                exit_code: exit.code,
+                signal: exit.signal,
+                at_ms: exit.at_ms,
+            });
+        }
+        if infraos_sys::process::is_alive(handle.shim_pid, handle.shim_ticks) {
+            return TaskState::Running;
+        }
+        TaskState::Lost
+    }
+
+    fn cleanup(&self, id: &str) {
+        if let Some(cgroup) = self.cgroup(id) {
+            if let Err(e) = cgroup.kill_all(Duration::from_secs(5)) {
+                tracing::warn!(task = id, error = %e, "cgroup not empty");
+            }
+            if let Err(e) = cgroup.remove() {
+                tracing::warn!(task = id, error = %e, "cgroup not removed");
+            }
+        }
+    }
+}
+
+/// Collects the shim's exit status if it is our child; harmless otherwise.
+fn reap(pid: i32) {
+    let _ = nix::sys::wait::waitpid(
+        nix::unistd::Pid::from_raw(pid),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_resolve_or_are_refused_by_name() {
+        assert!(resolve_program("sh", None).unwrap().ends_with("sh"));
+        assert!(resolve_program("/bin/sh", None).is_ok());
+        let missing = resolve_program("/no/such/binary", None).unwrap_err();
+        assert!(missing.to_string().contains("does not exist"), "{missing}");
+        let relative = resolve_program("bin/sh", None).unwrap_err();
+        assert!(relative.to_string().contains("absolute"), "{relative}");
+        assert!(resolve_program("no-such-program-infraos", None).is_err());
+    }
+
+    #[test]
+    fn unknown_users_are_refused() {
+        assert!(credentials(Some("no-such-user-infraos")).is_err());
+        assert_eq!(credentials(Some("root")).unwrap().unwrap().uid, 0);
+        assert!(credentials(None).unwrap().is_none());
+    }
+}

@@ -1,0 +1,209 @@
+//! The agent's identity: its key, its `node:<name>` certificate and the cluster CA, kept in
+//! `D/identity/`. Joining is needed once; a restart with the same data dir keeps the identity
+//! (and the key the server bound the node name to). Certificates are rotated at two thirds
+//! of their lifetime with a fresh key, without stopping anything.
+
+use std::path::{Path, PathBuf};
+
+use infraos_api::Time;
+use infraos_api::agent_protocol::{CertificateRequest, CertificateResponse, JoinRequest};
+use infraos_api::kinds::AgentInfo;
+use infraos_client::{Client, ClientConfig, ClientIdentity};
+
+use crate::{AgentError, write_atomic};
+
+const KEY: &str = "node.key";
+const CERT: &str = "node.crt";
+const CA: &str = "ca.crt";
+
+/// A loaded identity.
+#[derive(Clone)]
+pub struct Identity {
+    pub node: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+    pub not_before: Time,
+    pub not_after: Time,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("node", &self.node)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// When to rotate: two thirds into the certificate's life.
+    pub fn rotate_at(&self) -> Time {
+        let life = self.not_after.unix_millis() - self.not_before.unix_millis();
+        Time::from_unix_millis(self.not_before.unix_millis() + life * 2 / 3)
+    }
+
+    pub fn client(&self, server: &str) -> Result<Client, AgentError> {
+        Ok(Client::new(&ClientConfig {
+            server: server.to_string(),
+            ca_pem: Some(self.ca_pem.as_bytes().to_vec()),
+            token: None,
+            identity: Some(ClientIdentity {
+                cert_pem: self.cert_pem.as_bytes().to_vec(),
+                key_pem: self.key_pem.as_bytes().to_vec(),
+            }),
+        })?)
+    }
+}
+
+/// A fresh key and a CSR naming `node:<name>`.
+pub fn new_key_and_csr(node: &str) -> Result<(String, String), AgentError> {
+    let err = |e: rcgen::Error| AgentError::Certificate(e.to_string());
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("node:{node}"));
+    let csr = params.serialize_request(&key).map_err(err)?;
+    Ok((key.serialize_pem(), csr.pem().map_err(err)?))
+}
+
+/// The validity window and common name of a PEM certificate.
+pub fn describe(cert_pem: &str) -> Result<(Time, Time, String), AgentError> {
+    let bad = |why: String| AgentError::Certificate(why);
+    let der = rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
+        .map(|c: rustls_pki_types::CertificateDer<'static>| c)
+        .map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(e.to_string()))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let validity = cert.validity();
+    Ok((
+        Time::from_unix_millis(validity.not_before.timestamp() * 1000),
+        Time::from_unix_millis(validity.not_after.timestamp() * 1000),
+        cn,
+    ))
+}
+
+fn files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (dir.join(KEY), dir.join(CERT), dir.join(CA))
+}
+
+/// The identity in `dir`, if there is one for `node` that has not expired.
+pub fn load(dir: &Path, node: &str, now: Time) -> Result<Option<Identity>, AgentError> {
+    let (key, cert, ca) = files(dir);
+    if !cert.exists() {
+        return Ok(None);
+    }
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| AgentError::io(p, e));
+    let cert_pem = read(&cert)?;
+    let (not_before, not_after, cn) = describe(&cert_pem)?;
+    if cn != format!("node:{node}") {
+        return Err(AgentError::Config(format!(
+            "{} holds the identity {cn:?}, not node:{node}; use another data dir or --name",
+            dir.display()
+        )));
+    }
+    if now >= not_after {
+        return Ok(None);
+    }
+    Ok(Some(Identity {
+        node: node.to_string(),
+        cert_pem,
+        key_pem: read(&key)?,
+        ca_pem: read(&ca)?,
+        not_before,
+        not_after,
+    }))
+}
+
+fn store(
+    dir: &Path,
+    node: &str,
+    key_pem: String,
+    answer: CertificateResponse,
+) -> Result<Identity, AgentError> {
+    std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
+    let (key, cert, ca) = files(dir);
+    let (not_before, not_after, _) = describe(&answer.certificate)?;
+    // The key first: a crash between the two writes leaves an old cert with a new key,
+    // which fails the handshake and sends the agent back to joining, never a mismatch in use.
+    write_atomic(&key, key_pem.as_bytes(), 0o600)?;
+    write_atomic(&cert, answer.certificate.as_bytes(), 0o644)?;
+    write_atomic(&ca, answer.ca.as_bytes(), 0o644)?;
+    Ok(Identity {
+        node: node.to_string(),
+        cert_pem: answer.certificate,
+        key_pem,
+        ca_pem: answer.ca,
+        not_before,
+        not_after,
+    })
+}
+
+/// Joins with a token: the only call made without a client certificate.
+pub async fn join(
+    server: &str,
+    ca_pem: &[u8],
+    dir: &Path,
+    node: &str,
+    token: &str,
+    labels: std::collections::BTreeMap<String, String>,
+    agent: AgentInfo,
+) -> Result<Identity, AgentError> {
+    let client = Client::new(&ClientConfig {
+        server: server.to_string(),
+        ca_pem: Some(ca_pem.to_vec()),
+        token: None,
+        identity: None,
+    })?;
+    // Rejoining keeps the key the node was bound to, if there is one.
+    let key_path = dir.join(KEY);
+    let (key_pem, csr) = match std::fs::read_to_string(&key_path) {
+        Ok(key_pem) => {
+            let key = rcgen::KeyPair::from_pem(&key_pem)
+                .map_err(|e| AgentError::Certificate(format!("{}: {e}", key_path.display())))?;
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+                .map_err(|e| AgentError::Certificate(e.to_string()))?;
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, format!("node:{node}"));
+            let csr = params
+                .serialize_request(&key)
+                .and_then(|c| c.pem())
+                .map_err(|e| AgentError::Certificate(e.to_string()))?;
+            (key_pem, csr)
+        }
+        Err(_) => new_key_and_csr(node)?,
+    };
+    let request = JoinRequest {
+        token: token.to_string(),
+        name: node.to_string(),
+        csr,
+        labels,
+        agent,
+    };
+    let answer: CertificateResponse = client
+        .send_json(reqwest::Method::POST, "/agent/v1/join", &request)
+        .await
+        .map_err(|e| AgentError::Join(e.to_string()))?;
+    store(dir, node, key_pem, answer)
+}
+
+/// Rotates the certificate (and key) over mTLS with the current identity.
+pub async fn rotate(client: &Client, dir: &Path, node: &str) -> Result<Identity, AgentError> {
+    let (key_pem, csr) = new_key_and_csr(node)?;
+    let answer: CertificateResponse = client
+        .send_json(
+            reqwest::Method::POST,
+            "/agent/v1/certificate",
+            &CertificateRequest { csr },
+        )
+        .await?;
+    store(dir, node, key_pem, answer)
+}

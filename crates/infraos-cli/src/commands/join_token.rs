@@ -1,0 +1,132 @@
+//! `infraos join-token create|list|revoke`: tokens agents join with.
+
+use std::path::Path;
+
+use clap::{Args, Subcommand};
+
+#[derive(Args)]
+pub struct JoinTokenArgs {
+    #[command(subcommand)]
+    command: JoinTokenCommand,
+}
+
+#[derive(Subcommand)]
+enum JoinTokenCommand {
+    /// Mint a token; it is printed once.
+    Create {
+        /// How long the token can be used, e.g. 1h, 30m.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many joins it allows (default: any number until it expires).
+        #[arg(long)]
+        uses: Option<u32>,
+        /// Capability tiers it grants (inventory, execute, network, storage).
+        #[arg(long, default_value = "inventory,execute")]
+        tiers: String,
+        /// Labels every node joining with it gets, `k=v,…`.
+        #[arg(long, default_value = "")]
+        labels: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tokens (without their secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+pub async fn run(config: Option<&Path>, args: JoinTokenArgs) -> anyhow::Result<()> {
+    let client = super::client(config)?;
+    match args.command {
+        JoinTokenCommand::Create {
+            ttl,
+            uses,
+            tiers,
+            labels,
+            description,
+        } => {
+            let tiers: Vec<&str> = tiers
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .collect();
+            for t in &tiers {
+                if infraos_api::kinds::Tier::parse(t).is_none() {
+                    anyhow::bail!(
+                        "--tiers: {t:?} is not a tier (inventory, execute, network, storage)"
+                    );
+                }
+            }
+            let body = serde_json::json!({
+                "ttl": ttl,
+                "uses": uses,
+                "tiers": tiers,
+                "labels": super::agent::parse_labels(&labels)?,
+                "description": description,
+            });
+            let created: serde_json::Value = client
+                .send_json(
+                    reqwest::Method::POST,
+                    "/apis/infraos.io/v1/jointokens",
+                    &body,
+                )
+                .await?;
+            println!("{}", created["token"].as_str().unwrap_or_default());
+            eprintln!(
+                "join token {} expires {} (uses: {}, tiers: {})",
+                created["id"].as_str().unwrap_or_default(),
+                created["expires"].as_str().unwrap_or_default(),
+                created["uses"]
+                    .as_u64()
+                    .map_or("unlimited".to_string(), |u| u.to_string()),
+                created["tiers"]
+            );
+        }
+        JoinTokenCommand::List => {
+            let list = client.get_path("/apis/infraos.io/v1/jointokens").await?;
+            println!(
+                "{:<14} {:<26} {:<8} {:<22} DESCRIPTION",
+                "ID", "EXPIRES", "USED", "TIERS"
+            );
+            for t in list["items"].as_array().into_iter().flatten() {
+                let used = match t["uses"].as_u64() {
+                    Some(u) => format!("{}/{u}", t["used"]),
+                    None => format!("{}", t["used"]),
+                };
+                let tiers: Vec<&str> = t["tiers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str())
+                    .collect();
+                println!(
+                    "{:<14} {:<26} {:<8} {:<22} {}",
+                    t["id"].as_str().unwrap_or_default(),
+                    t["expires"].as_str().unwrap_or_default(),
+                    used,
+                    tiers.join(","),
+                    t["description"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        JoinTokenCommand::Revoke { id } => {
+            let (code, body) = client
+                .raw(
+                    reqwest::Method::DELETE,
+                    &format!("/apis/infraos.io/v1/jointokens/{id}"),
+                    None,
+                    Vec::new(),
+                    None,
+                )
+                .await?;
+            if code >= 300 {
+                anyhow::bail!(
+                    "join token {id}: {}",
+                    body["message"].as_str().unwrap_or("refused")
+                );
+            }
+            println!("join token {id} revoked");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! Processes: detaching the workload shim from the agent, isolating a workload as it starts
+//! (cgroup, namespaces, rlimits, credentials), and watching processes the agent did not
+//! start itself (pidfds), which is how a restarted agent re-adopts its workloads.
+//!
+//! ```text
+//!  agent ──spawn──► shim ──fork──► shim (setsid, reparented to init; outlives the agent)
+//!                                   │ unshare(PID)
+//!                                   └─spawn──► workload = PID 1 of its namespace
+//!                                              pre_exec: join cgroup, unshare(NS|UTS|IPC[|NET]),
+//!                                              mount /proc, hostname, rlimits, groups/gid/uid
+//! ```
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use nix::sched::CloneFlags;
+use nix::sys::resource::Resource;
+use nix::unistd::{Gid, Uid};
+
+use crate::SysError;
+use crate::users::Credentials;
+
+/// Opens a pidfd for `pid`: readable once the process has exited, whoever its parent is.
+pub fn pidfd_open(pid: i32) -> Result<OwnedFd, SysError> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new file descriptor or -1; no
+    // memory is shared with the kernel.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(SysError::Call {
+            call: "pidfd_open",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| SysError::Unsupported("pidfd out of range".into()))?;
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Resolves when the process behind `pidfd` has exited.
+pub async fn exited(pidfd: OwnedFd) -> Result<(), SysError> {
+    // SAFETY: the AsyncFd owns the descriptor for as long as it is registered, so it is
+    // neither closed nor reused while the reactor watches it.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| SysError::Call {
+        call: "epoll_ctl(pidfd)",
+        source: e.into(),
+    })?;
+    let _ready = registered.readable().await.map_err(|e| SysError::Call {
+        call: "pidfd readiness",
+        source: e,
+    })?;
+    Ok(())
+}
+
+/// When the process started, in clock ticks since boot (`/proc/<pid>/stat` field 22): with
+/// the pid, it names a process unambiguously across pid reuse.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process `pid` that started at `ticks` still exists (and is not a zombie).
+pub fn is_alive(pid: i32, ticks: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return false;
+    };
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let state = fields.first().copied().unwrap_or("X");
+    let started = fields.get(19).and_then(|s| s.parse::<u64>().ok());
+    started == Some(ticks) && state != "Z" && state != "X"
+}
+
+pub enum Forked {
+    Parent { child: i32 },
+    Child,
+}
+
+/// Forks and, in the child, starts a new session: the child outlives its parent and is
+/// re-parented to init (or the nearest subreaper). Call only while single-threaded.
+pub fn fork_detached() -> Result<Forked, SysError> {
+    // SAFETY: the caller (the shim's entry point) is single-threaded, so the child does not
+    // inherit locks held by other threads.
+    match unsafe { nix::unistd::fork() }.map_err(|e| SysError::call("fork", e))? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent {
+            child: child.as_raw(),
+        }),
+        nix::unistd::ForkResult::Child => {
+            nix::unistd::setsid().map_err(|e| SysError::call("setsid", e))?;
+            Ok(Forked::Child)
+        }
+    }
+}
+
+/// Makes the caller's next children start in a new PID namespace (the first one is its
+/// PID 1). The caller itself stays where it is.
+pub fn unshare_pid_namespace() -> Result<(), SysError> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWPID)
+        .map_err(|e| SysError::call("unshare(CLONE_NEWPID)", e))
+}
+
+/// How a workload is confined as it starts.
+#[derive(Clone, Debug, Default)]
+pub struct Isolation {
+    /// `cgroup.procs` files to join.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// New mount, UTS and IPC namespaces (and a fresh /proc, for the PID namespace).
+    pub namespaces: bool,
+    /// A new network namespace with only loopback (brought up).
+    pub new_network: bool,
+    pub hostname: Option<String>,
+    pub rlimits: Vec<(Resource, u64)>,
+    /// Drop to these ids (after everything that needs root).
+    pub credentials: Option<Credentials>,
+}
+
+/// Arranges for `command`'s child to confine itself, between fork and exec.
+pub fn isolate(command: &mut Command, isolation: Isolation) -> Result<(), SysError> {
+    // Everything that allocates or opens files happens here, before the fork.
+    let mut procs: Vec<OwnedFd> = Vec::new();
+    for path in &isolation.cgroup_procs {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| SysError::io(path, e))?;
+        procs.push(OwnedFd::from(file));
+    }
+    let groups: Vec<Gid> = isolation
+        .credentials
+        .as_ref()
+        .map(|c| c.groups.iter().map(|g| Gid::from_raw(*g)).collect())
+        .unwrap_or_default();
+    let hostname = isolation.hostname.clone();
+    let rlimits = isolation.rlimits.clone();
+    let credentials = isolation.credentials.clone();
+    let (namespaces, new_network) = (isolation.namespaces, isolation.new_network);
+    let procs_raw: Vec<RawFd> = procs.iter().map(|f| f.as_raw_fd()).collect();
+    // The descriptors must stay open until the child has used them; they close (CLOEXEC in
+    // the child, dropped in the parent) once the command has spawned.
+    let keep = std::sync::Arc::new(procs);
+    let closure = move || -> std::io::Result<()> {
+        let _keep = &keep;
+        for fd in &procs_raw {
+            // SAFETY: writing two bytes from a static buffer to a descriptor we own.
+            let n = unsafe { libc::write(*fd, b"0\n".as_ptr().cast(), 2) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        if namespaces {
+            let mut flags =
+                CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+            if new_network {
+                flags |= CloneFlags::CLONE_NEWNET;
+            }
+            nix::sched::unshare(flags).map_err(std::io::Error::from)?;
+            use nix::mount::{MsFlags, mount};
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(std::io::Error::from)?;
+            mount(
+                Some("proc"),
+                "/proc",
+                Some("proc"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                None::<&str>,
+            )
+            .map_err(std::io::Error::from)?;
+            if let Some(name) = &hostname {
+                nix::unistd::sethostname(name).map_err(std::io::Error::from)?;
+            }
+            if new_network {
+                loopback_up()?;
+            }
+        }
+        for (resource, limit) in &rlimits {
+            nix::sys::resource::setrlimit(*resource, *limit, *limit)
+                .map_err(std::io::Error::from)?;
+        }
+        if let Some(c) = &credentials {
+            nix::unistd::setgroups(&groups).map_err(std::io::Error::from)?;
+            let gid = Gid::from_raw(c.gid);
+            let uid = Uid::from_raw(c.uid);
+            nix::unistd::setresgid(gid, gid, gid).map_err(std::io::Error::from)?;
+            nix::unistd::setresuid(uid, uid, uid).map_err(std::io::Error::from)?;
+        }
+        Ok(())
+    };
+    // SAFETY: the closure runs in the child between fork and exec. The shim that spawns
+    // workloads is single-threaded, so no lock can be held by a vanished thread; the closure
+    // allocates nothing and makes only system calls.
+    unsafe {
+        command.pre_exec(closure);
+    }
+    Ok(())
+}
+
+/// Brings `lo` up in a fresh network namespace.
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: a plain socket call; the descriptor is closed below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
+    let result = unsafe {
+        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            -1
+        } else {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(sock, libc::SIOCSIFFLAGS, &req)
+        }
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing the socket opened above.
+    unsafe { libc::close(sock) };
+    if result < 0 { Err(err) } else { Ok(()) }
+}
+
+/// Sends a signal to one process.
+pub fn signal(pid: i32, signal: nix::sys::signal::Signal) -> Result<(), SysError> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+        .map_err(|e| SysError::call("kill", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_process_is_alive_and_identified_by_start_time() {
+        let me = std::process::id() as i32;
+        let ticks = start_ticks(me).unwrap();
+        assert!(is_alive(me, ticks));
+        assert!(
+            !is_alive(me, ticks + 1),
+            "a different start time is another process"
+        );
+        assert!(!is_alive(i32::MAX - 1, ticks));
+    }
+
+    #[test]
+    fn pidfds_open_for_live_processes_only() {
+        assert!(pidfd_open(std::process::id() as i32).is_ok());
+        assert!(pidfd_open(i32::MAX - 1).is_err());
+    }
+}
