@@ -71,10 +71,10 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
 /// and the live file's length to follow from.
 pub fn tail(path: &Path, lines: Option<u64>) -> std::io::Result<(Vec<u8>, u64)> {
     let mut data = Vec::new();
-    if lines.is_some() {
-        if let Ok(mut f) = File::open(rotated(path, 1)) {
-            f.read_to_end(&mut data)?;
-        }
+    if lines.is_some()
+        && let Ok(mut f) = File::open(rotated(path, 1))
+    {
+        f.read_to_end(&mut data)?;
     }
     let mut live = Vec::new();
     let offset = match File::open(path) {

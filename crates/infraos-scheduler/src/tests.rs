@@ -281,6 +281,7 @@ fn explanation_counts_each_reason() {
         &labels(&[("zone", "y")]),
         &NodeSpec {
             unschedulable: true,
+            ..Default::default()
         },
         None,
     );
@@ -307,6 +308,7 @@ fn not_ready_nodes_are_skipped() {
             last_transition_time: None,
         }],
         heartbeat_time: None,
+        ..Default::default()
     };
     c.snap
         .upsert_node("a", &Labels::new(), &NodeSpec::default(), Some(&status));
@@ -649,4 +651,36 @@ proptest! {
         let b = Scheduler::new(Profile::default()).unwrap().plan(&snap, &keyed);
         prop_assert_eq!(a, b);
     }
+}
+
+#[test]
+fn workloads_go_only_to_nodes_with_the_execute_tier() {
+    let mut c = Cluster::new()
+        .node("plain", &[], "8", "32Gi")
+        .node("agent", &[], "8", "32Gi");
+    c.snap.upsert_node(
+        "agent",
+        &labels(&[]),
+        &NodeSpec {
+            tiers: vec![Tier::Execute],
+            ..Default::default()
+        },
+        None,
+    );
+    let cl = claim(
+        "w",
+        serde_json::json!({"requests": [{"class": "compute", "amount": {"cpu": "1"}}],
+                           "workload": {"command": "/bin/true"}}),
+    );
+    let mut s = Scheduler::new(Profile::default()).unwrap();
+    match plan_one(&mut s, &c.snap, &cl) {
+        Outcome::Placed(p) => assert_eq!(p.node.as_deref(), Some("agent")),
+        other => panic!("{other:?}"),
+    }
+    c.snap
+        .upsert_node("agent", &labels(&[]), &NodeSpec::default(), None);
+    assert_eq!(
+        unschedulable(&plan_one(&mut s, &c.snap, &cl)),
+        "0/2 nodes are available: 2 node lacks the execute tier."
+    );
 }

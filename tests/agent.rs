@@ -1,0 +1,496 @@
+//! The node agent against a real server, as separate processes on loopback: join with tokens,
+//! mTLS and the node authorizer with two agents, a workload in a real cgroup and namespaces,
+//! logs through the server, stop on release, re-adoption after `kill -9` of the agent, and
+//! degraded mode with the server killed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use infraos_api::Kind as _;
+use infraos_api::kinds::ClaimSpec;
+use infraos_client::{Client, ClientConfig, ClientIdentity};
+use support::{TestServer, apply_yaml, bin, eventually};
+
+fn require_root() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .unwrap_or_default();
+    assert_eq!(
+        uid, "0",
+        "the agent tests create cgroups and namespaces: run them as root (CI does)"
+    );
+}
+
+struct TestAgent {
+    name: String,
+    dir: tempfile::TempDir,
+    server: String,
+    ca: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestAgent {
+    fn start(server: &TestServer, name: &str, token: &str) -> TestAgent {
+        let mut agent = TestAgent {
+            name: name.to_string(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            server: server.config.server.clone(),
+            ca: server.data_dir().join("ca.crt"),
+            child: None,
+        };
+        agent.spawn(Some(token));
+        agent
+    }
+
+    fn command(&self, token: Option<&str>) -> Command {
+        let mut c = Command::new(bin());
+        c.args([
+            "agent",
+            "--server",
+            &self.server,
+            "--name",
+            &self.name,
+            "--data-dir",
+        ])
+        .arg(self.dir.path())
+        .arg("--ca")
+        .arg(&self.ca)
+        .env("RUST_LOG", "info");
+        if let Some(t) = token {
+            c.args(["--join-token", t]);
+        }
+        c
+    }
+
+    fn spawn(&mut self, token: Option<&str>) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .expect("agent.log");
+        let child = self
+            .command(token)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn infraos agent");
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A client with this agent's own certificate, as the agent speaks to the server.
+    fn client(&self) -> Client {
+        let id = self.dir.path().join("identity");
+        Client::new(&ClientConfig {
+            server: self.server.clone(),
+            ca_pem: Some(std::fs::read(&self.ca).expect("ca")),
+            token: None,
+            identity: Some(ClientIdentity {
+                cert_pem: std::fs::read(id.join("node.crt")).expect("node.crt"),
+                key_pem: std::fs::read(id.join("node.key")).expect("node.key"),
+            }),
+        })
+        .expect("agent client")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.kill9();
+        // Leave nothing running behind a failed test.
+        for dir in std::fs::read_dir(self.dir.path().join("workloads"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let uid = dir.file_name().to_string_lossy().to_string();
+            for controller in ["pids", "memory", "cpu", "freezer"] {
+                let cg = Path::new("/sys/fs/cgroup")
+                    .join(controller)
+                    .join("infraos")
+                    .join(&uid);
+                for pid in std::fs::read_to_string(cg.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+        }
+    }
+}
+
+fn join_token(server: &TestServer, extra: &[&str]) -> String {
+    let mut args = vec!["join-token", "create"];
+    args.extend_from_slice(extra);
+    let out = server.cli(&args);
+    assert!(
+        out.status.success(),
+        "join-token create: {}",
+        support::stderr(&out)
+    );
+    support::stdout(&out).trim().to_string()
+}
+
+async fn wait_ready(client: &Client, node: &str) -> serde_json::Value {
+    eventually(
+        Duration::from_secs(30),
+        &format!("node {node} Ready"),
+        || async {
+            let n = client
+                .get_path(&format!("/apis/infraos.io/v1/nodes/{node}"))
+                .await
+                .ok()?;
+            let ready = n["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            let has_compute = client
+                .get_path(&format!("/apis/infraos.io/v1/resources/{node}-compute"))
+                .await
+                .is_ok();
+            (ready && has_compute).then_some(n)
+        },
+    )
+    .await
+}
+
+const TENANCY: &str = r#"
+apiVersion: infraos.io/v1
+kind: Tenant
+metadata: {name: t}
+spec: {}
+---
+apiVersion: infraos.io/v1
+kind: Project
+metadata: {name: p}
+spec: {tenant: t}
+"#;
+
+fn workload_claim(name: &str, script: &str, lease: &str, renew: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "infraos.io/v1", "kind": "Claim",
+        "metadata": {"name": name, "namespace": "p"},
+        "spec": {
+            "requests": [{"class": "compute", "amount": {"cpu": "100m", "memory": "64Mi"}}],
+            "lease": {"duration": lease, "renewPolicy": renew},
+            "workload": {"command": "/bin/sh", "args": ["-c", script], "stopGrace": "2s"}
+        }
+    })
+}
+
+async fn workload(client: &Client, name: &str) -> serde_json::Value {
+    client
+        .get_path(&format!(
+            "/apis/infraos.io/v1/namespaces/p/allocations/{name}"
+        ))
+        .await
+        .map(|a| a["status"]["workload"].clone())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+async fn wait_state(client: &Client, name: &str, state: &str) -> serde_json::Value {
+    eventually(
+        Duration::from_secs(30),
+        &format!("workload {name} {state}"),
+        || async {
+            let w = workload(client, name).await;
+            (w["state"] == state).then_some(w)
+        },
+    )
+    .await
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_join_with_tokens_and_reach_only_their_own_node() {
+    require_root();
+    let server = TestServer::start().await;
+    let admin = server.client();
+    let token = join_token(&server, &["--uses", "2", "--labels", "zone=a"]);
+
+    // A wrong token is refused with the reason, and nothing is registered.
+    let bad = TestAgent {
+        name: "intruder".into(),
+        dir: tempfile::tempdir().expect("tempdir"),
+        server: server.config.server.clone(),
+        ca: server.data_dir().join("ca.crt"),
+        child: None,
+    };
+    let out = bad
+        .command(Some("iojoin_forged"))
+        .output()
+        .expect("run agent");
+    assert!(!out.status.success());
+    assert!(
+        support::stderr(&out).contains("not known"),
+        "{}",
+        support::stderr(&out)
+    );
+    assert!(
+        admin
+            .get_path("/apis/infraos.io/v1/nodes/intruder")
+            .await
+            .is_err()
+    );
+
+    let a = TestAgent::start(&server, "node-a", &token);
+    let b = TestAgent::start(&server, "node-b", &token);
+    let node_a = wait_ready(&admin, "node-a").await;
+    wait_ready(&admin, "node-b").await;
+    assert_eq!(node_a["metadata"]["labels"]["zone"], "a");
+    assert_eq!(
+        node_a["spec"]["tiers"],
+        serde_json::json!(["inventory", "execute"])
+    );
+    assert!(
+        node_a["status"]["inventory"]["cpu"]["cores"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    );
+
+    // The token had two uses: a third join is refused.
+    let c = TestAgent {
+        name: "node-c".into(),
+        dir: tempfile::tempdir().expect("tempdir"),
+        server: server.config.server.clone(),
+        ca: server.data_dir().join("ca.crt"),
+        child: None,
+    };
+    let out = c.command(Some(&token)).output().expect("run agent");
+    assert!(
+        support::stderr(&out).contains("used 2 of 2"),
+        "{}",
+        support::stderr(&out)
+    );
+
+    // The node authorizer: node-a's certificate reaches node-a's objects only.
+    let as_a = a.client();
+    assert!(
+        as_a.get_path("/apis/infraos.io/v1/nodes/node-a")
+            .await
+            .is_ok()
+    );
+    let denied = as_a
+        .get_path("/apis/infraos.io/v1/nodes/node-b")
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Some(403), "{denied}");
+    let own = as_a
+        .get_path("/apis/infraos.io/v1/allocations?labelSelector=infraos.io%2Fnode%3Dnode-a")
+        .await;
+    assert!(own.is_ok(), "{own:?}");
+    let others = as_a
+        .get_path("/apis/infraos.io/v1/allocations?labelSelector=infraos.io%2Fnode%3Dnode-b")
+        .await
+        .unwrap_err();
+    assert_eq!(others.code(), Some(403));
+    let (code, _) = as_a
+        .raw(
+            reqwest::Method::DELETE,
+            "/apis/infraos.io/v1/nodes/node-b",
+            None,
+            Vec::new(),
+            None,
+        )
+        .await
+        .expect("delete");
+    assert_eq!(code, 403);
+    // Publishing a resource on another node, or asking for another node's certificate.
+    let report = serde_json::json!({
+        "agent": {"version": "x", "protocolVersion": 1},
+        "inventory": node_a["status"]["inventory"],
+        "resources": [{"apiVersion": "infraos.io/v1", "kind": "Resource",
+                       "metadata": {"name": "node-b-compute"},
+                       "spec": {"class": "compute", "node": "node-b", "capacity": {"cpu": "64"}}}]
+    });
+    let (code, body) = as_a
+        .raw(
+            reqwest::Method::PUT,
+            "/agent/v1/status",
+            Some("application/json"),
+            report.to_string().into_bytes(),
+            None,
+        )
+        .await
+        .expect("report");
+    assert_eq!(code, 403, "{body}");
+    let (_, csr) = infraos_agent::identity::new_key_and_csr("node-b").expect("csr");
+    let (code, body) = as_a
+        .raw(
+            reqwest::Method::POST,
+            "/agent/v1/certificate",
+            Some("application/json"),
+            serde_json::json!({"csr": csr}).to_string().into_bytes(),
+            None,
+        )
+        .await
+        .expect("certificate");
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("node:node-a"),
+        "{body}"
+    );
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_run_confined_log_and_stop_without_leftovers_and_survive_agent_restarts() {
+    require_root();
+    let server = TestServer::start().await;
+    let admin = server.client();
+    apply_yaml(&admin, TENANCY).await;
+    let token = join_token(&server, &[]);
+    let mut agent = TestAgent::start(&server, "worker", &token);
+    wait_ready(&admin, "worker").await;
+
+    let script = "echo started in $(hostname) as pid $$; trap 'echo bye; exit 0' TERM; while true; do sleep 0.2; done";
+    admin
+        .apply(&workload_claim("job", script, "10m", "Manual"))
+        .await
+        .expect("claim");
+    let running = wait_state(&admin, "job", "Running").await;
+    let pid = running["pid"].as_u64().expect("pid");
+    assert!(alive(pid));
+    // In its own cgroup, with the allocation's limits.
+    let uid = admin
+        .get_path("/apis/infraos.io/v1/namespaces/p/allocations/job")
+        .await
+        .expect("allocation")["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+    let memory = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/infraos/{uid}/memory.limit_in_bytes"
+    ))
+    .expect("memory cgroup");
+    assert_eq!(memory.trim(), (64u64 << 20).to_string());
+    let quota =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/infraos/{uid}/cpu.cfs_quota_us"))
+            .expect("cpu cgroup");
+    assert_eq!(quota.trim(), "10000");
+
+    // Logs through the server, from the agent: the workload is PID 1 of its namespace.
+    let logs = eventually(Duration::from_secs(10), "logs", || async {
+        let out = server.cli(&["logs", "job", "-n", "p"]);
+        let text = support::stdout(&out);
+        text.contains("started").then_some(text)
+    })
+    .await;
+    assert!(logs.contains("started in job as pid 1"), "{logs}");
+
+    // kill -9 the agent: the workload keeps running; the new agent re-adopts it.
+    agent.kill9();
+    assert!(alive(pid), "the workload must outlive its agent");
+    agent.spawn(None);
+    eventually(Duration::from_secs(20), "re-adoption logged", || async {
+        agent
+            .log()
+            .contains("re-adopted a running workload")
+            .then_some(())
+    })
+    .await;
+    let after = workload(&admin, "job").await;
+    assert_eq!(after["state"], "Running");
+    assert_eq!(after["pid"].as_u64(), Some(pid), "not started again");
+    assert_eq!(after["restarts"], 0);
+
+    // Release: SIGTERM, the workload exits, nothing is left behind.
+    let out = server.cli(&["release", "job", "-n", "p"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    wait_state(&admin, "job", "Stopped").await;
+    assert!(!alive(pid));
+    eventually(Duration::from_secs(10), "cgroup removed", || async {
+        (!Path::new(&format!("/sys/fs/cgroup/pids/infraos/{uid}")).exists()).then_some(())
+    })
+    .await;
+
+    // A workload whose binary is missing fails with the reason; nothing starts.
+    let mut missing = workload_claim("missing", "true", "10m", "Manual");
+    missing["spec"]["workload"]["command"] = "/no/such/binary".into();
+    admin.apply(&missing).await.expect("claim");
+    let failed = wait_state(&admin, "missing", "Failed").await;
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not exist"),
+        "{failed}"
+    );
+    assert!(failed["pid"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_server_workloads_run_until_their_lease_ends() {
+    require_root();
+    let mut server = TestServer::start().await;
+    let admin = server.client();
+    apply_yaml(&admin, TENANCY).await;
+    let token = join_token(&server, &[]);
+    let agent = TestAgent::start(&server, "edge", &token);
+    wait_ready(&admin, "edge").await;
+    admin
+        .apply(&workload_claim(
+            "lease",
+            "while true; do sleep 0.2; done",
+            "6s",
+            "Manual",
+        ))
+        .await
+        .expect("claim");
+    let running = wait_state(&admin, "lease", "Running").await;
+    let pid = running["pid"].as_u64().expect("pid");
+    let expire = admin
+        .get_path(&format!(
+            "{}/lease",
+            infraos_client::path(ClaimSpec::INFO, Some("p"), None)
+        ))
+        .await
+        .expect("claim")["status"]["expireTime"]
+        .as_str()
+        .expect("expireTime")
+        .to_string();
+    // The control plane disappears; the workload must keep running within its lease…
+    server.kill9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        alive(pid),
+        "degraded mode keeps workloads running (lease ends {expire})"
+    );
+    // …and stop once the lease is over, with nobody to tell it.
+    eventually(
+        Duration::from_secs(20),
+        "workload stopped at lease end",
+        || async { (!alive(pid)).then_some(()) },
+    )
+    .await;
+    assert!(agent.log().contains("LeaseExpired"), "{}", agent.log());
+}
