@@ -264,12 +264,17 @@ async fn dev_writes_the_client_config_so_the_next_command_just_works() {
             .output()
             .unwrap()
     };
-    let out = eventually(Duration::from_secs(30), "dev server answers", || {
-        let out = get();
-        async move { out.status.success().then_some(out) }
-    })
+    // The local agent joins its own server: its node turns up Ready.
+    let out = eventually(
+        Duration::from_secs(30),
+        "dev's local agent is Ready",
+        || {
+            let out = get();
+            async move { (out.status.success() && stdout(&out).contains("Ready")).then_some(out) }
+        },
+    )
     .await;
-    assert!(stderr(&out).contains("No nodes found"), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("NotReady"), "{}", stdout(&out));
     let _ = dev.kill();
     let _ = dev.wait();
 }

@@ -132,7 +132,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = log_path(dir.path(), "stdout");
         let mut f = RotatingFile::open(path.clone(), 1024).unwrap();
-        for i in 0..200 {
+        for i in 0..400 {
             f.write(format!("line {i:04}\n").as_bytes()).unwrap();
         }
         assert!(rotated(&path, 1).exists() && rotated(&path, 2).exists());
@@ -140,7 +140,7 @@ mod tests {
         let (last, _) = tail(&path, Some(3)).unwrap();
         assert_eq!(
             String::from_utf8(last).unwrap(),
-            "line 0197\nline 0198\nline 0199\n"
+            "line 0397\nline 0398\nline 0399\n"
         );
         let (_, offset) = tail(&path, None).unwrap();
         f.write(b"more\n").unwrap();
