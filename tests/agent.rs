@@ -168,7 +168,9 @@ async fn wait_ready(client: &Client, node: &str) -> serde_json::Value {
                 .get_path(&format!("/apis/infraos.io/v1/resources/{node}-compute"))
                 .await
                 .is_ok();
-            (ready && has_compute).then_some(n)
+            // The report writes the Resources first and the Node's inventory after them.
+            let reported = !n["status"]["inventory"].is_null();
+            (ready && has_compute && reported).then_some(n)
         },
     )
     .await
