@@ -496,3 +496,194 @@ async fn without_the_server_workloads_run_until_their_lease_ends() {
     .await;
     assert!(agent.log().contains("LeaseExpired"), "{}", agent.log());
 }
+
+/// A client presenting a `node:<name>` certificate signed by a CA the server never saw.
+fn foreign_client(server: &TestServer, node: &str) -> Client {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "infraos-ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("node:{node}"));
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    Client::new(&ClientConfig {
+        server: server.config.server.clone(),
+        ca_pem: Some(std::fs::read(server.data_dir().join("ca.crt")).unwrap()),
+        token: None,
+        identity: Some(ClientIdentity {
+            cert_pem: cert.pem().into_bytes(),
+            key_pem: key.serialize_pem().into_bytes(),
+        }),
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_without_dropping_work_grants_change_and_bad_credentials_are_refused() {
+    require_root();
+    let server = TestServer::start_with_config(
+        "agentCertTtl: 12s\nheartbeatInterval: 1s\nnodeGracePeriod: 4s\n",
+    )
+    .await;
+    let admin = server.client();
+    apply_yaml(&admin, TENANCY).await;
+
+    // An expired token is refused with the reason; nothing is registered.
+    let expired = join_token(&server, &["--ttl", "1s"]);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let late = TestAgent {
+        name: "late".into(),
+        dir: tempfile::tempdir().expect("tempdir"),
+        server: server.config.server.clone(),
+        ca: server.data_dir().join("ca.crt"),
+        child: None,
+    };
+    let out = late.command(Some(&expired)).output().expect("run agent");
+    assert!(!out.status.success());
+    assert!(
+        support::stderr(&out).contains("expired"),
+        "{}",
+        support::stderr(&out)
+    );
+    assert!(
+        admin
+            .get_path("/apis/infraos.io/v1/nodes/late")
+            .await
+            .is_err()
+    );
+
+    let token = join_token(&server, &[]);
+    let joined = std::time::Instant::now();
+    let agent = TestAgent::start(&server, "rot", &token);
+    wait_ready(&admin, "rot").await;
+    let cert_path = agent.dir.path().join("identity/node.crt");
+    let first_cert = std::fs::read_to_string(&cert_path).expect("node.crt");
+
+    // A certificate for the same node from another CA fails the TLS handshake.
+    let forged = foreign_client(&server, "rot")
+        .get_path("/apis/infraos.io/v1/nodes/rot")
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), None, "refused before HTTP: {forged}");
+    // Without a certificate the agent API is closed.
+    let (code, body) = admin
+        .raw(
+            reqwest::Method::POST,
+            "/agent/v1/heartbeat",
+            Some("application/json"),
+            b"{}".to_vec(),
+            None,
+        )
+        .await
+        .expect("heartbeat");
+    assert_eq!(code, 403, "{body}");
+
+    let script = "echo up; while true; do sleep 0.2; done";
+    admin
+        .apply(&workload_claim("steady", script, "10m", "Manual"))
+        .await
+        .expect("claim");
+    let pid = wait_state(&admin, "steady", "Running").await["pid"]
+        .as_u64()
+        .expect("pid");
+
+    // A user that does not exist on the node: Failed with the reason, nothing started.
+    let mut nobody = workload_claim("nobody", "true", "10m", "Manual");
+    nobody["spec"]["workload"]["user"] = "no-such-user".into();
+    admin.apply(&nobody).await.expect("claim");
+    let failed = wait_state(&admin, "nobody", "Failed").await;
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no-such-user"),
+        "{failed}"
+    );
+    assert!(failed["pid"].is_null(), "{failed}");
+
+    // Rotation at two thirds of the 12 s lifetime, with a fresh key.
+    eventually(Duration::from_secs(20), "certificate rotated", || async {
+        let now = std::fs::read_to_string(&cert_path).unwrap_or_default();
+        (now != first_cert && !now.is_empty()).then_some(())
+    })
+    .await;
+    assert!(
+        agent.log().contains("certificate rotated"),
+        "{}",
+        agent.log()
+    );
+    // Past the first certificate's end and a grace period more: heartbeats went on with the
+    // new one (else the node would be NotReady), the server still reaches the agent for logs,
+    // and the workload never stopped.
+    let first_end = Duration::from_secs(12 + 4 + 1);
+    if let Some(left) = first_end.checked_sub(joined.elapsed()) {
+        tokio::time::sleep(left).await;
+    }
+    let node = wait_ready(&admin, "rot").await;
+    let ready = node["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+        .expect("Ready");
+    assert_eq!(ready["status"], "True", "{node}");
+    let out = server.cli(&["logs", "steady", "-n", "p"]);
+    assert!(
+        support::stdout(&out).contains("up"),
+        "{}",
+        support::stderr(&out)
+    );
+    assert!(alive(pid));
+    assert_eq!(workload(&admin, "steady").await["pid"].as_u64(), Some(pid));
+
+    // An administrator revokes execute: nothing new is placed there, what runs keeps running,
+    // and the agent learns the grant with its next heartbeat.
+    let out = server.cli(&["node", "revoke", "rot", "execute"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert!(support::stdout(&out).contains("tiers: inventory"));
+    eventually(
+        Duration::from_secs(10),
+        "agent learnt the grant",
+        || async {
+            agent
+                .log()
+                .contains("granted tiers: inventory\n")
+                .then_some(())
+        },
+    )
+    .await;
+    admin
+        .apply(&workload_claim("later", "true", "10m", "Manual"))
+        .await
+        .expect("claim");
+    let pending = eventually(Duration::from_secs(10), "later explained", || async {
+        let c = admin
+            .get_path("/apis/infraos.io/v1/namespaces/p/claims/later")
+            .await
+            .ok()?;
+        let text = c["status"].to_string();
+        text.contains("execute tier").then_some(c)
+    })
+    .await;
+    assert_eq!(pending["status"]["phase"], "Pending", "{pending}");
+    assert!(alive(pid));
+    let out = server.cli(&["node", "grant", "rot", "execute"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    wait_state(&admin, "later", "Exited").await;
+
+    // Deleting the node: its certificate no longer speaks for anything.
+    let out = server.cli(&["delete", "node", "rot"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    eventually(Duration::from_secs(10), "agent told", || async {
+        agent
+            .log()
+            .contains("no longer knows this node")
+            .then_some(())
+    })
+    .await;
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use infraos_api::Time;
 use infraos_api::agent_protocol::{CertificateRequest, CertificateResponse, JoinRequest};
-use infraos_api::kinds::AgentInfo;
+use infraos_api::kinds::{AgentInfo, Tier};
 use infraos_client::{Client, ClientConfig, ClientIdentity};
 
 use crate::{AgentError, write_atomic};
@@ -127,7 +127,7 @@ fn store(
     node: &str,
     key_pem: String,
     answer: CertificateResponse,
-) -> Result<Identity, AgentError> {
+) -> Result<(Identity, Vec<Tier>), AgentError> {
     std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
     let (key, cert, ca) = files(dir);
     let (not_before, not_after, _) = describe(&answer.certificate)?;
@@ -136,17 +136,21 @@ fn store(
     write_atomic(&key, key_pem.as_bytes(), 0o600)?;
     write_atomic(&cert, answer.certificate.as_bytes(), 0o644)?;
     write_atomic(&ca, answer.ca.as_bytes(), 0o644)?;
-    Ok(Identity {
-        node: node.to_string(),
-        cert_pem: answer.certificate,
-        key_pem,
-        ca_pem: answer.ca,
-        not_before,
-        not_after,
-    })
+    Ok((
+        Identity {
+            node: node.to_string(),
+            cert_pem: answer.certificate,
+            key_pem,
+            ca_pem: answer.ca,
+            not_before,
+            not_after,
+        },
+        answer.tiers,
+    ))
 }
 
-/// Joins with a token: the only call made without a client certificate.
+/// Joins with a token: the only call made without a client certificate. Returns the identity
+/// and the tiers the node was granted.
 pub async fn join(
     server: &str,
     ca_pem: &[u8],
@@ -155,7 +159,7 @@ pub async fn join(
     token: &str,
     labels: std::collections::BTreeMap<String, String>,
     agent: AgentInfo,
-) -> Result<Identity, AgentError> {
+) -> Result<(Identity, Vec<Tier>), AgentError> {
     let client = Client::new(&ClientConfig {
         server: server.to_string(),
         ca_pem: Some(ca_pem.to_vec()),
@@ -195,8 +199,13 @@ pub async fn join(
     store(dir, node, key_pem, answer)
 }
 
-/// Rotates the certificate (and key) over mTLS with the current identity.
-pub async fn rotate(client: &Client, dir: &Path, node: &str) -> Result<Identity, AgentError> {
+/// Rotates the certificate (and key) over mTLS with the current identity. Returns the new
+/// identity and the node's tiers.
+pub async fn rotate(
+    client: &Client,
+    dir: &Path,
+    node: &str,
+) -> Result<(Identity, Vec<Tier>), AgentError> {
     let (key_pem, csr) = new_key_and_csr(node)?;
     let answer: CertificateResponse = client
         .send_json(

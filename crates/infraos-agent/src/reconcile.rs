@@ -43,7 +43,6 @@ pub struct Local {
     pub stopping: bool,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
-    pub restarts: u32,
     pub next_start_ms: Option<i64>,
     pub expire_time: Time,
     pub reported: bool,
@@ -61,14 +60,16 @@ pub enum Action {
 
 /// `synced`: `wanted` is a fresh view from the server (not a remembered one), so anything
 /// absent from it is really over. `drivers`: what this agent's config allows; `execute`:
-/// whether the node holds the execute tier.
+/// whether the node holds the execute tier, `None` while the grant is not known yet (nothing
+/// starts then). A revoked tier stops new starts and restarts; what runs keeps running until
+/// its allocation ends, as a lease promised.
 pub fn compute(
     wanted: &BTreeMap<String, Wanted>,
     local: &BTreeMap<String, Local>,
     now: Time,
     synced: bool,
     drivers: &[String],
-    execute: bool,
+    execute: Option<bool>,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
     for (uid, l) in local {
@@ -114,6 +115,7 @@ pub fn compute(
                 if blocked_by_older {
                     continue;
                 }
+                let Some(execute) = execute else { continue };
                 if !drivers.iter().any(|d| d == w.spec.driver.as_str()) {
                     actions.push(Action::Refuse {
                         uid: uid.clone(),
@@ -139,6 +141,7 @@ pub fn compute(
                     l.exit_code
                 };
                 if ended
+                    && execute == Some(true)
                     && !l.stopping
                     && l.spec.restart.restarts_after(exit)
                     && l.next_start_ms.is_none_or(|t| now.unix_millis() >= t)
@@ -203,7 +206,6 @@ mod tests {
             stopping: false,
             exit_code: None,
             signal: None,
-            restarts: 0,
             next_start_ms: None,
             expire_time: t(expire),
             reported: true,
@@ -225,33 +227,61 @@ mod tests {
     fn starts_what_is_wanted_once() {
         let w = map(vec![("a", wanted("a", 1, 10_000))]);
         assert_eq!(
-            compute(&w, &BTreeMap::new(), t(0), true, &process(), true),
+            compute(&w, &BTreeMap::new(), t(0), true, &process(), Some(true)),
             vec![Action::Start("a".into())]
         );
         let l = map(vec![("a", local(1, WorkloadState::Running, 10_000))]);
-        assert_eq!(compute(&w, &l, t(0), true, &process(), true), vec![]);
+        assert_eq!(compute(&w, &l, t(0), true, &process(), Some(true)), vec![]);
     }
 
     #[test]
     fn refuses_drivers_and_tiers_it_lacks() {
         let w = map(vec![("a", wanted("a", 1, 10_000))]);
         assert!(matches!(
-            compute(&w, &BTreeMap::new(), t(0), true, DRIVERS, true)[0],
+            compute(&w, &BTreeMap::new(), t(0), true, DRIVERS, Some(true))[0],
             Action::Refuse { .. }
         ));
         assert!(matches!(
-            compute(&w, &BTreeMap::new(), t(0), true, &process(), false)[0],
+            compute(&w, &BTreeMap::new(), t(0), true, &process(), Some(false))[0],
             Action::Refuse { .. }
         ));
+    }
+
+    #[test]
+    fn starts_nothing_before_the_grant_is_known_and_keeps_running_work_when_revoked() {
+        let w = map(vec![("a", wanted("a", 1, 10_000))]);
+        assert_eq!(
+            compute(&w, &BTreeMap::new(), t(0), true, &process(), None),
+            vec![]
+        );
+        let running = map(vec![("a", local(1, WorkloadState::Running, 10_000))]);
+        assert_eq!(
+            compute(&w, &running, t(0), true, &process(), Some(false)),
+            vec![]
+        );
+        let mut w_always = wanted("a", 1, 10_000);
+        w_always.spec = spec(RestartPolicy::Always);
+        let mut ended = local(1, WorkloadState::Exited, 10_000);
+        ended.spec = spec(RestartPolicy::Always);
+        ended.exit_code = Some(0);
+        let (w, l) = (map(vec![("a", w_always)]), map(vec![("a", ended)]));
+        assert_eq!(compute(&w, &l, t(0), true, &process(), Some(false)), vec![]);
+        assert_eq!(
+            compute(&w, &l, t(0), true, &process(), Some(true)),
+            vec![Action::Start("a".into())]
+        );
     }
 
     #[test]
     fn keeps_running_without_a_server_until_the_lease_ends() {
         let w = map(vec![("a", wanted("a", 1, 10_000))]);
         let l = map(vec![("a", local(1, WorkloadState::Running, 10_000))]);
-        assert_eq!(compute(&w, &l, t(9_999), false, &process(), true), vec![]);
         assert_eq!(
-            compute(&w, &l, t(10_000), false, &process(), true),
+            compute(&w, &l, t(9_999), false, &process(), Some(true)),
+            vec![]
+        );
+        assert_eq!(
+            compute(&w, &l, t(10_000), false, &process(), Some(true)),
             vec![Action::Stop {
                 uid: "a".into(),
                 reason: "LeaseExpired"
@@ -263,11 +293,11 @@ mod tests {
     fn stops_what_was_released_only_on_a_fresh_view() {
         let l = map(vec![("a", local(1, WorkloadState::Running, 10_000))]);
         assert_eq!(
-            compute(&BTreeMap::new(), &l, t(0), false, &process(), true),
+            compute(&BTreeMap::new(), &l, t(0), false, &process(), Some(true)),
             vec![]
         );
         assert_eq!(
-            compute(&BTreeMap::new(), &l, t(0), true, &process(), true),
+            compute(&BTreeMap::new(), &l, t(0), true, &process(), Some(true)),
             vec![Action::Stop {
                 uid: "a".into(),
                 reason: "Released"
@@ -279,7 +309,7 @@ mod tests {
     fn a_newer_epoch_fences_the_old_run_before_starting() {
         let w = map(vec![("b", wanted("b", 2, 10_000))]);
         let l = map(vec![("a", local(1, WorkloadState::Running, 10_000))]);
-        let actions = compute(&w, &l, t(0), false, &process(), true);
+        let actions = compute(&w, &l, t(0), false, &process(), Some(true));
         assert_eq!(
             actions,
             vec![Action::Stop {
@@ -299,14 +329,20 @@ mod tests {
         l.exit_code = Some(3);
         l.next_start_ms = Some(500);
         let l1 = map(vec![("a", l.clone())]);
-        assert_eq!(compute(&w, &l1, t(100), true, &process(), true), vec![]);
         assert_eq!(
-            compute(&w, &l1, t(600), true, &process(), true),
+            compute(&w, &l1, t(100), true, &process(), Some(true)),
+            vec![]
+        );
+        assert_eq!(
+            compute(&w, &l1, t(600), true, &process(), Some(true)),
             vec![Action::Start("a".into())]
         );
         l.exit_code = Some(0);
         let l2 = map(vec![("a", l)]);
-        assert_eq!(compute(&w, &l2, t(600), true, &process(), true), vec![]);
+        assert_eq!(
+            compute(&w, &l2, t(600), true, &process(), Some(true)),
+            vec![]
+        );
     }
 
     proptest! {
@@ -327,7 +363,7 @@ mod tests {
                     l.insert(uid.clone(), local(*epoch, WorkloadState::Running, *expire));
                 }
             }
-            let actions = compute(&w, &l, t(now), synced, &process(), true);
+            let actions = compute(&w, &l, t(now), synced, &process(), Some(true));
             let starts: Vec<&String> = actions.iter().filter_map(|a| match a { Action::Start(u) => Some(u), _ => None }).collect();
             for uid in &starts {
                 prop_assert!(now < w[*uid].expire_time.unix_millis());

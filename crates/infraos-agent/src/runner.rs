@@ -22,7 +22,9 @@ use infraos_api::Time;
 use infraos_api::agent_protocol::{
     HeartbeatResponse, NodeReport, NodeReportResponse, PROTOCOL_VERSION, RenewRequest,
 };
-use infraos_api::kinds::{AgentInfo, Allocation, AllocationSpec, NODE_LABEL, Tier, WorkloadState};
+use infraos_api::kinds::{
+    AgentInfo, Allocation, AllocationSpec, NODE_LABEL, NodeSpec, Tier, WorkloadState,
+};
 use infraos_client::Client;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, mpsc, watch};
@@ -42,13 +44,25 @@ struct Shared {
     client: RwLock<Client>,
     /// Allocations on this node by `namespace/name`, and whether the view is fresh.
     allocations: Mutex<(BTreeMap<String, Allocation>, bool)>,
-    tiers: Mutex<Vec<Tier>>,
+    /// The node's granted tiers; `None` until the server has said (nothing starts before).
+    tiers: Mutex<Option<Vec<Tier>>>,
     wake: Notify,
 }
 
 impl Shared {
     fn client(&self) -> Client {
         self.client.read().clone()
+    }
+
+    /// Takes the server's word on the grant; a change wakes the reconciler.
+    fn set_tiers(&self, tiers: Vec<Tier>) {
+        let mut current = self.tiers.lock();
+        if current.as_ref() != Some(&tiers) {
+            let names: Vec<&str> = tiers.iter().map(|t| t.as_str()).collect();
+            tracing::info!("granted tiers: {}", names.join(","));
+            *current = Some(tiers);
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -79,7 +93,8 @@ pub async fn run(
     let advertise = config.advertise.unwrap_or(bound).to_string();
     let info = agent_info(&config, Some(advertise.clone()));
     let (identity, tiers) = match identity::load(&config.identity_dir(), &config.name, now())? {
-        Some(identity) => (identity, Vec::new()),
+        // The grant is learnt from the first heartbeat or report.
+        Some(identity) => (identity, None),
         None => {
             let token = config.join_token.as_deref().ok_or_else(|| {
                 AgentError::Join(format!(
@@ -93,7 +108,7 @@ pub async fn run(
                     "the server's CA certificate is needed to join: pass --ca FILE".into(),
                 )
             })?;
-            let identity = identity::join(
+            let (identity, tiers) = identity::join(
                 &config.server,
                 ca,
                 &config.identity_dir(),
@@ -104,7 +119,7 @@ pub async fn run(
             )
             .await?;
             tracing::info!(node = %config.name, expires = %identity.not_after, "joined");
-            (identity, Vec::new())
+            (identity, Some(tiers))
         }
     };
     let shared = Arc::new(Shared {
@@ -153,7 +168,17 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
             )
             .await
         {
-            Ok(r) => interval = Duration::from_millis(r.heartbeat_interval_ms.clamp(100, 600_000)),
+            Ok(r) => {
+                interval = Duration::from_millis(r.heartbeat_interval_ms.clamp(100, 600_000));
+                if let Some(tiers) = r.tiers {
+                    shared.set_tiers(tiers);
+                }
+            }
+            Err(e) if e.code() == Some(404) => tracing::error!(
+                error = %e,
+                "the server no longer knows this node: an administrator deleted it; \
+                 workloads run until their leases end; rejoin with a new join token"
+            ),
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
         tokio::time::sleep(interval).await;
@@ -259,7 +284,7 @@ async fn inventory_loop(shared: Arc<Shared>, config: AgentConfig, info: AgentInf
                 .await
             {
                 Ok(r) => {
-                    *shared.tiers.lock() = r.tiers;
+                    shared.set_tiers(r.tiers);
                     last = Some(fingerprint);
                     shared.wake.notify_one();
                 }
@@ -282,21 +307,25 @@ async fn rotation_loop(
     tls: Arc<RwLock<Arc<rustls::ServerConfig>>>,
 ) {
     loop {
-        let wait = now().millis_until(identity.rotate_at()).max(0);
+        // At least a second between rotations, whatever the certificate says.
+        let wait = now().millis_until(identity.rotate_at()).max(1_000);
         tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
         match identity::rotate(&shared.client(), &config.identity_dir(), &shared.node).await {
-            Ok(next) => match (next.client(&shared.server), crate::serve::tls_config(&next)) {
-                (Ok(client), Ok(server_tls)) => {
-                    *shared.client.write() = client;
-                    *tls.write() = Arc::new(server_tls);
-                    tracing::info!(expires = %next.not_after, "certificate rotated");
-                    identity = next;
+            Ok((next, tiers)) => {
+                match (next.client(&shared.server), crate::serve::tls_config(&next)) {
+                    (Ok(client), Ok(server_tls)) => {
+                        *shared.client.write() = client;
+                        *tls.write() = Arc::new(server_tls);
+                        shared.set_tiers(tiers);
+                        tracing::info!(expires = %next.not_after, "certificate rotated");
+                        identity = next;
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::warn!(error = %e, "rotated certificate unusable");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
                 }
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(error = %e, "rotated certificate unusable");
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
-            },
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "certificate rotation failed; retrying");
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -553,7 +582,6 @@ impl Reconciler {
                         stopping: r.stopping.is_some(),
                         exit_code: r.status.exit_code,
                         signal: r.status.signal,
-                        restarts: r.status.restarts,
                         next_start_ms: r.next_start_ms,
                         expire_time: r.expire_time,
                         reported: r.reported,
@@ -562,10 +590,15 @@ impl Reconciler {
                 )
             })
             .collect();
-        let execute = self.shared.tiers.lock().contains(&Tier::Execute)
-            // Before the first report answers, the join's grant is not known here yet: the
-            // server never places a workload on a node without the tier, so trust it.
-            || self.shared.tiers.lock().is_empty();
+        let mut execute = self.execute();
+        // A grant and a placement can outrun the next heartbeat: before refusing new work
+        // for want of the tier, read the Node itself. The scheduler placed it only after it
+        // saw the grant, so a read now sees the grant too.
+        let new_work = wanted.keys().any(|uid| !self.records.contains_key(uid));
+        if new_work && execute != Some(true) {
+            self.refresh_tiers().await;
+            execute = self.execute();
+        }
         let actions = reconcile::compute(
             &wanted,
             &local,
@@ -594,6 +627,29 @@ impl Reconciler {
                     self.records.remove(&uid);
                 }
             }
+        }
+    }
+
+    fn execute(&self) -> Option<bool> {
+        self.shared
+            .tiers
+            .lock()
+            .as_ref()
+            .map(|t| t.contains(&Tier::Execute))
+    }
+
+    async fn refresh_tiers(&self) {
+        match self
+            .shared
+            .client()
+            .get(NodeSpec::INFO, None, &self.shared.node)
+            .await
+        {
+            Ok(node) => match serde_json::from_value::<Vec<Tier>>(node["spec"]["tiers"].clone()) {
+                Ok(tiers) => self.shared.set_tiers(tiers),
+                Err(e) => tracing::warn!(error = %e, "the node's tiers are unreadable"),
+            },
+            Err(e) => tracing::warn!(error = %e, "reading the node's tiers failed"),
         }
     }
 

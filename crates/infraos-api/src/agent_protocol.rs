@@ -59,10 +59,15 @@ pub struct CertificateResponse {
     pub tiers: Vec<Tier>,
 }
 
+/// Unknown fields are accepted so that an older agent can read a newer server's answer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HeartbeatResponse {
     pub heartbeat_interval_ms: u64,
+    /// The node's granted tiers as the server knows them now: how an administrator's change
+    /// reaches the agent. Absent while the server has not loaded the Node yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiers: Option<Vec<Tier>>,
 }
 
 /// What an agent publishes about its node; sent when it changes.

@@ -11,6 +11,7 @@ pub mod get;
 pub mod join_token;
 pub mod lease;
 pub mod logs;
+pub mod node;
 pub mod server;
 pub mod version;
 

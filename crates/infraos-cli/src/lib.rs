@@ -36,6 +36,8 @@ enum Command {
     Dev(commands::dev::DevArgs),
     /// Tokens for agents to join with.
     JoinToken(commands::join_token::JoinTokenArgs),
+    /// Change a node's capability tiers.
+    Node(commands::node::NodeArgs),
     /// A claim's workload output.
     Logs(commands::logs::LogsArgs),
     /// Create or update objects from YAML/JSON files, directories or stdin (-).
@@ -88,6 +90,7 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -106,6 +109,7 @@ pub fn main() -> ExitCode {
             Command::Dev(args) => commands::dev::run(args).await,
             Command::Agent(args) => commands::agent::run(args).await,
             Command::JoinToken(args) => commands::join_token::run(config.as_deref(), args).await,
+            Command::Node(args) => commands::node::run(config.as_deref(), args).await,
             Command::Logs(args) => commands::logs::run(config.as_deref(), args).await,
             Command::Apply(args) => commands::apply::run(config.as_deref(), args).await,
             Command::Get(args) => commands::get::run(config.as_deref(), args).await,

@@ -69,7 +69,29 @@ impl ServerConfig {
             ServerConfig::default()
         };
         config.data_dir = data_dir.to_path_buf();
+        config.validate().map_err(|reason| ServerError::Config {
+            path: path.display().to_string(),
+            reason,
+        })?;
         Ok(config)
+    }
+
+    /// Settings that parse but cannot work together, named by field.
+    pub fn validate(&self) -> Result<(), String> {
+        let ms = |d: &Duration| d.as_millis();
+        if ms(&self.heartbeat_interval) < 100 {
+            return Err("heartbeatInterval: must be at least 100ms".into());
+        }
+        if ms(&self.node_grace_period) <= ms(&self.heartbeat_interval) {
+            return Err(format!(
+                "nodeGracePeriod: {} must be longer than heartbeatInterval {} (a few beats)",
+                self.node_grace_period, self.heartbeat_interval
+            ));
+        }
+        if ms(&self.agent_cert_ttl) < 10_000 {
+            return Err("agentCertTtl: must be at least 10s".into());
+        }
+        Ok(())
     }
 
     pub fn store_path(&self) -> PathBuf {

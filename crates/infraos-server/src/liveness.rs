@@ -4,15 +4,23 @@
 //!
 //! After a server restart every agent-run node gets a fresh grace period from the first
 //! moment the controller looks, so a restart never marks healthy nodes NotReady.
+//!
+//! It also holds each Node's granted tiers, as the node-lifecycle controller last saw them,
+//! so a heartbeat answers with the node's current grant (an administrator's change reaches
+//! the agent within one heartbeat) and can tell an agent that its Node was deleted, all
+//! without a store read.
 
 use std::collections::HashMap;
 
+use infraos_api::kinds::Tier;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 #[derive(Default)]
 pub struct Liveness {
     last_beat_ms: Mutex<HashMap<String, i64>>,
+    /// Every Node in the store and its granted tiers; filled by the node controller.
+    tiers: Mutex<HashMap<String, Vec<Tier>>>,
     /// Wakes the lifecycle controller when a node it may hold NotReady beats again.
     pub changed: Notify,
 }
@@ -45,6 +53,30 @@ impl Liveness {
 
     pub fn forget(&self, node: &str) {
         self.last_beat_ms.lock().remove(node);
+        self.tiers.lock().remove(node);
+    }
+
+    /// Records a Node's granted tiers, as stored.
+    pub fn set_tiers(&self, node: &str, tiers: &[Tier]) {
+        let mut known = self.tiers.lock();
+        match known.get_mut(node) {
+            Some(t) if t.as_slice() == tiers => {}
+            Some(t) => *t = tiers.to_vec(),
+            None => {
+                known.insert(node.to_string(), tiers.to_vec());
+            }
+        }
+    }
+
+    /// The node's granted tiers; `None` when the controller has not seen the Node (not
+    /// synced yet, just joined, or deleted).
+    pub fn tiers(&self, node: &str) -> Option<Vec<Tier>> {
+        self.tiers.lock().get(node).cloned()
+    }
+
+    /// Forgets every Node's tiers, before the controller relists.
+    pub fn clear_tiers(&self) {
+        self.tiers.lock().clear();
     }
 
     pub fn len(&self) -> usize {

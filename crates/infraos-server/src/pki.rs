@@ -115,9 +115,12 @@ impl Ca {
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         ];
         params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-        let not_after = shift(now, i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2));
-        // A little slack backwards for agents whose clock runs behind ours.
-        params.not_before = to_offset(shift(now, -300_000))?;
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let not_after = shift(now, ttl_ms);
+        // A little slack backwards for agents whose clock runs behind ours: a tenth of the
+        // lifetime, at most five minutes, so that two thirds of the whole window (when the
+        // agent rotates) still lies ahead of now.
+        params.not_before = to_offset(shift(now, -(ttl_ms / 10).min(300_000)))?;
         params.not_after = to_offset(not_after)?;
         params.serial_number = Some(random_serial());
         use rcgen::PublicKeyData;

@@ -326,9 +326,26 @@ async fn rotate(
 
 pub async fn heartbeat(State(state): State<AppState>, ctx: Ctx) -> Result<Response, ApiError> {
     let node = node_of(&ctx)?;
+    // The grant comes from the controller's view; a node missing from it is read from the
+    // store (it may have just joined, or the server may not have synced), and one missing
+    // there was deleted: its certificate no longer speaks for anything.
+    let tiers = match state.liveness.tiers(&node) {
+        Some(tiers) => Some(tiers),
+        None => {
+            let key = objects::key(NodeSpec::INFO, None, &node);
+            let kv = state.store.get(&key).await?.ok_or_else(|| {
+                ApiError::no_route(format!(
+                    "node {node:?} no longer exists (an administrator deleted it): rejoin \
+                     with a new join token"
+                ))
+            })?;
+            Some(decode_typed::<NodeSpec>(&kv)?.spec.tiers)
+        }
+    };
     state.liveness.beat(&node, state.clock.now().unix_millis());
     Ok(Json(HeartbeatResponse {
         heartbeat_interval_ms: state.config.heartbeat_interval.as_millis(),
+        tiers,
     })
     .into_response())
 }

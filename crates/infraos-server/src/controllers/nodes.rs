@@ -70,6 +70,7 @@ async fn run(
                 match change {
                     Change::Resync(_, kvs, _) => {
                         nodes.clear();
+                        state.liveness.clear_tiers();
                         for kv in &kvs {
                             observe(&state, &mut nodes, kv, now);
                         }
@@ -124,6 +125,7 @@ fn observe(
     let Ok(node) = decode_typed::<NodeSpec>(kv) else {
         return;
     };
+    state.liveness.set_tiers(node.name(), &node.spec.tiers);
     let Some(status) = node.status.as_ref().filter(|s| s.agent.is_some()) else {
         return;
     };

@@ -1,0 +1,118 @@
+//! `infraos node grant|revoke NODE TIER…`: change the capability tiers a node holds after
+//! it joined. The agent learns the new grant with its next heartbeat; the scheduler at once.
+
+use std::path::Path;
+
+use clap::{Args, Subcommand};
+use infraos_api::Kind as _;
+use infraos_api::kinds::{NodeSpec, Tier};
+
+#[derive(Args)]
+pub struct NodeArgs {
+    #[command(subcommand)]
+    command: NodeCommand,
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Grant tiers (inventory, execute, network, storage) to a node.
+    Grant { node: String, tiers: Vec<String> },
+    /// Revoke tiers from a node: nothing new needing them is placed or started there; what
+    /// runs keeps running until its allocation ends.
+    Revoke { node: String, tiers: Vec<String> },
+}
+
+fn parse_tiers(tiers: &[String]) -> anyhow::Result<Vec<Tier>> {
+    if tiers.is_empty() {
+        anyhow::bail!("name at least one tier (inventory, execute, network, storage)");
+    }
+    tiers
+        .iter()
+        .flat_map(|t| t.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            Tier::parse(t).ok_or_else(|| {
+                anyhow::anyhow!("{t:?} is not a tier (inventory, execute, network, storage)")
+            })
+        })
+        .collect()
+}
+
+/// The node's tiers after the change, sorted and without duplicates.
+pub fn changed(current: &[Tier], change: &[Tier], grant: bool) -> Vec<Tier> {
+    let mut tiers: Vec<Tier> = if grant {
+        current.iter().chain(change).copied().collect()
+    } else {
+        current
+            .iter()
+            .copied()
+            .filter(|t| !change.contains(t))
+            .collect()
+    };
+    tiers.sort();
+    tiers.dedup();
+    tiers
+}
+
+pub async fn run(config: Option<&Path>, args: NodeArgs) -> anyhow::Result<()> {
+    let client = super::client(config)?;
+    let (node, tiers, grant) = match args.command {
+        NodeCommand::Grant { node, tiers } => (node, tiers, true),
+        NodeCommand::Revoke { node, tiers } => (node, tiers, false),
+    };
+    let change = parse_tiers(&tiers)?;
+    // Read, change, write with the read's resourceVersion: a concurrent writer makes the
+    // write fail with a conflict, and the change is made again on the fresh object.
+    for _ in 0..5 {
+        let current = client
+            .get(NodeSpec::INFO, None, &node)
+            .await
+            .map_err(|e| anyhow::anyhow!("node {node:?}: {e}"))?;
+        let current_tiers: Vec<Tier> =
+            serde_json::from_value(current["spec"]["tiers"].clone()).unwrap_or_default();
+        let next = changed(&current_tiers, &change, grant);
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+            "spec": {"tiers": next},
+        });
+        match client
+            .merge_patch(NodeSpec::INFO, None, &node, &patch)
+            .await
+        {
+            Ok(_) => {
+                let names: Vec<&str> = next.iter().map(|t| t.as_str()).collect();
+                println!("node/{node} tiers: {}", names.join(","));
+                return Ok(());
+            }
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => anyhow::bail!("node {node:?}: {e}"),
+        }
+    }
+    anyhow::bail!("node {node:?}: changed by others five times in a row; try again")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_and_revoke_keep_the_list_sorted_and_unique() {
+        let current = [Tier::Execute, Tier::Inventory];
+        assert_eq!(
+            changed(&current, &[Tier::Network, Tier::Execute], true),
+            vec![Tier::Inventory, Tier::Execute, Tier::Network]
+        );
+        assert_eq!(
+            changed(&current, &[Tier::Execute, Tier::Storage], false),
+            vec![Tier::Inventory]
+        );
+    }
+
+    #[test]
+    fn bad_tiers_are_named() {
+        let e = parse_tiers(&["execute,gpu".into()]).unwrap_err();
+        assert!(e.to_string().contains("\"gpu\" is not a tier"), "{e}");
+        assert!(parse_tiers(&[]).is_err());
+    }
+}
