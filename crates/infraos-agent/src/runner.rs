@@ -160,14 +160,21 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
     let mut interval = Duration::from_secs(10);
     loop {
         let client = shared.client();
-        match client
-            .send_json::<_, HeartbeatResponse>(
+        // A heartbeat that takes longer than the interval is as good as lost.
+        let beat = tokio::time::timeout(
+            interval,
+            client.send_json::<_, HeartbeatResponse>(
                 reqwest::Method::POST,
                 "/agent/v1/heartbeat",
                 &serde_json::json!({}),
-            )
-            .await
-        {
+            ),
+        )
+        .await;
+        let Ok(beat) = beat else {
+            tracing::warn!(after = ?interval, "heartbeat timed out");
+            continue;
+        };
+        match beat {
             Ok(r) => {
                 interval = Duration::from_millis(r.heartbeat_interval_ms.clamp(100, 600_000));
                 if let Some(tiers) = r.tiers {

@@ -172,6 +172,12 @@ impl Client {
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(60))
+            // A silent partition leaves a connection that never errors: pings find it out,
+            // so a long watch or an agent's next heartbeat moves to a fresh connection.
+            .tcp_keepalive(Duration::from_secs(30))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_timeout(Duration::from_secs(10))
+            .http2_keep_alive_while_idle(true)
             .build()
             .map_err(|e| ClientError::Tls(e.to_string()))?;
         Ok(Client {

@@ -34,6 +34,10 @@ pub struct ServerConfig {
     pub node_grace_period: Duration,
     /// Lifetime of agents' client certificates (they rotate at two thirds of it).
     pub agent_cert_ttl: Duration,
+    /// How often a watch with `allowWatchBookmarks` is sent a BOOKMARK (when the revision
+    /// moved on without a line for it). About a minute, as the Kubernetes API server: often
+    /// enough that a resumed watch starts recent, rarely enough that thousands cost nothing.
+    pub watch_bookmark_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +55,7 @@ impl Default for ServerConfig {
             heartbeat_interval: Duration::from_secs(10),
             node_grace_period: Duration::from_secs(40),
             agent_cert_ttl: Duration::from_secs(24 * 3600),
+            watch_bookmark_interval: Duration::from_secs(60),
         }
     }
 }
@@ -87,6 +92,9 @@ impl ServerConfig {
                 "nodeGracePeriod: {} must be longer than heartbeatInterval {} (a few beats)",
                 self.node_grace_period, self.heartbeat_interval
             ));
+        }
+        if ms(&self.watch_bookmark_interval) < 100 {
+            return Err("watchBookmarkInterval: must be at least 100ms".into());
         }
         if ms(&self.agent_cert_ttl) < 10_000 {
             return Err("agentCertTtl: must be at least 10s".into());

@@ -1,16 +1,19 @@
 //! The in-memory watch hub of a backend that has no event history of its own.
 //!
 //! ```text
-//!   writer ── publish(batch) ──► ring (recent events) ──► broadcast ──► watchers
-//!                                  │                                    │
-//!   watch(prefix, after) ── backlog from ring (rev > after) ───────────►│
+//!   writer ── publish(batch) ──► ring (recent events)
+//!                  └─ per watched prefix: the batch's events under it ──► broadcast ──► watchers
+//!                                  │                                                  │
+//!   watch(prefix, after) ── backlog from ring (rev > after) ─────────────────────────►│
 //!                                  └── lagging watcher re-syncs from ring, or gets Compacted
 //! ```
+//! Watchers are grouped by prefix, so a commit wakes only the watchers it concerns: 10,000
+//! agents watching allocations are not woken by a Node's status write.
 //! The ring keeps the last `capacity` events; "compacted" is the revision of the newest event
 //! that fell out of it (or was dropped by [`Hub::compact`]). Publishing and subscribing hold
 //! one lock, so a new watcher's backlog and its live feed neither overlap nor leave a gap.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -31,20 +34,22 @@ struct Inner {
     capacity: usize,
     /// Watches must start after this revision.
     compacted: Revision,
-    /// `None` once the store closed: receivers then see `Closed`.
-    sender: Option<broadcast::Sender<Batch>>,
+    /// One channel per watched prefix; `closed` once the store closed: receivers then see
+    /// `Closed`.
+    senders: HashMap<String, broadcast::Sender<Batch>>,
+    closed: bool,
 }
 
 impl Hub {
     /// A hub whose history starts after `revision` (events before it are not available).
     pub(crate) fn new(revision: Revision, capacity: usize) -> Self {
-        let (sender, _) = broadcast::channel(BROADCAST_CAPACITY);
         Hub {
             inner: Mutex::new(Inner {
                 ring: VecDeque::new(),
                 capacity: capacity.max(1),
                 compacted: revision,
-                sender: Some(sender),
+                senders: HashMap::new(),
+                closed: false,
             }),
         }
     }
@@ -62,9 +67,27 @@ impl Hub {
                 inner.compacted = inner.compacted.max(old.kv.mod_revision);
             }
         }
-        if let Some(sender) = &inner.sender {
-            // Nobody listening is fine; the ring still has it.
-            let _ = sender.send(events.into());
+        // Nobody listening is fine: the ring still has it. A prefix nobody watches any more
+        // is dropped here.
+        inner
+            .senders
+            .retain(|_, sender| sender.receiver_count() > 0);
+        let batch: Batch = events.into();
+        for (prefix, sender) in &inner.senders {
+            let matching = batch
+                .iter()
+                .filter(|e| e.kv.key.starts_with(prefix))
+                .count();
+            if matching == batch.len() {
+                let _ = sender.send(batch.clone());
+            } else if matching > 0 {
+                let mine: Batch = batch
+                    .iter()
+                    .filter(|e| e.kv.key.starts_with(prefix))
+                    .cloned()
+                    .collect();
+                let _ = sender.send(mine);
+            }
         }
     }
 
@@ -82,7 +105,9 @@ impl Hub {
 
     /// Ends every watch stream with `StoreError::Closed`.
     pub(crate) fn close(&self) {
-        self.inner.lock().sender = None;
+        let mut inner = self.inner.lock();
+        inner.closed = true;
+        inner.senders.clear();
     }
 
     pub(crate) fn compacted(&self) -> Revision {
@@ -95,10 +120,10 @@ impl Hub {
         prefix: &str,
         after: Revision,
     ) -> Result<(Vec<Event>, broadcast::Receiver<Batch>), StoreError> {
-        let inner = self.inner.lock();
-        let Some(sender) = &inner.sender else {
+        let mut inner = self.inner.lock();
+        if inner.closed {
             return Err(StoreError::Closed);
-        };
+        }
         if after < inner.compacted {
             return Err(StoreError::Compacted {
                 requested: after,
@@ -111,7 +136,12 @@ impl Hub {
             .filter(|e| e.kv.mod_revision > after && e.kv.key.starts_with(prefix))
             .cloned()
             .collect();
-        Ok((backlog, sender.subscribe()))
+        let receiver = inner
+            .senders
+            .entry(prefix.to_string())
+            .or_insert_with(|| broadcast::channel(BROADCAST_CAPACITY).0)
+            .subscribe();
+        Ok((backlog, receiver))
     }
 
     pub(crate) fn watch(

@@ -242,6 +242,25 @@ pub fn signal(pid: i32, signal: nix::sys::signal::Signal) -> Result<(), SysError
         .map_err(|e| SysError::call("kill", e))
 }
 
+/// Raises this process's open-file soft limit to its hard limit and returns the new limit: a
+/// server holding one connection per agent, or a load generator playing thousands of agents,
+/// needs more than the usual soft default of 1,024.
+pub fn raise_nofile_limit() -> Result<u64, SysError> {
+    let call = |call: &'static str| {
+        move |e: nix::Error| SysError::Call {
+            call,
+            source: std::io::Error::from(e),
+        }
+    };
+    let (soft, hard) =
+        nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE).map_err(call("getrlimit"))?;
+    if soft < hard {
+        nix::sys::resource::setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            .map_err(call("setrlimit"))?;
+    }
+    Ok(hard)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,6 +70,11 @@ pub async fn serve(data_dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Res
     if let Some(l) = listen {
         config.listen = l;
     }
+    // One connection per agent: thousands of them outgrow the usual soft limit of 1,024.
+    match infraos_sys::process::raise_nofile_limit() {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let server = Server::start(config, Arc::new(SystemClock)).await?;
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -4,7 +4,9 @@
 //!   resourceVersion absent or 0 ─► ADDED for every current object, then changes after the list
 //!   resourceVersion N           ─► changes after N, or 410 Gone when N is compacted
 //!   mid-stream compaction        ─► {"type":"ERROR","object":<Status 410>} and the stream ends
-//!   allowWatchBookmarks=true     ─► BOOKMARK every few seconds with the last revision sent
+//!   allowWatchBookmarks=true     ─► BOOKMARK every `watchBookmarkInterval` (1 min), when the
+//!                                   revision moved on since the last line (events the
+//!                                   selector hid)
 //! ```
 //! With a label selector, an object that starts or stops matching is sent as ADDED or DELETED,
 //! as the Kubernetes API server does.
@@ -24,7 +26,6 @@ use crate::error::ApiError;
 use crate::objects::{self, decode_stored};
 use crate::state::AppState;
 
-const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
 const MAX_WATCH: Duration = Duration::from_secs(30 * 60);
 
 fn line(kind: &str, object: &serde_json::Value) -> Bytes {
@@ -98,7 +99,14 @@ pub async fn watch(
     };
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     tokio::spawn(pump(
-        events, tx, initial, selector, bookmarks, timeout, start, info,
+        events,
+        tx,
+        initial,
+        selector,
+        bookmarks.then(|| state.config.watch_bookmark_interval.as_std()),
+        timeout,
+        start,
+        info,
     ));
     let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()
@@ -118,7 +126,7 @@ async fn pump(
     tx: mpsc::Sender<Bytes>,
     initial: Vec<Bytes>,
     selector: Option<LabelSelector>,
-    bookmarks: bool,
+    bookmarks: Option<Duration>,
     timeout: Duration,
     start: u64,
     info: &'static KindInfo,
@@ -130,14 +138,20 @@ async fn pump(
     }
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+    let mut tick = tokio::time::interval(bookmarks.unwrap_or(Duration::from_secs(3600)));
     tick.tick().await;
     let mut last = start;
+    // The revision the watcher last learnt, from an event or a bookmark.
+    let mut told = start;
     loop {
         tokio::select! {
             _ = &mut deadline => return,
             _ = tx.closed() => return,
-            _ = tick.tick(), if bookmarks => {
+            _ = tick.tick(), if bookmarks.is_some() => {
+                if last == told {
+                    continue;
+                }
+                told = last;
                 let bookmark = serde_json::json!({
                     "apiVersion": infraos_api::API_VERSION,
                     "kind": info.kind,
@@ -162,14 +176,28 @@ async fn pump(
                 };
                 for event in batch.iter() {
                     last = event.kv.mod_revision;
-                    if let Some(l) = render(event, selector.as_ref())
-                        && tx.send(l).await.is_err() {
+                    if let Some(l) = render(event, selector.as_ref()) {
+                        if tx.send(l).await.is_err() {
                             return;
                         }
+                        told = last;
+                    }
                 }
             }
         }
     }
+}
+
+#[derive(serde::Deserialize)]
+struct LabelsOnly<'a> {
+    #[serde(borrow, default)]
+    metadata: MetadataLabels<'a>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct MetadataLabels<'a> {
+    #[serde(borrow, default)]
+    labels: std::collections::HashMap<std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>>,
 }
 
 /// The watch line for one store event, or `None` when the selector hides it.
@@ -185,10 +213,10 @@ fn render(event: &infraos_store::Event, selector: Option<&LabelSelector>) -> Opt
         };
         return Some(raw_line(kind, &object));
     };
+    // Only the labels are read: every watcher with a selector looks at every event.
     let matches = |bytes: &[u8]| {
-        serde_json::from_slice::<serde_json::Value>(bytes)
-            .ok()
-            .is_some_and(|v| selector_matches(Some(selector), &v))
+        serde_json::from_slice::<LabelsOnly>(bytes)
+            .is_ok_and(|o| selector.matches_with(|k| o.metadata.labels.get(k).map(|v| v.as_ref())))
     };
     let now = matches(&event.kv.value);
     match event.kind {

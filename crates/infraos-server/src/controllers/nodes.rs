@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use infraos_api::Kind as _;
 use infraos_api::kinds::NodeSpec;
 use infraos_api::meta::Condition;
@@ -101,8 +102,15 @@ async fn run(
                 desired_ready(seen.ready, last, now, grace_ms).map(|r| (name.clone(), r))
             })
             .collect();
-        for (name, ready) in due {
-            match set_ready(&state, &name, ready).await {
+        // Many at once (a fleet starting, a rack going dark): concurrent writes share the
+        // store's group commits instead of paying one commit each.
+        let mut writes = futures::stream::iter(due.into_iter().map(|(name, ready)| {
+            let state = &state;
+            async move { (set_ready(state, &name, ready).await, name, ready) }
+        }))
+        .buffer_unordered(64);
+        while let Some((result, name, ready)) = writes.next().await {
+            match result {
                 Ok(()) => {
                     if let Some(seen) = nodes.get_mut(&name) {
                         seen.ready = ready;

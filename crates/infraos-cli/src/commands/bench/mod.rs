@@ -1,5 +1,6 @@
-//! `infraos bench scheduler|e2e --nodes N --claims M`: the benchmarks the closing notes quote.
-//! Both end with the line `claims/s: X`.
+//! `infraos bench scheduler|e2e|agents|workload`: the benchmarks the closing notes quote.
+//! `scheduler` and `e2e` end with the line `claims/s: X`; `agents` and `workload` (own
+//! modules) with a latency line.
 //!
 //! - `scheduler`: the pure scheduler and the applier's re-check on an in-memory snapshot of the
 //!   synthetic cluster; the median of `--runs` runs.
@@ -21,6 +22,9 @@ use infraos_client::{Client, ClientConfig};
 use infraos_scheduler::{Outcome, Profile, Scheduler, Snapshot};
 
 use crate::synthetic::{self, PROJECT, Synthetic};
+
+mod agents;
+mod workload;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -60,6 +64,35 @@ enum BenchCommand {
         /// HTTPS connections the submissions are spread over.
         #[arg(long, default_value_t = 1)]
         connections: usize,
+    },
+    /// Many simulated agents (real protocol, real mTLS, no workloads) against a real server:
+    /// heartbeat latency, server memory and CPU.
+    Agents {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Heartbeat interval the server tells agents.
+        #[arg(long, default_value = "10s")]
+        heartbeat: infraos_api::Duration,
+        /// Measurement window, after every agent has joined and beaten once.
+        #[arg(long, default_value = "60s")]
+        duration: infraos_api::Duration,
+        /// Joins and reports in flight at once.
+        #[arg(long, default_value_t = 32)]
+        join_concurrency: usize,
+        /// Skip the allocation watch every agent holds.
+        #[arg(long)]
+        no_watch: bool,
+        /// Use this running server (with the client config's CA and token).
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Claims with a process workload through a real server and a real agent, one after the
+    /// other: claim → Running latency, and the agent's RSS. Needs root.
+    Workload {
+        #[arg(long, default_value_t = 50)]
+        claims: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
 }
 
@@ -103,7 +136,50 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             )
             .await
         }
+        BenchCommand::Agents {
+            agents,
+            heartbeat,
+            duration,
+            join_concurrency,
+            no_watch,
+            server,
+        } => {
+            agents::run(agents::Options {
+                agents,
+                heartbeat: heartbeat.as_std(),
+                duration: duration.as_std(),
+                join_concurrency,
+                watch: !no_watch,
+                server,
+            })
+            .await
+        }
+        BenchCommand::Workload { claims, runs } => {
+            workload::run(workload::Options { claims, runs }).await
+        }
     }
+}
+
+/// The value at quantile `q` of sorted samples (nearest rank); 0 when there are none.
+fn percentile(sorted: &[u32], q: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Resident and peak resident memory of a process in KiB (`self` for this one).
+fn memory_kib(pid: &str) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -166,7 +242,17 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
 /// Stops the server child process when dropped.
 struct ChildServer {
     child: std::process::Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+impl ChildServer {
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
 }
 
 impl Drop for ChildServer {
@@ -176,10 +262,16 @@ impl Drop for ChildServer {
     }
 }
 
-async fn start_server() -> anyhow::Result<(ChildServer, ClientConfig)> {
+/// Starts `infraos server` on a temporary data dir with `config_yaml` as its `server.yaml`,
+/// and waits until it is ready.
+async fn start_server(config_yaml: &str) -> anyhow::Result<(ChildServer, ClientConfig)> {
     let dir = tempfile::tempdir().context("cannot create a temporary data dir")?;
     let data = dir.path().to_path_buf();
     infraos_server::init::init_data_dir(&data, &[]).await?;
+    if !config_yaml.is_empty() {
+        std::fs::write(data.join(infraos_server::config::CONFIG_FILE), config_yaml)
+            .context("cannot write server.yaml")?;
+    }
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let child = std::process::Command::new(exe)
         .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -191,7 +283,7 @@ async fn start_server() -> anyhow::Result<(ChildServer, ClientConfig)> {
         .stdin(std::process::Stdio::null())
         .spawn()
         .context("cannot start the server process")?;
-    let guard = ChildServer { child, _dir: dir };
+    let guard = ChildServer { child, dir };
     let url_file = data.join(infraos_server::URL_FILE);
     let deadline = Instant::now() + Duration::from_secs(60);
     let server = loop {
@@ -256,7 +348,7 @@ async fn e2e(
     let (guard, config) = match server {
         Some(url) => (None, ClientConfig::load_for(None, Some(&url))?),
         None => {
-            let (g, c) = start_server().await?;
+            let (g, c) = start_server("").await?;
             (Some(g), c)
         }
     };

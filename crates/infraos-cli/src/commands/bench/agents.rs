@@ -1,0 +1,339 @@
+//! `infraos bench agents --agents N`: the control plane's cost of a fleet. Simulated agents
+//! speak the real protocol over real mTLS (each joins with the token, gets its own
+//! certificate, holds its own TLS connection, publishes a node report, watches its
+//! allocations and heartbeats) but run no workloads. It reports heartbeat latency as the
+//! agents see it, and the server's memory and CPU, measured over a window after every agent
+//! has joined, reported and beaten once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::{StreamExt, TryStreamExt};
+use infraos_api::Kind as _;
+use infraos_api::agent_protocol::{
+    CertificateResponse, HeartbeatResponse, JoinRequest, NodeReport, NodeReportResponse,
+    PROTOCOL_VERSION,
+};
+use infraos_api::kinds::{
+    AgentInfo, Allocation, AllocationSpec, CpuInfo, Inventory, MemoryInfo, NODE_LABEL, NodeSpec,
+};
+use infraos_api::quantity::Quantity;
+use infraos_client::{Client, ClientConfig, ClientIdentity, Method};
+use parking_lot::Mutex;
+
+use super::{ChildServer, cpu_seconds, memory_kib, percentile, start_server};
+
+pub struct Options {
+    pub agents: usize,
+    pub heartbeat: Duration,
+    pub duration: Duration,
+    pub join_concurrency: usize,
+    pub watch: bool,
+    pub server: Option<String>,
+}
+
+/// One simulated agent: its name and its mTLS client.
+struct SimAgent {
+    name: String,
+    client: Client,
+}
+
+#[derive(Default)]
+struct Stats {
+    measuring: AtomicBool,
+    latencies_us: Mutex<Vec<u32>>,
+    errors: AtomicU64,
+}
+
+fn agent_info() -> AgentInfo {
+    AgentInfo {
+        version: format!("bench-{}", env!("CARGO_PKG_VERSION")),
+        protocol_version: PROTOCOL_VERSION,
+        drivers: vec!["process".into()],
+        address: None,
+        certificate_expires: None,
+    }
+}
+
+/// What a 64-core, 256 GiB machine reports, without the disks and NICs.
+fn inventory() -> Inventory {
+    Inventory {
+        cpu: CpuInfo {
+            model: "simulated".into(),
+            cores: 64,
+            physical_cores: Some(32),
+            sockets: 2,
+            numa_nodes: 2,
+        },
+        memory: MemoryInfo {
+            total_bytes: 256 << 30,
+            available_bytes: 250 << 30,
+        },
+        ..Inventory::default()
+    }
+}
+
+pub async fn run(o: Options) -> anyhow::Result<()> {
+    let limit = infraos_sys::process::raise_nofile_limit().unwrap_or(0);
+    if (limit as usize) < o.agents + 256 {
+        anyhow::bail!(
+            "--agents {}: needs about {} open files (one connection per agent), but the hard \
+             limit is {limit} (see `ulimit -Hn`)",
+            o.agents,
+            o.agents + 256
+        );
+    }
+    let hb_ms = o.heartbeat.as_millis().max(100);
+    let config = format!(
+        "heartbeatInterval: {hb_ms}ms\nnodeGracePeriod: {}ms\n",
+        hb_ms * 4
+    );
+    let (guard, admin_config): (Option<ChildServer>, ClientConfig) = match &o.server {
+        Some(url) => (None, ClientConfig::load_for(None, Some(url))?),
+        None => {
+            let (g, c) = start_server(&config).await?;
+            (Some(g), c)
+        }
+    };
+    let server_pid = guard.as_ref().map(ChildServer::pid);
+    let admin = Client::new(&admin_config)?;
+    let created: serde_json::Value = admin
+        .send_json(
+            Method::POST,
+            "/apis/infraos.io/v1/jointokens",
+            &serde_json::json!({"ttl": "2h", "tiers": ["inventory", "execute"],
+                                "description": "bench agents"}),
+        )
+        .await
+        .context("cannot create a join token")?;
+    let token = created["token"].as_str().unwrap_or_default().to_string();
+    let anonymous = Client::new(&ClientConfig {
+        token: None,
+        identity: None,
+        ..admin_config.clone()
+    })?;
+
+    let t = Instant::now();
+    let agents: Vec<SimAgent> = futures::stream::iter(0..o.agents)
+        .map(|i| join(&anonymous, &admin_config, &token, i))
+        .buffer_unordered(o.join_concurrency.max(1))
+        .try_collect()
+        .await?;
+    let join_s = t.elapsed().as_secs_f64();
+    println!(
+        "joined: {} agents in {join_s:.1}s ({:.0} joins/s), each with its own key, certificate and TLS connection",
+        agents.len(),
+        agents.len() as f64 / join_s.max(1e-9)
+    );
+
+    let t = Instant::now();
+    futures::stream::iter(agents.iter())
+        .map(report)
+        .buffer_unordered(o.join_concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    println!(
+        "reported: {} nodes and their compute resources in {:.1}s",
+        agents.len(),
+        t.elapsed().as_secs_f64()
+    );
+
+    let stats = Arc::new(Stats::default());
+    let mut tasks = Vec::new();
+    let n = agents.len().max(1) as u128;
+    for (i, agent) in agents.into_iter().enumerate() {
+        let agent = Arc::new(agent);
+        // Spread evenly over the interval, as agents started at random times are.
+        let offset = Duration::from_millis(u64::try_from(i as u128 * hb_ms / n).unwrap_or(0));
+        tasks.push(tokio::spawn(heartbeats(
+            agent.clone(),
+            offset,
+            Duration::from_millis(u64::try_from(hb_ms).unwrap_or(10_000)),
+            stats.clone(),
+        )));
+        if o.watch {
+            tasks.push(tokio::spawn(watch(agent)));
+        }
+    }
+    // Every agent beats once before the window opens.
+    tokio::time::sleep(o.heartbeat + Duration::from_secs(2)).await;
+    let cpu_before = server_pid.as_deref().and_then(cpu_seconds);
+    let window = Instant::now();
+    stats.measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(o.duration).await;
+    stats.measuring.store(false, Ordering::Relaxed);
+    let window_s = window.elapsed().as_secs_f64();
+    let cpu_after = server_pid.as_deref().and_then(cpu_seconds);
+
+    let mut latencies = std::mem::take(&mut *stats.latencies_us.lock());
+    latencies.sort_unstable();
+    let ms = |us: u32| f64::from(us) / 1000.0;
+    let (nodes, _) = admin.list(NodeSpec::INFO, None, None).await?;
+    let ready = nodes
+        .iter()
+        .filter(|n| {
+            n["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .count();
+    for task in &tasks {
+        task.abort();
+    }
+    println!(
+        "agents: {n}, heartbeat interval: {hb_ms} ms, allocation watches: {}, window: {window_s:.0}s",
+        if o.watch { "yes" } else { "no" }
+    );
+    println!(
+        "heartbeats: {} ({:.0}/s), errors: {}, nodes Ready: {ready}/{}",
+        latencies.len(),
+        latencies.len() as f64 / window_s.max(1e-9),
+        stats.errors.load(Ordering::Relaxed),
+        nodes.len()
+    );
+    println!(
+        "heartbeat latency ms: p50 {:.2}, p90 {:.2}, p99 {:.2}, max {:.2}",
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.90)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies.last().copied().unwrap_or(0)),
+    );
+    if let Some(pid) = &server_pid {
+        let (rss, peak) = memory_kib(pid).unwrap_or((0, 0));
+        let cpu = match (cpu_before, cpu_after) {
+            (Some(a), Some(b)) => format!("{:.1}%", (b - a) / window_s.max(1e-9) * 100.0),
+            _ => "n/a".into(),
+        };
+        println!(
+            "server: RSS {:.0} MiB (peak {:.0} MiB), CPU {cpu} of one core during the window",
+            rss as f64 / 1024.0,
+            peak as f64 / 1024.0
+        );
+    }
+    if let Some((rss, _)) = memory_kib("self") {
+        println!(
+            "load generator: RSS {:.0} MiB (on the same cores as the server)",
+            rss as f64 / 1024.0
+        );
+    }
+    println!("heartbeat p99 ms: {:.2}", ms(percentile(&latencies, 0.99)));
+    drop(guard);
+    Ok(())
+}
+
+async fn join(
+    anonymous: &Client,
+    admin: &ClientConfig,
+    token: &str,
+    i: usize,
+) -> anyhow::Result<SimAgent> {
+    let name = format!("sim-{i:05}");
+    let (key_pem, csr) = infraos_agent::identity::new_key_and_csr(&name)?;
+    let request = JoinRequest {
+        token: token.to_string(),
+        name: name.clone(),
+        csr,
+        labels: BTreeMap::from([("bench".to_string(), "agents".to_string())]),
+        agent: agent_info(),
+    };
+    // Joins with one token race on its use count; the loser of a race tries again, as a
+    // real agent restarted by its service manager would.
+    let mut attempt = 0;
+    let answer: CertificateResponse = loop {
+        match anonymous
+            .send_json(Method::POST, "/agent/v1/join", &request)
+            .await
+        {
+            Ok(a) => break a,
+            Err(e) if e.is_conflict() && attempt < 100 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(5 + (i as u64 % 20))).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("{name}: join: {e}")),
+        }
+    };
+    let client = Client::new(&ClientConfig {
+        server: admin.server.clone(),
+        ca_pem: Some(answer.ca.into_bytes()),
+        token: None,
+        identity: Some(ClientIdentity {
+            cert_pem: answer.certificate.into_bytes(),
+            key_pem: key_pem.into_bytes(),
+        }),
+    })?;
+    Ok(SimAgent { name, client })
+}
+
+async fn report(agent: &SimAgent) -> anyhow::Result<()> {
+    let inventory = inventory();
+    let report = NodeReport {
+        agent: agent_info(),
+        resources: infraos_agent::resources::from_inventory(
+            &agent.name,
+            &inventory,
+            Quantity::ZERO,
+            Quantity::ZERO,
+        ),
+        inventory,
+    };
+    agent
+        .client
+        .send_json::<_, NodeReportResponse>(Method::PUT, "/agent/v1/status", &report)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: report: {e}", agent.name))?;
+    Ok(())
+}
+
+async fn heartbeats(agent: Arc<SimAgent>, offset: Duration, every: Duration, stats: Arc<Stats>) {
+    tokio::time::sleep(offset).await;
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let t = Instant::now();
+        let result = agent
+            .client
+            .send_json::<_, HeartbeatResponse>(
+                Method::POST,
+                "/agent/v1/heartbeat",
+                &serde_json::json!({}),
+            )
+            .await;
+        let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
+        if stats.measuring.load(Ordering::Relaxed) {
+            match result {
+                Ok(_) => stats.latencies_us.lock().push(us),
+                Err(_) => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Lists and watches the agent's allocations, as the real agent does.
+async fn watch(agent: Arc<SimAgent>) {
+    let selector = format!("{NODE_LABEL}={}", agent.name);
+    loop {
+        let Ok((_, revision)) = agent
+            .client
+            .list(AllocationSpec::INFO, None, Some(&selector))
+            .await
+        else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        if let Ok(mut events) = agent
+            .client
+            .watch_as::<Allocation>(AllocationSpec::INFO, None, Some(&selector), Some(revision))
+            .await
+        {
+            while let Some(Ok(_)) = events.next().await {}
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
