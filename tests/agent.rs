@@ -222,6 +222,12 @@ async fn wait_state(client: &Client, name: &str, state: &str) -> serde_json::Val
     .await
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0))
+}
+
 fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| !s.contains(") Z "))
@@ -342,6 +348,54 @@ async fn agents_join_with_tokens_and_reach_only_their_own_node() {
         .await
         .expect("report");
     assert_eq!(code, 403, "{body}");
+    // A resource the agent stops reporting (a GPU pulled out) is removed; the rest stay.
+    let compute = admin
+        .get_path("/apis/infraos.io/v1/resources/node-a-compute")
+        .await
+        .expect("compute");
+    let report_with = |extra: bool| {
+        let mut resources = vec![serde_json::json!({
+            "apiVersion": "infraos.io/v1", "kind": "Resource",
+            "metadata": {"name": "node-a-compute"},
+            "spec": compute["spec"].clone()})];
+        if extra {
+            resources.push(serde_json::json!({
+                "apiVersion": "infraos.io/v1", "kind": "Resource",
+                "metadata": {"name": "node-a-extra"},
+                "spec": {"class": "compute", "node": "node-a", "capacity": {"cpu": "1"}}}));
+        }
+        serde_json::json!({
+            "agent": node_a["status"]["agent"],
+            "inventory": node_a["status"]["inventory"],
+            "resources": resources,
+        })
+        .to_string()
+        .into_bytes()
+    };
+    for (extra, present) in [(true, true), (false, false)] {
+        let (code, body) = as_a
+            .raw(
+                reqwest::Method::PUT,
+                "/agent/v1/status",
+                Some("application/json"),
+                report_with(extra),
+                None,
+            )
+            .await
+            .expect("report");
+        assert_eq!(code, 200, "{body}");
+        let found = admin
+            .get_path("/apis/infraos.io/v1/resources/node-a-extra")
+            .await
+            .is_ok();
+        assert_eq!(found, present);
+    }
+    assert!(
+        admin
+            .get_path("/apis/infraos.io/v1/resources/node-a-compute")
+            .await
+            .is_ok()
+    );
     let (_, csr) = infraos_agent::identity::new_key_and_csr("node-b").expect("csr");
     let (code, body) = as_a
         .raw(
@@ -684,6 +738,74 @@ async fn certificates_rotate_without_dropping_work_grants_change_and_bad_credent
             .log()
             .contains("no longer knows this node")
             .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_agent_still_ends_its_workloads_with_their_lease() {
+    require_root();
+    let server = TestServer::start().await;
+    let admin = server.client();
+    apply_yaml(&admin, TENANCY).await;
+    let token = join_token(&server, &[]);
+    let mut agent = TestAgent::start(&server, "mortal", &token);
+    wait_ready(&admin, "mortal").await;
+
+    // A workload that ignores SIGTERM: only the SIGKILL after the grace ends it.
+    let mut claim = workload_claim(
+        "bounded",
+        "trap '' TERM; while true; do sleep 0.2; done",
+        "8s",
+        "Manual",
+    );
+    claim["spec"]["workload"]["stopGrace"] = "2s".into();
+    admin.apply(&claim).await.expect("claim");
+    let pid = wait_state(&admin, "bounded", "Running").await["pid"]
+        .as_u64()
+        .expect("pid");
+    let claim = admin
+        .get_path("/apis/infraos.io/v1/namespaces/p/claims/bounded")
+        .await
+        .expect("claim");
+    let expire: infraos_api::Time =
+        serde_json::from_value(claim["status"]["expireTime"].clone()).expect("expireTime");
+    let until = |t: infraos_api::Time| {
+        let ms = t.unix_millis() - now_ms();
+        Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    };
+
+    // The agent dies for good: nobody but the shim is left to honour the lease.
+    agent.kill9();
+    let stop_at = infraos_api::Time::from_unix_millis(expire.unix_millis() - 2000);
+    tokio::time::sleep(until(stop_at).saturating_sub(Duration::from_millis(700))).await;
+    assert!(alive(pid), "stopped before its lease bound");
+    let dead = eventually(Duration::from_secs(15), "workload ended", || async {
+        (!alive(pid)).then(|| infraos_api::Time::from_unix_millis(now_ms()))
+    })
+    .await;
+    assert!(
+        dead.unix_millis() <= expire.unix_millis() + 1000,
+        "still running {} ms after its lease ended",
+        dead.unix_millis() - expire.unix_millis()
+    );
+    // The lease's end is when the control plane may place the claim elsewhere (after the skew
+    // margin): by then nothing of it runs here.
+    let cgroup = Path::new("/sys/fs/cgroup/pids/infraos");
+    let leftovers: Vec<String> = std::fs::read_dir(cgroup)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|d| std::fs::read_to_string(d.path().join("cgroup.procs")).ok())
+        .filter(|p| p.lines().any(|l| l.trim() == pid.to_string()))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // The agent comes back, finds the run ended, and says so.
+    agent.spawn(None);
+    eventually(Duration::from_secs(20), "the end reported", || async {
+        let w = workload(&admin, "bounded").await;
+        (w["state"] != "Running" && !w["state"].is_null()).then_some(w)
     })
     .await;
 }

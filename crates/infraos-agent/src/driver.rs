@@ -30,6 +30,20 @@ pub struct TaskConfig {
     pub limits: infraos_sys::cgroup::Limits,
     pub dir: PathBuf,
     pub hostname: String,
+    /// When the run must start stopping even if the agent is gone: the lease's end less the
+    /// stop grace, so that it is over by the time the control plane may place it elsewhere.
+    pub deadline: Deadline,
+}
+
+/// The lease bound a run carries with it (a dead man's switch): whatever supervises the
+/// workload stops it at `stop_at_ms` (TERM, then KILL after `grace_ms`) unless the agent moved
+/// the deadline on (a renewal). An agent that crashed for good cannot leave a workload running
+/// past its lease while the control plane places the claim on another node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deadline {
+    pub stop_at_ms: i64,
+    pub grace_ms: u64,
 }
 
 /// Enough to find a running task again, persisted in the agent's state dir.
@@ -78,6 +92,8 @@ pub trait Driver: Send + Sync {
     fn recover(&self, handle: &TaskHandle) -> TaskState {
         self.inspect(handle)
     }
+    /// Moves the run's deadline (after a renewal).
+    fn set_deadline(&self, handle: &TaskHandle, deadline: Deadline) -> Result<(), DriverError>;
     /// Removes what the task left on the host (its cgroup); its logs stay.
     fn cleanup(&self, id: &str);
 }

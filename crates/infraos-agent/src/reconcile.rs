@@ -6,7 +6,8 @@
 //!  allocation (Active, epoch e, lease until T) × local record (epoch, state)
 //!    none locally, T in the future, driver allowed ─► Start
 //!    none locally, driver or tier refused         ─► Refuse (reported as Failed)
-//!    running, now ≥ T (lease over, not renewed)   ─► Stop "LeaseExpired"   (also with no server)
+//!    running, now ≥ T − stopGrace (not renewed)   ─► Stop "LeaseExpired"   (also with no server;
+//!                                                    over by T, before the claim may move)
 //!    running, allocation gone or ended (synced)   ─► Stop "Released"
 //!    running, newer epoch for the same claim      ─► Stop "Fenced", then Start the new one
 //!    ended, restart policy says so, backoff over  ─► Start (restart)
@@ -49,6 +50,14 @@ pub struct Local {
     pub spec: WorkloadSpec,
 }
 
+/// When a run must start stopping for its lease to end with it: `stopGrace` before the
+/// lease's end, so that even a workload that ignores SIGTERM is gone by then, and the control
+/// plane (which waits the end plus a skew margin) never sees the claim run twice.
+pub fn stop_at(expire: Time, spec: &WorkloadSpec) -> Time {
+    let grace = i64::try_from(spec.stop_grace.as_millis()).unwrap_or(i64::MAX / 4);
+    Time::from_unix_millis(expire.unix_millis().saturating_sub(grace))
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Start(String),
@@ -79,7 +88,7 @@ pub fn compute(
             .any(|w| w.claim == l.claim && w.namespace == l.namespace && w.epoch > l.epoch);
         let gone = !wanted.contains_key(uid) && synced;
         if running && !l.stopping {
-            if now >= l.expire_time {
+            if now >= stop_at(l.expire_time, &l.spec) {
                 actions.push(Action::Stop {
                     uid: uid.clone(),
                     reason: "LeaseExpired",
@@ -101,7 +110,7 @@ pub fn compute(
         }
     }
     for (uid, w) in wanted {
-        if now >= w.expire_time {
+        if now >= stop_at(w.expire_time, &w.spec) {
             continue;
         }
         match local.get(uid) {

@@ -31,7 +31,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::AgentConfig;
 use crate::driver::process::{DEFAULT_PIDS, ProcessDriver};
-use crate::driver::{Driver, DriverError, TaskConfig, TaskState};
+use crate::driver::{Deadline, Driver, DriverError, TaskConfig, TaskState};
 use crate::identity::{self, Identity};
 use crate::reconcile::{self, Action, Local, Wanted};
 use crate::workloads::{self, WorkloadRecord};
@@ -341,6 +341,14 @@ async fn rotation_loop(
     }
 }
 
+/// The lease bound of a local run, for its supervisor.
+fn deadline_of(record: &WorkloadRecord) -> Deadline {
+    Deadline {
+        stop_at_ms: crate::reconcile::stop_at(record.expire_time, &record.spec).unix_millis(),
+        grace_ms: record.spec.stop_grace.as_millis(),
+    }
+}
+
 /// Turns an allocation into what the reconciler wants, if it carries a live workload.
 fn wanted_of(allocation: &Allocation) -> Option<Wanted> {
     let status = allocation.status.as_ref()?;
@@ -572,6 +580,11 @@ impl Reconciler {
                 && w.epoch == r.epoch
             {
                 r.expire_time = w.expire_time;
+                if let Some(handle) = &r.handle
+                    && let Err(e) = self.driver.set_deadline(handle, deadline_of(r))
+                {
+                    tracing::warn!(workload = %uid, error = %e, "cannot move the lease bound");
+                }
                 self.save(uid);
             }
         }
@@ -719,6 +732,10 @@ impl Reconciler {
             limits,
             dir,
             hostname,
+            deadline: Deadline {
+                stop_at_ms: crate::reconcile::stop_at(w.expire_time, &w.spec).unix_millis(),
+                grace_ms: w.spec.stop_grace.as_millis(),
+            },
         };
         let result = self.driver.start(&task).await;
         let Some(record) = self.records.get_mut(&w.uid) else {

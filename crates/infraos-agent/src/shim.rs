@@ -9,7 +9,11 @@
 //!   started.json  {pid, atMs}            the workload started
 //!   failed.json   {reason}               it could not be started
 //!   exit.json     {code|signal, atMs}    it ended
+//!   deadline.json {stopAtMs, graceMs}    written by the agent: the lease bound (see below)
 //! ```
+//! The shim enforces the lease bound itself: at `stopAtMs` it sends SIGTERM to the workload's
+//! processes and SIGKILL `graceMs` later, so a workload whose agent died for good still ends
+//! with its lease, before the control plane may place the claim elsewhere.
 
 use std::io::Read;
 use std::os::fd::AsFd;
@@ -25,6 +29,10 @@ pub const SHIM: &str = "shim.json";
 pub const STARTED: &str = "started.json";
 pub const FAILED: &str = "failed.json";
 pub const EXIT: &str = "exit.json";
+pub const DEADLINE: &str = "deadline.json";
+
+/// How often the shim looks at its deadline while the workload is quiet.
+const DEADLINE_CHECK_MS: u16 = 250;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -71,6 +79,9 @@ pub struct Exit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
     pub at_ms: i64,
+    /// The shim stopped it because its lease bound passed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lease_expired: bool,
 }
 
 pub fn read<T: serde::de::DeserializeOwned>(dir: &Path, file: &str) -> Option<T> {
@@ -189,7 +200,10 @@ fn run(dir: &Path, spec: &ShimSpec) -> i32 {
     let mut out = child.stdout.take();
     let mut err = child.stderr.take();
     let mut buf = vec![0u8; 64 * 1024];
+    let workload = child.id() as i32;
+    let mut enforcer = DeadlineEnforcer::default();
     while out.is_some() || err.is_some() {
+        enforcer.check(dir, workload, &spec.cgroup_procs);
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         let mut fds = Vec::new();
         if let Some(o) = &out {
@@ -198,7 +212,7 @@ fn run(dir: &Path, spec: &ShimSpec) -> i32 {
         if let Some(e) = &err {
             fds.push(PollFd::new(e.as_fd(), PollFlags::POLLIN));
         }
-        if poll(&mut fds, PollTimeout::NONE).is_err() {
+        if poll(&mut fds, PollTimeout::from(DEADLINE_CHECK_MS)).is_err() {
             continue;
         }
         let ready: Vec<bool> = fds
@@ -217,9 +231,16 @@ fn run(dir: &Path, spec: &ShimSpec) -> i32 {
             drain(&mut err, &mut stderr_log, &mut buf);
         }
     }
+    // Its output is closed; it may still run (a daemon closes its descriptors).
     let status = loop {
-        match child.wait() {
-            Ok(s) => break s,
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) => {
+                enforcer.check(dir, workload, &spec.cgroup_procs);
+                std::thread::sleep(std::time::Duration::from_millis(u64::from(
+                    DEADLINE_CHECK_MS,
+                )));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return fail(format!("cannot wait for the workload: {e}")),
         }
@@ -232,9 +253,58 @@ fn run(dir: &Path, spec: &ShimSpec) -> i32 {
             code: status.code(),
             signal: status.signal(),
             at_ms: now_ms(),
+            lease_expired: enforcer.stopped(),
         },
     );
     0
+}
+
+/// Stops the workload when its lease bound passes: SIGTERM, then SIGKILL after the grace.
+#[derive(Default)]
+struct DeadlineEnforcer {
+    terminated_at_ms: Option<i64>,
+    killed: bool,
+}
+
+impl DeadlineEnforcer {
+    fn check(&mut self, dir: &Path, workload: i32, cgroup_procs: &[PathBuf]) {
+        if self.killed {
+            return;
+        }
+        let Some(deadline) = read::<crate::driver::Deadline>(dir, DEADLINE) else {
+            return;
+        };
+        let now = now_ms();
+        match self.terminated_at_ms {
+            None if now >= deadline.stop_at_ms => {
+                signal_all(workload, cgroup_procs, nix::sys::signal::Signal::SIGTERM);
+                self.terminated_at_ms = Some(now);
+            }
+            Some(at) if now >= at.saturating_add(i64::try_from(deadline.grace_ms).unwrap_or(0)) => {
+                signal_all(workload, cgroup_procs, nix::sys::signal::Signal::SIGKILL);
+                self.killed = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.terminated_at_ms.is_some()
+    }
+}
+
+/// Signals the workload and every process of its cgroup.
+fn signal_all(workload: i32, cgroup_procs: &[PathBuf], signal: nix::sys::signal::Signal) {
+    let _ = infraos_sys::process::signal(workload, signal);
+    for procs in cgroup_procs {
+        for pid in std::fs::read_to_string(procs)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+        {
+            let _ = infraos_sys::process::signal(pid, signal);
+        }
+    }
 }
 
 fn nofile_limit(wanted: u64) -> u64 {

@@ -451,6 +451,22 @@ mod tests {
     }
 
     #[test]
+    fn a_workload_must_stop_within_its_lease() {
+        let mut v = claim(serde_json::json!([{"class": "compute", "amount": {"cpu": "1"}}]));
+        v["spec"]["lease"] = serde_json::json!({"duration": "5s"});
+        v["spec"]["workload"] = serde_json::json!({"command": "/bin/true", "stopGrace": "5s"});
+        let err = decode::<ClaimSpec>(&v).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "spec.lease.duration: 5s must be longer than spec.workload.stopGrace 5s"
+            ),
+            "{err}"
+        );
+        v["spec"]["workload"]["stopGrace"] = "2s".into();
+        assert!(decode::<ClaimSpec>(&v).is_ok());
+    }
+
+    #[test]
     fn semantic_errors_name_fields() {
         let v = claim(serde_json::json!([
             {"class": "gpu", "count": 0},

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use infraos_api::kinds::{UserSpec, parse_user};
 use infraos_sys::cgroup::{Cgroup, Hierarchy};
 
-use super::{Driver, DriverError, ExitResult, TaskConfig, TaskHandle, TaskState};
+use super::{Deadline, Driver, DriverError, ExitResult, TaskConfig, TaskHandle, TaskState};
 use crate::shim::{self, ShimSpec};
 
 /// Most processes a workload may have unless it says otherwise.
@@ -87,6 +87,12 @@ fn credentials(user: Option<&str>) -> Result<Option<infraos_sys::users::Credenti
         .map_err(|e| DriverError::Refused(format!("user {user:?}: {e}")))
 }
 
+fn write_deadline(dir: &std::path::Path, deadline: Deadline) -> Result<(), DriverError> {
+    let bytes = serde_json::to_vec(&deadline).map_err(|e| DriverError::Failed(e.to_string()))?;
+    crate::write_atomic(&dir.join(shim::DEADLINE), &bytes, 0o644)
+        .map_err(|e| DriverError::Failed(format!("deadline: {e}")))
+}
+
 #[async_trait::async_trait]
 impl Driver for ProcessDriver {
     fn name(&self) -> &'static str {
@@ -144,6 +150,7 @@ impl Driver for ProcessDriver {
             serde_json::to_vec(&shim_spec).map_err(|e| DriverError::Failed(e.to_string()))?;
         crate::write_atomic(&task.dir.join(shim::SPEC), &bytes, 0o600)
             .map_err(|e| DriverError::Failed(e.to_string()))?;
+        write_deadline(&task.dir, task.deadline)?;
         let undo = |reason: String| {
             if let Some(c) = &cgroup {
                 let _ = c.kill_all(Duration::from_secs(2));
@@ -252,6 +259,10 @@ impl Driver for ProcessDriver {
             return TaskState::Running;
         }
         TaskState::Lost
+    }
+
+    fn set_deadline(&self, handle: &TaskHandle, deadline: Deadline) -> Result<(), DriverError> {
+        write_deadline(&handle.dir, deadline)
     }
 
     fn cleanup(&self, id: &str) {

@@ -284,6 +284,17 @@ impl Kind for ClaimSpec {
         }
         if let Some(workload) = &spec.workload {
             workload.validate("spec.workload", &spec.requested_amounts(), errors);
+            // The agent starts stopping a workload stopGrace before its lease ends.
+            if spec.lease.duration.as_millis() <= workload.stop_grace.as_millis() {
+                errors.add(
+                    "spec.lease.duration",
+                    format!(
+                        "{} must be longer than spec.workload.stopGrace {}: a workload is \
+                         stopped stopGrace before its lease ends",
+                        spec.lease.duration, workload.stop_grace
+                    ),
+                );
+            }
         }
         if spec.lease.renew_policy == RenewPolicy::WhileRunning && spec.workload.is_none() {
             errors.add(

@@ -393,9 +393,15 @@ async fn report_inner(
             ));
         }
     }
+    let reported: Vec<String> = body
+        .resources
+        .iter()
+        .map(|r| r.metadata.name.clone())
+        .collect();
     for resource in body.resources {
         upsert_resource(state, ctx, name, resource).await?;
     }
+    remove_stale_resources(state, ctx, name, &reported).await?;
     let node_key = objects::key(NodeSpec::INFO, None, name);
     for _ in 0..RETRIES {
         let kv = state.store.get(&node_key).await?.ok_or_else(|| {
@@ -447,6 +453,56 @@ async fn report_inner(
         }
     }
     Err(ApiError::stale("Node", name))
+}
+
+/// Deletes the Resources this node's agent published before but no longer reports (a GPU
+/// that failed or was pulled). Allocations on them keep running until their leases end, as
+/// when an administrator deletes a Resource; nothing new is placed there.
+async fn remove_stale_resources(
+    state: &AppState,
+    ctx: &Ctx,
+    node: &str,
+    reported: &[String],
+) -> Result<(), ApiError> {
+    // The node's resources are named `<node>-…`: a prefix read, not a scan of every node's.
+    let prefix = format!("{}{node}-", objects::prefix(ResourceSpec::INFO, None));
+    let existing = state.store.range(&prefix, None, 0).await?;
+    for kv in &existing.kvs {
+        let resource = decode_typed::<ResourceSpec>(kv)?;
+        let labels = &resource.metadata.labels;
+        let ours = labels.get(NODE_LABEL).map(String::as_str) == Some(node)
+            && labels.get(MANAGED_LABEL).map(String::as_str) == Some("agent");
+        if !ours || reported.contains(&resource.metadata.name) {
+            continue;
+        }
+        let name = resource.metadata.name.clone();
+        let mut object = audit::object_ref("Resource", None, &name);
+        object.uid = Some(resource.metadata.uid.clone());
+        let payload = Record {
+            actor: &ctx.actor(),
+            verb: "delete",
+            object,
+            code: 200,
+            reason: Some("NoLongerReported".into()),
+            before: Some(&kv.value),
+            after: None,
+            node: Some(node.to_string()),
+        }
+        .payload(state.clock.now());
+        let out = state
+            .store
+            .txn(
+                Txn::new()
+                    .when(Compare::unchanged(kv.key.clone(), kv.mod_revision))
+                    .delete(kv.key.clone())
+                    .append(payload),
+            )
+            .await?;
+        if out.succeeded {
+            tracing::info!(%node, resource = %name, "removed a resource the agent no longer reports");
+        }
+    }
+    Ok(())
 }
 
 /// Creates or updates one of the node's Resources when what the agent found changed.
