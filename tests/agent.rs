@@ -809,3 +809,107 @@ async fn a_dead_agent_still_ends_its_workloads_with_their_lease() {
     })
     .await;
 }
+
+/// Pauses a process (a partition of the agent from everything, as far as the server can tell).
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+async fn allocation(client: &Client, name: &str) -> serde_json::Value {
+    client
+        .get_path(&format!(
+            "/apis/infraos.io/v1/namespaces/p/allocations/{name}"
+        ))
+        .await
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_node_s_claims_move_only_after_their_lease_and_short_partitions_evict_nothing() {
+    require_root();
+    let server = TestServer::start_with_config(
+        "heartbeatInterval: 500ms\nnodeGracePeriod: 2s\nleaseSkewMargin: 1s\n",
+    )
+    .await;
+    let admin = server.client();
+    apply_yaml(&admin, TENANCY).await;
+    let token = join_token(&server, &[]);
+    let a = TestAgent::start(&server, "node-a", &token);
+    wait_ready(&admin, "node-a").await;
+
+    // Two workloads on node-a: one with a long lease, one whose lease ends during the pause.
+    let script = "echo up; while true; do sleep 0.2; done";
+    admin
+        .apply(&workload_claim("long", script, "60s", "Manual"))
+        .await
+        .expect("claim");
+    let mut short = workload_claim("short", script, "8s", "Manual");
+    short["spec"]["workload"]["stopGrace"] = "1s".into();
+    admin.apply(&short).await.expect("claim");
+    let long_pid = wait_state(&admin, "long", "Running").await["pid"]
+        .as_u64()
+        .expect("pid");
+    let short_pid = wait_state(&admin, "short", "Running").await["pid"]
+        .as_u64()
+        .expect("pid");
+    let first = allocation(&admin, "short").await;
+    assert_eq!(first["spec"]["node"], "node-a");
+    let first_epoch = first["status"]["lease"]["fencingEpoch"].as_u64().expect("epoch");
+    let b = TestAgent::start(&server, "node-b", &token);
+    wait_ready(&admin, "node-b").await;
+
+    // node-a falls silent: NotReady after the grace period, but nothing moves yet.
+    let a_pid = a.child.as_ref().expect("agent").id();
+    signal(a_pid, "-STOP");
+    eventually(Duration::from_secs(10), "node-a NotReady", || async {
+        let n = admin
+            .get_path("/apis/infraos.io/v1/nodes/node-a")
+            .await
+            .ok()?;
+        n["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "False")
+            .then_some(())
+    })
+    .await;
+    assert!(alive(long_pid) && alive(short_pid));
+    assert_eq!(allocation(&admin, "long").await["spec"]["node"], "node-a");
+
+    // The short lease ends: its run on node-a ends with it (the shim), and only then, after
+    // the skew margin, is the claim Lost and placed on node-b with a newer epoch.
+    let moved = eventually(Duration::from_secs(30), "short runs on node-b", || async {
+        let alloc = allocation(&admin, "short").await;
+        (alloc["spec"]["node"] == "node-b" && alloc["status"]["workload"]["state"] == "Running")
+            .then_some(alloc)
+    })
+    .await;
+    assert!(moved["status"]["lease"]["fencingEpoch"].as_u64().expect("epoch") > first_epoch);
+    assert!(!alive(short_pid), "the lost run still runs on node-a");
+    let started_b: infraos_api::Time =
+        serde_json::from_value(moved["status"]["workload"]["startedAt"].clone())
+            .expect("startedAt");
+    let expire_a: infraos_api::Time =
+        serde_json::from_value(first["status"]["lease"]["expireTime"].clone())
+            .expect("expireTime");
+    assert!(
+        started_b.unix_millis() > expire_a.unix_millis(),
+        "node-b started it before node-a's lease ended"
+    );
+
+    // node-a comes back well within the long lease: the long workload never stopped, and the
+    // agent drops the lost one instead of starting it again.
+    signal(a_pid, "-CONT");
+    wait_ready(&admin, "node-a").await;
+    let long = wait_state(&admin, "long", "Running").await;
+    assert_eq!(long["pid"].as_u64(), Some(long_pid));
+    assert_eq!(allocation(&admin, "long").await["spec"]["node"], "node-a");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(allocation(&admin, "short").await["spec"]["node"], "node-b");
+    assert!(!a.log().contains("panicked"));
+    drop(b);
+}
