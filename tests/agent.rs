@@ -784,8 +784,10 @@ async fn a_dead_agent_still_ends_its_workloads_with_their_lease() {
         (!alive(pid)).then(|| infraos_api::Time::from_unix_millis(now_ms()))
     })
     .await;
+    // SIGKILL is due at the lease's end; allow for a loaded machine, well inside the 5 s
+    // skew margin after which the control plane could place the claim elsewhere.
     assert!(
-        dead.unix_millis() <= expire.unix_millis() + 1000,
+        dead.unix_millis() <= expire.unix_millis() + 2000,
         "still running {} ms after its lease ended",
         dead.unix_millis() - expire.unix_millis()
     );
@@ -858,7 +860,9 @@ async fn a_lost_node_s_claims_move_only_after_their_lease_and_short_partitions_e
         .expect("pid");
     let first = allocation(&admin, "short").await;
     assert_eq!(first["spec"]["node"], "node-a");
-    let first_epoch = first["status"]["lease"]["fencingEpoch"].as_u64().expect("epoch");
+    let first_epoch = first["status"]["lease"]["fencingEpoch"]
+        .as_u64()
+        .expect("epoch");
     let b = TestAgent::start(&server, "node-b", &token);
     wait_ready(&admin, "node-b").await;
 
@@ -888,14 +892,18 @@ async fn a_lost_node_s_claims_move_only_after_their_lease_and_short_partitions_e
             .then_some(alloc)
     })
     .await;
-    assert!(moved["status"]["lease"]["fencingEpoch"].as_u64().expect("epoch") > first_epoch);
+    assert!(
+        moved["status"]["lease"]["fencingEpoch"]
+            .as_u64()
+            .expect("epoch")
+            > first_epoch
+    );
     assert!(!alive(short_pid), "the lost run still runs on node-a");
     let started_b: infraos_api::Time =
         serde_json::from_value(moved["status"]["workload"]["startedAt"].clone())
             .expect("startedAt");
     let expire_a: infraos_api::Time =
-        serde_json::from_value(first["status"]["lease"]["expireTime"].clone())
-            .expect("expireTime");
+        serde_json::from_value(first["status"]["lease"]["expireTime"].clone()).expect("expireTime");
     assert!(
         started_b.unix_millis() > expire_a.unix_millis(),
         "node-b started it before node-a's lease ended"
