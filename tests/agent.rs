@@ -805,11 +805,13 @@ async fn a_dead_agent_still_ends_its_workloads_with_their_lease() {
 
     // The agent comes back, finds the run ended, and says so.
     agent.spawn(None);
-    eventually(Duration::from_secs(20), "the end reported", || async {
+    let ended = eventually(Duration::from_secs(20), "the end reported", || async {
         let w = workload(&admin, "bounded").await;
         (w["state"] != "Running" && !w["state"].is_null()).then_some(w)
     })
     .await;
+    assert_eq!(ended["state"], "Stopped", "{ended}");
+    assert_eq!(ended["reason"], "LeaseExpired", "{ended}");
 }
 
 /// Pauses a process (a partition of the agent from everything, as far as the server can tell).

@@ -67,6 +67,9 @@ pub struct ExitResult {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub at_ms: i64,
+    /// The supervisor stopped it because its lease bound passed (see [`Deadline`]).
+    #[serde(default)]
+    pub lease_expired: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -533,7 +533,12 @@ impl Reconciler {
         record.status.signal = signal;
         record.status.finished_at = Some(Time::from_unix_millis(at_ms));
         record.status.pid = None;
+        let lease_expired = matches!(state, TaskState::Exited(e) if e.lease_expired);
         let next = if record.stopping.is_some() {
+            WorkloadState::Stopped
+        } else if lease_expired {
+            // Its supervisor ended it at the lease bound while this agent was away.
+            record.status.reason = Some("LeaseExpired".into());
             WorkloadState::Stopped
         } else if matches!(state, TaskState::Lost) {
             record.status.reason = Some("the workload's supervisor vanished".into());

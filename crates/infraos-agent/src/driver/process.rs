@@ -253,6 +253,7 @@ impl Driver for ProcessDriver {
                 exit_code: exit.code,
                 signal: exit.signal,
                 at_ms: exit.at_ms,
+                lease_expired: exit.lease_expired,
             });
         }
         if infraos_sys::process::is_alive(handle.shim_pid, handle.shim_ticks) {
