@@ -8,6 +8,8 @@ use std::time::Duration;
 use infraos_api::kinds::WorkloadSpec;
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod process;
 
 #[derive(Debug, thiserror::Error)]
