@@ -149,6 +149,18 @@ fn store(
     ))
 }
 
+const JOIN_ATTEMPTS: u32 = 6;
+
+/// Whether a failed join may succeed if tried again: no answer, a lost race (409 on the
+/// token's use count, not the name), or a server error.
+fn retryable(e: &infraos_client::ClientError) -> bool {
+    match e.code() {
+        None => true,
+        Some(409) => !e.to_string().contains("another key"),
+        Some(code) => code >= 500 || code == 429,
+    }
+}
+
 /// Joins with a token: the only call made without a client certificate. Returns the identity
 /// and the tiers the node was granted.
 pub async fn join(
@@ -192,10 +204,25 @@ pub async fn join(
         labels,
         agent,
     };
-    let answer: CertificateResponse = client
-        .send_json(reqwest::Method::POST, "/agent/v1/join", &request)
-        .await
-        .map_err(|e| AgentError::Join(e.to_string()))?;
+    // A server that is starting, briefly unreachable, or busy with a fleet's joins is worth
+    // a few more tries; a refusal (bad token, name taken) is final.
+    let mut pause = std::time::Duration::from_millis(500);
+    let mut attempt = 1;
+    let answer: CertificateResponse = loop {
+        match client
+            .send_json(reqwest::Method::POST, "/agent/v1/join", &request)
+            .await
+        {
+            Ok(answer) => break answer,
+            Err(e) if attempt < JOIN_ATTEMPTS && retryable(&e) => {
+                tracing::warn!(error = %e, attempt, "join failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                attempt += 1;
+            }
+            Err(e) => return Err(AgentError::Join(e.to_string())),
+        }
+    };
     store(dir, node, key_pem, answer)
 }
 

@@ -68,6 +68,31 @@ pub fn key_for(token: &str) -> (String, String) {
     (format!("{PREFIX}{hash}"), id)
 }
 
+/// Serialises joins that use the same token within this server: a fleet booting with one
+/// token would otherwise race on its use count, and all but one join per commit would lose
+/// the compare-and-swap. Striped by the token's key, so there is nothing to clean up.
+pub struct JoinLocks {
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl Default for JoinLocks {
+    fn default() -> Self {
+        JoinLocks {
+            stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+}
+
+impl JoinLocks {
+    pub async fn lock(&self, token_key: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        token_key.hash(&mut hasher);
+        let index = usize::try_from(hasher.finish() % self.stripes.len() as u64).unwrap_or(0);
+        self.stripes[index].lock().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,6 +85,7 @@ impl Server {
             openapi: Arc::new(openapi::document()),
             ca,
             liveness: Arc::new(liveness::Liveness::default()),
+            join_locks: Arc::new(join_tokens::JoinLocks::default()),
             agents,
         };
         bootstrap::ensure_builtin_classes(&state).await?;

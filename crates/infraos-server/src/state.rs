@@ -22,6 +22,8 @@ pub struct AppState {
     pub openapi: Arc<serde_json::Value>,
     pub ca: crate::pki::SharedCa,
     pub liveness: Arc<crate::liveness::Liveness>,
+    /// Joins with the same token, one at a time.
+    pub join_locks: Arc<crate::join_tokens::JoinLocks>,
     /// How the server calls agents (logs), with its `system:server` client certificate.
     pub agents: Arc<crate::agents::AgentDialer>,
 }

@@ -130,6 +130,7 @@ async fn join_inner(
     }
     check_protocol(body.agent.protocol_version)?;
     let (token_key, _) = join_tokens::key_for(body.token.trim());
+    let _serialised = state.join_locks.lock(&token_key).await;
     for _ in 0..RETRIES {
         let now = state.clock.now();
         let token_kv = state.store.get(&token_key).await?.ok_or_else(|| {
