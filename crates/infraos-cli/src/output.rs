@@ -95,7 +95,7 @@ fn headers(info: &KindInfo, wide: bool, all_namespaces: bool) -> Vec<&'static st
         "Resource" => vec!["CLASS", "NODE", "CAPACITY"],
         "Claim" => vec!["PHASE", "NODE", "EXPIRES"],
         "Allocation" => vec!["PHASE", "NODE", "EPOCH", "EXPIRES"],
-        "Node" => vec!["STATUS"],
+        "Node" => vec!["STATUS", "TIERS", "AGENT"],
         "Tenant" => vec!["DISPLAY NAME"],
         "Project" => vec!["TENANT"],
         "Event" => vec!["TYPE", "REASON", "OBJECT", "MESSAGE"],
@@ -218,6 +218,25 @@ fn row(info: &KindInfo, v: &Value, wide: bool, all_namespaces: bool, now: Time) 
                 status.push_str(",SchedulingDisabled");
             }
             r.push(status);
+            let tiers: Vec<&str> = v
+                .pointer("/spec/tiers")
+                .and_then(|t| t.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str())
+                .collect();
+            r.push(if tiers.is_empty() {
+                "-".into()
+            } else {
+                tiers.join(",")
+            });
+            // Nodes declared by an operator have no agent.
+            r.push(
+                Some(str_at(v, "/status/agent/version"))
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("-")
+                    .to_string(),
+            );
         }
         "Tenant" => r.push(
             Some(str_at(v, "/spec/displayName"))
@@ -367,6 +386,27 @@ pub fn print_structured(value: &Value, format: Format) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_show_readiness_tiers_and_agent() {
+        let info = infraos_api::object::kind_by_plural("nodes").unwrap();
+        let node = serde_json::json!({
+            "metadata": {"name": "n1"},
+            "spec": {"tiers": ["inventory", "execute"]},
+            "status": {"agent": {"version": "0.1.0"},
+                       "conditions": [{"type": "Ready", "status": "False"}]}
+        });
+        let now = Time::from_unix_millis(0);
+        assert_eq!(
+            headers(info, false, false),
+            ["NAME", "STATUS", "TIERS", "AGENT", "AGE"]
+        );
+        let r = row(info, &node, false, false, now);
+        assert_eq!(&r[..4], ["n1", "NotReady", "inventory,execute", "0.1.0"]);
+        let declared = serde_json::json!({"metadata": {"name": "n2"}, "spec": {}});
+        let r = row(info, &declared, false, false, now);
+        assert_eq!(&r[..4], ["n2", "Ready", "-", "-"]);
+    }
 
     #[test]
     fn durations_read_like_kubectl() {
