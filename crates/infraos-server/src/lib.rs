@@ -30,6 +30,7 @@ pub mod pki;
 pub mod reflector;
 pub mod state;
 pub mod tls;
+pub mod update;
 
 pub use clock::{Clock, SharedClock, SystemClock};
 pub use config::ServerConfig;

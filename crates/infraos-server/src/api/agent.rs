@@ -30,6 +30,7 @@ use crate::error::ApiError;
 use crate::join_tokens::{self, JoinTokenRecord};
 use crate::objects::{self, decode_typed, encode_typed};
 use crate::state::AppState;
+use crate::update::{Audit, Decision, Target, update};
 
 /// Ties a node name to the key that joined it: a join for the same name with another key is
 /// refused until an administrator deletes the node.
@@ -272,55 +273,50 @@ async fn rotate(
     name: &str,
     body: &CertificateRequest,
 ) -> Result<CertificateResponse, ApiError> {
-    let node_key = objects::key(NodeSpec::INFO, None, name);
-    for _ in 0..RETRIES {
-        let now = state.clock.now();
-        let kv = state.store.get(&node_key).await?.ok_or_else(|| {
-            ApiError::forbidden(format!(
-                "node {name:?} was removed; join it again with a token"
-            ))
-        })?;
-        let mut node = decode_typed::<NodeSpec>(&kv)?;
-        let signed = state
-            .ca
-            .sign_node(&body.csr, name, now, state.config.agent_cert_ttl.as_std())
-            .map_err(|e| match e {
-                crate::pki::PkiError::WrongSubject { .. } => ApiError::forbidden(e.to_string()),
-                other => ApiError::invalid_field("Node", name, "csr", other.to_string()),
-            })?;
-        node.metadata
-            .annotations
-            .insert(KEY_ANNOTATION.into(), signed.key_fingerprint.clone());
-        let status = node.status.get_or_insert_with(Default::default);
-        if let Some(agent) = status.agent.as_mut() {
-            agent.certificate_expires = Some(signed.not_after);
-        }
-        let bytes = encode_typed(&node);
-        let payload = Record {
-            actor: &ctx.actor(),
-            verb: "rotate-certificate",
-            object: audit::object_ref("Node", None, name),
-            code: 200,
-            reason: None,
-            before: Some(&kv.value),
-            after: Some(&bytes),
-            node: Some(name.to_string()),
-        }
-        .payload(now);
-        let out = state
-            .store
-            .txn(
-                Txn::new()
-                    .when(Compare::unchanged(node_key.clone(), kv.mod_revision))
-                    .put(node_key.clone(), bytes)
-                    .append(payload),
-            )
-            .await?;
-        if out.succeeded {
-            return Ok(certificate_response(state, name, &signed, node.spec.tiers));
-        }
-    }
-    Err(ApiError::stale("Node", name))
+    let actor = ctx.actor();
+    let target = Target {
+        namespace: None,
+        name,
+        actor: &actor,
+    };
+    update::<NodeSpec, _>(
+        state,
+        target,
+        || removed(name),
+        |node, now| {
+            let signed = state
+                .ca
+                .sign_node(&body.csr, name, now, state.config.agent_cert_ttl.as_std())
+                .map_err(|e| match e {
+                    crate::pki::PkiError::WrongSubject { .. } => ApiError::forbidden(e.to_string()),
+                    other => ApiError::invalid_field("Node", name, "csr", other.to_string()),
+                })?;
+            node.metadata
+                .annotations
+                .insert(KEY_ANNOTATION.into(), signed.key_fingerprint.clone());
+            let status = node.status.get_or_insert_with(Default::default);
+            if let Some(agent) = status.agent.as_mut() {
+                agent.certificate_expires = Some(signed.not_after);
+            }
+            Ok(Decision::Write {
+                audit: Audit {
+                    verb: "rotate-certificate",
+                    subresource: None,
+                    reason: None,
+                    node: Some(name.to_string()),
+                },
+                result: certificate_response(state, name, &signed, node.spec.tiers.clone()),
+            })
+        },
+    )
+    .await
+}
+
+/// The answer for a node whose Node object is gone.
+fn removed(name: &str) -> ApiError {
+    ApiError::forbidden(format!(
+        "node {name:?} was removed; join it again with a token"
+    ))
 }
 
 // ---- heartbeat -----------------------------------------------------------------------------
@@ -403,57 +399,40 @@ async fn report_inner(
         upsert_resource(state, ctx, name, resource).await?;
     }
     remove_stale_resources(state, ctx, name, &reported).await?;
-    let node_key = objects::key(NodeSpec::INFO, None, name);
-    for _ in 0..RETRIES {
-        let kv = state.store.get(&node_key).await?.ok_or_else(|| {
-            ApiError::forbidden(format!(
-                "node {name:?} was removed; join it again with a token"
-            ))
-        })?;
-        let mut node = decode_typed::<NodeSpec>(&kv)?;
-        let status = node.status.get_or_insert_with(Default::default);
-        let mut agent = body.agent.clone();
-        agent.certificate_expires = status.agent.as_ref().and_then(|a| a.certificate_expires);
-        if status.agent.as_ref() == Some(&agent)
-            && status.inventory.as_ref() == Some(&body.inventory)
-        {
-            return Ok(NodeReportResponse {
-                tiers: node.spec.tiers,
-            });
-        }
-        status.agent = Some(agent);
-        status.inventory = Some(body.inventory.clone());
-        let bytes = encode_typed(&node);
-        let now = state.clock.now();
-        let mut object = audit::object_ref("Node", None, name);
-        object.subresource = Some("status".into());
-        let payload = Record {
-            actor: &ctx.actor(),
-            verb: "update-status",
-            object,
-            code: 200,
-            reason: None,
-            before: Some(&kv.value),
-            after: Some(&bytes),
-            node: Some(name.to_string()),
-        }
-        .payload(now);
-        let out = state
-            .store
-            .txn(
-                Txn::new()
-                    .when(Compare::unchanged(node_key.clone(), kv.mod_revision))
-                    .put(node_key.clone(), bytes)
-                    .append(payload),
-            )
-            .await?;
-        if out.succeeded {
-            return Ok(NodeReportResponse {
-                tiers: node.spec.tiers,
-            });
-        }
-    }
-    Err(ApiError::stale("Node", name))
+    let actor = ctx.actor();
+    let target = Target {
+        namespace: None,
+        name,
+        actor: &actor,
+    };
+    update::<NodeSpec, _>(
+        state,
+        target,
+        || removed(name),
+        |node, _| {
+            let tiers = node.spec.tiers.clone();
+            let status = node.status.get_or_insert_with(Default::default);
+            let mut agent = body.agent.clone();
+            agent.certificate_expires = status.agent.as_ref().and_then(|a| a.certificate_expires);
+            if status.agent.as_ref() == Some(&agent)
+                && status.inventory.as_ref() == Some(&body.inventory)
+            {
+                return Ok(Decision::Unchanged(NodeReportResponse { tiers }));
+            }
+            status.agent = Some(agent);
+            status.inventory = Some(body.inventory.clone());
+            Ok(Decision::Write {
+                audit: Audit {
+                    verb: "update-status",
+                    subresource: Some("status"),
+                    reason: None,
+                    node: Some(name.to_string()),
+                },
+                result: NodeReportResponse { tiers },
+            })
+        },
+    )
+    .await
 }
 
 /// Deletes the Resources this node's agent published before but no longer reports (a GPU
@@ -645,14 +624,14 @@ async fn report_workload(
     name: &str,
     report: WorkloadStatus,
 ) -> Result<(), ApiError> {
-    let key = objects::key(AllocationSpec::INFO, Some(ns), name);
-    for _ in 0..RETRIES {
-        let kv = state
-            .store
-            .get(&key)
-            .await?
-            .ok_or_else(|| ApiError::not_found("Allocation", name))?;
-        let mut allocation = decode_typed::<AllocationSpec>(&kv)?;
+    let actor = ctx.actor();
+    let target = Target {
+        namespace: Some(ns),
+        name,
+        actor: &actor,
+    };
+    let missing = || ApiError::not_found("Allocation", name);
+    update::<AllocationSpec, _>(state, target, missing, |allocation, _| {
         if allocation.spec.node.as_deref() != Some(node) {
             return Err(ApiError::forbidden(format!(
                 "allocation {ns}/{name} is not on node {node}"
@@ -670,39 +649,20 @@ async fn report_workload(
             ));
         }
         if status.workload.as_ref() == Some(&report) {
-            return Ok(());
+            return Ok(Decision::Unchanged(()));
         }
         status.workload = Some(report.clone());
-        let bytes = encode_typed(&allocation);
-        let now = state.clock.now();
-        let mut object = audit::object_ref("Allocation", Some(ns), name);
-        object.uid = Some(allocation.metadata.uid.clone());
-        object.subresource = Some("workload".into());
-        let payload = Record {
-            actor: &ctx.actor(),
-            verb: "report-workload",
-            object,
-            code: 200,
-            reason: Some(report.state.as_str().to_string()),
-            before: Some(&kv.value),
-            after: Some(&bytes),
-            node: Some(node.to_string()),
-        }
-        .payload(now);
-        let out = state
-            .store
-            .txn(
-                Txn::new()
-                    .when(Compare::unchanged(key.clone(), kv.mod_revision))
-                    .put(key.clone(), bytes)
-                    .append(payload),
-            )
-            .await?;
-        if out.succeeded {
-            return Ok(());
-        }
-    }
-    Err(ApiError::stale("Allocation", name))
+        Ok(Decision::Write {
+            audit: Audit {
+                verb: "report-workload",
+                subresource: Some("workload"),
+                reason: Some(report.state.as_str().to_string()),
+                node: Some(node.to_string()),
+            },
+            result: (),
+        })
+    })
+    .await
 }
 
 pub async fn renew(

@@ -17,13 +17,13 @@ use futures::StreamExt as _;
 use infraos_api::Kind as _;
 use infraos_api::kinds::NodeSpec;
 use infraos_api::meta::Condition;
-use infraos_store::{Compare, Txn};
 use tokio::sync::{mpsc, watch};
 
-use crate::audit::{Actor, Record};
-use crate::objects::{self, decode_typed, encode_typed};
+use crate::audit::Actor;
+use crate::objects::{self, decode_typed};
 use crate::reflector::{self, Change};
 use crate::state::AppState;
+use crate::update::{Audit, Decision, Target, update};
 
 const TICK: Duration = Duration::from_millis(500);
 
@@ -152,20 +152,21 @@ fn has_ready(status: &infraos_api::kinds::NodeStatus) -> bool {
 }
 
 async fn set_ready(state: &AppState, name: &str, ready: bool) -> Result<(), crate::ApiError> {
-    let key = objects::key(NodeSpec::INFO, None, name);
-    for _ in 0..5 {
-        let Some(kv) = state.store.get(&key).await? else {
-            return Ok(());
-        };
-        let mut node = decode_typed::<NodeSpec>(&kv)?;
-        let now = state.clock.now();
+    let actor = Actor::system("node-lifecycle");
+    let target = Target {
+        namespace: None,
+        name,
+        actor: &actor,
+    };
+    let missing = || crate::ApiError::not_found("Node", name);
+    let written = update::<NodeSpec, _>(state, target, missing, |node, now| {
         let last_beat = state
             .liveness
             .last_beat(name)
             .map(infraos_api::Time::from_unix_millis);
         let status = node.status.get_or_insert_with(Default::default);
         if has_ready(status) && status.is_ready() == ready {
-            return Ok(());
+            return Ok(Decision::Unchanged(false));
         }
         status.heartbeat_time = last_beat;
         status.conditions.retain(|c| c.type_ != "Ready");
@@ -193,35 +194,28 @@ async fn set_ready(state: &AppState, name: &str, ready: bool) -> Result<(), crat
             }),
             last_transition_time: Some(now),
         });
-        let bytes = encode_typed(&node);
-        let mut object = crate::audit::object_ref("Node", None, name);
-        object.subresource = Some("status".into());
-        let payload = Record {
-            actor: &Actor::system("node-lifecycle"),
-            verb: "update-status",
-            object,
-            code: 200,
-            reason: Some(if ready { "Ready" } else { "NotReady" }.into()),
-            before: Some(&kv.value),
-            after: Some(&bytes),
-            node: Some(name.to_string()),
+        Ok(Decision::Write {
+            audit: Audit {
+                verb: "update-status",
+                subresource: Some("status"),
+                reason: Some(if ready { "Ready" } else { "NotReady" }.into()),
+                node: Some(name.to_string()),
+            },
+            result: true,
+        })
+    })
+    .await;
+    match written {
+        Ok(changed) => {
+            if changed {
+                tracing::info!(node = %name, ready, "node readiness changed");
+            }
+            Ok(())
         }
-        .payload(now);
-        let out = state
-            .store
-            .txn(
-                Txn::new()
-                    .when(Compare::unchanged(key.clone(), kv.mod_revision))
-                    .put(key.clone(), bytes)
-                    .append(payload),
-            )
-            .await?;
-        if out.succeeded {
-            tracing::info!(node = %name, ready, "node readiness changed");
-            return Ok(());
-        }
+        // Deleted meanwhile: nothing to mark.
+        Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => Ok(()),
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
 #[cfg(test)]
