@@ -273,43 +273,47 @@ async fn rotate(
     name: &str,
     body: &CertificateRequest,
 ) -> Result<CertificateResponse, ApiError> {
-    let actor = ctx.actor();
+    update_node(state, &ctx.actor(), name, |node, now| {
+        let signed = state
+            .ca
+            .sign_node(&body.csr, name, now, state.config.agent_cert_ttl.as_std())
+            .map_err(|e| match e {
+                crate::pki::PkiError::WrongSubject { .. } => ApiError::forbidden(e.to_string()),
+                other => ApiError::invalid_field("Node", name, "csr", other.to_string()),
+            })?;
+        node.metadata
+            .annotations
+            .insert(KEY_ANNOTATION.into(), signed.key_fingerprint.clone());
+        let status = node.status.get_or_insert_with(Default::default);
+        if let Some(agent) = status.agent.as_mut() {
+            agent.certificate_expires = Some(signed.not_after);
+        }
+        Ok(Decision::Write {
+            audit: Audit {
+                verb: "rotate-certificate",
+                subresource: None,
+                reason: None,
+                node: Some(name.to_string()),
+            },
+            result: certificate_response(state, name, &signed, node.spec.tiers.clone()),
+        })
+    })
+    .await
+}
+
+/// Changes the agent's own Node (see [`update`]).
+async fn update_node<T>(
+    state: &AppState,
+    actor: &crate::audit::Actor,
+    name: &str,
+    change: impl FnMut(&mut Node, infraos_api::Time) -> Result<Decision<T>, ApiError>,
+) -> Result<T, ApiError> {
     let target = Target {
         namespace: None,
         name,
-        actor: &actor,
+        actor,
     };
-    update::<NodeSpec, _>(
-        state,
-        target,
-        || removed(name),
-        |node, now| {
-            let signed = state
-                .ca
-                .sign_node(&body.csr, name, now, state.config.agent_cert_ttl.as_std())
-                .map_err(|e| match e {
-                    crate::pki::PkiError::WrongSubject { .. } => ApiError::forbidden(e.to_string()),
-                    other => ApiError::invalid_field("Node", name, "csr", other.to_string()),
-                })?;
-            node.metadata
-                .annotations
-                .insert(KEY_ANNOTATION.into(), signed.key_fingerprint.clone());
-            let status = node.status.get_or_insert_with(Default::default);
-            if let Some(agent) = status.agent.as_mut() {
-                agent.certificate_expires = Some(signed.not_after);
-            }
-            Ok(Decision::Write {
-                audit: Audit {
-                    verb: "rotate-certificate",
-                    subresource: None,
-                    reason: None,
-                    node: Some(name.to_string()),
-                },
-                result: certificate_response(state, name, &signed, node.spec.tiers.clone()),
-            })
-        },
-    )
-    .await
+    update::<NodeSpec, _>(state, target, || removed(name), change).await
 }
 
 /// The answer for a node whose Node object is gone.
@@ -399,39 +403,28 @@ async fn report_inner(
         upsert_resource(state, ctx, name, resource).await?;
     }
     remove_stale_resources(state, ctx, name, &reported).await?;
-    let actor = ctx.actor();
-    let target = Target {
-        namespace: None,
-        name,
-        actor: &actor,
-    };
-    update::<NodeSpec, _>(
-        state,
-        target,
-        || removed(name),
-        |node, _| {
-            let tiers = node.spec.tiers.clone();
-            let status = node.status.get_or_insert_with(Default::default);
-            let mut agent = body.agent.clone();
-            agent.certificate_expires = status.agent.as_ref().and_then(|a| a.certificate_expires);
-            if status.agent.as_ref() == Some(&agent)
-                && status.inventory.as_ref() == Some(&body.inventory)
-            {
-                return Ok(Decision::Unchanged(NodeReportResponse { tiers }));
-            }
-            status.agent = Some(agent);
-            status.inventory = Some(body.inventory.clone());
-            Ok(Decision::Write {
-                audit: Audit {
-                    verb: "update-status",
-                    subresource: Some("status"),
-                    reason: None,
-                    node: Some(name.to_string()),
-                },
-                result: NodeReportResponse { tiers },
-            })
-        },
-    )
+    update_node(state, &ctx.actor(), name, |node, _| {
+        let tiers = node.spec.tiers.clone();
+        let status = node.status.get_or_insert_with(Default::default);
+        let mut agent = body.agent.clone();
+        agent.certificate_expires = status.agent.as_ref().and_then(|a| a.certificate_expires);
+        if status.agent.as_ref() == Some(&agent)
+            && status.inventory.as_ref() == Some(&body.inventory)
+        {
+            return Ok(Decision::Unchanged(NodeReportResponse { tiers }));
+        }
+        status.agent = Some(agent);
+        status.inventory = Some(body.inventory.clone());
+        Ok(Decision::Write {
+            audit: Audit {
+                verb: "update-status",
+                subresource: Some("status"),
+                reason: None,
+                node: Some(name.to_string()),
+            },
+            result: NodeReportResponse { tiers },
+        })
+    })
     .await
 }
 
