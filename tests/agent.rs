@@ -17,16 +17,7 @@ use infraos_client::{Client, ClientConfig, ClientIdentity};
 use support::{TestServer, apply_yaml, bin, eventually};
 
 fn require_root() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-        .unwrap_or_default();
-    assert_eq!(
-        uid, "0",
-        "the agent tests create cgroups and namespaces: run them as root (CI does)"
-    );
+    support::require_root("the agent tests");
 }
 
 struct TestAgent {

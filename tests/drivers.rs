@@ -10,21 +10,10 @@ use std::sync::Arc;
 use infraos_agent::driver::Driver;
 use infraos_agent::driver::process::ProcessDriver;
 
-fn require_root() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-        .unwrap_or_default();
-    assert_eq!(
-        uid, "0",
-        "the driver conformance suite creates cgroups and namespaces: run it as root (CI does)"
-    );
-}
+mod support;
 
 fn process_driver() -> Arc<dyn Driver> {
-    require_root();
+    support::require_root("the driver conformance suite");
     let driver = ProcessDriver::new(PathBuf::from(env!("CARGO_BIN_EXE_infraos")), 1 << 20);
     assert!(
         driver.hierarchy().is_some(),

@@ -7,6 +7,20 @@ use std::time::{Duration, Instant};
 
 use infraos_client::{Client, ClientConfig};
 
+/// Fails with a clear message unless the test runs as root (cgroups and namespaces need it).
+pub fn require_root(what: &str) {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .unwrap_or_default();
+    assert_eq!(
+        uid, "0",
+        "{what} create cgroups and namespaces: run them as root (CI does)"
+    );
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_infraos")
 }
