@@ -3,6 +3,7 @@
 mod allocation;
 mod claim;
 mod event;
+mod governance;
 mod inventory;
 mod node;
 mod resource;
@@ -13,6 +14,7 @@ mod workload;
 pub use allocation::*;
 pub use claim::*;
 pub use event::*;
+pub use governance::*;
 pub use inventory::*;
 pub use node::*;
 pub use resource::*;
@@ -30,6 +32,9 @@ pub type Node = Object<NodeSpec>;
 pub type Tenant = Object<TenantSpec>;
 pub type Project = Object<ProjectSpec>;
 pub type Event = Object<EventSpec>;
+pub type PriorityClass = Object<PriorityClassSpec>;
+pub type Queue = Object<QueueSpec>;
+pub type Quota = Object<QuotaSpec>;
 
 /// Status with no fields yet, for kinds whose status is reserved for later use.
 #[derive(

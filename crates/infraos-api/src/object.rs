@@ -203,7 +203,7 @@ fn validate_meta(meta: &ObjectMeta, info: &KindInfo, errors: &mut Errors) {
 /// Every kind the API serves from the store, in a stable order.
 pub fn kinds() -> &'static [&'static KindInfo] {
     use crate::kinds::*;
-    static KINDS: [&KindInfo; 8] = [
+    static KINDS: [&KindInfo; 11] = [
         ResourceClassSpec::INFO,
         ResourceSpec::INFO,
         ClaimSpec::INFO,
@@ -212,6 +212,9 @@ pub fn kinds() -> &'static [&'static KindInfo] {
         TenantSpec::INFO,
         ProjectSpec::INFO,
         EventSpec::INFO,
+        PriorityClassSpec::INFO,
+        QueueSpec::INFO,
+        QuotaSpec::INFO,
     ];
     &KINDS
 }
@@ -244,6 +247,9 @@ pub enum TypedObject {
     Tenant(Object<crate::kinds::TenantSpec>),
     Project(Object<crate::kinds::ProjectSpec>),
     Event(Object<crate::kinds::EventSpec>),
+    PriorityClass(Object<crate::kinds::PriorityClassSpec>),
+    Queue(Object<crate::kinds::QueueSpec>),
+    Quota(Object<crate::kinds::QuotaSpec>),
 }
 
 macro_rules! each_kind {
@@ -257,6 +263,9 @@ macro_rules! each_kind {
             TypedObject::Tenant($o) => $body,
             TypedObject::Project($o) => $body,
             TypedObject::Event($o) => $body,
+            TypedObject::PriorityClass($o) => $body,
+            TypedObject::Queue($o) => $body,
+            TypedObject::Quota($o) => $body,
         }
     };
 }
@@ -274,6 +283,9 @@ impl TypedObject {
             "Tenant" => TypedObject::Tenant(decode::<TenantSpec>(value)?),
             "Project" => TypedObject::Project(decode::<ProjectSpec>(value)?),
             "Event" => TypedObject::Event(decode::<EventSpec>(value)?),
+            "PriorityClass" => TypedObject::PriorityClass(decode::<PriorityClassSpec>(value)?),
+            "Queue" => TypedObject::Queue(decode::<QueueSpec>(value)?),
+            "Quota" => TypedObject::Quota(decode::<QuotaSpec>(value)?),
             other => {
                 return Err(ValidationErrors::one(
                     "kind",
@@ -312,6 +324,9 @@ impl TypedObject {
             "Tenant" => TypedObject::Tenant(one::<TenantSpec>(bytes, yaml)?),
             "Project" => TypedObject::Project(one::<ProjectSpec>(bytes, yaml)?),
             "Event" => TypedObject::Event(one::<EventSpec>(bytes, yaml)?),
+            "PriorityClass" => TypedObject::PriorityClass(one::<PriorityClassSpec>(bytes, yaml)?),
+            "Queue" => TypedObject::Queue(one::<QueueSpec>(bytes, yaml)?),
+            "Quota" => TypedObject::Quota(one::<QuotaSpec>(bytes, yaml)?),
             other => {
                 return Err(ValidationErrors::one(
                     "kind",
@@ -389,6 +404,9 @@ pub fn object_schema(
         "Node" => build::<NodeSpec>(generator),
         "Tenant" => build::<TenantSpec>(generator),
         "Project" => build::<ProjectSpec>(generator),
+        "PriorityClass" => build::<PriorityClassSpec>(generator),
+        "Queue" => build::<QueueSpec>(generator),
+        "Quota" => build::<QuotaSpec>(generator),
         _ => build::<EventSpec>(generator),
     }
 }

@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-const NANOS_PER_UNIT: i128 = 1_000_000_000;
+pub const NANOS_PER_UNIT: i128 = 1_000_000_000;
 /// Longest textual quantity we accept; anything longer is an attack or a typo.
 const MAX_LEN: usize = 64;
 

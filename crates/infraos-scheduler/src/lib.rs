@@ -5,12 +5,18 @@
 //! [`Snapshot::fits`].
 #![forbid(unsafe_code)]
 
+pub mod governance;
+mod order;
 pub mod planner;
 pub mod plugins;
+mod preemption;
 pub mod profile;
 pub mod snapshot;
 
-pub use planner::{Decision, Explanation, Outcome, Placement, Plan, Scheduler};
+pub use governance::{AllocationMeta, QuotaEntry};
+pub use planner::{
+    Decision, Explanation, Outcome, Placement, Plan, PreemptionPlan, Scheduler, Victim,
+};
 pub use profile::{Profile, ProfileError};
 pub use snapshot::{FitError, Snapshot};
 

@@ -17,11 +17,18 @@
 //! and the server's plan applier re-checks every placement against current state
 //! ([`Snapshot::fits`]) before it commits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use infraos_api::kinds::{AllocatedResource, Claim, ClassKind, RunnerUp, ScoreBreakdown, Tier};
+use infraos_api::kinds::{
+    AllocatedResource, Claim, ClassKind, ITEMS_DIMENSION, PreemptionPolicy, QuotaLevel, RunnerUp,
+    ScoreBreakdown, Tier,
+};
+use infraos_api::quantity::NANOS_PER_UNIT;
 use infraos_api::{ItemSelector, LabelSelector, Quantity};
+
+use crate::governance::{GovDim, namespace_of};
+use crate::order::{FairOrder, Next};
 
 use crate::plugins::ScoreInput;
 use crate::profile::{Profile, ProfileError, WeightedPlugins};
@@ -45,6 +52,8 @@ pub struct Decision {
 pub enum Outcome {
     Placed(Placement),
     Unschedulable(Explanation),
+    /// The claim fits once these allocations are preempted; it stays pending meanwhile.
+    Preempt(PreemptionPlan),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -53,20 +62,63 @@ pub struct Placement {
     pub resources: Vec<AllocatedResource>,
     pub score: ScoreBreakdown,
     pub runner_up: Option<RunnerUp>,
+    /// Placed on capacity the claim's project borrows from its tenant's quota.
+    pub borrowing: bool,
 }
 
-/// Why a claim fits nowhere: how many candidates each filter rejected.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreemptionPlan {
+    /// The node the claim will fit on (none when the victims free quota, not capacity).
+    pub node: Option<String>,
+    pub victims: Vec<Victim>,
+    /// Why the claim does not fit without preempting.
+    pub explanation: Explanation,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Victim {
+    /// `namespace/name` of the allocation (and its claim).
+    pub allocation: String,
+    pub priority: i32,
+    /// `priority 1000 > 10`, `reclaiming borrowed quota`, `gang member`.
+    pub reason: String,
+}
+
+/// Why a claim is not placed: a reason code, and per filter how many candidates it rejected.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Explanation {
+    /// `Unschedulable`, `QuotaExceeded`, `GangIncomplete` or `WaitingForPreemption`.
+    pub reason: &'static str,
+    /// For reasons other than capacity: the whole message (naming the quota, level and
+    /// dimension, or the gang).
+    pub detail: Option<String>,
     /// `nodes` or `pools`.
     pub candidate_kind: &'static str,
     pub candidates: u64,
     pub reasons: BTreeMap<String, u64>,
 }
 
+pub const UNSCHEDULABLE: &str = "Unschedulable";
+pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+pub const GANG_INCOMPLETE: &str = "GangIncomplete";
+pub const WAITING_FOR_PREEMPTION: &str = "WaitingForPreemption";
+
 impl Explanation {
-    /// `0/1000 nodes are available: 620 insufficient gpu, 380 selector mismatch.`
+    fn detailed(reason: &'static str, detail: String) -> Self {
+        Explanation {
+            reason,
+            detail: Some(detail),
+            candidate_kind: "nodes",
+            ..Explanation::default()
+        }
+    }
+
+    /// `0/1000 nodes are available: 620 insufficient gpu, 380 selector mismatch.`, or the
+    /// detail for quota, gang and preemption reasons.
     pub fn message(&self) -> String {
+        if let Some(detail) = &self.detail {
+            return detail.clone();
+        }
         let mut reasons: Vec<(&String, &u64)> = self.reasons.iter().collect();
         reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let detail = reasons
@@ -97,7 +149,7 @@ impl Explanation {
 
 /// Rejection reasons; their text is what users read in explanations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Reject<'a> {
+pub(crate) enum Reject<'a> {
     NodeNotRegistered,
     NodeNotReady,
     NodeUnschedulable,
@@ -105,6 +157,7 @@ enum Reject<'a> {
     TopologyMismatch,
     Insufficient(&'a str),
     NoResource(&'a str),
+    PoolQuota(&'a str),
     MissingTier(&'static str),
     WorkloadNeedsNode,
 }
@@ -139,6 +192,7 @@ impl std::fmt::Display for Reject<'_> {
             Reject::TopologyMismatch => f.write_str("topology mismatch"),
             Reject::Insufficient(class) => write!(f, "insufficient {class}"),
             Reject::NoResource(class) => write!(f, "no {class}"),
+            Reject::PoolQuota(quota) => write!(f, "pool quota {quota} exceeded"),
             Reject::MissingTier(tier) => write!(f, "node lacks the {tier} tier"),
             Reject::WorkloadNeedsNode => f.write_str("a workload needs a node-bound request"),
         }
@@ -146,18 +200,21 @@ impl std::fmt::Display for Reject<'_> {
 }
 
 /// Resources and items taken by claims placed earlier in the batch, indexed by resource id
-/// (a dense table: lookups on the hot path are an index, not a hash).
+/// (a dense table: lookups on the hot path are an index, not a hash). Preemption also frees
+/// victims' shares here, tentatively, to see whether a claim would then fit.
 #[derive(Default)]
-struct Overlay {
+pub(crate) struct Overlay {
     taken: Vec<Option<Box<Taken>>>,
     any: bool,
 }
 
 #[derive(Default)]
-struct Taken {
-    /// Nano-units by the class's dimension index.
+pub(crate) struct Taken {
+    /// Nano-units by the class's dimension index (negative where victims free more).
     dims: Vec<i128>,
     items: Vec<usize>,
+    /// Items held in the snapshot that victims would give back.
+    freed: Vec<usize>,
 }
 
 impl Overlay {
@@ -168,32 +225,70 @@ impl Overlay {
         self.taken.get(id).and_then(|t| t.as_deref())
     }
 
-    fn add(&mut self, resource: ResourceId, dims: &[(usize, i128)], items: &[usize]) {
+    fn slot(&mut self, resource: ResourceId) -> &mut Taken {
         if self.taken.len() <= resource {
             self.taken.resize_with(resource + 1, || None);
         }
         self.any = true;
-        let taken = self.taken[resource].get_or_insert_with(Box::default);
+        self.taken[resource].get_or_insert_with(Box::default)
+    }
+
+    fn change_dims(taken: &mut Taken, dims: &[(usize, i128)], sign: i128) {
         for &(i, nanos) in dims {
             if taken.dims.len() <= i {
                 taken.dims.resize(i + 1, 0);
             }
-            taken.dims[i] = taken.dims[i].saturating_add(nanos);
+            taken.dims[i] = taken.dims[i].saturating_add(sign * nanos);
         }
+    }
+
+    pub(crate) fn add(&mut self, resource: ResourceId, dims: &[(usize, i128)], items: &[usize]) {
+        let taken = self.slot(resource);
+        Self::change_dims(taken, dims, 1);
         taken.items.extend_from_slice(items);
+    }
+
+    /// Undoes [`Overlay::add`] (a gang that did not fit as a whole).
+    pub(crate) fn remove(&mut self, resource: ResourceId, dims: &[(usize, i128)], items: &[usize]) {
+        let taken = self.slot(resource);
+        Self::change_dims(taken, dims, -1);
+        for item in items {
+            if let Some(at) = taken.items.iter().position(|i| i == item) {
+                taken.items.swap_remove(at);
+            }
+        }
+    }
+
+    /// Tentatively gives back what a victim holds.
+    pub(crate) fn free(&mut self, resource: ResourceId, dims: &[(usize, i128)], items: &[usize]) {
+        let taken = self.slot(resource);
+        Self::change_dims(taken, dims, -1);
+        taken.freed.extend_from_slice(items);
+    }
+
+    pub(crate) fn unfree(&mut self, resource: ResourceId, dims: &[(usize, i128)], items: &[usize]) {
+        let taken = self.slot(resource);
+        Self::change_dims(taken, dims, 1);
+        for item in items {
+            if let Some(at) = taken.freed.iter().position(|i| i == item) {
+                taken.freed.swap_remove(at);
+            }
+        }
     }
 }
 
 /// One compiled request of a claim.
-struct Request<'c> {
+pub(crate) struct Request<'c> {
     name: &'c str,
-    class: &'c ClassInfo,
+    /// What the request takes by interned (class, dimension), for quotas and fair share.
+    gdims: Vec<(GovDim, i128)>,
+    pub(crate) class: &'c ClassInfo,
     /// The class's node-less resources, looked up once per claim.
     pools: &'c [ResourceId],
     need: Need<'c>,
 }
 
-enum Need<'c> {
+pub(crate) enum Need<'c> {
     Counted {
         amount: &'c BTreeMap<String, Quantity>,
         /// The amount by the class's dimension index, in nano-units.
@@ -298,49 +393,187 @@ impl Scheduler {
         &self.profile
     }
 
-    /// Decides a placement for each claim, in order, on `snapshot`.
+    /// Decides every claim on `snapshot`, in fair order, without aging or a limit (what the
+    /// tests and the core benchmark use).
     pub fn plan(&mut self, snapshot: &Snapshot, claims: &[(String, &Claim)]) -> Plan {
+        self.plan_at(snapshot, claims, 0, usize::MAX)
+    }
+
+    /// Decides up to `limit` of `claims` (a gang counts whole) at time `now_ms`, taking them
+    /// in fair order ([`FairOrder`]): by priority, then by the weighted dominant-resource
+    /// share of their queue (aged by waiting time), then by age. Claims left undecided wait
+    /// for the next batch.
+    pub fn plan_at(
+        &mut self,
+        snapshot: &Snapshot,
+        claims: &[(String, &Claim)],
+        now_ms: i64,
+        limit: usize,
+    ) -> Plan {
         if self.memo_entries > MEMO_LIMIT {
             self.memo.clear();
             self.item_memo.clear();
             self.memo_entries = 0;
         }
-        let mut overlay = Overlay::default();
-        let decisions = claims
-            .iter()
-            .map(|(key, claim)| Decision {
-                claim_key: key.clone(),
-                outcome: self.place(snapshot, claim, &mut overlay),
-            })
-            .collect();
+        let mut batch = Batch::new(snapshot);
+        let mut order = FairOrder::new(snapshot, claims, now_ms, &self.profile);
+        let mut decisions = Vec::with_capacity(claims.len().min(limit));
+        while decisions.len() < limit {
+            match order.next(snapshot, &batch) {
+                None => break,
+                Some(Next::One(i)) => {
+                    let (key, claim) = &claims[i];
+                    let outcome = self.decide(snapshot, key, claim, &mut batch);
+                    decisions.push(Decision {
+                        claim_key: key.clone(),
+                        outcome,
+                    });
+                }
+                Some(Next::Gang(members)) => {
+                    for (i, outcome) in self.decide_gang(snapshot, claims, &members, &mut batch) {
+                        decisions.push(Decision {
+                            claim_key: claims[i].0.clone(),
+                            outcome,
+                        });
+                    }
+                }
+            }
+        }
         Plan {
             snapshot_revision: snapshot.revision(),
             decisions,
         }
     }
 
-    fn place(&mut self, snapshot: &Snapshot, claim: &Claim, overlay: &mut Overlay) -> Outcome {
-        let requests = match compile(snapshot, claim) {
-            Ok(r) => r,
-            Err(reason) => {
-                let mut e = Explanation {
-                    candidate_kind: "nodes",
-                    candidates: snapshot.node_count() as u64,
-                    reasons: BTreeMap::new(),
-                };
-                e.reasons.insert(reason, e.candidates.max(1));
-                return Outcome::Unschedulable(e);
+    /// One claim: quotas (pre-filter), then placement (filter, score), then, if it fits
+    /// nowhere and may preempt, preemption (post-filter).
+    fn decide(
+        &mut self,
+        snapshot: &Snapshot,
+        key: &str,
+        claim: &Claim,
+        batch: &mut Batch,
+    ) -> Outcome {
+        let ctx = match ClaimCtx::new(snapshot, key, claim) {
+            Ok(ctx) => ctx,
+            Err(e) => return Outcome::Unschedulable(e),
+        };
+        let borrowing = match check_quotas(snapshot, &ctx, batch, &[]) {
+            Ok(borrowing) => borrowing,
+            Err(block) => {
+                let explanation = Explanation::detailed(QUOTA_EXCEEDED, block.message(snapshot));
+                return self.preempt_for_quota(snapshot, &ctx, batch, block, explanation);
             }
         };
-        let selector = claim.spec.selector.as_ref();
-        // A workload runs only on a node granted its driver's tier.
-        let needs_tier = claim.spec.workload.as_ref().map(|w| w.driver.tier());
-        let colocate: &[String] = claim
-            .spec
-            .topology
-            .as_ref()
-            .map_or(&[], |t| t.colocate.as_slice());
+        match self.place(snapshot, &ctx, batch) {
+            Ok(mut placement) => {
+                placement.borrowing = borrowing;
+                batch.reserve(snapshot, &ctx, &placement);
+                Outcome::Placed(placement)
+            }
+            Err(explanation) => self.preempt_for_capacity(snapshot, &ctx, batch, explanation),
+        }
+    }
 
+    /// A gang: every pending member is placed in this batch, and unless at least
+    /// `minMembers` (counting members already allocated) fit, none is.
+    fn decide_gang(
+        &mut self,
+        snapshot: &Snapshot,
+        claims: &[(String, &Claim)],
+        members: &[usize],
+        batch: &mut Batch,
+    ) -> Vec<(usize, Outcome)> {
+        let Some(group) = claims[members[0]].1.spec.group.as_ref() else {
+            return Vec::new();
+        };
+        let ns = namespace_of(&claims[members[0]].0);
+        let gang = format!("{ns}/{}", group.name);
+        let allocated = snapshot.gang_allocations(ns, &group.name).len();
+        let min = group.min_members as usize;
+        if members.len() + allocated < min {
+            let detail = format!(
+                "gang {gang}: {} of {min} members exist ({allocated} allocated, {} pending); \
+                 waiting for the rest",
+                members.len() + allocated,
+                members.len()
+            );
+            return members
+                .iter()
+                .map(|&i| {
+                    (
+                        i,
+                        Outcome::Unschedulable(Explanation::detailed(
+                            GANG_INCOMPLETE,
+                            detail.clone(),
+                        )),
+                    )
+                })
+                .collect();
+        }
+        let mut outcomes = Vec::with_capacity(members.len());
+        let mut reserved = Vec::new();
+        let mut first_failure: Option<String> = None;
+        for &i in members {
+            let (key, claim) = &claims[i];
+            let outcome = match ClaimCtx::new(snapshot, key, claim) {
+                Err(e) => Outcome::Unschedulable(e),
+                Ok(ctx) => match check_quotas(snapshot, &ctx, batch, &[]) {
+                    Err(block) => Outcome::Unschedulable(Explanation::detailed(
+                        QUOTA_EXCEEDED,
+                        block.message(snapshot),
+                    )),
+                    Ok(borrowing) => match self.place(snapshot, &ctx, batch) {
+                        Ok(mut placement) => {
+                            placement.borrowing = borrowing;
+                            reserved.push(batch.reserve(snapshot, &ctx, &placement));
+                            Outcome::Placed(placement)
+                        }
+                        Err(e) => Outcome::Unschedulable(e),
+                    },
+                },
+            };
+            if let (Outcome::Unschedulable(e), None) = (&outcome, &first_failure) {
+                first_failure = Some(format!("{key}: {}", e.message()));
+            }
+            outcomes.push((i, outcome));
+        }
+        if reserved.len() + allocated >= min {
+            return outcomes;
+        }
+        // Not enough fit: give back what the members took in this batch; none is placed.
+        for reservation in reserved {
+            batch.release(snapshot, reservation);
+        }
+        let detail = format!(
+            "gang {gang}: only {} of {min} members fit (all or nothing); {}",
+            outcomes
+                .iter()
+                .filter(|(_, o)| matches!(o, Outcome::Placed(_)))
+                .count()
+                + allocated,
+            first_failure.unwrap_or_default()
+        );
+        outcomes
+            .into_iter()
+            .map(|(i, _)| {
+                (
+                    i,
+                    Outcome::Unschedulable(Explanation::detailed(GANG_INCOMPLETE, detail.clone())),
+                )
+            })
+            .collect()
+    }
+
+    /// Filters and scores the candidates for one claim; on success the chosen resources are
+    /// returned (and not yet reserved in the batch).
+    fn place<'c>(
+        &mut self,
+        snapshot: &'c Snapshot,
+        ctx: &ClaimCtx<'c>,
+        batch: &Batch,
+    ) -> Result<Placement, Explanation> {
+        let requests = &ctx.requests;
         // The rarest node-bound class decides which nodes are candidates at all.
         let anchor = requests
             .iter()
@@ -353,9 +586,8 @@ impl Scheduler {
         let mut feasible = 0usize;
         let mut consider =
             |this: &mut Scheduler, node: Option<NodeId>, pool: Option<ResourceId>| match this
-                .evaluate(
-                    snapshot, node, pool, &requests, selector, colocate, needs_tier, overlay,
-                ) {
+                .evaluate(snapshot, node, pool, ctx, batch)
+            {
                 Ok((score, plugin_scores)) => {
                     feasible += 1;
                     let beats_runner_up = runner_up.as_ref().is_none_or(|r| score > r.score);
@@ -435,16 +667,9 @@ impl Scheduler {
         }
 
         let Some(best) = best else {
-            return Outcome::Unschedulable(explanation);
+            return Err(explanation);
         };
-        for pick in &best.picks {
-            overlay.add(
-                pick.resource,
-                requests[pick.request].need.dims(),
-                &pick.items,
-            );
-        }
-        Outcome::Placed(self.placement(snapshot, &requests, best, runner_up, feasible))
+        Ok(self.placement(snapshot, requests, best, runner_up, feasible))
     }
 
     fn placement(
@@ -495,23 +720,23 @@ impl Scheduler {
                 node: r.node.map(|n| snapshot.node(n).name.clone()),
                 total: round2(r.score),
             }),
+            borrowing: false,
         }
     }
 
     /// Filters and scores one candidate: a node, or (for pool-only claims) an anchor pool for
     /// the first request. On success the chosen resources are in `self.scratch.picks`.
-    #[allow(clippy::too_many_arguments)]
-    fn evaluate<'c>(
+    pub(crate) fn evaluate<'c>(
         &mut self,
         snapshot: &'c Snapshot,
         node: Option<NodeId>,
         anchor_pool: Option<ResourceId>,
-        requests: &[Request<'c>],
-        selector: Option<&LabelSelector>,
-        colocate: &[String],
-        needs_tier: Option<Tier>,
-        overlay: &Overlay,
+        ctx: &ClaimCtx<'c>,
+        batch: &Batch,
     ) -> Result<(f64, [f64; MAX_PLUGINS]), Reject<'c>> {
+        let (requests, selector, colocate) = (&ctx.requests, ctx.selector, ctx.colocate);
+        let overlay = &batch.overlay;
+        let needs_tier = ctx.needs_tier;
         if let Some(tier) = needs_tier {
             match node {
                 None => return Err(Reject::WorkloadNeedsNode),
@@ -594,6 +819,7 @@ impl Scheduler {
                 pick.request = index;
             }
         }
+        self.check_pool_quotas(snapshot, ctx, batch)?;
         let input = ScoreInput {
             utilizations: &self.scratch.utilizations,
         };
@@ -653,14 +879,16 @@ impl Scheduler {
             }
             Need::Items { count, selector } => {
                 let in_batch = taken.map_or(0, |t| t.items.len());
+                let freed = taken.map_or(0, |t| t.freed.len());
                 let in_candidate = self.scratch.items.iter().filter(|(r, _)| *r == id).count();
-                if entry.items_free < in_batch + in_candidate + count {
+                if entry.items_free + freed < in_batch + in_candidate + count {
                     return None;
                 }
                 let matches = selector.map(|s| self.selector_matches(id, entry, s));
                 let mut chosen = Vec::with_capacity(*count);
                 for i in 0..entry.items.len() {
-                    if entry.item_used[i]
+                    let held = entry.item_used[i] && !taken.is_some_and(|t| t.freed.contains(&i));
+                    if held
                         || taken.is_some_and(|t| t.items.contains(&i))
                         || self.scratch.items.contains(&(id, i))
                     {
@@ -678,8 +906,9 @@ impl Scheduler {
                     return None;
                 }
                 let total = entry.items.len().max(1) as f64;
-                let used_after =
-                    (entry.items.len() - entry.items_free + in_batch + in_candidate + count) as f64;
+                let used_after = (entry.items.len() + in_batch + in_candidate + count)
+                    .saturating_sub(entry.items_free + freed)
+                    as f64;
                 self.scratch.items.extend(chosen.iter().map(|&i| (id, i)));
                 self.scratch.picks.push(Pick {
                     request: 0,
@@ -736,6 +965,318 @@ impl Scheduler {
     }
 }
 
+impl Scheduler {
+    /// Pool quotas depend on where the claim lands: what its picks take on the pool's
+    /// resources must fit what is left of each pool quota that applies to it.
+    fn check_pool_quotas<'c>(
+        &self,
+        snapshot: &'c Snapshot,
+        ctx: &ClaimCtx<'c>,
+        batch: &Batch,
+    ) -> Result<(), Reject<'c>> {
+        for &qi in &ctx.pool_quotas {
+            let quota = &snapshot.quotas()[qi];
+            let Some(pool) = &quota.pool else {
+                continue;
+            };
+            let in_pool: Vec<bool> = self
+                .scratch
+                .picks
+                .iter()
+                .map(|pick| {
+                    snapshot
+                        .resource(pick.resource)
+                        .is_some_and(|r| pool.matches_with(|k| snapshot.label(r, k)))
+                })
+                .collect();
+            if !in_pool.iter().any(|x| *x) {
+                continue;
+            }
+            for (slot, d) in quota.dims.iter().enumerate() {
+                let add: i128 = self
+                    .scratch
+                    .picks
+                    .iter()
+                    .zip(&in_pool)
+                    .filter(|(_, inside)| **inside)
+                    .flat_map(|(pick, _)| ctx.requests[pick.request].gdims.iter())
+                    .filter(|(g, _)| *g == d.gdim)
+                    .map(|(_, n)| *n)
+                    .sum();
+                if add > 0 && d.used + batch.quota_taken(qi, slot) + add > d.limit + d.borrow {
+                    return Err(Reject::PoolQuota(&quota.name));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A claim compiled for one decision: its requests, constraints and the quotas over it.
+pub(crate) struct ClaimCtx<'c> {
+    pub namespace: &'c str,
+    pub tenant: Option<&'c str>,
+    pub claim: &'c Claim,
+    pub requests: Vec<Request<'c>>,
+    pub selector: Option<&'c LabelSelector>,
+    pub colocate: &'c [String],
+    /// A workload runs only on a node granted its driver's tier.
+    pub needs_tier: Option<Tier>,
+    /// What the whole claim takes, by interned dimension.
+    pub needs: Vec<(GovDim, i128)>,
+    /// Indices of the pool quotas that apply to the claim's project.
+    pub pool_quotas: Vec<usize>,
+    pub priority: i32,
+    pub policy: PreemptionPolicy,
+}
+
+impl<'c> ClaimCtx<'c> {
+    fn new(snapshot: &'c Snapshot, key: &'c str, claim: &'c Claim) -> Result<Self, Explanation> {
+        let requests = compile(snapshot, claim).map_err(|reason| {
+            let mut e = Explanation {
+                reason: UNSCHEDULABLE,
+                candidate_kind: "nodes",
+                candidates: snapshot.node_count() as u64,
+                ..Explanation::default()
+            };
+            e.reasons.insert(reason, e.candidates.max(1));
+            e
+        })?;
+        let namespace = namespace_of(key);
+        let tenant = snapshot.tenant_of(namespace);
+        let mut needs: Vec<(GovDim, i128)> = Vec::new();
+        for &(g, n) in requests.iter().flat_map(|r| r.gdims.iter()) {
+            match needs.iter_mut().find(|(x, _)| *x == g) {
+                Some((_, total)) => *total += n,
+                None => needs.push((g, n)),
+            }
+        }
+        let pool_quotas = snapshot
+            .quotas()
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.pool.is_some() && q.applies_to(namespace, tenant))
+            .map(|(i, _)| i)
+            .collect();
+        let (priority, policy) = claim_priority(snapshot, claim);
+        Ok(ClaimCtx {
+            namespace,
+            tenant,
+            claim,
+            requests,
+            selector: claim.spec.selector.as_ref(),
+            colocate: claim
+                .spec
+                .topology
+                .as_ref()
+                .map_or(&[], |t| t.colocate.as_slice()),
+            needs_tier: claim.spec.workload.as_ref().map(|w| w.driver.tier()),
+            needs,
+            pool_quotas,
+            priority,
+            policy,
+        })
+    }
+}
+
+/// The claim's priority (as admission recorded it, else its class's) and preemption policy.
+pub fn claim_priority(snapshot: &Snapshot, claim: &Claim) -> (i32, PreemptionPolicy) {
+    let class = claim
+        .spec
+        .priority_class_name
+        .as_deref()
+        .and_then(|name| snapshot.priority_class(name));
+    let value = claim.spec.priority.or(class.map(|c| c.value)).unwrap_or(0);
+    let policy = class.map_or(PreemptionPolicy::PreemptLowerPriority, |c| c.policy);
+    (value, policy)
+}
+
+/// A tenant or project quota a claim would exceed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QuotaBlock {
+    pub quota: usize,
+    pub slot: usize,
+    /// Usage after the claim, in nano-units.
+    pub after: i128,
+}
+
+impl QuotaBlock {
+    /// `quota team (project ml) exceeded: compute/cpu would be 70 of 64 (+8 borrowable)`.
+    pub fn message(&self, snapshot: &Snapshot) -> String {
+        let q = &snapshot.quotas()[self.quota];
+        let d = &q.dims[self.slot];
+        let borrow = if d.borrow > 0 {
+            format!(" (+{} borrowable)", Quantity::from_nanos(d.borrow))
+        } else {
+            String::new()
+        };
+        format!(
+            "quota {} ({} level: {}) exceeded: {}/{} would be {} of {}{borrow}",
+            q.name,
+            q.level.as_str(),
+            q.scope,
+            d.class,
+            d.dim,
+            Quantity::from_nanos(self.after),
+            Quantity::from_nanos(d.limit),
+        )
+    }
+}
+
+/// The tenant and project quotas (which do not depend on placement): `Ok(borrowing)` when the
+/// claim fits them, borrowing when it goes beyond a project's limits into its borrowing
+/// limit. `freed` gives back, per (quota, slot), what tentative victims hold.
+pub(crate) fn check_quotas(
+    snapshot: &Snapshot,
+    ctx: &ClaimCtx<'_>,
+    batch: &Batch,
+    freed: &[(usize, usize, i128)],
+) -> Result<bool, QuotaBlock> {
+    let mut borrowing = false;
+    for (qi, q) in snapshot.quotas().iter().enumerate() {
+        if q.level == QuotaLevel::Pool || !q.applies_to(ctx.namespace, ctx.tenant) {
+            continue;
+        }
+        for (slot, d) in q.dims.iter().enumerate() {
+            let need: i128 = ctx
+                .needs
+                .iter()
+                .filter(|(g, _)| *g == d.gdim)
+                .map(|(_, n)| *n)
+                .sum();
+            if need == 0 {
+                continue;
+            }
+            let given_back: i128 = freed
+                .iter()
+                .filter(|(fq, fs, _)| *fq == qi && *fs == slot)
+                .map(|(_, _, n)| *n)
+                .sum();
+            let after = d.used + batch.quota_taken(qi, slot) - given_back + need;
+            if after > d.limit + d.borrow {
+                return Err(QuotaBlock {
+                    quota: qi,
+                    slot,
+                    after,
+                });
+            }
+            if after > d.limit {
+                borrowing = true;
+            }
+        }
+    }
+    Ok(borrowing)
+}
+
+/// What a placed claim took in the batch, so a gang that does not fit can give it back.
+pub(crate) struct Reservation {
+    overlay: Vec<(ResourceId, Vec<(usize, i128)>, Vec<usize>)>,
+    quota: Vec<(usize, usize, i128)>,
+    queue: String,
+    usage: Vec<(GovDim, i128)>,
+}
+
+/// What earlier decisions of the batch took: capacity (the overlay), quota, queue shares,
+/// and the allocations already chosen as victims.
+pub(crate) struct Batch {
+    pub overlay: Overlay,
+    quota_taken: Vec<Vec<i128>>,
+    pub queue_taken: HashMap<String, Vec<i128>>,
+    pub victims: HashSet<String>,
+}
+
+impl Batch {
+    fn new(snapshot: &Snapshot) -> Self {
+        Batch {
+            overlay: Overlay::default(),
+            quota_taken: snapshot
+                .quotas()
+                .iter()
+                .map(|q| vec![0; q.dims.len()])
+                .collect(),
+            queue_taken: HashMap::new(),
+            victims: HashSet::new(),
+        }
+    }
+
+    pub fn quota_taken(&self, quota: usize, slot: usize) -> i128 {
+        self.quota_taken
+            .get(quota)
+            .and_then(|q| q.get(slot))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn reserve(
+        &mut self,
+        snapshot: &Snapshot,
+        ctx: &ClaimCtx<'_>,
+        placement: &Placement,
+    ) -> Reservation {
+        let mut overlay = Vec::new();
+        for part in &placement.resources {
+            let Some(id) = snapshot.resource_id(&part.resource) else {
+                continue;
+            };
+            let Some(request) = ctx
+                .requests
+                .iter()
+                .find(|r| r.name == part.request.as_str())
+            else {
+                continue;
+            };
+            let items: Vec<usize> = snapshot.resource(id).map_or_else(Vec::new, |e| {
+                part.items
+                    .iter()
+                    .filter_map(|n| e.item_index.get(n).copied())
+                    .collect()
+            });
+            let dims = request.need.dims().to_vec();
+            self.overlay.add(id, &dims, &items);
+            overlay.push((id, dims, items));
+        }
+        let (quota, usage) =
+            snapshot.contributions(ctx.namespace, ctx.tenant, &placement.resources);
+        for &(qi, slot, n) in &quota {
+            if let Some(v) = self.quota_taken.get_mut(qi).and_then(|q| q.get_mut(slot)) {
+                *v += n;
+            }
+        }
+        let queue = ctx.claim.spec.queue_name().to_string();
+        let taken = self.queue_taken.entry(queue.clone()).or_default();
+        for &(g, n) in &usage {
+            if taken.len() <= g as usize {
+                taken.resize(g as usize + 1, 0);
+            }
+            taken[g as usize] += n;
+        }
+        Reservation {
+            overlay,
+            quota,
+            queue,
+            usage,
+        }
+    }
+
+    fn release(&mut self, _snapshot: &Snapshot, reservation: Reservation) {
+        for (id, dims, items) in &reservation.overlay {
+            self.overlay.remove(*id, dims, items);
+        }
+        for (qi, slot, n) in reservation.quota {
+            if let Some(v) = self.quota_taken.get_mut(qi).and_then(|q| q.get_mut(slot)) {
+                *v -= n;
+            }
+        }
+        if let Some(taken) = self.queue_taken.get_mut(&reservation.queue) {
+            for (g, n) in reservation.usage {
+                if let Some(v) = taken.get_mut(g as usize) {
+                    *v -= n;
+                }
+            }
+        }
+    }
+}
+
 fn compile<'c>(snapshot: &'c Snapshot, claim: &'c Claim) -> Result<Vec<Request<'c>>, String> {
     claim
         .spec
@@ -773,7 +1314,22 @@ fn compile<'c>(snapshot: &'c Snapshot, claim: &'c Claim) -> Result<Vec<Request<'
                     return Err(format!("class {} has items: request a count", class.name));
                 }
             };
+            let gdims = match &need {
+                Need::Counted { amount, .. } => amount
+                    .iter()
+                    .filter_map(|(dim, q)| {
+                        Some((snapshot.gov.lookup(&class.name, dim)?, q.nanos()))
+                    })
+                    .collect(),
+                Need::Items { count, .. } => snapshot
+                    .gov
+                    .lookup(&class.name, ITEMS_DIMENSION)
+                    .map(|g| (g, *count as i128 * NANOS_PER_UNIT))
+                    .into_iter()
+                    .collect(),
+            };
             Ok(Request {
+                gdims,
                 name: r.effective_name(),
                 class,
                 pools: snapshot.pools_of(&class.name),

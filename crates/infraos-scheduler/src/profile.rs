@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use infraos_api::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::plugins::{self, ScorePlugin};
@@ -25,6 +26,45 @@ pub struct Profile {
     /// Never stop looking before this many feasible nodes (or all of them, if fewer).
     #[serde(default = "default_min_feasible")]
     pub min_feasible_nodes: usize,
+    #[serde(default)]
+    pub preemption: PreemptionConfig,
+    #[serde(default)]
+    pub fair_sharing: FairSharing,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PreemptionConfig {
+    /// Off: claims wait however high their priority.
+    pub enabled: bool,
+    /// A claim preempts only allocations at least this much lower in priority (≥ 1, so equal
+    /// priorities never preempt each other).
+    pub min_priority_gap: u32,
+}
+
+impl Default for PreemptionConfig {
+    fn default() -> Self {
+        PreemptionConfig {
+            enabled: true,
+            min_priority_gap: 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct FairSharing {
+    /// A waiting claim's queue share counts half for every half-life it has waited, so no
+    /// queue starves behind a heavier one.
+    pub aging_half_life: Duration,
+}
+
+impl Default for FairSharing {
+    fn default() -> Self {
+        FairSharing {
+            aging_half_life: Duration::from_secs(300),
+        }
+    }
 }
 
 fn default_scores() -> BTreeMap<String, f64> {
@@ -41,6 +81,8 @@ impl Default for Profile {
             scores: default_scores(),
             percentage_of_nodes_to_score: 0,
             min_feasible_nodes: default_min_feasible(),
+            preemption: PreemptionConfig::default(),
+            fair_sharing: FairSharing::default(),
         }
     }
 }
@@ -55,12 +97,17 @@ pub enum ProfileError {
     BadPercentage,
     #[error("scheduler profile: at most {0} score plugins")]
     TooManyPlugins(usize),
+    #[error("scheduler profile: preemption.minPriorityGap must be at least 1")]
+    BadPriorityGap,
 }
 
 impl Profile {
     pub(crate) fn build_plugins(&self) -> Result<WeightedPlugins, ProfileError> {
         if self.percentage_of_nodes_to_score > 100 {
             return Err(ProfileError::BadPercentage);
+        }
+        if self.preemption.min_priority_gap == 0 {
+            return Err(ProfileError::BadPriorityGap);
         }
         self.scores
             .iter()

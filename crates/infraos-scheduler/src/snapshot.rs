@@ -13,6 +13,8 @@ use infraos_api::kinds::{
 };
 use infraos_api::{Item, Labels, Quantity};
 
+use crate::governance::{AllocationMeta, Governance};
+
 pub type ResourceId = usize;
 pub type NodeId = usize;
 /// Classes are interned so the hot path compares integers, not names.
@@ -98,6 +100,7 @@ pub struct Snapshot {
     allocations: HashMap<String, Vec<AllocatedResource>>,
     allocations_by_resource: HashMap<String, HashSet<String>>,
     next_stamp: u64,
+    pub(crate) gov: Governance,
 }
 
 /// Why an allocation cannot be applied to the current state.
@@ -219,6 +222,7 @@ impl Snapshot {
             .classes
             .get(name)
             .is_none_or(|old| old.dimensions != info.dimensions || old.kind != info.kind);
+        self.intern_class(name, spec.kind, &info.dimensions);
         self.classes.insert(name.to_string(), info);
         if changed {
             self.reindex_class(name);
@@ -325,6 +329,10 @@ impl Snapshot {
     }
 
     pub fn upsert_resource(&mut self, name: &str, labels: &Labels, spec: &ResourceSpec) {
+        let pools_move = self.has_pool_quotas()
+            && self
+                .resource_by_name(name)
+                .is_none_or(|old| &old.labels != labels);
         self.remove_resource_entry(name);
         let items: Arc<[Item]> = spec.expand_items().unwrap_or_default().into();
         let node = spec.node.as_deref().map(|n| self.node_slot(n));
@@ -375,6 +383,9 @@ impl Snapshot {
         }
         // Derive the vectors and re-apply what existing allocations hold on it.
         self.reindex_resource(id);
+        if pools_move {
+            self.recompute_governance();
+        }
     }
 
     pub fn remove_resource(&mut self, name: &str) {
@@ -409,8 +420,14 @@ impl Snapshot {
         }
     }
 
-    /// Records what an allocation holds (replacing what it held before under the same key).
-    pub fn apply_allocation(&mut self, key: &str, parts: &[AllocatedResource]) {
+    /// Records what an allocation holds (replacing what it held before under the same key),
+    /// with what governance needs to know of it (priority, queue, gang, borrowing).
+    pub fn apply_allocation(
+        &mut self,
+        key: &str,
+        parts: &[AllocatedResource],
+        meta: AllocationMeta,
+    ) {
         self.remove_allocation(key);
         for part in parts {
             self.allocations_by_resource
@@ -422,6 +439,7 @@ impl Snapshot {
             }
         }
         self.allocations.insert(key.to_string(), parts.to_vec());
+        self.add_governance(key, parts, meta);
     }
 
     /// Gives back what an allocation held; a no-op for unknown keys.
@@ -429,6 +447,7 @@ impl Snapshot {
         let Some(parts) = self.allocations.remove(key) else {
             return;
         };
+        self.remove_governance(key);
         for part in &parts {
             if let Some(holders) = self.allocations_by_resource.get_mut(&part.resource) {
                 holders.remove(key);
@@ -446,8 +465,24 @@ impl Snapshot {
         self.classes.get(class)?.dimension_index(dim)
     }
 
+    /// The allocations holding any resource of a node.
+    pub fn allocations_on_node(&self, node: NodeId) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for &id in &self.nodes[node].resources {
+            let Some(entry) = self.resource(id) else {
+                continue;
+            };
+            if let Some(holders) = self.allocations_by_resource.get(&entry.name) {
+                out.extend(holders.iter().map(String::as_str));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// A part's amounts by the class's dimension index, in nano-units.
-    fn usage_indices(
+    pub(crate) fn usage_indices(
         &self,
         id: ResourceId,
         part: &AllocatedResource,

@@ -6,7 +6,7 @@ use infraos_api::kinds::*;
 use infraos_api::{AttributeType, AttributeValue, Item, Labels, Quantity};
 use proptest::prelude::*;
 
-use crate::{Outcome, Profile, Scheduler, Snapshot};
+use crate::{AllocationMeta, Outcome, Profile, Scheduler, Snapshot};
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
@@ -179,6 +179,7 @@ fn placed(o: &Outcome) -> &crate::Placement {
     match o {
         Outcome::Placed(p) => p,
         Outcome::Unschedulable(e) => panic!("unschedulable: {}", e.message()),
+        Outcome::Preempt(p) => panic!("preempts {:?}", p.victims),
     }
 }
 
@@ -186,6 +187,7 @@ fn unschedulable(o: &Outcome) -> String {
     match o {
         Outcome::Placed(p) => panic!("placed on {:?}", p.node),
         Outcome::Unschedulable(e) => e.message(),
+        Outcome::Preempt(p) => panic!("preempts {:?}", p.victims),
     }
 }
 
@@ -210,6 +212,7 @@ fn binpack_prefers_the_fuller_node_and_spread_the_emptier() {
             amount: [("cpu".to_string(), q("4"))].into_iter().collect(),
             items: vec![],
         }],
+        AllocationMeta::default(),
     );
     let mut binpack = Scheduler::new(profile(&[("binpack", 1.0)])).unwrap();
     let p = plan_one(&mut binpack, &c.snap, &cpu_claim("x", "2"));
@@ -275,6 +278,7 @@ fn explanation_counts_each_reason() {
             amount: BTreeMap::new(),
             items: vec!["gpu0".into()],
         }],
+        AllocationMeta::default(),
     );
     c.snap.upsert_node(
         "c",
@@ -454,8 +458,16 @@ fn allocations_apply_idempotently_and_fits_rechecks() {
         amount: [("cpu".to_string(), q("3"))].into_iter().collect(),
         items: vec![],
     };
-    c.snap.apply_allocation("p/x", std::slice::from_ref(&part));
-    c.snap.apply_allocation("p/x", std::slice::from_ref(&part));
+    c.snap.apply_allocation(
+        "p/x",
+        std::slice::from_ref(&part),
+        AllocationMeta::default(),
+    );
+    c.snap.apply_allocation(
+        "p/x",
+        std::slice::from_ref(&part),
+        AllocationMeta::default(),
+    );
     assert_eq!(c.snap.free("a-compute", "cpu"), q("1"));
     assert!(c.snap.fits(std::slice::from_ref(&part)).is_err());
     c.snap.remove_allocation("p/x");
@@ -473,7 +485,11 @@ fn allocations_apply_idempotently_and_fits_rechecks() {
         "an item listed twice does not fit"
     );
     // A resource re-published by its agent keeps the usage of the allocations on it.
-    c.snap.apply_allocation("p/x", std::slice::from_ref(&part));
+    c.snap.apply_allocation(
+        "p/x",
+        std::slice::from_ref(&part),
+        AllocationMeta::default(),
+    );
     c.snap.upsert_resource(
         "a-compute",
         &Labels::new(),
@@ -602,7 +618,7 @@ proptest! {
                     continue; // already placed by the other plan
                 }
                 if snap.fits(&p.resources).is_ok() {
-                    snap.apply_allocation(&decision.claim_key, &p.resources);
+                    snap.apply_allocation(&decision.claim_key, &p.resources, AllocationMeta::default());
                     applied.push(decision.claim_key.clone());
                 }
             }

@@ -34,6 +34,23 @@ pub struct AllocationSpec {
     pub workload: Option<WorkloadSpec>,
     #[serde(default)]
     pub renew_policy: RenewPolicy,
+    /// The claim's priority when it was placed: preemption compares it.
+    #[serde(default, skip_serializing_if = "is_zero_i32")]
+    pub priority: i32,
+    /// The claim's queue, whose dominant-resource share the allocation counts towards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// The claim's gang, preempted as a unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Placed on capacity its project borrowed from its tenant's quota: the first to go when
+    /// a claim within its own limits needs it back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub borrowing: bool,
+}
+
+fn is_zero_i32(v: &i32) -> bool {
+    *v == 0
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -87,6 +104,9 @@ pub enum AllocationPhase {
     Expired,
     /// The lease ran out while its node was not ready: resources freed, the claim requeued.
     Lost,
+    /// Preempted by a claim of higher priority (or reclaiming borrowed quota): the lease was
+    /// cut to the workload's stop grace, resources freed after it, the claim requeued.
+    Preempted,
 }
 
 impl AllocationPhase {
@@ -101,6 +121,7 @@ impl AllocationPhase {
             AllocationPhase::Released => "Released",
             AllocationPhase::Expired => "Expired",
             AllocationPhase::Lost => "Lost",
+            AllocationPhase::Preempted => "Preempted",
         }
     }
 }
@@ -143,6 +164,19 @@ pub struct AllocationStatus {
     /// The workload as its agent last reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<WorkloadStatus>,
+    /// Set when the allocation is being preempted: its lease was cut to end at the stop grace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preemption: Option<Preemption>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Preemption {
+    /// `namespace/name` of the claim that needs the resources.
+    pub by: String,
+    pub time: Time,
+    /// Why: `priority 1000 > 10`, or `reclaiming borrowed quota`.
+    pub reason: String,
 }
 
 impl Kind for AllocationSpec {

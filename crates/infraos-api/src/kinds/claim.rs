@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
 use crate::item_selector::ItemSelector;
-use crate::kinds::WorkloadSpec;
+use crate::kinds::{GroupSpec, MAX_GROUP_MEMBERS, WorkloadSpec};
 use crate::labels::{self, LabelSelector};
 use crate::names;
 use crate::object::{Kind, KindInfo, Object};
@@ -42,9 +42,29 @@ pub struct ClaimSpec {
     /// What the agent of the chosen node runs for the claim while it holds the allocation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<WorkloadSpec>,
+    /// The PriorityClass; claims that name none get the global default class, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// The priority value, copied from the PriorityClass at admission (not set by users).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// The Queue whose fair share the claim waits in (`default` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Gang membership: the group's claims are allocated all together or not at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupSpec>,
 }
 
 impl ClaimSpec {
+    pub fn priority(&self) -> i32 {
+        self.priority.unwrap_or(0)
+    }
+
+    pub fn queue_name(&self) -> &str {
+        self.queue.as_deref().unwrap_or(crate::kinds::DEFAULT_QUEUE)
+    }
+
     /// The claim's total per counted dimension over all requests (`cpu`, `memory`, …).
     pub fn requested_amounts(&self) -> BTreeMap<String, Quantity> {
         let mut total: BTreeMap<String, Quantity> = BTreeMap::new();
@@ -280,6 +300,25 @@ impl Kind for ClaimSpec {
                 if let Err(e) = labels::validate_key(key) {
                     errors.add(format!("spec.topology.colocate[{i}]"), e.to_string());
                 }
+            }
+        }
+        for (field, name) in [
+            ("spec.priorityClassName", &spec.priority_class_name),
+            ("spec.queue", &spec.queue),
+        ] {
+            if let Some(p) = name.as_deref().and_then(names::object_name_problem) {
+                errors.add(field, p);
+            }
+        }
+        if let Some(group) = &spec.group {
+            if let Some(p) = names::object_name_problem(&group.name) {
+                errors.add("spec.group.name", p);
+            }
+            if group.min_members == 0 || group.min_members > MAX_GROUP_MEMBERS {
+                errors.add(
+                    "spec.group.minMembers",
+                    format!("must be between 1 and {MAX_GROUP_MEMBERS}"),
+                );
             }
         }
         if let Some(workload) = &spec.workload {

@@ -1,0 +1,380 @@
+//! Post-filter: preemption, for a claim that fits nowhere or exceeds a quota.
+//!
+//! ```text
+//!   victims eligible:  priority + minPriorityGap <= the claim's (unless its policy is Never)
+//!                      or borrowing another project's share of the claim's tenant quota,
+//!                         while the claim itself stays within its own limits (reclaim)
+//!   units:             an allocation, or a whole gang (preempted together)
+//!   per candidate node (capacity) or for the blocking quota:
+//!     free units tentatively, cheapest first (being preempted already, borrowing, lowest
+//!     priority, newest), until the claim fits; then give back every unit it fits without
+//!     (most valuable first)
+//!   choose the node whose victims have the lowest top priority, then are fewest
+//! ```
+//! Victims only ever have strictly lower priority or hold borrowed quota the claim is owed,
+//! so preemption cannot cycle: equal priorities never preempt each other, and a reclaimed
+//! project cannot borrow back what the reclaiming claim now holds within its limits.
+
+use infraos_api::kinds::PreemptionPolicy;
+
+use crate::governance::{AllocationMeta, namespace_of};
+use crate::planner::{
+    Batch, ClaimCtx, Explanation, Outcome, PreemptionPlan, QuotaBlock, Scheduler, Victim,
+    WAITING_FOR_PREEMPTION, check_quotas,
+};
+use crate::snapshot::{NodeId, Snapshot};
+
+/// Allocations preempted together: one, or every allocation of a gang.
+struct Unit {
+    keys: Vec<String>,
+    priority: i32,
+    borrowing: bool,
+    /// Already being preempted: free to count, costs nothing.
+    preempting: bool,
+    created_ms: i64,
+    reason: String,
+}
+
+/// Lower is better: (highest victim priority, victims, sum of priorities).
+type Cost = (i64, usize, i64);
+
+impl Scheduler {
+    /// Why `meta` may be preempted for the claim, or `None`.
+    fn eligible(
+        &self,
+        snapshot: &Snapshot,
+        ctx: &ClaimCtx<'_>,
+        claim_borrows: bool,
+        key: &str,
+        meta: &AllocationMeta,
+    ) -> Option<String> {
+        if meta.preempting {
+            return Some("already being preempted".into());
+        }
+        let gap = i64::from(self.profile().preemption.min_priority_gap);
+        if ctx.policy != PreemptionPolicy::Never
+            && i64::from(meta.priority) + gap <= i64::from(ctx.priority)
+        {
+            return Some(format!(
+                "priority {} preempts priority {}",
+                ctx.priority, meta.priority
+            ));
+        }
+        let ns = namespace_of(key);
+        if meta.borrowing
+            && !claim_borrows
+            && ns != ctx.namespace
+            && ctx.tenant.is_some()
+            && snapshot.tenant_of(ns) == ctx.tenant
+        {
+            return Some(format!(
+                "reclaiming tenant quota borrowed by project {ns} for project {}",
+                ctx.namespace
+            ));
+        }
+        None
+    }
+
+    /// The unit `key` belongs to, if every allocation of it is eligible.
+    fn unit_of(
+        &self,
+        snapshot: &Snapshot,
+        ctx: &ClaimCtx<'_>,
+        claim_borrows: bool,
+        batch: &Batch,
+        key: &str,
+    ) -> Option<Unit> {
+        let meta = snapshot.allocation_meta(key)?;
+        let keys: Vec<String> = match &meta.group {
+            Some(group) => snapshot
+                .gang_allocations(namespace_of(key), group)
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            None => vec![key.to_string()],
+        };
+        let mut unit = Unit {
+            keys: Vec::with_capacity(keys.len()),
+            priority: i32::MIN,
+            borrowing: false,
+            preempting: true,
+            created_ms: 0,
+            reason: String::new(),
+        };
+        for k in keys {
+            if batch.victims.contains(&k) {
+                return None;
+            }
+            let m = snapshot.allocation_meta(&k)?;
+            let reason = self.eligible(snapshot, ctx, claim_borrows, &k, m)?;
+            unit.priority = unit.priority.max(m.priority);
+            unit.borrowing |= m.borrowing;
+            unit.preempting &= m.preempting;
+            unit.created_ms = unit.created_ms.max(m.created_ms);
+            if unit.reason.is_empty() || !m.preempting {
+                unit.reason = if meta.group.is_some() {
+                    format!(
+                        "{reason} (gang {})",
+                        meta.group.as_deref().unwrap_or_default()
+                    )
+                } else {
+                    reason
+                };
+            }
+            unit.keys.push(k);
+        }
+        Some(unit)
+    }
+
+    fn sort_units(units: &mut [Unit]) {
+        units.sort_by(|a, b| {
+            b.preempting
+                .cmp(&a.preempting)
+                .then(b.borrowing.cmp(&a.borrowing))
+                .then(a.priority.cmp(&b.priority))
+                .then(b.created_ms.cmp(&a.created_ms))
+                .then(a.keys.cmp(&b.keys))
+        });
+    }
+
+    fn free_unit(snapshot: &Snapshot, batch: &mut Batch, unit: &Unit, free: bool) {
+        for key in &unit.keys {
+            for part in snapshot.allocation(key).unwrap_or_default() {
+                let Some(id) = snapshot.resource_id(&part.resource) else {
+                    continue;
+                };
+                let dims = snapshot.usage_indices(id, part).unwrap_or_default();
+                let items: Vec<usize> = snapshot.resource(id).map_or_else(Vec::new, |e| {
+                    part.items
+                        .iter()
+                        .filter_map(|n| e.item_index.get(n).copied())
+                        .collect()
+                });
+                if free {
+                    batch.overlay.free(id, &dims, &items);
+                } else {
+                    batch.overlay.unfree(id, &dims, &items);
+                }
+            }
+        }
+    }
+
+    /// The fewest, cheapest units whose removal lets `fits` pass, or `None`.
+    fn choose_units(
+        units: &[Unit],
+        batch: &mut Batch,
+        mut take: impl FnMut(&mut Batch, &Unit, bool),
+        mut fits: impl FnMut(&Batch) -> bool,
+    ) -> Option<Vec<usize>> {
+        let mut chosen = Vec::new();
+        let mut ok = false;
+        for (i, unit) in units.iter().enumerate() {
+            take(batch, unit, true);
+            chosen.push(i);
+            if fits(batch) {
+                ok = true;
+                break;
+            }
+        }
+        if ok {
+            // Reprieve: keep every unit the claim fits without, most valuable first.
+            for at in (0..chosen.len()).rev() {
+                let unit = &units[chosen[at]];
+                if unit.preempting {
+                    continue;
+                }
+                take(batch, unit, false);
+                if fits(batch) {
+                    chosen.remove(at);
+                } else {
+                    take(batch, unit, true);
+                }
+            }
+        }
+        for &i in &chosen {
+            take(batch, &units[i], false);
+        }
+        ok.then_some(chosen)
+    }
+
+    fn cost(units: &[Unit], chosen: &[usize]) -> Cost {
+        let real = chosen.iter().map(|&i| &units[i]).filter(|u| !u.preempting);
+        let mut cost: Cost = (i64::MIN, 0, 0);
+        for u in real {
+            cost.0 = cost.0.max(i64::from(u.priority));
+            cost.1 += u.keys.len();
+            cost.2 += i64::from(u.priority);
+        }
+        cost
+    }
+
+    /// The outcome for chosen units: preempt the real victims, or wait for those already
+    /// being preempted.
+    fn preemption_outcome(
+        snapshot: &Snapshot,
+        batch: &mut Batch,
+        units: &[Unit],
+        chosen: &[usize],
+        node: Option<String>,
+        explanation: Explanation,
+    ) -> Outcome {
+        let mut victims = Vec::new();
+        let mut waiting = 0;
+        for &i in chosen {
+            let unit = &units[i];
+            if unit.preempting {
+                waiting += unit.keys.len();
+                continue;
+            }
+            for key in &unit.keys {
+                batch.victims.insert(key.clone());
+                victims.push(Victim {
+                    allocation: key.clone(),
+                    priority: snapshot.allocation_meta(key).map_or(0, |m| m.priority),
+                    reason: unit.reason.clone(),
+                });
+            }
+        }
+        if victims.is_empty() {
+            let at = node.map(|n| format!(" on node {n}")).unwrap_or_default();
+            return Outcome::Unschedulable(Explanation {
+                reason: WAITING_FOR_PREEMPTION,
+                detail: Some(format!(
+                    "waiting for {waiting} preempted allocation(s){at} to end; {}",
+                    explanation.message()
+                )),
+                ..explanation
+            });
+        }
+        Outcome::Preempt(PreemptionPlan {
+            node,
+            victims,
+            explanation,
+        })
+    }
+
+    /// The claim fits no node: find a node where preempting eligible allocations makes room.
+    pub(crate) fn preempt_for_capacity(
+        &mut self,
+        snapshot: &Snapshot,
+        ctx: &ClaimCtx<'_>,
+        batch: &mut Batch,
+        explanation: Explanation,
+    ) -> Outcome {
+        if !self.profile().preemption.enabled || ctx.claim.spec.group.is_some() {
+            return Outcome::Unschedulable(explanation);
+        }
+        let claim_borrows = check_quotas(snapshot, ctx, batch, &[]).unwrap_or(true);
+        let Some(anchor) = ctx
+            .requests
+            .iter()
+            .filter(|r| !snapshot.nodes_with(&r.class.name).is_empty())
+            .min_by_key(|r| snapshot.nodes_with(&r.class.name).len())
+        else {
+            return Outcome::Unschedulable(explanation);
+        };
+        let candidates = snapshot.nodes_with(&anchor.class.name);
+        let want = self.profile().feasible_to_find(candidates.len());
+        let mut best: Option<(Cost, NodeId, Vec<Unit>, Vec<usize>)> = None;
+        let mut found = 0;
+        for &node in candidates {
+            let mut units: Vec<Unit> = snapshot
+                .allocations_on_node(node)
+                .into_iter()
+                .filter_map(|key| self.unit_of(snapshot, ctx, claim_borrows, batch, key))
+                .collect();
+            if units.is_empty() {
+                continue;
+            }
+            units.dedup_by(|a, b| a.keys == b.keys);
+            Self::sort_units(&mut units);
+            let chosen = Self::choose_units(
+                &units,
+                batch,
+                |b, unit, free| Self::free_unit(snapshot, b, unit, free),
+                |b| self.evaluate(snapshot, Some(node), None, ctx, b).is_ok(),
+            );
+            let Some(chosen) = chosen else {
+                continue;
+            };
+            found += 1;
+            let cost = Self::cost(&units, &chosen);
+            if best.as_ref().is_none_or(|(c, ..)| cost < *c) {
+                best = Some((cost, node, units, chosen));
+            }
+            if found >= want {
+                break;
+            }
+        }
+        let Some((_, node, units, chosen)) = best else {
+            return Outcome::Unschedulable(explanation);
+        };
+        let name = snapshot.node(node).name.clone();
+        Self::preemption_outcome(snapshot, batch, &units, &chosen, Some(name), explanation)
+    }
+
+    /// The claim exceeds a tenant or project quota: preempt eligible allocations held
+    /// against that quota until the claim fits every quota.
+    pub(crate) fn preempt_for_quota(
+        &mut self,
+        snapshot: &Snapshot,
+        ctx: &ClaimCtx<'_>,
+        batch: &mut Batch,
+        block: QuotaBlock,
+        explanation: Explanation,
+    ) -> Outcome {
+        if !self.profile().preemption.enabled || ctx.claim.spec.group.is_some() {
+            return Outcome::Unschedulable(explanation);
+        }
+        // The claim reclaims only while it stays within its own project's limits.
+        let claim_borrows = snapshot.quotas().iter().enumerate().any(|(qi, q)| {
+            q.level == infraos_api::kinds::QuotaLevel::Project
+                && q.applies_to(ctx.namespace, ctx.tenant)
+                && q.dims.iter().enumerate().any(|(slot, d)| {
+                    let need: i128 = ctx
+                        .needs
+                        .iter()
+                        .filter(|(g, _)| *g == d.gdim)
+                        .map(|(_, n)| *n)
+                        .sum();
+                    need > 0 && d.used + batch.quota_taken(qi, slot) + need > d.limit
+                })
+        });
+        let mut keys: Vec<&str> = snapshot.allocations_in_quota(block.quota);
+        keys.sort_unstable();
+        let mut units: Vec<Unit> = keys
+            .into_iter()
+            .filter_map(|key| self.unit_of(snapshot, ctx, claim_borrows, batch, key))
+            .collect();
+        units.dedup_by(|a, b| a.keys == b.keys);
+        Self::sort_units(&mut units);
+        let mut freed: Vec<(usize, usize, i128)> = Vec::new();
+        let chosen = {
+            let freed = std::cell::RefCell::new(&mut freed);
+            Self::choose_units(
+                &units,
+                batch,
+                |_, unit, free| {
+                    let mut freed = freed.borrow_mut();
+                    for key in &unit.keys {
+                        for &(qi, slot, n) in snapshot.quota_contributions(key) {
+                            if free {
+                                freed.push((qi, slot, n));
+                            } else if let Some(at) = freed.iter().position(|f| *f == (qi, slot, n))
+                            {
+                                freed.swap_remove(at);
+                            }
+                        }
+                    }
+                },
+                |b| check_quotas(snapshot, ctx, b, &freed.borrow()).is_ok(),
+            )
+        };
+        match chosen {
+            Some(chosen) => {
+                Self::preemption_outcome(snapshot, batch, &units, &chosen, None, explanation)
+            }
+            None => Outcome::Unschedulable(explanation),
+        }
+    }
+}
