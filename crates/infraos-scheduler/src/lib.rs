@@ -21,4 +21,6 @@ pub use profile::{Profile, ProfileError};
 pub use snapshot::{FitError, Snapshot};
 
 #[cfg(test)]
+mod governance_tests;
+#[cfg(test)]
 mod tests;

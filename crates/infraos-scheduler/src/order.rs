@@ -38,6 +38,7 @@ struct Line<'c> {
 }
 
 struct Level<'c> {
+    priority: i32,
     lines: Vec<Line<'c>>,
 }
 
@@ -161,7 +162,7 @@ impl<'c> FairOrder<'c> {
                     .collect();
                 lines.sort_by(|a, b| a.queue.cmp(b.queue));
                 contended |= lines.len() > 1;
-                Level { lines }
+                Level { priority: p, lines }
             })
             .collect();
         FairOrder {
@@ -178,6 +179,11 @@ impl<'c> FairOrder<'c> {
                 Vec::new()
             },
         }
+    }
+
+    /// The priority of the claim `next` returned last (`None` once all are returned).
+    pub fn last_priority(&self) -> Option<i32> {
+        self.levels.get(self.level).map(|l| l.priority)
     }
 
     pub fn next(&mut self, snapshot: &Snapshot, batch: &Batch) -> Option<Next> {

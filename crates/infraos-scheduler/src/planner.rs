@@ -418,16 +418,39 @@ impl Scheduler {
         let mut batch = Batch::new(snapshot);
         let mut order = FairOrder::new(snapshot, claims, now_ms, &self.profile);
         let mut decisions = Vec::with_capacity(claims.len().min(limit));
+        // Claims that would borrow quota wait until every claim of their priority that stays
+        // within its own limits has been decided (as Kueue orders them): otherwise a borrower
+        // takes what a claim within its limits then reclaims by preemption, over and over.
+        let mut deferred: Vec<usize> = Vec::new();
+        let mut deferred_priority = None;
         while decisions.len() < limit {
-            match order.next(snapshot, &batch) {
+            let next = order.next(snapshot, &batch);
+            let priority = order.last_priority();
+            if !deferred.is_empty() && (next.is_none() || priority != deferred_priority) {
+                for i in std::mem::take(&mut deferred) {
+                    let (key, claim) = &claims[i];
+                    if let Some(outcome) = self.decide(snapshot, key, claim, &mut batch, false) {
+                        decisions.push(Decision {
+                            claim_key: key.clone(),
+                            outcome,
+                        });
+                    }
+                }
+            }
+            match next {
                 None => break,
                 Some(Next::One(i)) => {
                     let (key, claim) = &claims[i];
-                    let outcome = self.decide(snapshot, key, claim, &mut batch);
-                    decisions.push(Decision {
-                        claim_key: key.clone(),
-                        outcome,
-                    });
+                    match self.decide(snapshot, key, claim, &mut batch, true) {
+                        Some(outcome) => decisions.push(Decision {
+                            claim_key: key.clone(),
+                            outcome,
+                        }),
+                        None => {
+                            deferred.push(i);
+                            deferred_priority = priority;
+                        }
+                    }
                 }
                 Some(Next::Gang(members)) => {
                     for (i, outcome) in self.decide_gang(snapshot, claims, &members, &mut batch) {
@@ -446,33 +469,36 @@ impl Scheduler {
     }
 
     /// One claim: quotas (pre-filter), then placement (filter, score), then, if it fits
-    /// nowhere and may preempt, preemption (post-filter).
+    /// nowhere and may preempt, preemption (post-filter). `None`: the claim would borrow
+    /// quota and `may_defer` lets it wait for the rest of its priority level.
     fn decide(
         &mut self,
         snapshot: &Snapshot,
         key: &str,
         claim: &Claim,
         batch: &mut Batch,
-    ) -> Outcome {
+        may_defer: bool,
+    ) -> Option<Outcome> {
         let ctx = match ClaimCtx::new(snapshot, key, claim) {
             Ok(ctx) => ctx,
-            Err(e) => return Outcome::Unschedulable(e),
+            Err(e) => return Some(Outcome::Unschedulable(e)),
         };
         let borrowing = match check_quotas(snapshot, &ctx, batch, &[]) {
+            Ok(true) if may_defer => return None,
             Ok(borrowing) => borrowing,
             Err(block) => {
                 let explanation = Explanation::detailed(QUOTA_EXCEEDED, block.message(snapshot));
-                return self.preempt_for_quota(snapshot, &ctx, batch, block, explanation);
+                return Some(self.preempt_for_quota(snapshot, &ctx, batch, block, explanation));
             }
         };
-        match self.place(snapshot, &ctx, batch) {
+        Some(match self.place(snapshot, &ctx, batch) {
             Ok(mut placement) => {
                 placement.borrowing = borrowing;
                 batch.reserve(snapshot, &ctx, &placement);
                 Outcome::Placed(placement)
             }
             Err(explanation) => self.preempt_for_capacity(snapshot, &ctx, batch, explanation),
-        }
+        })
     }
 
     /// A gang: every pending member is placed in this batch, and unless at least
@@ -579,7 +605,10 @@ impl Scheduler {
             .iter()
             .filter(|r| !snapshot.nodes_with(&r.class.name).is_empty())
             .min_by_key(|r| snapshot.nodes_with(&r.class.name).len());
-        let mut explanation = Explanation::default();
+        let mut explanation = Explanation {
+            reason: UNSCHEDULABLE,
+            ..Explanation::default()
+        };
         let mut rejections: Vec<(Reject<'_>, u64)> = Vec::new();
         let mut best: Option<Candidate> = None;
         let mut runner_up: Option<Candidate> = None;

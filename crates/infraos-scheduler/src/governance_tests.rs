@@ -1,0 +1,862 @@
+//! Governance scenarios and property tests: quotas, priorities, preemption, fair queues and
+//! gangs, driven through the pure planner with allocations applied as the server would.
+
+use std::collections::{BTreeMap, HashMap};
+
+use infraos_api::kinds::*;
+use infraos_api::{Labels, Quantity};
+use proptest::prelude::*;
+
+use crate::planner::{GANG_INCOMPLETE, QUOTA_EXCEEDED, UNSCHEDULABLE, WAITING_FOR_PREEMPTION};
+use crate::{AllocationMeta, Outcome, Placement, Plan, Profile, Scheduler, Snapshot};
+
+fn compute_class(snap: &mut Snapshot) {
+    snap.upsert_class(
+        "compute",
+        &ResourceClassSpec {
+            kind: ClassKind::Counted,
+            dimensions: vec![Dimension {
+                name: "cpu".into(),
+                unit: None,
+            }],
+            ..Default::default()
+        },
+    );
+}
+
+fn node(snap: &mut Snapshot, name: &str, cpu: i64, node_labels: &[(&str, &str)]) {
+    let labels: Labels = node_labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    snap.upsert_node(name, &labels, &NodeSpec::default(), None);
+    snap.upsert_resource(
+        &format!("{name}-compute"),
+        &Labels::new(),
+        &ResourceSpec {
+            class: "compute".into(),
+            node: Some(name.into()),
+            capacity: [("cpu".to_string(), Quantity::from_units(cpu))]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        },
+    );
+}
+
+fn cluster(nodes: usize, cpu: i64) -> Snapshot {
+    let mut snap = Snapshot::new();
+    compute_class(&mut snap);
+    for i in 0..nodes {
+        node(&mut snap, &format!("n{i}"), cpu, &[]);
+    }
+    snap
+}
+
+fn quota(snap: &mut Snapshot, name: &str, spec: serde_json::Value) {
+    let spec: QuotaSpec = serde_json::from_value(spec).unwrap();
+    snap.upsert_quota(name, &spec);
+}
+
+fn priority_class(snap: &mut Snapshot, name: &str, value: i32, policy: PreemptionPolicy) {
+    snap.upsert_priority_class(
+        name,
+        &PriorityClassSpec {
+            value,
+            preemption_policy: policy,
+            ..Default::default()
+        },
+    );
+}
+
+/// A claim for `cpu` whole CPUs in project `ns`, with extra spec fields merged in.
+fn claim(ns: &str, name: &str, cpu: i64, extra: serde_json::Value) -> Claim {
+    let mut spec = serde_json::json!({
+        "requests": [{"class": "compute", "amount": {"cpu": cpu.to_string()}}]
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    let v = serde_json::json!({
+        "apiVersion": "infraos.io/v1", "kind": "Claim",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    });
+    infraos_api::object::decode(&v).unwrap()
+}
+
+fn key(c: &Claim) -> String {
+    format!(
+        "{}/{}",
+        c.metadata.namespace.as_deref().unwrap(),
+        c.metadata.name
+    )
+}
+
+fn meta(snap: &Snapshot, c: &Claim, borrowing: bool) -> AllocationMeta {
+    AllocationMeta {
+        priority: crate::planner::claim_priority(snap, c).0,
+        queue: c.spec.queue_name().to_string(),
+        group: c.spec.group.as_ref().map(|g| g.name.clone()),
+        borrowing,
+        preempting: false,
+        created_ms: 0,
+    }
+}
+
+/// Applies a plan the way the server's applier does: placements that still fit are recorded,
+/// preemption victims are removed at once (their grace is not modelled here).
+fn apply(snap: &mut Snapshot, plan: &Plan, claims: &HashMap<String, Claim>) -> Vec<String> {
+    let mut victims = Vec::new();
+    for d in &plan.decisions {
+        match &d.outcome {
+            Outcome::Placed(p) => {
+                if snap.fits(&p.resources).is_ok() {
+                    let m = meta(snap, &claims[&d.claim_key], p.borrowing);
+                    snap.apply_allocation(&d.claim_key, &p.resources, m);
+                }
+            }
+            Outcome::Preempt(p) => {
+                for v in &p.victims {
+                    snap.remove_allocation(&v.allocation);
+                    victims.push(v.allocation.clone());
+                }
+            }
+            Outcome::Unschedulable(_) => {}
+        }
+    }
+    victims
+}
+
+fn plan(s: &mut Scheduler, snap: &Snapshot, claims: &[&Claim]) -> Plan {
+    let keyed: Vec<(String, &Claim)> = claims.iter().map(|c| (key(c), *c)).collect();
+    s.plan(snap, &keyed)
+}
+
+fn outcome_of<'p>(plan: &'p Plan, k: &str) -> &'p Outcome {
+    &plan
+        .decisions
+        .iter()
+        .find(|d| d.claim_key == k)
+        .unwrap_or_else(|| panic!("no decision for {k}"))
+        .outcome
+}
+
+fn explanation(o: &Outcome) -> (&'static str, String) {
+    match o {
+        Outcome::Unschedulable(e) => (e.reason, e.message()),
+        other => panic!("expected unschedulable, got {other:?}"),
+    }
+}
+
+fn placement(o: &Outcome) -> &Placement {
+    match o {
+        Outcome::Placed(p) => p,
+        other => panic!("expected a placement, got {other:?}"),
+    }
+}
+
+fn scheduler() -> Scheduler {
+    Scheduler::new(Profile::default()).unwrap()
+}
+
+fn place_all(snap: &mut Snapshot, claims: &[Claim]) {
+    let by_key: HashMap<String, Claim> = claims.iter().map(|c| (key(c), c.clone())).collect();
+    let refs: Vec<&Claim> = claims.iter().collect();
+    let p = plan(&mut scheduler(), snap, &refs);
+    for d in &p.decisions {
+        placement(&d.outcome);
+    }
+    apply(snap, &p, &by_key);
+}
+
+#[test]
+fn quotas_at_each_level_name_the_level_and_dimension() {
+    let mut snap = cluster(4, 16);
+    snap.upsert_project("ml", "acme");
+    snap.upsert_project("web", "acme");
+    quota(
+        &mut snap,
+        "acme",
+        serde_json::json!({"tenant": "acme", "limits": {"compute": {"cpu": "10"}}}),
+    );
+    quota(
+        &mut snap,
+        "ml",
+        serde_json::json!({"project": "ml", "limits": {"compute": {"cpu": "6"}}}),
+    );
+    place_all(&mut snap, &[claim("ml", "a", 4, serde_json::json!({}))]);
+    // Project level: 4 + 3 > 6.
+    let c = claim("ml", "b", 3, serde_json::json!({}));
+    let p = plan(&mut scheduler(), &snap, &[&c]);
+    let (reason, message) = explanation(outcome_of(&p, "ml/b"));
+    assert_eq!(reason, QUOTA_EXCEEDED);
+    assert!(
+        message.contains("quota ml (project level: project ml)")
+            && message.contains("compute/cpu would be 7 of 6"),
+        "{message}"
+    );
+    // Tenant level: web has no project quota, but acme's 10 CPUs hold 4 + 7.
+    let c = claim("web", "c", 7, serde_json::json!({}));
+    let p = plan(&mut scheduler(), &snap, &[&c]);
+    let (reason, message) = explanation(outcome_of(&p, "web/c"));
+    assert_eq!(reason, QUOTA_EXCEEDED);
+    assert!(message.contains("tenant level: tenant acme"), "{message}");
+    // Usage is visible per quota, and giving the allocation back frees it.
+    assert_eq!(
+        snap.quota("ml").unwrap().used()["compute"]["cpu"],
+        Quantity::from_units(4)
+    );
+    snap.remove_allocation("ml/a");
+    assert_eq!(
+        snap.quota("acme").unwrap().used()["compute"]["cpu"],
+        Quantity::ZERO
+    );
+}
+
+#[test]
+fn a_batch_counts_its_own_placements_against_quotas() {
+    let mut snap = cluster(4, 16);
+    snap.upsert_project("ml", "acme");
+    quota(
+        &mut snap,
+        "ml",
+        serde_json::json!({"project": "ml", "limits": {"compute": {"cpu": "5"}}}),
+    );
+    let claims: Vec<Claim> = (0..4)
+        .map(|i| claim("ml", &format!("c{i}"), 2, serde_json::json!({})))
+        .collect();
+    let refs: Vec<&Claim> = claims.iter().collect();
+    let p = plan(&mut scheduler(), &snap, &refs);
+    let placed = p
+        .decisions
+        .iter()
+        .filter(|d| matches!(d.outcome, Outcome::Placed(_)))
+        .count();
+    assert_eq!(placed, 2, "2 + 2 fit 5 CPUs, a third would make 6");
+}
+
+#[test]
+fn pool_quotas_follow_where_the_claim_lands() {
+    let mut snap = Snapshot::new();
+    compute_class(&mut snap);
+    node(&mut snap, "east", 16, &[("pool", "gpu-east")]);
+    node(&mut snap, "west", 16, &[("pool", "west")]);
+    snap.upsert_project("ml", "acme");
+    quota(
+        &mut snap,
+        "east",
+        serde_json::json!({"tenant": "acme", "pool": "pool=gpu-east", "limits": {"compute": {"cpu": "4"}}}),
+    );
+    // Only east is allowed by the selector; 4 fit its pool quota, the next 2 do not.
+    let sel = serde_json::json!({"selector": "pool=gpu-east"});
+    place_all(&mut snap, &[claim("ml", "a", 4, sel.clone())]);
+    let c = claim("ml", "b", 2, sel);
+    let p = plan(&mut scheduler(), &snap, &[&c]);
+    let (reason, message) = explanation(outcome_of(&p, "ml/b"));
+    assert_eq!(reason, UNSCHEDULABLE);
+    assert!(message.contains("pool quota east exceeded"), "{message}");
+    // Without the selector the claim goes west, outside the pool.
+    let c = claim("ml", "c", 2, serde_json::json!({}));
+    let p = plan(&mut scheduler(), &snap, &[&c]);
+    assert_eq!(
+        placement(outcome_of(&p, "ml/c")).node.as_deref(),
+        Some("west")
+    );
+}
+
+#[test]
+fn higher_priority_goes_first_whatever_the_arrival_order() {
+    let mut snap = cluster(1, 4);
+    priority_class(&mut snap, "high", 1000, PreemptionPolicy::Never);
+    let low = claim("p", "low", 4, serde_json::json!({}));
+    let high = claim(
+        "p",
+        "high",
+        4,
+        serde_json::json!({"priorityClassName": "high"}),
+    );
+    let p = plan(&mut scheduler(), &snap, &[&low, &high]);
+    assert_eq!(p.decisions[0].claim_key, "p/high");
+    placement(outcome_of(&p, "p/high"));
+    assert_eq!(explanation(outcome_of(&p, "p/low")).0, UNSCHEDULABLE);
+}
+
+#[test]
+fn preemption_takes_the_fewest_lowest_priority_victims() {
+    let mut snap = cluster(2, 8);
+    priority_class(
+        &mut snap,
+        "batch",
+        10,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    priority_class(
+        &mut snap,
+        "prod",
+        100,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    priority_class(
+        &mut snap,
+        "urgent",
+        1000,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    // n0: two 4-CPU batch claims; n1: one 8-CPU prod claim.
+    let fill = [
+        claim(
+            "p",
+            "b1",
+            4,
+            serde_json::json!({"priorityClassName": "batch"}),
+        ),
+        claim(
+            "p",
+            "b2",
+            4,
+            serde_json::json!({"priorityClassName": "batch"}),
+        ),
+        claim(
+            "p",
+            "prod",
+            8,
+            serde_json::json!({"priorityClassName": "prod"}),
+        ),
+    ];
+    place_all(&mut snap, &fill);
+    let urgent = claim(
+        "p",
+        "u",
+        4,
+        serde_json::json!({"priorityClassName": "urgent"}),
+    );
+    let p = plan(&mut scheduler(), &snap, &[&urgent]);
+    let Outcome::Preempt(pre) = outcome_of(&p, "p/u") else {
+        panic!("{p:?}")
+    };
+    assert_eq!(pre.victims.len(), 1, "one batch claim frees enough");
+    assert_eq!(pre.victims[0].priority, 10);
+    assert!(pre.victims[0].allocation.starts_with("p/b"));
+    let node_of_batch = snap.allocation(&pre.victims[0].allocation).unwrap()[0]
+        .resource
+        .trim_end_matches("-compute")
+        .to_string();
+    assert_eq!(pre.node.as_deref(), Some(node_of_batch.as_str()));
+    assert!(
+        pre.victims[0]
+            .reason
+            .contains("priority 1000 preempts priority 10")
+    );
+
+    // A claim that needs 8 CPUs takes both batch claims (2 victims of priority 10) rather
+    // than the single prod claim (priority 100).
+    let big = claim(
+        "p",
+        "big",
+        8,
+        serde_json::json!({"priorityClassName": "urgent"}),
+    );
+    let p = plan(&mut scheduler(), &snap, &[&big]);
+    let Outcome::Preempt(pre) = outcome_of(&p, "p/big") else {
+        panic!("{p:?}")
+    };
+    let mut victims: Vec<&str> = pre.victims.iter().map(|v| v.allocation.as_str()).collect();
+    victims.sort();
+    assert_eq!(victims, ["p/b1", "p/b2"]);
+}
+
+#[test]
+fn never_policy_gaps_and_equal_priorities_do_not_preempt() {
+    let mut snap = cluster(1, 4);
+    priority_class(&mut snap, "low", 0, PreemptionPolicy::PreemptLowerPriority);
+    priority_class(&mut snap, "polite", 1000, PreemptionPolicy::Never);
+    priority_class(&mut snap, "near", 5, PreemptionPolicy::PreemptLowerPriority);
+    place_all(
+        &mut snap,
+        &[claim(
+            "p",
+            "a",
+            4,
+            serde_json::json!({"priorityClassName": "low"}),
+        )],
+    );
+    let polite = claim(
+        "p",
+        "x",
+        4,
+        serde_json::json!({"priorityClassName": "polite"}),
+    );
+    let p = plan(&mut scheduler(), &snap, &[&polite]);
+    assert_eq!(explanation(outcome_of(&p, "p/x")).0, UNSCHEDULABLE);
+    let equal = claim("p", "y", 4, serde_json::json!({"priorityClassName": "low"}));
+    let p = plan(&mut scheduler(), &snap, &[&equal]);
+    assert_eq!(explanation(outcome_of(&p, "p/y")).0, UNSCHEDULABLE);
+    let mut profile = Profile::default();
+    profile.preemption.min_priority_gap = 10;
+    let near = claim(
+        "p",
+        "z",
+        4,
+        serde_json::json!({"priorityClassName": "near"}),
+    );
+    let p = plan(&mut Scheduler::new(profile).unwrap(), &snap, &[&near]);
+    assert_eq!(explanation(outcome_of(&p, "p/z")).0, UNSCHEDULABLE);
+    let p = plan(&mut scheduler(), &snap, &[&near]);
+    assert!(matches!(outcome_of(&p, "p/z"), Outcome::Preempt(_)));
+}
+
+#[test]
+fn a_claim_waits_for_victims_already_being_preempted() {
+    let mut snap = cluster(1, 4);
+    priority_class(
+        &mut snap,
+        "high",
+        100,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    let low = claim("p", "low", 4, serde_json::json!({}));
+    place_all(&mut snap, std::slice::from_ref(&low));
+    let parts = snap.allocation("p/low").unwrap().to_vec();
+    let mut m = meta(&snap, &low, false);
+    m.preempting = true;
+    snap.apply_allocation("p/low", &parts, m);
+    let high = claim(
+        "p",
+        "high",
+        4,
+        serde_json::json!({"priorityClassName": "high"}),
+    );
+    let p = plan(&mut scheduler(), &snap, &[&high]);
+    let (reason, message) = explanation(outcome_of(&p, "p/high"));
+    assert_eq!(reason, WAITING_FOR_PREEMPTION);
+    assert!(
+        message.contains("waiting for 1 preempted allocation"),
+        "{message}"
+    );
+}
+
+#[test]
+fn two_claims_in_one_batch_never_share_a_victim() {
+    let mut snap = cluster(1, 4);
+    priority_class(
+        &mut snap,
+        "high",
+        100,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    place_all(&mut snap, &[claim("p", "low", 4, serde_json::json!({}))]);
+    let a = claim(
+        "p",
+        "a",
+        4,
+        serde_json::json!({"priorityClassName": "high"}),
+    );
+    let b = claim(
+        "p",
+        "b",
+        4,
+        serde_json::json!({"priorityClassName": "high"}),
+    );
+    let p = plan(&mut scheduler(), &snap, &[&a, &b]);
+    assert!(matches!(outcome_of(&p, "p/a"), Outcome::Preempt(_)));
+    assert_eq!(explanation(outcome_of(&p, "p/b")).0, UNSCHEDULABLE);
+}
+
+#[test]
+fn borrowing_is_reclaimed_first_and_does_not_loop() {
+    // Kueue #3779's shape: two projects of one tenant, equal priority, each entitled to 5
+    // and allowed to borrow 5 of the tenant's 10; both flood. Reclaiming must settle with
+    // each project at its own limit, not preempt back and forth forever.
+    let mut snap = cluster(10, 1);
+    for project in ["a", "b"] {
+        snap.upsert_project(project, "t");
+        quota(
+            &mut snap,
+            project,
+            serde_json::json!({"project": project, "limits": {"compute": {"cpu": "5"}},
+                               "borrowingLimit": {"compute": {"cpu": "5"}}}),
+        );
+    }
+    quota(
+        &mut snap,
+        "t",
+        serde_json::json!({"tenant": "t", "limits": {"compute": {"cpu": "10"}}}),
+    );
+    let mut pending: HashMap<String, Claim> = HashMap::new();
+    // Project a arrives first and borrows the whole tenant.
+    for i in 0..10 {
+        let c = claim("a", &format!("a{i}"), 1, serde_json::json!({}));
+        pending.insert(key(&c), c);
+    }
+    let mut s = scheduler();
+    let all: HashMap<String, Claim> = pending.clone();
+    let run = |s: &mut Scheduler, snap: &mut Snapshot, pending: &mut HashMap<String, Claim>| {
+        let mut keys: Vec<&String> = pending.keys().collect();
+        keys.sort();
+        let keyed: Vec<(String, &Claim)> =
+            keys.iter().map(|k| ((*k).clone(), &pending[*k])).collect();
+        let p = s.plan(snap, &keyed);
+        let by_key: HashMap<String, Claim> = pending
+            .iter()
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect();
+        let victims = apply(snap, &p, &by_key);
+        let preemptions = victims.len();
+        for d in &p.decisions {
+            if snap.allocation(&d.claim_key).is_some() {
+                pending.remove(&d.claim_key);
+            }
+        }
+        preemptions
+    };
+    run(&mut s, &mut snap, &mut pending);
+    assert_eq!(
+        snap.quota("a").unwrap().borrowed()["compute"]["cpu"],
+        Quantity::from_units(5)
+    );
+    for i in 0..10 {
+        let c = claim("b", &format!("b{i}"), 1, serde_json::json!({}));
+        pending.insert(key(&c), c);
+    }
+    let mut all = all;
+    all.extend(pending.iter().map(|(k, c)| (k.clone(), c.clone())));
+    let mut total = 0;
+    let mut last = usize::MAX;
+    for round in 0..30 {
+        // Victims go back to the queue, as the server requeues preempted claims.
+        let before: Vec<String> = all
+            .keys()
+            .filter(|k| snap.allocation(k).is_none() && !pending.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in before {
+            pending.insert(k.clone(), all[&k].clone());
+        }
+        last = run(&mut s, &mut snap, &mut pending);
+        total += last;
+        if round > 10 {
+            assert_eq!(last, 0, "round {round} still preempts");
+        }
+    }
+    assert_eq!(last, 0);
+    assert!(
+        total <= 5,
+        "only a's 5 borrowed CPUs are reclaimed, {total} preemptions"
+    );
+    for project in ["a", "b"] {
+        assert_eq!(
+            snap.quota(project).unwrap().used()["compute"]["cpu"],
+            Quantity::from_units(5),
+            "{project} holds its own limit"
+        );
+    }
+    snap.check_quota_invariants().unwrap();
+}
+
+#[test]
+fn weighted_queues_converge_to_their_dominant_share() {
+    // Two tenants' queues with weights 2 and 1 flood a full 30-CPU cluster with 1-CPU claims;
+    // a sixth of the allocations ends every round. The cluster splits 20:10.
+    let mut snap = cluster(30, 1);
+    snap.upsert_queue("gold", 2.0);
+    snap.upsert_queue("silver", 1.0);
+    let mut s = scheduler();
+    let mut pending: Vec<Claim> = Vec::new();
+    let mut running: Vec<String> = Vec::new();
+    let mut next = 0;
+    let mut shares = Vec::new();
+    for round in 0..60 {
+        for queue in ["gold", "silver"] {
+            while pending
+                .iter()
+                .filter(|c| c.spec.queue_name() == queue)
+                .count()
+                < 20
+            {
+                let mut c = claim(
+                    "p",
+                    &format!("{queue}{next}"),
+                    1,
+                    serde_json::json!({"queue": queue}),
+                );
+                c.metadata.creation_timestamp = Some(infraos_api::Time::from_unix_millis(next));
+                next += 1;
+                pending.push(c);
+            }
+        }
+        let keyed: Vec<(String, &Claim)> = pending.iter().map(|c| (key(c), c)).collect();
+        let p = s.plan(&snap, &keyed);
+        let by_key: HashMap<String, Claim> = pending.iter().map(|c| (key(c), c.clone())).collect();
+        apply(&mut snap, &p, &by_key);
+        pending.retain(|c| {
+            let placed = snap.allocation(&key(c)).is_some();
+            if placed {
+                running.push(key(c));
+            }
+            !placed
+        });
+        let gold = snap
+            .queue_usage("gold")
+            .values()
+            .map(Quantity::nanos)
+            .sum::<i128>();
+        let silver = snap
+            .queue_usage("silver")
+            .values()
+            .map(Quantity::nanos)
+            .sum::<i128>();
+        if round >= 30 {
+            shares.push(gold as f64 / silver.max(1) as f64);
+        }
+        // The oldest sixth ends.
+        for k in running.drain(..5) {
+            snap.remove_allocation(&k);
+        }
+    }
+    shares.sort_by(f64::total_cmp);
+    let median = shares[shares.len() / 2];
+    assert!(
+        (1.7..=2.3).contains(&median),
+        "gold:silver = {median:.2} ({shares:?})"
+    );
+}
+
+#[test]
+fn aging_lets_a_waiting_queue_through() {
+    // A heavy queue holds most of the cluster; a light claim that waited many half-lives goes
+    // before the heavy queue's fresh one even at a lower weight.
+    let mut snap = cluster(4, 1);
+    snap.upsert_queue("light", 0.1);
+    snap.upsert_queue("heavy", 1.0);
+    place_all(
+        &mut snap,
+        &[
+            claim("p", "held", 1, serde_json::json!({"queue": "light"})),
+            claim("p", "h1", 1, serde_json::json!({"queue": "heavy"})),
+            claim("p", "h2", 1, serde_json::json!({"queue": "heavy"})),
+        ],
+    );
+    // Shares: light 0.25 / 0.1 = 2.5, heavy 0.5 / 1 = 0.5.
+    let mut old = claim("p", "old", 1, serde_json::json!({"queue": "light"}));
+    old.metadata.creation_timestamp = Some(infraos_api::Time::from_unix_millis(1));
+    let mut fresh = claim("p", "fresh", 1, serde_json::json!({"queue": "heavy"}));
+    // Ten half-lives later the old claim's share counts 2.5 / 1024.
+    let now = 10 * 300_000 + 1;
+    fresh.metadata.creation_timestamp = Some(infraos_api::Time::from_unix_millis(now));
+    let keyed = vec![(key(&fresh), &fresh), (key(&old), &old)];
+    let first = |p: &Plan| p.decisions[0].claim_key.clone();
+    // Without aging (now = 0) the light queue's large share puts it last.
+    assert_eq!(first(&scheduler().plan(&snap, &keyed)), "p/fresh");
+    assert_eq!(first(&scheduler().plan_at(&snap, &keyed, now, 10)), "p/old");
+}
+
+#[test]
+fn gangs_are_all_or_nothing() {
+    let mut snap = cluster(2, 4);
+    let gang = |name: &str| {
+        claim(
+            "p",
+            name,
+            4,
+            serde_json::json!({"group": {"name": "mpi", "minMembers": 3}}),
+        )
+    };
+    let (a, b, c) = (gang("a"), gang("b"), gang("c"));
+    let other = claim("p", "other", 4, serde_json::json!({}));
+    // Two members alone: the gang waits for the third.
+    let p = plan(&mut scheduler(), &snap, &[&a, &b]);
+    let (reason, message) = explanation(outcome_of(&p, "p/a"));
+    assert_eq!(reason, GANG_INCOMPLETE);
+    assert!(message.contains("2 of 3 members exist"), "{message}");
+    // Three members, room for two: none is placed, and the room goes to the next claim.
+    let p = plan(&mut scheduler(), &snap, &[&a, &b, &c, &other]);
+    for k in ["p/a", "p/b", "p/c"] {
+        let (reason, message) = explanation(outcome_of(&p, k));
+        assert_eq!(reason, GANG_INCOMPLETE);
+        assert!(message.contains("only 2 of 3 members fit"), "{message}");
+    }
+    placement(outcome_of(&p, "p/other"));
+    // With room for all three, all three are placed in the same plan.
+    node(&mut snap, "n2", 4, &[]);
+    let p = plan(&mut scheduler(), &snap, &[&a, &b, &c]);
+    for k in ["p/a", "p/b", "p/c"] {
+        placement(outcome_of(&p, k));
+    }
+}
+
+#[test]
+fn gang_members_are_preempted_together() {
+    let mut snap = cluster(3, 4);
+    priority_class(
+        &mut snap,
+        "high",
+        100,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    let gang: Vec<Claim> = (0..3)
+        .map(|i| {
+            claim(
+                "p",
+                &format!("g{i}"),
+                4,
+                serde_json::json!({"group": {"name": "train", "minMembers": 3}}),
+            )
+        })
+        .collect();
+    place_all(&mut snap, &gang);
+    let high = claim(
+        "p",
+        "h",
+        4,
+        serde_json::json!({"priorityClassName": "high"}),
+    );
+    let p = plan(&mut scheduler(), &snap, &[&high]);
+    let Outcome::Preempt(pre) = outcome_of(&p, "p/h") else {
+        panic!("{p:?}")
+    };
+    assert_eq!(pre.victims.len(), 3, "the whole gang goes: {pre:?}");
+    assert!(pre.victims.iter().all(|v| v.reason.contains("gang train")));
+}
+
+// ---- property tests ---------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+struct GovSpec {
+    nodes: Vec<u8>,
+    /// (project 0..3, cpu 1..4, priority level 0..3, gang 0..2 (0 = none))
+    claims: Vec<(u8, u8, u8, u8)>,
+    /// Project and tenant limits.
+    limits: (u8, u8, u8),
+}
+
+fn arb_gov() -> impl Strategy<Value = GovSpec> {
+    (
+        proptest::collection::vec(1u8..9, 1..6),
+        proptest::collection::vec((0u8..3, 1u8..5, 0u8..3, 0u8..3), 1..40),
+        (1u8..16, 1u8..16, 1u8..24),
+    )
+        .prop_map(|(nodes, claims, limits)| GovSpec {
+            nodes,
+            claims,
+            limits,
+        })
+}
+
+fn gov_cluster(spec: &GovSpec) -> (Snapshot, Vec<Claim>) {
+    let mut snap = Snapshot::new();
+    compute_class(&mut snap);
+    for (i, cpu) in spec.nodes.iter().enumerate() {
+        node(&mut snap, &format!("n{i}"), i64::from(*cpu), &[]);
+    }
+    for (i, p) in ["p0", "p1", "p2"].iter().enumerate() {
+        snap.upsert_project(p, if i < 2 { "t0" } else { "t1" });
+    }
+    priority_class(&mut snap, "l0", 0, PreemptionPolicy::PreemptLowerPriority);
+    priority_class(&mut snap, "l1", 50, PreemptionPolicy::PreemptLowerPriority);
+    priority_class(&mut snap, "l2", 100, PreemptionPolicy::PreemptLowerPriority);
+    quota(
+        &mut snap,
+        "p0",
+        serde_json::json!({"project": "p0", "limits": {"compute": {"cpu": spec.limits.0.to_string()}},
+                           "borrowingLimit": {"compute": {"cpu": "4"}}}),
+    );
+    quota(
+        &mut snap,
+        "p1",
+        serde_json::json!({"project": "p1", "limits": {"compute": {"cpu": spec.limits.1.to_string()}}}),
+    );
+    quota(
+        &mut snap,
+        "t0",
+        serde_json::json!({"tenant": "t0", "limits": {"compute": {"cpu": spec.limits.2.to_string()}}}),
+    );
+    let claims = spec
+        .claims
+        .iter()
+        .enumerate()
+        .map(|(i, (project, cpu, level, gang))| {
+            let mut extra = serde_json::json!({"priorityClassName": format!("l{level}")});
+            if *gang > 0 {
+                extra["group"] = serde_json::json!({"name": format!("g{gang}"), "minMembers": 2});
+            }
+            claim(
+                &format!("p{project}"),
+                &format!("c{i}"),
+                i64::from(*cpu),
+                extra,
+            )
+        })
+        .collect();
+    (snap, claims)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Over random clusters, quotas and claim streams, applied round after round with
+    /// preemption: capacity and every quota level hold, a gang is never partly placed, a
+    /// pending claim is never passed over for a lower-priority one it could have used the
+    /// room of, and preemption only evicts lower priorities (or borrowed quota).
+    #[test]
+    fn governance_invariants_hold(spec in arb_gov()) {
+        let (mut snap, claims) = gov_cluster(&spec);
+        let by_key: HashMap<String, Claim> = claims.iter().map(|c| (key(c), c.clone())).collect();
+        let mut s = scheduler();
+        let mut pending: Vec<String> = by_key.keys().cloned().collect();
+        pending.sort();
+        for _round in 0..4 {
+            let keyed: Vec<(String, &Claim)> = pending.iter().map(|k| (k.clone(), &by_key[k])).collect();
+            let p = s.plan(&snap, &keyed);
+            // Priority: whatever fits a claim's shape but went unplaced must not be beaten by
+            // a lower-priority claim of the same or larger size placed in the same plan.
+            let prio = |k: &str| crate::planner::claim_priority(&snap, &by_key[k]).0;
+            let cpu = |k: &str| by_key[k].spec.requests[0].amount["cpu"].nanos();
+            for d in &p.decisions {
+                if let Outcome::Unschedulable(e) = &d.outcome && e.reason == UNSCHEDULABLE
+                    && by_key[&d.claim_key].spec.group.is_none() {
+                    for other in &p.decisions {
+                        if let Outcome::Placed(_) = other.outcome {
+                            let ns_same = other.claim_key.split('/').next() == d.claim_key.split('/').next();
+                            prop_assert!(
+                                !(ns_same && prio(&other.claim_key) < prio(&d.claim_key)
+                                    && cpu(&other.claim_key) >= cpu(&d.claim_key)
+                                    && by_key[&other.claim_key].spec.group.is_none()),
+                                "{} (priority {}) skipped for {} (priority {})",
+                                d.claim_key, prio(&d.claim_key), other.claim_key, prio(&other.claim_key)
+                            );
+                        }
+                    }
+                }
+                if let Outcome::Preempt(pre) = &d.outcome {
+                    for v in &pre.victims {
+                        prop_assert!(
+                            v.priority < prio(&d.claim_key) || v.reason.contains("reclaiming")
+                                || v.reason.contains("gang"),
+                            "{} preempts {} of priority {}: {}", d.claim_key, v.allocation, v.priority, v.reason
+                        );
+                    }
+                }
+            }
+            // Gangs: all placed members of a gang in this plan number at least minMembers.
+            let mut gang_placed: BTreeMap<String, usize> = BTreeMap::new();
+            for d in &p.decisions {
+                if let (Outcome::Placed(_), Some(g)) = (&d.outcome, &by_key[&d.claim_key].spec.group) {
+                    *gang_placed.entry(format!("{}/{}", d.claim_key.split('/').next().unwrap_or(""), g.name)).or_default() += 1;
+                }
+            }
+            for (g, n) in &gang_placed {
+                let (ns, name) = g.split_once('/').unwrap();
+                let before = snap.gang_allocations(ns, name).len();
+                prop_assert!(n + before >= 2, "gang {} partly placed: {} new + {} held", g, n, before);
+            }
+            apply(&mut snap, &p, &by_key);
+            prop_assert!(snap.check_invariants().is_ok(), "{:?}", snap.check_invariants());
+            prop_assert!(snap.check_quota_invariants().is_ok(), "{:?}", snap.check_quota_invariants());
+            pending = by_key.keys().filter(|k| snap.allocation(k).is_none()).cloned().collect();
+            pending.sort();
+        }
+    }
+}
