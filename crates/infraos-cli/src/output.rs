@@ -84,6 +84,27 @@ fn join_map(v: Option<&Value>) -> String {
     key_values(v, ",", "-")
 }
 
+/// `compute/cpu 4/10, gpu/count 2/8` from a Quota's status and limits.
+fn quota_usage(v: &Value) -> String {
+    let mut out = Vec::new();
+    if let Some(Value::Object(limits)) = v.pointer("/spec/limits") {
+        for (class, dims) in limits {
+            let Value::Object(dims) = dims else { continue };
+            for (dim, limit) in dims {
+                let used = v
+                    .pointer(&format!("/status/used/{class}/{dim}"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("0");
+                out.push(format!(
+                    "{class}/{dim} {used}/{}",
+                    limit.as_str().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    out.join(", ")
+}
+
 fn headers(info: &KindInfo, wide: bool, all_namespaces: bool) -> Vec<&'static str> {
     let mut h: Vec<&'static str> = Vec::new();
     if info.namespaced && all_namespaces {
@@ -99,6 +120,9 @@ fn headers(info: &KindInfo, wide: bool, all_namespaces: bool) -> Vec<&'static st
         "Tenant" => vec!["DISPLAY NAME"],
         "Project" => vec!["TENANT"],
         "Event" => vec!["TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "Quota" => vec!["LEVEL", "SCOPE", "USED/LIMIT"],
+        "PriorityClass" => vec!["VALUE", "PREEMPTION", "DEFAULT"],
+        "Queue" => vec!["WEIGHT"],
         _ => vec![],
     });
     h.push("AGE");
@@ -255,6 +279,45 @@ fn row(info: &KindInfo, v: &Value, wide: bool, all_namespaces: bool, now: Time) 
             ));
             r.push(str_at(v, "/spec/message").to_string());
         }
+        "Quota" => {
+            let spec = v.get("spec");
+            let has = |f: &str| spec.and_then(|s| s.get(f)).is_some_and(|x| !x.is_null());
+            let level = if has("pool") {
+                "pool"
+            } else if has("project") {
+                "project"
+            } else {
+                "tenant"
+            };
+            r.push(level.to_string());
+            let owner = [("tenant", "/spec/tenant"), ("project", "/spec/project")]
+                .iter()
+                .find(|(_, p)| !str_at(v, p).is_empty())
+                .map(|(k, p)| format!("{k}={}", str_at(v, p)));
+            let pool = Some(str_at(v, "/spec/pool"))
+                .filter(|p| !p.is_empty())
+                .map(|p| format!("pool({p})"));
+            r.push(
+                [owner, pool]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+            r.push(quota_usage(v));
+        }
+        "PriorityClass" => {
+            r.push(v.pointer("/spec/value").map_or_else(String::new, Value::to_string));
+            r.push(
+                Some(str_at(v, "/spec/preemptionPolicy"))
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or("PreemptLowerPriority")
+                    .to_string(),
+            );
+            let default = v.pointer("/spec/globalDefault").and_then(Value::as_bool);
+            r.push(if default == Some(true) { "yes" } else { "-" }.into());
+        }
+        "Queue" => r.push(v.pointer("/spec/weight").map_or("1".into(), Value::to_string)),
         _ => {}
     }
     r.push(age(v, now));

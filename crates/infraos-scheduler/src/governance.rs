@@ -497,6 +497,14 @@ impl Snapshot {
         self.gov.generation += 1;
     }
 
+    /// Records that an allocation is being preempted (its resources are about to come free),
+    /// ahead of the watch event that says so.
+    pub fn mark_preempting(&mut self, key: &str) {
+        if let Some(a) = self.gov.allocs.get_mut(key) {
+            a.meta.preempting = true;
+        }
+    }
+
     /// Whether any pool quota exists (resource label changes then move usage between pools).
     pub(crate) fn has_pool_quotas(&self) -> bool {
         self.gov.quotas.iter().any(|q| q.pool.is_some())

@@ -10,7 +10,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use infraos_api::kinds::{ClassKind, ResourceClassSpec, TenantSpec};
+use infraos_api::kinds::{
+    ClassKind, DEFAULT_QUEUE, ITEMS_DIMENSION, PriorityClassSpec, ProjectSpec, QueueSpec,
+    QuotaSpec, ResourceClassSpec, TenantSpec,
+};
 use infraos_api::validation::Errors;
 use infraos_api::{KindInfo, Object, TypedObject};
 use infraos_store::Store;
@@ -72,6 +75,125 @@ async fn require_project(store: &dyn Store, namespace: &str) -> Result<(), ApiEr
 
 use infraos_api::Kind as _;
 
+/// Fills in what the server derives from other objects: a Claim's priority, from its
+/// PriorityClass (or the global default class), as Kubernetes does for Pods. On update the
+/// stored value is kept, so a class's value changing later does not change existing claims.
+pub async fn default(
+    store: &dyn Store,
+    object: &mut TypedObject,
+    old: Option<&TypedObject>,
+) -> Result<(), ApiError> {
+    let TypedObject::Claim(claim) = object else {
+        return Ok(());
+    };
+    if let Some(TypedObject::Claim(old)) = old {
+        if claim.spec.priority.is_none() && claim.spec.priority_class_name == old.spec.priority_class_name {
+            claim.spec.priority = old.spec.priority;
+        }
+        if claim.spec.priority_class_name.is_none() {
+            claim.spec.priority_class_name = old.spec.priority_class_name.clone();
+        }
+        return Ok(());
+    }
+    let name = claim.metadata.name.clone();
+    let class = match &claim.spec.priority_class_name {
+        Some(class_name) => match get_typed::<PriorityClassSpec>(store, class_name).await? {
+            Some(class) => Some(class),
+            None => {
+                return Err(ApiError::invalid_field(
+                    "Claim",
+                    &name,
+                    "spec.priorityClassName",
+                    format!("PriorityClass {class_name:?} not found"),
+                ));
+            }
+        },
+        None => {
+            let all = store
+                .range(&objects::prefix(PriorityClassSpec::INFO, None), None, 0)
+                .await?;
+            let mut default: Option<Object<PriorityClassSpec>> = None;
+            for kv in &all.kvs {
+                let class = decode_typed::<PriorityClassSpec>(kv)?;
+                // Several global defaults: the highest value wins, as documented.
+                if class.spec.global_default
+                    && default
+                        .as_ref()
+                        .is_none_or(|d| class.spec.value > d.spec.value)
+                {
+                    default = Some(class);
+                }
+            }
+            default
+        }
+    };
+    let value = class.as_ref().map(|c| c.spec.value);
+    if let Some(given) = claim.spec.priority
+        && Some(given) != value.or(Some(0))
+    {
+        return Err(ApiError::invalid_field(
+            "Claim",
+            &name,
+            "spec.priority",
+            "is set by the server from spec.priorityClassName; leave it out",
+        ));
+    }
+    if let Some(class) = class {
+        claim.spec.priority_class_name = Some(class.metadata.name.clone());
+        claim.spec.priority = Some(class.spec.value);
+    }
+    Ok(())
+}
+
+/// Checks that a Quota's classes and dimensions exist and its tenant or project does.
+async fn admit_quota(
+    store: &dyn Store,
+    classes: &ClassCache,
+    quota: &Object<QuotaSpec>,
+    errors: &mut Errors,
+) -> Result<(), ApiError> {
+    if let Some(tenant) = &quota.spec.tenant
+        && get_typed::<TenantSpec>(store, tenant).await?.is_none()
+    {
+        errors.add("spec.tenant", format!("Tenant {tenant:?} not found"));
+    }
+    if let Some(project) = &quota.spec.project
+        && get_typed::<ProjectSpec>(store, project).await?.is_none()
+    {
+        errors.add("spec.project", format!("Project {project:?} not found"));
+    }
+    for (field, amounts) in [
+        ("spec.limits", &quota.spec.limits),
+        ("spec.borrowingLimit", &quota.spec.borrowing_limit),
+    ] {
+        for (class_name, dims) in amounts {
+            let Some(class) = classes.get(store, class_name).await? else {
+                errors.add(
+                    format!("{field}.{class_name}"),
+                    format!("ResourceClass {class_name:?} not found"),
+                );
+                continue;
+            };
+            for dim in dims.keys() {
+                let known = match class.kind {
+                    ClassKind::Counted => class.has_dimension(dim),
+                    ClassKind::Items => dim == ITEMS_DIMENSION,
+                };
+                if !known {
+                    let expected = match class.kind {
+                        ClassKind::Counted => format!("class {class_name:?} has no dimension {dim:?}"),
+                        ClassKind::Items => format!(
+                            "class {class_name:?} has items: limit their number with {ITEMS_DIMENSION:?}"
+                        ),
+                    };
+                    errors.add(format!("{field}.{class_name}.{dim}"), expected);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks a new object against the objects it refers to.
 pub async fn admit(
     store: &dyn Store,
@@ -117,8 +239,21 @@ pub async fn admit(
                 .validate_against_class(&class)
                 .map_err(|e| ApiError::invalid("Resource", &meta.name, &e))?;
         }
+        TypedObject::Quota(quota) => {
+            let mut errors = Errors::default();
+            admit_quota(store, classes, quota, &mut errors).await?;
+            return errors
+                .into_result()
+                .map_err(|e| ApiError::invalid("Quota", &meta.name, &e));
+        }
         TypedObject::Claim(claim) => {
             let mut errors = Errors::default();
+            if let Some(queue) = &claim.spec.queue
+                && queue != DEFAULT_QUEUE
+                && get_typed::<QueueSpec>(store, queue).await?.is_none()
+            {
+                errors.add("spec.queue", format!("Queue {queue:?} not found"));
+            }
             for (i, request) in claim.spec.requests.iter().enumerate() {
                 let Some(class) = classes.get(store, &request.class).await? else {
                     errors.add(

@@ -12,7 +12,7 @@
 
 use infraos_api::kinds::{
     Allocation, AllocationPhase, AllocationSpec, AllocationStatus, Claim, ClaimPhase, ClaimRef,
-    Lease, NODE_LABEL,
+    Lease, NODE_LABEL, Preemption,
 };
 use infraos_api::{Duration, Object, OwnerReference, Time};
 use infraos_scheduler::Placement;
@@ -25,6 +25,8 @@ pub enum LeaseError {
     Expired(Time),
     #[error("the allocation is {0}")]
     Ended(&'static str),
+    #[error("the allocation is being preempted by {0}; it cannot be renewed")]
+    Preempting(String),
 }
 
 /// What the lease controller should do about an allocation now.
@@ -77,6 +79,10 @@ pub fn allocate(
             snapshot_revision,
             workload: claim.spec.workload.clone(),
             renew_policy: claim.spec.lease.renew_policy,
+            priority: claim.spec.priority.unwrap_or(0),
+            queue: claim.spec.queue.clone(),
+            group: claim.spec.group.as_ref().map(|g| g.name.clone()),
+            borrowing: placement.borrowing,
         },
     );
     allocation.metadata.uid = uuid::Uuid::new_v4().to_string();
@@ -108,6 +114,7 @@ pub fn allocate(
         end_time: None,
         reason: None,
         workload: None,
+        preemption: None,
     });
     let status = claim.status.get_or_insert_with(Default::default);
     status.phase = ClaimPhase::Allocated;
@@ -148,6 +155,9 @@ pub fn renew(
     duration: Duration,
 ) -> Result<Time, LeaseError> {
     let status = active_lease(claim, allocation)?;
+    if let Some(p) = &status.preemption {
+        return Err(LeaseError::Preempting(p.by.clone()));
+    }
     if !status.lease.can_renew(now) {
         return Err(LeaseError::Expired(status.lease.expire_time));
     }
@@ -226,6 +236,66 @@ pub fn lose(claim: Option<&mut Claim>, allocation: &mut Allocation, now: Time) {
     }
 }
 
+/// Starts preempting an allocation: its lease is cut to end `grace` from now (the agent
+/// stops the workload at `expireTime − stopGrace`, that is now), and it can no longer be
+/// renewed. Its resources are freed like any lease, after `expireTime` plus the skew margin,
+/// so the preemptor never runs beside a victim that has not stopped.
+pub fn preempt(
+    claim: Option<&mut Claim>,
+    allocation: &mut Allocation,
+    now: Time,
+    preemption: Preemption,
+) {
+    let grace = allocation
+        .spec
+        .workload
+        .as_ref()
+        .map_or(Duration::from_millis(0), |w| w.stop_grace);
+    let status = allocation.status.get_or_insert_with(Default::default);
+    let cut = now.plus(grace);
+    if cut < status.lease.expire_time {
+        status.lease.expire_time = cut;
+    }
+    let expire = status.lease.expire_time;
+    let message = format!(
+        "preempted by {}: {}; the lease now ends at {expire}",
+        preemption.by, preemption.reason
+    );
+    status.preemption = Some(preemption);
+    if let Some(claim) = claim {
+        let s = claim.status.get_or_insert_with(Default::default);
+        s.expire_time = Some(expire);
+        s.reason = Some("Preempting".into());
+        s.message = Some(message);
+    }
+}
+
+/// Ends a preempted allocation once its cut lease is over (plus the margin), and puts its
+/// claim back in the queue: nothing is lost, the claim is placed again when room returns.
+pub fn end_preempted(claim: Option<&mut Claim>, allocation: &mut Allocation, now: Time) {
+    let status = allocation.status.get_or_insert_with(Default::default);
+    status.phase = AllocationPhase::Preempted;
+    status.end_time = Some(now);
+    status.reason = Some("Preempted".into());
+    let by = status
+        .preemption
+        .as_ref()
+        .map(|p| p.by.clone())
+        .unwrap_or_default();
+    if let Some(claim) = claim {
+        let s = claim.status.get_or_insert_with(Default::default);
+        if s.phase == ClaimPhase::Allocated {
+            s.phase = ClaimPhase::Pending;
+            s.allocation = None;
+            s.node = None;
+            s.expire_time = None;
+            s.reason = Some("Preempted".into());
+            s.message = Some(format!("preempted by {by}; requeued"));
+            s.last_transition_time = Some(now);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,6 +313,7 @@ mod tests {
             resources: vec![],
             score: ScoreBreakdown::default(),
             runner_up: None,
+            borrowing: false,
         };
         let alloc = allocate(&mut claim, &placement, t(1_000), 7);
         (claim, alloc)
@@ -286,6 +357,35 @@ mod tests {
         assert_eq!(
             expiry_action(&alloc, t(16_001), margin),
             ExpiryAction::Expire
+        );
+    }
+
+    #[test]
+    fn preemption_cuts_the_lease_and_requeues_the_claim() {
+        let (mut claim, mut alloc) = placed();
+        preempt(
+            Some(&mut claim),
+            &mut alloc,
+            t(2_000),
+            Preemption {
+                by: "p/urgent".into(),
+                time: t(2_000),
+                reason: "priority 100 preempts priority 0".into(),
+            },
+        );
+        let status = alloc.status.as_ref().unwrap();
+        assert_eq!(status.lease.expire_time, t(2_000), "no workload: no grace");
+        assert!(matches!(
+            renew(&mut claim, &mut alloc, t(2_001), Duration::from_secs(10)),
+            Err(LeaseError::Preempting(by)) if by == "p/urgent"
+        ));
+        end_preempted(Some(&mut claim), &mut alloc, t(9_000));
+        let s = claim.status.as_ref().unwrap();
+        assert_eq!(s.phase, ClaimPhase::Pending);
+        assert_eq!(s.reason.as_deref(), Some("Preempted"));
+        assert_eq!(
+            alloc.status.as_ref().unwrap().phase,
+            AllocationPhase::Preempted
         );
     }
 

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use infraos_api::kinds::{Claim, NodeSpec, ResourceClassSpec, ResourceSpec};
 use infraos_api::object::decode;
 use infraos_client::{Client, ClientConfig};
-use infraos_scheduler::{Outcome, Profile, Scheduler, Snapshot};
+use infraos_scheduler::{AllocationMeta, Outcome, Profile, Scheduler, Snapshot};
 
 use crate::synthetic::{self, PROJECT, Synthetic};
 
@@ -219,7 +219,7 @@ fn scheduler_core(s: &Synthetic, batch: usize) -> anyhow::Result<(f64, usize)> {
             if let Outcome::Placed(p) = &d.outcome
                 && snapshot.fits(&p.resources).is_ok()
             {
-                snapshot.apply_allocation(&d.claim_key, &p.resources);
+                snapshot.apply_allocation(&d.claim_key, &p.resources, AllocationMeta::default());
                 placed += 1;
             }
         }

@@ -96,6 +96,25 @@ async fn describe_claim(client: &Client, claim: &Value, now: Time) -> anyhow::Re
     if let Some(reason) = claim.pointer("/status/reason").and_then(|v| v.as_str()) {
         println!("Reason:       {reason}");
     }
+    let priority = claim.pointer("/spec/priority").and_then(Value::as_i64).unwrap_or(0);
+    match claim.pointer("/spec/priorityClassName").and_then(|v| v.as_str()) {
+        Some(class) => println!("Priority:     {priority} ({class})"),
+        None => println!("Priority:     {priority}"),
+    }
+    println!(
+        "Queue:        {}",
+        claim
+            .pointer("/spec/queue")
+            .and_then(|v| v.as_str())
+            .unwrap_or("default")
+    );
+    if let Some(group) = claim.pointer("/spec/group") {
+        println!(
+            "Gang:         {} (all or nothing, at least {} members)",
+            s(group, "/name"),
+            group.get("minMembers").map(Value::to_string).unwrap_or_default()
+        );
+    }
     println!(
         "Lease:        {} per term, renew policy {}",
         s(claim, "/spec/lease/duration"),
@@ -210,6 +229,17 @@ async fn describe_claim(client: &Client, claim: &Value, now: Time) -> anyhow::Re
                     r.get("total").map(|v| v.to_string()).unwrap_or_default()
                 ),
                 None => println!("  Runner-up:  none (the only feasible candidate)"),
+            }
+            if alloc.pointer("/spec/borrowing").and_then(Value::as_bool) == Some(true) {
+                println!("  Borrowing:  yes (beyond its project's quota; reclaimed first)");
+            }
+            if let Some(p) = alloc.pointer("/status/preemption") {
+                println!(
+                    "  Preempted:  by {} at {}: {}",
+                    s(p, "/by"),
+                    s(p, "/time"),
+                    s(p, "/reason")
+                );
             }
         }
         Err(e) if e.is_not_found() => {

@@ -140,6 +140,7 @@ pub(crate) async fn act(
         if let Err(e) = outcome {
             let reason = match e {
                 LeaseError::Expired(_) => "lease expired",
+                LeaseError::Preempting(_) => "being preempted",
                 _ => "not allocated",
             };
             return Err(ApiError::conflict(

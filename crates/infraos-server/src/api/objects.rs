@@ -564,6 +564,7 @@ async fn create_inner(
     object
         .check()
         .map_err(|e| ApiError::invalid(info.kind, &name, &e))?;
+    admission::default(&*state.store, &mut object, None).await?;
     admission::admit(&*state.store, &state.classes, &object).await?;
     let now = state.clock.now();
     {
@@ -821,6 +822,7 @@ async fn commit_update(
     })?;
     let mut object =
         TypedObject::decode(info, &desired).map_err(|e| ApiError::invalid(info.kind, name, &e))?;
+    admission::default(&*state.store, &mut object, Some(&old_typed)).await?;
     admission::admit_update(&object, &old_typed)?;
     admission::admit(&*state.store, &state.classes, &object).await?;
     // System finalizers are removed by the control plane only.

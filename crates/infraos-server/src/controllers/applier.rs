@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use infraos_api::Kind as _;
-use infraos_api::kinds::{AllocationSpec, Claim, ClaimSpec, Unschedulable};
-use infraos_scheduler::{Explanation, Outcome, Plan, Snapshot};
+use infraos_api::kinds::{AllocationSpec, Claim, ClaimSpec, Preemption, Unschedulable};
+use infraos_scheduler::{AllocationMeta, Explanation, Outcome, Plan, Snapshot, Victim};
 use infraos_store::{Compare, Txn};
 
 use crate::audit::{self, Actor, Record};
@@ -83,11 +83,15 @@ pub async fn commit(
                     applied.retry.push(decision.claim_key.clone());
                     continue;
                 }
-                snapshot.apply_allocation(&decision.claim_key, &placement.resources);
-                assumed.push(decision.claim_key.clone());
                 let mut claim = (*entry.claim).clone();
                 let allocation =
                     lease::allocate(&mut claim, placement, now, plan.snapshot_revision);
+                snapshot.apply_allocation(
+                    &decision.claim_key,
+                    &placement.resources,
+                    AllocationMeta::of(&allocation.spec, allocation.status.as_ref(), now.unix_millis()),
+                );
+                assumed.push(decision.claim_key.clone());
                 let alloc_bytes = encode_typed(&allocation);
                 let mut object = audit::object_ref("Allocation", claim.namespace(), claim.name());
                 object.uid = Some(allocation.metadata.uid.clone());
@@ -110,10 +114,49 @@ pub async fn commit(
                     .append(payload);
             }
             Outcome::Unschedulable(explanation) => {
+                unschedulable.push((decision.claim_key.clone(), entry.clone(), explanation.into()));
+            }
+            Outcome::Preempt(preemption) => {
+                let mut started = Vec::new();
+                for victim in &preemption.victims {
+                    match preempt_victim(state, snapshot, victim, &decision.claim_key).await {
+                        Ok(true) => started.push(victim),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(victim = %victim.allocation, error = %e, "preempting failed");
+                            applied.store_failed = true;
+                        }
+                    }
+                }
+                let at = preemption
+                    .node
+                    .as_deref()
+                    .map(|n| format!(" on node {n}"))
+                    .unwrap_or_default();
+                let names: Vec<String> = preemption
+                    .victims
+                    .iter()
+                    .map(|v| format!("{} (priority {})", v.allocation, v.priority))
+                    .collect();
+                let message = format!(
+                    "preempting {}{at}: {}; the claim is placed when they have stopped. {}",
+                    names.join(", "),
+                    preemption
+                        .victims
+                        .first()
+                        .map(|v| v.reason.as_str())
+                        .unwrap_or_default(),
+                    preemption.explanation.message()
+                );
+                tracing::info!(claim = %decision.claim_key, victims = started.len(), "preempting");
                 unschedulable.push((
                     decision.claim_key.clone(),
                     entry.clone(),
-                    explanation.clone(),
+                    Why {
+                        reason: "Preempting",
+                        message,
+                        explanation: preemption.explanation.clone(),
+                    },
                 ));
             }
         }
@@ -142,8 +185,8 @@ pub async fn commit(
             }
         }
     }
-    let writes = unschedulable.into_iter().map(|(key, entry, explanation)| {
-        write_unschedulable(state, key, entry, explanation, plan.snapshot_revision)
+    let writes = unschedulable.into_iter().map(|(key, entry, why)| {
+        write_unschedulable(state, key, entry, why, plan.snapshot_revision)
     });
     for (key, message) in join_all(writes).await.into_iter().flatten() {
         applied.unschedulable.push((key, message));
@@ -151,15 +194,140 @@ pub async fn commit(
     applied
 }
 
-/// Records why a claim fits nowhere, if that changed since the last attempt.
+/// Why a claim stays pending: a reason code, the message users read, and the counts.
+struct Why {
+    reason: &'static str,
+    message: String,
+    explanation: Explanation,
+}
+
+impl From<&Explanation> for Why {
+    fn from(explanation: &Explanation) -> Self {
+        Why {
+            reason: explanation.reason,
+            message: explanation.message(),
+            explanation: explanation.clone(),
+        }
+    }
+}
+
+/// Starts preempting one victim: cuts its lease (CAS on the allocation and its claim),
+/// audits it and records an event on both claims. `Ok(false)` when it no longer holds
+/// resources or is already being preempted.
+async fn preempt_victim(
+    state: &AppState,
+    snapshot: &mut Snapshot,
+    victim: &Victim,
+    preemptor: &str,
+) -> Result<bool, infraos_store::StoreError> {
+    let Some((ns, name)) = victim.allocation.split_once('/') else {
+        return Ok(false);
+    };
+    let alloc_key = objects::key(AllocationSpec::INFO, Some(ns), name);
+    let claim_key = objects::key(ClaimSpec::INFO, Some(ns), name);
+    let Some(alloc_kv) = state.store.get(&alloc_key).await? else {
+        return Ok(false);
+    };
+    let Ok(mut allocation) = objects::decode_typed::<AllocationSpec>(&alloc_kv) else {
+        return Ok(false);
+    };
+    let holds = allocation
+        .status
+        .as_ref()
+        .is_some_and(|s| s.phase.holds_resources() && s.preemption.is_none());
+    if !holds {
+        return Ok(false);
+    }
+    let claim_kv = state.store.get(&claim_key).await?;
+    let mut claim = claim_kv
+        .as_ref()
+        .and_then(|kv| objects::decode_typed::<ClaimSpec>(kv).ok());
+    let now = state.clock.now();
+    lease::preempt(
+        claim.as_mut(),
+        &mut allocation,
+        now,
+        Preemption {
+            by: preemptor.to_string(),
+            time: now,
+            reason: victim.reason.clone(),
+        },
+    );
+    let alloc_bytes = encode_typed(&allocation);
+    let mut object = audit::object_ref("Allocation", Some(ns), name);
+    object.uid = Some(allocation.metadata.uid.clone());
+    let payload = Record {
+        actor: &Actor::system("scheduler"),
+        verb: "preempt",
+        object,
+        code: 200,
+        reason: Some(format!("preempted by {preemptor}: {}", victim.reason)),
+        before: Some(&alloc_kv.value),
+        after: Some(&alloc_bytes),
+        node: allocation.spec.node.clone(),
+    }
+    .payload(now);
+    let mut txn = Txn::new()
+        .when(Compare::unchanged(alloc_key.clone(), alloc_kv.mod_revision))
+        .put(alloc_key, alloc_bytes)
+        .append(payload);
+    let expire = allocation
+        .status
+        .as_ref()
+        .map(|s| s.lease.expire_time.to_string())
+        .unwrap_or_default();
+    if let (Some(claim), Some(kv)) = (&claim, &claim_kv) {
+        let (event_key, event_bytes) = events::build(
+            &events::claim_ref(claim.name(), claim.namespace(), &claim.metadata.uid),
+            events::WARNING,
+            "Preempted",
+            &format!(
+                "preempted by {preemptor}: {}; the workload is stopped and the lease ends at {expire}",
+                victim.reason
+            ),
+            "scheduler",
+            now,
+        );
+        txn = txn
+            .when(Compare::unchanged(claim_key.clone(), kv.mod_revision))
+            .put(claim_key, encode_typed(claim))
+            .put(event_key, event_bytes);
+    }
+    if let Some((pns, pname)) = preemptor.split_once('/') {
+        let involved = events::claim_ref(pname, Some(pns), "");
+        let (event_key, event_bytes) = events::build(
+            &involved,
+            events::NORMAL,
+            "Preempting",
+            &format!(
+                "preempting {} (priority {}): {}",
+                victim.allocation, victim.priority, victim.reason
+            ),
+            "scheduler",
+            now,
+        );
+        txn = txn.put(event_key, event_bytes);
+    }
+    let out = state.store.txn(txn).await?;
+    if out.succeeded {
+        snapshot.mark_preempting(&victim.allocation);
+    }
+    Ok(out.succeeded)
+}
+
+/// Records why a claim stays pending, if that changed since the last attempt.
 async fn write_unschedulable(
     state: &AppState,
     key: String,
     entry: ClaimEntry,
-    explanation: Explanation,
+    why: Why,
     snapshot_revision: u64,
 ) -> Option<(String, String)> {
-    let message = explanation.message();
+    let Why {
+        reason,
+        message,
+        explanation,
+    } = why;
     let current = entry.claim.status.as_ref();
     if current.and_then(|s| s.message.as_deref()) == Some(message.as_str()) {
         return Some((key, message));
@@ -167,7 +335,7 @@ async fn write_unschedulable(
     let now = state.clock.now();
     let mut claim = (*entry.claim).clone();
     let status = claim.status.get_or_insert_with(Default::default);
-    status.reason = Some("Unschedulable".into());
+    status.reason = Some(reason.into());
     status.message = Some(message.clone());
     status.unschedulable = Some(Unschedulable {
         candidates: explanation.candidates,
@@ -179,8 +347,16 @@ async fn write_unschedulable(
     let involved = events::claim_ref(claim.name(), claim.namespace(), &claim.metadata.uid);
     let (event_key, event_bytes) = events::build(
         &involved,
-        events::WARNING,
-        "FailedScheduling",
+        if reason == "Preempting" {
+            events::NORMAL
+        } else {
+            events::WARNING
+        },
+        if reason == "Preempting" {
+            "Preempting"
+        } else {
+            "FailedScheduling"
+        },
         &message,
         "scheduler",
         now,
@@ -192,7 +368,7 @@ async fn write_unschedulable(
         verb: "schedule",
         object,
         code: 409,
-        reason: Some(format!("Unschedulable: {message}")),
+        reason: Some(format!("{reason}: {message}")),
         before: None,
         after: None,
         node: None,

@@ -162,6 +162,16 @@ async fn run(
     }
 }
 
+/// How an allocation whose lease is over ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Expired,
+    /// Its node is not ready: the claim is requeued.
+    Lost,
+    /// It was being preempted: the claim is requeued.
+    Preempted,
+}
+
 /// Expires one allocation if it is due; returns when to look again if it is not.
 async fn expire(state: &AppState, alloc_key: &str) -> Result<Option<i64>, crate::error::ApiError> {
     let Some(alloc_kv) = state.store.get(alloc_key).await? else {
@@ -197,16 +207,29 @@ async fn expire(state: &AppState, alloc_key: &str) -> Result<Option<i64>, crate:
         }
         None => false,
     };
-    if node_lost {
-        lease::lose(claim.as_mut(), &mut allocation, now);
-    } else {
-        lease::expire(claim.as_mut(), &mut allocation, now);
-    }
-    let (verb, reason) = if node_lost {
-        ("lose", "NodeLost")
-    } else {
-        ("expire", "LeaseExpired")
+    let preempted = allocation
+        .status
+        .as_ref()
+        .and_then(|s| s.preemption.as_ref())
+        .map(|p| p.by.clone());
+    let end = match (&preempted, node_lost) {
+        (Some(_), _) => End::Preempted,
+        (None, true) => End::Lost,
+        (None, false) => End::Expired,
     };
+    match end {
+        End::Preempted => lease::end_preempted(claim.as_mut(), &mut allocation, now),
+        End::Lost => lease::lose(claim.as_mut(), &mut allocation, now),
+        End::Expired => lease::expire(claim.as_mut(), &mut allocation, now),
+    }
+    let (verb, reason) = match end {
+        End::Preempted => ("end-preempted", "Preempted"),
+        End::Lost => ("lose", "NodeLost"),
+        End::Expired => ("expire", "LeaseExpired"),
+    };
+    // Lost and preempted claims are requeued: not over, so their allocation makes way for
+    // the next one.
+    let requeued = end != End::Expired;
     let alloc_bytes = encode_typed(&allocation);
     let mut object = audit::object_ref("Allocation", allocation.namespace(), allocation.name());
     object.uid = Some(allocation.metadata.uid.clone());
@@ -225,8 +248,8 @@ async fn expire(state: &AppState, alloc_key: &str) -> Result<Option<i64>, crate:
         alloc_key.to_string(),
         alloc_kv.mod_revision,
     ));
-    // A lost allocation makes way for the claim's next one (same name, higher epoch).
-    let mut txn = if node_lost {
+    // A requeued claim's allocation makes way for its next one (same name, higher epoch).
+    let mut txn = if requeued {
         txn.delete(alloc_key.to_string())
     } else {
         txn.put(alloc_key.to_string(), alloc_bytes)
@@ -236,22 +259,33 @@ async fn expire(state: &AppState, alloc_key: &str) -> Result<Option<i64>, crate:
         (Some(claim), Some(kv)) => {
             let expired_at = allocation.status.as_ref().map(|s| s.lease.expire_time);
             let at = expired_at.map(|t| t.to_string()).unwrap_or_default();
-            let message = if node_lost {
-                format!(
-                    "node {} is not ready and the lease ended at {at}; the claim is requeued",
-                    allocation.spec.node.as_deref().unwrap_or_default()
-                )
-            } else {
-                format!("lease expired at {at} and was freed after the skew margin")
+            let (kind, event_reason, message) = match end {
+                End::Preempted => (
+                    events::WARNING,
+                    "Requeued",
+                    format!(
+                        "preempted by {}; the workload's grace ended at {at}; the claim is requeued",
+                        preempted.as_deref().unwrap_or_default()
+                    ),
+                ),
+                End::Lost => (
+                    events::WARNING,
+                    "Lost",
+                    format!(
+                        "node {} is not ready and the lease ended at {at}; the claim is requeued",
+                        allocation.spec.node.as_deref().unwrap_or_default()
+                    ),
+                ),
+                End::Expired => (
+                    events::NORMAL,
+                    "Expired",
+                    format!("lease expired at {at} and was freed after the skew margin"),
+                ),
             };
             let (event_key, event_bytes) = events::build(
                 &events::claim_ref(claim.name(), claim.namespace(), &claim.metadata.uid),
-                if node_lost {
-                    events::WARNING
-                } else {
-                    events::NORMAL
-                },
-                if node_lost { "Lost" } else { "Expired" },
+                kind,
+                event_reason,
                 &message,
                 "lease-controller",
                 now,

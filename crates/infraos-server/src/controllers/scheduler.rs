@@ -11,21 +11,26 @@
 //! queued nor known unschedulable; the store, not this loop, is the source of truth, and a
 //! stale decision is caught by the applier's compare-and-swap.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use infraos_api::Kind as _;
 use infraos_api::kinds::{
-    AllocationSpec, ClaimPhase, ClaimSpec, NodeSpec, ResourceClassSpec, ResourceSpec,
+    AllocationSpec, ClaimPhase, ClaimSpec, ClassAmounts, NodeSpec, PriorityClassSpec, ProjectSpec, QueueSpec,
+    QuotaSpec, ResourceClassSpec, ResourceSpec,
 };
-use infraos_scheduler::{Scheduler, Snapshot};
+use infraos_scheduler::{AllocationMeta, Scheduler, Snapshot};
 use infraos_store::{EventKind, KeyValue};
 use tokio::sync::{mpsc, watch};
 
 use super::applier::{self, ClaimEntry};
+use super::pending::PendingQueue;
 use crate::ServerError;
+use crate::audit::Actor;
+use crate::error::ApiError;
+use crate::update::{self, Audit, Decision, Target};
 use crate::objects::{self, decode_typed};
 use crate::reflector::{self, Change};
 use crate::state::AppState;
@@ -37,14 +42,22 @@ enum Source {
     Resources,
     Allocations,
     Claims,
+    PriorityClasses,
+    Queues,
+    Quotas,
+    Projects,
 }
 
-const SOURCES: [Source; 5] = [
+const SOURCES: [Source; 9] = [
     Source::Classes,
     Source::Nodes,
     Source::Resources,
     Source::Allocations,
     Source::Claims,
+    Source::PriorityClasses,
+    Source::Queues,
+    Source::Quotas,
+    Source::Projects,
 ];
 
 const REQUEUE_INTERVAL: Duration = Duration::from_secs(1);
@@ -56,8 +69,7 @@ struct Controller {
     snapshot: Snapshot,
     /// Pending claims by `namespace/name`.
     claims: HashMap<String, ClaimEntry>,
-    queue: VecDeque<String>,
-    queued: HashSet<String>,
+    queue: PendingQueue,
     /// Claims that fit nowhere last time, with the message recorded.
     unschedulable: HashMap<String, String>,
     /// Revisions our own commits produced: claim events up to them are echoes to ignore.
@@ -68,7 +80,13 @@ struct Controller {
     synced: HashSet<Source>,
     cluster_changed: bool,
     last_requeue: Instant,
+    /// Quota figures as last written to each Quota's status.
+    quota_written: HashMap<String, (ClassAmounts, ClassAmounts)>,
+    quota_generation: u64,
+    last_quota_write: Instant,
 }
+
+const QUOTA_STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Starts the reflectors and the scheduling loop.
 pub fn spawn(
@@ -84,6 +102,10 @@ pub fn spawn(
             Source::Resources => objects::prefix(ResourceSpec::INFO, None),
             Source::Allocations => objects::prefix(AllocationSpec::INFO, None),
             Source::Claims => objects::prefix(ClaimSpec::INFO, None),
+            Source::PriorityClasses => objects::prefix(PriorityClassSpec::INFO, None),
+            Source::Queues => objects::prefix(QueueSpec::INFO, None),
+            Source::Quotas => objects::prefix(QuotaSpec::INFO, None),
+            Source::Projects => objects::prefix(ProjectSpec::INFO, None),
         };
         tokio::spawn(reflector::run(
             state.store.clone(),
@@ -98,8 +120,7 @@ pub fn spawn(
         scheduler,
         snapshot: Snapshot::new(),
         claims: HashMap::new(),
-        queue: VecDeque::new(),
-        queued: HashSet::new(),
+        queue: PendingQueue::default(),
         unschedulable: HashMap::new(),
         committed: HashMap::new(),
         own_allocations: HashMap::new(),
@@ -107,6 +128,9 @@ pub fn spawn(
         synced: HashSet::new(),
         cluster_changed: false,
         last_requeue: Instant::now(),
+        quota_written: HashMap::new(),
+        quota_generation: u64::MAX,
+        last_quota_write: Instant::now(),
     };
     Ok(tokio::spawn(controller.run(rx, shutdown)))
 }
@@ -127,7 +151,8 @@ impl Controller {
     ) {
         let mut last_full_retry = Instant::now();
         loop {
-            let wait = if self.unschedulable.is_empty() {
+            let quota_behind = self.snapshot.governance_generation() != self.quota_generation;
+            let wait = if self.unschedulable.is_empty() && !quota_behind {
                 FULL_RETRY_INTERVAL
             } else {
                 REQUEUE_INTERVAL
@@ -161,6 +186,9 @@ impl Controller {
                     self.handle(c);
                 }
             }
+            if !backoff {
+                self.write_quota_status().await;
+            }
             if backoff
                 && reflector::sleep_or_shutdown(&mut shutdown, Duration::from_millis(500)).await
             {
@@ -179,9 +207,17 @@ impl Controller {
     }
 
     fn enqueue(&mut self, key: String) {
-        if self.queued.insert(key.clone()) {
-            self.queue.push_back(key);
-        }
+        let Some(entry) = self.claims.get(&key) else {
+            return;
+        };
+        let claim = &entry.claim;
+        let priority = infraos_scheduler::claim_priority(&self.snapshot, claim).0;
+        let gang = claim
+            .spec
+            .group
+            .as_ref()
+            .map(|g| format!("{}/{}", claim.namespace().unwrap_or_default(), g.name));
+        self.queue.push(key, priority, gang);
     }
 
     fn handle(&mut self, change: Change<Source>) {
@@ -254,7 +290,16 @@ impl Controller {
             Source::Allocations => decode_typed::<AllocationSpec>(kv).map(|a| {
                 let holds = a.status.as_ref().is_some_and(|s| s.phase.holds_resources());
                 if holds {
-                    self.snapshot.apply_allocation(&id, &a.spec.resources);
+                    let created = a
+                        .metadata
+                        .creation_timestamp
+                        .map_or(0, |t| t.unix_millis());
+                    let meta = AllocationMeta::of(&a.spec, a.status.as_ref(), created);
+                    if meta.preempting {
+                        // Claims waiting for preemption look again when victims end.
+                        self.cluster_changed = true;
+                    }
+                    self.snapshot.apply_allocation(&id, &a.spec.resources, meta);
                 } else {
                     self.snapshot.remove_allocation(&id);
                     self.cluster_changed = true;
@@ -262,6 +307,20 @@ impl Controller {
             }),
             Source::Claims => decode_typed::<ClaimSpec>(kv)
                 .map(|c| self.upsert_claim(id.clone(), kv.mod_revision, c)),
+            Source::PriorityClasses => decode_typed::<PriorityClassSpec>(kv).map(|p| {
+                self.snapshot.upsert_priority_class(&id, &p.spec);
+                self.cluster_changed = true;
+            }),
+            Source::Queues => decode_typed::<QueueSpec>(kv).map(|q| {
+                self.snapshot.upsert_queue(&id, q.spec.weight);
+            }),
+            Source::Quotas => decode_typed::<QuotaSpec>(kv).map(|q| {
+                self.snapshot.upsert_quota(&id, &q.spec);
+                self.cluster_changed = true;
+            }),
+            Source::Projects => decode_typed::<ProjectSpec>(kv).map(|p| {
+                self.snapshot.upsert_project(&id, &p.spec.tenant);
+            }),
         };
         if let Err(e) = result {
             tracing::error!(key = %kv.key, error = ?e, "cannot decode a stored object; ignoring it");
@@ -310,20 +369,29 @@ impl Controller {
                 self.cluster_changed = true;
             }
             Source::Claims => self.forget_claim(id),
+            Source::PriorityClasses => self.snapshot.remove_priority_class(id),
+            Source::Queues => self.snapshot.remove_queue(id),
+            Source::Quotas => {
+                self.snapshot.remove_quota(id);
+                self.cluster_changed = true;
+            }
+            Source::Projects => self.snapshot.remove_project(id),
         }
     }
 
-    /// Places up to one batch of queued claims; returns true when the store failed.
+    /// Decides up to one batch of the queued claims, chosen by the scheduler's fair order
+    /// over all of them; returns true when the store failed.
     async fn schedule_batch(&mut self) -> bool {
         let max = self.state.config.scheduler_batch.max(1);
-        let mut batch: Vec<(String, Arc<infraos_api::kinds::Claim>)> = Vec::with_capacity(max);
-        while batch.len() < max {
-            let Some(key) = self.queue.pop_front() else {
-                break;
-            };
-            self.queued.remove(&key);
-            if let Some(entry) = self.claims.get(&key) {
-                batch.push((key, Arc::clone(&entry.claim)));
+        // The scheduler orders by fair share within a window of the queue's head (highest
+        // priorities, oldest first), wide enough for that order to matter.
+        let window = self.queue.window(max.saturating_mul(4).max(1024));
+        let mut batch: Vec<(String, Arc<infraos_api::kinds::Claim>)> =
+            Vec::with_capacity(window.len());
+        for key in window {
+            match self.claims.get(&key) {
+                Some(entry) => batch.push((key, Arc::clone(&entry.claim))),
+                None => self.queue.remove(&key),
             }
         }
         if batch.is_empty() {
@@ -331,7 +399,16 @@ impl Controller {
         }
         let refs: Vec<(String, &infraos_api::kinds::Claim)> =
             batch.iter().map(|(k, c)| (k.clone(), c.as_ref())).collect();
-        let plan = self.scheduler.plan(&self.snapshot, &refs);
+        let now = self.state.clock.now().unix_millis();
+        let plan = self.scheduler.plan_at(&self.snapshot, &refs, now, max);
+        let decided: HashSet<&str> = plan
+            .decisions
+            .iter()
+            .map(|d| d.claim_key.as_str())
+            .collect();
+        for key in &decided {
+            self.queue.remove(key);
+        }
         let applied = applier::commit(&self.state, &mut self.snapshot, &plan, &self.claims).await;
         for (key, revision) in applied.committed {
             self.claims.remove(&key);
@@ -346,6 +423,69 @@ impl Controller {
             self.refresh_claim(&key).await;
         }
         applied.store_failed
+    }
+
+    /// Writes each Quota's usage to its status when it changed, at most once a second.
+    async fn write_quota_status(&mut self) {
+        let generation = self.snapshot.governance_generation();
+        if generation == self.quota_generation
+            || self.last_quota_write.elapsed() < QUOTA_STATUS_INTERVAL
+        {
+            return;
+        }
+        self.quota_generation = generation;
+        self.last_quota_write = Instant::now();
+        let revision = self.snapshot.revision();
+        let figures: Vec<(String, ClassAmounts, ClassAmounts)> = self
+            .snapshot
+            .quotas()
+            .iter()
+            .map(|q| (q.name.clone(), q.used(), q.borrowed()))
+            .filter(|(name, used, borrowed)| {
+                self.quota_written.get(name) != Some(&(used.clone(), borrowed.clone()))
+            })
+            .collect();
+        let actor = Actor::system("scheduler");
+        for (name, used, borrowed) in figures {
+            let result = update::update::<QuotaSpec, _>(
+                &self.state,
+                Target {
+                    namespace: None,
+                    name: &name,
+                    actor: &actor,
+                },
+                || ApiError::not_found("Quota", &name),
+                |quota, _| {
+                    let status = quota.status.get_or_insert_with(Default::default);
+                    if status.used == used && status.borrowed == borrowed {
+                        return Ok(Decision::Unchanged(()));
+                    }
+                    status.used = used.clone();
+                    status.borrowed = borrowed.clone();
+                    status.observed_revision = revision;
+                    Ok(Decision::Write {
+                        audit: Audit {
+                            verb: "update",
+                            subresource: Some("status"),
+                            reason: Some("quota usage".into()),
+                            node: None,
+                        },
+                        result: (),
+                    })
+                },
+            )
+            .await;
+            match result {
+                Ok(()) => {
+                    self.quota_written.insert(name, (used, borrowed));
+                }
+                Err(e) => {
+                    // Written again on the next change or pass.
+                    self.quota_generation = u64::MAX;
+                    tracing::debug!(quota = %name, error = %e, "cannot write quota status");
+                }
+            }
+        }
     }
 
     /// Re-reads a claim after a conflict, so the next attempt uses its current revision.
