@@ -307,7 +307,10 @@ fn row(info: &KindInfo, v: &Value, wide: bool, all_namespaces: bool, now: Time) 
             r.push(quota_usage(v));
         }
         "PriorityClass" => {
-            r.push(v.pointer("/spec/value").map_or_else(String::new, Value::to_string));
+            r.push(
+                v.pointer("/spec/value")
+                    .map_or_else(String::new, Value::to_string),
+            );
             r.push(
                 Some(str_at(v, "/spec/preemptionPolicy"))
                     .filter(|p| !p.is_empty())
@@ -317,7 +320,10 @@ fn row(info: &KindInfo, v: &Value, wide: bool, all_namespaces: bool, now: Time) 
             let default = v.pointer("/spec/globalDefault").and_then(Value::as_bool);
             r.push(if default == Some(true) { "yes" } else { "-" }.into());
         }
-        "Queue" => r.push(v.pointer("/spec/weight").map_or("1".into(), Value::to_string)),
+        "Queue" => r.push(
+            v.pointer("/spec/weight")
+                .map_or("1".into(), Value::to_string),
+        ),
         _ => {}
     }
     r.push(age(v, now));

@@ -87,7 +87,9 @@ pub async fn default(
         return Ok(());
     };
     if let Some(TypedObject::Claim(old)) = old {
-        if claim.spec.priority.is_none() && claim.spec.priority_class_name == old.spec.priority_class_name {
+        if claim.spec.priority.is_none()
+            && claim.spec.priority_class_name == old.spec.priority_class_name
+        {
             claim.spec.priority = old.spec.priority;
         }
         if claim.spec.priority_class_name.is_none() {
@@ -181,7 +183,9 @@ async fn admit_quota(
                 };
                 if !known {
                     let expected = match class.kind {
-                        ClassKind::Counted => format!("class {class_name:?} has no dimension {dim:?}"),
+                        ClassKind::Counted => {
+                            format!("class {class_name:?} has no dimension {dim:?}")
+                        }
                         ClassKind::Items => format!(
                             "class {class_name:?} has items: limit their number with {ITEMS_DIMENSION:?}"
                         ),

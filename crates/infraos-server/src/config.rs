@@ -99,6 +99,9 @@ impl ServerConfig {
         if ms(&self.agent_cert_ttl) < 10_000 {
             return Err("agentCertTtl: must be at least 10s".into());
         }
+        // A profile naming an unknown plugin or a bad weight stops the server here, not later
+        // in the scheduler.
+        infraos_scheduler::Scheduler::new(self.scheduler.clone()).map_err(|e| e.to_string())?;
         Ok(())
     }
 

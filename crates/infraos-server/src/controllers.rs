@@ -2,8 +2,8 @@
 //! runs them; with the embedded store the single server is always the leader.
 
 mod applier;
-mod pending;
 pub mod claims;
 pub mod lease;
 pub mod nodes;
+mod pending;
 pub mod scheduler;

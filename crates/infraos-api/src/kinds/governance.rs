@@ -241,7 +241,10 @@ impl Kind for QuotaSpec {
                 "give tenant or project, not both: a project belongs to one tenant",
             );
         }
-        for (field, name) in [("spec.tenant", &spec.tenant), ("spec.project", &spec.project)] {
+        for (field, name) in [
+            ("spec.tenant", &spec.tenant),
+            ("spec.project", &spec.project),
+        ] {
             if let Some(p) = name.as_deref().and_then(names::object_name_problem) {
                 errors.add(field, p);
             }
@@ -297,7 +300,9 @@ mod tests {
     fn limits(class: &str, dim: &str, q: &str) -> ClassAmounts {
         [(
             class.to_string(),
-            [(dim.to_string(), q.parse().unwrap())].into_iter().collect(),
+            [(dim.to_string(), q.parse().unwrap())]
+                .into_iter()
+                .collect(),
         )]
         .into_iter()
         .collect()

@@ -96,8 +96,14 @@ async fn describe_claim(client: &Client, claim: &Value, now: Time) -> anyhow::Re
     if let Some(reason) = claim.pointer("/status/reason").and_then(|v| v.as_str()) {
         println!("Reason:       {reason}");
     }
-    let priority = claim.pointer("/spec/priority").and_then(Value::as_i64).unwrap_or(0);
-    match claim.pointer("/spec/priorityClassName").and_then(|v| v.as_str()) {
+    let priority = claim
+        .pointer("/spec/priority")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    match claim
+        .pointer("/spec/priorityClassName")
+        .and_then(|v| v.as_str())
+    {
         Some(class) => println!("Priority:     {priority} ({class})"),
         None => println!("Priority:     {priority}"),
     }
@@ -112,7 +118,10 @@ async fn describe_claim(client: &Client, claim: &Value, now: Time) -> anyhow::Re
         println!(
             "Gang:         {} (all or nothing, at least {} members)",
             s(group, "/name"),
-            group.get("minMembers").map(Value::to_string).unwrap_or_default()
+            group
+                .get("minMembers")
+                .map(Value::to_string)
+                .unwrap_or_default()
         );
     }
     println!(

@@ -89,7 +89,11 @@ pub async fn commit(
                 snapshot.apply_allocation(
                     &decision.claim_key,
                     &placement.resources,
-                    AllocationMeta::of(&allocation.spec, allocation.status.as_ref(), now.unix_millis()),
+                    AllocationMeta::of(
+                        &allocation.spec,
+                        allocation.status.as_ref(),
+                        now.unix_millis(),
+                    ),
                 );
                 assumed.push(decision.claim_key.clone());
                 let alloc_bytes = encode_typed(&allocation);
@@ -114,7 +118,11 @@ pub async fn commit(
                     .append(payload);
             }
             Outcome::Unschedulable(explanation) => {
-                unschedulable.push((decision.claim_key.clone(), entry.clone(), explanation.into()));
+                unschedulable.push((
+                    decision.claim_key.clone(),
+                    entry.clone(),
+                    explanation.into(),
+                ));
             }
             Outcome::Preempt(preemption) => {
                 let mut started = Vec::new();

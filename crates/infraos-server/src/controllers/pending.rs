@@ -39,7 +39,8 @@ impl PendingQueue {
         let Some((priority, seq, gang)) = self.entries.remove(key) else {
             return;
         };
-        self.order.remove(&(Reverse(priority), seq, key.to_string()));
+        self.order
+            .remove(&(Reverse(priority), seq, key.to_string()));
         if let Some(g) = gang
             && let Some(members) = self.gangs.get_mut(&g)
         {

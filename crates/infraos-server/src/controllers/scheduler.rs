@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use infraos_api::Kind as _;
 use infraos_api::kinds::{
-    AllocationSpec, ClaimPhase, ClaimSpec, ClassAmounts, NodeSpec, PriorityClassSpec, ProjectSpec, QueueSpec,
-    QuotaSpec, ResourceClassSpec, ResourceSpec,
+    AllocationSpec, ClaimPhase, ClaimSpec, ClassAmounts, NodeSpec, PriorityClassSpec, ProjectSpec,
+    QueueSpec, QuotaSpec, ResourceClassSpec, ResourceSpec,
 };
-use infraos_scheduler::{AllocationMeta, Scheduler, Snapshot};
+use infraos_scheduler::planner::WAITING_FOR_PREEMPTION;
+use infraos_scheduler::{AllocationMeta, Outcome, Scheduler, Snapshot};
 use infraos_store::{EventKind, KeyValue};
 use tokio::sync::{mpsc, watch};
 
@@ -30,10 +31,10 @@ use super::pending::PendingQueue;
 use crate::ServerError;
 use crate::audit::Actor;
 use crate::error::ApiError;
-use crate::update::{self, Audit, Decision, Target};
 use crate::objects::{self, decode_typed};
 use crate::reflector::{self, Change};
 use crate::state::AppState;
+use crate::update::{self, Audit, Decision, Target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Source {
@@ -80,6 +81,10 @@ struct Controller {
     synced: HashSet<Source>,
     cluster_changed: bool,
     last_requeue: Instant,
+    /// Claims waiting for their preemption victims to end: requeued the moment an
+    /// allocation frees resources (not after the requeue interval), so that they, being of
+    /// higher priority, go before the victims' own requeued claims.
+    preemptors: HashSet<String>,
     /// Quota figures as last written to each Quota's status.
     quota_written: HashMap<String, (ClassAmounts, ClassAmounts)>,
     quota_generation: u64,
@@ -128,6 +133,7 @@ pub fn spawn(
         synced: HashSet::new(),
         cluster_changed: false,
         last_requeue: Instant::now(),
+        preemptors: HashSet::new(),
         quota_written: HashMap::new(),
         quota_generation: u64::MAX,
         last_quota_write: Instant::now(),
@@ -290,10 +296,7 @@ impl Controller {
             Source::Allocations => decode_typed::<AllocationSpec>(kv).map(|a| {
                 let holds = a.status.as_ref().is_some_and(|s| s.phase.holds_resources());
                 if holds {
-                    let created = a
-                        .metadata
-                        .creation_timestamp
-                        .map_or(0, |t| t.unix_millis());
+                    let created = a.metadata.creation_timestamp.map_or(0, |t| t.unix_millis());
                     let meta = AllocationMeta::of(&a.spec, a.status.as_ref(), created);
                     if meta.preempting {
                         // Claims waiting for preemption look again when victims end.
@@ -303,6 +306,7 @@ impl Controller {
                 } else {
                     self.snapshot.remove_allocation(&id);
                     self.cluster_changed = true;
+                    self.wake_preemptors();
                 }
             }),
             Source::Claims => decode_typed::<ClaimSpec>(kv)
@@ -352,7 +356,17 @@ impl Controller {
         }
     }
 
+    /// Requeues the claims that wait for preempted allocations to end.
+    fn wake_preemptors(&mut self) {
+        let keys: Vec<String> = self.preemptors.iter().cloned().collect();
+        for key in keys {
+            self.unschedulable.remove(&key);
+            self.enqueue(key);
+        }
+    }
+
     fn forget_claim(&mut self, id: &str) {
+        self.preemptors.remove(id);
         self.claims.remove(id);
         self.unschedulable.remove(id);
         self.committed.remove(id);
@@ -367,6 +381,7 @@ impl Controller {
                 self.own_allocations.remove(id);
                 self.snapshot.remove_allocation(id);
                 self.cluster_changed = true;
+                self.wake_preemptors();
             }
             Source::Claims => self.forget_claim(id),
             Source::PriorityClasses => self.snapshot.remove_priority_class(id),
@@ -408,6 +423,18 @@ impl Controller {
             .collect();
         for key in &decided {
             self.queue.remove(key);
+        }
+        for d in &plan.decisions {
+            let waits_for_victims = match &d.outcome {
+                Outcome::Preempt(_) => true,
+                Outcome::Unschedulable(e) => e.reason == WAITING_FOR_PREEMPTION,
+                Outcome::Placed(_) => false,
+            };
+            if waits_for_victims {
+                self.preemptors.insert(d.claim_key.clone());
+            } else {
+                self.preemptors.remove(&d.claim_key);
+            }
         }
         let applied = applier::commit(&self.state, &mut self.snapshot, &plan, &self.claims).await;
         for (key, revision) in applied.committed {

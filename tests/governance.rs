@@ -1,0 +1,428 @@
+//! Governance through a real server: quotas hold claims with a reason naming the level and
+//! dimension, usage shows in Quota status and `infraos get quota`, a higher-priority claim
+//! preempts the fewest lowest-priority allocations (audited, with events on both sides, and
+//! the victims requeued, not lost), gangs are placed whole, and bad references are refused
+//! at admission with the field named.
+
+// Test code: a panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+fn kind(p: &str) -> &'static infraos_api::KindInfo {
+    infraos_api::object::kind_by_plural(p).unwrap()
+}
+
+fn claim_with(name: &str, cpu: &str, extra: Value) -> Value {
+    let mut c = claim(name, cpu, "1h");
+    if let (Some(spec), Some(extra)) = (c["spec"].as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    c
+}
+
+const GOVERNANCE: &str = r#"
+apiVersion: infraos.io/v1
+kind: PriorityClass
+metadata: {name: batch}
+spec: {value: 10}
+---
+apiVersion: infraos.io/v1
+kind: PriorityClass
+metadata: {name: urgent}
+spec: {value: 1000}
+---
+apiVersion: infraos.io/v1
+kind: PriorityClass
+metadata: {name: polite}
+spec: {value: 2000, preemptionPolicy: Never}
+---
+apiVersion: infraos.io/v1
+kind: Quota
+metadata: {name: p-compute}
+spec:
+  project: p
+  limits: {compute: {cpu: "6"}}
+---
+apiVersion: infraos.io/v1
+kind: Quota
+metadata: {name: t-compute}
+spec:
+  tenant: t
+  limits: {compute: {cpu: "100"}}
+"#;
+
+async fn claims_by_phase(c: &infraos_client::Client) -> Vec<(String, String, String)> {
+    let (items, _) = c.list(kind("claims"), Some("p"), None).await.unwrap();
+    items
+        .iter()
+        .map(|i| {
+            (
+                i["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                phase(i).to_string(),
+                i["status"]["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn quotas_priorities_and_preemption_through_the_api() {
+    let server = TestServer::start_with_config("leaseSkewMargin: 1s\n").await;
+    let c = server.client();
+    apply_yaml(&c, &small_cluster(4)).await;
+    apply_yaml(&c, GOVERNANCE).await;
+
+    // Four 1-CPU batch claims fill the node (and 4 of the project's 6 CPUs).
+    for i in 0..4 {
+        let body = claim_with(&format!("b{i}"), "1", json!({"priorityClassName": "batch"}));
+        let created = c.create(kind("claims"), Some("p"), &body).await.unwrap();
+        assert_eq!(
+            created["spec"]["priority"], 10,
+            "admission copies the value"
+        );
+    }
+    eventually(Duration::from_secs(20), "4 allocated", || {
+        let c = c.clone();
+        async move {
+            let all = claims_by_phase(&c).await;
+            (all.iter().filter(|(_, p, _)| p == "Allocated").count() == 4).then_some(())
+        }
+    })
+    .await;
+    eventually(Duration::from_secs(20), "quota usage in status", || {
+        let c = c.clone();
+        async move {
+            let q = c.get(kind("quotas"), None, "p-compute").await.ok()?;
+            (q["status"]["used"]["compute"]["cpu"] == "4").then_some(())
+        }
+    })
+    .await;
+    let out = server.cli(&["get", "quota"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(
+        table.contains("project") && table.contains("compute/cpu 4/6"),
+        "{table}"
+    );
+
+    // 4 + 3 > 6: held by the project quota, with the level and dimension named.
+    c.create(
+        kind("claims"),
+        Some("p"),
+        &claim_with("big", "3", json!({})),
+    )
+    .await
+    .unwrap();
+    let big = eventually(Duration::from_secs(20), "big held by quota", || {
+        let c = c.clone();
+        async move {
+            let cl = c.get(kind("claims"), Some("p"), "big").await.ok()?;
+            (cl["status"]["reason"] == "QuotaExceeded").then_some(cl)
+        }
+    })
+    .await;
+    let message = big["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("quota p-compute (project level: project p)")
+            && message.contains("compute/cpu would be 7 of 6"),
+        "{message}"
+    );
+    c.delete(kind("claims"), Some("p"), "big").await.unwrap();
+
+    // A polite claim of the highest priority waits; it never preempts.
+    c.create(
+        kind("claims"),
+        Some("p"),
+        &claim_with("polite", "1", json!({"priorityClassName": "polite"})),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(20), "polite waits", || {
+        let c = c.clone();
+        async move {
+            let cl = c.get(kind("claims"), Some("p"), "polite").await.ok()?;
+            (cl["status"]["reason"] == "Unschedulable").then_some(())
+        }
+    })
+    .await;
+    c.delete(kind("claims"), Some("p"), "polite").await.unwrap();
+
+    // An urgent 2-CPU claim preempts exactly two batch claims.
+    c.create(
+        kind("claims"),
+        Some("p"),
+        &claim_with("urgent", "2", json!({"priorityClassName": "urgent"})),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(30), "urgent allocated", || {
+        let c = c.clone();
+        async move {
+            let cl = c.get(kind("claims"), Some("p"), "urgent").await.ok()?;
+            (phase(&cl) == "Allocated").then_some(())
+        }
+    })
+    .await;
+    let all = claims_by_phase(&c).await;
+    let requeued: Vec<&(String, String, String)> = all
+        .iter()
+        .filter(|(n, p, _)| n.starts_with('b') && p == "Pending")
+        .collect();
+    assert_eq!(requeued.len(), 2, "two victims back in the queue: {all:?}");
+    assert_eq!(
+        all.iter()
+            .filter(|(n, p, _)| n.starts_with('b') && p == "Allocated")
+            .count(),
+        2,
+        "{all:?}"
+    );
+    // Nothing is lost: the victims' claims still exist, their allocations are gone (a new
+    // one gets a higher fencing epoch), and both sides have events.
+    for (name, _, _) in &requeued {
+        assert!(
+            c.get(kind("allocations"), Some("p"), name)
+                .await
+                .unwrap_err()
+                .is_not_found()
+        );
+    }
+    let (events, _) = c.list(kind("events"), Some("p"), None).await.unwrap();
+    let reasons = |obj: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["spec"]["involvedObject"]["name"] == obj)
+            .map(|e| e["spec"]["reason"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert!(reasons("urgent").contains(&"Preempting".to_string()));
+    for (name, _, _) in &requeued {
+        let r = reasons(name);
+        assert!(r.contains(&"Preempted".to_string()), "{name}: {r:?}");
+        assert!(r.contains(&"Requeued".to_string()), "{name}: {r:?}");
+    }
+    // Each preemption is an audit record naming who preempted whom and why.
+    let page = c.audit_records(1, 10_000).await.unwrap();
+    let preempts: Vec<&Value> = page
+        .items
+        .iter()
+        .map(|r| &r.entry)
+        .filter(|e| e["verb"] == "preempt")
+        .collect();
+    assert_eq!(preempts.len(), 2, "{preempts:?}");
+    for e in &preempts {
+        let reason = e["result"]["reason"].as_str().unwrap_or("");
+        assert!(
+            reason.contains("preempted by p/urgent")
+                && reason.contains("priority 1000 preempts priority 10"),
+            "{reason}"
+        );
+    }
+    let out = server.cli(&["describe", "claim", "urgent", "-n", "p"]);
+    assert!(
+        stdout(&out).contains("Priority:     1000 (urgent)"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test]
+async fn gangs_are_placed_whole_through_the_api() {
+    let server = TestServer::start().await;
+    let c = server.client();
+    apply_yaml(&c, &small_cluster(4)).await;
+    let member = |i: usize| {
+        claim_with(
+            &format!("w{i}"),
+            "2",
+            json!({"group": {"name": "mpi", "minMembers": 3}}),
+        )
+    };
+    // Three 2-CPU members cannot all fit 4 CPUs: none is placed.
+    for i in 0..3 {
+        c.create(kind("claims"), Some("p"), &member(i))
+            .await
+            .unwrap();
+    }
+    eventually(Duration::from_secs(20), "gang held whole", || {
+        let c = c.clone();
+        async move {
+            let all = claims_by_phase(&c).await;
+            all.iter()
+                .all(|(_, p, r)| p == "Pending" && r == "GangIncomplete")
+                .then_some(())
+        }
+    })
+    .await;
+    let (allocs, _) = c.list(kind("allocations"), Some("p"), None).await.unwrap();
+    assert!(allocs.is_empty(), "no member placed: {allocs:?}");
+    // More room: all three are placed together.
+    apply_yaml(
+        &c,
+        r#"
+apiVersion: infraos.io/v1
+kind: Resource
+metadata: {name: n1-compute}
+spec:
+  class: compute
+  node: n1
+  capacity: {cpu: "6", memory: 64Gi}
+"#,
+    )
+    .await;
+    eventually(Duration::from_secs(30), "gang placed", || {
+        let c = c.clone();
+        async move {
+            let all = claims_by_phase(&c).await;
+            all.iter().all(|(_, p, _)| p == "Allocated").then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_governance_input_is_refused_with_the_field_named() {
+    let server = TestServer::start().await;
+    let c = server.client();
+    apply_yaml(&c, &small_cluster(4)).await;
+    let refused = |r: Result<Value, infraos_client::ClientError>, field: &str, words: &str| {
+        let e = r.expect_err("refused").to_string();
+        assert!(e.contains(field) && e.contains(words), "{e}");
+    };
+    refused(
+        c.create(
+            kind("claims"),
+            Some("p"),
+            &claim_with("a", "1", json!({"priorityClassName": "gold"})),
+        )
+        .await,
+        "spec.priorityClassName",
+        "PriorityClass \"gold\" not found",
+    );
+    refused(
+        c.create(
+            kind("claims"),
+            Some("p"),
+            &claim_with("b", "1", json!({"queue": "fast"})),
+        )
+        .await,
+        "spec.queue",
+        "Queue \"fast\" not found",
+    );
+    refused(
+        c.create(
+            kind("claims"),
+            Some("p"),
+            &claim_with("c", "1", json!({"priority": 5})),
+        )
+        .await,
+        "spec.priority",
+        "leave it out",
+    );
+    refused(
+        c.create(
+            kind("claims"),
+            Some("p"),
+            &claim_with("d", "1", json!({"group": {"name": "g", "minMembers": 0}})),
+        )
+        .await,
+        "spec.group.minMembers",
+        "between 1 and",
+    );
+    let quota = |spec: Value| json!({"apiVersion": "infraos.io/v1", "kind": "Quota", "metadata": {"name": "q"}, "spec": spec});
+    refused(
+        c.create(
+            kind("quotas"),
+            None,
+            &quota(json!({"project": "p", "limits": {"fpga": {"count": "1"}}})),
+        )
+        .await,
+        "spec.limits.fpga",
+        "ResourceClass \"fpga\" not found",
+    );
+    refused(
+        c.create(
+            kind("quotas"),
+            None,
+            &quota(json!({"project": "p", "limits": {"compute": {"cpus": "1"}}})),
+        )
+        .await,
+        "spec.limits.compute.cpus",
+        "no dimension",
+    );
+    refused(
+        c.create(
+            kind("quotas"),
+            None,
+            &quota(json!({"project": "nope", "limits": {"compute": {"cpu": "1"}}})),
+        )
+        .await,
+        "spec.project",
+        "not found",
+    );
+    refused(
+        c.create(
+            kind("quotas"),
+            None,
+            &quota(json!({"limits": {"compute": {"cpu": "1"}}})),
+        )
+        .await,
+        "spec",
+        "give the scope",
+    );
+    refused(
+        c.create(
+            kind("queues"),
+            None,
+            &json!({"apiVersion": "infraos.io/v1", "kind": "Queue", "metadata": {"name": "q"}, "spec": {"weight": 0}}),
+        )
+        .await,
+        "spec.weight",
+        "greater than 0",
+    );
+    refused(
+        c.create(
+            kind("priorityclasses"),
+            None,
+            &json!({"apiVersion": "infraos.io/v1", "kind": "PriorityClass", "metadata": {"name": "x"}, "spec": {"value": 2_000_000_000}}),
+        )
+        .await,
+        "spec.value",
+        "between",
+    );
+    // A profile naming an unknown plugin or a zero priority gap stops the server at start.
+    for (config, words) in [
+        (
+            "scheduler: {scores: {magic: 1}}\n",
+            "unknown score plugin \"magic\"",
+        ),
+        (
+            "scheduler: {preemption: {minPriorityGap: 0}}\n",
+            "minPriorityGap must be at least 1",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let init = std::process::Command::new(bin())
+            .args(["server", "init", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(init.status.success(), "{}", stderr(&init));
+        std::fs::write(dir.path().join("server.yaml"), config).unwrap();
+        let out = std::process::Command::new(bin())
+            .args(["server", "--data-dir"])
+            .arg(dir.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(words), "{}", stderr(&out));
+    }
+}
