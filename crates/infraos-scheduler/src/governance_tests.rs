@@ -439,6 +439,52 @@ fn a_claim_waits_for_victims_already_being_preempted() {
 }
 
 #[test]
+fn what_victims_free_is_held_for_the_preemptor() {
+    let mut snap = cluster(1, 4);
+    priority_class(
+        &mut snap,
+        "high",
+        100,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    let (a, b) = (
+        claim("p", "a", 2, serde_json::json!({})),
+        claim("p", "b", 2, serde_json::json!({})),
+    );
+    place_all(&mut snap, &[a.clone(), b.clone()]);
+    let mut s = scheduler();
+    let high = claim(
+        "p",
+        "high",
+        4,
+        serde_json::json!({"priorityClassName": "high"}),
+    );
+    let p = plan(&mut s, &snap, &[&high]);
+    assert!(matches!(outcome_of(&p, "p/high"), Outcome::Preempt(_)));
+    // The victims are being preempted; the first one ends, the second has not yet.
+    for c in [&a, &b] {
+        let parts = snap.allocation(&key(c)).unwrap().to_vec();
+        let mut m = meta(&snap, c, false);
+        m.preempting = true;
+        snap.apply_allocation(&key(c), &parts, m);
+    }
+    snap.remove_allocation("p/a");
+    // The requeued victim must not take the 2 CPUs that came free while high waits.
+    let p = plan(&mut s, &snap, &[&high, &a]);
+    assert_eq!(
+        explanation(outcome_of(&p, "p/high")).0,
+        WAITING_FOR_PREEMPTION
+    );
+    let (_, message) = explanation(outcome_of(&p, "p/a"));
+    assert!(message.contains("held for a preempting claim"), "{message}");
+    snap.remove_allocation("p/b");
+    let p = plan(&mut s, &snap, &[&high, &a]);
+    placement(outcome_of(&p, "p/high"));
+    // Once high is placed, its nomination is gone.
+    assert!(s.nominated.is_empty());
+}
+
+#[test]
 fn two_claims_in_one_batch_never_share_a_victim() {
     let mut snap = cluster(1, 4);
     priority_class(

@@ -158,6 +158,7 @@ pub(crate) enum Reject<'a> {
     Insufficient(&'a str),
     NoResource(&'a str),
     PoolQuota(&'a str),
+    Nominated,
     MissingTier(&'static str),
     WorkloadNeedsNode,
 }
@@ -193,6 +194,7 @@ impl std::fmt::Display for Reject<'_> {
             Reject::Insufficient(class) => write!(f, "insufficient {class}"),
             Reject::NoResource(class) => write!(f, "no {class}"),
             Reject::PoolQuota(quota) => write!(f, "pool quota {quota} exceeded"),
+            Reject::Nominated => f.write_str("held for a preempting claim of higher priority"),
             Reject::MissingTier(tier) => write!(f, "node lacks the {tier} tier"),
             Reject::WorkloadNeedsNode => f.write_str("a workload needs a node-bound request"),
         }
@@ -370,6 +372,10 @@ pub struct Scheduler {
     item_memo: ItemMemo,
     memo_entries: usize,
     scratch: Scratch,
+    /// Nodes where a claim waits for its preemption victims to end, with that claim and its
+    /// priority: claims of lower priority are kept off them meanwhile, so they cannot take
+    /// what the victims free (Kubernetes' nominated node).
+    pub(crate) nominated: HashMap<NodeId, (String, i32)>,
 }
 
 impl Scheduler {
@@ -386,11 +392,17 @@ impl Scheduler {
             item_memo: HashMap::new(),
             memo_entries: 0,
             scratch: Scratch::default(),
+            nominated: HashMap::new(),
         })
     }
 
     pub fn profile(&self) -> &Profile {
         &self.profile
+    }
+
+    /// Drops the nomination a claim holds (it was placed elsewhere, or deleted).
+    pub fn forget(&mut self, claim_key: &str) {
+        self.nominated.retain(|_, (k, _)| k != claim_key);
     }
 
     /// Decides every claim on `snapshot`, in fair order, without aging or a limit (what the
@@ -491,14 +503,20 @@ impl Scheduler {
                 return Some(self.preempt_for_quota(snapshot, &ctx, batch, block, explanation));
             }
         };
-        Some(match self.place(snapshot, &ctx, batch) {
+        let outcome = match self.place(snapshot, &ctx, batch) {
             Ok(mut placement) => {
                 placement.borrowing = borrowing;
                 batch.reserve(snapshot, &ctx, &placement);
                 Outcome::Placed(placement)
             }
             Err(explanation) => self.preempt_for_capacity(snapshot, &ctx, batch, explanation),
-        })
+        };
+        let waits = matches!(&outcome, Outcome::Preempt(_))
+            || matches!(&outcome, Outcome::Unschedulable(e) if e.reason == WAITING_FOR_PREEMPTION);
+        if !waits {
+            self.forget(key);
+        }
+        Some(outcome)
     }
 
     /// A gang: every pending member is placed in this batch, and unless at least
@@ -776,6 +794,13 @@ impl Scheduler {
             }
         }
         if let Some(n) = node {
+            if !self.nominated.is_empty()
+                && let Some((holder, priority)) = self.nominated.get(&n)
+                && holder.as_str() != ctx.key
+                && *priority > ctx.priority
+            {
+                return Err(Reject::Nominated);
+            }
             let entry = snapshot.node(n);
             if !entry.registered {
                 return Err(Reject::NodeNotRegistered);
@@ -1043,6 +1068,7 @@ impl Scheduler {
 
 /// A claim compiled for one decision: its requests, constraints and the quotas over it.
 pub(crate) struct ClaimCtx<'c> {
+    pub key: &'c str,
     pub namespace: &'c str,
     pub tenant: Option<&'c str>,
     pub claim: &'c Claim,
@@ -1089,6 +1115,7 @@ impl<'c> ClaimCtx<'c> {
             .collect();
         let (priority, policy) = claim_priority(snapshot, claim);
         Ok(ClaimCtx {
+            key,
             namespace,
             tenant,
             claim,

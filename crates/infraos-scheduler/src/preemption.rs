@@ -310,6 +310,9 @@ impl Scheduler {
             return Outcome::Unschedulable(explanation);
         };
         let name = snapshot.node(node).name.clone();
+        self.forget(ctx.key);
+        self.nominated
+            .insert(node, (ctx.key.to_string(), ctx.priority));
         Self::preemption_outcome(snapshot, batch, &units, &chosen, Some(name), explanation)
     }
 

@@ -367,6 +367,7 @@ impl Controller {
 
     fn forget_claim(&mut self, id: &str) {
         self.preemptors.remove(id);
+        self.scheduler.forget(id);
         self.claims.remove(id);
         self.unschedulable.remove(id);
         self.committed.remove(id);
