@@ -29,6 +29,9 @@ pub(crate) enum Next {
     Gang(Vec<usize>),
 }
 
+/// Queue name → (creation time in ms, claim index) of its claims at one priority.
+type QueueLines<'c> = HashMap<&'c str, Vec<(i64, usize)>>;
+
 struct Line<'c> {
     queue: &'c str,
     weight: f64,
@@ -118,7 +121,7 @@ impl<'c> FairOrder<'c> {
         now_ms: i64,
         profile: &Profile,
     ) -> Self {
-        let mut by_priority: HashMap<i32, HashMap<&'c str, Vec<(i64, usize)>>> = HashMap::new();
+        let mut by_priority: HashMap<i32, QueueLines<'c>> = HashMap::new();
         let mut gangs: HashMap<(&'c str, &'c str), Vec<usize>> = HashMap::new();
         for (i, (key, claim)) in claims.iter().enumerate() {
             let (priority, _) = claim_priority(snapshot, claim);

@@ -1224,9 +1224,12 @@ pub(crate) fn check_quotas(
     Ok(borrowing)
 }
 
+/// What one pick took of one resource: dimension amounts by index and item indices.
+type Taking = (ResourceId, Vec<(usize, i128)>, Vec<usize>);
+
 /// What a placed claim took in the batch, so a gang that does not fit can give it back.
 pub(crate) struct Reservation {
-    overlay: Vec<(ResourceId, Vec<(usize, i128)>, Vec<usize>)>,
+    overlay: Vec<Taking>,
     quota: Vec<(usize, usize, i128)>,
     queue: String,
     usage: Vec<(GovDim, i128)>,
