@@ -188,10 +188,10 @@ async fn bad_input_is_refused_with_a_reason_and_writes_nothing() {
             Method::POST,
             claims,
             "application/json",
-            with(&|v| v["spec"]["priority"] = 5.into()),
+            with(&|v| v["spec"]["priorty"] = 5.into()),
             422,
-            "unknown field `priority`",
-            Some("spec.priority"),
+            "unknown field `priorty`",
+            Some("spec.priorty"),
         ),
         (
             "bad quantity",

@@ -426,3 +426,59 @@ async fn bad_governance_input_is_refused_with_the_field_named() {
         assert!(stderr(&out).contains(words), "{}", stderr(&out));
     }
 }
+
+#[tokio::test]
+async fn the_governance_walkthrough_works_from_the_command_line() {
+    let server = TestServer::start_with_config("leaseSkewMargin: 1s\n").await;
+    let c = server.client();
+    let run = |args: &[&str]| {
+        let out = server.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    run(&["apply", "-f", "examples/walkthrough/"]);
+    run(&["delete", "claim", "train-h100", "-n", "ml-team"]);
+    run(&[
+        "apply",
+        "-f",
+        "examples/governance/00-policy.yaml",
+        "-f",
+        "examples/governance/10-sweeps.yaml",
+    ]);
+    let claim_state = |name: &'static str| {
+        let c = c.clone();
+        async move {
+            let cl = c.get(kind("claims"), Some("ml-team"), name).await.ok()?;
+            Some((
+                phase(&cl).to_string(),
+                cl["status"]["reason"].as_str().unwrap_or("").to_string(),
+            ))
+        }
+    };
+    for name in ["sweep-1", "sweep-2"] {
+        eventually(Duration::from_secs(20), "sweeps allocated", || async move {
+            (claim_state(name).await?.0 == "Allocated").then_some(())
+        })
+        .await;
+    }
+    run(&["apply", "-f", "examples/governance/20-serve.yaml"]);
+    eventually(Duration::from_secs(30), "serve allocated", || async move {
+        (claim_state("serve").await?.0 == "Allocated").then_some(())
+    })
+    .await;
+    for name in ["sweep-1", "sweep-2"] {
+        let (phase, _) = claim_state(name).await.unwrap();
+        assert_eq!(phase, "Pending", "{name} was preempted and requeued");
+    }
+    let greedy = run(&["describe", "claim", "greedy", "-n", "ml-team"]);
+    assert!(
+        greedy.contains("QuotaExceeded") && greedy.contains("compute/cpu would be"),
+        "{greedy}"
+    );
+    let quotas = run(&["get", "quota"]);
+    assert!(quotas.contains("gpu/count"), "{quotas}");
+    let events = run(&["get", "events", "-n", "ml-team"]);
+    for reason in ["Preempting", "Preempted", "Requeued"] {
+        assert!(events.contains(reason), "{reason} in {events}");
+    }
+}

@@ -43,7 +43,13 @@ fn meta(kind: &str, name: &str, ns: Option<&str>, labels: Value) -> Value {
     json!({"apiVersion": "infraos.io/v1", "kind": kind, "metadata": m})
 }
 
-pub fn cluster(nodes: usize, claims: usize) -> Synthetic {
+/// The scheduler profile `--governance` runs use: two score plugins.
+pub const GOVERNANCE_PROFILE: &str = "scheduler: {scores: {binpack: 1, spread: 1}}\n";
+
+/// With `governance`, a tenant quota and a project quota over every class (wide enough to
+/// admit all claims, so they are checked on every claim without changing placements) and two
+/// priority classes, one claim in five of the higher.
+pub fn cluster(nodes: usize, claims: usize, governance: bool) -> Synthetic {
     let mut setup = vec![
         {
             let mut t = meta("Tenant", TENANT, None, json!({}));
@@ -63,6 +69,23 @@ pub fn cluster(nodes: usize, claims: usize) -> Synthetic {
     let mut ipv4 = meta("ResourceClass", "ipv4", None, json!({}));
     ipv4["spec"] = json!({"kind": "items"});
     setup.extend([compute, gpu, ipv4]);
+    if governance {
+        let limits = json!({
+            "compute": {"cpu": (nodes * 64).to_string(), "memory": format!("{}Gi", nodes * 256)},
+            "gpu": {"count": (nodes * 2 + 8).to_string()},
+            "ipv4": {"count": "12288"},
+        });
+        for (name, scope) in [("bench-tenant", "tenant"), ("bench-project", "project")] {
+            let mut q = meta("Quota", name, None, json!({}));
+            q["spec"] = json!({scope: TENANT, "limits": limits});
+            setup.push(q);
+        }
+        for (name, value) in [("bench-low", 10), ("bench-high", 1000)] {
+            let mut pc = meta("PriorityClass", name, None, json!({}));
+            pc["spec"] = json!({"value": value});
+            setup.push(pc);
+        }
+    }
 
     let mut node_objects = Vec::with_capacity(nodes);
     let mut resources = Vec::with_capacity(nodes + nodes / 4 + 3);
@@ -129,6 +152,14 @@ pub fn cluster(nodes: usize, claims: usize) -> Synthetic {
             }
         }
         spec["requests"] = Value::Array(requests);
+        if governance {
+            let class = if i % 5 == 0 {
+                "bench-high"
+            } else {
+                "bench-low"
+            };
+            spec["priorityClassName"] = class.into();
+        }
         let mut claim = meta(
             "Claim",
             &format!("claim-{i:06}"),
@@ -152,7 +183,18 @@ mod tests {
 
     #[test]
     fn every_generated_object_validates() {
-        let s = cluster(40, 200);
+        for governance in [false, true] {
+            let s = cluster(40, 200, governance);
+            check_all(&s);
+        }
+        let s = cluster(40, 200, false);
+        assert_eq!(s.nodes.len(), 40);
+        assert_eq!(s.resources.len(), 40 + 10 + 3);
+        let again = cluster(40, 200, false);
+        assert_eq!(again.claims, s.claims, "deterministic");
+    }
+
+    fn check_all(s: &Synthetic) {
         for v in s
             .setup
             .iter()
@@ -167,9 +209,5 @@ mod tests {
                 .unwrap();
             infraos_api::object::validate_value(info, v).unwrap_or_else(|e| panic!("{v}: {e}"));
         }
-        assert_eq!(s.nodes.len(), 40);
-        assert_eq!(s.resources.len(), 40 + 10 + 3);
-        let again = cluster(40, 200);
-        assert_eq!(again.claims, s.claims, "deterministic");
     }
 }

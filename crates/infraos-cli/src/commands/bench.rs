@@ -9,14 +9,16 @@
 //!   first submission until the watch has seen every claim allocated. It also runs the
 //!   scheduler core on the same objects in this process, as the limit to compare against.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
-use infraos_api::kinds::{Claim, NodeSpec, ResourceClassSpec, ResourceSpec};
+use infraos_api::kinds::{
+    Claim, NodeSpec, PriorityClassSpec, ProjectSpec, QuotaSpec, ResourceClassSpec, ResourceSpec,
+};
 use infraos_api::object::decode;
 use infraos_client::{Client, ClientConfig};
 use infraos_scheduler::{AllocationMeta, Outcome, Profile, Scheduler, Snapshot};
@@ -45,6 +47,9 @@ enum BenchCommand {
         batch: usize,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Tenant and project quotas, two priority classes and two score plugins on.
+        #[arg(long)]
+        governance: bool,
     },
     /// End to end through a real server over HTTPS.
     E2e {
@@ -64,6 +69,9 @@ enum BenchCommand {
         /// HTTPS connections the submissions are spread over.
         #[arg(long, default_value_t = 1)]
         connections: usize,
+        /// Tenant and project quotas, two priority classes and two score plugins on.
+        #[arg(long)]
+        governance: bool,
     },
     /// Many simulated agents (real protocol, real mTLS, no workloads) against a real server:
     /// heartbeat latency, server memory and CPU.
@@ -103,16 +111,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             claims,
             batch,
             runs,
+            governance,
         } => {
-            let synthetic = synthetic::cluster(nodes, claims);
+            let synthetic = synthetic::cluster(nodes, claims, governance);
             let mut rates = Vec::new();
             for run in 1..=runs.max(1) {
-                let (rate, placed) = scheduler_core(&synthetic, batch)?;
+                let (rate, placed) = scheduler_core(&synthetic, batch, governance)?;
                 println!("run {run}: {placed}/{claims} placed, {rate:.0} claims/s");
                 rates.push(rate);
             }
             println!(
-                "nodes: {nodes}, claims: {claims}, batch: {batch}, runs: {}",
+                "nodes: {nodes}, claims: {claims}, batch: {batch}, governance: {governance}, runs: {}",
                 rates.len()
             );
             println!("claims/s: {:.0}", median(&mut rates));
@@ -125,6 +134,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             concurrency,
             timeout,
             connections,
+            governance,
         } => {
             e2e(
                 nodes,
@@ -133,6 +143,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 concurrency.max(1),
                 connections.max(1),
                 Duration::from_secs(timeout),
+                governance,
             )
             .await
         }
@@ -169,6 +180,12 @@ fn percentile(sorted: &[u32], q: f64) -> u32 {
     sorted[rank - 1]
 }
 
+/// The `scheduler` part of a `server.yaml`.
+#[derive(serde::Deserialize)]
+struct ServerConfigScheduler {
+    scheduler: Profile,
+}
+
 /// Resident and peak resident memory of a process in KiB (`self` for this one).
 fn memory_kib(pid: &str) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -189,12 +206,27 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// Builds the snapshot from the synthetic manifests and schedules every claim the way the
 /// server does (plan, re-check, apply). Returns claims/s and how many were placed.
-fn scheduler_core(s: &Synthetic, batch: usize) -> anyhow::Result<(f64, usize)> {
+fn scheduler_core(s: &Synthetic, batch: usize, governance: bool) -> anyhow::Result<(f64, usize)> {
     let mut snapshot = Snapshot::new();
     for v in &s.setup {
-        if v["kind"] == "ResourceClass" {
-            let c = decode::<ResourceClassSpec>(v)?;
-            snapshot.upsert_class(c.name(), &c.spec);
+        match v["kind"].as_str() {
+            Some("ResourceClass") => {
+                let c = decode::<ResourceClassSpec>(v)?;
+                snapshot.upsert_class(c.name(), &c.spec);
+            }
+            Some("Project") => {
+                let p = decode::<ProjectSpec>(v)?;
+                snapshot.upsert_project(p.name(), &p.spec.tenant);
+            }
+            Some("Quota") => {
+                let q = decode::<QuotaSpec>(v)?;
+                snapshot.upsert_quota(q.name(), &q.spec);
+            }
+            Some("PriorityClass") => {
+                let p = decode::<PriorityClassSpec>(v)?;
+                snapshot.upsert_priority_class(p.name(), &p.spec);
+            }
+            _ => {}
         }
     }
     for v in &s.nodes {
@@ -210,7 +242,13 @@ fn scheduler_core(s: &Synthetic, batch: usize) -> anyhow::Result<(f64, usize)> {
         .iter()
         .map(|c| (format!("{PROJECT}/{}", c.name()), c))
         .collect();
-    let mut scheduler = Scheduler::new(Profile::default())?;
+    let profile = if governance {
+        serde_norway::from_str::<ServerConfigScheduler>(synthetic::GOVERNANCE_PROFILE)?.scheduler
+    } else {
+        Profile::default()
+    };
+    let mut scheduler = Scheduler::new(profile)?;
+    let by_key: HashMap<&str, &Claim> = keyed.iter().map(|(k, c)| (k.as_str(), *c)).collect();
     let start = Instant::now();
     let mut placed = 0;
     for chunk in keyed.chunks(batch.max(1)) {
@@ -219,7 +257,14 @@ fn scheduler_core(s: &Synthetic, batch: usize) -> anyhow::Result<(f64, usize)> {
             if let Outcome::Placed(p) = &d.outcome
                 && snapshot.fits(&p.resources).is_ok()
             {
-                snapshot.apply_allocation(&d.claim_key, &p.resources, AllocationMeta::default());
+                let claim = by_key.get(d.claim_key.as_str());
+                let meta = AllocationMeta {
+                    priority: claim
+                        .map_or(0, |c| infraos_scheduler::claim_priority(&snapshot, c).0),
+                    borrowing: p.borrowing,
+                    ..AllocationMeta::default()
+                };
+                snapshot.apply_allocation(&d.claim_key, &p.resources, meta);
                 placed += 1;
             }
         }
@@ -343,12 +388,18 @@ async fn e2e(
     concurrency: usize,
     connections: usize,
     timeout: Duration,
+    governance: bool,
 ) -> anyhow::Result<()> {
-    let synthetic = synthetic::cluster(nodes, claims);
+    let synthetic = synthetic::cluster(nodes, claims, governance);
     let (guard, config) = match server {
         Some(url) => (None, ClientConfig::load_for(None, Some(&url))?),
         None => {
-            let (g, c) = start_server("").await?;
+            let profile = if governance {
+                synthetic::GOVERNANCE_PROFILE
+            } else {
+                ""
+            };
+            let (g, c) = start_server(profile).await?;
             (Some(g), c)
         }
     };
@@ -459,7 +510,7 @@ async fn e2e(
         ),
         per_claim(client_cpu_before, cpu_seconds("self"))
     );
-    let (core, _) = scheduler_core(&synthetic, 512)?;
+    let (core, _) = scheduler_core(&synthetic, 512, governance)?;
     println!("scheduler core on the same cluster and claims: {core:.0} claims/s");
     println!("claims/s: {:.0}", allocated as f64 / elapsed.max(1e-9));
     drop(guard);
