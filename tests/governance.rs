@@ -397,6 +397,31 @@ async fn bad_governance_input_is_refused_with_the_field_named() {
         "spec.value",
         "between",
     );
+    refused(
+        c.create(
+            kind("claims"),
+            Some("p"),
+            &claim_with(
+                "e",
+                "1",
+                json!({"tolerations": [{"key": "reserved", "operator": "Exists", "value": "x"}]}),
+            ),
+        )
+        .await,
+        "spec.tolerations[0].value",
+        "must be empty with operator Exists",
+    );
+    refused(
+        c.create(
+            kind("nodes"),
+            None,
+            &json!({"apiVersion": "infraos.io/v1", "kind": "Node", "metadata": {"name": "n9"},
+                    "spec": {"taints": [{"key": "bad key!"}]}}),
+        )
+        .await,
+        "spec.taints[0].key",
+        "",
+    );
     // A profile naming an unknown plugin or a zero priority gap stops the server at start.
     for (config, words) in [
         (

@@ -767,6 +767,64 @@ fn gang_members_are_preempted_together() {
     assert!(pre.victims.iter().all(|v| v.reason.contains("gang train")));
 }
 
+#[test]
+fn taints_keep_claims_off_reserved_nodes_unless_tolerated() {
+    let mut snap = cluster(1, 4);
+    node(&mut snap, "gpu", 4, &[]);
+    snap.upsert_node(
+        "gpu",
+        &Labels::new(),
+        &NodeSpec {
+            taints: vec![Taint {
+                key: "reserved".into(),
+                value: Some("ml".into()),
+            }],
+            ..Default::default()
+        },
+        None,
+    );
+    place_all(&mut snap, &[claim("p", "fill", 4, serde_json::json!({}))]);
+    let plain = claim("p", "plain", 2, serde_json::json!({}));
+    let p = plan(&mut scheduler(), &snap, &[&plain]);
+    let (_, message) = explanation(outcome_of(&p, "p/plain"));
+    assert!(
+        message.contains("1 untolerated taint reserved"),
+        "{message}"
+    );
+    let wrong = claim(
+        "p",
+        "wrong",
+        2,
+        serde_json::json!({"tolerations": [{"key": "reserved", "value": "web"}]}),
+    );
+    let p = plan(&mut scheduler(), &snap, &[&wrong]);
+    assert_eq!(explanation(outcome_of(&p, "p/wrong")).0, UNSCHEDULABLE);
+    for (name, tolerations) in [
+        (
+            "equal",
+            serde_json::json!([{"key": "reserved", "value": "ml"}]),
+        ),
+        (
+            "key",
+            serde_json::json!([{"key": "reserved", "operator": "Exists"}]),
+        ),
+        ("all", serde_json::json!([{"operator": "Exists"}])),
+    ] {
+        let c = claim(
+            "p",
+            name,
+            2,
+            serde_json::json!({"tolerations": tolerations}),
+        );
+        let p = plan(&mut scheduler(), &snap, &[&c]);
+        assert_eq!(
+            placement(outcome_of(&p, &key(&c))).node.as_deref(),
+            Some("gpu"),
+            "{name}"
+        );
+    }
+}
+
 // ---- property tests ---------------------------------------------------------------------
 
 #[derive(Clone, Debug)]

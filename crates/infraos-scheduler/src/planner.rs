@@ -159,6 +159,7 @@ pub(crate) enum Reject<'a> {
     NoResource(&'a str),
     PoolQuota(&'a str),
     Nominated,
+    Untolerated(&'a str),
     MissingTier(&'static str),
     WorkloadNeedsNode,
 }
@@ -195,6 +196,7 @@ impl std::fmt::Display for Reject<'_> {
             Reject::NoResource(class) => write!(f, "no {class}"),
             Reject::PoolQuota(quota) => write!(f, "pool quota {quota} exceeded"),
             Reject::Nominated => f.write_str("held for a preempting claim of higher priority"),
+            Reject::Untolerated(key) => write!(f, "untolerated taint {key}"),
             Reject::MissingTier(tier) => write!(f, "node lacks the {tier} tier"),
             Reject::WorkloadNeedsNode => f.write_str("a workload needs a node-bound request"),
         }
@@ -810,6 +812,17 @@ impl Scheduler {
             }
             if entry.unschedulable {
                 return Err(Reject::NodeUnschedulable);
+            }
+            for (key, value) in &entry.taints {
+                let tolerated = ctx
+                    .claim
+                    .spec
+                    .tolerations
+                    .iter()
+                    .any(|t| t.tolerates(key, value.as_deref()));
+                if !tolerated {
+                    return Err(Reject::Untolerated(key));
+                }
             }
         }
         // The topology values every pool must share: the node's, or the anchor pool's.

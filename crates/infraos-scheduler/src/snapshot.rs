@@ -45,6 +45,8 @@ pub struct NodeEntry {
     pub unschedulable: bool,
     /// Capability tiers as bits (`Tier::bit`).
     pub tiers: u8,
+    /// (key, value) of the node's taints: claims must tolerate each.
+    pub taints: Vec<(String, Option<String>)>,
     pub resources: Vec<ResourceId>,
 }
 
@@ -289,6 +291,7 @@ impl Snapshot {
             ready: false,
             unschedulable: false,
             tiers: 0,
+            taints: Vec::new(),
             resources: Vec::new(),
         });
         self.node_index.insert(name.to_string(), id);
@@ -312,6 +315,11 @@ impl Snapshot {
         node.ready = status.is_none_or(NodeStatus::is_ready);
         node.unschedulable = spec.unschedulable;
         node.tiers = spec.tier_bits();
+        node.taints = spec
+            .taints
+            .iter()
+            .map(|t| (t.key.clone(), t.value.clone()))
+            .collect();
     }
 
     /// The node stays as an unregistered placeholder while resources still name it.

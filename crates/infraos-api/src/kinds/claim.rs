@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
 use crate::item_selector::ItemSelector;
-use crate::kinds::{GroupSpec, MAX_GROUP_MEMBERS, WorkloadSpec};
+use crate::kinds::{GroupSpec, MAX_GROUP_MEMBERS, Toleration, WorkloadSpec};
 use crate::labels::{self, LabelSelector};
 use crate::names;
 use crate::object::{Kind, KindInfo, Object};
@@ -54,6 +54,9 @@ pub struct ClaimSpec {
     /// Gang membership: the group's claims are allocated all together or not at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupSpec>,
+    /// Taints of reserved nodes this claim may land on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
 }
 
 impl ClaimSpec {
@@ -309,6 +312,9 @@ impl Kind for ClaimSpec {
             if let Some(p) = name.as_deref().and_then(names::object_name_problem) {
                 errors.add(field, p);
             }
+        }
+        for (i, t) in spec.tolerations.iter().enumerate() {
+            t.validate(&format!("spec.tolerations[{i}]"), errors);
         }
         if let Some(group) = &spec.group {
             if let Some(p) = names::object_name_problem(&group.name) {

@@ -4,9 +4,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::kinds::{Inventory, Tier};
+use crate::labels;
 use crate::meta::Condition;
 use crate::object::{Kind, KindInfo};
 use crate::time::Time;
+use crate::validation::Errors;
 
 /// The label naming the node an Allocation or a Resource is on: agents list and watch their
 /// own objects with `infraos.io/node=<name>`, and the node authorizer insists on it.
@@ -21,6 +23,65 @@ pub struct NodeSpec {
     /// Capability tiers granted to the node: by its join token, later by an administrator.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tiers: Vec<Tier>,
+    /// Reserved hardware: only claims that tolerate every taint are placed on the node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<Taint>,
+}
+
+/// A mark that keeps claims off a node unless they tolerate it (Kubernetes' NoSchedule).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Taint {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TolerationOperator {
+    /// The taint's key and value must equal the toleration's.
+    #[default]
+    Equal,
+    /// Any value of the key (or, with no key, any taint at all).
+    Exists,
+}
+
+/// A claim's permission to land on nodes with a matching taint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Toleration {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    #[serde(default)]
+    pub operator: TolerationOperator,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+impl Toleration {
+    pub fn tolerates(&self, key: &str, value: Option<&str>) -> bool {
+        match self.operator {
+            TolerationOperator::Exists => self.key.is_empty() || self.key == key,
+            TolerationOperator::Equal => self.key == key && self.value.as_deref() == value,
+        }
+    }
+
+    pub fn validate(&self, at: &str, errors: &mut Errors) {
+        if self.key.is_empty() && self.operator == TolerationOperator::Equal {
+            errors.add(format!("{at}.key"), "required unless operator is Exists");
+        }
+        if !self.key.is_empty()
+            && let Err(e) = labels::validate_key(&self.key)
+        {
+            errors.add(format!("{at}.key"), e.to_string());
+        }
+        if self.operator == TolerationOperator::Exists && self.value.is_some() {
+            errors.add(format!("{at}.value"), "must be empty with operator Exists");
+        }
+        if let Some(Err(e)) = self.value.as_deref().map(labels::validate_value) {
+            errors.add(format!("{at}.value"), e.to_string());
+        }
+    }
 }
 
 impl NodeSpec {
@@ -85,4 +146,15 @@ impl Kind for NodeSpec {
         namespaced: false,
         user_writable: true,
     };
+
+    fn validate(object: &crate::object::Object<Self>, errors: &mut Errors) {
+        for (i, taint) in object.spec.taints.iter().enumerate() {
+            if let Err(e) = labels::validate_key(&taint.key) {
+                errors.add(format!("spec.taints[{i}].key"), e.to_string());
+            }
+            if let Some(Err(e)) = taint.value.as_deref().map(labels::validate_value) {
+                errors.add(format!("spec.taints[{i}].value"), e.to_string());
+            }
+        }
+    }
 }
