@@ -422,6 +422,21 @@ async fn bad_governance_input_is_refused_with_the_field_named() {
         "spec.taints[0].key",
         "",
     );
+    refused(
+        c.create(
+            kind("claims"),
+            Some("p"),
+            &claim_with(
+                "f",
+                "1",
+                json!({"affinity": [{"selector": "app=db", "topologyKey": "zone"}],
+                       "antiAffinity": [{"selector": "app=db", "topologyKey": "zone"}]}),
+            ),
+        )
+        .await,
+        "spec.antiAffinity[0]",
+        "contradicts spec.affinity[0]",
+    );
     // A profile naming an unknown plugin or a zero priority gap stops the server at start.
     for (config, words) in [
         (

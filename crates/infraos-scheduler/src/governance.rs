@@ -35,6 +35,10 @@ pub struct AllocationMeta {
     /// Already being preempted: its resources are about to come free.
     pub preempting: bool,
     pub created_ms: i64,
+    /// The claim's labels, for affinity between claims.
+    pub labels: infraos_api::Labels,
+    /// The node its node-bound requests landed on.
+    pub node: Option<String>,
 }
 
 impl AllocationMeta {
@@ -49,6 +53,8 @@ impl AllocationMeta {
             borrowing: spec.borrowing,
             preempting: status.is_some_and(|s| s.preemption.is_some()),
             created_ms,
+            labels: infraos_api::Labels::new(),
+            node: spec.node.clone(),
         }
     }
 }
@@ -408,6 +414,18 @@ impl Snapshot {
     /// What an allocation adds to quotas: (quota index, dimension slot, nano-units).
     pub(crate) fn quota_contributions(&self, key: &str) -> &[(usize, usize, i128)] {
         self.gov.allocs.get(key).map_or(&[], |a| a.quota.as_slice())
+    }
+
+    /// The allocations of project `ns` with their governance facts (labels, node).
+    pub(crate) fn allocations_in_project<'a>(
+        &'a self,
+        ns: &'a str,
+    ) -> impl Iterator<Item = &'a AllocationMeta> + 'a {
+        self.gov
+            .allocs
+            .iter()
+            .filter(move |(key, _)| namespace_of(key) == ns)
+            .map(|(_, a)| &a.meta)
     }
 
     /// The allocations of gang `group` in project `ns`.

@@ -97,6 +97,8 @@ fn key(c: &Claim) -> String {
 
 fn meta(snap: &Snapshot, c: &Claim, borrowing: bool) -> AllocationMeta {
     AllocationMeta {
+        labels: c.metadata.labels.clone(),
+        node: None,
         priority: crate::planner::claim_priority(snap, c).0,
         queue: c.spec.queue_name().to_string(),
         group: c.spec.group.as_ref().map(|g| g.name.clone()),
@@ -114,7 +116,8 @@ fn apply(snap: &mut Snapshot, plan: &Plan, claims: &HashMap<String, Claim>) -> V
         match &d.outcome {
             Outcome::Placed(p) => {
                 if snap.fits(&p.resources).is_ok() {
-                    let m = meta(snap, &claims[&d.claim_key], p.borrowing);
+                    let mut m = meta(snap, &claims[&d.claim_key], p.borrowing);
+                    m.node = p.node.clone();
                     snap.apply_allocation(&d.claim_key, &p.resources, m);
                 }
             }
@@ -823,6 +826,84 @@ fn taints_keep_claims_off_reserved_nodes_unless_tolerated() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn affinity_and_anti_affinity_between_claims_over_a_topology_key() {
+    let mut snap = Snapshot::new();
+    compute_class(&mut snap);
+    for (name, zone) in [("a1", "a"), ("a2", "a"), ("b1", "b"), ("c1", "c")] {
+        node(&mut snap, name, 8, &[("zone", zone)]);
+    }
+    let labelled = |name: &str, app: &str, extra: serde_json::Value| {
+        let mut c = claim("p", name, 1, extra);
+        c.metadata.labels.insert("app".into(), app.into());
+        c
+    };
+    // Three replicas that refuse to share a zone: one lands in each zone, in one batch.
+    let anti = serde_json::json!({"antiAffinity": [{"selector": "app=db", "topologyKey": "zone"}]});
+    let replicas: Vec<Claim> = (0..3)
+        .map(|i| labelled(&format!("db{i}"), "db", anti.clone()))
+        .collect();
+    let by_key: HashMap<String, Claim> = replicas.iter().map(|c| (key(c), c.clone())).collect();
+    let refs: Vec<&Claim> = replicas.iter().collect();
+    let p = plan(&mut scheduler(), &snap, &refs);
+    let mut zones: Vec<String> = p
+        .decisions
+        .iter()
+        .map(|d| {
+            let n = placement(&d.outcome).node.clone().unwrap();
+            snap.node_by_name(&n).unwrap().labels["zone"].clone()
+        })
+        .collect();
+    zones.sort();
+    assert_eq!(zones, ["a", "b", "c"]);
+    apply(&mut snap, &p, &by_key);
+    // A fourth has no zone left.
+    let fourth = labelled("db3", "db", anti);
+    let p = plan(&mut scheduler(), &snap, &[&fourth]);
+    let (_, message) = explanation(outcome_of(&p, "p/db3"));
+    assert!(
+        message.contains("anti-affinity: a matching claim in this zone"),
+        "{message}"
+    );
+    // A cache that must share a node with a db replica (`infraos.io/node` is the node name).
+    let cache = claim(
+        "p",
+        "cache",
+        1,
+        serde_json::json!({"affinity": [{"selector": "app=db", "topologyKey": "infraos.io/node"}]}),
+    );
+    let p = plan(&mut scheduler(), &snap, &[&cache]);
+    let landed = placement(outcome_of(&p, "p/cache")).node.clone().unwrap();
+    let db_nodes: Vec<String> = ["p/db0", "p/db1", "p/db2"]
+        .iter()
+        .map(|k| snap.allocation_meta(k).unwrap().node.clone().unwrap())
+        .collect();
+    assert!(
+        db_nodes.contains(&landed),
+        "{landed} not among {db_nodes:?}"
+    );
+    // Affinity to claims that exist nowhere: wait, unless the claim is the first of them.
+    let lonely = claim(
+        "p",
+        "lonely",
+        1,
+        serde_json::json!({"affinity": [{"selector": "app=web", "topologyKey": "zone"}]}),
+    );
+    let p = plan(&mut scheduler(), &snap, &[&lonely]);
+    let (_, message) = explanation(outcome_of(&p, "p/lonely"));
+    assert!(
+        message.contains("affinity: no matching claim in this zone"),
+        "{message}"
+    );
+    let first = labelled(
+        "web0",
+        "web",
+        serde_json::json!({"affinity": [{"selector": "app=web", "topologyKey": "zone"}]}),
+    );
+    let p = plan(&mut scheduler(), &snap, &[&first]);
+    placement(outcome_of(&p, "p/web0"));
 }
 
 // ---- property tests ---------------------------------------------------------------------

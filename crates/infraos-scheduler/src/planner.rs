@@ -21,8 +21,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use infraos_api::kinds::{
-    AllocatedResource, Claim, ClassKind, ITEMS_DIMENSION, PreemptionPolicy, QuotaLevel, RunnerUp,
-    ScoreBreakdown, Tier,
+    AffinityTerm, AllocatedResource, Claim, ClassKind, ITEMS_DIMENSION, PreemptionPolicy,
+    QuotaLevel, RunnerUp, ScoreBreakdown, Tier,
 };
 use infraos_api::quantity::NANOS_PER_UNIT;
 use infraos_api::{ItemSelector, LabelSelector, Quantity};
@@ -160,6 +160,8 @@ pub(crate) enum Reject<'a> {
     PoolQuota(&'a str),
     Nominated,
     Untolerated(&'a str),
+    Affinity(&'a str),
+    AntiAffinity(&'a str),
     MissingTier(&'static str),
     WorkloadNeedsNode,
 }
@@ -197,6 +199,8 @@ impl std::fmt::Display for Reject<'_> {
             Reject::PoolQuota(quota) => write!(f, "pool quota {quota} exceeded"),
             Reject::Nominated => f.write_str("held for a preempting claim of higher priority"),
             Reject::Untolerated(key) => write!(f, "untolerated taint {key}"),
+            Reject::Affinity(key) => write!(f, "affinity: no matching claim in this {key}"),
+            Reject::AntiAffinity(key) => write!(f, "anti-affinity: a matching claim in this {key}"),
             Reject::MissingTier(tier) => write!(f, "node lacks the {tier} tier"),
             Reject::WorkloadNeedsNode => f.write_str("a workload needs a node-bound request"),
         }
@@ -493,7 +497,7 @@ impl Scheduler {
         batch: &mut Batch,
         may_defer: bool,
     ) -> Option<Outcome> {
-        let ctx = match ClaimCtx::new(snapshot, key, claim) {
+        let ctx = match ClaimCtx::new(snapshot, batch, key, claim) {
             Ok(ctx) => ctx,
             Err(e) => return Some(Outcome::Unschedulable(e)),
         };
@@ -559,10 +563,11 @@ impl Scheduler {
         }
         let mut outcomes = Vec::with_capacity(members.len());
         let mut reserved = Vec::new();
+        let placed_before = batch.placed.len();
         let mut first_failure: Option<String> = None;
         for &i in members {
             let (key, claim) = &claims[i];
-            let outcome = match ClaimCtx::new(snapshot, key, claim) {
+            let outcome = match ClaimCtx::new(snapshot, batch, key, claim) {
                 Err(e) => Outcome::Unschedulable(e),
                 Ok(ctx) => match check_quotas(snapshot, &ctx, batch, &[]) {
                     Err(block) => Outcome::Unschedulable(Explanation::detailed(
@@ -591,6 +596,7 @@ impl Scheduler {
         for reservation in reserved {
             batch.release(snapshot, reservation);
         }
+        batch.placed.truncate(placed_before);
         let detail = format!(
             "gang {gang}: only {} of {min} members fit (all or nothing); {}",
             outcomes
@@ -812,6 +818,23 @@ impl Scheduler {
             }
             if entry.unschedulable {
                 return Err(Reject::NodeUnschedulable);
+            }
+            for term in &ctx.affinity {
+                let ok = match entry.topology_value(term.key) {
+                    Some(v) => term.domains.contains(v) || (term.domains.is_empty() && term.first),
+                    None => false,
+                };
+                if !ok {
+                    return Err(Reject::Affinity(term.key));
+                }
+            }
+            for term in &ctx.anti_affinity {
+                if entry
+                    .topology_value(term.key)
+                    .is_some_and(|v| term.domains.contains(v))
+                {
+                    return Err(Reject::AntiAffinity(term.key));
+                }
             }
             for (key, value) in &entry.taints {
                 let tolerated = ctx
@@ -1096,10 +1119,66 @@ pub(crate) struct ClaimCtx<'c> {
     pub pool_quotas: Vec<usize>,
     pub priority: i32,
     pub policy: PreemptionPolicy,
+    pub affinity: Vec<Domains<'c>>,
+    pub anti_affinity: Vec<Domains<'c>>,
+}
+
+/// For one affinity term: the topology domains (values of `key` on nodes) where matching
+/// claims of the project hold allocations, or were placed earlier in the batch.
+pub(crate) struct Domains<'c> {
+    pub key: &'c str,
+    pub domains: HashSet<String>,
+    /// No matching claim exists anywhere and the claim matches its own selector: it may go
+    /// first, anywhere (as Kubernetes lets the first pod of a group through).
+    pub first: bool,
+}
+
+fn domains<'c>(
+    snapshot: &Snapshot,
+    batch: &Batch,
+    namespace: &str,
+    claim: &Claim,
+    term: &'c AffinityTerm,
+) -> Domains<'c> {
+    let key = term.topology_key.as_str();
+    let mut domains = HashSet::new();
+    let mut any = false;
+    let mut note = |labels: &infraos_api::Labels, node: Option<&str>| {
+        if !term.selector.matches(labels) {
+            return;
+        }
+        any = true;
+        if let Some(v) = node
+            .and_then(|n| snapshot.node_by_name(n))
+            .and_then(|n| n.topology_value(key))
+        {
+            domains.insert(v.to_string());
+        }
+    };
+    for meta in snapshot.allocations_in_project(namespace) {
+        if !meta.preempting {
+            note(&meta.labels, meta.node.as_deref());
+        }
+    }
+    for (ns, labels, node) in &batch.placed {
+        if ns == namespace {
+            note(labels, node.as_deref());
+        }
+    }
+    Domains {
+        key,
+        domains,
+        first: !any && term.selector.matches(&claim.metadata.labels),
+    }
 }
 
 impl<'c> ClaimCtx<'c> {
-    fn new(snapshot: &'c Snapshot, key: &'c str, claim: &'c Claim) -> Result<Self, Explanation> {
+    fn new(
+        snapshot: &'c Snapshot,
+        batch: &Batch,
+        key: &'c str,
+        claim: &'c Claim,
+    ) -> Result<Self, Explanation> {
         let requests = compile(snapshot, claim).map_err(|reason| {
             let mut e = Explanation {
                 reason: UNSCHEDULABLE,
@@ -1127,7 +1206,21 @@ impl<'c> ClaimCtx<'c> {
             .map(|(i, _)| i)
             .collect();
         let (priority, policy) = claim_priority(snapshot, claim);
+        let affinity = claim
+            .spec
+            .affinity
+            .iter()
+            .map(|t| domains(snapshot, batch, namespace, claim, t))
+            .collect();
+        let anti_affinity = claim
+            .spec
+            .anti_affinity
+            .iter()
+            .map(|t| domains(snapshot, batch, namespace, claim, t))
+            .collect();
         Ok(ClaimCtx {
+            affinity,
+            anti_affinity,
             key,
             namespace,
             tenant,
@@ -1255,6 +1348,8 @@ pub(crate) struct Batch {
     quota_taken: Vec<Vec<i128>>,
     pub queue_taken: HashMap<String, Vec<i128>>,
     pub victims: HashSet<String>,
+    /// Claims placed so far in the batch: (project, labels, node), for affinity.
+    pub placed: Vec<(String, infraos_api::Labels, Option<String>)>,
 }
 
 impl Batch {
@@ -1268,6 +1363,7 @@ impl Batch {
                 .collect(),
             queue_taken: HashMap::new(),
             victims: HashSet::new(),
+            placed: Vec::new(),
         }
     }
 
@@ -1313,6 +1409,13 @@ impl Batch {
             if let Some(v) = self.quota_taken.get_mut(qi).and_then(|q| q.get_mut(slot)) {
                 *v += n;
             }
+        }
+        if !ctx.claim.metadata.labels.is_empty() {
+            self.placed.push((
+                ctx.namespace.to_string(),
+                ctx.claim.metadata.labels.clone(),
+                placement.node.clone(),
+            ));
         }
         let queue = ctx.claim.spec.queue_name().to_string();
         let taken = self.queue_taken.entry(queue.clone()).or_default();

@@ -50,6 +50,17 @@ pub struct NodeEntry {
     pub resources: Vec<ResourceId>,
 }
 
+impl NodeEntry {
+    /// The node's value of a topology key; `infraos.io/node` is the node's own name.
+    pub fn topology_value(&self, key: &str) -> Option<&str> {
+        if key == infraos_api::kinds::NODE_LABEL {
+            Some(&self.name)
+        } else {
+            self.labels.get(key).map(String::as_str)
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ResourceEntry {
     pub name: String,

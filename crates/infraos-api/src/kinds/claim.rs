@@ -57,7 +57,27 @@ pub struct ClaimSpec {
     /// Taints of reserved nodes this claim may land on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// Land where claims of the project matching each selector already hold allocations, in
+    /// the same topology domain (node, rack, zone, region).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affinity: Vec<AffinityTerm>,
+    /// Never land in a topology domain where claims of the project matching a selector hold
+    /// allocations (one replica per zone, say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anti_affinity: Vec<AffinityTerm>,
 }
+
+/// Claims selected by labels, and the node label whose value makes a topology domain.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AffinityTerm {
+    /// Over the labels of the project's claims (their allocations carry them).
+    pub selector: LabelSelector,
+    /// A node label: `infraos.io/node` for the node itself, or `rack`, `zone`, `region`.
+    pub topology_key: String,
+}
+
+pub const MAX_AFFINITY_TERMS: usize = 8;
 
 impl ClaimSpec {
     pub fn priority(&self) -> i32 {
@@ -315,6 +335,40 @@ impl Kind for ClaimSpec {
         }
         for (i, t) in spec.tolerations.iter().enumerate() {
             t.validate(&format!("spec.tolerations[{i}]"), errors);
+        }
+        for (field, terms) in [
+            ("spec.affinity", &spec.affinity),
+            ("spec.antiAffinity", &spec.anti_affinity),
+        ] {
+            if terms.len() > MAX_AFFINITY_TERMS {
+                errors.add(field, format!("at most {MAX_AFFINITY_TERMS} terms"));
+            }
+            for (i, term) in terms.iter().enumerate() {
+                if term.selector.is_empty() {
+                    errors.add(
+                        format!("{field}[{i}].selector"),
+                        "must select something (e.g. app=db)",
+                    );
+                }
+                if let Err(e) = labels::validate_key(&term.topology_key) {
+                    errors.add(format!("{field}[{i}].topologyKey"), e.to_string());
+                }
+            }
+        }
+        for (i, anti) in spec.anti_affinity.iter().enumerate() {
+            if let Some(j) = spec.affinity.iter().position(|a| {
+                a.topology_key == anti.topology_key
+                    && a.selector.to_string() == anti.selector.to_string()
+            }) {
+                errors.add(
+                    format!("spec.antiAffinity[{i}]"),
+                    format!(
+                        "contradicts spec.affinity[{j}]: the same claims cannot be both required \
+                         and forbidden in the same {} domain",
+                        anti.topology_key
+                    ),
+                );
+            }
         }
         if let Some(group) = &spec.group {
             if let Some(p) = names::object_name_problem(&group.name) {

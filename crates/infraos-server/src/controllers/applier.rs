@@ -86,15 +86,13 @@ pub async fn commit(
                 let mut claim = (*entry.claim).clone();
                 let allocation =
                     lease::allocate(&mut claim, placement, now, plan.snapshot_revision);
-                snapshot.apply_allocation(
-                    &decision.claim_key,
-                    &placement.resources,
-                    AllocationMeta::of(
-                        &allocation.spec,
-                        allocation.status.as_ref(),
-                        now.unix_millis(),
-                    ),
+                let mut meta = AllocationMeta::of(
+                    &allocation.spec,
+                    allocation.status.as_ref(),
+                    now.unix_millis(),
                 );
+                meta.labels = allocation.metadata.labels.clone();
+                snapshot.apply_allocation(&decision.claim_key, &placement.resources, meta);
                 assumed.push(decision.claim_key.clone());
                 let alloc_bytes = encode_typed(&allocation);
                 let mut object = audit::object_ref("Allocation", claim.namespace(), claim.name());

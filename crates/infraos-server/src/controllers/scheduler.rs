@@ -297,7 +297,8 @@ impl Controller {
                 let holds = a.status.as_ref().is_some_and(|s| s.phase.holds_resources());
                 if holds {
                     let created = a.metadata.creation_timestamp.map_or(0, |t| t.unix_millis());
-                    let meta = AllocationMeta::of(&a.spec, a.status.as_ref(), created);
+                    let mut meta = AllocationMeta::of(&a.spec, a.status.as_ref(), created);
+                    meta.labels = a.metadata.labels;
                     if meta.preempting {
                         // Claims waiting for preemption look again when victims end.
                         self.cluster_changed = true;
