@@ -437,6 +437,26 @@ async fn bad_governance_input_is_refused_with_the_field_named() {
         "spec.antiAffinity[0]",
         "contradicts spec.affinity[0]",
     );
+    refused(
+        c.create(
+            kind("claims"),
+            Some("p"),
+            &claim_with("g", "1", json!({"scoring": {"weights": {"carbon": 1}}})),
+        )
+        .await,
+        "spec.scoring.weights.carbon",
+        "unknown score plugin",
+    );
+    refused(
+        c.create(
+            kind("claims"),
+            Some("p"),
+            &claim_with("h", "1", json!({"scoring": {"weights": {"cost": 1000}}})),
+        )
+        .await,
+        "spec.scoring.weights.cost",
+        "between 0 and 100",
+    );
     // A profile naming an unknown plugin or a zero priority gap stops the server at start.
     for (config, words) in [
         (
@@ -446,6 +466,10 @@ async fn bad_governance_input_is_refused_with_the_field_named() {
         (
             "scheduler: {preemption: {minPriorityGap: 0}}\n",
             "minPriorityGap must be at least 1",
+        ),
+        (
+            "scheduler: {networkDistances: {eu: 3}}\n",
+            "must name two values as a/b",
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();

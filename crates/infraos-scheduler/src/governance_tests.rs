@@ -906,6 +906,118 @@ fn affinity_and_anti_affinity_between_claims_over_a_topology_key() {
     placement(outcome_of(&p, "p/web0"));
 }
 
+fn priced_node(snap: &mut Snapshot, name: &str, zone: &str, price: Option<f64>, watts: f64) {
+    snap.upsert_node(
+        name,
+        &[("zone".to_string(), zone.to_string())]
+            .into_iter()
+            .collect(),
+        &NodeSpec::default(),
+        None,
+    );
+    snap.upsert_resource(
+        &format!("{name}-compute"),
+        &Labels::new(),
+        &ResourceSpec {
+            class: "compute".into(),
+            node: Some(name.into()),
+            capacity: [("cpu".to_string(), Quantity::from_units(8))]
+                .into_iter()
+                .collect(),
+            unit_price: price
+                .map(|p| [("cpu".to_string(), p)].into_iter().collect())
+                .unwrap_or_default(),
+            watts: Some(watts),
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn cost_energy_and_network_plugins_score_relative_to_the_candidates() {
+    let mut snap = Snapshot::new();
+    snap.upsert_class(
+        "compute",
+        &ResourceClassSpec {
+            kind: ClassKind::Counted,
+            dimensions: vec![Dimension {
+                name: "cpu".into(),
+                unit: None,
+            }],
+            unit_price: [("cpu".to_string(), 0.04)].into_iter().collect(),
+            ..Default::default()
+        },
+    );
+    priced_node(&mut snap, "on-demand", "a", None, 200.0);
+    priced_node(&mut snap, "spot", "b", Some(0.01), 500.0);
+    priced_node(&mut snap, "far", "c", Some(0.02), 300.0);
+    let profile = |scores: &[(&str, f64)]| Profile {
+        scores: scores.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        network_distances: [("a/b".to_string(), 10.0), ("a/c".to_string(), 50.0)]
+            .into_iter()
+            .collect(),
+        ..Profile::default()
+    };
+    let c = claim("p", "c", 2, serde_json::json!({}));
+    let node_of = |scores: &[(&str, f64)], c: &Claim| {
+        let p = Scheduler::new(profile(scores))
+            .unwrap()
+            .plan(&snap, &[(key(c), c)]);
+        placement(&p.decisions[0].outcome).clone()
+    };
+    // Cost: the spot node's override (0.01/cpu) beats the class price (0.04) and 0.02.
+    let p = node_of(&[("cost", 1.0)], &c);
+    assert_eq!(p.node.as_deref(), Some("spot"));
+    assert_eq!(p.score.plugins["cost"], 100.0);
+    assert_eq!(p.runner_up.as_ref().unwrap().node.as_deref(), Some("far"));
+    // Energy: the 200 W node.
+    assert_eq!(
+        node_of(&[("energy", 1.0)], &c).node.as_deref(),
+        Some("on-demand")
+    );
+    // Network: near zone a, whose node is taken by a large claim: b (10) before c (50).
+    let near = claim(
+        "p",
+        "near",
+        2,
+        serde_json::json!({"scoring": {"near": {"zone": "a"}}}),
+    );
+    assert_eq!(
+        node_of(&[("network", 1.0)], &near).node.as_deref(),
+        Some("on-demand")
+    );
+    let mut full = snap.clone();
+    let big = claim("p", "big", 8, serde_json::json!({}));
+    full.apply_allocation(
+        "p/big",
+        &[AllocatedResource {
+            request: "compute".into(),
+            resource: "on-demand-compute".into(),
+            class: "compute".into(),
+            amount: big.spec.requests[0].amount.clone(),
+            items: vec![],
+        }],
+        AllocationMeta::default(),
+    );
+    let p = Scheduler::new(profile(&[("network", 1.0)]))
+        .unwrap()
+        .plan(&full, &[(key(&near), &near)]);
+    assert_eq!(
+        placement(&p.decisions[0].outcome).node.as_deref(),
+        Some("spot")
+    );
+    // A claim's own weights replace the profile's: binpack-only profile, cost-minded claim.
+    let thrifty = claim(
+        "p",
+        "thrifty",
+        2,
+        serde_json::json!({"scoring": {"weights": {"cost": 5}}}),
+    );
+    let p = node_of(&[("binpack", 1.0)], &thrifty);
+    assert_eq!(p.node.as_deref(), Some("spot"));
+    assert!(p.score.plugins.contains_key("binpack") && p.score.plugins.contains_key("cost"));
+}
+
 // ---- property tests ---------------------------------------------------------------------
 
 #[derive(Clone, Debug)]

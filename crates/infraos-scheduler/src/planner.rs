@@ -30,8 +30,8 @@ use infraos_api::{ItemSelector, LabelSelector, Quantity};
 use crate::governance::{GovDim, namespace_of};
 use crate::order::{FairOrder, Next};
 
-use crate::plugins::ScoreInput;
-use crate::profile::{Profile, ProfileError, WeightedPlugins};
+use crate::plugins::{self, ScoreInput, ScorePlugin};
+use crate::profile::{Profile, ProfileError};
 use crate::snapshot::{ClassInfo, NodeId, ResourceEntry, ResourceId, Snapshot};
 
 /// The scheduler's decisions for one batch.
@@ -372,7 +372,10 @@ const MEMO_LIMIT: usize = 100_000;
 /// (where the next scan starts, memoized CEL results, reusable buffers).
 pub struct Scheduler {
     profile: Profile,
-    plugins: WeightedPlugins,
+    /// Every plugin, by index in `plugins::NAMES`.
+    plugins: Vec<Box<dyn ScorePlugin>>,
+    /// The profile's weight per plugin (0: off unless a claim weights it).
+    weights: [f64; MAX_PLUGINS],
     next_start: usize,
     memo: SelectorMemo,
     item_memo: ItemMemo,
@@ -386,13 +389,18 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(profile: Profile) -> Result<Self, ProfileError> {
-        let plugins = profile.build_plugins()?;
+        let (plugins, profile_weights) = profile.build_plugins()?;
         if plugins.len() > MAX_PLUGINS {
             return Err(ProfileError::TooManyPlugins(MAX_PLUGINS));
+        }
+        let mut weights = [0.0; MAX_PLUGINS];
+        for (w, p) in weights.iter_mut().zip(profile_weights) {
+            *w = p;
         }
         Ok(Scheduler {
             profile,
             plugins,
+            weights,
             next_start: 0,
             memo: HashMap::new(),
             item_memo: HashMap::new(),
@@ -497,7 +505,7 @@ impl Scheduler {
         batch: &mut Batch,
         may_defer: bool,
     ) -> Option<Outcome> {
-        let ctx = match ClaimCtx::new(snapshot, batch, key, claim) {
+        let ctx = match ClaimCtx::new(self, snapshot, batch, key, claim) {
             Ok(ctx) => ctx,
             Err(e) => return Some(Outcome::Unschedulable(e)),
         };
@@ -567,7 +575,7 @@ impl Scheduler {
         let mut first_failure: Option<String> = None;
         for &i in members {
             let (key, claim) = &claims[i];
-            let outcome = match ClaimCtx::new(snapshot, batch, key, claim) {
+            let outcome = match ClaimCtx::new(self, snapshot, batch, key, claim) {
                 Err(e) => Outcome::Unschedulable(e),
                 Ok(ctx) => match check_quotas(snapshot, &ctx, batch, &[]) {
                     Err(block) => Outcome::Unschedulable(Explanation::detailed(
@@ -639,12 +647,23 @@ impl Scheduler {
         let mut best: Option<Candidate> = None;
         let mut runner_up: Option<Candidate> = None;
         let mut feasible = 0usize;
+        // With relative plugins every feasible candidate is kept, to normalize over them.
+        let mut all: Vec<Candidate> = Vec::new();
         let mut consider =
             |this: &mut Scheduler, node: Option<NodeId>, pool: Option<ResourceId>| match this
                 .evaluate(snapshot, node, pool, ctx, batch)
             {
                 Ok((score, plugin_scores)) => {
                     feasible += 1;
+                    if ctx.relative {
+                        all.push(Candidate {
+                            node,
+                            picks: this.scratch.picks.clone(),
+                            score,
+                            plugin_scores,
+                        });
+                        return true;
+                    }
                     let beats_runner_up = runner_up.as_ref().is_none_or(|r| score > r.score);
                     if best.as_ref().is_none_or(|b| score > b.score) {
                         runner_up = best.take();
@@ -720,16 +739,27 @@ impl Scheduler {
         for (reason, n) in rejections {
             *explanation.reasons.entry(reason.to_string()).or_insert(0) += n;
         }
+        if !all.is_empty() {
+            normalize(&mut all, &self.plugins, &ctx.weights);
+            // The highest total wins; among equal totals, the first found (as without
+            // relative plugins).
+            let mut order: Vec<usize> = (0..all.len()).collect();
+            order.sort_by(|a, b| all[*b].score.total_cmp(&all[*a].score).then(a.cmp(b)));
+            let mut taken: Vec<Option<Candidate>> = all.into_iter().map(Some).collect();
+            best = order.first().and_then(|&i| taken[i].take());
+            runner_up = order.get(1).and_then(|&i| taken[i].take());
+        }
 
         let Some(best) = best else {
             return Err(explanation);
         };
-        Ok(self.placement(snapshot, requests, best, runner_up, feasible))
+        Ok(self.placement(snapshot, &ctx.weights, requests, best, runner_up, feasible))
     }
 
     fn placement(
         &self,
         snapshot: &Snapshot,
+        weights: &[f64; MAX_PLUGINS],
         requests: &[Request<'_>],
         best: Candidate,
         runner_up: Option<Candidate>,
@@ -760,8 +790,9 @@ impl Scheduler {
         let plugins = self
             .plugins
             .iter()
-            .zip(&best.plugin_scores)
-            .map(|((p, _), s)| (p.name().to_string(), round2(*s)))
+            .enumerate()
+            .filter(|(i, _)| weights[*i] > 0.0)
+            .map(|(i, p)| (p.name().to_string(), round2(best.plugin_scores[i])))
             .collect();
         Placement {
             node: best.node.map(|n| snapshot.node(n).name.clone()),
@@ -910,22 +941,41 @@ impl Scheduler {
             }
         }
         self.check_pool_quotas(snapshot, ctx, batch)?;
+        let w = &ctx.weights;
         let input = ScoreInput {
             utilizations: &self.scratch.utilizations,
+            cost: if w[plugins::COST] > 0.0 {
+                self.picks_cost(snapshot, ctx)
+            } else {
+                0.0
+            },
+            watts: if w[plugins::ENERGY] > 0.0 {
+                self.picks_watts(snapshot, ctx)
+            } else {
+                0.0
+            },
+            distance: if w[plugins::NETWORK] > 0.0 {
+                self.distance(snapshot, node, anchor_pool, ctx)
+            } else {
+                0.0
+            },
         };
         let mut plugin_scores = [0.0; MAX_PLUGINS];
-        let mut weighted = 0.0;
-        let mut weight_sum = 0.0;
-        for (i, (plugin, weight)) in self.plugins.iter().enumerate() {
-            let score = plugin.score(&input).clamp(0.0, 100.0);
-            plugin_scores[i] = score;
-            weighted += weight * score;
-            weight_sum += weight;
+        for (i, plugin) in self.plugins.iter().enumerate() {
+            if w[i] > 0.0 {
+                let v = plugin.score(&input);
+                plugin_scores[i] = if plugin.relative() {
+                    v
+                } else {
+                    v.clamp(0.0, 100.0)
+                };
+            }
         }
-        let score = if weight_sum > 0.0 {
-            weighted / weight_sum
-        } else {
+        // With relative plugins the total needs every candidate: `place` computes it.
+        let score = if ctx.relative {
             0.0
+        } else {
+            weighted_total(w, &plugin_scores)
         };
         Ok((score, plugin_scores))
     }
@@ -1055,7 +1105,117 @@ impl Scheduler {
     }
 }
 
+/// Σ(wᵢ·sᵢ)/Σwᵢ over the plugins with a weight, 0 when none has one.
+fn weighted_total(weights: &[f64; MAX_PLUGINS], scores: &[f64; MAX_PLUGINS]) -> f64 {
+    let (sum, total) = weights
+        .iter()
+        .zip(scores)
+        .filter(|(w, _)| **w > 0.0)
+        .fold((0.0, 0.0), |(sum, total), (w, s)| (sum + w * s, total + w));
+    if total > 0.0 { sum / total } else { 0.0 }
+}
+
+/// Turns relative plugins' raw figures (lower is better) into 0–100 over the candidates,
+/// then sets each candidate's weighted total.
+fn normalize(
+    candidates: &mut [Candidate],
+    plugins: &[Box<dyn ScorePlugin>],
+    weights: &[f64; MAX_PLUGINS],
+) {
+    for (i, plugin) in plugins.iter().enumerate() {
+        if weights[i] <= 0.0 || !plugin.relative() {
+            continue;
+        }
+        let (lo, hi) = candidates.iter().fold((f64::MAX, f64::MIN), |(lo, hi), c| {
+            (lo.min(c.plugin_scores[i]), hi.max(c.plugin_scores[i]))
+        });
+        for c in candidates.iter_mut() {
+            c.plugin_scores[i] = if hi > lo {
+                100.0 * (hi - c.plugin_scores[i]) / (hi - lo)
+            } else {
+                100.0
+            };
+        }
+    }
+    for c in candidates.iter_mut() {
+        c.score = weighted_total(weights, &c.plugin_scores);
+    }
+}
+
 impl Scheduler {
+    /// Price per hour of the candidate's picks.
+    fn picks_cost(&self, snapshot: &Snapshot, ctx: &ClaimCtx<'_>) -> f64 {
+        let mut cost = 0.0;
+        for pick in &self.scratch.picks {
+            let Some(entry) = snapshot.resource(pick.resource) else {
+                continue;
+            };
+            match &ctx.requests[pick.request].need {
+                Need::Counted { dims, .. } => {
+                    for &(i, nanos) in dims {
+                        let price = entry.prices.get(i).copied().unwrap_or(0.0);
+                        cost += price * nanos as f64 / NANOS_PER_UNIT as f64;
+                    }
+                }
+                Need::Items { count, .. } => cost += entry.item_price * *count as f64,
+            }
+        }
+        cost
+    }
+
+    /// Watts the candidate's share of each resource draws.
+    fn picks_watts(&self, snapshot: &Snapshot, ctx: &ClaimCtx<'_>) -> f64 {
+        let mut watts = 0.0;
+        for pick in &self.scratch.picks {
+            let Some(entry) = snapshot.resource(pick.resource) else {
+                continue;
+            };
+            if entry.watts <= 0.0 {
+                continue;
+            }
+            let share = match &ctx.requests[pick.request].need {
+                Need::Counted { dims, .. } => dims
+                    .iter()
+                    .map(|&(i, nanos)| {
+                        let cap = entry.cap.get(i).copied().unwrap_or(0);
+                        if cap > 0 {
+                            nanos as f64 / cap as f64
+                        } else {
+                            0.0
+                        }
+                    })
+                    .fold(0.0, f64::max),
+                Need::Items { count, .. } => *count as f64 / entry.items.len().max(1) as f64,
+            };
+            watts += entry.watts * share;
+        }
+        watts
+    }
+
+    /// Distance from the claim's preferred location (`spec.scoring.near`).
+    fn distance(
+        &self,
+        snapshot: &Snapshot,
+        node: Option<NodeId>,
+        anchor_pool: Option<ResourceId>,
+        ctx: &ClaimCtx<'_>,
+    ) -> f64 {
+        ctx.near
+            .iter()
+            .map(|(key, want)| {
+                let have = match (node, anchor_pool) {
+                    (Some(n), _) => snapshot.node(n).topology_value(key),
+                    (None, Some(p)) => snapshot.resource(p).and_then(|r| snapshot.label(r, key)),
+                    (None, None) => None,
+                };
+                match have {
+                    Some(have) => self.profile.distance(want, have),
+                    None => self.profile.default_network_distance,
+                }
+            })
+            .sum()
+    }
+
     /// Pool quotas depend on where the claim lands: what its picks take on the pool's
     /// resources must fit what is left of each pool quota that applies to it.
     fn check_pool_quotas<'c>(
@@ -1121,6 +1281,12 @@ pub(crate) struct ClaimCtx<'c> {
     pub policy: PreemptionPolicy,
     pub affinity: Vec<Domains<'c>>,
     pub anti_affinity: Vec<Domains<'c>>,
+    /// Score plugin weights: the profile's, replaced by the claim's own where it names them.
+    pub weights: [f64; MAX_PLUGINS],
+    /// Whether a relative plugin (cost, energy, network) has a weight.
+    pub relative: bool,
+    /// Topology values to be near, for the network plugin.
+    pub near: Vec<(&'c str, &'c str)>,
 }
 
 /// For one affinity term: the topology domains (values of `key` on nodes) where matching
@@ -1174,6 +1340,7 @@ fn domains<'c>(
 
 impl<'c> ClaimCtx<'c> {
     fn new(
+        scheduler: &Scheduler,
         snapshot: &'c Snapshot,
         batch: &Batch,
         key: &'c str,
@@ -1218,7 +1385,32 @@ impl<'c> ClaimCtx<'c> {
             .iter()
             .map(|t| domains(snapshot, batch, namespace, claim, t))
             .collect();
+        let mut weights = scheduler.weights;
+        let mut near = Vec::new();
+        if let Some(scoring) = &claim.spec.scoring {
+            for (name, w) in &scoring.weights {
+                if let Some(i) = plugins::NAMES.iter().position(|n| n == name)
+                    && w.is_finite()
+                    && *w >= 0.0
+                {
+                    weights[i] = *w;
+                }
+            }
+            near = scoring
+                .near
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+        }
+        let relative = scheduler
+            .plugins
+            .iter()
+            .enumerate()
+            .any(|(i, p)| p.relative() && weights[i] > 0.0);
         Ok(ClaimCtx {
+            weights,
+            relative,
+            near,
             affinity,
             anti_affinity,
             key,

@@ -1,23 +1,47 @@
-//! Score plugins. Each scores a feasible placement from 0 to 100; the profile weights them.
+//! Score plugins. Each scores a feasible placement; the profile (and a claim's own weights)
+//! weight them.
+//!
+//! Absolute plugins (`binpack`, `spread`) score 0–100 on their own. Relative plugins (`cost`,
+//! `energy`, `network`) report a raw figure where lower is better; the planner normalizes it
+//! over the claim's feasible candidates (best 100, worst 0), as kube-scheduler's
+//! NormalizeScore does, since a price or a wattage means nothing on a 0–100 scale by itself.
 
-/// What a score plugin sees of a placement: the utilization (0..=1) of each resource it
-/// uses after the claim is placed (for counted resources, of its fullest dimension).
+/// What a score plugin sees of a placement.
 pub struct ScoreInput<'a> {
+    /// Utilization (0..=1) of each resource the placement uses after the claim is placed (for
+    /// counted resources, of its fullest dimension).
     pub utilizations: &'a [f64],
+    /// Price per hour of what the claim takes: amounts × unit prices of the resources.
+    pub cost: f64,
+    /// Watts the claim's share of the resources draws (resource watts × share taken).
+    pub watts: f64,
+    /// Network distance from the claim's preferred location (`spec.scoring.near`).
+    pub distance: f64,
 }
 
 pub trait ScorePlugin: Send + Sync {
     fn name(&self) -> &'static str;
-    /// 0 (worst) to 100 (best).
+    /// Absolute plugins: 0 (worst) to 100 (best). Relative plugins: a raw figure, lower better.
     fn score(&self, input: &ScoreInput<'_>) -> f64;
+    /// Whether the score is a raw figure the planner normalizes over the candidates.
+    fn relative(&self) -> bool {
+        false
+    }
 }
 
-pub const NAMES: &[&str] = &["binpack", "spread"];
+pub const NAMES: &[&str] = &["binpack", "spread", "cost", "energy", "network"];
+/// Positions in [`NAMES`] of the plugins whose inputs cost something to compute.
+pub const COST: usize = 2;
+pub const ENERGY: usize = 3;
+pub const NETWORK: usize = 4;
 
 pub fn by_name(name: &str) -> Option<Box<dyn ScorePlugin>> {
     match name {
         "binpack" => Some(Box::new(BinPack)),
         "spread" => Some(Box::new(Spread)),
+        "cost" => Some(Box::new(Cost)),
+        "energy" => Some(Box::new(Energy)),
+        "network" => Some(Box::new(Network)),
         _ => None,
     }
 }
@@ -53,5 +77,50 @@ impl ScorePlugin for Spread {
     }
     fn score(&self, input: &ScoreInput<'_>) -> f64 {
         100.0 * (1.0 - mean(input.utilizations))
+    }
+}
+
+/// Prefers the cheapest placement (unit prices from ResourceClass, overridden per Resource).
+pub struct Cost;
+
+impl ScorePlugin for Cost {
+    fn name(&self) -> &'static str {
+        "cost"
+    }
+    fn score(&self, input: &ScoreInput<'_>) -> f64 {
+        input.cost
+    }
+    fn relative(&self) -> bool {
+        true
+    }
+}
+
+/// Prefers the placement drawing the fewest watts (Resource `watts`).
+pub struct Energy;
+
+impl ScorePlugin for Energy {
+    fn name(&self) -> &'static str {
+        "energy"
+    }
+    fn score(&self, input: &ScoreInput<'_>) -> f64 {
+        input.watts
+    }
+    fn relative(&self) -> bool {
+        true
+    }
+}
+
+/// Prefers placements near the claim's preferred location, by the profile's distance matrix.
+pub struct Network;
+
+impl ScorePlugin for Network {
+    fn name(&self) -> &'static str {
+        "network"
+    }
+    fn score(&self, input: &ScoreInput<'_>) -> f64 {
+        input.distance
+    }
+    fn relative(&self) -> bool {
+        true
     }
 }

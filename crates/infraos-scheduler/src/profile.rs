@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::plugins::{self, ScorePlugin};
 
-/// The enabled score plugins with their weights.
-pub(crate) type WeightedPlugins = Vec<(Box<dyn ScorePlugin>, f64)>;
+/// Every score plugin (in `plugins::NAMES` order) and the profile's weight for each (0 for
+/// those it does not enable; a claim may still weight them).
+pub(crate) type WeightedPlugins = (Vec<Box<dyn ScorePlugin>>, Vec<f64>);
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -30,6 +31,17 @@ pub struct Profile {
     pub preemption: PreemptionConfig,
     #[serde(default)]
     pub fair_sharing: FairSharing,
+    /// For the `network` plugin: distances between topology values, keyed `a/b` (either
+    /// order), e.g. `{"eu-west/eu-east": 10, "eu-west/us-east": 80}`.
+    #[serde(default)]
+    pub network_distances: BTreeMap<String, f64>,
+    /// Distance between different values the matrix does not list.
+    #[serde(default = "default_distance")]
+    pub default_network_distance: f64,
+}
+
+fn default_distance() -> f64 {
+    100.0
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -83,6 +95,8 @@ impl Default for Profile {
             min_feasible_nodes: default_min_feasible(),
             preemption: PreemptionConfig::default(),
             fair_sharing: FairSharing::default(),
+            network_distances: BTreeMap::new(),
+            default_network_distance: default_distance(),
         }
     }
 }
@@ -99,6 +113,8 @@ pub enum ProfileError {
     TooManyPlugins(usize),
     #[error("scheduler profile: preemption.minPriorityGap must be at least 1")]
     BadPriorityGap,
+    #[error("scheduler profile: networkDistances: {0}")]
+    BadDistance(String),
 }
 
 impl Profile {
@@ -109,17 +125,54 @@ impl Profile {
         if self.preemption.min_priority_gap == 0 {
             return Err(ProfileError::BadPriorityGap);
         }
-        self.scores
+        for (pair, d) in &self.network_distances {
+            if pair
+                .split_once('/')
+                .is_none_or(|(a, b)| a.is_empty() || b.is_empty())
+            {
+                return Err(ProfileError::BadDistance(format!(
+                    "{pair:?} must name two values as a/b"
+                )));
+            }
+            if !d.is_finite() || *d < 0.0 {
+                return Err(ProfileError::BadDistance(format!(
+                    "{pair:?} must be a finite number >= 0"
+                )));
+            }
+        }
+        if !self.default_network_distance.is_finite() || self.default_network_distance < 0.0 {
+            return Err(ProfileError::BadDistance(
+                "defaultNetworkDistance must be a finite number >= 0".into(),
+            ));
+        }
+        let mut weights = vec![0.0; plugins::NAMES.len()];
+        for (name, weight) in &self.scores {
+            if !weight.is_finite() || *weight < 0.0 {
+                return Err(ProfileError::BadWeight(name.clone()));
+            }
+            let i = plugins::NAMES
+                .iter()
+                .position(|n| n == name)
+                .ok_or_else(|| ProfileError::UnknownPlugin(name.clone()))?;
+            weights[i] = *weight;
+        }
+        let registry = plugins::NAMES
             .iter()
-            .map(|(name, weight)| {
-                if !weight.is_finite() || *weight < 0.0 {
-                    return Err(ProfileError::BadWeight(name.clone()));
-                }
-                let plugin = plugins::by_name(name)
-                    .ok_or_else(|| ProfileError::UnknownPlugin(name.clone()))?;
-                Ok((plugin, *weight))
-            })
-            .collect()
+            .filter_map(|n| plugins::by_name(n))
+            .collect();
+        Ok((registry, weights))
+    }
+
+    /// The network distance between two values of a topology key.
+    pub fn distance(&self, a: &str, b: &str) -> f64 {
+        if a == b {
+            return 0.0;
+        }
+        self.network_distances
+            .get(&format!("{a}/{b}"))
+            .or_else(|| self.network_distances.get(&format!("{b}/{a}")))
+            .copied()
+            .unwrap_or(self.default_network_distance)
     }
 
     /// How many feasible candidates to find among `total` before choosing.

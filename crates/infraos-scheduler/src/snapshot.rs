@@ -27,6 +27,8 @@ pub struct ClassInfo {
     pub name: String,
     pub kind: ClassKind,
     pub dimensions: Vec<String>,
+    /// Price per unit and hour by dimension name (`count` for items).
+    pub unit_price: BTreeMap<String, f64>,
 }
 
 impl ClassInfo {
@@ -83,6 +85,13 @@ pub struct ResourceEntry {
     pub items_free: usize,
     /// Changes whenever the resource's spec changes, to key memoized selector results.
     pub stamp: u64,
+    /// The resource's own unit prices (override the class's).
+    pub unit_price: BTreeMap<String, f64>,
+    /// Price per unit and hour by the class's dimension index, and per item.
+    pub prices: Vec<f64>,
+    pub item_price: f64,
+    /// Power drawn when fully used.
+    pub watts: f64,
 }
 
 impl ResourceEntry {
@@ -230,11 +239,13 @@ impl Snapshot {
             name: name.to_string(),
             kind: spec.kind,
             dimensions: spec.dimensions.iter().map(|d| d.name.clone()).collect(),
+            unit_price: spec.unit_price.clone(),
         };
-        let changed = self
-            .classes
-            .get(name)
-            .is_none_or(|old| old.dimensions != info.dimensions || old.kind != info.kind);
+        let changed = self.classes.get(name).is_none_or(|old| {
+            old.dimensions != info.dimensions
+                || old.kind != info.kind
+                || old.unit_price != info.unit_price
+        });
         self.intern_class(name, spec.kind, &info.dimensions);
         self.classes.insert(name.to_string(), info);
         if changed {
@@ -273,6 +284,16 @@ impl Snapshot {
             .map(|d| entry.capacity.get(d).map_or(0, Quantity::nanos))
             .collect();
         entry.used = vec![0; dims.len()];
+        let price = |dim: &str| {
+            entry
+                .unit_price
+                .get(dim)
+                .or_else(|| class.and_then(|c| c.unit_price.get(dim)))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        entry.prices = dims.iter().map(|d| price(d)).collect();
+        entry.item_price = price(infraos_api::kinds::ITEMS_DIMENSION);
         entry.item_used.iter_mut().for_each(|u| *u = false);
         entry.items_free = entry.items.len();
         let name = entry.name.clone();
@@ -374,6 +395,10 @@ impl Snapshot {
             items_free: items.len(),
             items,
             stamp: self.next_stamp,
+            unit_price: spec.unit_price.clone(),
+            prices: Vec::new(),
+            item_price: 0.0,
+            watts: spec.watts.unwrap_or(0.0),
         };
         let id = match self.free_slots.pop() {
             Some(id) => {

@@ -252,6 +252,17 @@ pub async fn admit(
         }
         TypedObject::Claim(claim) => {
             let mut errors = Errors::default();
+            for name in claim.spec.scoring.iter().flat_map(|s| s.weights.keys()) {
+                if !infraos_scheduler::plugins::NAMES.contains(&name.as_str()) {
+                    errors.add(
+                        format!("spec.scoring.weights.{name}"),
+                        format!(
+                            "unknown score plugin (known: {})",
+                            infraos_scheduler::plugins::NAMES.join(", ")
+                        ),
+                    );
+                }
+            }
             if let Some(queue) = &claim.spec.queue
                 && queue != DEFAULT_QUEUE
                 && get_typed::<QueueSpec>(store, queue).await?.is_none()

@@ -65,7 +65,26 @@ pub struct ClaimSpec {
     /// allocations (one replica per zone, say).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub anti_affinity: Vec<AffinityTerm>,
+    /// Soft preferences: score plugin weights for this claim, and where it would rather be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoring: Option<ClaimScoring>,
 }
+
+/// A claim's own scoring: weights that replace the profile's for the plugins named, and a
+/// preferred location for the `network` plugin.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimScoring {
+    /// Plugin name → weight (0–100), e.g. `{cost: 3, binpack: 1}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub weights: BTreeMap<String, f64>,
+    /// Topology values to be near, e.g. `{zone: eu-west-a}`: the `network` plugin prefers
+    /// nodes at the least distance from them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub near: BTreeMap<String, String>,
+}
+
+pub const MAX_CLAIM_WEIGHT: f64 = 100.0;
 
 /// Claims selected by labels, and the node label whose value makes a topology domain.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -352,6 +371,24 @@ impl Kind for ClaimSpec {
                 }
                 if let Err(e) = labels::validate_key(&term.topology_key) {
                     errors.add(format!("{field}[{i}].topologyKey"), e.to_string());
+                }
+            }
+        }
+        if let Some(scoring) = &spec.scoring {
+            for (name, w) in &scoring.weights {
+                if !w.is_finite() || *w < 0.0 || *w > MAX_CLAIM_WEIGHT {
+                    errors.add(
+                        format!("spec.scoring.weights.{name}"),
+                        format!("must be between 0 and {MAX_CLAIM_WEIGHT}"),
+                    );
+                }
+            }
+            for (key, value) in &scoring.near {
+                if let Err(e) = labels::validate_key(key) {
+                    errors.add(format!("spec.scoring.near.{key}"), e.to_string());
+                }
+                if let Err(e) = labels::validate_value(value) {
+                    errors.add(format!("spec.scoring.near.{key}"), e.to_string());
                 }
             }
         }

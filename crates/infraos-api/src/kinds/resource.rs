@@ -41,6 +41,13 @@ pub struct ResourceSpec {
     /// Attributes every item inherits unless it sets its own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, AttributeValue>,
+    /// Overrides the class's price per unit and hour, by dimension (`count` for items): a
+    /// spot machine, a cheaper region.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unit_price: BTreeMap<String, f64>,
+    /// Power the resource draws when fully used, for the `energy` score plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watts: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -78,6 +85,15 @@ impl ResourceSpec {
         class: &ResourceClassSpec,
     ) -> Result<(), ValidationErrors> {
         let mut errors = Errors::default();
+        crate::kinds::validate_prices(
+            "spec.unitPrice",
+            &self.unit_price,
+            |d| match class.kind {
+                ClassKind::Counted => class.has_dimension(d),
+                ClassKind::Items => d == crate::kinds::ITEMS_DIMENSION,
+            },
+            &mut errors,
+        );
         match class.kind {
             ClassKind::Counted => {
                 if self.capacity.is_empty() {
@@ -215,6 +231,17 @@ impl Kind for ResourceSpec {
             if q.is_negative() {
                 errors.add(format!("spec.capacity.{dim}"), "must not be negative");
             }
+        }
+        for (dim, price) in &spec.unit_price {
+            if !price.is_finite() || *price < 0.0 {
+                errors.add(
+                    format!("spec.unitPrice.{dim}"),
+                    "must be a finite number >= 0",
+                );
+            }
+        }
+        if spec.watts.is_some_and(|w| !w.is_finite() || w < 0.0) {
+            errors.add("spec.watts", "must be a finite number >= 0");
         }
         if !spec.items.is_empty() && spec.cidr.is_some() {
             errors.add("spec.cidr", "give either items or cidr, not both");

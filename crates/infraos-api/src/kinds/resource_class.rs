@@ -36,6 +36,30 @@ pub struct ResourceClassSpec {
     pub attributes: BTreeMap<String, AttributeType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Price per unit and hour, by dimension (`count` for one item of an items class), for
+    /// the `cost` score plugin; a Resource may override it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unit_price: BTreeMap<String, f64>,
+}
+
+/// Checks unit prices: finite, not negative, and for dimensions the class has.
+pub fn validate_prices(
+    field: &str,
+    prices: &BTreeMap<String, f64>,
+    known: impl Fn(&str) -> bool,
+    errors: &mut Errors,
+) {
+    for (dim, price) in prices {
+        if !price.is_finite() || *price < 0.0 {
+            errors.add(format!("{field}.{dim}"), "must be a finite number >= 0");
+        }
+        if !known(dim) {
+            errors.add(
+                format!("{field}.{dim}"),
+                "names no dimension of the class (`count` for items)",
+            );
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -110,6 +134,15 @@ impl Kind for ResourceClassSpec {
                 );
             }
         }
+        validate_prices(
+            "spec.unitPrice",
+            &spec.unit_price,
+            |d| match spec.kind {
+                ClassKind::Counted => spec.has_dimension(d),
+                ClassKind::Items => d == crate::kinds::ITEMS_DIMENSION,
+            },
+            errors,
+        );
         for name in spec.attributes.keys() {
             if labels::validate_key(name).is_err() || name.contains(['/', '.', '-']) {
                 errors.add(
