@@ -441,7 +441,10 @@ impl Scheduler {
             self.item_memo.clear();
             self.memo_entries = 0;
         }
-        let mut batch = Batch::new(snapshot);
+        let affinity = claims
+            .iter()
+            .any(|(_, c)| !c.spec.affinity.is_empty() || !c.spec.anti_affinity.is_empty());
+        let mut batch = Batch::new(snapshot, affinity);
         let mut order = FairOrder::new(snapshot, claims, now_ms, &self.profile);
         let mut decisions = Vec::with_capacity(claims.len().min(limit));
         // Claims that would borrow quota wait until every claim of their priority that stays
@@ -1540,13 +1543,16 @@ pub(crate) struct Batch {
     quota_taken: Vec<Vec<i128>>,
     pub queue_taken: HashMap<String, Vec<i128>>,
     pub victims: HashSet<String>,
-    /// Claims placed so far in the batch: (project, labels, node), for affinity.
+    /// Claims placed so far in the batch: (project, labels, node), for affinity; kept only
+    /// when a claim of the batch has affinity terms.
     pub placed: Vec<(String, infraos_api::Labels, Option<String>)>,
+    track_placed: bool,
 }
 
 impl Batch {
-    fn new(snapshot: &Snapshot) -> Self {
+    fn new(snapshot: &Snapshot, track_placed: bool) -> Self {
         Batch {
+            track_placed,
             overlay: Overlay::default(),
             quota_taken: snapshot
                 .quotas()
@@ -1602,15 +1608,18 @@ impl Batch {
                 *v += n;
             }
         }
-        if !ctx.claim.metadata.labels.is_empty() {
+        if self.track_placed && !ctx.claim.metadata.labels.is_empty() {
             self.placed.push((
                 ctx.namespace.to_string(),
                 ctx.claim.metadata.labels.clone(),
                 placement.node.clone(),
             ));
         }
-        let queue = ctx.claim.spec.queue_name().to_string();
-        let taken = self.queue_taken.entry(queue.clone()).or_default();
+        let queue = ctx.claim.spec.queue_name();
+        let taken = match self.queue_taken.get_mut(queue) {
+            Some(t) => t,
+            None => self.queue_taken.entry(queue.to_string()).or_default(),
+        };
         for &(g, n) in &usage {
             if taken.len() <= g as usize {
                 taken.resize(g as usize + 1, 0);
@@ -1620,7 +1629,7 @@ impl Batch {
         Reservation {
             overlay,
             quota,
-            queue,
+            queue: queue.to_string(),
             usage,
         }
     }
