@@ -1018,6 +1018,65 @@ fn cost_energy_and_network_plugins_score_relative_to_the_candidates() {
     assert!(p.score.plugins.contains_key("binpack") && p.score.plugins.contains_key("cost"));
 }
 
+#[test]
+fn a_gang_on_one_node_is_one_victim_counted_once() {
+    // n0 (5 CPUs) holds gang members g0 and g1 (2 CPUs each) and, between them in name order,
+    // g0a (1 CPU). A 6-CPU claim cannot fit n0 whatever is preempted; counting the gang once
+    // per member would say 9 CPUs come free and preempt everything for nothing.
+    let mut snap = cluster(1, 5);
+    priority_class(
+        &mut snap,
+        "high",
+        100,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    let member = |name: &str| {
+        claim(
+            "p",
+            name,
+            2,
+            serde_json::json!({"group": {"name": "pair", "minMembers": 2}}),
+        )
+    };
+    place_all(
+        &mut snap,
+        &[
+            member("g0"),
+            member("g1"),
+            claim("p", "g0a", 1, serde_json::json!({})),
+        ],
+    );
+    let big = claim(
+        "p",
+        "big",
+        6,
+        serde_json::json!({"priorityClassName": "high"}),
+    );
+    let p = plan(&mut scheduler(), &snap, &[&big]);
+    assert_eq!(
+        explanation(outcome_of(&p, "p/big")).0,
+        UNSCHEDULABLE,
+        "{p:?}"
+    );
+    let fits = claim(
+        "p",
+        "fits",
+        4,
+        serde_json::json!({"priorityClassName": "high"}),
+    );
+    let p = plan(&mut scheduler(), &snap, &[&fits]);
+    let Outcome::Preempt(pre) = outcome_of(&p, "p/fits") else {
+        panic!("{p:?}")
+    };
+    let mut victims: Vec<&str> = pre.victims.iter().map(|v| v.allocation.as_str()).collect();
+    victims.sort();
+    assert_eq!(
+        victims,
+        ["p/g0", "p/g1"],
+        "the whole gang, not the 1-CPU claim too"
+    );
+}
+
 // ---- property tests ---------------------------------------------------------------------
 
 #[derive(Clone, Debug)]

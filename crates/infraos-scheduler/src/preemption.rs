@@ -35,6 +35,12 @@ struct Unit {
     reason: String,
 }
 
+/// Keeps one unit per gang: several of its members may hold resources on the same node.
+fn dedup_units(units: &mut Vec<Unit>) {
+    let mut seen = std::collections::HashSet::new();
+    units.retain(|u| seen.insert(u.keys.clone()));
+}
+
 /// Lower is better: (highest victim priority, victims, sum of priorities).
 type Cost = (i64, usize, i64);
 
@@ -85,7 +91,7 @@ impl Scheduler {
         key: &str,
     ) -> Option<Unit> {
         let meta = snapshot.allocation_meta(key)?;
-        let keys: Vec<String> = match &meta.group {
+        let mut keys: Vec<String> = match &meta.group {
             Some(group) => snapshot
                 .gang_allocations(namespace_of(key), group)
                 .into_iter()
@@ -93,6 +99,8 @@ impl Scheduler {
                 .collect(),
             None => vec![key.to_string()],
         };
+        // Sorted, so the unit reached from any of its members is the same and is counted once.
+        keys.sort_unstable();
         let mut unit = Unit {
             keys: Vec::with_capacity(keys.len()),
             priority: i32::MIN,
@@ -286,7 +294,7 @@ impl Scheduler {
             if units.is_empty() {
                 continue;
             }
-            units.dedup_by(|a, b| a.keys == b.keys);
+            dedup_units(&mut units);
             Self::sort_units(&mut units);
             let chosen = Self::choose_units(
                 &units,
@@ -349,7 +357,7 @@ impl Scheduler {
             .into_iter()
             .filter_map(|key| self.unit_of(snapshot, ctx, claim_borrows, batch, key))
             .collect();
-        units.dedup_by(|a, b| a.keys == b.keys);
+        dedup_units(&mut units);
         Self::sort_units(&mut units);
         let mut freed: Vec<(usize, usize, i128)> = Vec::new();
         let chosen = {
