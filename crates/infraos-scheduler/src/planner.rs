@@ -605,7 +605,7 @@ impl Scheduler {
         }
         // Not enough fit: give back what the members took in this batch; none is placed.
         for reservation in reserved {
-            batch.release(snapshot, reservation);
+            batch.release(reservation);
         }
         batch.placed.truncate(placed_before);
         let detail = format!(
@@ -1342,6 +1342,15 @@ fn domains<'c>(
 }
 
 impl<'c> ClaimCtx<'c> {
+    /// What the whole claim takes of one interned dimension.
+    pub fn need(&self, gdim: GovDim) -> i128 {
+        self.needs
+            .iter()
+            .filter(|(g, _)| *g == gdim)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
     fn new(
         scheduler: &Scheduler,
         snapshot: &'c Snapshot,
@@ -1495,12 +1504,7 @@ pub(crate) fn check_quotas(
             continue;
         }
         for (slot, d) in q.dims.iter().enumerate() {
-            let need: i128 = ctx
-                .needs
-                .iter()
-                .filter(|(g, _)| *g == d.gdim)
-                .map(|(_, n)| *n)
-                .sum();
+            let need = ctx.need(d.gdim);
             if need == 0 {
                 continue;
             }
@@ -1634,7 +1638,7 @@ impl Batch {
         }
     }
 
-    fn release(&mut self, _snapshot: &Snapshot, reservation: Reservation) {
+    fn release(&mut self, reservation: Reservation) {
         for (id, dims, items) in &reservation.overlay {
             self.overlay.remove(*id, dims, items);
         }

@@ -342,12 +342,7 @@ impl Scheduler {
             q.level == infraos_api::kinds::QuotaLevel::Project
                 && q.applies_to(ctx.namespace, ctx.tenant)
                 && q.dims.iter().enumerate().any(|(slot, d)| {
-                    let need: i128 = ctx
-                        .needs
-                        .iter()
-                        .filter(|(g, _)| *g == d.gdim)
-                        .map(|(_, n)| *n)
-                        .sum();
+                    let need = ctx.need(d.gdim);
                     need > 0 && d.used + batch.quota_taken(qi, slot) + need > d.limit
                 })
         });

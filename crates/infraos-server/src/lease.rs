@@ -221,18 +221,14 @@ pub fn lose(claim: Option<&mut Claim>, allocation: &mut Allocation, now: Time) {
     status.reason = Some("NodeLost".into());
     let node = allocation.spec.node.clone().unwrap_or_default();
     if let Some(claim) = claim {
-        let s = claim.status.get_or_insert_with(Default::default);
-        if s.phase == ClaimPhase::Allocated {
-            s.phase = ClaimPhase::Pending;
-            s.allocation = None;
-            s.node = None;
-            s.expire_time = None;
-            s.reason = Some("NodeLost".into());
-            s.message = Some(format!(
+        requeue(
+            claim,
+            now,
+            "NodeLost",
+            format!(
                 "node {node} stopped heartbeating and the lease ended at {expired_at}; requeued"
-            ));
-            s.last_transition_time = Some(now);
-        }
+            ),
+        );
     }
 }
 
@@ -283,16 +279,27 @@ pub fn end_preempted(claim: Option<&mut Claim>, allocation: &mut Allocation, now
         .map(|p| p.by.clone())
         .unwrap_or_default();
     if let Some(claim) = claim {
-        let s = claim.status.get_or_insert_with(Default::default);
-        if s.phase == ClaimPhase::Allocated {
-            s.phase = ClaimPhase::Pending;
-            s.allocation = None;
-            s.node = None;
-            s.expire_time = None;
-            s.reason = Some("Preempted".into());
-            s.message = Some(format!("preempted by {by}; requeued"));
-            s.last_transition_time = Some(now);
-        }
+        requeue(
+            claim,
+            now,
+            "Preempted",
+            format!("preempted by {by}; requeued"),
+        );
+    }
+}
+
+/// Puts an Allocated claim back in the queue (its allocation is over but the claim is not):
+/// the next allocation gets a higher fencing epoch.
+fn requeue(claim: &mut Claim, now: Time, reason: &str, message: String) {
+    let s = claim.status.get_or_insert_with(Default::default);
+    if s.phase == ClaimPhase::Allocated {
+        s.phase = ClaimPhase::Pending;
+        s.allocation = None;
+        s.node = None;
+        s.expire_time = None;
+        s.reason = Some(reason.into());
+        s.message = Some(message);
+        s.last_transition_time = Some(now);
     }
 }
 
