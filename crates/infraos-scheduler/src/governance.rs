@@ -7,11 +7,11 @@
 //! project or a pool's resources change, every contribution is recomputed (these change
 //! rarely; allocations change all the time).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use infraos_api::kinds::{
-    AllocatedResource, AllocationSpec, AllocationStatus, ClassAmounts, ClassKind, ITEMS_DIMENSION,
-    PreemptionPolicy, PriorityClassSpec, QuotaLevel, QuotaSpec,
+    AffinityTerm, AllocatedResource, AllocationSpec, AllocationStatus, ClassAmounts, ClassKind,
+    ITEMS_DIMENSION, PreemptionPolicy, PriorityClassSpec, QuotaLevel, QuotaSpec,
 };
 use infraos_api::quantity::NANOS_PER_UNIT;
 use infraos_api::{LabelSelector, Quantity};
@@ -39,6 +39,8 @@ pub struct AllocationMeta {
     pub labels: infraos_api::Labels,
     /// The node its node-bound requests landed on.
     pub node: Option<String>,
+    /// Its claim's required anti-affinity terms, which later claims must respect too.
+    pub anti_affinity: Vec<AffinityTerm>,
 }
 
 impl AllocationMeta {
@@ -55,6 +57,7 @@ impl AllocationMeta {
             created_ms,
             labels: infraos_api::Labels::new(),
             node: spec.node.clone(),
+            anti_affinity: spec.anti_affinity.clone(),
         }
     }
 }
@@ -150,6 +153,12 @@ pub(crate) struct Governance {
     pub dims: HashMap<String, HashMap<String, GovDim>>,
     pub dim_names: Vec<(String, String)>,
     pub allocs: HashMap<String, AllocGov>,
+    /// Project → keys of its allocations, for affinity and gangs.
+    pub by_project: HashMap<String, HashSet<String>>,
+    /// Project → keys of its allocations with required anti-affinity terms.
+    pub anti_by_project: HashMap<String, HashSet<String>>,
+    /// Tenant → the selector its claims' resources must match (its compliance domain).
+    pub tenant_placement: HashMap<String, LabelSelector>,
     /// Queue → what its allocations hold, by dimension.
     pub queue_usage: HashMap<String, Vec<i128>>,
     /// Bumped on every change of quotas or usage, so the server writes status only on change.
@@ -237,6 +246,29 @@ impl Snapshot {
         if old.as_deref() != Some(tenant) {
             self.recompute_governance();
         }
+    }
+
+    /// Sets (or with `None` clears) a tenant's compliance domain.
+    pub fn upsert_tenant(&mut self, name: &str, placement: Option<&LabelSelector>) {
+        match placement {
+            Some(sel) if !sel.is_empty() => {
+                self.gov
+                    .tenant_placement
+                    .insert(name.to_string(), sel.clone());
+            }
+            _ => {
+                self.gov.tenant_placement.remove(name);
+            }
+        }
+    }
+
+    pub fn remove_tenant(&mut self, name: &str) {
+        self.gov.tenant_placement.remove(name);
+    }
+
+    /// The selector a tenant's claims' resources must match, if it has one.
+    pub fn tenant_placement(&self, tenant: &str) -> Option<&LabelSelector> {
+        self.gov.tenant_placement.get(tenant)
     }
 
     pub fn remove_project(&mut self, name: &str) {
@@ -422,19 +454,47 @@ impl Snapshot {
         ns: &'a str,
     ) -> impl Iterator<Item = &'a AllocationMeta> + 'a {
         self.gov
-            .allocs
-            .iter()
-            .filter(move |(key, _)| namespace_of(key) == ns)
-            .map(|(_, a)| &a.meta)
+            .by_project
+            .get(ns)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.gov.allocs.get(key))
+            .map(|a| &a.meta)
+    }
+
+    /// The allocations of project `ns` whose claims have required anti-affinity terms.
+    pub(crate) fn anti_affinity_in_project<'a>(
+        &'a self,
+        ns: &'a str,
+    ) -> impl Iterator<Item = &'a AllocationMeta> + 'a {
+        self.gov
+            .anti_by_project
+            .get(ns)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.gov.allocs.get(key))
+            .map(|a| &a.meta)
+    }
+
+    /// Whether any allocation has required anti-affinity terms (claims must then check them).
+    pub(crate) fn has_anti_affinity(&self) -> bool {
+        !self.gov.anti_by_project.is_empty()
     }
 
     /// The allocations of gang `group` in project `ns`.
     pub fn gang_allocations(&self, ns: &str, group: &str) -> Vec<&str> {
         self.gov
-            .allocs
-            .iter()
-            .filter(|(key, a)| a.meta.group.as_deref() == Some(group) && namespace_of(key) == ns)
-            .map(|(key, _)| key.as_str())
+            .by_project
+            .get(ns)
+            .into_iter()
+            .flatten()
+            .filter(|key| {
+                self.gov
+                    .allocs
+                    .get(*key)
+                    .is_some_and(|a| a.meta.group.as_deref() == Some(group))
+            })
+            .map(String::as_str)
             .collect()
     }
 
@@ -469,6 +529,18 @@ impl Snapshot {
         }
         self.gov.generation += 1;
         self.gov
+            .by_project
+            .entry(ns.to_string())
+            .or_default()
+            .insert(key.to_string());
+        if !meta.anti_affinity.is_empty() {
+            self.gov
+                .anti_by_project
+                .entry(ns.to_string())
+                .or_default()
+                .insert(key.to_string());
+        }
+        self.gov
             .allocs
             .insert(key.to_string(), AllocGov { meta, quota, usage });
     }
@@ -476,6 +548,15 @@ impl Snapshot {
     /// Gives back exactly what [`Snapshot::add_governance`] added.
     pub(crate) fn remove_governance(&mut self, key: &str) -> Option<AllocationMeta> {
         let gov = self.gov.allocs.remove(key)?;
+        let ns = namespace_of(key);
+        for index in [&mut self.gov.by_project, &mut self.gov.anti_by_project] {
+            if let Some(keys) = index.get_mut(ns) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    index.remove(ns);
+                }
+            }
+        }
         for &(qi, slot, nanos) in &gov.quota {
             if let Some(d) = self
                 .gov
@@ -505,6 +586,8 @@ impl Snapshot {
             }
         }
         self.gov.queue_usage.clear();
+        self.gov.by_project.clear();
+        self.gov.anti_by_project.clear();
         let all: Vec<(String, AllocationMeta)> =
             self.gov.allocs.drain().map(|(k, a)| (k, a.meta)).collect();
         for (key, meta) in all {

@@ -105,6 +105,13 @@ fn meta(snap: &Snapshot, c: &Claim, borrowing: bool) -> AllocationMeta {
         borrowing,
         preempting: false,
         created_ms: 0,
+        anti_affinity: c
+            .spec
+            .anti_affinity
+            .iter()
+            .filter(|t| !t.preferred)
+            .cloned()
+            .collect(),
     }
 }
 
@@ -904,6 +911,256 @@ fn affinity_and_anti_affinity_between_claims_over_a_topology_key() {
     );
     let p = plan(&mut scheduler(), &snap, &[&first]);
     placement(outcome_of(&p, "p/web0"));
+}
+
+fn zoned_cluster(zones: &[(&str, &str)], cpu: i64) -> Snapshot {
+    let mut snap = Snapshot::new();
+    compute_class(&mut snap);
+    for (name, zone) in zones {
+        node(&mut snap, name, cpu, &[("zone", zone)]);
+    }
+    snap
+}
+
+fn labelled(name: &str, app: &str, extra: serde_json::Value) -> Claim {
+    let mut c = claim("p", name, 1, extra);
+    c.metadata.labels.insert("app".into(), app.into());
+    c
+}
+
+fn zone_of(snap: &Snapshot, o: &Outcome) -> String {
+    let n = placement(o).node.clone().unwrap();
+    snap.node_by_name(&n).unwrap().labels["zone"].clone()
+}
+
+fn zone_counts(snap: &Snapshot, app: &str) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for meta in snap.allocations_in_project("p") {
+        if meta.labels.get("app").map(String::as_str) == Some(app) {
+            let n = meta.node.as_deref().unwrap();
+            *counts
+                .entry(snap.node_by_name(n).unwrap().labels["zone"].clone())
+                .or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+#[test]
+fn topology_spread_keeps_the_skew_within_bounds() {
+    // Zone a has three nodes, b and c one each: binpacking alone would fill zone a first.
+    let mut snap = zoned_cluster(
+        &[
+            ("a1", "a"),
+            ("a2", "a"),
+            ("a3", "a"),
+            ("b1", "b"),
+            ("c1", "c"),
+        ],
+        8,
+    );
+    let spread = serde_json::json!({"topologySpread": [
+        {"selector": "app=web", "topologyKey": "zone", "maxSkew": 1}]});
+    let web: Vec<Claim> = (0..7)
+        .map(|i| labelled(&format!("web{i}"), "web", spread.clone()))
+        .collect();
+    let by_key: HashMap<String, Claim> = web.iter().map(|c| (key(c), c.clone())).collect();
+    let refs: Vec<&Claim> = web.iter().collect();
+    let p = plan(&mut scheduler(), &snap, &refs);
+    apply(&mut snap, &p, &by_key);
+    let counts = zone_counts(&snap, "web");
+    assert_eq!(counts.values().sum::<usize>(), 7, "{counts:?}");
+    let (lo, hi) = (
+        counts.values().min().copied().unwrap(),
+        counts.values().max().copied().unwrap(),
+    );
+    assert!(hi - lo <= 1, "skew above 1: {counts:?}");
+
+    // When the emptiest zone is full, a DoNotSchedule term makes the claim wait, naming it;
+    // ScheduleAnyway places it and only prefers the emptier zones.
+    let mut snap = zoned_cluster(&[("a1", "a"), ("b1", "b")], 2);
+    let filler = claim("p", "filler", 2, serde_json::json!({}));
+    place_all(&mut snap, std::slice::from_ref(&filler));
+    let filled = snap
+        .allocation_meta("p/filler")
+        .unwrap()
+        .node
+        .clone()
+        .unwrap();
+    let first = labelled("w0", "web", spread.clone());
+    place_all(&mut snap, std::slice::from_ref(&first));
+    let second = labelled("w1", "web", spread.clone());
+    let p = plan(&mut scheduler(), &snap, &[&second]);
+    let (_, message) = explanation(outcome_of(&p, "p/w1"));
+    assert!(
+        message.contains("topology spread: this zone would exceed maxSkew"),
+        "{filled}: {message}"
+    );
+    let soft = labelled(
+        "w1",
+        "web",
+        serde_json::json!({"topologySpread": [{"selector": "app=web", "topologyKey": "zone",
+            "maxSkew": 1, "whenUnsatisfiable": "ScheduleAnyway"}]}),
+    );
+    let p = plan(&mut scheduler(), &snap, &[&soft]);
+    let placed = placement(outcome_of(&p, "p/w1"));
+    assert!(placed.score.plugins.contains_key("affinity"), "{placed:?}");
+}
+
+#[test]
+fn soft_terms_steer_placement_without_rejecting_nodes() {
+    let mut snap = zoned_cluster(&[("a1", "a"), ("b1", "b"), ("c1", "c")], 4);
+    place_all(&mut snap, &[labelled("db0", "db", serde_json::json!({}))]);
+    let db_zone = zone_counts(&snap, "db").into_keys().next().unwrap();
+    // Preferred affinity: lands with the db, however binpack would rank the nodes.
+    let near = labelled(
+        "app0",
+        "app",
+        serde_json::json!({"affinity": [{"selector": "app=db", "topologyKey": "zone",
+            "preferred": true}], "scoring": {"weights": {"affinity": 10}}}),
+    );
+    let p = plan(&mut scheduler(), &snap, &[&near]);
+    assert_eq!(zone_of(&snap, outcome_of(&p, "p/app0")), db_zone);
+    let placed = placement(outcome_of(&p, "p/app0"));
+    assert_eq!(placed.score.plugins["affinity"], 100.0, "{placed:?}");
+    // Preferred anti-affinity: avoids the db's zone while another is free...
+    let away = labelled(
+        "app1",
+        "app",
+        serde_json::json!({"antiAffinity": [{"selector": "app=db", "topologyKey": "zone",
+            "preferred": true}], "scoring": {"weights": {"affinity": 10}}}),
+    );
+    let p = plan(&mut scheduler(), &snap, &[&away]);
+    assert_ne!(zone_of(&snap, outcome_of(&p, "p/app1")), db_zone);
+    // ...but still lands there when it is the only node left (no node is rejected for it).
+    let mut lone = zoned_cluster(&[("a1", "a")], 4);
+    place_all(&mut lone, &[labelled("db0", "db", serde_json::json!({}))]);
+    let p = plan(&mut scheduler(), &lone, &[&away]);
+    placement(outcome_of(&p, "p/app1"));
+    // A claim without soft terms carries no affinity score at all.
+    let plain = claim("p", "plain", 1, serde_json::json!({}));
+    let p = plan(&mut scheduler(), &snap, &[&plain]);
+    assert!(
+        !placement(outcome_of(&p, "p/plain"))
+            .score
+            .plugins
+            .contains_key("affinity")
+    );
+}
+
+#[test]
+fn required_anti_affinity_binds_both_ways() {
+    let mut snap = zoned_cluster(&[("a1", "a"), ("b1", "b")], 4);
+    // A "noisy" claim refuses to share a zone with batch jobs.
+    let noisy = labelled(
+        "noisy",
+        "noisy",
+        serde_json::json!({"antiAffinity": [{"selector": "app=batch", "topologyKey": "zone"}]}),
+    );
+    place_all(&mut snap, std::slice::from_ref(&noisy));
+    let noisy_zone = zone_counts(&snap, "noisy").into_keys().next().unwrap();
+    // A batch job without any terms of its own keeps out of the noisy claim's zone.
+    for i in 0..3 {
+        let job = labelled(&format!("job{i}"), "batch", serde_json::json!({}));
+        let p = plan(&mut scheduler(), &snap, &[&job]);
+        assert_ne!(zone_of(&snap, outcome_of(&p, &key(&job))), noisy_zone);
+    }
+    // And within one batch: the noisy claim first, then a job that would otherwise binpack
+    // onto the same node.
+    let snap = zoned_cluster(&[("a1", "a"), ("b1", "b")], 4);
+    let job = labelled("job", "batch", serde_json::json!({}));
+    let p = plan(&mut scheduler(), &snap, &[&noisy, &job]);
+    assert_ne!(
+        zone_of(&snap, outcome_of(&p, "p/noisy")),
+        zone_of(&snap, outcome_of(&p, "p/job"))
+    );
+    // With the only other zone gone, the job waits and says why.
+    let mut single = zoned_cluster(&[("a1", "a")], 4);
+    place_all(&mut single, std::slice::from_ref(&noisy));
+    let p = plan(&mut scheduler(), &single, &[&job]);
+    let (_, message) = explanation(outcome_of(&p, "p/job"));
+    assert!(
+        message.contains("anti-affinity of a claim there"),
+        "{message}"
+    );
+}
+
+#[test]
+fn tenants_are_held_to_their_compliance_and_isolation_domains() {
+    let mut snap = Snapshot::new();
+    compute_class(&mut snap);
+    node(&mut snap, "pci1", 4, &[("compliance", "pci")]);
+    node(&mut snap, "std1", 4, &[]);
+    node(&mut snap, "ded1", 4, &[(TENANT_LABEL, "acme")]);
+    snap.upsert_project("bank", "fin");
+    snap.upsert_project("shop", "retail");
+    snap.upsert_project("acme-web", "acme");
+    let sel: infraos_api::LabelSelector = "compliance=pci".parse().unwrap();
+    snap.upsert_tenant("fin", Some(&sel));
+    // The regulated tenant's claims land only in its compliance domain...
+    for i in 0..4 {
+        let c = claim("bank", &format!("pay{i}"), 1, serde_json::json!({}));
+        let p = plan(&mut scheduler(), &snap, &[&c]);
+        assert_eq!(
+            placement(outcome_of(&p, &key(&c))).node.as_deref(),
+            Some("pci1")
+        );
+    }
+    // ...and wait, saying so, when it is full; a claim's own selector cannot widen it.
+    let mut full = snap.clone();
+    place_all(&mut full, &[claim("bank", "big", 4, serde_json::json!({}))]);
+    let c = claim(
+        "bank",
+        "more",
+        1,
+        serde_json::json!({"selector": "!compliance"}),
+    );
+    let p = plan(&mut scheduler(), &full, &[&c]);
+    let (_, message) = explanation(outcome_of(&p, "bank/more"));
+    assert!(
+        message.contains("outside the tenant's placement"),
+        "{message}"
+    );
+    // The node labelled for acme is acme's alone: others never land there, acme may.
+    for i in 0..6 {
+        let c = claim("shop", &format!("cart{i}"), 1, serde_json::json!({}));
+        let p = plan(&mut scheduler(), &snap, &[&c]);
+        assert_ne!(
+            placement(outcome_of(&p, &key(&c))).node.as_deref(),
+            Some("ded1")
+        );
+    }
+    let mut busy = snap.clone();
+    place_all(
+        &mut busy,
+        &[
+            claim("shop", "s1", 4, serde_json::json!({})),
+            claim("shop", "s2", 4, serde_json::json!({})),
+        ],
+    );
+    let c = claim("shop", "s3", 1, serde_json::json!({}));
+    let p = plan(&mut scheduler(), &busy, &[&c]);
+    let (_, message) = explanation(outcome_of(&p, "shop/s3"));
+    assert!(message.contains("isolated for another tenant"), "{message}");
+    let c = claim("acme-web", "a1", 1, serde_json::json!({}));
+    let p = plan(&mut scheduler(), &busy, &[&c]);
+    assert_eq!(
+        placement(outcome_of(&p, "acme-web/a1")).node.as_deref(),
+        Some("ded1")
+    );
+    // Lifting the restriction lets the regulated tenant anywhere (but ded1).
+    snap.upsert_tenant("fin", None);
+    let c = claim(
+        "bank",
+        "free",
+        1,
+        serde_json::json!({"selector": "!compliance"}),
+    );
+    let p = plan(&mut scheduler(), &snap, &[&c]);
+    assert_eq!(
+        placement(outcome_of(&p, "bank/free")).node.as_deref(),
+        Some("std1")
+    );
 }
 
 fn priced_node(snap: &mut Snapshot, name: &str, zone: &str, price: Option<f64>, watts: f64) {

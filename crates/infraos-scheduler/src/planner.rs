@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use infraos_api::kinds::{
     AffinityTerm, AllocatedResource, Claim, ClassKind, ITEMS_DIMENSION, PreemptionPolicy,
-    QuotaLevel, RunnerUp, ScoreBreakdown, Tier,
+    QuotaLevel, RunnerUp, ScoreBreakdown, SpreadTerm, TENANT_LABEL, Tier, Unsatisfiable,
 };
 use infraos_api::quantity::NANOS_PER_UNIT;
 use infraos_api::{ItemSelector, LabelSelector, Quantity};
@@ -32,7 +32,7 @@ use crate::order::{FairOrder, Next};
 
 use crate::plugins::{self, ScoreInput, ScorePlugin};
 use crate::profile::{Profile, ProfileError};
-use crate::snapshot::{ClassInfo, NodeId, ResourceEntry, ResourceId, Snapshot};
+use crate::snapshot::{ClassInfo, NodeEntry, NodeId, ResourceEntry, ResourceId, Snapshot};
 
 /// The scheduler's decisions for one batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -162,6 +162,11 @@ pub(crate) enum Reject<'a> {
     Untolerated(&'a str),
     Affinity(&'a str),
     AntiAffinity(&'a str),
+    /// Another claim's required anti-affinity keeps this one out.
+    AntiAffinityOfOther,
+    Spread(&'a str),
+    TenantPlacement,
+    Isolated,
     MissingTier(&'static str),
     WorkloadNeedsNode,
 }
@@ -171,9 +176,11 @@ impl Reject<'_> {
     /// one closest to fitting.
     fn rank(&self) -> u8 {
         match self {
-            Reject::SelectorMismatch => 1,
-            Reject::TopologyMismatch => 2,
-            Reject::Insufficient(_) => 3,
+            Reject::Isolated => 1,
+            Reject::TenantPlacement => 2,
+            Reject::SelectorMismatch => 3,
+            Reject::TopologyMismatch => 4,
+            Reject::Insufficient(_) => 5,
             _ => 0,
         }
     }
@@ -201,6 +208,12 @@ impl std::fmt::Display for Reject<'_> {
             Reject::Untolerated(key) => write!(f, "untolerated taint {key}"),
             Reject::Affinity(key) => write!(f, "affinity: no matching claim in this {key}"),
             Reject::AntiAffinity(key) => write!(f, "anti-affinity: a matching claim in this {key}"),
+            Reject::AntiAffinityOfOther => {
+                f.write_str("anti-affinity of a claim there excludes this one")
+            }
+            Reject::Spread(key) => write!(f, "topology spread: this {key} would exceed maxSkew"),
+            Reject::TenantPlacement => f.write_str("outside the tenant's placement"),
+            Reject::Isolated => f.write_str("isolated for another tenant"),
             Reject::MissingTier(tier) => write!(f, "node lacks the {tier} tier"),
             Reject::WorkloadNeedsNode => f.write_str("a workload needs a node-bound request"),
         }
@@ -441,9 +454,11 @@ impl Scheduler {
             self.item_memo.clear();
             self.memo_entries = 0;
         }
-        let affinity = claims
-            .iter()
-            .any(|(_, c)| !c.spec.affinity.is_empty() || !c.spec.anti_affinity.is_empty());
+        let affinity = claims.iter().any(|(_, c)| {
+            !c.spec.affinity.is_empty()
+                || !c.spec.anti_affinity.is_empty()
+                || !c.spec.topology_spread.is_empty()
+        }) || snapshot.has_anti_affinity();
         let mut batch = Batch::new(snapshot, affinity);
         let mut order = FairOrder::new(snapshot, claims, now_ms, &self.profile);
         let mut decisions = Vec::with_capacity(claims.len().min(limit));
@@ -870,6 +885,24 @@ impl Scheduler {
                     return Err(Reject::AntiAffinity(term.key));
                 }
             }
+            for (key, domains) in &ctx.excluded_by_others {
+                if entry
+                    .topology_value(key)
+                    .is_some_and(|v| domains.contains(v))
+                {
+                    return Err(Reject::AntiAffinityOfOther);
+                }
+            }
+            for spread in &ctx.spread {
+                if !spread.allows(entry.topology_value(spread.key)) {
+                    return Err(Reject::Spread(spread.key));
+                }
+            }
+            if let Some(owner) = entry.labels.get(TENANT_LABEL)
+                && ctx.tenant != Some(owner.as_str())
+            {
+                return Err(Reject::Isolated);
+            }
             for (key, value) in &entry.taints {
                 let tolerated = ctx
                     .claim
@@ -911,6 +944,18 @@ impl Scheduler {
                     continue;
                 };
                 if entry.class_id != Some(request.class.id) {
+                    continue;
+                }
+                if let Some(owner) = entry.labels.get(TENANT_LABEL)
+                    && ctx.tenant != Some(owner.as_str())
+                {
+                    worst = closer(worst, Reject::Isolated);
+                    continue;
+                }
+                if let Some(sel) = ctx.tenant_placement
+                    && !sel.matches_with(|k| snapshot.label(entry, k))
+                {
+                    worst = closer(worst, Reject::TenantPlacement);
                     continue;
                 }
                 if let Some(sel) = selector
@@ -961,6 +1006,10 @@ impl Scheduler {
                 self.distance(snapshot, node, anchor_pool, ctx)
             } else {
                 0.0
+            },
+            affinity: match node {
+                Some(n) if w[plugins::AFFINITY] > 0.0 => ctx.soft_score(snapshot.node(n)),
+                _ => 100.0,
             },
         };
         let mut plugin_scores = [0.0; MAX_PLUGINS];
@@ -1284,6 +1333,17 @@ pub(crate) struct ClaimCtx<'c> {
     pub policy: PreemptionPolicy,
     pub affinity: Vec<Domains<'c>>,
     pub anti_affinity: Vec<Domains<'c>>,
+    /// Domains (by topology key) that allocations' own required anti-affinity terms keep
+    /// this claim out of, because it matches their selectors.
+    pub excluded_by_others: Vec<(String, HashSet<&'c str>)>,
+    /// Required (`DoNotSchedule`) spread terms.
+    pub spread: Vec<Spread<'c>>,
+    /// Soft terms, for the `affinity` score plugin.
+    pub preferred_affinity: Vec<Domains<'c>>,
+    pub preferred_anti_affinity: Vec<Domains<'c>>,
+    pub preferred_spread: Vec<Spread<'c>>,
+    /// The tenant's compliance domain, which every resource must match.
+    pub tenant_placement: Option<&'c LabelSelector>,
     /// Score plugin weights: the profile's, replaced by the claim's own where it names them.
     pub weights: [f64; MAX_PLUGINS],
     /// Whether a relative plugin (cost, energy, network) has a weight.
@@ -1300,6 +1360,143 @@ pub(crate) struct Domains<'c> {
     /// No matching claim exists anywhere and the claim matches its own selector: it may go
     /// first, anywhere (as Kubernetes lets the first pod of a group through).
     pub first: bool,
+}
+
+/// For one spread term: matching claims per eligible domain (the values of `key` on the
+/// ready nodes that carry the claim's node-bound class and whose taints it tolerates).
+pub(crate) struct Spread<'c> {
+    pub key: &'c str,
+    pub max_skew: u32,
+    pub counts: HashMap<&'c str, u32>,
+    pub min: u32,
+    pub max: u32,
+}
+
+impl Spread<'_> {
+    /// Whether one more matching claim in domain `value` keeps the skew within bounds.
+    fn allows(&self, value: Option<&str>) -> bool {
+        let Some(v) = value else {
+            return false;
+        };
+        let count = self.counts.get(v).copied().unwrap_or(0);
+        count < self.min + self.max_skew
+    }
+
+    /// 1 for the emptiest domains down to near 0 for the fullest; 0 without the key.
+    fn preference(&self, value: Option<&str>) -> f64 {
+        let Some(v) = value else {
+            return 0.0;
+        };
+        let count = self.counts.get(v).copied().unwrap_or(0);
+        1.0 - f64::from(count.saturating_sub(self.min)) / f64::from(self.max - self.min + 1)
+    }
+}
+
+fn spread<'c>(
+    snapshot: &'c Snapshot,
+    batch: &Batch,
+    namespace: &str,
+    claim: &Claim,
+    requests: &[Request<'_>],
+    term: &'c SpreadTerm,
+) -> Spread<'c> {
+    let key = term.topology_key.as_str();
+    let mut counts: HashMap<&'c str, u32> = HashMap::new();
+    let class = requests
+        .iter()
+        .map(|r| r.class.name.as_str())
+        .find(|c| !snapshot.nodes_with(c).is_empty());
+    for &n in class.map_or(&[][..], |c| snapshot.nodes_with(c)) {
+        let e = snapshot.node(n);
+        let tolerated = e.taints.iter().all(|(k, v)| {
+            claim
+                .spec
+                .tolerations
+                .iter()
+                .any(|t| t.tolerates(k, v.as_deref()))
+        });
+        if e.registered
+            && e.ready
+            && !e.unschedulable
+            && tolerated
+            && let Some(v) = e.topology_value(key)
+        {
+            counts.entry(v).or_insert(0);
+        }
+    }
+    let mut note = |labels: &infraos_api::Labels, node: Option<&str>| {
+        if !term.selector.matches(labels) {
+            return;
+        }
+        if let Some(c) = node
+            .and_then(|n| snapshot.node_by_name(n))
+            .and_then(|n| n.topology_value(key))
+            .and_then(|v| counts.get_mut(v))
+        {
+            *c += 1;
+        }
+    };
+    for meta in snapshot.allocations_in_project(namespace) {
+        if !meta.preempting {
+            note(&meta.labels, meta.node.as_deref());
+        }
+    }
+    for placed in &batch.placed {
+        if placed.namespace == namespace {
+            note(&placed.labels, placed.node.as_deref());
+        }
+    }
+    let min = counts.values().min().copied().unwrap_or(0);
+    let max = counts.values().max().copied().unwrap_or(0);
+    Spread {
+        key,
+        max_skew: term.max_skew,
+        counts,
+        min,
+        max,
+    }
+}
+
+/// The domains that claims already placed in the project keep this claim out of with their
+/// own required anti-affinity terms (anti-affinity binds both ways, as in Kubernetes).
+fn excluded_by_others<'c>(
+    snapshot: &'c Snapshot,
+    batch: &Batch,
+    namespace: &str,
+    claim: &Claim,
+) -> Vec<(String, HashSet<&'c str>)> {
+    let mut out: Vec<(String, HashSet<&'c str>)> = Vec::new();
+    let mut note = |terms: &[AffinityTerm], node: Option<&str>| {
+        for term in terms {
+            if !term.selector.matches(&claim.metadata.labels) {
+                continue;
+            }
+            let Some(node) = node.and_then(|n| snapshot.node_by_name(n)) else {
+                continue;
+            };
+            let Some(value) = node.topology_value(&term.topology_key) else {
+                continue;
+            };
+            let key = term.topology_key.as_str();
+            match out.iter_mut().find(|(k, _)| k == key) {
+                Some((_, set)) => {
+                    set.insert(value);
+                }
+                None => out.push((key.to_string(), HashSet::from([value]))),
+            }
+        }
+    };
+    for meta in snapshot.anti_affinity_in_project(namespace) {
+        if !meta.preempting {
+            note(&meta.anti_affinity, meta.node.as_deref());
+        }
+    }
+    for placed in &batch.placed {
+        if placed.namespace == namespace {
+            note(&placed.anti_affinity, placed.node.as_deref());
+        }
+    }
+    out
 }
 
 fn domains<'c>(
@@ -1329,9 +1526,9 @@ fn domains<'c>(
             note(&meta.labels, meta.node.as_deref());
         }
     }
-    for (ns, labels, node) in &batch.placed {
-        if ns == namespace {
-            note(labels, node.as_deref());
+    for placed in &batch.placed {
+        if placed.namespace == namespace {
+            note(&placed.labels, placed.node.as_deref());
         }
     }
     Domains {
@@ -1342,6 +1539,38 @@ fn domains<'c>(
 }
 
 impl<'c> ClaimCtx<'c> {
+    /// 0–100: the share of the claim's soft terms a node honours (spread terms partly).
+    fn soft_score(&self, node: &NodeEntry) -> f64 {
+        let mut sum = 0.0;
+        let mut n = 0usize;
+        for t in &self.preferred_affinity {
+            n += 1;
+            if let Some(v) = node.topology_value(t.key)
+                && (t.domains.is_empty() || t.domains.contains(v))
+            {
+                sum += 1.0;
+            }
+        }
+        for t in &self.preferred_anti_affinity {
+            n += 1;
+            if !node
+                .topology_value(t.key)
+                .is_some_and(|v| t.domains.contains(v))
+            {
+                sum += 1.0;
+            }
+        }
+        for s in &self.preferred_spread {
+            n += 1;
+            sum += s.preference(node.topology_value(s.key));
+        }
+        if n == 0 {
+            100.0
+        } else {
+            100.0 * sum / n as f64
+        }
+    }
+
     /// What the whole claim takes of one interned dimension.
     pub fn need(&self, gdim: GovDim) -> i128 {
         self.needs
@@ -1385,18 +1614,29 @@ impl<'c> ClaimCtx<'c> {
             .map(|(i, _)| i)
             .collect();
         let (priority, policy) = claim_priority(snapshot, claim);
-        let affinity = claim
-            .spec
-            .affinity
-            .iter()
-            .map(|t| domains(snapshot, batch, namespace, claim, t))
-            .collect();
-        let anti_affinity = claim
-            .spec
-            .anti_affinity
-            .iter()
-            .map(|t| domains(snapshot, batch, namespace, claim, t))
-            .collect();
+        let terms = |list: &'c [AffinityTerm], preferred: bool| -> Vec<Domains<'c>> {
+            list.iter()
+                .filter(|t| t.preferred == preferred)
+                .map(|t| domains(snapshot, batch, namespace, claim, t))
+                .collect()
+        };
+        let affinity = terms(&claim.spec.affinity, false);
+        let anti_affinity = terms(&claim.spec.anti_affinity, false);
+        let preferred_affinity = terms(&claim.spec.affinity, true);
+        let preferred_anti_affinity = terms(&claim.spec.anti_affinity, true);
+        let (mut spread_hard, mut preferred_spread) = (Vec::new(), Vec::new());
+        for term in &claim.spec.topology_spread {
+            let s = spread(snapshot, batch, namespace, claim, &requests, term);
+            match term.when_unsatisfiable {
+                Unsatisfiable::DoNotSchedule => spread_hard.push(s),
+                Unsatisfiable::ScheduleAnyway => preferred_spread.push(s),
+            }
+        }
+        let excluded = if snapshot.has_anti_affinity() || batch.any_anti_affinity() {
+            excluded_by_others(snapshot, batch, namespace, claim)
+        } else {
+            Vec::new()
+        };
         let mut weights = scheduler.weights;
         let mut near = Vec::new();
         if let Some(scoring) = &claim.spec.scoring {
@@ -1414,6 +1654,12 @@ impl<'c> ClaimCtx<'c> {
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
         }
+        let soft = !preferred_affinity.is_empty()
+            || !preferred_anti_affinity.is_empty()
+            || !preferred_spread.is_empty();
+        if !soft {
+            weights[plugins::AFFINITY] = 0.0;
+        }
         let relative = scheduler
             .plugins
             .iter()
@@ -1425,6 +1671,12 @@ impl<'c> ClaimCtx<'c> {
             near,
             affinity,
             anti_affinity,
+            excluded_by_others: excluded,
+            spread: spread_hard,
+            preferred_affinity,
+            preferred_anti_affinity,
+            preferred_spread,
+            tenant_placement: tenant.and_then(|t| snapshot.tenant_placement(t)),
             key,
             namespace,
             tenant,
@@ -1540,6 +1792,14 @@ pub(crate) struct Reservation {
     usage: Vec<(GovDim, i128)>,
 }
 
+/// A claim placed earlier in the batch, as affinity and spread see it.
+pub(crate) struct PlacedClaim {
+    pub namespace: String,
+    pub labels: infraos_api::Labels,
+    pub node: Option<String>,
+    pub anti_affinity: Vec<AffinityTerm>,
+}
+
 /// What earlier decisions of the batch took: capacity (the overlay), quota, queue shares,
 /// and the allocations already chosen as victims.
 pub(crate) struct Batch {
@@ -1547,9 +1807,9 @@ pub(crate) struct Batch {
     quota_taken: Vec<Vec<i128>>,
     pub queue_taken: HashMap<String, Vec<i128>>,
     pub victims: HashSet<String>,
-    /// Claims placed so far in the batch: (project, labels, node), for affinity; kept only
-    /// when a claim of the batch has affinity terms.
-    pub placed: Vec<(String, infraos_api::Labels, Option<String>)>,
+    /// Claims placed so far in the batch, for affinity and spread; kept only when a claim
+    /// of the batch has such terms or an allocation has anti-affinity.
+    pub placed: Vec<PlacedClaim>,
     track_placed: bool,
 }
 
@@ -1567,6 +1827,10 @@ impl Batch {
             victims: HashSet::new(),
             placed: Vec::new(),
         }
+    }
+
+    fn any_anti_affinity(&self) -> bool {
+        self.placed.iter().any(|p| !p.anti_affinity.is_empty())
     }
 
     pub fn quota_taken(&self, quota: usize, slot: usize) -> i128 {
@@ -1613,11 +1877,19 @@ impl Batch {
             }
         }
         if self.track_placed && !ctx.claim.metadata.labels.is_empty() {
-            self.placed.push((
-                ctx.namespace.to_string(),
-                ctx.claim.metadata.labels.clone(),
-                placement.node.clone(),
-            ));
+            self.placed.push(PlacedClaim {
+                namespace: ctx.namespace.to_string(),
+                labels: ctx.claim.metadata.labels.clone(),
+                node: placement.node.clone(),
+                anti_affinity: ctx
+                    .claim
+                    .spec
+                    .anti_affinity
+                    .iter()
+                    .filter(|t| !t.preferred)
+                    .cloned()
+                    .collect(),
+            });
         }
         let queue = ctx.claim.spec.queue_name();
         let taken = match self.queue_taken.get_mut(queue) {

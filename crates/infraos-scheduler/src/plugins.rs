@@ -17,6 +17,9 @@ pub struct ScoreInput<'a> {
     pub watts: f64,
     /// Network distance from the claim's preferred location (`spec.scoring.near`).
     pub distance: f64,
+    /// How well the placement honours the claim's soft terms (preferred affinity and
+    /// anti-affinity, `ScheduleAnyway` spread), 0–100.
+    pub affinity: f64,
 }
 
 pub trait ScorePlugin: Send + Sync {
@@ -29,11 +32,12 @@ pub trait ScorePlugin: Send + Sync {
     }
 }
 
-pub const NAMES: &[&str] = &["binpack", "spread", "cost", "energy", "network"];
+pub const NAMES: &[&str] = &["binpack", "spread", "cost", "energy", "network", "affinity"];
 /// Positions in [`NAMES`] of the plugins whose inputs cost something to compute.
 pub const COST: usize = 2;
 pub const ENERGY: usize = 3;
 pub const NETWORK: usize = 4;
+pub const AFFINITY: usize = 5;
 
 pub fn by_name(name: &str) -> Option<Box<dyn ScorePlugin>> {
     match name {
@@ -42,6 +46,7 @@ pub fn by_name(name: &str) -> Option<Box<dyn ScorePlugin>> {
         "cost" => Some(Box::new(Cost)),
         "energy" => Some(Box::new(Energy)),
         "network" => Some(Box::new(Network)),
+        "affinity" => Some(Box::new(Affinity)),
         _ => None,
     }
 }
@@ -122,5 +127,19 @@ impl ScorePlugin for Network {
     }
     fn relative(&self) -> bool {
         true
+    }
+}
+
+/// Prefers nodes that honour the claim's soft terms: in the domains of preferred affinity,
+/// out of those of preferred anti-affinity, in the emptiest domains of `ScheduleAnyway`
+/// spread terms (kube-scheduler's InterPodAffinity and PodTopologySpread scoring).
+pub struct Affinity;
+
+impl ScorePlugin for Affinity {
+    fn name(&self) -> &'static str {
+        "affinity"
+    }
+    fn score(&self, input: &ScoreInput<'_>) -> f64 {
+        input.affinity
     }
 }

@@ -16,6 +16,7 @@ pub(crate) type WeightedPlugins = (Vec<Box<dyn ScorePlugin>>, Vec<f64>);
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Profile {
     /// Score plugins by name with their weights, e.g. `{binpack: 1}` or `{spread: 2, binpack: 1}`.
+    /// `affinity` scores only claims with soft terms (it weighs nothing for the rest).
     #[serde(default = "default_scores")]
     pub scores: BTreeMap<String, f64>,
     /// Share of candidate nodes to find feasible before choosing. 0 (the default) adapts to
@@ -80,7 +81,9 @@ impl Default for FairSharing {
 }
 
 fn default_scores() -> BTreeMap<String, f64> {
-    [("binpack".to_string(), 1.0)].into_iter().collect()
+    [("binpack".to_string(), 1.0), ("affinity".to_string(), 1.0)]
+        .into_iter()
+        .collect()
 }
 
 fn default_min_feasible() -> usize {

@@ -83,6 +83,13 @@ pub fn allocate(
             queue: claim.spec.queue.clone(),
             group: claim.spec.group.as_ref().map(|g| g.name.clone()),
             borrowing: placement.borrowing,
+            anti_affinity: claim
+                .spec
+                .anti_affinity
+                .iter()
+                .filter(|t| !t.preferred)
+                .cloned()
+                .collect(),
         },
     );
     allocation.metadata.uid = uuid::Uuid::new_v4().to_string();

@@ -47,6 +47,10 @@ pub struct AllocationSpec {
     /// a claim within its own limits needs it back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub borrowing: bool,
+    /// The claim's labels and required anti-affinity terms, copied so that later claims
+    /// keep out of its domain (anti-affinity binds both ways).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anti_affinity: Vec<crate::kinds::AffinityTerm>,
 }
 
 fn is_zero_i32(v: &i32) -> bool {

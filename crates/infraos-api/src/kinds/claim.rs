@@ -62,9 +62,14 @@ pub struct ClaimSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub affinity: Vec<AffinityTerm>,
     /// Never land in a topology domain where claims of the project matching a selector hold
-    /// allocations (one replica per zone, say).
+    /// allocations (one replica per zone, say). Required terms bind both ways: a later claim
+    /// that matches the selector keeps out of this claim's domain too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub anti_affinity: Vec<AffinityTerm>,
+    /// Spread the project's claims matching each selector evenly over a topology key's
+    /// domains, within a maximum skew.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread: Vec<SpreadTerm>,
     /// Soft preferences: score plugin weights for this claim, and where it would rather be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scoring: Option<ClaimScoring>,
@@ -87,16 +92,47 @@ pub struct ClaimScoring {
 pub const MAX_CLAIM_WEIGHT: f64 = 100.0;
 
 /// Claims selected by labels, and the node label whose value makes a topology domain.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AffinityTerm {
     /// Over the labels of the project's claims (their allocations carry them).
     pub selector: LabelSelector,
     /// A node label: `infraos.io/node` for the node itself, or `rack`, `zone`, `region`.
     pub topology_key: String,
+    /// A preference, not a rule: no node is rejected for it, and the `affinity` score plugin
+    /// ranks the nodes that honour it higher.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preferred: bool,
+}
+
+/// Even spread of matching claims over the domains of a topology key (Kubernetes'
+/// topologySpreadConstraints): placing in a domain may not leave it more than `maxSkew`
+/// matching claims ahead of the emptiest domain.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpreadTerm {
+    /// Over the labels of the project's claims; usually the claim's own, e.g. `app=web`.
+    pub selector: LabelSelector,
+    /// A node label (`zone`, `rack`, `infraos.io/node`); its values are the domains.
+    pub topology_key: String,
+    /// 1 to 1000.
+    pub max_skew: u32,
+    #[serde(default)]
+    pub when_unsatisfiable: Unsatisfiable,
+}
+
+/// What a spread term does when no domain keeps the skew within bounds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Unsatisfiable {
+    /// A rule: the claim waits.
+    #[default]
+    DoNotSchedule,
+    /// A preference: the `affinity` score plugin ranks the least skewed domains higher.
+    ScheduleAnyway,
 }
 
 pub const MAX_AFFINITY_TERMS: usize = 8;
+pub const MAX_SPREAD_SKEW: u32 = 1000;
 
 impl ClaimSpec {
     pub fn priority(&self) -> i32 {
@@ -374,6 +410,27 @@ impl Kind for ClaimSpec {
                 }
             }
         }
+        if spec.topology_spread.len() > MAX_AFFINITY_TERMS {
+            errors.add(
+                "spec.topologySpread",
+                format!("at most {MAX_AFFINITY_TERMS} terms"),
+            );
+        }
+        for (i, term) in spec.topology_spread.iter().enumerate() {
+            let at = |f: &str| format!("spec.topologySpread[{i}].{f}");
+            if term.selector.is_empty() {
+                errors.add(at("selector"), "must select something (e.g. app=web)");
+            }
+            if let Err(e) = labels::validate_key(&term.topology_key) {
+                errors.add(at("topologyKey"), e.to_string());
+            }
+            if term.max_skew == 0 || term.max_skew > MAX_SPREAD_SKEW {
+                errors.add(
+                    at("maxSkew"),
+                    format!("must be between 1 and {MAX_SPREAD_SKEW}"),
+                );
+            }
+        }
         if let Some(scoring) = &spec.scoring {
             for (name, w) in &scoring.weights {
                 if !w.is_finite() || *w < 0.0 || *w > MAX_CLAIM_WEIGHT {
@@ -393,8 +450,12 @@ impl Kind for ClaimSpec {
             }
         }
         for (i, anti) in spec.anti_affinity.iter().enumerate() {
+            if anti.preferred {
+                continue;
+            }
             if let Some(j) = spec.affinity.iter().position(|a| {
-                a.topology_key == anti.topology_key
+                !a.preferred
+                    && a.topology_key == anti.topology_key
                     && a.selector.to_string() == anti.selector.to_string()
             }) {
                 errors.add(

@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::EmptyStatus;
+use crate::labels::LabelSelector;
 use crate::names;
 use crate::object::{Kind, KindInfo, Object};
 use crate::validation::Errors;
@@ -16,7 +17,15 @@ pub struct TenantSpec {
     pub display_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// A compliance domain: the tenant's claims land only on resources whose labels (or
+    /// their node's) match, e.g. `compliance=pci`. Claims cannot widen it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<LabelSelector>,
 }
+
+/// A node or resource labelled `infraos.io/tenant=T` is an isolation domain: only tenant T's
+/// claims land on it.
+pub const TENANT_LABEL: &str = "infraos.io/tenant";
 
 impl Kind for TenantSpec {
     type Status = EmptyStatus;

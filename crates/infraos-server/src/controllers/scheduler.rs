@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use infraos_api::Kind as _;
 use infraos_api::kinds::{
     AllocationSpec, ClaimPhase, ClaimSpec, ClassAmounts, NodeSpec, PriorityClassSpec, ProjectSpec,
-    QueueSpec, QuotaSpec, ResourceClassSpec, ResourceSpec,
+    QueueSpec, QuotaSpec, ResourceClassSpec, ResourceSpec, TenantSpec,
 };
 use infraos_scheduler::planner::WAITING_FOR_PREEMPTION;
 use infraos_scheduler::{AllocationMeta, Outcome, Scheduler, Snapshot};
@@ -47,9 +47,10 @@ enum Source {
     Queues,
     Quotas,
     Projects,
+    Tenants,
 }
 
-const SOURCES: [Source; 9] = [
+const SOURCES: [Source; 10] = [
     Source::Classes,
     Source::Nodes,
     Source::Resources,
@@ -59,6 +60,7 @@ const SOURCES: [Source; 9] = [
     Source::Queues,
     Source::Quotas,
     Source::Projects,
+    Source::Tenants,
 ];
 
 const REQUEUE_INTERVAL: Duration = Duration::from_secs(1);
@@ -111,6 +113,7 @@ pub fn spawn(
             Source::Queues => objects::prefix(QueueSpec::INFO, None),
             Source::Quotas => objects::prefix(QuotaSpec::INFO, None),
             Source::Projects => objects::prefix(ProjectSpec::INFO, None),
+            Source::Tenants => objects::prefix(TenantSpec::INFO, None),
         };
         tokio::spawn(reflector::run(
             state.store.clone(),
@@ -326,6 +329,10 @@ impl Controller {
             Source::Projects => decode_typed::<ProjectSpec>(kv).map(|p| {
                 self.snapshot.upsert_project(&id, &p.spec.tenant);
             }),
+            Source::Tenants => decode_typed::<TenantSpec>(kv).map(|t| {
+                self.snapshot.upsert_tenant(&id, t.spec.placement.as_ref());
+                self.cluster_changed = true;
+            }),
         };
         if let Err(e) = result {
             tracing::error!(key = %kv.key, error = ?e, "cannot decode a stored object; ignoring it");
@@ -393,6 +400,10 @@ impl Controller {
                 self.cluster_changed = true;
             }
             Source::Projects => self.snapshot.remove_project(id),
+            Source::Tenants => {
+                self.snapshot.remove_tenant(id);
+                self.cluster_changed = true;
+            }
         }
     }
 
