@@ -7,6 +7,7 @@ pub mod bench;
 pub mod delete;
 pub mod describe;
 pub mod dev;
+pub mod explain;
 pub mod get;
 pub mod join_token;
 pub mod lease;

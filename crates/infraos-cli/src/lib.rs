@@ -46,6 +46,8 @@ enum Command {
     Get(commands::get::GetArgs),
     /// Show an object in detail: status, lease countdown, scheduling explanation, events.
     Describe(commands::describe::DescribeArgs),
+    /// Replay the scheduler's decision for a claim on the snapshot it was made on.
+    Explain(commands::explain::ExplainArgs),
     /// Delete objects by name or from files.
     Delete(commands::delete::DeleteArgs),
     /// Extend a claim's lease.
@@ -114,6 +116,7 @@ pub fn main() -> ExitCode {
             Command::Apply(args) => commands::apply::run(config.as_deref(), args).await,
             Command::Get(args) => commands::get::run(config.as_deref(), args).await,
             Command::Describe(args) => commands::describe::run(config.as_deref(), args).await,
+            Command::Explain(args) => commands::explain::run(config.as_deref(), args).await,
             Command::Delete(args) => commands::delete::run(config.as_deref(), args).await,
             Command::Renew(args) => commands::lease::renew(config.as_deref(), args).await,
             Command::Release(args) => commands::lease::release(config.as_deref(), args).await,

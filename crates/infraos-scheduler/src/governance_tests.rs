@@ -1005,6 +1005,25 @@ fn topology_spread_keeps_the_skew_within_bounds() {
     let p = plan(&mut scheduler(), &snap, &[&soft]);
     let placed = placement(outcome_of(&p, "p/w1"));
     assert!(placed.score.plugins.contains_key("affinity"), "{placed:?}");
+
+    // Only the domains the claim's selector accepts count (Kubernetes' Honor policy):
+    // claims pinned to zone a are not held back by an empty zone b they could never use.
+    let mut snap = zoned_cluster(&[("a1", "a"), ("a2", "a"), ("b1", "b")], 8);
+    let pinned: Vec<Claim> = (0..4)
+        .map(|i| {
+            labelled(
+                &format!("pin{i}"),
+                "pin",
+                serde_json::json!({"selector": "zone=a", "topologySpread": [
+                    {"selector": "app=pin", "topologyKey": "zone", "maxSkew": 1}]}),
+            )
+        })
+        .collect();
+    let by_key: HashMap<String, Claim> = pinned.iter().map(|c| (key(c), c.clone())).collect();
+    let refs: Vec<&Claim> = pinned.iter().collect();
+    let p = plan(&mut scheduler(), &snap, &refs);
+    apply(&mut snap, &p, &by_key);
+    assert_eq!(zone_counts(&snap, "pin").get("a"), Some(&4), "{p:?}");
 }
 
 #[test]

@@ -427,6 +427,12 @@ impl Scheduler {
         &self.profile
     }
 
+    /// Where the next claim's scan over candidate nodes begins: a replay sets it to what the
+    /// decision recorded.
+    pub fn set_scan_start(&mut self, start: usize) {
+        self.next_start = start;
+    }
+
     /// Drops the nomination a claim holds (it was placed elsewhere, or deleted).
     pub fn forget(&mut self, claim_key: &str) {
         self.nominated.retain(|_, (k, _)| k != claim_key);
@@ -665,6 +671,7 @@ impl Scheduler {
         let mut best: Option<Candidate> = None;
         let mut runner_up: Option<Candidate> = None;
         let mut feasible = 0usize;
+        let mut scan_start = 0usize;
         // With relative plugins every feasible candidate is kept, to normalize over them.
         let mut all: Vec<Candidate> = Vec::new();
         let mut consider =
@@ -725,6 +732,7 @@ impl Scheduler {
                 }
                 let want = self.profile.feasible_to_find(candidates.len());
                 let start = self.next_start % candidates.len();
+                scan_start = start;
                 let mut examined = 0;
                 let mut found = 0;
                 for offset in 0..candidates.len() {
@@ -771,7 +779,10 @@ impl Scheduler {
         let Some(best) = best else {
             return Err(explanation);
         };
-        Ok(self.placement(snapshot, &ctx.weights, requests, best, runner_up, feasible))
+        let mut placement =
+            self.placement(snapshot, &ctx.weights, requests, best, runner_up, feasible);
+        placement.score.scan_start = scan_start as u64;
+        Ok(placement)
     }
 
     fn placement(
@@ -819,6 +830,7 @@ impl Scheduler {
                 total: round2(best.score),
                 plugins,
                 feasible: feasible as u64,
+                scan_start: 0,
             },
             runner_up: runner_up.map(|r| RunnerUp {
                 node: r.node.map(|n| snapshot.node(n).name.clone()),
@@ -1363,7 +1375,8 @@ pub(crate) struct Domains<'c> {
 }
 
 /// For one spread term: matching claims per eligible domain (the values of `key` on the
-/// ready nodes that carry the claim's node-bound class and whose taints it tolerates).
+/// ready nodes with a resource of the claim's node-bound class that its selector and its
+/// tenant's placement accept, and whose taints it tolerates: Kubernetes' `Honor` policies).
 pub(crate) struct Spread<'c> {
     pub key: &'c str,
     pub max_skew: u32,
@@ -1392,22 +1405,41 @@ impl Spread<'_> {
     }
 }
 
+struct Eligibility<'a> {
+    requests: &'a [Request<'a>],
+    selector: Option<&'a LabelSelector>,
+    tenant_placement: Option<&'a LabelSelector>,
+}
+
 fn spread<'c>(
     snapshot: &'c Snapshot,
     batch: &Batch,
     namespace: &str,
     claim: &Claim,
-    requests: &[Request<'_>],
+    eligible: &Eligibility<'_>,
     term: &'c SpreadTerm,
 ) -> Spread<'c> {
     let key = term.topology_key.as_str();
     let mut counts: HashMap<&'c str, u32> = HashMap::new();
-    let class = requests
+    let class = eligible
+        .requests
         .iter()
-        .map(|r| r.class.name.as_str())
-        .find(|c| !snapshot.nodes_with(c).is_empty());
-    for &n in class.map_or(&[][..], |c| snapshot.nodes_with(c)) {
+        .map(|r| r.class)
+        .find(|c| !snapshot.nodes_with(&c.name).is_empty());
+    for &n in class.map_or(&[][..], |c| snapshot.nodes_with(&c.name)) {
         let e = snapshot.node(n);
+        let accepted = e.resources.iter().any(|&id| {
+            snapshot.resource(id).is_some_and(|r| {
+                class.is_some_and(|c| r.class_id == Some(c.id))
+                    && [eligible.selector, eligible.tenant_placement]
+                        .into_iter()
+                        .flatten()
+                        .all(|sel| sel.matches_with(|k| snapshot.label(r, k)))
+            })
+        });
+        if !accepted {
+            continue;
+        }
         let tolerated = e.taints.iter().all(|(k, v)| {
             claim
                 .spec
@@ -1624,9 +1656,15 @@ impl<'c> ClaimCtx<'c> {
         let anti_affinity = terms(&claim.spec.anti_affinity, false);
         let preferred_affinity = terms(&claim.spec.affinity, true);
         let preferred_anti_affinity = terms(&claim.spec.anti_affinity, true);
+        let tenant_placement = tenant.and_then(|t| snapshot.tenant_placement(t));
         let (mut spread_hard, mut preferred_spread) = (Vec::new(), Vec::new());
+        let eligible = Eligibility {
+            requests: &requests,
+            selector: claim.spec.selector.as_ref(),
+            tenant_placement,
+        };
         for term in &claim.spec.topology_spread {
-            let s = spread(snapshot, batch, namespace, claim, &requests, term);
+            let s = spread(snapshot, batch, namespace, claim, &eligible, term);
             match term.when_unsatisfiable {
                 Unsatisfiable::DoNotSchedule => spread_hard.push(s),
                 Unsatisfiable::ScheduleAnyway => preferred_spread.push(s),
@@ -1676,7 +1714,7 @@ impl<'c> ClaimCtx<'c> {
             preferred_affinity,
             preferred_anti_affinity,
             preferred_spread,
-            tenant_placement: tenant.and_then(|t| snapshot.tenant_placement(t)),
+            tenant_placement,
             key,
             namespace,
             tenant,

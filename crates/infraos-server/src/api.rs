@@ -28,6 +28,7 @@ use crate::state::AppState;
 pub(crate) mod agent;
 mod audit_records;
 mod claims;
+mod explain;
 mod join_tokens;
 mod logs;
 mod meta;
@@ -48,6 +49,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(join_tokens::revoke),
         )
         .route("/namespaces/{ns}/claims/{name}/log", get(logs::claim_log))
+        .route(
+            "/namespaces/{ns}/claims/{name}/explain",
+            get(explain::claim),
+        )
         .route(
             "/namespaces/{ns}/{plural}",
             get(objects::list_namespaced).post(objects::create_namespaced),

@@ -38,6 +38,9 @@ pub struct ServerConfig {
     /// moved on without a line for it). About a minute, as the Kubernetes API server: often
     /// enough that a resumed watch starts recent, rarely enough that thousands cost nothing.
     pub watch_bookmark_interval: Duration,
+    /// Changes the embedded store keeps in memory: how far back watches may resume and
+    /// `infraos explain` may replay (older requests get 410 Gone).
+    pub watch_history: usize,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +59,7 @@ impl Default for ServerConfig {
             node_grace_period: Duration::from_secs(40),
             agent_cert_ttl: Duration::from_secs(24 * 3600),
             watch_bookmark_interval: Duration::from_secs(60),
+            watch_history: 100_000,
         }
     }
 }
@@ -95,6 +99,9 @@ impl ServerConfig {
         }
         if ms(&self.watch_bookmark_interval) < 100 {
             return Err("watchBookmarkInterval: must be at least 100ms".into());
+        }
+        if self.watch_history < 100 {
+            return Err("watchHistory: must be at least 100 changes".into());
         }
         if ms(&self.agent_cert_ttl) < 10_000 {
             return Err("agentCertTtl: must be at least 10s".into());

@@ -1,7 +1,7 @@
 //! Controllers: level-triggered loops over watches of the store (DESIGN §3). Only the leader
 //! runs them; with the embedded store the single server is always the leader.
 
-mod applier;
+pub(crate) mod applier;
 pub mod claims;
 pub mod lease;
 pub mod nodes;

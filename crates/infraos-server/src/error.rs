@@ -221,6 +221,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Compacted { .. } => ApiError::gone(e.to_string()),
+            StoreError::FutureRevision { .. } => ApiError::bad_request(e.to_string()),
             StoreError::ValueTooLarge { .. } | StoreError::KeyTooLarge { .. } => {
                 ApiError::too_large(e.to_string())
             }

@@ -77,6 +77,7 @@ pub fn allocate(
             score: Some(placement.score.clone()),
             runner_up: placement.runner_up.clone(),
             snapshot_revision,
+            batch_position: 0,
             workload: claim.spec.workload.clone(),
             renew_policy: claim.spec.lease.renew_policy,
             priority: claim.spec.priority.unwrap_or(0),

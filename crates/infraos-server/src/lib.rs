@@ -20,6 +20,7 @@ pub mod config;
 pub mod controllers;
 pub mod error;
 pub mod events;
+pub mod explain;
 pub mod init;
 pub mod join_tokens;
 pub mod lease;
@@ -54,9 +55,14 @@ impl Server {
         if !init::is_initialised(&dir) {
             return Err(ServerError::NotInitialised(dir.display().to_string()));
         }
-        let store: Arc<dyn infraos_store::Store> = Arc::new(
-            infraos_store::embedded::EmbeddedStore::open(&config.store_path(), Default::default())?,
-        );
+        let store: Arc<dyn infraos_store::Store> =
+            Arc::new(infraos_store::embedded::EmbeddedStore::open(
+                &config.store_path(),
+                infraos_store::embedded::EmbeddedOptions {
+                    watch_history: config.watch_history.max(1),
+                    ..Default::default()
+                },
+            )?);
         let tls = tls::load_server_config(
             &dir.join(init::SERVER_CERT),
             &dir.join(init::SERVER_KEY),

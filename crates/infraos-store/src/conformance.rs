@@ -33,7 +33,8 @@ macro_rules! store_conformance_tests {
             delete_and_recreate, range_prefix_order_and_pagination, txn_is_atomic,
             watch_delivers_in_order_with_prefix, watch_replays_from_past_revision,
             compaction_forces_relist, concurrent_cas_loses_no_update, ledger_chains_atomically,
-            oversized_writes_are_rejected, slow_watcher_sees_no_gap, survives_reopen);
+            oversized_writes_are_rejected, slow_watcher_sees_no_gap, survives_reopen,
+            range_at_a_past_revision);
     };
     (@each $make:expr; $($name:ident),*) => {
         $(
@@ -271,6 +272,70 @@ pub async fn compaction_forces_relist(h: &impl Harness) {
     }
     let mut w = s.watch("/cp/", r2).await.unwrap();
     assert_eq!(next_events(&mut w, 1).await[0].kv.key, "/cp/3");
+}
+
+pub async fn range_at_a_past_revision(h: &impl Harness) {
+    let s = h.open().await;
+    let start = s.current_revision().await.unwrap();
+    let r1 = put(&*s, "/ra/a", "a1").await;
+    put(&*s, "/ra/b", "b1").await;
+    let r3 = put(&*s, "/ra/a", "a2").await;
+    s.txn(Txn::new().delete("/ra/b")).await.unwrap();
+    put(&*s, "/ra/c", "c1").await;
+    put(&*s, "/other/x", "x").await;
+    let values = |r: &crate::RangeResult| -> Vec<(String, String)> {
+        r.kvs
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key.clone(),
+                    String::from_utf8_lossy(&kv.value).into_owned(),
+                )
+            })
+            .collect()
+    };
+    let at = |r| {
+        let s = Arc::clone(&s);
+        async move { s.range_at("/ra/", r).await.unwrap() }
+    };
+    assert!(
+        at(start).await.kvs.is_empty(),
+        "nothing under /ra/ at the start"
+    );
+    let v1 = at(r1).await;
+    assert_eq!(v1.revision, r1);
+    assert_eq!(values(&v1), [("/ra/a".to_string(), "a1".to_string())]);
+    assert_eq!(
+        values(&at(r3).await),
+        [
+            ("/ra/a".to_string(), "a2".to_string()),
+            ("/ra/b".to_string(), "b1".to_string())
+        ],
+        "an update and a later delete are both undone"
+    );
+    let now = s.current_revision().await.unwrap();
+    assert_eq!(
+        values(&at(now).await),
+        [
+            ("/ra/a".to_string(), "a2".to_string()),
+            ("/ra/c".to_string(), "c1".to_string())
+        ]
+    );
+    let (older, v) = (at(r1).await.kvs, &at(r1).await.kvs[0]);
+    assert_eq!(
+        (older.len(), v.mod_revision),
+        (1, r1),
+        "old revisions come back"
+    );
+    match s.range_at("/ra/", now + 10).await {
+        Err(StoreError::FutureRevision { .. }) => {}
+        other => panic!("expected FutureRevision, got {other:?}"),
+    }
+    s.compact(r3).await.unwrap();
+    match s.range_at("/ra/", r1).await {
+        Err(StoreError::Compacted { .. }) => {}
+        other => panic!("expected Compacted, got {other:?}"),
+    }
 }
 
 pub async fn concurrent_cas_loses_no_update(h: &impl Harness) {

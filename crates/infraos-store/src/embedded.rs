@@ -198,7 +198,7 @@ fn writer_loop(
                 shared.revision.store(revision, Ordering::Release);
                 // Publish before acknowledging, so a client that reads its write's revision
                 // and then watches from it cannot miss the event.
-                shared.hub.publish(group.events);
+                shared.hub.publish(group.events, revision);
                 for (request, outcome) in batch.drain(..).zip(group.outcomes) {
                     let _ = request.reply.send(outcome);
                 }
@@ -458,6 +458,55 @@ impl Store for EmbeddedStore {
             Some(raw) => Ok(Some(decode_kv(key, raw.value())?)),
             None => Ok(None),
         }
+    }
+
+    /// The current keys with the newer changes undone from the watch history: as far back as
+    /// that history reaches (`watch_history` events), no further.
+    async fn range_at(&self, prefix: &str, revision: Revision) -> Result<RangeResult, StoreError> {
+        let current = self.range(prefix, None, 0).await?;
+        if revision > current.revision {
+            return Err(StoreError::FutureRevision {
+                requested: revision,
+                current: current.revision,
+            });
+        }
+        if revision == current.revision {
+            return Ok(current);
+        }
+        // The writer publishes right after it commits: wait for it to catch up with the read.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let events = loop {
+            if let Some(events) = self.shared.hub.history(prefix, revision, current.revision) {
+                break events?;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(StoreError::Backend(format!(
+                    "history up to revision {} was not published within 5s",
+                    current.revision
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        };
+        let mut kvs: std::collections::BTreeMap<String, KeyValue> = current
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key.clone(), kv))
+            .collect();
+        for event in events.into_iter().rev() {
+            match event.prev {
+                Some(prev) => {
+                    kvs.insert(prev.key.clone(), prev);
+                }
+                None => {
+                    kvs.remove(&event.kv.key);
+                }
+            }
+        }
+        Ok(RangeResult {
+            kvs: kvs.into_values().collect(),
+            revision,
+            more: false,
+        })
     }
 
     async fn range(

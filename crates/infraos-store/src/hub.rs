@@ -34,6 +34,8 @@ struct Inner {
     capacity: usize,
     /// Watches must start after this revision.
     compacted: Revision,
+    /// The revision of the newest commit published (the ring holds every event up to it).
+    published: Revision,
     /// One channel per watched prefix; `closed` once the store closed: receivers then see
     /// `Closed`.
     senders: HashMap<String, broadcast::Sender<Batch>>,
@@ -48,17 +50,20 @@ impl Hub {
                 ring: VecDeque::new(),
                 capacity: capacity.max(1),
                 compacted: revision,
+                published: revision,
                 senders: HashMap::new(),
                 closed: false,
             }),
         }
     }
 
-    pub(crate) fn publish(&self, events: Vec<Event>) {
+    /// Publishes the events of the commits up to `revision`.
+    pub(crate) fn publish(&self, events: Vec<Event>, revision: Revision) {
+        let mut inner = self.inner.lock();
+        inner.published = inner.published.max(revision);
         if events.is_empty() {
             return;
         }
-        let mut inner = self.inner.lock();
         for e in &events {
             inner.ring.push_back(e.clone());
         }
@@ -108,6 +113,36 @@ impl Hub {
         let mut inner = self.inner.lock();
         inner.closed = true;
         inner.senders.clear();
+    }
+
+    /// The events under `prefix` with `after < revision <= upto`, oldest first; `None` while
+    /// the commit at `upto` is not published yet.
+    pub(crate) fn history(
+        &self,
+        prefix: &str,
+        after: Revision,
+        upto: Revision,
+    ) -> Option<Result<Vec<Event>, StoreError>> {
+        let inner = self.inner.lock();
+        if inner.published < upto {
+            return None;
+        }
+        if after < inner.compacted {
+            return Some(Err(StoreError::Compacted {
+                requested: after,
+                compacted: inner.compacted,
+            }));
+        }
+        Some(Ok(inner
+            .ring
+            .iter()
+            .filter(|e| {
+                e.kv.mod_revision > after
+                    && e.kv.mod_revision <= upto
+                    && e.kv.key.starts_with(prefix)
+            })
+            .cloned()
+            .collect()))
     }
 
     pub(crate) fn compacted(&self) -> Revision {

@@ -160,6 +160,11 @@ pub enum StoreError {
         requested: Revision,
         compacted: Revision,
     },
+    #[error("revision {requested} is in the future (the current one is {current})")]
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
     #[error("key of {len} bytes exceeds the {MAX_KEY_LEN}-byte limit")]
     KeyTooLarge { len: usize },
     #[error("value for {key:?} of {len} bytes exceeds the {MAX_VALUE_LEN}-byte limit")]
@@ -197,6 +202,11 @@ pub trait Store: Send + Sync + 'static {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<RangeResult, StoreError>;
+
+    /// Every key under `prefix` as it was at `revision` (for replaying a past decision).
+    /// Fails with `Compacted` when the backend no longer holds that history, and with
+    /// `FutureRevision` past the current revision.
+    async fn range_at(&self, prefix: &str, revision: Revision) -> Result<RangeResult, StoreError>;
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError>;
 

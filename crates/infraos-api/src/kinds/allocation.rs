@@ -28,6 +28,10 @@ pub struct AllocationSpec {
     /// The store revision of the snapshot the decision was made on (for replay).
     #[serde(default)]
     pub snapshot_revision: u64,
+    /// The decision's position in its batch: a replay assumes the allocations the batch
+    /// decided before it.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub batch_position: u32,
     /// The claim's workload, copied so the node's agent needs to read nothing but its
     /// allocations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,6 +55,10 @@ pub struct AllocationSpec {
     /// keep out of its domain (anti-affinity binds both ways).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub anti_affinity: Vec<crate::kinds::AffinityTerm>,
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
 }
 
 fn is_zero_i32(v: &i32) -> bool {
@@ -87,6 +95,14 @@ pub struct ScoreBreakdown {
     /// How many feasible candidates were scored.
     #[serde(default)]
     pub feasible: u64,
+    /// Where in the class's node list the sampling scan began (it rotates from claim to
+    /// claim); a replay starts there too.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub scan_start: u64,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -302,6 +302,13 @@ pub struct Unschedulable {
     pub reasons: BTreeMap<String, u64>,
     /// The store revision of the snapshot the decision was made on.
     pub snapshot_revision: u64,
+    /// The decision's position in its batch.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub batch_position: u32,
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
 }
 
 impl Kind for ClaimSpec {

@@ -72,10 +72,11 @@ pub async fn commit(
     let mut txn = Txn::new();
     let mut assumed = Vec::new();
     let mut unschedulable = Vec::new();
-    for decision in &plan.decisions {
+    for (position, decision) in plan.decisions.iter().enumerate() {
         let Some(entry) = claims.get(&decision.claim_key) else {
             continue;
         };
+        let position = u32::try_from(position).unwrap_or(u32::MAX);
         match &decision.outcome {
             Outcome::Placed(placement) => {
                 if let Err(e) = snapshot.fits(&placement.resources) {
@@ -84,8 +85,9 @@ pub async fn commit(
                     continue;
                 }
                 let mut claim = (*entry.claim).clone();
-                let allocation =
+                let mut allocation =
                     lease::allocate(&mut claim, placement, now, plan.snapshot_revision);
+                allocation.spec.batch_position = position;
                 let mut meta = AllocationMeta::of(
                     &allocation.spec,
                     allocation.status.as_ref(),
@@ -116,11 +118,9 @@ pub async fn commit(
                     .append(payload);
             }
             Outcome::Unschedulable(explanation) => {
-                unschedulable.push((
-                    decision.claim_key.clone(),
-                    entry.clone(),
-                    explanation.into(),
-                ));
+                let mut why = Why::from(explanation);
+                why.position = position;
+                unschedulable.push((decision.claim_key.clone(), entry.clone(), why));
             }
             Outcome::Preempt(preemption) => {
                 let mut started = Vec::new();
@@ -134,26 +134,7 @@ pub async fn commit(
                         }
                     }
                 }
-                let at = preemption
-                    .node
-                    .as_deref()
-                    .map(|n| format!(" on node {n}"))
-                    .unwrap_or_default();
-                let names: Vec<String> = preemption
-                    .victims
-                    .iter()
-                    .map(|v| format!("{} (priority {})", v.allocation, v.priority))
-                    .collect();
-                let message = format!(
-                    "preempting {}{at}: {}; the claim is placed when they have stopped. {}",
-                    names.join(", "),
-                    preemption
-                        .victims
-                        .first()
-                        .map(|v| v.reason.as_str())
-                        .unwrap_or_default(),
-                    preemption.explanation.message()
-                );
+                let message = preemption_message(preemption);
                 tracing::info!(claim = %decision.claim_key, victims = started.len(), "preempting");
                 unschedulable.push((
                     decision.claim_key.clone(),
@@ -162,6 +143,7 @@ pub async fn commit(
                         reason: "Preempting",
                         message,
                         explanation: preemption.explanation.clone(),
+                        position,
                     },
                 ));
             }
@@ -200,11 +182,37 @@ pub async fn commit(
     applied
 }
 
+/// What a preempting claim's status says: the victims, where, why, and what it lacks.
+pub(crate) fn preemption_message(preemption: &infraos_scheduler::PreemptionPlan) -> String {
+    let at = preemption
+        .node
+        .as_deref()
+        .map(|n| format!(" on node {n}"))
+        .unwrap_or_default();
+    let names: Vec<String> = preemption
+        .victims
+        .iter()
+        .map(|v| format!("{} (priority {})", v.allocation, v.priority))
+        .collect();
+    format!(
+        "preempting {}{at}: {}; the claim is placed when they have stopped. {}",
+        names.join(", "),
+        preemption
+            .victims
+            .first()
+            .map(|v| v.reason.as_str())
+            .unwrap_or_default(),
+        preemption.explanation.message()
+    )
+}
+
 /// Why a claim stays pending: a reason code, the message users read, and the counts.
 struct Why {
     reason: &'static str,
     message: String,
     explanation: Explanation,
+    /// The decision's position in its batch.
+    position: u32,
 }
 
 impl From<&Explanation> for Why {
@@ -213,6 +221,7 @@ impl From<&Explanation> for Why {
             reason: explanation.reason,
             message: explanation.message(),
             explanation: explanation.clone(),
+            position: 0,
         }
     }
 }
@@ -333,6 +342,7 @@ async fn write_unschedulable(
         reason,
         message,
         explanation,
+        position,
     } = why;
     let current = entry.claim.status.as_ref();
     if current.and_then(|s| s.message.as_deref()) == Some(message.as_str()) {
@@ -348,6 +358,7 @@ async fn write_unschedulable(
         candidate_kind: explanation.candidate_kind.to_string(),
         reasons: explanation.reasons.clone(),
         snapshot_revision,
+        batch_position: position,
     });
     let bytes = encode_typed(&claim);
     let involved = events::claim_ref(claim.name(), claim.namespace(), &claim.metadata.uid);

@@ -37,7 +37,7 @@ use crate::state::AppState;
 use crate::update::{self, Audit, Decision, Target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Source {
+pub(crate) enum Source {
     Classes,
     Nodes,
     Resources,
@@ -50,7 +50,7 @@ enum Source {
     Tenants,
 }
 
-const SOURCES: [Source; 10] = [
+pub(crate) const SOURCES: [Source; 10] = [
     Source::Classes,
     Source::Nodes,
     Source::Resources,
@@ -62,6 +62,103 @@ const SOURCES: [Source; 10] = [
     Source::Projects,
     Source::Tenants,
 ];
+
+/// What applying one stored object to the snapshot changed.
+pub(crate) enum Applied {
+    /// Capacity, constraints or quotas: unschedulable claims may fit now.
+    Cluster,
+    /// Nothing that changes where claims fit.
+    Quiet,
+    AllocationHeld {
+        preempting: bool,
+    },
+    /// An allocation stopped holding resources.
+    AllocationEnded,
+    /// A claim: the snapshot does not hold claims; the caller decides what to do with it.
+    Claim(Box<infraos_api::kinds::Claim>),
+}
+
+/// The store prefix a source reflects.
+pub(crate) fn source_prefix(source: Source) -> String {
+    match source {
+        Source::Classes => objects::prefix(ResourceClassSpec::INFO, None),
+        Source::Nodes => objects::prefix(NodeSpec::INFO, None),
+        Source::Resources => objects::prefix(ResourceSpec::INFO, None),
+        Source::Allocations => objects::prefix(AllocationSpec::INFO, None),
+        Source::Claims => objects::prefix(ClaimSpec::INFO, None),
+        Source::PriorityClasses => objects::prefix(PriorityClassSpec::INFO, None),
+        Source::Queues => objects::prefix(QueueSpec::INFO, None),
+        Source::Quotas => objects::prefix(QuotaSpec::INFO, None),
+        Source::Projects => objects::prefix(ProjectSpec::INFO, None),
+        Source::Tenants => objects::prefix(TenantSpec::INFO, None),
+    }
+}
+
+/// Applies one stored object to the snapshot, as the scheduler sees it (shared with replay).
+pub(crate) fn apply_object(
+    snapshot: &mut Snapshot,
+    source: Source,
+    id: &str,
+    kv: &KeyValue,
+) -> Result<Applied, ApiError> {
+    Ok(match source {
+        Source::Classes => {
+            let c = decode_typed::<ResourceClassSpec>(kv)?;
+            snapshot.upsert_class(id, &c.spec);
+            Applied::Cluster
+        }
+        Source::Nodes => {
+            let n = decode_typed::<NodeSpec>(kv)?;
+            snapshot.upsert_node(id, &n.metadata.labels, &n.spec, n.status.as_ref());
+            Applied::Cluster
+        }
+        Source::Resources => {
+            let r = decode_typed::<ResourceSpec>(kv)?;
+            snapshot.upsert_resource(id, &r.metadata.labels, &r.spec);
+            Applied::Cluster
+        }
+        Source::Allocations => {
+            let a = decode_typed::<AllocationSpec>(kv)?;
+            if a.status.as_ref().is_some_and(|s| s.phase.holds_resources()) {
+                let created = a.metadata.creation_timestamp.map_or(0, |t| t.unix_millis());
+                let mut meta = AllocationMeta::of(&a.spec, a.status.as_ref(), created);
+                meta.labels = a.metadata.labels;
+                let preempting = meta.preempting;
+                snapshot.apply_allocation(id, &a.spec.resources, meta);
+                Applied::AllocationHeld { preempting }
+            } else {
+                snapshot.remove_allocation(id);
+                Applied::AllocationEnded
+            }
+        }
+        Source::Claims => Applied::Claim(Box::new(decode_typed::<ClaimSpec>(kv)?)),
+        Source::PriorityClasses => {
+            let p = decode_typed::<PriorityClassSpec>(kv)?;
+            snapshot.upsert_priority_class(id, &p.spec);
+            Applied::Cluster
+        }
+        Source::Queues => {
+            let q = decode_typed::<QueueSpec>(kv)?;
+            snapshot.upsert_queue(id, q.spec.weight);
+            Applied::Quiet
+        }
+        Source::Quotas => {
+            let q = decode_typed::<QuotaSpec>(kv)?;
+            snapshot.upsert_quota(id, &q.spec);
+            Applied::Cluster
+        }
+        Source::Projects => {
+            let p = decode_typed::<ProjectSpec>(kv)?;
+            snapshot.upsert_project(id, &p.spec.tenant);
+            Applied::Quiet
+        }
+        Source::Tenants => {
+            let t = decode_typed::<TenantSpec>(kv)?;
+            snapshot.upsert_tenant(id, t.spec.placement.as_ref());
+            Applied::Cluster
+        }
+    })
+}
 
 const REQUEUE_INTERVAL: Duration = Duration::from_secs(1);
 const FULL_RETRY_INTERVAL: Duration = Duration::from_secs(30);
@@ -103,18 +200,7 @@ pub fn spawn(
     let scheduler = Scheduler::new(state.config.scheduler.clone())?;
     let (tx, rx) = mpsc::channel(16_384);
     for source in SOURCES {
-        let prefix = match source {
-            Source::Classes => objects::prefix(ResourceClassSpec::INFO, None),
-            Source::Nodes => objects::prefix(NodeSpec::INFO, None),
-            Source::Resources => objects::prefix(ResourceSpec::INFO, None),
-            Source::Allocations => objects::prefix(AllocationSpec::INFO, None),
-            Source::Claims => objects::prefix(ClaimSpec::INFO, None),
-            Source::PriorityClasses => objects::prefix(PriorityClassSpec::INFO, None),
-            Source::Queues => objects::prefix(QueueSpec::INFO, None),
-            Source::Quotas => objects::prefix(QuotaSpec::INFO, None),
-            Source::Projects => objects::prefix(ProjectSpec::INFO, None),
-            Source::Tenants => objects::prefix(TenantSpec::INFO, None),
-        };
+        let prefix = source_prefix(source);
         tokio::spawn(reflector::run(
             state.store.clone(),
             prefix,
@@ -146,7 +232,7 @@ pub fn spawn(
 
 /// `namespace/name` from a key `/registry/<plural>/<namespace>/<name>`, or the name of a
 /// cluster-scoped object.
-fn object_id(key: &str) -> String {
+pub(crate) fn object_id(key: &str) -> String {
     let mut parts = key.trim_start_matches("/registry/").splitn(2, '/');
     parts.next();
     parts.next().unwrap_or_default().to_string()
@@ -276,66 +362,29 @@ impl Controller {
 
     fn upsert(&mut self, source: Source, kv: &KeyValue) {
         let id = object_id(&kv.key);
-        let result = match source {
-            Source::Classes => decode_typed::<ResourceClassSpec>(kv).map(|c| {
-                self.snapshot.upsert_class(&id, &c.spec);
-                self.cluster_changed = true;
-            }),
-            Source::Nodes => decode_typed::<NodeSpec>(kv).map(|n| {
-                self.snapshot
-                    .upsert_node(&id, &n.metadata.labels, &n.spec, n.status.as_ref());
-                self.cluster_changed = true;
-            }),
-            Source::Resources => decode_typed::<ResourceSpec>(kv).map(|r| {
-                self.snapshot
-                    .upsert_resource(&id, &r.metadata.labels, &r.spec);
-                self.cluster_changed = true;
-            }),
-            Source::Allocations if self.own_allocations.get(&id) == Some(&kv.mod_revision) => {
-                // The echo of our own commit: already assumed, no need to decode it.
-                self.own_allocations.remove(&id);
-                Ok(())
-            }
-            Source::Allocations => decode_typed::<AllocationSpec>(kv).map(|a| {
-                let holds = a.status.as_ref().is_some_and(|s| s.phase.holds_resources());
-                if holds {
-                    let created = a.metadata.creation_timestamp.map_or(0, |t| t.unix_millis());
-                    let mut meta = AllocationMeta::of(&a.spec, a.status.as_ref(), created);
-                    meta.labels = a.metadata.labels;
-                    if meta.preempting {
-                        // Claims waiting for preemption look again when victims end.
-                        self.cluster_changed = true;
-                    }
-                    self.snapshot.apply_allocation(&id, &a.spec.resources, meta);
-                } else {
-                    self.snapshot.remove_allocation(&id);
+        if source == Source::Allocations && self.own_allocations.get(&id) == Some(&kv.mod_revision)
+        {
+            // The echo of our own commit: already assumed, no need to decode it.
+            self.own_allocations.remove(&id);
+            return;
+        }
+        match apply_object(&mut self.snapshot, source, &id, kv) {
+            Ok(Applied::Cluster) => self.cluster_changed = true,
+            Ok(Applied::Quiet) => {}
+            Ok(Applied::AllocationHeld { preempting }) => {
+                if preempting {
+                    // Claims waiting for preemption look again when victims end.
                     self.cluster_changed = true;
-                    self.wake_preemptors();
                 }
-            }),
-            Source::Claims => decode_typed::<ClaimSpec>(kv)
-                .map(|c| self.upsert_claim(id.clone(), kv.mod_revision, c)),
-            Source::PriorityClasses => decode_typed::<PriorityClassSpec>(kv).map(|p| {
-                self.snapshot.upsert_priority_class(&id, &p.spec);
+            }
+            Ok(Applied::AllocationEnded) => {
                 self.cluster_changed = true;
-            }),
-            Source::Queues => decode_typed::<QueueSpec>(kv).map(|q| {
-                self.snapshot.upsert_queue(&id, q.spec.weight);
-            }),
-            Source::Quotas => decode_typed::<QuotaSpec>(kv).map(|q| {
-                self.snapshot.upsert_quota(&id, &q.spec);
-                self.cluster_changed = true;
-            }),
-            Source::Projects => decode_typed::<ProjectSpec>(kv).map(|p| {
-                self.snapshot.upsert_project(&id, &p.spec.tenant);
-            }),
-            Source::Tenants => decode_typed::<TenantSpec>(kv).map(|t| {
-                self.snapshot.upsert_tenant(&id, t.spec.placement.as_ref());
-                self.cluster_changed = true;
-            }),
-        };
-        if let Err(e) = result {
-            tracing::error!(key = %kv.key, error = ?e, "cannot decode a stored object; ignoring it");
+                self.wake_preemptors();
+            }
+            Ok(Applied::Claim(claim)) => self.upsert_claim(id, kv.mod_revision, *claim),
+            Err(e) => {
+                tracing::error!(key = %kv.key, error = ?e, "cannot decode a stored object; ignoring it");
+            }
         }
     }
 
