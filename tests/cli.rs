@@ -142,6 +142,17 @@ async fn the_walkthrough_works_from_the_command_line() {
         "{described}"
     );
     assert!(described.contains("gpu0, gpu1"), "{described}");
+    for (claim, detail) in [("train-h100", "Node:"), ("too-big", "insufficient gpu")] {
+        let explained = ok(
+            &server.cli(&["explain", "claim", claim, "-n", "ml-team"]),
+            "explain",
+        );
+        assert!(
+            explained.contains("the replay reaches the recorded decision")
+                && explained.contains(detail),
+            "{explained}"
+        );
+    }
     let res = ok(
         &server.cli(&["describe", "resource", "gpu-east-1-compute"]),
         "describe resource",
