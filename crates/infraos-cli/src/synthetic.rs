@@ -49,7 +49,11 @@ pub const GOVERNANCE_PROFILE: &str = "scheduler: {scores: {binpack: 1, spread: 1
 /// With `governance`, a tenant quota and a project quota over every class (wide enough to
 /// admit all claims, so they are checked on every claim without changing placements) and two
 /// priority classes, one claim in five of the higher.
-pub fn cluster(nodes: usize, claims: usize, governance: bool) -> Synthetic {
+///
+/// With `devices`, every node has eight GPUs and every claim asks for one or two of them with
+/// a CEL selector (the device-claims benchmark); otherwise one node in four has GPUs and 15%
+/// of the claims want them.
+pub fn cluster(nodes: usize, claims: usize, governance: bool, devices: bool) -> Synthetic {
     let mut setup = vec![
         {
             let mut t = meta("Tenant", TENANT, None, json!({}));
@@ -104,8 +108,8 @@ pub fn cluster(nodes: usize, claims: usize, governance: bool) -> Synthetic {
         c["spec"] =
             json!({"class": "compute", "node": name, "capacity": {"cpu": "64", "memory": "256Gi"}});
         resources.push(c);
-        if i % 4 == 0 {
-            let (model, mem) = if i % 8 == 0 {
+        if devices || i % 4 == 0 {
+            let (model, mem) = if i % 8 == 0 || (devices && i % 2 == 0) {
                 ("H100", 80)
             } else {
                 ("A100", 40)
@@ -136,13 +140,18 @@ pub fn cluster(nodes: usize, claims: usize, governance: bool) -> Synthetic {
             json!({"name": "main", "class": "compute", "amount": {"cpu": cpu.to_string(), "memory": format!("{mem}Gi")}}),
         ];
         let mut spec = json!({"lease": {"duration": "1h"}});
-        match rng.below(100) {
+        let roll = if devices {
+            80 + rng.below(15)
+        } else {
+            rng.below(100)
+        };
+        match roll {
             0..=79 => {}
             80..=94 => {
-                let selector = if rng.below(2) == 0 {
-                    "item.attributes.model == \"H100\""
-                } else {
-                    "item.attributes.memoryGiB >= 40"
+                let selector = match rng.below(if devices { 3 } else { 2 }) {
+                    0 => "item.attributes.model == \"H100\"",
+                    1 => "item.attributes.memoryGiB >= 40",
+                    _ => "item.attributes.model == \"A100\" && item.attributes.memoryGiB >= 40",
                 };
                 requests.push(json!({"name": "accel", "class": "gpu", "count": 1 + rng.below(2), "selector": selector}));
             }
@@ -183,15 +192,28 @@ mod tests {
 
     #[test]
     fn every_generated_object_validates() {
-        for governance in [false, true] {
-            let s = cluster(40, 200, governance);
+        for (governance, devices) in [(false, false), (true, false), (false, true), (true, true)] {
+            let s = cluster(40, 200, governance, devices);
             check_all(&s);
         }
-        let s = cluster(40, 200, false);
+        let s = cluster(40, 200, false, false);
         assert_eq!(s.nodes.len(), 40);
         assert_eq!(s.resources.len(), 40 + 10 + 3);
-        let again = cluster(40, 200, false);
+        let again = cluster(40, 200, false, false);
         assert_eq!(again.claims, s.claims, "deterministic");
+        let devices = cluster(40, 200, false, true);
+        assert_eq!(
+            devices.resources.len(),
+            40 + 40 + 3,
+            "a GPU resource on every node"
+        );
+        assert!(
+            devices
+                .claims
+                .iter()
+                .all(|c| c.to_string().contains("\"class\":\"gpu\"")),
+            "every device claim asks for GPUs"
+        );
     }
 
     fn check_all(s: &Synthetic) {

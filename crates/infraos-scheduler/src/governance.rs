@@ -157,6 +157,11 @@ pub(crate) struct Governance {
     pub by_project: HashMap<String, HashSet<String>>,
     /// Project → keys of its allocations with required anti-affinity terms.
     pub anti_by_project: HashMap<String, HashSet<String>>,
+    /// How many allocations hold each priority, borrow quota, or are being preempted: lets a
+    /// claim that could preempt nothing skip the search.
+    pub priorities: BTreeMap<i32, usize>,
+    pub borrowing: usize,
+    pub preempting: usize,
     /// Tenant → the selector its claims' resources must match (its compliance domain).
     pub tenant_placement: HashMap<String, LabelSelector>,
     /// Queue → what its allocations hold, by dimension.
@@ -476,6 +481,22 @@ impl Snapshot {
             .map(|a| &a.meta)
     }
 
+    /// Whether any allocation could be a preemption victim (or is already stopping) for a
+    /// claim of `priority`: a cheap check before searching node by node.
+    pub(crate) fn may_preempt(
+        &self,
+        priority: i32,
+        min_gap: u32,
+        policy: PreemptionPolicy,
+        claim_borrows: bool,
+    ) -> bool {
+        let by_priority = policy != PreemptionPolicy::Never
+            && self.gov.priorities.keys().next().is_some_and(|&lowest| {
+                i64::from(lowest) + i64::from(min_gap) <= i64::from(priority)
+            });
+        by_priority || self.gov.preempting > 0 || (!claim_borrows && self.gov.borrowing > 0)
+    }
+
     /// Whether any allocation has required anti-affinity terms (claims must then check them).
     pub(crate) fn has_anti_affinity(&self) -> bool {
         !self.gov.anti_by_project.is_empty()
@@ -528,6 +549,9 @@ impl Snapshot {
             queue[g] += nanos;
         }
         self.gov.generation += 1;
+        *self.gov.priorities.entry(meta.priority).or_insert(0) += 1;
+        self.gov.borrowing += usize::from(meta.borrowing);
+        self.gov.preempting += usize::from(meta.preempting);
         self.gov
             .by_project
             .entry(ns.to_string())
@@ -548,6 +572,14 @@ impl Snapshot {
     /// Gives back exactly what [`Snapshot::add_governance`] added.
     pub(crate) fn remove_governance(&mut self, key: &str) -> Option<AllocationMeta> {
         let gov = self.gov.allocs.remove(key)?;
+        if let Some(n) = self.gov.priorities.get_mut(&gov.meta.priority) {
+            *n -= 1;
+            if *n == 0 {
+                self.gov.priorities.remove(&gov.meta.priority);
+            }
+        }
+        self.gov.borrowing -= usize::from(gov.meta.borrowing);
+        self.gov.preempting -= usize::from(gov.meta.preempting);
         let ns = namespace_of(key);
         for index in [&mut self.gov.by_project, &mut self.gov.anti_by_project] {
             if let Some(keys) = index.get_mut(ns) {
@@ -588,6 +620,9 @@ impl Snapshot {
         self.gov.queue_usage.clear();
         self.gov.by_project.clear();
         self.gov.anti_by_project.clear();
+        self.gov.priorities.clear();
+        self.gov.borrowing = 0;
+        self.gov.preempting = 0;
         let all: Vec<(String, AllocationMeta)> =
             self.gov.allocs.drain().map(|(k, a)| (k, a.meta)).collect();
         for (key, meta) in all {
@@ -601,8 +636,11 @@ impl Snapshot {
     /// Records that an allocation is being preempted (its resources are about to come free),
     /// ahead of the watch event that says so.
     pub fn mark_preempting(&mut self, key: &str) {
-        if let Some(a) = self.gov.allocs.get_mut(key) {
+        if let Some(a) = self.gov.allocs.get_mut(key)
+            && !a.meta.preempting
+        {
             a.meta.preempting = true;
+            self.gov.preempting += 1;
         }
     }
 
@@ -613,6 +651,28 @@ impl Snapshot {
 
     /// Every quota's usage within its limits (plus borrowing); the property tests' invariant.
     pub fn check_quota_invariants(&self) -> Result<(), String> {
+        let mut priorities: BTreeMap<i32, usize> = BTreeMap::new();
+        for a in self.gov.allocs.values() {
+            *priorities.entry(a.meta.priority).or_insert(0) += 1;
+        }
+        let borrowing = self
+            .gov
+            .allocs
+            .values()
+            .filter(|a| a.meta.borrowing)
+            .count();
+        let preempting = self
+            .gov
+            .allocs
+            .values()
+            .filter(|a| a.meta.preempting)
+            .count();
+        if priorities != self.gov.priorities
+            || borrowing != self.gov.borrowing
+            || preempting != self.gov.preempting
+        {
+            return Err("allocation counts by priority, borrowing or preempting drifted".into());
+        }
         for q in &self.gov.quotas {
             for d in &q.dims {
                 if d.used > d.limit + d.borrow {

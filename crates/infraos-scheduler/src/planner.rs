@@ -719,7 +719,7 @@ impl Scheduler {
 
         match anchor {
             Some(anchor) => {
-                let candidates = snapshot.nodes_with(&anchor.class.name);
+                let mut candidates = snapshot.nodes_with(&anchor.class.name);
                 let total_nodes = snapshot.node_count().max(candidates.len());
                 explanation.candidate_kind = "nodes";
                 explanation.candidates = total_nodes as u64;
@@ -729,6 +729,33 @@ impl Scheduler {
                         Reject::NoResource(&anchor.class.name).to_string(),
                         without as u64,
                     );
+                }
+                // An items request needs a node with a free item of its class: when those are
+                // fewer (GPUs running out), scan only them; the other nodes of the anchor
+                // class are short of the items (or lack the class) and are counted so.
+                let narrower = requests
+                    .iter()
+                    .filter(|r| matches!(r.need, Need::Items { .. }))
+                    .filter(|r| !snapshot.nodes_with(&r.class.name).is_empty())
+                    .map(|r| (r, snapshot.nodes_with_free_items(&r.class.name)))
+                    .min_by_key(|(_, free)| free.len())
+                    .filter(|(_, free)| free.len() < candidates.len());
+                if let Some((request, free)) = narrower {
+                    let with_class = snapshot.nodes_with(&request.class.name).len();
+                    let short = with_class.saturating_sub(free.len()) as u64;
+                    let lacking = candidates.len().saturating_sub(with_class) as u64;
+                    for (reason, n) in [
+                        (Reject::Insufficient(&request.class.name), short),
+                        (Reject::NoResource(&request.class.name), lacking),
+                    ] {
+                        if n > 0 {
+                            *explanation.reasons.entry(reason.to_string()).or_insert(0) += n;
+                        }
+                    }
+                    candidates = free;
+                }
+                if candidates.is_empty() {
+                    return Err(explanation);
                 }
                 let want = self.profile.feasible_to_find(candidates.len());
                 let start = self.next_start % candidates.len();

@@ -273,6 +273,14 @@ impl Scheduler {
             return Outcome::Unschedulable(explanation);
         }
         let claim_borrows = check_quotas(snapshot, ctx, batch, &[]).unwrap_or(true);
+        if !snapshot.may_preempt(
+            ctx.priority,
+            self.profile().preemption.min_priority_gap,
+            ctx.policy,
+            claim_borrows,
+        ) {
+            return Outcome::Unschedulable(explanation);
+        }
         let Some(anchor) = ctx
             .requests
             .iter()
@@ -346,6 +354,14 @@ impl Scheduler {
                     need > 0 && d.used + batch.quota_taken(qi, slot) + need > d.limit
                 })
         });
+        if !snapshot.may_preempt(
+            ctx.priority,
+            self.profile().preemption.min_priority_gap,
+            ctx.policy,
+            claim_borrows,
+        ) {
+            return Outcome::Unschedulable(explanation);
+        }
         let mut keys: Vec<&str> = snapshot.allocations_in_quota(block.quota);
         keys.sort_unstable();
         let mut units: Vec<Unit> = keys

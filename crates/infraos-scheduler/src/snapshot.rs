@@ -83,6 +83,8 @@ pub struct ResourceEntry {
     pub item_index: HashMap<String, usize>,
     pub item_used: Vec<bool>,
     pub items_free: usize,
+    /// Whether the resource counts its node into [`Snapshot::nodes_with_free_items`].
+    listed_free: bool,
     /// Changes whenever the resource's spec changes, to key memoized selector results.
     pub stamp: u64,
     /// The resource's own unit prices (override the class's).
@@ -119,6 +121,9 @@ pub struct Snapshot {
     pools_by_class: HashMap<String, Vec<ResourceId>>,
     /// Nodes that have at least one resource of the class.
     nodes_by_class: HashMap<String, Vec<NodeId>>,
+    /// Items classes: nodes with a free item of the class (the free-capacity index a claim
+    /// for items scans instead of every node with the class).
+    free_item_nodes: HashMap<String, NodeSet>,
     allocations: HashMap<String, Vec<AllocatedResource>>,
     allocations_by_resource: HashMap<String, HashSet<String>>,
     next_stamp: u64,
@@ -210,6 +215,34 @@ impl Snapshot {
 
     pub fn nodes_with(&self, class: &str) -> &[NodeId] {
         self.nodes_by_class.get(class).map_or(&[], Vec::as_slice)
+    }
+
+    /// The nodes where a resource of items class `class` has a free item.
+    pub fn nodes_with_free_items(&self, class: &str) -> &[NodeId] {
+        self.free_item_nodes
+            .get(class)
+            .map_or(&[], |s| s.list.as_slice())
+    }
+
+    /// Keeps the free-items index in step with a resource's `items_free` (idempotent).
+    fn sync_free(&mut self, id: ResourceId) {
+        let Some(entry) = self.resources.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(node) = entry.node else {
+            return;
+        };
+        let want = !entry.items.is_empty() && entry.items_free > 0;
+        if want == entry.listed_free {
+            return;
+        }
+        entry.listed_free = want;
+        let set = self.free_item_nodes.entry(entry.class.clone()).or_default();
+        if want {
+            set.add(node, &self.nodes);
+        } else {
+            set.remove(node);
+        }
     }
 
     pub fn allocation(&self, key: &str) -> Option<&[AllocatedResource]> {
@@ -309,6 +342,7 @@ impl Snapshot {
                 }
             }
         }
+        self.sync_free(id);
     }
 
     fn node_slot(&mut self, name: &str) -> NodeId {
@@ -393,6 +427,7 @@ impl Snapshot {
                 .collect(),
             item_used: vec![false; items.len()],
             items_free: items.len(),
+            listed_free: false,
             items,
             stamp: self.next_stamp,
             unit_price: spec.unit_price.clone(),
@@ -415,9 +450,7 @@ impl Snapshot {
             Some(n) => {
                 self.nodes[n].resources.push(id);
                 let list = self.nodes_by_class.entry(spec.class.clone()).or_default();
-                if !list.contains(&n) {
-                    list.push(n);
-                }
+                insert_by_name(list, n, &self.nodes);
             }
             None => self
                 .pools_by_class
@@ -444,6 +477,11 @@ impl Snapshot {
             return;
         };
         self.free_slots.push(id);
+        if entry.listed_free
+            && let (Some(n), Some(set)) = (entry.node, self.free_item_nodes.get_mut(&entry.class))
+        {
+            set.remove(n);
+        }
         match entry.node {
             Some(n) => {
                 self.nodes[n].resources.retain(|&r| r != id);
@@ -577,6 +615,9 @@ impl Snapshot {
                 }
             }
         }
+        if !part.items.is_empty() {
+            self.sync_free(id);
+        }
     }
 
     /// The plan applier's re-check: does this allocation fit what is free right now?
@@ -655,7 +696,63 @@ impl Snapshot {
             if counted + r.items_free != r.items.len() {
                 return Err(format!("{}: item accounting is inconsistent", r.name));
             }
+            if let Some(n) = r.node
+                && !r.items.is_empty()
+            {
+                let listed = self.nodes_with_free_items(&r.class).contains(&n);
+                if r.items_free > 0 && !listed {
+                    return Err(format!(
+                        "{}: free items but its node is not indexed",
+                        r.name
+                    ));
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// A set of nodes with a count per node, kept in node-name order: a scan over it visits the
+/// same nodes in the same order however the set was built, so a replay on a rebuilt snapshot
+/// starts where the recorded scan did.
+#[derive(Clone, Debug, Default)]
+struct NodeSet {
+    list: Vec<NodeId>,
+    /// Node → how many resources put it there.
+    counts: HashMap<NodeId, u32>,
+}
+
+impl NodeSet {
+    fn add(&mut self, node: NodeId, nodes: &[NodeEntry]) {
+        let count = self.counts.entry(node).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            insert_by_name(&mut self.list, node, nodes);
+        }
+    }
+
+    fn remove(&mut self, node: NodeId) {
+        let Some(count) = self.counts.get_mut(&node) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.counts.remove(&node);
+            self.list.retain(|&n| n != node);
+        }
+    }
+}
+
+/// Inserts `node` into `list` (sorted by node name) unless it is there already.
+fn insert_by_name(list: &mut Vec<NodeId>, node: NodeId, nodes: &[NodeEntry]) {
+    let name = nodes.get(node).map_or("", |n| n.name.as_str());
+    if let Err(at) = list.binary_search_by(|&probe| {
+        nodes
+            .get(probe)
+            .map_or("", |n| n.name.as_str())
+            .cmp(name)
+            .then(probe.cmp(&node))
+    }) {
+        list.insert(at, node);
     }
 }

@@ -700,3 +700,68 @@ fn workloads_go_only_to_nodes_with_the_execute_tier() {
         "0/2 nodes are available: 2 node lacks the execute tier."
     );
 }
+
+#[test]
+fn items_claims_scan_only_nodes_with_free_items() {
+    let mut c = Cluster::new();
+    for n in ["a", "b", "c", "d"] {
+        c = c.node(n, &[], "8", "32Gi").gpus(n, &[("H100", 80)]);
+    }
+    let take = |snap: &mut Snapshot, key: &str, node: &str| {
+        snap.apply_allocation(
+            key,
+            &[AllocatedResource {
+                request: "gpu".into(),
+                resource: format!("{node}-gpu"),
+                class: "gpu".into(),
+                amount: BTreeMap::new(),
+                items: vec!["gpu0".into()],
+            }],
+            AllocationMeta::default(),
+        );
+    };
+    assert_eq!(
+        c.snap.nodes_with_free_items("gpu"),
+        c.snap.nodes_with("gpu")
+    );
+    for n in ["a", "b", "d"] {
+        take(&mut c.snap, &format!("p/{n}"), n);
+    }
+    c.snap.check_invariants().unwrap();
+    let free: Vec<&str> = c
+        .snap
+        .nodes_with_free_items("gpu")
+        .iter()
+        .map(|&n| c.snap.node(n).name.as_str())
+        .collect();
+    assert_eq!(free, ["c"]);
+    let cl = claim(
+        "g",
+        serde_json::json!({"requests": [{"class": "gpu", "count": 1}]}),
+    );
+    let mut s = Scheduler::new(Profile::default()).unwrap();
+    match &plan_one(&mut s, &c.snap, &cl) {
+        Outcome::Placed(p) => assert_eq!(p.node.as_deref(), Some("c")),
+        other => panic!("expected c, got {other:?}"),
+    }
+    take(&mut c.snap, "p/c", "c");
+    assert!(c.snap.nodes_with_free_items("gpu").is_empty());
+    // The explanation still accounts for every node, as a full scan would.
+    assert_eq!(
+        unschedulable(&plan_one(&mut s, &c.snap, &cl)),
+        "0/4 nodes are available: 4 insufficient gpu."
+    );
+    // Freeing a GPU, or a node gone and back, puts its node back in the index, in name order.
+    c.snap.remove_allocation("p/b");
+    c.snap.remove_allocation("p/a");
+    let free: Vec<&str> = c
+        .snap
+        .nodes_with_free_items("gpu")
+        .iter()
+        .map(|&n| c.snap.node(n).name.as_str())
+        .collect();
+    assert_eq!(free, ["a", "b"]);
+    c.snap.remove_resource("b-gpu");
+    assert_eq!(c.snap.nodes_with_free_items("gpu").len(), 1);
+    c.snap.check_invariants().unwrap();
+}

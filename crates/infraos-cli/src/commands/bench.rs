@@ -50,6 +50,9 @@ enum BenchCommand {
         /// Tenant and project quotas, two priority classes and two score plugins on.
         #[arg(long)]
         governance: bool,
+        /// Every node has eight GPUs; every claim asks for one or two with a CEL selector.
+        #[arg(long)]
+        devices: bool,
     },
     /// End to end through a real server over HTTPS.
     E2e {
@@ -72,6 +75,9 @@ enum BenchCommand {
         /// Tenant and project quotas, two priority classes and two score plugins on.
         #[arg(long)]
         governance: bool,
+        /// Every node has eight GPUs; every claim asks for one or two with a CEL selector.
+        #[arg(long)]
+        devices: bool,
     },
     /// Many simulated agents (real protocol, real mTLS, no workloads) against a real server:
     /// heartbeat latency, server memory and CPU.
@@ -112,8 +118,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             batch,
             runs,
             governance,
+            devices,
         } => {
-            let synthetic = synthetic::cluster(nodes, claims, governance);
+            let synthetic = synthetic::cluster(nodes, claims, governance, devices);
             let mut rates = Vec::new();
             for run in 1..=runs.max(1) {
                 let (rate, placed) = scheduler_core(&synthetic, batch, governance)?;
@@ -121,7 +128,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 rates.push(rate);
             }
             println!(
-                "nodes: {nodes}, claims: {claims}, batch: {batch}, governance: {governance}, runs: {}",
+                "nodes: {nodes}, claims: {claims}, batch: {batch}, governance: {governance}, devices: {devices}, runs: {}",
                 rates.len()
             );
             println!("claims/s: {:.0}", median(&mut rates));
@@ -135,16 +142,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             timeout,
             connections,
             governance,
+            devices,
         } => {
-            e2e(
+            e2e(E2e {
                 nodes,
                 claims,
                 server,
-                concurrency.max(1),
-                connections.max(1),
-                Duration::from_secs(timeout),
+                concurrency: concurrency.max(1),
+                connections: connections.max(1),
+                timeout: Duration::from_secs(timeout),
                 governance,
-            )
+                devices,
+            })
             .await
         }
         BenchCommand::Agents {
@@ -381,7 +390,8 @@ async fn create_all(
     Ok(())
 }
 
-async fn e2e(
+/// What an end-to-end run submits, and how.
+struct E2e {
     nodes: usize,
     claims: usize,
     server: Option<String>,
@@ -389,8 +399,21 @@ async fn e2e(
     connections: usize,
     timeout: Duration,
     governance: bool,
-) -> anyhow::Result<()> {
-    let synthetic = synthetic::cluster(nodes, claims, governance);
+    devices: bool,
+}
+
+async fn e2e(options: E2e) -> anyhow::Result<()> {
+    let E2e {
+        nodes,
+        claims,
+        server,
+        concurrency,
+        connections,
+        timeout,
+        governance,
+        devices,
+    } = options;
+    let synthetic = synthetic::cluster(nodes, claims, governance, devices);
     let (guard, config) = match server {
         Some(url) => (None, ClientConfig::load_for(None, Some(&url))?),
         None => {
