@@ -704,3 +704,103 @@ async fn explain_replays_decisions_on_the_recorded_snapshot() {
         "{body}"
     );
 }
+
+/// A gang is released together: when one member is lost with its node, the others are
+/// stopped and requeued too (audited, with a GangMemberLost event), and the gang is placed
+/// whole again on what is left.
+#[tokio::test]
+async fn a_gang_is_requeued_whole_when_a_member_is_lost() {
+    let server = TestServer::start_with_config("leaseSkewMargin: 1s\n").await;
+    let c = server.client();
+    apply_yaml(&c, &small_cluster(4)).await;
+    apply_yaml(
+        &c,
+        "apiVersion: infraos.io/v1\nkind: Node\nmetadata: {name: n2, labels: {zone: b}}\nspec: {}\n---\napiVersion: infraos.io/v1\nkind: Resource\nmetadata: {name: n2-compute}\nspec:\n  class: compute\n  node: n2\n  capacity: {cpu: \"4\", memory: 64Gi}\n",
+    )
+    .await;
+    // Two members, one per node; the one on n1 has a short lease (its node will be lost).
+    let member = |name: &str, zone: &str, lease: &str| {
+        let mut m = claim(name, "1", lease);
+        m["spec"]["group"] = json!({"name": "mpi", "minMembers": 2});
+        m["spec"]["selector"] = json!(format!("zone={zone}"));
+        m
+    };
+    c.create(kind("claims"), Some("p"), &member("r0", "a", "3s"))
+        .await
+        .unwrap();
+    c.create(kind("claims"), Some("p"), &member("r1", "b", "1h"))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "gang placed", || {
+        let c = c.clone();
+        async move {
+            let all = claims_by_phase(&c).await;
+            (all.len() == 2 && all.iter().all(|(_, p, _)| p == "Allocated")).then_some(())
+        }
+    })
+    .await;
+    let r1_alloc = c.get(kind("allocations"), Some("p"), "r1").await.unwrap();
+    let r1_epoch = r1_alloc["status"]["lease"]["fencingEpoch"]
+        .as_u64()
+        .unwrap();
+    // n1 goes NotReady; r0's lease runs out there: r0 is lost, and r1 is stopped with it.
+    let mut n1 = c.get(kind("nodes"), None, "n1").await.unwrap();
+    n1["status"] = json!({"conditions": [{"type": "Ready", "status": "False"}]});
+    c.replace_status(kind("nodes"), None, "n1", &n1)
+        .await
+        .unwrap();
+    let (events, _) = eventually(Duration::from_secs(30), "r1 stopped with its gang", || {
+        let c = c.clone();
+        async move {
+            let (events, rv) = c.list(kind("events"), Some("p"), None).await.ok()?;
+            events
+                .iter()
+                .any(|e| e["spec"]["reason"] == "GangMemberLost")
+                .then_some((events, rv))
+        }
+    })
+    .await;
+    let stopped = events
+        .iter()
+        .find(|e| e["spec"]["reason"] == "GangMemberLost")
+        .unwrap();
+    assert!(
+        stopped["spec"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("member r0 was lost with node n1"),
+        "{stopped}"
+    );
+    // r1 goes back to the queue with r0 (r0 waits for zone a, so the gang waits whole), and
+    // both are placed again once n1 is back.
+    eventually(Duration::from_secs(30), "r1 requeued", || {
+        let c = c.clone();
+        async move {
+            let a = c.get(kind("allocations"), Some("p"), "r1").await.ok();
+            let requeued =
+                a.is_none_or(|a| a["status"]["lease"]["fencingEpoch"].as_u64() > Some(r1_epoch));
+            requeued.then_some(())
+        }
+    })
+    .await;
+    let mut n1 = c.get(kind("nodes"), None, "n1").await.unwrap();
+    n1["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]});
+    c.replace_status(kind("nodes"), None, "n1", &n1)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "gang placed whole again", || {
+        let c = c.clone();
+        async move {
+            let all = claims_by_phase(&c).await;
+            (all.iter().all(|(_, p, _)| p == "Allocated")).then_some(())
+        }
+    })
+    .await;
+    let again = c.get(kind("allocations"), Some("p"), "r1").await.unwrap();
+    assert!(again["status"]["lease"]["fencingEpoch"].as_u64().unwrap() > r1_epoch);
+    let records = c.audit_records(1, 5000).await.unwrap();
+    assert!(
+        records.items.iter().any(|r| r.entry["verb"] == "stop-gang"),
+        "the gang stop is audited"
+    );
+}

@@ -571,7 +571,13 @@ impl Scheduler {
         };
         let ns = namespace_of(&claims[members[0]].0);
         let gang = format!("{ns}/{}", group.name);
-        let allocated = snapshot.gang_allocations(ns, &group.name).len();
+        // Members being stopped (preempted, or their gang broken by a lost member) do not
+        // count: the gang is placed whole again once they have ended.
+        let allocated = snapshot
+            .gang_allocations(ns, &group.name)
+            .into_iter()
+            .filter(|k| snapshot.allocation_meta(k).is_some_and(|m| !m.preempting))
+            .count();
         let min = group.min_members as usize;
         if members.len() + allocated < min {
             let detail = format!(

@@ -235,7 +235,66 @@ async fn preempt_victim(
     victim: &Victim,
     preemptor: &str,
 ) -> Result<bool, infraos_store::StoreError> {
-    let Some((ns, name)) = victim.allocation.split_once('/') else {
+    let mut extra = Vec::new();
+    if let Some((pns, pname)) = preemptor.split_once('/') {
+        let involved = events::claim_ref(pname, Some(pns), "");
+        extra.push(events::build(
+            &involved,
+            events::NORMAL,
+            "Preempting",
+            &format!(
+                "preempting {} (priority {}): {}",
+                victim.allocation, victim.priority, victim.reason
+            ),
+            "scheduler",
+            state.clock.now(),
+        ));
+    }
+    let stopped = stop_early(
+        state,
+        &victim.allocation,
+        Stop {
+            by: preemptor,
+            reason: &victim.reason,
+            actor: "scheduler",
+            verb: "preempt",
+            event_reason: "Preempted",
+            done: "preempted",
+        },
+        extra,
+    )
+    .await?;
+    if stopped {
+        snapshot.mark_preempting(&victim.allocation);
+    }
+    Ok(stopped)
+}
+
+/// Why and by whom an allocation is stopped before its lease ends.
+pub(crate) struct Stop<'a> {
+    /// The preempting claim, or the gang whose member was lost.
+    pub by: &'a str,
+    pub reason: &'a str,
+    pub actor: &'static str,
+    /// The audit verb.
+    pub verb: &'static str,
+    /// The Warning event's reason on the stopped claim.
+    pub event_reason: &'static str,
+    /// What happened, for messages: `preempted`, `stopped`.
+    pub done: &'static str,
+}
+
+/// Stops allocation `ns/name` early: cuts its lease to its workload's stop grace and records
+/// `status.preemption` (the lease controller then ends it and requeues its claim), with an
+/// audit record and an event, in one compare-and-swap on the allocation and its claim (plus
+/// `extra` events). `Ok(false)` when it no longer holds resources or is already stopping.
+pub(crate) async fn stop_early(
+    state: &AppState,
+    allocation_key: &str,
+    stop: Stop<'_>,
+    extra: Vec<(String, Vec<u8>)>,
+) -> Result<bool, infraos_store::StoreError> {
+    let Some((ns, name)) = allocation_key.split_once('/') else {
         return Ok(false);
     };
     let alloc_key = objects::key(AllocationSpec::INFO, Some(ns), name);
@@ -263,20 +322,20 @@ async fn preempt_victim(
         &mut allocation,
         now,
         Preemption {
-            by: preemptor.to_string(),
+            by: stop.by.to_string(),
             time: now,
-            reason: victim.reason.clone(),
+            reason: stop.reason.to_string(),
         },
     );
     let alloc_bytes = encode_typed(&allocation);
     let mut object = audit::object_ref("Allocation", Some(ns), name);
     object.uid = Some(allocation.metadata.uid.clone());
     let payload = Record {
-        actor: &Actor::system("scheduler"),
-        verb: "preempt",
+        actor: &Actor::system(stop.actor),
+        verb: stop.verb,
         object,
         code: 200,
-        reason: Some(format!("preempted by {preemptor}: {}", victim.reason)),
+        reason: Some(format!("{} by {}: {}", stop.done, stop.by, stop.reason)),
         before: Some(&alloc_kv.value),
         after: Some(&alloc_bytes),
         node: allocation.spec.node.clone(),
@@ -295,12 +354,12 @@ async fn preempt_victim(
         let (event_key, event_bytes) = events::build(
             &events::claim_ref(claim.name(), claim.namespace(), &claim.metadata.uid),
             events::WARNING,
-            "Preempted",
+            stop.event_reason,
             &format!(
-                "preempted by {preemptor}: {}; the workload is stopped and the lease ends at {expire}",
-                victim.reason
+                "{} by {}: {}; the workload is stopped and the lease ends at {expire}",
+                stop.done, stop.by, stop.reason
             ),
-            "scheduler",
+            stop.actor,
             now,
         );
         txn = txn
@@ -308,26 +367,10 @@ async fn preempt_victim(
             .put(claim_key, encode_typed(claim))
             .put(event_key, event_bytes);
     }
-    if let Some((pns, pname)) = preemptor.split_once('/') {
-        let involved = events::claim_ref(pname, Some(pns), "");
-        let (event_key, event_bytes) = events::build(
-            &involved,
-            events::NORMAL,
-            "Preempting",
-            &format!(
-                "preempting {} (priority {}): {}",
-                victim.allocation, victim.priority, victim.reason
-            ),
-            "scheduler",
-            now,
-        );
-        txn = txn.put(event_key, event_bytes);
+    for (key, bytes) in extra {
+        txn = txn.put(key, bytes);
     }
-    let out = state.store.txn(txn).await?;
-    if out.succeeded {
-        snapshot.mark_preempting(&victim.allocation);
-    }
-    Ok(out.succeeded)
+    Ok(state.store.txn(txn).await?.succeeded)
 }
 
 /// Records why a claim stays pending, if that changed since the last attempt.

@@ -300,11 +300,54 @@ async fn expire(state: &AppState, alloc_key: &str) -> Result<Option<i64>, crate:
     let out = state.store.txn(txn).await?;
     if out.succeeded {
         tracing::info!(allocation = %alloc_key, "lease expired; resources freed");
+        if end == End::Lost
+            && let (Some(group), Some(ns)) = (&allocation.spec.group, allocation.namespace())
+        {
+            stop_gang(state, ns, group, &allocation).await?;
+        }
         Ok(None)
     } else {
         // Something changed (a renewal, a release): decide again right away.
         Ok(Some(now.unix_millis()))
     }
+}
+
+/// A gang is released together: when a member is lost with its node, the other members
+/// are stopped (their workloads get their stop grace) and requeued, so the gang is placed
+/// whole again rather than left running short of a member.
+async fn stop_gang(
+    state: &AppState,
+    ns: &str,
+    group: &str,
+    lost: &infraos_api::kinds::Allocation,
+) -> Result<(), crate::error::ApiError> {
+    let prefix = objects::prefix(AllocationSpec::INFO, Some(ns));
+    let members = state.store.range(&prefix, None, 0).await?;
+    let by = format!("gang {ns}/{group}");
+    let reason = format!(
+        "member {} was lost with node {}; the gang is requeued whole",
+        lost.name(),
+        lost.spec.node.as_deref().unwrap_or_default()
+    );
+    for kv in &members.kvs {
+        let Ok(member) = decode_typed::<AllocationSpec>(kv) else {
+            continue;
+        };
+        if member.spec.group.as_deref() != Some(group) || member.name() == lost.name() {
+            continue;
+        }
+        let stop = super::applier::Stop {
+            by: &by,
+            reason: &reason,
+            actor: "lease-controller",
+            verb: "stop-gang",
+            event_reason: "GangMemberLost",
+            done: "stopped",
+        };
+        super::applier::stop_early(state, &format!("{ns}/{}", member.name()), stop, Vec::new())
+            .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
