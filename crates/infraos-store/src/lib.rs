@@ -22,6 +22,8 @@ use futures::Stream;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod hub;
 
 /// A store revision. `0` means "before anything was written".

@@ -1,0 +1,582 @@
+//! The etcd backend: the store contract on an etcd v3 cluster, for several server replicas.
+//!
+//! ```text
+//!   {root}/data{key}          objects, as the embedded store keeps them (revisions are etcd's)
+//!   {root}/ledger/{seq:020}   ledger entries: prev hash ‖ hash ‖ payload
+//!   {root}/ledger-head        seq (8 bytes, little-endian) ‖ hash of the newest entry
+//! ```
+//! A transaction is one etcd `Txn`: the caller's compares, plus (when it appends to the
+//! ledger) a compare on the head key's revision, so two writers can never both extend the
+//! chain from the same head. When it fails, the head is read again: if it moved, the ledger
+//! lost the race and the transaction is retried on the new head; otherwise the caller's
+//! compares failed. Watches map onto etcd watches with `prev_kv`; a compacted start revision
+//! is `StoreError::Compacted`, as for the embedded store.
+//!
+//! Unlike the embedded store, ledger entries are keys here: a ledger-only transaction moves
+//! the revision on (etcd's revision counts every key it writes).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use etcd_client::{
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, TlsOptions,
+    Txn as EtcdTxn, TxnOp, WatchOptions,
+};
+
+use crate::{
+    Compare, Event, EventKind, KeyValue, LedgerEntry, LedgerHead, Op, RangeResult, Revision, Store,
+    StoreError, Txn, TxnOutcome, WatchStream, check_sizes,
+};
+
+/// Where an etcd store lives and how to reach it.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdOptions {
+    /// `host:port` or `http(s)://host:port`, one per member.
+    pub endpoints: Vec<String>,
+    /// Key prefix of this InfraOS installation (several may share one etcd).
+    pub root: String,
+    /// PEM CA bundle that signed the etcd members' certificates (turns on TLS).
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate and key, for etcd's `--client-cert-auth`.
+    pub client_cert_pem: Option<(Vec<u8>, Vec<u8>)>,
+    pub connect_timeout: Duration,
+    /// Each request's deadline.
+    pub request_timeout: Duration,
+}
+
+impl EtcdOptions {
+    pub fn new(endpoints: Vec<String>) -> Self {
+        EtcdOptions {
+            endpoints,
+            root: "/infraos".into(),
+            ca_pem: None,
+            client_cert_pem: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Parses `etcd://host:port,host:port[/root]`.
+    pub fn parse_url(url: &str) -> Result<Self, StoreError> {
+        let rest = url.strip_prefix("etcd://").ok_or_else(|| {
+            StoreError::Backend(format!("{url:?}: an etcd store URL starts with etcd://"))
+        })?;
+        let (hosts, root) = match rest.split_once('/') {
+            Some((hosts, root)) => (hosts, format!("/{}", root.trim_end_matches('/'))),
+            None => (rest, "/infraos".to_string()),
+        };
+        let endpoints: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect();
+        if endpoints.is_empty() || root == "/" {
+            return Err(StoreError::Backend(format!(
+                "{url:?}: expected etcd://host:port[,host:port…][/root]"
+            )));
+        }
+        let mut options = EtcdOptions::new(endpoints);
+        options.root = root;
+        Ok(options)
+    }
+}
+
+/// A store on etcd. Cheap to clone: clones share one gRPC channel.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    data: String,
+    ledger: String,
+    head: String,
+}
+
+fn backend(e: etcd_client::Error) -> StoreError {
+    StoreError::Backend(format!("etcd: {e}"))
+}
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> Revision {
+    header.map_or(0, |h| h.revision().max(0) as Revision)
+}
+
+impl EtcdStore {
+    /// Connects and checks that the cluster answers (a clear error at start, not later).
+    pub async fn connect(options: EtcdOptions) -> Result<Self, StoreError> {
+        let mut connect = ConnectOptions::new()
+            .with_connect_timeout(options.connect_timeout)
+            .with_timeout(options.request_timeout)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let Some(ca) = &options.ca_pem {
+            let mut tls =
+                TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca.clone()));
+            if let Some((cert, key)) = &options.client_cert_pem {
+                tls = tls.identity(etcd_client::Identity::from_pem(cert.clone(), key.clone()));
+            }
+            connect = connect.with_tls(tls);
+        }
+        let endpoints: Vec<String> = options
+            .endpoints
+            .iter()
+            .map(|e| {
+                if e.contains("://") {
+                    e.clone()
+                } else if options.ca_pem.is_some() {
+                    format!("https://{e}")
+                } else {
+                    format!("http://{e}")
+                }
+            })
+            .collect();
+        let client = Client::connect(&endpoints, Some(connect))
+            .await
+            .map_err(|e| {
+                StoreError::Backend(format!("cannot reach etcd at {}: {e}", endpoints.join(",")))
+            })?;
+        let store = EtcdStore {
+            client,
+            data: format!("{}/data", options.root),
+            ledger: format!("{}/ledger/", options.root),
+            head: format!("{}/ledger-head", options.root),
+        };
+        store.current_revision().await.map_err(|e| {
+            StoreError::Backend(format!(
+                "etcd at {} does not answer: {e}",
+                endpoints.join(",")
+            ))
+        })?;
+        Ok(store)
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.data)
+    }
+
+    fn to_kv(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
+        let raw = std::str::from_utf8(kv.key()).map_err(|_| StoreError::Corrupt {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            reason: "the key is not UTF-8".into(),
+        })?;
+        let key = raw.strip_prefix(&self.data).unwrap_or(raw).to_string();
+        Ok(KeyValue {
+            key,
+            value: Bytes::copy_from_slice(kv.value()),
+            create_revision: kv.create_revision().max(0) as Revision,
+            mod_revision: kv.mod_revision().max(0) as Revision,
+            version: kv.version().max(0) as u64,
+        })
+    }
+
+    /// Maps etcd's "compacted" and "future revision" answers to the store's errors.
+    fn at_revision_error(e: etcd_client::Error, requested: Revision) -> StoreError {
+        let text = e.to_string();
+        if text.contains("compacted") {
+            StoreError::Compacted {
+                requested,
+                compacted: requested,
+            }
+        } else if text.contains("future revision") {
+            StoreError::FutureRevision {
+                requested,
+                current: 0,
+            }
+        } else {
+            backend(e)
+        }
+    }
+
+    async fn read_head(&self) -> Result<(LedgerHead, i64), StoreError> {
+        let mut client = self.client.clone();
+        let resp = client
+            .get(self.head.as_bytes(), None)
+            .await
+            .map_err(backend)?;
+        match resp.kvs().first() {
+            None => Ok((LedgerHead::default(), 0)),
+            Some(kv) => {
+                let v = kv.value();
+                if v.len() != 40 {
+                    return Err(StoreError::Corrupt {
+                        key: self.head.clone(),
+                        reason: format!("ledger head of {} bytes, expected 40", v.len()),
+                    });
+                }
+                let mut seq = [0u8; 8];
+                seq.copy_from_slice(&v[..8]);
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(&v[8..]);
+                Ok((
+                    LedgerHead {
+                        seq: u64::from_le_bytes(seq),
+                        hash,
+                    },
+                    kv.mod_revision(),
+                ))
+            }
+        }
+    }
+
+    fn ledger_key(&self, seq: u64) -> String {
+        format!("{}{seq:020}", self.ledger)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let mut client = self.client.clone();
+        let resp = client.get(self.key(key), None).await.map_err(backend)?;
+        resp.kvs().first().map(|kv| self.to_kv(kv)).transpose()
+    }
+
+    async fn range(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<RangeResult, StoreError> {
+        let full = self.key(prefix);
+        let start = match start_after {
+            Some(after) if after >= prefix => {
+                let mut k = self.key(after).into_bytes();
+                k.push(0);
+                k
+            }
+            _ => full.clone().into_bytes(),
+        };
+        let mut options = GetOptions::new().with_range(prefix_end(full.as_bytes()));
+        if limit > 0 {
+            options = options.with_limit(limit as i64 + 1);
+        }
+        let mut client = self.client.clone();
+        let resp = client.get(start, Some(options)).await.map_err(backend)?;
+        let revision = revision_of(resp.header());
+        let mut kvs = resp
+            .kvs()
+            .iter()
+            .map(|kv| self.to_kv(kv))
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = limit > 0 && kvs.len() > limit;
+        kvs.truncate(if limit > 0 { limit } else { kvs.len() });
+        Ok(RangeResult {
+            kvs,
+            revision,
+            more,
+        })
+    }
+
+    async fn range_at(&self, prefix: &str, revision: Revision) -> Result<RangeResult, StoreError> {
+        let current = self.current_revision().await?;
+        if revision > current {
+            return Err(StoreError::FutureRevision {
+                requested: revision,
+                current,
+            });
+        }
+        let full = self.key(prefix);
+        let options = GetOptions::new()
+            .with_range(prefix_end(full.as_bytes()))
+            .with_revision(revision as i64);
+        let mut client = self.client.clone();
+        let resp = client
+            .get(full, Some(options))
+            .await
+            .map_err(|e| Self::at_revision_error(e, revision))?;
+        let kvs = resp
+            .kvs()
+            .iter()
+            .map(|kv| self.to_kv(kv))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RangeResult {
+            kvs,
+            revision,
+            more: false,
+        })
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        check_sizes(&txn)?;
+        let compares: Vec<EtcdCompare> = txn
+            .compares
+            .iter()
+            .map(|Compare::ModRevision(key, rev)| {
+                EtcdCompare::mod_revision(self.key(key), CompareOp::Equal, *rev as i64)
+            })
+            .collect();
+        // etcd refuses a key written twice in one txn: the last write wins, as applied in order.
+        let mut ops: Vec<(&str, Option<&Bytes>)> = Vec::new();
+        for op in &txn.ops {
+            let (key, value) = match op {
+                Op::Put(k, v) => (k.as_str(), Some(v)),
+                Op::Delete(k) => (k.as_str(), None),
+            };
+            ops.retain(|(k, _)| *k != key);
+            ops.push((key, value));
+        }
+        let mut client = self.client.clone();
+        loop {
+            let mut when = compares.clone();
+            let mut then: Vec<TxnOp> = ops
+                .iter()
+                .map(|(k, v)| match v {
+                    Some(v) => TxnOp::put(self.key(k), v.to_vec(), None),
+                    None => TxnOp::delete(self.key(k), None),
+                })
+                .collect();
+            let mut seqs = Vec::with_capacity(txn.ledger.len());
+            let mut head_revision = None;
+            if !txn.ledger.is_empty() {
+                let (mut head, revision) = self.read_head().await?;
+                when.push(EtcdCompare::mod_revision(
+                    self.head.as_bytes(),
+                    CompareOp::Equal,
+                    revision,
+                ));
+                head_revision = Some(revision);
+                for payload in &txn.ledger {
+                    let seq = head.seq + 1;
+                    let hash = infraos_api::audit::chain_hash(seq, &head.hash, payload);
+                    let mut raw = Vec::with_capacity(64 + payload.len());
+                    raw.extend_from_slice(&head.hash);
+                    raw.extend_from_slice(&hash);
+                    raw.extend_from_slice(payload);
+                    then.push(TxnOp::put(self.ledger_key(seq), raw, None));
+                    head = LedgerHead { seq, hash };
+                    seqs.push(seq);
+                }
+                let mut value = head.seq.to_le_bytes().to_vec();
+                value.extend_from_slice(&head.hash);
+                then.push(TxnOp::put(self.head.as_bytes(), value, None));
+            }
+            let resp = client
+                .txn(EtcdTxn::new().when(when).and_then(then))
+                .await
+                .map_err(backend)?;
+            let revision = revision_of(resp.header());
+            if resp.succeeded() {
+                return Ok(TxnOutcome {
+                    succeeded: true,
+                    revision,
+                    ledger_seqs: seqs,
+                });
+            }
+            if let Some(seen) = head_revision
+                && self.read_head().await?.1 != seen
+            {
+                continue; // another writer extended the ledger first: chain onto its head
+            }
+            return Ok(TxnOutcome {
+                succeeded: false,
+                revision,
+                ledger_seqs: Vec::new(),
+            });
+        }
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        // A start revision etcd has compacted away is refused here, as the embedded store does.
+        let current = self.current_revision().await?;
+        if after < current {
+            let mut client = self.client.clone();
+            client
+                .get(
+                    self.key(prefix),
+                    Some(
+                        GetOptions::new()
+                            .with_revision(after.max(1) as i64)
+                            .with_count_only(),
+                    ),
+                )
+                .await
+                .map_err(|e| Self::at_revision_error(e, after))?;
+        }
+        let mut client = self.client.clone();
+        let full = self.key(prefix);
+        let options = WatchOptions::new()
+            .with_range(prefix_end(full.as_bytes()))
+            .with_start_revision(after as i64 + 1)
+            .with_prev_key();
+        let stream = client.watch(full, Some(options)).await.map_err(backend)?;
+        let store = self.clone();
+        let state = (stream, store, after, false);
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            |(mut stream, store, after, done)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    match stream.message().await {
+                        Ok(Some(resp)) => {
+                            if resp.compact_revision() > 0 {
+                                let e = StoreError::Compacted {
+                                    requested: after,
+                                    compacted: resp.compact_revision() as Revision,
+                                };
+                                return Some((Err(e), (stream, store, after, true)));
+                            }
+                            if resp.canceled() {
+                                let e = StoreError::Backend(format!(
+                                    "etcd canceled the watch: {}",
+                                    resp.cancel_reason()
+                                ));
+                                return Some((Err(e), (stream, store, after, true)));
+                            }
+                            let mut batch = Vec::with_capacity(resp.events().len());
+                            for e in resp.events() {
+                                match store.to_event(e) {
+                                    Ok(Some(ev)) => batch.push(ev),
+                                    Ok(None) => {}
+                                    Err(err) => {
+                                        return Some((Err(err), (stream, store, after, true)));
+                                    }
+                                }
+                            }
+                            if !batch.is_empty() {
+                                return Some((Ok(batch.into()), (stream, store, after, false)));
+                            }
+                        }
+                        Ok(None) => {
+                            return Some((Err(StoreError::Closed), (stream, store, after, true)));
+                        }
+                        Err(e) => return Some((Err(backend(e)), (stream, store, after, true))),
+                    }
+                }
+            },
+        )))
+    }
+
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        let mut client = self.client.clone();
+        let resp = client
+            .get(
+                self.head.as_bytes(),
+                Some(GetOptions::new().with_count_only()),
+            )
+            .await
+            .map_err(backend)?;
+        Ok(revision_of(resp.header()))
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        let current = self.current_revision().await?;
+        let mut client = self.client.clone();
+        match client.compact(revision.min(current) as i64, None).await {
+            Ok(_) => Ok(()),
+            // Already compacted that far: nothing to do.
+            Err(e) if e.to_string().contains("compacted") => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn ledger_range(&self, from: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        let mut options = GetOptions::new().with_range(prefix_end(self.ledger.as_bytes()));
+        if limit > 0 {
+            options = options.with_limit(limit as i64);
+        }
+        let mut client = self.client.clone();
+        let resp = client
+            .get(self.ledger_key(from.max(1)), Some(options))
+            .await
+            .map_err(backend)?;
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let seq = key
+                    .strip_prefix(&self.ledger)
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| StoreError::Corrupt {
+                        key: key.clone(),
+                        reason: "not a ledger entry key".into(),
+                    })?;
+                let raw = kv.value();
+                if raw.len() < 64 {
+                    return Err(StoreError::Corrupt {
+                        key,
+                        reason: "entry shorter than its two hashes".into(),
+                    });
+                }
+                let mut prev_hash = [0u8; 32];
+                let mut hash = [0u8; 32];
+                prev_hash.copy_from_slice(&raw[..32]);
+                hash.copy_from_slice(&raw[32..64]);
+                Ok(LedgerEntry {
+                    seq,
+                    prev_hash,
+                    hash,
+                    payload: Bytes::copy_from_slice(&raw[64..]),
+                })
+            })
+            .collect()
+    }
+
+    async fn ledger_head(&self) -> Result<LedgerHead, StoreError> {
+        Ok(self.read_head().await?.0)
+    }
+}
+
+impl EtcdStore {
+    /// One etcd event as the store contract has it; `None` for keys outside the data space.
+    fn to_event(&self, e: &etcd_client::Event) -> Result<Option<Event>, StoreError> {
+        let Some(kv) = e.kv() else {
+            return Ok(None);
+        };
+        if !kv.key().starts_with(self.data.as_bytes()) {
+            return Ok(None);
+        }
+        let prev = e.prev_kv().map(|p| self.to_kv(p)).transpose()?;
+        Ok(Some(match e.event_type() {
+            EventType::Put => Event {
+                kind: EventKind::Put,
+                kv: self.to_kv(kv)?,
+                prev,
+            },
+            EventType::Delete => {
+                let deleted = self.to_kv(kv)?;
+                // The deleted value, stamped with the revision of the delete.
+                let mut gone = prev.clone().unwrap_or(deleted.clone());
+                gone.mod_revision = deleted.mod_revision;
+                Event {
+                    kind: EventKind::Delete,
+                    kv: gone,
+                    prev,
+                }
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_parse_or_say_what_is_expected() {
+        let o = EtcdOptions::parse_url("etcd://127.0.0.1:2379,127.0.0.1:22379").unwrap();
+        assert_eq!(o.endpoints, ["127.0.0.1:2379", "127.0.0.1:22379"]);
+        assert_eq!(o.root, "/infraos");
+        let o = EtcdOptions::parse_url("etcd://e1:2379/prod/").unwrap();
+        assert_eq!((o.endpoints.len(), o.root.as_str()), (1, "/prod"));
+        for bad in ["http://x:1", "etcd://", "etcd:///root"] {
+            let e = EtcdOptions::parse_url(bad).unwrap_err().to_string();
+            assert!(e.contains("etcd://"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn prefix_ends_bound_exactly_the_prefix() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end(&[b'a', 0xff]), b"b".to_vec());
+    }
+}
