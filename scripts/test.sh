@@ -5,10 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests need, installed when missing (as root, non-interactively).
-# Today the tests need nothing beyond the Rust toolchain: the store is embedded (redb), TLS
-# is rustls, and the cross-process tests start the `infraos` binary itself.
-PACKAGES=()
+# System packages the tests need, installed when missing (as root, non-interactively):
+# the etcd backend's tests run a real etcd (Debian etcd-server), and its client library's
+# build script needs protoc (protobuf-compiler). Everything else is the Rust toolchain: the
+# embedded store is redb, TLS is rustls, and the cross-process tests start `infraos` itself.
+PACKAGES=(protobuf-compiler etcd-server)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -26,10 +27,12 @@ echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== tests"
+echo "== cargo clippy (with the etcd backend)"
+cargo clippy --workspace --all-targets --features etcd -- -D warnings
+echo "== tests (with the etcd backend)"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --profile "${NEXTEST_PROFILE:-$([ "${CI:-}" = true ] && echo ci || echo default)}"
+  cargo nextest run --workspace --features etcd --profile "${NEXTEST_PROFILE:-$([ "${CI:-}" = true ] && echo ci || echo default)}"
 else
   echo "cargo-nextest not found; running cargo test (install it with: cargo install cargo-nextest --locked)" >&2
-  cargo test --workspace
+  cargo test --workspace --features etcd
 fi

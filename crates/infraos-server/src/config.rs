@@ -41,6 +41,14 @@ pub struct ServerConfig {
     /// Changes the embedded store keeps in memory: how far back watches may resume and
     /// `infraos explain` may replay (older requests get 410 Gone).
     pub watch_history: usize,
+    /// Where objects live: empty for the embedded store in the data dir, or
+    /// `etcd://host:port[,host:port…][/root]` (a server built with the `etcd` feature).
+    pub store: String,
+    /// TLS to etcd: the CA that signed its members' certificates, and a client certificate
+    /// and key for `--client-cert-auth` (paths; relative ones are under the data dir).
+    pub etcd_ca_file: Option<PathBuf>,
+    pub etcd_cert_file: Option<PathBuf>,
+    pub etcd_key_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +68,10 @@ impl Default for ServerConfig {
             agent_cert_ttl: Duration::from_secs(24 * 3600),
             watch_bookmark_interval: Duration::from_secs(60),
             watch_history: 100_000,
+            store: String::new(),
+            etcd_ca_file: None,
+            etcd_cert_file: None,
+            etcd_key_file: None,
         }
     }
 }
@@ -99,6 +111,16 @@ impl ServerConfig {
         }
         if ms(&self.watch_bookmark_interval) < 100 {
             return Err("watchBookmarkInterval: must be at least 100ms".into());
+        }
+        if !self.store.is_empty() && !self.store.starts_with("etcd://") {
+            return Err(format!(
+                "store: {:?} is not a store URL (leave it empty for the embedded store, or \
+                 etcd://host:port[,host:port…][/root])",
+                self.store
+            ));
+        }
+        if self.etcd_cert_file.is_some() != self.etcd_key_file.is_some() {
+            return Err("etcdCertFile and etcdKeyFile go together".into());
         }
         if self.watch_history < 100 {
             return Err("watchHistory: must be at least 100 changes".into());

@@ -107,6 +107,33 @@ fn write_certificates(dir: &Path, extra_sans: &[String]) -> Result<(), ServerErr
     Ok(())
 }
 
+/// Makes sure the data dir's admin token is known to the store the server runs on (a fresh
+/// etcd knows nothing of `server init`); idempotent.
+pub async fn ensure_admin_record(dir: &Path, store: &dyn Store) -> Result<(), ServerError> {
+    let path = dir.join(ADMIN_TOKEN);
+    let Ok(token) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        return Ok(());
+    }
+    let record = TokenRecord {
+        subject: "admin".into(),
+        groups: vec!["system:masters".into()],
+    };
+    let key = token_key(&crate::auth::hash_token(token));
+    let value = serde_json::to_vec(&record).map_err(|e| ServerError::Cert(e.to_string()))?;
+    store
+        .txn(
+            Txn::new()
+                .when(Compare::absent(key.clone()))
+                .put(key, value),
+        )
+        .await?;
+    Ok(())
+}
+
 async fn ensure_admin_token(dir: &Path, store: &dyn Store) -> Result<Option<String>, ServerError> {
     let path = dir.join(ADMIN_TOKEN);
     if path.exists() {

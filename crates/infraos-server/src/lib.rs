@@ -48,6 +48,49 @@ pub struct Server {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Opens the store the config names: the embedded one in the data dir, or etcd.
+async fn open_store(config: &ServerConfig) -> Result<Arc<dyn infraos_store::Store>, ServerError> {
+    if config.store.is_empty() {
+        return Ok(Arc::new(infraos_store::embedded::EmbeddedStore::open(
+            &config.store_path(),
+            infraos_store::embedded::EmbeddedOptions {
+                watch_history: config.watch_history.max(1),
+                ..Default::default()
+            },
+        )?));
+    }
+    open_etcd(config).await
+}
+
+#[cfg(feature = "etcd")]
+async fn open_etcd(config: &ServerConfig) -> Result<Arc<dyn infraos_store::Store>, ServerError> {
+    use infraos_store::etcd::{EtcdOptions, EtcdStore};
+    let read = |path: &std::path::Path| {
+        let path = config.data_dir.join(path);
+        std::fs::read(&path).map_err(|e| ServerError::io(&path, e))
+    };
+    let mut options = EtcdOptions::parse_url(&config.store)?;
+    if let Some(ca) = &config.etcd_ca_file {
+        options.ca_pem = Some(read(ca)?);
+    }
+    if let (Some(cert), Some(key)) = (&config.etcd_cert_file, &config.etcd_key_file) {
+        options.client_cert_pem = Some((read(cert)?, read(key)?));
+    }
+    Ok(Arc::new(EtcdStore::connect(options).await?))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn open_etcd(config: &ServerConfig) -> Result<Arc<dyn infraos_store::Store>, ServerError> {
+    Err(ServerError::Config {
+        path: "store".into(),
+        reason: format!(
+            "{}: this infraos was built without the etcd backend; build it with \
+             `cargo build --release --features etcd` (needs protoc: Debian protobuf-compiler)",
+            config.store
+        ),
+    })
+}
+
 impl Server {
     /// Opens the data dir's store, starts the controllers and listens.
     pub async fn start(config: ServerConfig, clock: SharedClock) -> Result<Server, ServerError> {
@@ -55,14 +98,8 @@ impl Server {
         if !init::is_initialised(&dir) {
             return Err(ServerError::NotInitialised(dir.display().to_string()));
         }
-        let store: Arc<dyn infraos_store::Store> =
-            Arc::new(infraos_store::embedded::EmbeddedStore::open(
-                &config.store_path(),
-                infraos_store::embedded::EmbeddedOptions {
-                    watch_history: config.watch_history.max(1),
-                    ..Default::default()
-                },
-            )?);
+        let store = open_store(&config).await?;
+        init::ensure_admin_record(&dir, &*store).await?;
         let tls = tls::load_server_config(
             &dir.join(init::SERVER_CERT),
             &dir.join(init::SERVER_KEY),

@@ -23,6 +23,10 @@ pub struct ServerArgs {
     /// Address to listen on (overrides server.yaml); port 0 picks a free one.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Where objects live (overrides server.yaml's `store`): `etcd://host:port,host:port`
+    /// (a build with the `etcd` feature); the embedded store in the data dir when absent.
+    #[arg(long)]
+    store: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -38,7 +42,7 @@ enum ServerCommand {
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     match args.command {
         Some(ServerCommand::Init { sans }) => init(&args.data_dir, &sans).await,
-        None => serve(args.data_dir, args.listen).await,
+        None => serve(args.data_dir, args.listen, args.store).await,
     }
 }
 
@@ -65,10 +69,20 @@ async fn init(data_dir: &std::path::Path, sans: &[String]) -> anyhow::Result<()>
 }
 
 /// Runs a server until SIGINT or SIGTERM.
-pub async fn serve(data_dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+pub async fn serve(
+    data_dir: PathBuf,
+    listen: Option<SocketAddr>,
+    store: Option<String>,
+) -> anyhow::Result<()> {
     let mut config = ServerConfig::load(&data_dir)?;
     if let Some(l) = listen {
         config.listen = l;
+    }
+    if let Some(store) = store {
+        config.store = store;
+        config
+            .validate()
+            .map_err(|reason| anyhow::anyhow!("--store: {reason}"))?;
     }
     // One connection per agent: thousands of them outgrow the usual soft limit of 1,024.
     match infraos_sys::process::raise_nofile_limit() {
