@@ -113,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/v1/join", post(agent::join))
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
+        .route("/leader", get(meta::leader))
         .route("/version", get(meta::version))
         .route("/apis", get(meta::api_groups))
         .route(PREFIX, get(meta::api_resources))

@@ -49,6 +49,11 @@ pub struct ServerConfig {
     pub etcd_ca_file: Option<PathBuf>,
     pub etcd_cert_file: Option<PathBuf>,
     pub etcd_key_file: Option<PathBuf>,
+    /// On etcd, replicas elect one leader to run the controllers: a leader that has not
+    /// renewed for this long is replaced.
+    pub leader_lease_duration: Duration,
+    /// How often the leader renews (and followers check) the lease.
+    pub leader_renew_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +77,8 @@ impl Default for ServerConfig {
             etcd_ca_file: None,
             etcd_cert_file: None,
             etcd_key_file: None,
+            leader_lease_duration: Duration::from_secs(3),
+            leader_renew_interval: Duration::from_millis(500),
         }
     }
 }
@@ -121,6 +128,14 @@ impl ServerConfig {
         }
         if self.etcd_cert_file.is_some() != self.etcd_key_file.is_some() {
             return Err("etcdCertFile and etcdKeyFile go together".into());
+        }
+        if ms(&self.leader_renew_interval) < 50
+            || ms(&self.leader_lease_duration) < 2 * ms(&self.leader_renew_interval)
+        {
+            return Err(format!(
+                "leaderLeaseDuration {} must be at least twice leaderRenewInterval {} (≥ 50ms)",
+                self.leader_lease_duration, self.leader_renew_interval
+            ));
         }
         if self.watch_history < 100 {
             return Err("watchHistory: must be at least 100 changes".into());

@@ -23,6 +23,7 @@ pub mod events;
 pub mod explain;
 pub mod init;
 pub mod join_tokens;
+pub mod leader;
 pub mod lease;
 pub mod liveness;
 pub mod objects;
@@ -46,6 +47,78 @@ pub struct Server {
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Runs the controllers while this replica leads, each term on a store fenced by the term's
+/// epoch; stops them when leadership is lost, and at shutdown.
+async fn supervise(state: state::AppState, mut shutdown: watch::Receiver<bool>) {
+    type Running = (
+        leader::Term,
+        watch::Sender<bool>,
+        Vec<tokio::task::JoinHandle<()>>,
+    );
+    let mut running: Option<Running> = None;
+    let mut status = state.leader.clone();
+    let stop = |r: Running| async move {
+        let (_, tx, handles) = r;
+        let _ = tx.send(true);
+        for h in handles {
+            h.abort();
+            let _ = h.await;
+        }
+    };
+    loop {
+        let current = status.borrow_and_update().clone();
+        let same = running
+            .as_ref()
+            .is_some_and(|(t, ..)| Some(t) == current.term.as_ref());
+        if !same {
+            if let Some(r) = running.take() {
+                stop(r).await;
+            }
+            if let Some(term) = current.term.clone() {
+                let mut fenced = state.clone();
+                if term.epoch > 0 {
+                    fenced.store = Arc::new(leader::FencedStore::new(state.store.clone(), &term));
+                }
+                let (tx, rx) = watch::channel(false);
+                match spawn_controllers(fenced, rx) {
+                    Ok(handles) => running = Some((term, tx, handles)),
+                    Err(e) => tracing::error!(error = %e, "cannot start the controllers"),
+                }
+            } else if current.holder.is_some() {
+                // A follower serves the API as soon as it knows who leads.
+                state
+                    .ready
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+        tokio::select! {
+            changed = status.changed() => {
+                if changed.is_err() {
+                    // No election (the embedded store), or it ended: act until shutdown.
+                    let _ = shutdown.changed().await;
+                    break;
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    if let Some(r) = running.take() {
+        stop(r).await;
+    }
+}
+
+fn spawn_controllers(
+    state: state::AppState,
+    stop: watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, ServerError> {
+    Ok(vec![
+        controllers::scheduler::spawn(state.clone(), stop.clone())?,
+        controllers::lease::spawn(state.clone(), stop.clone()),
+        controllers::claims::spawn(state.clone(), stop.clone()),
+        controllers::nodes::spawn(state, stop),
+    ])
 }
 
 /// Opens the store the config names: the embedded one in the data dir, or etcd.
@@ -119,6 +192,27 @@ impl Server {
             })?;
         let ca = Arc::new(pki::Ca::load(&dir).map_err(|e| ServerError::Cert(e.to_string()))?);
         let agents = Arc::new(agents::AgentDialer::new(&ca, clock.now())?);
+        // The embedded store serves one server: it always leads. On etcd the replicas elect.
+        let elect = !config.store.is_empty();
+        let identity = format!(
+            "{}-{}",
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "server".into()),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let (leader_tx, leader_rx) = watch::channel(leader::Status {
+            identity: identity.clone(),
+            term: (!elect).then_some(leader::Term {
+                epoch: 0,
+                fence_revision: 0,
+            }),
+            holder: (!elect).then(|| identity.clone()),
+        });
+        let timing = leader::Timing {
+            lease_duration: config.leader_lease_duration.as_std(),
+            renew_interval: config.leader_renew_interval.as_std(),
+        };
         let state = state::AppState {
             store,
             config: Arc::new(config),
@@ -131,15 +225,26 @@ impl Server {
             liveness: Arc::new(liveness::Liveness::default()),
             join_locks: Arc::new(join_tokens::JoinLocks::default()),
             agents,
+            leader: leader_rx,
         };
         bootstrap::ensure_builtin_classes(&state).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut tasks = vec![
-            controllers::scheduler::spawn(state.clone(), shutdown_rx.clone())?,
-            controllers::lease::spawn(state.clone(), shutdown_rx.clone()),
-            controllers::claims::spawn(state.clone(), shutdown_rx.clone()),
-            controllers::nodes::spawn(state.clone(), shutdown_rx.clone()),
-        ];
+        // Fails here, not later, on a profile the scheduler refuses.
+        infraos_scheduler::Scheduler::new(state.config.scheduler.clone())?;
+        let mut tasks = Vec::new();
+        if elect {
+            tasks.push(tokio::spawn(leader::run(
+                state.store.clone(),
+                state.clock.clone(),
+                identity,
+                timing,
+                leader_tx,
+                shutdown_rx.clone(),
+            )));
+        } else {
+            drop(leader_tx);
+        }
+        tasks.push(tokio::spawn(supervise(state.clone(), shutdown_rx.clone())));
         let app = api::router(state.clone()).layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(

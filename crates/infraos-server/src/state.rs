@@ -26,4 +26,6 @@ pub struct AppState {
     pub join_locks: Arc<crate::join_tokens::JoinLocks>,
     /// How the server calls agents (logs), with its `system:server` client certificate.
     pub agents: Arc<crate::agents::AgentDialer>,
+    /// This replica's view of the leader election (always leading on the embedded store).
+    pub leader: tokio::sync::watch::Receiver<crate::leader::Status>,
 }

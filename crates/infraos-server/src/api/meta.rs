@@ -24,6 +24,17 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
+/// This replica's view of the leader election: who it is, who leads, and whether it does.
+pub async fn leader(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let status = state.leader.borrow().clone();
+    Json(serde_json::json!({
+        "identity": status.identity,
+        "holder": status.holder,
+        "leading": status.term.is_some(),
+        "epoch": status.term.map(|t| t.epoch),
+    }))
+}
+
 pub async fn version() -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),

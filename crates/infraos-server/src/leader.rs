@@ -1,0 +1,356 @@
+//! Leader election among server replicas on one store: exactly one runs the scheduler and
+//! the controllers; every replica serves the API.
+//!
+//! ```text
+//!   /coordination/leader   {holder, epoch, renewTime, leaseDurationMs}   renewed by the leader (CAS)
+//!   /coordination/epoch    {epoch, holder}                                written once per term
+//!
+//!   follower ── lease expired (renewTime + duration < now) ──► CAS: take the lease, bump epoch
+//!   leader   ── renew every renewInterval ──► CAS fails or the lease ran out ──► stop acting
+//! ```
+//! Kubernetes' Lease-based election, on the store contract alone (embedded or etcd). The
+//! epoch key is the fencing token: a term's controllers write through [`FencedStore`], which
+//! adds "the epoch key is still at this term's revision" to every transaction, so a deposed
+//! leader that has not noticed yet can change nothing: the new leader moved the key when it
+//! took over. A leader stops acting when a renewal fails or when its lease would have run out
+//! by its own clock, whichever comes first, so it stops before another replica may start
+//! (followers wait the full lease duration from the last renewal they saw).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use infraos_store::{
+    Compare, LedgerEntry, LedgerHead, RangeResult, Revision, Store, StoreError, Txn, TxnOutcome,
+    WatchStream,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+pub const LEASE_KEY: &str = "/coordination/leader";
+pub const EPOCH_KEY: &str = "/coordination/epoch";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseRecord {
+    pub holder: String,
+    pub epoch: u64,
+    pub renew_time_ms: i64,
+    pub lease_duration_ms: i64,
+}
+
+/// One term of leadership: the fencing token every commit of the term carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Term {
+    pub epoch: u64,
+    /// The epoch key's revision when this term began.
+    pub fence_revision: Revision,
+}
+
+/// What this replica knows of the election, for `/leader` and the controllers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Status {
+    pub identity: String,
+    /// The current term, while this replica leads.
+    pub term: Option<Term>,
+    /// The holder of the lease as last seen.
+    pub holder: Option<String>,
+}
+
+/// A store whose every transaction also requires the term's epoch key to be unchanged:
+/// writes of a deposed leader fail instead of landing.
+pub struct FencedStore {
+    inner: Arc<dyn Store>,
+    fence_revision: Revision,
+}
+
+impl FencedStore {
+    pub fn new(inner: Arc<dyn Store>, term: &Term) -> Self {
+        FencedStore {
+            inner,
+            fence_revision: term.fence_revision,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for FencedStore {
+    async fn get(&self, key: &str) -> Result<Option<infraos_store::KeyValue>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn range(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<RangeResult, StoreError> {
+        self.inner.range(prefix, start_after, limit).await
+    }
+    async fn range_at(&self, prefix: &str, revision: Revision) -> Result<RangeResult, StoreError> {
+        self.inner.range_at(prefix, revision).await
+    }
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        self.inner
+            .txn(txn.when(Compare::unchanged(EPOCH_KEY, self.fence_revision)))
+            .await
+    }
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        self.inner.watch(prefix, after).await
+    }
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        self.inner.current_revision().await
+    }
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        self.inner.compact(revision).await
+    }
+    async fn ledger_range(&self, from: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.inner.ledger_range(from, limit).await
+    }
+    async fn ledger_head(&self) -> Result<LedgerHead, StoreError> {
+        self.inner.ledger_head().await
+    }
+}
+
+/// How the election is timed.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub lease_duration: Duration,
+    pub renew_interval: Duration,
+}
+
+/// One attempt to take or keep the lease at `now_ms`: the new term when this replica leads.
+pub async fn try_acquire_or_renew(
+    store: &dyn Store,
+    identity: &str,
+    timing: Timing,
+    now_ms: i64,
+    current: Option<&Term>,
+) -> Result<(Option<Term>, Option<String>), StoreError> {
+    let duration_ms = timing.lease_duration.as_millis() as i64;
+    let lease = store.get(LEASE_KEY).await?;
+    let record = lease
+        .as_ref()
+        .and_then(|kv| serde_json::from_slice::<LeaseRecord>(&kv.value).ok());
+    if let Some(r) = &record {
+        let ours = r.holder == identity && current.is_some_and(|t| t.epoch == r.epoch);
+        let expired = now_ms > r.renew_time_ms + r.lease_duration_ms;
+        if !ours && !expired {
+            return Ok((None, Some(r.holder.clone())));
+        }
+        if ours {
+            let renewed = LeaseRecord {
+                renew_time_ms: now_ms,
+                lease_duration_ms: duration_ms,
+                ..r.clone()
+            };
+            let value = serde_json::to_vec(&renewed).unwrap_or_default();
+            let revision = lease.as_ref().map_or(0, |kv| kv.mod_revision);
+            let out = store
+                .txn(
+                    Txn::new()
+                        .when(Compare::unchanged(LEASE_KEY, revision))
+                        .put(LEASE_KEY, value),
+                )
+                .await?;
+            return Ok(if out.succeeded {
+                (current.cloned(), Some(identity.to_string()))
+            } else {
+                (None, None)
+            });
+        }
+    }
+    // Free or expired: take it, moving the epoch key on (the fence of the previous term).
+    let epoch = record.as_ref().map_or(0, |r| r.epoch) + 1;
+    let lease_revision = lease.as_ref().map_or(0, |kv| kv.mod_revision);
+    let epoch_kv = store.get(EPOCH_KEY).await?;
+    let epoch_revision = epoch_kv.as_ref().map_or(0, |kv| kv.mod_revision);
+    let taken = LeaseRecord {
+        holder: identity.to_string(),
+        epoch,
+        renew_time_ms: now_ms,
+        lease_duration_ms: duration_ms,
+    };
+    let out = store
+        .txn(
+            Txn::new()
+                .when(Compare::unchanged(LEASE_KEY, lease_revision))
+                .when(Compare::unchanged(EPOCH_KEY, epoch_revision))
+                .put(LEASE_KEY, serde_json::to_vec(&taken).unwrap_or_default())
+                .put(
+                    EPOCH_KEY,
+                    Bytes::from(format!("{{\"epoch\":{epoch},\"holder\":{identity:?}}}")),
+                ),
+        )
+        .await?;
+    if !out.succeeded {
+        return Ok((None, None));
+    }
+    Ok((
+        Some(Term {
+            epoch,
+            fence_revision: out.revision,
+        }),
+        Some(identity.to_string()),
+    ))
+}
+
+/// Gives the lease up (at shutdown), so a follower takes over at once, not after the lease.
+pub async fn release(store: &dyn Store, identity: &str) {
+    let Ok(Some(kv)) = store.get(LEASE_KEY).await else {
+        return;
+    };
+    let Ok(mut record) = serde_json::from_slice::<LeaseRecord>(&kv.value) else {
+        return;
+    };
+    if record.holder != identity {
+        return;
+    }
+    record.renew_time_ms = 0;
+    record.lease_duration_ms = 0;
+    let _ = store
+        .txn(
+            Txn::new()
+                .when(Compare::unchanged(LEASE_KEY, kv.mod_revision))
+                .put(LEASE_KEY, serde_json::to_vec(&record).unwrap_or_default()),
+        )
+        .await;
+}
+
+/// Runs the election until shutdown, publishing this replica's status: `term` is `Some`
+/// exactly while it may act.
+pub async fn run(
+    store: Arc<dyn Store>,
+    clock: crate::clock::SharedClock,
+    identity: String,
+    timing: Timing,
+    status: watch::Sender<Status>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut term: Option<Term> = None;
+    let mut last_renewal_ms = 0i64;
+    let lease_ms = timing.lease_duration.as_millis() as i64;
+    loop {
+        let now_ms = clock.now().unix_millis();
+        let next = match try_acquire_or_renew(&*store, &identity, timing, now_ms, term.as_ref())
+            .await
+        {
+            Ok((t, holder)) => {
+                if t.is_some() {
+                    last_renewal_ms = now_ms;
+                }
+                if t != term {
+                    match &t {
+                        Some(t) => tracing::info!(epoch = t.epoch, "leading: starting controllers"),
+                        None if term.is_some() => {
+                            tracing::warn!("leadership lost: stopping controllers")
+                        }
+                        None => {}
+                    }
+                }
+                term = t;
+                holder
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "leader election: the store failed");
+                // Stop acting before the lease can have run out for the others.
+                if term.is_some() && now_ms - last_renewal_ms > lease_ms * 2 / 3 {
+                    tracing::warn!("leadership lost: renewals failed");
+                    term = None;
+                }
+                status.borrow().holder.clone()
+            }
+        };
+        status.send_replace(Status {
+            identity: identity.clone(),
+            term: term.clone(),
+            holder: next,
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(timing.renew_interval) => {}
+            _ = shutdown.changed() => {
+                if term.is_some() {
+                    release(&*store, &identity).await;
+                }
+                status.send_replace(Status { identity, term: None, holder: None });
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = infraos_store::embedded::EmbeddedStore::open(
+            &dir.path().join("s.redb"),
+            Default::default(),
+        )
+        .unwrap();
+        (dir, Arc::new(s))
+    }
+
+    const T: Timing = Timing {
+        lease_duration: Duration::from_secs(3),
+        renew_interval: Duration::from_secs(1),
+    };
+
+    #[tokio::test]
+    async fn one_leader_at_a_time_and_a_deposed_one_is_fenced() {
+        let (_d, s) = store();
+        let (a, _) = try_acquire_or_renew(&*s, "a", T, 1_000, None)
+            .await
+            .unwrap();
+        let a = a.expect("a leads a free lease");
+        let (b, holder) = try_acquire_or_renew(&*s, "b", T, 2_000, None)
+            .await
+            .unwrap();
+        assert_eq!((b, holder.as_deref()), (None, Some("a")));
+        // a renews and keeps its term; b still waits.
+        let (again, _) = try_acquire_or_renew(&*s, "a", T, 3_500, Some(&a))
+            .await
+            .unwrap();
+        assert_eq!(again.as_ref(), Some(&a));
+        assert!(
+            try_acquire_or_renew(&*s, "b", T, 6_000, None)
+                .await
+                .unwrap()
+                .0
+                .is_none()
+        );
+        // a falls silent: once its lease has run out, b takes over with a newer epoch.
+        let (b, _) = try_acquire_or_renew(&*s, "b", T, 6_600, None)
+            .await
+            .unwrap();
+        let b = b.expect("b takes an expired lease");
+        assert!(b.epoch > a.epoch);
+        // a's writes through its fenced store now fail; b's land.
+        let fenced_a = FencedStore::new(Arc::clone(&s), &a);
+        let out = fenced_a.txn(Txn::new().put("/x", "from a")).await.unwrap();
+        assert!(!out.succeeded, "a deposed leader's write must not land");
+        let fenced_b = FencedStore::new(Arc::clone(&s), &b);
+        assert!(
+            fenced_b
+                .txn(Txn::new().put("/x", "from b"))
+                .await
+                .unwrap()
+                .succeeded
+        );
+        // a cannot renew its way back.
+        let (back, holder) = try_acquire_or_renew(&*s, "a", T, 6_700, Some(&a))
+            .await
+            .unwrap();
+        assert_eq!((back, holder.as_deref()), (None, Some("b")));
+        // Released at shutdown: a follower takes over at once.
+        release(&*s, "b").await;
+        assert!(
+            try_acquire_or_renew(&*s, "a", T, 6_800, None)
+                .await
+                .unwrap()
+                .0
+                .is_some()
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! Several servers on one etcd (a build with the `etcd` feature): exactly one leads and runs
+//! the controllers, every one serves the API, and when the leader is SIGKILLed under a
+//! steady claim load another takes over, with no acknowledged claim lost and no resource
+//! given twice.
+#![cfg(feature = "etcd")]
+// Test code: a panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use infraos_store::conformance::EtcdProcess;
+use serde_json::Value;
+use support::*;
+
+fn kind(p: &str) -> &'static infraos_api::KindInfo {
+    infraos_api::object::kind_by_plural(p).unwrap()
+}
+
+async fn leader_status(s: &TestServer) -> Option<Value> {
+    let (code, body) = s
+        .client()
+        .raw(infraos_client::Method::GET, "/leader", None, vec![], None)
+        .await
+        .ok()?;
+    (code == 200).then_some(body)
+}
+
+/// The index of the one server that leads, once exactly one does.
+async fn wait_for_one_leader(servers: &[Option<TestServer>]) -> usize {
+    eventually(Duration::from_secs(30), "exactly one leader", || async {
+        let mut leading = Vec::new();
+        for (i, s) in servers.iter().enumerate() {
+            if let Some(s) = s
+                && leader_status(s).await?["leading"] == true
+            {
+                leading.push(i);
+            }
+        }
+        (leading.len() == 1).then(|| leading[0])
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_leader_fails_over_without_losing_or_doubling_anything() {
+    let etcd = EtcdProcess::start().await;
+    let config = format!(
+        "store: etcd://{}/ha\nleaderLeaseDuration: 3s\nleaderRenewInterval: 500ms\n",
+        etcd.endpoint
+    );
+    let first = TestServer::start_with_config(&config).await;
+    let mut servers: Vec<Option<TestServer>> = vec![Some(first)];
+    for _ in 0..2 {
+        let copy = servers[0].as_ref().unwrap().copy_data_dir();
+        servers.push(Some(TestServer::start_in(copy).await));
+    }
+    let leader = wait_for_one_leader(&servers).await;
+    // Any replica serves the API: set up through a follower.
+    let follower = (leader + 1) % 3;
+    let c = servers[follower].as_ref().unwrap().client();
+    apply_yaml(&c, &small_cluster(64)).await;
+    let mut created = Vec::new();
+    let mut takeovers = Vec::new();
+    let mut next = 0;
+    let mut create = |c: &infraos_client::Client, created: &mut Vec<String>| {
+        let name = format!("c{next:03}");
+        next += 1;
+        let c = c.clone();
+        created.push(name.clone());
+        async move {
+            c.create(kind("claims"), Some("p"), &claim(&name, "1", "1h"))
+                .await
+                .unwrap();
+            name
+        }
+    };
+    for round in 0..2 {
+        let leader = wait_for_one_leader(&servers).await;
+        let survivor = (leader + 1) % 3;
+        let c = servers[survivor].as_ref().unwrap().client();
+        for _ in 0..5 {
+            create(&c, &mut created).await;
+        }
+        // SIGKILL the leader under load, and time until a claim created after it is placed.
+        servers[leader].as_mut().unwrap().kill9();
+        let killed = Instant::now();
+        let probe = create(&c, &mut created).await;
+        for _ in 0..5 {
+            create(&c, &mut created).await;
+        }
+        eventually(
+            Duration::from_secs(20),
+            "a new leader places claims",
+            || {
+                let c = c.clone();
+                let probe = probe.clone();
+                async move {
+                    let claim = c.get(kind("claims"), Some("p"), &probe).await.ok()?;
+                    (phase(&claim) == "Allocated").then_some(())
+                }
+            },
+        )
+        .await;
+        takeovers.push(killed.elapsed());
+        eprintln!(
+            "round {round}: placed again {:?} after the leader was killed",
+            killed.elapsed()
+        );
+        // The killed server comes back as a follower.
+        let dead = servers[leader].take().unwrap();
+        let dir = dead.copy_data_dir();
+        drop(dead);
+        servers[leader] = Some(TestServer::start_in(dir).await);
+    }
+    // Every acknowledged claim is there and placed; no CPU is handed out twice.
+    let c = servers[wait_for_one_leader(&servers).await]
+        .as_ref()
+        .unwrap()
+        .client();
+    eventually(Duration::from_secs(30), "every claim placed", || {
+        let c = c.clone();
+        let created = created.clone();
+        async move {
+            let (items, _) = c.list(kind("claims"), Some("p"), None).await.ok()?;
+            let placed = items.iter().filter(|i| phase(i) == "Allocated").count();
+            (items.len() == created.len() && placed == created.len()).then_some(())
+        }
+    })
+    .await;
+    let (allocations, _) = c.list(kind("allocations"), Some("p"), None).await.unwrap();
+    assert_eq!(allocations.len(), created.len(), "one allocation per claim");
+    let cpu: usize = allocations
+        .iter()
+        .filter(|a| a["spec"]["node"] == "n1")
+        .count();
+    assert!(cpu <= 64, "n1 has 64 CPUs and {cpu} one-CPU claims on it");
+    for t in &takeovers {
+        assert!(
+            *t < Duration::from_secs(10),
+            "failover took {t:?} (target 5 s, limit here 10 s)"
+        );
+    }
+}
