@@ -912,3 +912,90 @@ async fn a_lost_node_s_claims_move_only_after_their_lease_and_short_partitions_e
     assert!(!a.log().contains("panicked"));
     drop(b);
 }
+
+/// With several servers on etcd, an agent given every server URL talks to a follower, and
+/// the leader still hears its heartbeats (replicas share them); when that follower is
+/// SIGKILLed the agent moves to the next URL without its node going NotReady or its
+/// workload stopping.
+#[cfg(feature = "etcd")]
+#[tokio::test]
+async fn an_agent_fails_over_between_servers_and_its_heartbeats_reach_the_leader() {
+    require_root();
+    let etcd = infraos_store::conformance::EtcdProcess::start().await;
+    let config = format!(
+        "store: etcd://{}/agents\nheartbeatInterval: 500ms\nnodeGracePeriod: 2s\n",
+        etcd.endpoint
+    );
+    let first = TestServer::start_with_config(&config).await;
+    let copy = first.copy_data_dir();
+    let second = TestServer::start_in(copy).await;
+    let leads = |s: &TestServer| {
+        let c = s.client();
+        async move {
+            c.raw(infraos_client::Method::GET, "/leader", None, vec![], None)
+                .await
+                .ok()
+                .is_some_and(|(_, b)| b["leading"] == true)
+        }
+    };
+    let first_leads = eventually(Duration::from_secs(30), "a leader", || async {
+        match (leads(&first).await, leads(&second).await) {
+            (true, false) => Some(true),
+            (false, true) => Some(false),
+            _ => None,
+        }
+    })
+    .await;
+    let (leader, mut follower) = if first_leads {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let admin = leader.client();
+    apply_yaml(&admin, TENANCY).await;
+    let token = join_token(&leader, &[]);
+    // The follower first: every request of the agent goes there while it is up.
+    let mut agent = TestAgent {
+        name: "node-ha".into(),
+        dir: tempfile::tempdir().expect("tempdir"),
+        server: format!("{},{}", follower.config.server, leader.config.server),
+        ca: leader.data_dir().join("ca.crt"),
+        child: None,
+    };
+    agent.spawn(Some(&token));
+    wait_ready(&admin, "node-ha").await;
+    admin
+        .apply(&workload_claim(
+            "steady",
+            "echo up; while true; do sleep 0.2; done",
+            "60s",
+            "Manual",
+        ))
+        .await
+        .expect("claim");
+    let pid = wait_state(&admin, "steady", "Running").await["pid"]
+        .as_u64()
+        .expect("pid");
+    // Lose the follower the agent talks to: it moves on to the leader.
+    follower.kill9();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let node = admin
+        .get_path("/apis/infraos.io/v1/nodes/node-ha")
+        .await
+        .unwrap();
+    let ready = node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap();
+    assert_eq!(ready["status"], "True", "{ready}");
+    let w = workload(&admin, "steady").await;
+    assert_eq!(
+        (w["state"].as_str(), w["pid"].as_u64()),
+        (Some("Running"), Some(pid))
+    );
+    assert!(alive(pid));
+    drop(agent);
+}

@@ -108,6 +108,18 @@ async fn the_leader_fails_over_without_losing_or_doubling_anything() {
             "round {round}: placed again {:?} after the leader was killed",
             killed.elapsed()
         );
+        // A client given every URL skips the dead one.
+        let mut both = servers[survivor].as_ref().unwrap().config.clone();
+        both.server = format!(
+            "{},{}",
+            servers[leader].as_ref().unwrap().config.server,
+            both.server
+        );
+        let failing_over = infraos_client::Client::new(&both).unwrap();
+        failing_over
+            .get(kind("claims"), Some("p"), &probe)
+            .await
+            .expect("the second URL answers when the first is down");
         // The killed server comes back as a follower.
         let dead = servers[leader].take().unwrap();
         let dir = dead.copy_data_dir();

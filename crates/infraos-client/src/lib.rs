@@ -40,6 +40,8 @@ pub enum ClientError {
     Decode { url: String, reason: String },
     #[error("TLS setup: {0}")]
     Tls(String),
+    #[error("server URL: {0}")]
+    Url(String),
 }
 
 impl ClientError {
@@ -105,14 +107,17 @@ pub enum Applied {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    /// Every server URL (`server: https://a:7443,https://b:7443`). Requests go to the
+    /// current one and move on to the next when it cannot be reached.
+    bases: Arc<[String]>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
     token: Option<String>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("base", &self.base)
+            .field("bases", &self.bases)
             .finish_non_exhaustive()
     }
 }
@@ -180,19 +185,84 @@ impl Client {
             .http2_keep_alive_while_idle(true)
             .build()
             .map_err(|e| ClientError::Tls(e.to_string()))?;
+        let bases: Vec<String> = config
+            .server
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if bases.is_empty() {
+            return Err(ClientError::Url(
+                "none set: set `server` in the client config or INFRAOS_SERVER".into(),
+            ));
+        }
         Ok(Client {
             http,
-            base: config.server.trim_end_matches('/').to_string(),
+            bases: bases.into(),
+            current: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             token: config.token.clone(),
         })
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base
+    /// The server requests go to now.
+    pub fn base_url(&self) -> String {
+        self.base()
+    }
+
+    fn base(&self) -> String {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.bases[i % self.bases.len()].clone()
+    }
+
+    /// Executes a request, moving on to the next server URL when this one cannot be reached
+    /// (a connection that never opened carried nothing, so the retry cannot double a write).
+    async fn execute(
+        &self,
+        mut request: reqwest::Request,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let n = self.bases.len();
+        let mut tried = 1;
+        loop {
+            let retry = if n > 1 { request.try_clone() } else { None };
+            match self.http.execute(request).await {
+                Ok(response) => return Ok(response),
+                Err(source) if source.is_connect() && n > 1 => {
+                    let next = self
+                        .current
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        + 1;
+                    match retry {
+                        Some(mut again) if tried < n => {
+                            let base = &self.bases[next % n];
+                            let mut moved = reqwest::Url::parse(base)
+                                .map_err(|e| ClientError::Url(format!("{base:?}: {e}")))?;
+                            moved.set_path(again.url().path());
+                            moved.set_query(again.url().query());
+                            *again.url_mut() = moved;
+                            request = again;
+                            tried += 1;
+                        }
+                        _ => {
+                            return Err(ClientError::Transport {
+                                url: url.to_string(),
+                                source,
+                            });
+                        }
+                    }
+                }
+                Err(source) => {
+                    return Err(ClientError::Transport {
+                        url: url.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        let mut r = self.http.request(method, format!("{}{path}", self.base()));
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
         }
@@ -204,13 +274,11 @@ impl Client {
         builder: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<reqwest::Response, ClientError> {
-        let response = builder
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.to_string(),
-                source,
-            })?;
+        let request = builder.build().map_err(|source| ClientError::Transport {
+            url: url.to_string(),
+            source,
+        })?;
+        let response = self.execute(request, url).await?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -255,7 +323,7 @@ impl Client {
         builder: reqwest::RequestBuilder,
         path: &str,
     ) -> Result<serde_json::Value, ClientError> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.base());
         let response = self.send(builder, &url).await?;
         response.json().await.map_err(|e| ClientError::Decode {
             url,
@@ -273,7 +341,7 @@ impl Client {
         body: Vec<u8>,
         token: Option<&str>,
     ) -> Result<(u16, serde_json::Value), ClientError> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.base());
         let mut builder = self.http.request(method, &url).body(body);
         if let Some(ct) = content_type {
             builder = builder.header(reqwest::header::CONTENT_TYPE, ct);
@@ -281,10 +349,11 @@ impl Client {
         if let Some(t) = token.or(self.token.as_deref()) {
             builder = builder.bearer_auth(t);
         }
-        let response = builder
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport { url, source })?;
+        let request = builder.build().map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        let response = self.execute(request, &url).await?;
         let code = response.status().as_u16();
         let bytes = response.bytes().await.unwrap_or_default();
         Ok((
@@ -300,7 +369,7 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<R, ClientError> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.base());
         let response = self
             .send(self.request(method, path).json(body), &url)
             .await?;
@@ -326,7 +395,7 @@ impl Client {
         impl futures::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + use<>,
         ClientError,
     > {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.base());
         let response = self
             .send(self.request(reqwest::Method::GET, path), &url)
             .await?;
@@ -402,7 +471,7 @@ impl Client {
         json: bytes::Bytes,
     ) -> Result<(), ClientError> {
         let p = path(info, ns, None);
-        let url = format!("{}{p}", self.base);
+        let url = format!("{}{p}", self.base());
         let builder = self
             .request(reqwest::Method::POST, &p)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -605,7 +674,7 @@ impl Client {
         if let Some(rv) = resource_version {
             query.push(("resourceVersion", rv.to_string()));
         }
-        let url = format!("{}{p}", self.base);
+        let url = format!("{}{p}", self.base());
         let response = self
             .send(self.request(reqwest::Method::GET, &p).query(&query), &url)
             .await?;
@@ -646,7 +715,7 @@ impl Client {
 
     pub async fn audit_records(&self, from: u64, limit: usize) -> Result<AuditPage, ClientError> {
         let p = "/apis/infraos.io/v1/auditrecords";
-        let url = format!("{}{p}", self.base);
+        let url = format!("{}{p}", self.base());
         let response = self
             .send(
                 self.request(reqwest::Method::GET, p)

@@ -3,6 +3,7 @@
 
 pub(crate) mod applier;
 pub mod claims;
+pub mod heartbeats;
 pub mod lease;
 pub mod nodes;
 mod pending;

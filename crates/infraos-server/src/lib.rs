@@ -233,6 +233,11 @@ impl Server {
         infraos_scheduler::Scheduler::new(state.config.scheduler.clone())?;
         let mut tasks = Vec::new();
         if elect {
+            tasks.push(controllers::heartbeats::spawn(
+                state.clone(),
+                identity.clone(),
+                shutdown_rx.clone(),
+            ));
             tasks.push(tokio::spawn(leader::run(
                 state.store.clone(),
                 state.clock.clone(),

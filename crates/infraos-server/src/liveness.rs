@@ -19,6 +19,8 @@ use tokio::sync::Notify;
 #[derive(Default)]
 pub struct Liveness {
     last_beat_ms: Mutex<HashMap<String, i64>>,
+    /// Beats this replica received itself, for sharing with the others (several servers).
+    local_ms: Mutex<HashMap<String, i64>>,
     /// Every Node in the store and its granted tiers; filled by the node controller.
     tiers: Mutex<HashMap<String, Vec<Tier>>>,
     /// Wakes the lifecycle controller when a node it may hold NotReady beats again.
@@ -28,6 +30,7 @@ pub struct Liveness {
 impl Liveness {
     /// Records a heartbeat; returns whether the node was unknown (first beat since start).
     pub fn beat(&self, node: &str, now_ms: i64) -> bool {
+        self.local_ms.lock().insert(node.to_string(), now_ms);
         let fresh = self
             .last_beat_ms
             .lock()
@@ -37,6 +40,33 @@ impl Liveness {
             self.changed.notify_one();
         }
         fresh
+    }
+
+    /// A beat another replica received: kept when newer than what this one knows.
+    pub fn merge(&self, node: &str, at_ms: i64) {
+        let mut beats = self.last_beat_ms.lock();
+        let fresh = match beats.get_mut(node) {
+            Some(last) if *last >= at_ms => return,
+            Some(last) => {
+                *last = at_ms;
+                false
+            }
+            None => {
+                beats.insert(node.to_string(), at_ms);
+                true
+            }
+        };
+        drop(beats);
+        if fresh {
+            self.changed.notify_one();
+        }
+    }
+
+    /// The beats this replica received itself since `since_ms`.
+    pub fn local_since(&self, since_ms: i64) -> HashMap<String, i64> {
+        let mut local = self.local_ms.lock();
+        local.retain(|_, at| *at >= since_ms);
+        local.clone()
     }
 
     pub fn last_beat(&self, node: &str) -> Option<i64> {
@@ -53,6 +83,7 @@ impl Liveness {
 
     pub fn forget(&self, node: &str) {
         self.last_beat_ms.lock().remove(node);
+        self.local_ms.lock().remove(node);
         self.tiers.lock().remove(node);
     }
 
