@@ -29,6 +29,13 @@ use tokio::sync::watch;
 
 pub const LEASE_KEY: &str = "/coordination/leader";
 pub const EPOCH_KEY: &str = "/coordination/epoch";
+/// The newest schema version any leader has run with.
+pub const SCHEMA_KEY: &str = "/coordination/schema";
+
+/// The layout of stored objects this build reads and writes. A leader records it; a replica
+/// of an older build then refuses to lead (it would write objects the newer one misreads),
+/// while it still serves the API during a rolling upgrade.
+pub const SCHEMA_VERSION: u64 = 1;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -126,6 +133,18 @@ pub async fn try_acquire_or_renew(
     now_ms: i64,
     current: Option<&Term>,
 ) -> Result<(Option<Term>, Option<String>), StoreError> {
+    try_acquire_or_renew_as(store, identity, timing, now_ms, current, SCHEMA_VERSION).await
+}
+
+/// [`try_acquire_or_renew`] for a build of schema version `schema` (tests play old builds).
+pub async fn try_acquire_or_renew_as(
+    store: &dyn Store,
+    identity: &str,
+    timing: Timing,
+    now_ms: i64,
+    current: Option<&Term>,
+    schema: u64,
+) -> Result<(Option<Term>, Option<String>), StoreError> {
     let duration_ms = timing.lease_duration.as_millis() as i64;
     let lease = store.get(LEASE_KEY).await?;
     let record = lease
@@ -159,7 +178,29 @@ pub async fn try_acquire_or_renew(
             });
         }
     }
-    // Free or expired: take it, moving the epoch key on (the fence of the previous term).
+    // Free or expired: take it, moving the epoch key on (the fence of the previous term), and
+    // recording this build's schema, unless a newer build has led already.
+    let schema_kv = store.get(SCHEMA_KEY).await?;
+    let stored_schema = schema_kv
+        .as_ref()
+        .and_then(|kv| {
+            std::str::from_utf8(&kv.value)
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    if stored_schema > schema {
+        tracing::warn!(
+            stored = stored_schema,
+            ours = schema,
+            "refusing to lead: a server with a newer schema version has led this store; \
+             upgrade this server (it keeps serving the API)"
+        );
+        return Ok((None, record.map(|r| r.holder)));
+    }
+    let schema_revision = schema_kv.as_ref().map_or(0, |kv| kv.mod_revision);
     let epoch = record.as_ref().map_or(0, |r| r.epoch) + 1;
     let lease_revision = lease.as_ref().map_or(0, |kv| kv.mod_revision);
     let epoch_kv = store.get(EPOCH_KEY).await?;
@@ -175,6 +216,8 @@ pub async fn try_acquire_or_renew(
             Txn::new()
                 .when(Compare::unchanged(LEASE_KEY, lease_revision))
                 .when(Compare::unchanged(EPOCH_KEY, epoch_revision))
+                .when(Compare::unchanged(SCHEMA_KEY, schema_revision))
+                .put(SCHEMA_KEY, schema.to_string())
                 .put(LEASE_KEY, serde_json::to_vec(&taken).unwrap_or_default())
                 .put(
                     EPOCH_KEY,
@@ -352,5 +395,28 @@ mod tests {
                 .0
                 .is_some()
         );
+    }
+
+    #[tokio::test]
+    async fn an_older_build_does_not_lead_after_a_newer_one() {
+        let (_d, s) = store();
+        let old = SCHEMA_VERSION;
+        let new = SCHEMA_VERSION + 1;
+        // A newer build leads once (a rolling upgrade).
+        let (t, _) = try_acquire_or_renew_as(&*s, "new", T, 1_000, None, new)
+            .await
+            .unwrap();
+        assert!(t.is_some());
+        // It goes away; the old build may not take over even when the lease is free.
+        release(&*s, "new").await;
+        let (t, _) = try_acquire_or_renew_as(&*s, "old", T, 2_000, None, old)
+            .await
+            .unwrap();
+        assert!(t.is_none(), "an older schema must not lead");
+        // Another replica of the newer build may.
+        let (t, _) = try_acquire_or_renew_as(&*s, "new2", T, 2_100, None, new)
+            .await
+            .unwrap();
+        assert!(t.is_some());
     }
 }
