@@ -135,3 +135,60 @@ async fn an_unreachable_etcd_stops_the_server_at_start() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// etcd going away mid-flight: writes answer 503 with the reason and nothing is half-written;
+/// when it comes back the server recovers by itself (watches relist, the controllers resume).
+#[tokio::test]
+async fn the_server_answers_503_while_etcd_is_away_and_recovers() {
+    let mut etcd = EtcdProcess::start().await;
+    let server = TestServer::start_with_config(&format!(
+        "store: etcd://{}/away\nleaderLeaseDuration: 1s\nleaderRenewInterval: 200ms\n",
+        etcd.endpoint
+    ))
+    .await;
+    let c = server.client();
+    apply_yaml(&c, &small_cluster(8)).await;
+    c.create(kind("claims"), Some("p"), &claim("before", "1", "1h"))
+        .await
+        .unwrap();
+    etcd.kill();
+    let err = c
+        .create(kind("claims"), Some("p"), &claim("during", "1", "1h"))
+        .await
+        .expect_err("no store, no write");
+    assert_eq!(err.code(), Some(503), "{err}");
+    assert!(err.to_string().contains("store unavailable"), "{err}");
+    let (code, _) = c
+        .raw(infraos_client::Method::GET, "/readyz", None, vec![], None)
+        .await
+        .unwrap();
+    assert_eq!(code, 503, "not ready without a store");
+    etcd.restart().await;
+    eventually(Duration::from_secs(30), "writes work again", || {
+        let c = c.clone();
+        async move {
+            c.create(kind("claims"), Some("p"), &claim("after", "1", "1h"))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    eventually(Duration::from_secs(30), "both claims placed", || {
+        let c = c.clone();
+        async move {
+            let (items, _) = c.list(kind("claims"), Some("p"), None).await.ok()?;
+            let names: Vec<&str> = items
+                .iter()
+                .filter(|i| phase(i) == "Allocated")
+                .filter_map(|i| i["metadata"]["name"].as_str())
+                .collect();
+            (names.contains(&"before") && names.contains(&"after")).then_some(())
+        }
+    })
+    .await;
+    let gone = c.get(kind("claims"), Some("p"), "during").await;
+    assert!(
+        gone.is_err_and(|e| e.is_not_found()),
+        "the refused write left nothing behind"
+    );
+}

@@ -587,10 +587,12 @@ impl Harness for EmbeddedHarness {
 }
 
 /// A real single-member etcd on loopback ports with its own data dir, killed on drop: what
-/// the etcd backend's tests (and, later, HA tests) run against.
+/// the etcd backend's tests (and the server's HA tests) run against.
 #[cfg(feature = "etcd")]
 pub struct EtcdProcess {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
+    binary: &'static str,
+    args: Vec<String>,
     dir: tempfile::TempDir,
     pub endpoint: String,
 }
@@ -613,38 +615,71 @@ impl EtcdProcess {
         };
         let (client, peer) = (free_port(), free_port());
         let dir = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = std::process::Command::new(binary)
-            .arg("--name=n0")
-            .arg(format!("--data-dir={}", dir.path().join("data").display()))
-            .arg(format!("--listen-client-urls={client_url}"))
-            .arg(format!("--advertise-client-urls={client_url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=n0={peer_url}"))
-            .arg("--max-request-bytes=8388608")
-            .arg("--log-level=error")
+        let args = vec![
+            "--name=n0".to_string(),
+            format!("--data-dir={}", dir.path().join("data").display()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--advertise-client-urls={client_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=n0={peer_url}"),
+            "--max-request-bytes=8388608".to_string(),
+            "--log-level=error".to_string(),
+        ];
+        let mut process = EtcdProcess {
+            child: None,
+            binary,
+            args,
+            dir,
+            endpoint: format!("127.0.0.1:{client}"),
+        };
+        process.restart().await;
+        process
+    }
+
+    /// SIGKILL: the store goes away mid-flight.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and data (after [`EtcdProcess::kill`]).
+    pub async fn restart(&mut self) {
+        self.spawn();
+        self.wait_serving().await;
+    }
+
+    fn spawn(&mut self) {
+        self.kill();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .unwrap();
+        let child = std::process::Command::new(self.binary)
+            .args(&self.args)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
-        let process = EtcdProcess {
-            child,
-            dir,
-            endpoint: format!("127.0.0.1:{client}"),
-        };
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary));
+        self.child = Some(child);
+    }
+
+    async fn wait_serving(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let options = crate::etcd::EtcdOptions::new(vec![process.endpoint.clone()]);
+            let options = crate::etcd::EtcdOptions::new(vec![self.endpoint.clone()]);
             if crate::etcd::EtcdStore::connect(options).await.is_ok() {
-                return process;
+                return;
             }
             if std::time::Instant::now() > deadline {
-                let log = std::fs::read_to_string(process.dir.path().join("etcd.log"))
-                    .unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
                 panic!("etcd did not start within 30s:\n{log}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -655,8 +690,114 @@ impl EtcdProcess {
 #[cfg(feature = "etcd")]
 impl Drop for EtcdProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
+    }
+}
+
+/// A real three-member etcd cluster on loopback, for failover tests: members can be killed
+/// and restarted one by one, and the raft leader found.
+#[cfg(feature = "etcd")]
+pub struct EtcdCluster {
+    members: Vec<EtcdProcess>,
+}
+
+#[cfg(feature = "etcd")]
+impl EtcdCluster {
+    pub async fn start(size: usize) -> Self {
+        let binary = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or_else(|| {
+                panic!("etcd is not installed: `apt-get install -y etcd-server` (the test command does)")
+            });
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap()
+        };
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let mut members: Vec<EtcdProcess> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| {
+                let dir = tempfile::tempdir().unwrap();
+                let client_url = format!("http://127.0.0.1:{client}");
+                let peer_url = format!("http://127.0.0.1:{peer}");
+                EtcdProcess {
+                    child: None,
+                    binary,
+                    args: vec![
+                        format!("--name=m{i}"),
+                        format!("--data-dir={}", dir.path().join("data").display()),
+                        format!("--listen-client-urls={client_url}"),
+                        format!("--advertise-client-urls={client_url}"),
+                        format!("--listen-peer-urls={peer_url}"),
+                        format!("--initial-advertise-peer-urls={peer_url}"),
+                        format!("--initial-cluster={}", initial.join(",")),
+                        "--initial-cluster-state=new".to_string(),
+                        "--initial-cluster-token=infraos-test".to_string(),
+                        "--max-request-bytes=8388608".to_string(),
+                        "--log-level=error".to_string(),
+                    ],
+                    dir,
+                    endpoint: format!("127.0.0.1:{client}"),
+                }
+            })
+            .collect();
+        // Members wait for each other to form the cluster: start them all, then wait.
+        for m in &mut members {
+            m.spawn();
+        }
+        for m in &mut members {
+            m.wait_serving().await;
+        }
+        EtcdCluster { members }
+    }
+
+    /// `etcd://a,b,c/root`.
+    pub fn url(&self, root: &str) -> String {
+        let endpoints: Vec<&str> = self.members.iter().map(|m| m.endpoint.as_str()).collect();
+        format!("etcd://{}/{root}", endpoints.join(","))
+    }
+
+    pub fn kill(&mut self, member: usize) {
+        self.members[member].kill();
+    }
+
+    pub async fn restart(&mut self, member: usize) {
+        self.members[member].restart().await;
+    }
+
+    /// The member that is raft leader now, asked of the live members.
+    pub async fn leader(&self) -> Option<usize> {
+        for m in self.members.iter().filter(|m| m.child.is_some()) {
+            let Ok(mut client) = etcd_client::Client::connect([m.endpoint.as_str()], None).await
+            else {
+                continue;
+            };
+            let Ok(status) = client.status().await else {
+                continue;
+            };
+            let leader = status.leader();
+            for (i, other) in self.members.iter().enumerate() {
+                let Ok(mut c) = etcd_client::Client::connect([other.endpoint.as_str()], None).await
+                else {
+                    continue;
+                };
+                if let Ok(s) = c.status().await
+                    && s.header().is_some_and(|h| h.member_id() == leader)
+                {
+                    return Some(i);
+                }
+            }
+        }
+        None
     }
 }
 
