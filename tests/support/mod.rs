@@ -99,6 +99,11 @@ impl TestServer {
         self.dir.path()
     }
 
+    /// The server process's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts the server process on the data dir and waits until it is ready.
     pub async fn spawn(&mut self) {
         let dir = self.dir.path().to_path_buf();

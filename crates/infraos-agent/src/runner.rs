@@ -731,9 +731,21 @@ impl Reconciler {
         record.status.signal = None;
         record.status.finished_at = None;
         self.save(&w.uid);
+        // What the workload may know of where it runs (Nomad's NOMAD_*, Kubernetes' downward
+        // API); the fencing epoch lets it tag what it writes, so a stale run can be told apart.
+        let mut spec = w.spec.clone();
+        for (key, value) in [
+            ("INFRAOS_NODE", self.config.name.clone()),
+            ("INFRAOS_PROJECT", w.namespace.clone()),
+            ("INFRAOS_CLAIM", w.claim.clone()),
+            ("INFRAOS_ALLOCATION_UID", w.uid.clone()),
+            ("INFRAOS_FENCING_EPOCH", w.epoch.to_string()),
+        ] {
+            spec.env.insert(key.to_string(), value);
+        }
         let task = TaskConfig {
             id: w.uid.clone(),
-            spec: w.spec.clone(),
+            spec,
             limits,
             dir,
             hostname,

@@ -1,0 +1,599 @@
+//! The chaos harness: three etcd members, three servers and three agents on loopback, a
+//! seeded random schedule of faults (SIGKILL and restart of servers, agents and etcd members;
+//! SIGSTOP pauses of servers and agents, shorter and longer than a lease) while claims with
+//! process workloads are submitted, renewed, released and left to expire. Afterwards a checker
+//! verifies, from the recorded history, that:
+//!
+//! - capacity was never exceeded on any node at any store revision (etcd's own history);
+//! - the project quota was never exceeded at any revision;
+//! - no acknowledged claim was lost;
+//! - no claim's workload ran in two places at once (the workloads log what they run, tagged
+//!   with node and fencing epoch, every 100 ms);
+//! - every expired lease was reclaimed within its expiry + the skew margin + a controller
+//!   period + a leader failover;
+//! - the system heals: once faults stop, every claim reaches a terminal state.
+//!
+//! `INFRAOS_CHAOS_SECONDS` (default 45: the short run `.ci/run` does) and
+//! `INFRAOS_CHAOS_SEED` (default 1) choose the run; `scripts/chaos.sh` runs long ones. Needs
+//! root (agents run workloads in cgroups) and a build with the `etcd` feature.
+#![cfg(feature = "etcd")]
+// Test code: a panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use infraos_client::Client;
+use infraos_store::Store as _;
+use infraos_store::conformance::EtcdCluster;
+use serde_json::{Value, json};
+use support::*;
+
+const SKEW: Duration = Duration::from_secs(1);
+const LEASE_S: u64 = 4;
+const QUOTA_CPU_MILLIS: i64 = 4000;
+const CLAIM_CPU_MILLIS: i64 = 500;
+
+/// A small deterministic generator: the same seed, the same schedule.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi - lo))
+    }
+}
+
+fn kind(p: &str) -> &'static infraos_api::KindInfo {
+    infraos_api::object::kind_by_plural(p).unwrap()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+struct Agent {
+    name: String,
+    dir: tempfile::TempDir,
+    servers: String,
+    ca: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    fn spawn(&mut self, token: Option<&str>) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        let mut c = Command::new(bin());
+        c.args(["agent", "--server", &self.servers, "--name", &self.name])
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .arg("--ca")
+            .arg(&self.ca)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(t) = token {
+            c.args(["--join-token", t]);
+        }
+        self.child = Some(c.spawn().unwrap());
+    }
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The fault in progress, undone before the next one.
+enum Fault {
+    ServerDown(usize),
+    ServerPaused(usize),
+    AgentDown(usize),
+    AgentPaused(usize),
+    EtcdDown(usize),
+}
+
+fn workload_claim(name: &str, log: &str) -> Value {
+    let script = format!(
+        "while true; do echo \"$INFRAOS_CLAIM $INFRAOS_NODE $INFRAOS_FENCING_EPOCH $(date +%s%3N)\" >> {log}; sleep 0.1; done"
+    );
+    json!({
+        "apiVersion": "infraos.io/v1", "kind": "Claim",
+        "metadata": {"name": name, "namespace": "p"},
+        "spec": {
+            "requests": [{"class": "compute", "amount": {"cpu": "500m", "memory": "16Mi"}}],
+            "lease": {"duration": format!("{LEASE_S}s"), "renewPolicy": "Manual"},
+            "workload": {"command": "/bin/sh", "args": ["-c", script], "stopGrace": "1s"}
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_keeps_every_invariant() {
+    require_root("the chaos harness's agents");
+    let seconds: u64 = std::env::var("INFRAOS_CHAOS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(45);
+    let seed: u64 = std::env::var("INFRAOS_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    eprintln!("chaos: seed {seed}, {seconds} s of faults");
+    let mut rng = Rng(seed);
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("runs.log");
+    std::fs::write(&log, "").unwrap();
+    let log_path = log.display().to_string();
+
+    let mut etcd = EtcdCluster::start(3).await;
+    let config = format!(
+        "store: {}\nheartbeatInterval: 500ms\nnodeGracePeriod: 2s\nleaseSkewMargin: 1s\n\
+         leaderLeaseDuration: 2s\nleaderRenewInterval: 300ms\n",
+        etcd.url("chaos")
+    );
+    let first = TestServer::start_with_config(&config).await;
+    let mut servers = vec![first];
+    for _ in 0..2 {
+        let copy = servers[0].copy_data_dir();
+        servers.push(TestServer::start_in(copy).await);
+    }
+    let all_urls: Vec<String> = servers.iter().map(|s| s.config.server.clone()).collect();
+    let mut client_config = servers[0].config.clone();
+    client_config.server = all_urls.join(",");
+    let c = Client::new(&client_config).unwrap();
+    apply_yaml(
+        &c,
+        &format!(
+            "apiVersion: infraos.io/v1\nkind: Tenant\nmetadata: {{name: t}}\nspec: {{}}\n---\n\
+             apiVersion: infraos.io/v1\nkind: Project\nmetadata: {{name: p}}\nspec: {{tenant: t}}\n---\n\
+             apiVersion: infraos.io/v1\nkind: Quota\nmetadata: {{name: p-cpu}}\n\
+             spec: {{project: p, limits: {{compute: {{cpu: \"{}m\"}}}}}}\n",
+            QUOTA_CPU_MILLIS
+        ),
+    )
+    .await;
+    let token = {
+        let out = servers[0].cli(&["join-token", "create", "--uses", "3"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    let mut agents: Vec<Agent> = (0..3)
+        .map(|i| Agent {
+            name: format!("chaos-{i}"),
+            dir: tempfile::tempdir().unwrap(),
+            // Each agent starts with a different server first.
+            servers: (0..3)
+                .map(|k| all_urls[(i + k) % 3].clone())
+                .collect::<Vec<_>>()
+                .join(","),
+            ca: servers[0].data_dir().join("ca.crt"),
+            child: None,
+        })
+        .collect();
+    for a in &mut agents {
+        a.spawn(Some(&token));
+    }
+    // Each agent publishes its own compute resource; pin capacity so the check is exact.
+    for a in &agents {
+        let name = a.name.clone();
+        eventually(Duration::from_secs(60), "agent node ready", || {
+            let c = c.clone();
+            let name = name.clone();
+            async move {
+                let n = c
+                    .get_path(&format!("/apis/infraos.io/v1/nodes/{name}"))
+                    .await
+                    .ok()?;
+                n["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    let mut capacity: HashMap<String, i64> = HashMap::new();
+    let (resources, _) = c.list(kind("resources"), None, None).await.unwrap();
+    for r in &resources {
+        if r["spec"]["class"] == "compute"
+            && let Some(node) = r["spec"]["node"].as_str()
+        {
+            let cpu: infraos_api::Quantity = r["spec"]["capacity"]["cpu"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            capacity.insert(node.to_string(), (cpu.nanos() / 1_000_000) as i64);
+        }
+    }
+    assert_eq!(capacity.len(), 3, "{resources:?}");
+
+    // ---- load and faults ------------------------------------------------------------------
+    let mut acknowledged: Vec<String> = Vec::new();
+    let mut faults: BTreeMap<&'static str, u32> = BTreeMap::new();
+    let mut active: Option<(Fault, Instant)> = None;
+    let mut next_fault = Instant::now() + rng.millis(1000, 3000);
+    let started = Instant::now();
+    let end = started + Duration::from_secs(seconds);
+    let mut n = 0u32;
+    while Instant::now() < end {
+        // Load: create, renew or release, each answer recorded.
+        match rng.below(10) {
+            0..=4 => {
+                n += 1;
+                let name = format!("ch{n:04}");
+                if c.create(kind("claims"), Some("p"), &workload_claim(&name, &log_path))
+                    .await
+                    .is_ok()
+                {
+                    acknowledged.push(name);
+                }
+            }
+            5..=7 if !acknowledged.is_empty() => {
+                let name = &acknowledged[rng.below(acknowledged.len() as u64) as usize];
+                let body = json!({"duration": format!("{LEASE_S}s")});
+                let _ = c.claim_action("p", name, "renew", Some(&body)).await;
+            }
+            8 if !acknowledged.is_empty() => {
+                let name = &acknowledged[rng.below(acknowledged.len() as u64) as usize];
+                let _ = c.claim_action("p", name, "release", None).await;
+            }
+            _ => {}
+        }
+        // Faults: one at a time, each undone when its time is up.
+        let now = Instant::now();
+        if let Some((fault, until)) = &active
+            && now >= *until
+        {
+            match fault {
+                Fault::ServerDown(i) => servers[*i].spawn().await,
+                Fault::ServerPaused(i) => signal(servers[*i].pid().unwrap(), "-CONT"),
+                Fault::AgentDown(i) => agents[*i].spawn(None),
+                Fault::AgentPaused(i) => signal(agents[*i].pid().unwrap(), "-CONT"),
+                Fault::EtcdDown(i) => etcd.restart(*i).await,
+            }
+            active = None;
+            next_fault = Instant::now() + rng.millis(500, 2500);
+        }
+        if active.is_none() && now >= next_fault {
+            let i = rng.below(3) as usize;
+            let (fault, name, hold) = match rng.below(5) {
+                0 => {
+                    servers[i].kill9();
+                    (
+                        Fault::ServerDown(i),
+                        "server SIGKILL",
+                        rng.millis(500, 4000),
+                    )
+                }
+                1 => {
+                    signal(servers[i].pid().unwrap(), "-STOP");
+                    (
+                        Fault::ServerPaused(i),
+                        "server SIGSTOP",
+                        rng.millis(500, 5000),
+                    )
+                }
+                2 => {
+                    agents[i].kill9();
+                    (Fault::AgentDown(i), "agent SIGKILL", rng.millis(500, 4000))
+                }
+                3 => {
+                    signal(agents[i].pid().unwrap(), "-STOP");
+                    // Shorter and longer than a lease (4 s) plus the skew margin.
+                    (
+                        Fault::AgentPaused(i),
+                        "agent SIGSTOP",
+                        rng.millis(500, 8000),
+                    )
+                }
+                _ => {
+                    etcd.kill(i);
+                    (
+                        Fault::EtcdDown(i),
+                        "etcd member SIGKILL",
+                        rng.millis(500, 4000),
+                    )
+                }
+            };
+            *faults.entry(name).or_insert(0) += 1;
+            active = Some((fault, Instant::now() + hold));
+        }
+        tokio::time::sleep(rng.millis(50, 250)).await;
+    }
+    // ---- heal -------------------------------------------------------------------------------
+    if let Some((fault, _)) = active.take() {
+        match fault {
+            Fault::ServerDown(i) => servers[i].spawn().await,
+            Fault::ServerPaused(i) => signal(servers[i].pid().unwrap(), "-CONT"),
+            Fault::AgentDown(i) => agents[i].spawn(None),
+            Fault::AgentPaused(i) => signal(agents[i].pid().unwrap(), "-CONT"),
+            Fault::EtcdDown(i) => etcd.restart(i).await,
+        }
+    }
+    let healed = eventually(Duration::from_secs(90), "every claim ends", || {
+        let c = c.clone();
+        async move {
+            let (items, _) = c.list(kind("claims"), Some("p"), None).await.ok()?;
+            items
+                .iter()
+                .all(|i| matches!(phase(i), "Released" | "Expired" | "Failed"))
+                .then_some(items)
+        }
+    })
+    .await;
+    let mut violations: Vec<String> = Vec::new();
+
+    // No acknowledged write lost.
+    let names: Vec<&str> = healed
+        .iter()
+        .filter_map(|i| i["metadata"]["name"].as_str())
+        .collect();
+    for a in &acknowledged {
+        if !names.contains(&a.as_str()) {
+            violations.push(format!("acknowledged claim {a} is gone"));
+        }
+    }
+
+    // Capacity and quota at every revision, from etcd's own history of allocations.
+    let store = infraos_store::etcd::EtcdStore::connect(
+        infraos_store::etcd::EtcdOptions::parse_url(&etcd.url("chaos")).unwrap(),
+    )
+    .await
+    .unwrap();
+    let last = store.current_revision().await.unwrap();
+    let mut history = store
+        .watch("/registry/allocations/", 0)
+        .await
+        .expect("etcd keeps the whole history (never compacted here)");
+    let mut events: Vec<infraos_store::Event> = Vec::new();
+    let mut seen_revision = 0;
+    while seen_revision < last {
+        let Ok(Some(Ok(batch))) =
+            tokio::time::timeout(Duration::from_secs(5), history.next()).await
+        else {
+            break;
+        };
+        for e in batch.iter() {
+            seen_revision = seen_revision.max(e.kv.mod_revision);
+        }
+        events.extend(batch.iter().cloned());
+    }
+    let (found, revisions, reclaim_worst) = check_history(&events, &capacity);
+    violations.extend(found);
+    if seen_revision < last {
+        violations.push(format!(
+            "the allocation history ended at revision {seen_revision}, before {last}"
+        ));
+    }
+    // Reclaimed within expiry + skew margin + a controller period (0.5 s) + a leader
+    // failover (lease 2 s + renew 0.3 s) + 1 s of slack for a paused server.
+    let bound = SKEW + Duration::from_millis(500 + 2300 + 1000);
+    if reclaim_worst > bound {
+        violations.push(format!(
+            "an expired lease was reclaimed {reclaim_worst:?} after its expiry (bound {bound:?})"
+        ));
+    }
+
+    // No workload in two places at once: each (claim, node, epoch) run spans its first to its
+    // last log line; two runs of one claim must not overlap.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let (found, runs, overlaps_checked) = check_runs(&text);
+    violations.extend(found);
+    let moved = runs.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "chaos: seed {seed}: {} claims acknowledged, {} ran workloads ({moved} ran more than once, \
+         {overlaps_checked} run pairs checked), faults {faults:?}, capacity and quota checked at \
+         {revisions} revisions up to {last}, worst reclaim {reclaim_worst:?}, violations {}",
+        acknowledged.len(),
+        runs.len(),
+        violations.len()
+    );
+    assert!(
+        violations.is_empty(),
+        "chaos seed {seed}: {} violations:\n{}",
+        violations.len(),
+        violations.join("\n")
+    );
+    assert!(
+        !runs.is_empty(),
+        "no workload ever ran: the harness tested nothing"
+    );
+    assert!(faults.values().sum::<u32>() > 0, "no fault was injected");
+}
+
+/// Capacity and quota at every revision of the allocation history, and the latest reclaim of
+/// an expired lease: (violations, revisions checked, worst reclaim delay).
+fn check_history(
+    events: &[infraos_store::Event],
+    capacity: &HashMap<String, i64>,
+) -> (Vec<String>, u64, Duration) {
+    let mut violations = Vec::new();
+    let mut holding: HashMap<String, (String, i64)> = HashMap::new();
+    let mut reclaim_worst = Duration::ZERO;
+    let mut revisions = 0u64;
+    let mut at = 0;
+    while at < events.len() {
+        // Every event of one revision (one transaction), then the check at that revision.
+        let revision = events[at].kv.mod_revision;
+        while at < events.len() && events[at].kv.mod_revision == revision {
+            let e = &events[at];
+            at += 1;
+            let key = e.kv.key.clone();
+            let object: Option<Value> = match e.kind {
+                infraos_store::EventKind::Put => serde_json::from_slice(&e.kv.value).ok(),
+                infraos_store::EventKind::Delete => None,
+            };
+            match object {
+                Some(a) if matches!(a["status"]["phase"].as_str(), Some("Active")) => {
+                    let node = a["spec"]["node"].as_str().unwrap_or_default().to_string();
+                    holding.insert(key, (node, CLAIM_CPU_MILLIS));
+                }
+                Some(a) => {
+                    holding.remove(&key);
+                    if a["status"]["phase"] == "Expired"
+                        && let (Ok(expire), Ok(ended)) = (
+                            a["status"]["lease"]["expireTime"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .parse::<infraos_api::Time>(),
+                            a["status"]["endTime"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .parse::<infraos_api::Time>(),
+                        )
+                    {
+                        let late = Duration::from_millis(
+                            (ended.unix_millis() - expire.unix_millis()).max(0) as u64,
+                        );
+                        reclaim_worst = reclaim_worst.max(late);
+                    }
+                }
+                None => {
+                    holding.remove(&key);
+                }
+            }
+        }
+        revisions += 1;
+        let mut per_node: HashMap<&str, i64> = HashMap::new();
+        for (node, cpu) in holding.values() {
+            *per_node.entry(node).or_insert(0) += cpu;
+        }
+        for (node, used) in &per_node {
+            let cap = capacity.get(*node).copied().unwrap_or(0);
+            if *used > cap {
+                violations.push(format!(
+                    "node {node}: {used}m CPU held of {cap}m at revision {revision}"
+                ));
+            }
+        }
+        let total: i64 = per_node.values().sum();
+        if total > QUOTA_CPU_MILLIS {
+            violations.push(format!(
+                "quota p-cpu: {total}m held of {QUOTA_CPU_MILLIS}m at revision {revision}"
+            ));
+        }
+    }
+    (violations, revisions, reclaim_worst)
+}
+
+/// Runs of each claim from the workloads' log (`claim node epoch ms` lines): two runs of one
+/// claim (by node and fencing epoch) must not overlap in time. Returns the violations, the
+/// number of runs per claim, and how many pairs were compared.
+fn check_runs(text: &str) -> (Vec<String>, HashMap<String, usize>, usize) {
+    let mut violations = Vec::new();
+    let mut runs: HashMap<&str, HashMap<(&str, &str), (i64, i64)>> = HashMap::new();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let [claim, node, epoch, ms] = parts[..] else {
+            continue;
+        };
+        let Ok(ms) = ms.parse::<i64>() else { continue };
+        let span = runs
+            .entry(claim)
+            .or_default()
+            .entry((node, epoch))
+            .or_insert((ms, ms));
+        span.0 = span.0.min(ms);
+        span.1 = span.1.max(ms);
+    }
+    let mut overlaps_checked = 0;
+    for (claim, spans) in &runs {
+        let spans: Vec<(&(&str, &str), &(i64, i64))> = spans.iter().collect();
+        for (i, (a_at, a)) in spans.iter().enumerate() {
+            for (b_at, b) in &spans[i + 1..] {
+                overlaps_checked += 1;
+                if a.0 <= b.1 && b.0 <= a.1 {
+                    violations.push(format!(
+                        "claim {claim} ran on {a_at:?} during {a:?} and on {b_at:?} during {b:?}"
+                    ));
+                }
+            }
+        }
+    }
+
+    let counts = runs
+        .iter()
+        .map(|(claim, spans)| (claim.to_string(), spans.len()))
+        .collect();
+    (violations, counts, overlaps_checked)
+}
+
+#[test]
+fn the_checker_catches_what_it_is_for() {
+    // Two runs of one claim overlapping in time, on two nodes.
+    let log = "c1 a 1 1000\nc1 a 1 1500\nc1 b 2 1400\nc1 b 2 2000\nc2 a 1 1000\nc2 b 2 1200\n";
+    let (found, runs, _) = check_runs(log);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("claim c1"), "{found:?}");
+    assert_eq!(runs["c2"], 2, "c2 moved without overlapping");
+    // Three half-CPU allocations on a one-CPU node within one revision.
+    let alloc = |name: &str, revision: u64, phase: &str| infraos_store::Event {
+        kind: infraos_store::EventKind::Put,
+        kv: infraos_store::KeyValue {
+            key: format!("/registry/allocations/p/{name}"),
+            value: serde_json::to_vec(&json!({"spec": {"node": "n"}, "status": {"phase": phase}}))
+                .unwrap()
+                .into(),
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+        },
+        prev: None,
+    };
+    let capacity: HashMap<String, i64> = [("n".to_string(), 1000)].into_iter().collect();
+    let ok = [
+        alloc("a", 1, "Active"),
+        alloc("b", 2, "Active"),
+        alloc("a", 3, "Released"),
+        alloc("c", 3, "Active"),
+    ];
+    assert!(
+        check_history(&ok, &capacity).0.is_empty(),
+        "a freed slot taken in the same revision is fine"
+    );
+    let over = [
+        alloc("a", 1, "Active"),
+        alloc("b", 2, "Active"),
+        alloc("c", 3, "Active"),
+    ];
+    let (found, revisions, _) = check_history(&over, &capacity);
+    assert_eq!(revisions, 3);
+    assert!(
+        found
+            .iter()
+            .any(|v| v.contains("node n: 1500m CPU held of 1000m at revision 3")),
+        "{found:?}"
+    );
+}
