@@ -508,12 +508,17 @@ fn check_history(
     (violations, revisions, reclaim_worst)
 }
 
+/// One run of a claim: the node and the fencing epoch it ran with.
+type Run<'a> = (&'a str, &'a str);
+/// First and last log line of a run, in unix milliseconds.
+type Span = (i64, i64);
+
 /// Runs of each claim from the workloads' log (`claim node epoch ms` lines): two runs of one
 /// claim (by node and fencing epoch) must not overlap in time. Returns the violations, the
 /// number of runs per claim, and how many pairs were compared.
 fn check_runs(text: &str) -> (Vec<String>, HashMap<String, usize>, usize) {
     let mut violations = Vec::new();
-    let mut runs: HashMap<&str, HashMap<(&str, &str), (i64, i64)>> = HashMap::new();
+    let mut runs: HashMap<&str, HashMap<Run<'_>, Span>> = HashMap::new();
     for line in text.lines() {
         let parts: Vec<&str> = line.split_whitespace().collect();
         let [claim, node, epoch, ms] = parts[..] else {
@@ -530,7 +535,7 @@ fn check_runs(text: &str) -> (Vec<String>, HashMap<String, usize>, usize) {
     }
     let mut overlaps_checked = 0;
     for (claim, spans) in &runs {
-        let spans: Vec<(&(&str, &str), &(i64, i64))> = spans.iter().collect();
+        let spans: Vec<(&Run<'_>, &Span)> = spans.iter().collect();
         for (i, (a_at, a)) in spans.iter().enumerate() {
             for (b_at, b) in &spans[i + 1..] {
                 overlaps_checked += 1;
