@@ -11,7 +11,7 @@
 //!   with node and fencing epoch, every 100 ms);
 //! - every expired lease was reclaimed within its expiry + the skew margin + a controller
 //!   period + a leader failover;
-//! - the system heals: once faults stop, every claim reaches a terminal state.
+//! - the system heals: once faults stop, every claim reaches a terminal state or is allocated.
 //!
 //! `INFRAOS_CHAOS_SECONDS` (default 45: the short run `.ci/run` does) and
 //! `INFRAOS_CHAOS_SEED` (default 1) choose the run; `scripts/chaos.sh` runs long ones. Needs
@@ -247,10 +247,24 @@ async fn chaos_keeps_every_invariant() {
     let started = Instant::now();
     let end = started + Duration::from_secs(seconds);
     let mut n = 0u32;
+    // At most this many claims open at once, so the queue drains soon after faults stop.
+    const MAX_OPEN: usize = 12;
+    let mut open = 0usize;
+    let mut counted = Instant::now();
     while Instant::now() < end {
+        if counted.elapsed() > Duration::from_secs(2) {
+            if let Ok((items, _)) = c.list(kind("claims"), Some("p"), None).await {
+                open = items
+                    .iter()
+                    .filter(|i| !matches!(phase(i), "Released" | "Expired" | "Failed"))
+                    .count();
+            }
+            counted = Instant::now();
+        }
         // Load: create, renew or release, each answer recorded.
         match rng.below(10) {
-            0..=4 => {
+            0..=4 if open < MAX_OPEN => {
+                open += 1;
                 n += 1;
                 let name = format!("ch{n:04}");
                 if c.create(kind("claims"), Some("p"), &workload_claim(&name, &log_path))
@@ -277,7 +291,7 @@ async fn chaos_keeps_every_invariant() {
             && now >= *until
         {
             match fault {
-                Fault::ServerDown(i) => servers[*i].spawn().await,
+                Fault::ServerDown(i) => servers[*i].respawn_same_port().await,
                 Fault::ServerPaused(i) => signal(servers[*i].pid().unwrap(), "-CONT"),
                 Fault::AgentDown(i) => agents[*i].spawn(None),
                 Fault::AgentPaused(i) => signal(agents[*i].pid().unwrap(), "-CONT"),
@@ -335,25 +349,54 @@ async fn chaos_keeps_every_invariant() {
     // ---- heal -------------------------------------------------------------------------------
     if let Some((fault, _)) = active.take() {
         match fault {
-            Fault::ServerDown(i) => servers[i].spawn().await,
+            Fault::ServerDown(i) => servers[i].respawn_same_port().await,
             Fault::ServerPaused(i) => signal(servers[i].pid().unwrap(), "-CONT"),
             Fault::AgentDown(i) => agents[i].spawn(None),
             Fault::AgentPaused(i) => signal(agents[i].pid().unwrap(), "-CONT"),
             Fault::EtcdDown(i) => etcd.restart(i).await,
         }
     }
-    let healed = eventually(Duration::from_secs(90), "every claim ends", || {
-        let c = c.clone();
-        async move {
-            let (items, _) = c.list(kind("claims"), Some("p"), None).await.ok()?;
-            items
-                .iter()
-                .all(|i| matches!(phase(i), "Released" | "Expired" | "Failed"))
-                .then_some(items)
-        }
-    })
-    .await;
     let mut violations: Vec<String> = Vec::new();
+    let heal_deadline = Instant::now() + Duration::from_secs(90);
+    let mut last_error = None;
+    let healed = loop {
+        let items = match c.list(kind("claims"), Some("p"), None).await {
+            Ok((items, _)) => items,
+            Err(e) => {
+                last_error = Some(e.to_string());
+                if Instant::now() > heal_deadline {
+                    panic!("chaos seed {seed}: the API did not answer at the end: {last_error:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        // Healed: every claim ended or holds its allocation.
+        let open: Vec<&Value> = items
+            .iter()
+            .filter(|i| !matches!(phase(i), "Released" | "Expired" | "Failed" | "Allocated"))
+            .collect();
+        if !items.is_empty() && open.is_empty() {
+            break items;
+        }
+        if Instant::now() > heal_deadline {
+            for claim in open {
+                let name = claim["metadata"]["name"].as_str().unwrap_or_default();
+                let allocation = c.get(kind("allocations"), Some("p"), name).await.ok();
+                violations.push(format!(
+                    "not healed after 90 s: claim {name} is {} ({} {}); allocation: {}",
+                    phase(claim),
+                    claim["status"]["reason"],
+                    claim["status"]["message"],
+                    allocation
+                        .map(|a| a["status"].to_string())
+                        .unwrap_or_default()
+                ));
+            }
+            break items;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
 
     // No acknowledged write lost.
     let names: Vec<&str> = healed
@@ -372,7 +415,12 @@ async fn chaos_keeps_every_invariant() {
     )
     .await
     .unwrap();
-    let last = store.current_revision().await.unwrap();
+    // A last write under the prefix marks the end of the history to read.
+    let last = store
+        .txn(infraos_store::Txn::new().put("/registry/allocations/~chaos-end", "{}"))
+        .await
+        .unwrap()
+        .revision;
     let mut history = store
         .watch("/registry/allocations/", 0)
         .await
@@ -420,6 +468,24 @@ async fn chaos_keeps_every_invariant() {
         runs.len(),
         violations.len()
     );
+    if !violations.is_empty() {
+        // Keep what explains it: every server's and agent's log.
+        let keep = std::env::temp_dir().join(format!("infraos-chaos-{seed}"));
+        let _ = std::fs::create_dir_all(&keep);
+        for (i, server) in servers.iter().enumerate() {
+            let _ = std::fs::copy(
+                server.data_dir().join("server.log"),
+                keep.join(format!("server-{i}.log")),
+            );
+        }
+        for a in &agents {
+            let _ = std::fs::copy(
+                a.dir.path().join("agent.log"),
+                keep.join(format!("{}.log", a.name)),
+            );
+        }
+        eprintln!("chaos: logs kept in {}", keep.display());
+    }
     assert!(
         violations.is_empty(),
         "chaos seed {seed}: {} violations:\n{}",

@@ -240,3 +240,51 @@ async fn losing_an_etcd_member_or_its_leader_loses_nothing() {
     )
     .await;
 }
+
+/// Leases granted under one leader are reclaimed by the next: the new leader's lease
+/// controller takes over the timers.
+#[tokio::test]
+async fn leases_expire_after_a_failover() {
+    let etcd = EtcdCluster::start(3).await;
+    let config = format!(
+        "store: {}\nleaderLeaseDuration: 2s\nleaderRenewInterval: 300ms\nleaseSkewMargin: 1s\n",
+        etcd.url("expiry")
+    );
+    let first = TestServer::start_with_config(&config).await;
+    let copy = first.copy_data_dir();
+    let mut servers = vec![Some(first), Some(TestServer::start_in(copy).await)];
+    let leader = wait_for_one_leader(&servers).await;
+    let survivor = 1 - leader;
+    let c = servers[survivor].as_ref().unwrap().client();
+    apply_yaml(&c, &small_cluster(8)).await;
+    for i in 0..4 {
+        c.create(
+            kind("claims"),
+            Some("p"),
+            &claim(&format!("e{i}"), "1", "3s"),
+        )
+        .await
+        .unwrap();
+    }
+    eventually(Duration::from_secs(20), "placed", || {
+        let c = c.clone();
+        async move {
+            let (items, _) = c.list(kind("claims"), Some("p"), None).await.ok()?;
+            items.iter().all(|i| phase(i) == "Allocated").then_some(())
+        }
+    })
+    .await;
+    servers[leader].as_mut().unwrap().kill9();
+    eventually(
+        Duration::from_secs(20),
+        "expired under the new leader",
+        || {
+            let c = c.clone();
+            async move {
+                let (items, _) = c.list(kind("claims"), Some("p"), None).await.ok()?;
+                items.iter().all(|i| phase(i) == "Expired").then_some(())
+            }
+        },
+    )
+    .await;
+}

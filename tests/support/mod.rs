@@ -104,8 +104,24 @@ impl TestServer {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Starts the server again on the port it had (clients and agents keep its URL).
+    pub async fn respawn_same_port(&mut self) {
+        let port = self
+            .config
+            .server
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .expect("the server had a port");
+        self.spawn_on(&format!("127.0.0.1:{port}")).await;
+    }
+
     /// Starts the server process on the data dir and waits until it is ready.
     pub async fn spawn(&mut self) {
+        self.spawn_on("127.0.0.1:0").await;
+    }
+
+    async fn spawn_on(&mut self, listen: &str) {
         let dir = self.dir.path().to_path_buf();
         let _ = std::fs::remove_file(dir.join("server.url"));
         let log = std::fs::OpenOptions::new()
@@ -114,7 +130,7 @@ impl TestServer {
             .open(dir.join("server.log"))
             .expect("server.log");
         let child = Command::new(bin())
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["server", "--listen", listen, "--data-dir"])
             .arg(&dir)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -15,6 +15,7 @@
 //! Unlike the embedded store, ledger entries are keys here: a ledger-only transaction moves
 //! the revision on (etcd's revision counts every key it writes).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -84,7 +85,12 @@ impl EtcdOptions {
 /// A store on etcd. Cheap to clone: clones share one gRPC channel.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    /// Replaced by a fresh connection when requests stop getting answers (a channel whose
+    /// members all went away once may not find them again by itself).
+    client: Arc<parking_lot::RwLock<Client>>,
+    endpoints: Arc<[String]>,
+    connect: ConnectOptions,
+    request_timeout: Duration,
     data: String,
     ledger: String,
     head: String,
@@ -138,13 +144,16 @@ impl EtcdStore {
                 }
             })
             .collect();
-        let client = Client::connect(&endpoints, Some(connect))
+        let client = Client::connect(&endpoints, Some(connect.clone()))
             .await
             .map_err(|e| {
                 StoreError::Backend(format!("cannot reach etcd at {}: {e}", endpoints.join(",")))
             })?;
         let store = EtcdStore {
-            client,
+            client: Arc::new(parking_lot::RwLock::new(client)),
+            endpoints: endpoints.clone().into(),
+            connect,
+            request_timeout: options.request_timeout,
             data: format!("{}/data", options.root),
             ledger: format!("{}/ledger/", options.root),
             head: format!("{}/ledger-head", options.root),
@@ -156,6 +165,55 @@ impl EtcdStore {
             ))
         })?;
         Ok(store)
+    }
+
+    fn client(&self) -> Client {
+        self.client.read().clone()
+    }
+
+    /// A fresh connection to every member, for when the current one stopped answering.
+    async fn reconnect(&self) {
+        match Client::connect(self.endpoints.as_ref(), Some(self.connect.clone())).await {
+            Ok(client) => {
+                tracing::info!("reconnected to etcd");
+                *self.client.write() = client;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reconnect to etcd"),
+        }
+    }
+
+    /// Runs one store operation: again (up to 5 times, 25–125 ms apart) while the members it
+    /// reached are down; with a fresh connection after a request got no answer in time (a
+    /// read is then sent again; a write is not, since it may have been applied).
+    async fn again<T, F, Fut>(&self, read: bool, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut attempt = 0u64;
+        loop {
+            let outcome = tokio::time::timeout(self.request_timeout, op()).await;
+            let retry = match &outcome {
+                Ok(Err(e)) => unreached(e),
+                Err(_) => {
+                    self.reconnect().await;
+                    read
+                }
+                Ok(Ok(_)) => false,
+            };
+            if retry && attempt < 5 {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(25 * attempt)).await;
+                continue;
+            }
+            return match outcome {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Backend(format!(
+                    "etcd did not answer within {:?}",
+                    self.request_timeout
+                ))),
+            };
+        }
     }
 
     fn key(&self, key: &str) -> String {
@@ -196,7 +254,7 @@ impl EtcdStore {
     }
 
     async fn read_head(&self) -> Result<(LedgerHead, i64), StoreError> {
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let resp = client
             .get(self.head.as_bytes(), None)
             .await
@@ -231,15 +289,15 @@ impl EtcdStore {
     }
 }
 
-#[async_trait::async_trait]
-impl Store for EtcdStore {
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut client = self.client.clone();
+/// One attempt of each store operation; [`Store`] sends them again while members are down.
+impl EtcdStore {
+    async fn get_once(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let mut client = self.client();
         let resp = client.get(self.key(key), None).await.map_err(backend)?;
         resp.kvs().first().map(|kv| self.to_kv(kv)).transpose()
     }
 
-    async fn range(
+    async fn range_once(
         &self,
         prefix: &str,
         start_after: Option<&str>,
@@ -258,7 +316,7 @@ impl Store for EtcdStore {
         if limit > 0 {
             options = options.with_limit(limit as i64 + 1);
         }
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let resp = client.get(start, Some(options)).await.map_err(backend)?;
         let revision = revision_of(resp.header());
         let mut kvs = resp
@@ -275,7 +333,11 @@ impl Store for EtcdStore {
         })
     }
 
-    async fn range_at(&self, prefix: &str, revision: Revision) -> Result<RangeResult, StoreError> {
+    async fn range_at_once(
+        &self,
+        prefix: &str,
+        revision: Revision,
+    ) -> Result<RangeResult, StoreError> {
         let current = self.current_revision().await?;
         if revision > current {
             return Err(StoreError::FutureRevision {
@@ -287,7 +349,7 @@ impl Store for EtcdStore {
         let options = GetOptions::new()
             .with_range(prefix_end(full.as_bytes()))
             .with_revision(revision as i64);
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let resp = client
             .get(full, Some(options))
             .await
@@ -304,7 +366,7 @@ impl Store for EtcdStore {
         })
     }
 
-    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+    async fn txn_once(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         check_sizes(&txn)?;
         let compares: Vec<EtcdCompare> = txn
             .compares
@@ -323,7 +385,7 @@ impl Store for EtcdStore {
             ops.retain(|(k, _)| *k != key);
             ops.push((key, value));
         }
-        let mut client = self.client.clone();
+        let mut client = self.client();
         loop {
             let mut when = compares.clone();
             let mut then: Vec<TxnOp> = ops
@@ -383,11 +445,11 @@ impl Store for EtcdStore {
         }
     }
 
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+    async fn watch_once(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
         // A start revision etcd has compacted away is refused here, as the embedded store does.
         let current = self.current_revision().await?;
         if after < current {
-            let mut client = self.client.clone();
+            let mut client = self.client();
             client
                 .get(
                     self.key(prefix),
@@ -400,7 +462,7 @@ impl Store for EtcdStore {
                 .await
                 .map_err(|e| Self::at_revision_error(e, after))?;
         }
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let full = self.key(prefix);
         let options = WatchOptions::new()
             .with_range(prefix_end(full.as_bytes()))
@@ -446,8 +508,12 @@ impl Store for EtcdStore {
                                 return Some((Ok(batch.into()), (stream, store, after, false)));
                             }
                         }
+                        // The member went away or dropped the stream: the watcher relists and
+                        // watches again, through another member. Not `Closed`: that means this
+                        // store is shutting down, and watchers stop for good.
                         Ok(None) => {
-                            return Some((Err(StoreError::Closed), (stream, store, after, true)));
+                            let e = StoreError::Backend("etcd ended the watch stream".into());
+                            return Some((Err(e), (stream, store, after, true)));
                         }
                         Err(e) => return Some((Err(backend(e)), (stream, store, after, true))),
                     }
@@ -456,8 +522,8 @@ impl Store for EtcdStore {
         )))
     }
 
-    async fn current_revision(&self) -> Result<Revision, StoreError> {
-        let mut client = self.client.clone();
+    async fn current_revision_once(&self) -> Result<Revision, StoreError> {
+        let mut client = self.client();
         let resp = client
             .get(
                 self.head.as_bytes(),
@@ -468,9 +534,9 @@ impl Store for EtcdStore {
         Ok(revision_of(resp.header()))
     }
 
-    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+    async fn compact_once(&self, revision: Revision) -> Result<(), StoreError> {
         let current = self.current_revision().await?;
-        let mut client = self.client.clone();
+        let mut client = self.client();
         match client.compact(revision.min(current) as i64, None).await {
             Ok(_) => Ok(()),
             // Already compacted that far: nothing to do.
@@ -479,12 +545,16 @@ impl Store for EtcdStore {
         }
     }
 
-    async fn ledger_range(&self, from: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+    async fn ledger_range_once(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
         let mut options = GetOptions::new().with_range(prefix_end(self.ledger.as_bytes()));
         if limit > 0 {
             options = options.with_limit(limit as i64);
         }
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let resp = client
             .get(self.ledger_key(from.max(1)), Some(options))
             .await
@@ -521,8 +591,61 @@ impl Store for EtcdStore {
             .collect()
     }
 
-    async fn ledger_head(&self) -> Result<LedgerHead, StoreError> {
+    async fn ledger_head_once(&self) -> Result<LedgerHead, StoreError> {
         Ok(self.read_head().await?.0)
+    }
+}
+
+/// Whether a request never reached a member (its connection did not open): sending it again
+/// cannot apply it twice, and the client's balancer tries another member.
+fn unreached(e: &StoreError) -> bool {
+    matches!(e, StoreError::Backend(m) if m.contains("tcp connect error") || m.contains("Connection refused"))
+}
+
+#[async_trait::async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.again(true, || self.get_once(key)).await
+    }
+
+    async fn range(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<RangeResult, StoreError> {
+        self.again(true, || self.range_once(prefix, start_after, limit))
+            .await
+    }
+
+    async fn range_at(&self, prefix: &str, revision: Revision) -> Result<RangeResult, StoreError> {
+        self.again(true, || self.range_at_once(prefix, revision))
+            .await
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        self.again(false, || self.txn_once(txn.clone())).await
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        self.again(true, || self.watch_once(prefix, after)).await
+    }
+
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        self.again(true, || self.current_revision_once()).await
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        self.again(false, || self.compact_once(revision)).await
+    }
+
+    async fn ledger_range(&self, from: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.again(true, || self.ledger_range_once(from, limit))
+            .await
+    }
+
+    async fn ledger_head(&self) -> Result<LedgerHead, StoreError> {
+        self.again(true, || self.ledger_head_once()).await
     }
 }
 
