@@ -358,14 +358,12 @@ async fn chaos_keeps_every_invariant() {
     }
     let mut violations: Vec<String> = Vec::new();
     let heal_deadline = Instant::now() + Duration::from_secs(90);
-    let mut last_error = None;
     let healed = loop {
         let items = match c.list(kind("claims"), Some("p"), None).await {
             Ok((items, _)) => items,
             Err(e) => {
-                last_error = Some(e.to_string());
                 if Instant::now() > heal_deadline {
-                    panic!("chaos seed {seed}: the API did not answer at the end: {last_error:?}");
+                    panic!("chaos seed {seed}: the API did not answer at the end: {e}");
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
