@@ -1,6 +1,8 @@
 //! The chaos harness: three etcd members, three servers and three agents on loopback, a
 //! seeded random schedule of faults (SIGKILL and restart of servers, agents and etcd members;
-//! SIGSTOP pauses of servers and agents, shorter and longer than a lease) while claims with
+//! SIGSTOP pauses of servers and agents, and network partitions of agents from the servers
+//! (each agent in its own network namespace behind a veth pair), shorter and longer than a
+//! lease) while claims with
 //! process workloads are submitted, renewed, released and left to expire. Afterwards a checker
 //! verifies, from the recorded history, that:
 //!
@@ -68,6 +70,7 @@ fn signal(pid: u32, sig: &str) {
 
 struct Agent {
     name: String,
+    netns: String,
     dir: tempfile::TempDir,
     servers: String,
     ca: PathBuf,
@@ -81,8 +84,10 @@ impl Agent {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .unwrap();
-        let mut c = Command::new(bin());
-        c.args(["agent", "--server", &self.servers, "--name", &self.name])
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.netns])
+            .arg(bin())
+            .args(["agent", "--server", &self.servers, "--name", &self.name])
             .arg("--data-dir")
             .arg(self.dir.path())
             .arg("--ca")
@@ -120,6 +125,76 @@ enum Fault {
     AgentDown(usize),
     AgentPaused(usize),
     EtcdDown(usize),
+    Partitioned(usize),
+}
+
+/// Agent `i` lives in network namespace `infraos-chaos-i`, joined to the host by a veth pair
+/// (host 10.231.i.1, agent 10.231.i.2): taking the host end down partitions it from every
+/// server while everything keeps running.
+struct Netns(usize);
+
+impl Netns {
+    fn name(&self) -> String {
+        format!("infraos-chaos-{}", self.0)
+    }
+    fn host_link(&self) -> String {
+        format!("icx{}h", self.0)
+    }
+    fn host_ip(&self) -> String {
+        format!("10.231.{}.1", self.0)
+    }
+    fn create(i: usize) -> Netns {
+        let ns = Netns(i);
+        ns.remove();
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (name, host, peer) = (ns.name(), ns.host_link(), format!("icx{i}n"));
+        ip(&["netns", "add", &name]);
+        ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer]);
+        ip(&["link", "set", &peer, "netns", &name]);
+        ip(&["addr", "add", &format!("10.231.{i}.1/30"), "dev", &host]);
+        ip(&["link", "set", &host, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &name, "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        inside(&["addr", "add", &format!("10.231.{i}.2/30"), "dev", &peer]);
+        inside(&["link", "set", &peer, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        ns
+    }
+    fn set_link(&self, up: bool) {
+        let _ = Command::new("ip")
+            .args([
+                "link",
+                "set",
+                &self.host_link(),
+                if up { "up" } else { "down" },
+            ])
+            .status();
+    }
+    fn remove(&self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_link()])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name()])
+            .output();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.remove();
+    }
 }
 
 fn workload_claim(name: &str, log: &str) -> Value {
@@ -161,11 +236,15 @@ async fn chaos_keeps_every_invariant() {
          leaderLeaseDuration: 2s\nleaderRenewInterval: 300ms\n",
         etcd.url("chaos")
     );
-    let first = TestServer::start_with_config(&config).await;
+    let netns: Vec<Netns> = (0..3).map(Netns::create).collect();
+    let host_ips: Vec<String> = netns.iter().map(Netns::host_ip).collect();
+    let sans: Vec<&str> = host_ips.iter().map(String::as_str).collect();
+    // Servers listen beyond loopback, so agents in their namespaces reach them.
+    let first = TestServer::start_with(&config, &sans, "0.0.0.0").await;
     let mut servers = vec![first];
     for _ in 0..2 {
         let copy = servers[0].copy_data_dir();
-        servers.push(TestServer::start_in(copy).await);
+        servers.push(TestServer::start_in_on(copy, "0.0.0.0").await);
     }
     let all_urls: Vec<String> = servers.iter().map(|s| s.config.server.clone()).collect();
     let mut client_config = servers[0].config.clone();
@@ -190,10 +269,14 @@ async fn chaos_keeps_every_invariant() {
     let mut agents: Vec<Agent> = (0..3)
         .map(|i| Agent {
             name: format!("chaos-{i}"),
+            netns: netns[i].name(),
             dir: tempfile::tempdir().unwrap(),
-            // Each agent starts with a different server first.
+            // Each agent starts with a different server first, over its veth.
             servers: (0..3)
-                .map(|k| all_urls[(i + k) % 3].clone())
+                .map(|k| {
+                    let port = servers[(i + k) % 3].port();
+                    format!("https://{}:{port}", netns[i].host_ip())
+                })
                 .collect::<Vec<_>>()
                 .join(","),
             ca: servers[0].data_dir().join("ca.crt"),
@@ -296,13 +379,14 @@ async fn chaos_keeps_every_invariant() {
                 Fault::AgentDown(i) => agents[*i].spawn(None),
                 Fault::AgentPaused(i) => signal(agents[*i].pid().unwrap(), "-CONT"),
                 Fault::EtcdDown(i) => etcd.restart(*i).await,
+                Fault::Partitioned(i) => netns[*i].set_link(true),
             }
             active = None;
             next_fault = Instant::now() + rng.millis(500, 2500);
         }
         if active.is_none() && now >= next_fault {
             let i = rng.below(3) as usize;
-            let (fault, name, hold) = match rng.below(5) {
+            let (fault, name, hold) = match rng.below(6) {
                 0 => {
                     servers[i].kill9();
                     (
@@ -332,6 +416,15 @@ async fn chaos_keeps_every_invariant() {
                         rng.millis(500, 8000),
                     )
                 }
+                4 => {
+                    // Cut off from every server, shorter and longer than a lease.
+                    netns[i].set_link(false);
+                    (
+                        Fault::Partitioned(i),
+                        "agent partition",
+                        rng.millis(500, 8000),
+                    )
+                }
                 _ => {
                     etcd.kill(i);
                     (
@@ -354,6 +447,7 @@ async fn chaos_keeps_every_invariant() {
             Fault::AgentDown(i) => agents[i].spawn(None),
             Fault::AgentPaused(i) => signal(agents[i].pid().unwrap(), "-CONT"),
             Fault::EtcdDown(i) => etcd.restart(i).await,
+            Fault::Partitioned(i) => netns[i].set_link(true),
         }
     }
     let mut violations: Vec<String> = Vec::new();

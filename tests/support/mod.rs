@@ -33,6 +33,8 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     pub config: ClientConfig,
+    /// The address the server binds (its port chosen at the first start).
+    listen_host: String,
 }
 
 impl TestServer {
@@ -43,12 +45,19 @@ impl TestServer {
 
     /// As [`start`], with `server.yaml` holding `config_yaml`.
     pub async fn start_with_config(config_yaml: &str) -> TestServer {
+        Self::start_with(config_yaml, &[], "127.0.0.1").await
+    }
+
+    /// As [`start_with_config`], with extra certificate names and a listen host (`0.0.0.0` to
+    /// be reached from network namespaces).
+    pub async fn start_with(config_yaml: &str, sans: &[&str], host: &str) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let out = Command::new(bin())
-            .args(["server", "init", "--data-dir"])
-            .arg(dir.path())
-            .output()
-            .expect("run infraos server init");
+        let mut init = Command::new(bin());
+        init.args(["server", "init", "--data-dir"]).arg(dir.path());
+        for san in sans {
+            init.args(["--san", san]);
+        }
+        let out = init.output().expect("run infraos server init");
         assert!(
             out.status.success(),
             "server init failed: {}",
@@ -67,6 +76,7 @@ impl TestServer {
             dir,
             child: None,
             config: ClientConfig::default(),
+            listen_host: host.to_string(),
         };
         server.spawn().await;
         server
@@ -74,13 +84,29 @@ impl TestServer {
 
     /// Starts a server on an existing, initialised data dir.
     pub async fn start_in(dir: tempfile::TempDir) -> TestServer {
+        Self::start_in_on(dir, "127.0.0.1").await
+    }
+
+    /// As [`start_in`], binding `host`.
+    pub async fn start_in_on(dir: tempfile::TempDir, host: &str) -> TestServer {
         let mut server = TestServer {
             dir,
             child: None,
             config: ClientConfig::default(),
+            listen_host: host.to_string(),
         };
         server.spawn().await;
         server
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.config
+            .server
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .expect("the server has a port")
     }
 
     /// A copy of the data dir (the server should be stopped first).
@@ -106,19 +132,14 @@ impl TestServer {
 
     /// Starts the server again on the port it had (clients and agents keep its URL).
     pub async fn respawn_same_port(&mut self) {
-        let port = self
-            .config
-            .server
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse::<u16>().ok())
-            .expect("the server had a port");
-        self.spawn_on(&format!("127.0.0.1:{port}")).await;
+        let listen = format!("{}:{}", self.listen_host, self.port());
+        self.spawn_on(&listen).await;
     }
 
     /// Starts the server process on the data dir and waits until it is ready.
     pub async fn spawn(&mut self) {
-        self.spawn_on("127.0.0.1:0").await;
+        let listen = format!("{}:0", self.listen_host);
+        self.spawn_on(&listen).await;
     }
 
     async fn spawn_on(&mut self, listen: &str) {
