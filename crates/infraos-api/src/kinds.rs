@@ -6,6 +6,7 @@ mod event;
 mod governance;
 mod inventory;
 mod node;
+mod rbac;
 mod resource;
 mod resource_class;
 mod tenancy;
@@ -17,6 +18,7 @@ pub use event::*;
 pub use governance::*;
 pub use inventory::*;
 pub use node::*;
+pub use rbac::*;
 pub use resource::*;
 pub use resource_class::*;
 pub use tenancy::*;
@@ -35,6 +37,8 @@ pub type Event = Object<EventSpec>;
 pub type PriorityClass = Object<PriorityClassSpec>;
 pub type Queue = Object<QueueSpec>;
 pub type Quota = Object<QuotaSpec>;
+pub type Role = Object<RoleSpec>;
+pub type RoleBinding = Object<RoleBindingSpec>;
 
 /// Status with no fields yet, for kinds whose status is reserved for later use.
 #[derive(

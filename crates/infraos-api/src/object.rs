@@ -203,7 +203,7 @@ fn validate_meta(meta: &ObjectMeta, info: &KindInfo, errors: &mut Errors) {
 /// Every kind the API serves from the store, in a stable order.
 pub fn kinds() -> &'static [&'static KindInfo] {
     use crate::kinds::*;
-    static KINDS: [&KindInfo; 11] = [
+    static KINDS: [&KindInfo; 13] = [
         ResourceClassSpec::INFO,
         ResourceSpec::INFO,
         ClaimSpec::INFO,
@@ -215,6 +215,8 @@ pub fn kinds() -> &'static [&'static KindInfo] {
         PriorityClassSpec::INFO,
         QueueSpec::INFO,
         QuotaSpec::INFO,
+        RoleSpec::INFO,
+        RoleBindingSpec::INFO,
     ];
     &KINDS
 }
@@ -250,6 +252,8 @@ pub enum TypedObject {
     PriorityClass(Object<crate::kinds::PriorityClassSpec>),
     Queue(Object<crate::kinds::QueueSpec>),
     Quota(Object<crate::kinds::QuotaSpec>),
+    Role(Object<crate::kinds::RoleSpec>),
+    RoleBinding(Object<crate::kinds::RoleBindingSpec>),
 }
 
 macro_rules! each_kind {
@@ -266,6 +270,8 @@ macro_rules! each_kind {
             TypedObject::PriorityClass($o) => $body,
             TypedObject::Queue($o) => $body,
             TypedObject::Quota($o) => $body,
+            TypedObject::Role($o) => $body,
+            TypedObject::RoleBinding($o) => $body,
         }
     };
 }
@@ -286,6 +292,8 @@ impl TypedObject {
             "PriorityClass" => TypedObject::PriorityClass(decode::<PriorityClassSpec>(value)?),
             "Queue" => TypedObject::Queue(decode::<QueueSpec>(value)?),
             "Quota" => TypedObject::Quota(decode::<QuotaSpec>(value)?),
+            "Role" => TypedObject::Role(decode::<RoleSpec>(value)?),
+            "RoleBinding" => TypedObject::RoleBinding(decode::<RoleBindingSpec>(value)?),
             other => {
                 return Err(ValidationErrors::one(
                     "kind",
@@ -327,6 +335,8 @@ impl TypedObject {
             "PriorityClass" => TypedObject::PriorityClass(one::<PriorityClassSpec>(bytes, yaml)?),
             "Queue" => TypedObject::Queue(one::<QueueSpec>(bytes, yaml)?),
             "Quota" => TypedObject::Quota(one::<QuotaSpec>(bytes, yaml)?),
+            "Role" => TypedObject::Role(one::<RoleSpec>(bytes, yaml)?),
+            "RoleBinding" => TypedObject::RoleBinding(one::<RoleBindingSpec>(bytes, yaml)?),
             other => {
                 return Err(ValidationErrors::one(
                     "kind",
@@ -407,6 +417,8 @@ pub fn object_schema(
         "PriorityClass" => build::<PriorityClassSpec>(generator),
         "Queue" => build::<QueueSpec>(generator),
         "Quota" => build::<QuotaSpec>(generator),
+        "Role" => build::<RoleSpec>(generator),
+        "RoleBinding" => build::<RoleBindingSpec>(generator),
         _ => build::<EventSpec>(generator),
     }
 }

@@ -14,6 +14,7 @@ pub mod lease;
 pub mod logs;
 pub mod node;
 pub mod server;
+pub mod token;
 pub mod version;
 
 use std::path::Path;

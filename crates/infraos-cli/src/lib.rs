@@ -36,6 +36,8 @@ enum Command {
     Dev(commands::dev::DevArgs),
     /// Tokens for agents to join with.
     JoinToken(commands::join_token::JoinTokenArgs),
+    /// API tokens for users: create, list, revoke.
+    Token(commands::token::TokenArgs),
     /// Change a node's capability tiers.
     Node(commands::node::NodeArgs),
     /// A claim's workload output.
@@ -111,6 +113,7 @@ pub fn main() -> ExitCode {
             Command::Dev(args) => commands::dev::run(args).await,
             Command::Agent(args) => commands::agent::run(args).await,
             Command::JoinToken(args) => commands::join_token::run(config.as_deref(), args).await,
+            Command::Token(args) => commands::token::run(config.as_deref(), args).await,
             Command::Node(args) => commands::node::run(config.as_deref(), args).await,
             Command::Logs(args) => commands::logs::run(config.as_deref(), args).await,
             Command::Apply(args) => commands::apply::run(config.as_deref(), args).await,

@@ -243,6 +243,56 @@ pub async fn admit(
                 .validate_against_class(&class)
                 .map_err(|e| ApiError::invalid("Resource", &meta.name, &e))?;
         }
+        TypedObject::RoleBinding(binding) => {
+            let mut errors = Errors::default();
+            let spec = &binding.spec;
+            if infraos_api::kinds::builtin_role(&spec.role).is_none()
+                && get_typed::<infraos_api::kinds::RoleSpec>(store, &spec.role)
+                    .await?
+                    .is_none()
+            {
+                errors.add(
+                    "spec.role",
+                    format!(
+                        "no role {:?}: name a built-in role ({}) or a Role object",
+                        spec.role,
+                        infraos_api::kinds::BUILTIN_ROLES
+                            .iter()
+                            .map(|r| r.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+            if let Some(project) = &spec.scope.project {
+                match get_typed::<ProjectSpec>(store, project).await? {
+                    None => errors.add(
+                        "spec.scope.project",
+                        format!("Project {project:?} not found"),
+                    ),
+                    Some(p) => {
+                        if let Some(tenant) = &spec.scope.tenant
+                            && &p.spec.tenant != tenant
+                        {
+                            errors.add(
+                                "spec.scope.tenant",
+                                format!(
+                                    "project {project:?} belongs to tenant {:?}, not {tenant:?}",
+                                    p.spec.tenant
+                                ),
+                            );
+                        }
+                    }
+                }
+            } else if let Some(tenant) = &spec.scope.tenant
+                && get_typed::<TenantSpec>(store, tenant).await?.is_none()
+            {
+                errors.add("spec.scope.tenant", format!("Tenant {tenant:?} not found"));
+            }
+            return errors
+                .into_result()
+                .map_err(|e| ApiError::invalid("RoleBinding", &meta.name, &e));
+        }
         TypedObject::Quota(quota) => {
             let mut errors = Errors::default();
             admit_quota(store, classes, quota, &mut errors).await?;

@@ -33,6 +33,7 @@ mod join_tokens;
 mod logs;
 mod meta;
 mod objects;
+mod tokens;
 mod watch;
 
 pub const PREFIX: &str = "/apis/infraos.io/v1";
@@ -48,6 +49,8 @@ pub fn router(state: AppState) -> Router {
             "/jointokens/{id}",
             axum::routing::delete(join_tokens::revoke),
         )
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/namespaces/{ns}/claims/{name}/log", get(logs::claim_log))
         .route(
             "/namespaces/{ns}/claims/{name}/explain",
@@ -104,6 +107,11 @@ pub fn router(state: AppState) -> Router {
         .nest(PREFIX, v1)
         .nest("/agent/v1", agent_v1)
         .route("/openapi/v3", get(meta::openapi))
+        // Layers wrap what is above them: authentication runs first, then authorization.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::authz::authorize,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::authenticate,

@@ -1,17 +1,16 @@
 //! Authentication and the node authorizer.
 //!
-//! Users send a bearer token (the store keeps only its SHA-256); agents present a client
-//! certificate from the cluster CA naming `node:<name>`. Every valid user token is an
-//! administrator until RBAC lands; nodes are confined by [`node_may`] to their own objects.
+//! Users send a bearer token: an API token (the store keeps only its SHA-256) or, when the
+//! server trusts an OIDC issuer, a JWT from it (see `oidc.rs`). Agents present a client
+//! certificate from the cluster CA naming `node:<name>`; nodes are confined by [`node_may`]
+//! to their own objects. What users may do is RBAC's business (`authz.rs`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -22,12 +21,26 @@ use crate::state::AppState;
 pub const TOKEN_PREFIX: &str = "/infraos/tokens/";
 
 /// What the store keeps for a token: never the token itself.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenRecord {
+    /// The user the token signs in as.
     pub subject: String,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// The first 12 hex digits of the hash: names the token in lists, revocations and
+    /// role bindings (subject kind `Token`). Empty for the administrator token.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<infraos_api::Time>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub created_by: String,
+    /// None: valid until revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<infraos_api::Time>,
 }
 
 /// The authenticated caller of a request.
@@ -36,9 +49,16 @@ pub struct Identity {
     /// `user:NAME` or `node:NAME`.
     pub subject: String,
     pub groups: Vec<String>,
+    /// The API token's id, when signed in with one.
+    pub token: Option<String>,
 }
 
 impl Identity {
+    /// The user name, for user identities.
+    pub fn user(&self) -> Option<&str> {
+        self.subject.strip_prefix("user:")
+    }
+
     /// The node an agent's certificate names, for node identities.
     pub fn node(&self) -> Option<&str> {
         self.subject.strip_prefix(crate::pki::NODE_PREFIX)
@@ -48,6 +68,7 @@ impl Identity {
         Identity {
             subject: format!("{}{name}", crate::pki::NODE_PREFIX),
             groups: vec!["system:nodes".into()],
+            token: None,
         }
     }
 }
@@ -152,34 +173,47 @@ pub fn generate_token() -> Result<String, ServerError> {
     ))
 }
 
-/// Token hashes known to this server, filled from the store on demand.
-#[derive(Default)]
-pub struct TokenCache {
-    known: RwLock<HashMap<[u8; 32], Arc<Identity>>>,
+/// Why a bearer token was refused; what the caller reads in the 401.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenProblem {
+    #[error("the bearer token is not valid (unknown or revoked)")]
+    Unknown,
+    #[error("the bearer token expired at {0}")]
+    Expired(infraos_api::Time),
 }
 
-impl TokenCache {
-    async fn lookup(
-        &self,
-        state: &AppState,
-        token: &str,
-    ) -> Result<Option<Arc<Identity>>, ApiError> {
-        let hash = hash_token(token);
-        if let Some(id) = self.known.read().get(&hash) {
-            return Ok(Some(Arc::clone(id)));
+/// Looks a token up: in the authorizer's view (fed by watches), else in the store, so a
+/// token minted a moment ago on another replica works at once.
+async fn lookup_token(
+    state: &AppState,
+    token: &str,
+) -> Result<Result<Identity, TokenProblem>, ApiError> {
+    let hash = hash_token(token);
+    let hex_hash = hex::encode(hash);
+    let record = match state.rbac.token(&hex_hash) {
+        Some(r) => r,
+        None => {
+            let key = token_key(&hash);
+            let Some(kv) = state.store.get(&key).await? else {
+                return Ok(Err(TokenProblem::Unknown));
+            };
+            state.rbac.observe(&key, kv.mod_revision, Some(&kv.value));
+            Arc::new(
+                serde_json::from_slice::<TokenRecord>(&kv.value)
+                    .map_err(|e| ApiError::internal(format!("token record is corrupt: {e}")))?,
+            )
         }
-        let Some(kv) = state.store.get(&token_key(&hash)).await? else {
-            return Ok(None);
-        };
-        let record: TokenRecord = serde_json::from_slice(&kv.value)
-            .map_err(|e| ApiError::internal(format!("token record is corrupt: {e}")))?;
-        let identity = Arc::new(Identity {
-            subject: format!("user:{}", record.subject),
-            groups: record.groups,
-        });
-        self.known.write().insert(hash, Arc::clone(&identity));
-        Ok(Some(identity))
+    };
+    if let Some(expires) = record.expires
+        && state.clock.now() >= expires
+    {
+        return Ok(Err(TokenProblem::Expired(expires)));
     }
+    Ok(Ok(Identity {
+        subject: format!("user:{}", record.subject),
+        groups: record.groups.clone(),
+        token: (!record.id.is_empty()).then(|| record.id.clone()),
+    }))
 }
 
 /// The tower middleware: a client certificate naming a node, or a valid bearer token; 401
@@ -216,16 +250,63 @@ pub async fn authenticate(
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim)
     else {
-        return ApiError::unauthorized("a bearer token is required (Authorization: Bearer TOKEN)")
-            .into_response();
+        let e = ApiError::unauthorized("a bearer token is required (Authorization: Bearer TOKEN)");
+        return unauthenticated(&state, &request, "anonymous", e).await;
     };
-    match state.tokens.lookup(&state, token).await {
-        Ok(Some(identity)) => {
-            request.extensions_mut().insert(identity);
+    let found = if crate::oidc::looks_like_jwt(token) {
+        match &state.oidc {
+            Some(oidc) => oidc.validate(token).await.map_err(|e| e.to_string()),
+            None => Err(
+                "the bearer token is a JWT, but this server trusts no OIDC issuer \
+                         (set `oidc:` in the server config)"
+                    .to_string(),
+            ),
+        }
+    } else {
+        match lookup_token(&state, token).await {
+            Ok(found) => found.map_err(|e| e.to_string()),
+            Err(e) => return e.into_response(),
+        }
+    };
+    match found {
+        Ok(identity) => {
+            request.extensions_mut().insert(Arc::new(identity));
             next.run(request).await
         }
-        Ok(None) => ApiError::unauthorized("the bearer token is not valid").into_response(),
-        Err(e) => e.into_response(),
+        Err(why) => {
+            unauthenticated(&state, &request, "anonymous", ApiError::unauthorized(why)).await
+        }
+    }
+}
+
+/// A refused sign-in leaves an audit record (never the token), then the 401.
+fn unauthenticated(
+    state: &AppState,
+    request: &Request,
+    subject: &str,
+    error: ApiError,
+) -> impl Future<Output = Response> + Send + use<> {
+    let actor = crate::audit::Actor {
+        subject: subject.to_string(),
+        source: request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.to_string()),
+    };
+    let mut object = crate::audit::object_ref("", None, request.uri().path());
+    object.subresource = Some(request.method().as_str().to_ascii_lowercase());
+    let state = state.clone();
+    async move {
+        crate::audit::refusal(
+            &*state.store,
+            state.clock.now(),
+            &actor,
+            "authenticate",
+            object,
+            &error,
+        )
+        .await;
+        error.into_response()
     }
 }
 

@@ -54,6 +54,8 @@ pub struct ServerConfig {
     pub leader_lease_duration: Duration,
     /// How often the leader renews (and followers check) the lease.
     pub leader_renew_interval: Duration,
+    /// A trusted OIDC issuer whose JWTs sign users in (besides API tokens).
+    pub oidc: Option<crate::oidc::OidcConfig>,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +81,7 @@ impl Default for ServerConfig {
             etcd_key_file: None,
             leader_lease_duration: Duration::from_secs(3),
             leader_renew_interval: Duration::from_millis(500),
+            oidc: None,
         }
     }
 }
@@ -142,6 +145,9 @@ impl ServerConfig {
         }
         if ms(&self.agent_cert_ttl) < 10_000 {
             return Err("agentCertTtl: must be at least 10s".into());
+        }
+        if let Some(oidc) = &self.oidc {
+            oidc.validate()?;
         }
         // A profile naming an unknown plugin or a bad weight stops the server here, not later
         // in the scheduler.

@@ -121,6 +121,7 @@ pub async fn ensure_admin_record(dir: &Path, store: &dyn Store) -> Result<(), Se
     let record = TokenRecord {
         subject: "admin".into(),
         groups: vec!["system:masters".into()],
+        ..Default::default()
     };
     let key = token_key(&crate::auth::hash_token(token));
     let value = serde_json::to_vec(&record).map_err(|e| ServerError::Cert(e.to_string()))?;
@@ -143,6 +144,7 @@ async fn ensure_admin_token(dir: &Path, store: &dyn Store) -> Result<Option<Stri
     let record = TokenRecord {
         subject: "admin".into(),
         groups: vec!["system:masters".into()],
+        ..Default::default()
     };
     let key = token_key(&crate::auth::hash_token(&token));
     let value = serde_json::to_vec(&record).map_err(|e| ServerError::Cert(e.to_string()))?;

@@ -14,6 +14,7 @@ pub mod agents;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod authz;
 pub mod bootstrap;
 pub mod clock;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod leader;
 pub mod lease;
 pub mod liveness;
 pub mod objects;
+pub mod oidc;
 pub mod openapi;
 pub mod pki;
 pub mod reflector;
@@ -213,10 +215,24 @@ impl Server {
             lease_duration: config.leader_lease_duration.as_std(),
             renew_interval: config.leader_renew_interval.as_std(),
         };
+        let rbac = Arc::new(authz::Rbac::default());
+        rbac.load(&*store).await?;
+        let oidc = match &config.oidc {
+            Some(c) => Some(Arc::new(
+                oidc::Oidc::new(c.clone(), dir.clone())
+                    .await
+                    .map_err(|e| ServerError::Config {
+                        path: "oidc".into(),
+                        reason: e.to_string(),
+                    })?,
+            )),
+            None => None,
+        };
         let state = state::AppState {
             store,
             config: Arc::new(config),
-            tokens: Arc::new(auth::TokenCache::default()),
+            rbac,
+            oidc,
             classes: Arc::new(admission::ClassCache::default()),
             clock,
             ready: Arc::new(AtomicBool::new(false)),
@@ -249,6 +265,7 @@ impl Server {
         } else {
             drop(leader_tx);
         }
+        tasks.push(authz::spawn_feed(&state, shutdown_rx.clone()));
         tasks.push(tokio::spawn(supervise(state.clone(), shutdown_rx.clone())));
         let app = api::router(state.clone()).layer(
             tower_http::trace::TraceLayer::new_for_http()

@@ -6,7 +6,6 @@ use std::sync::atomic::AtomicBool;
 use infraos_store::Store;
 
 use crate::admission::ClassCache;
-use crate::auth::TokenCache;
 use crate::clock::SharedClock;
 use crate::config::ServerConfig;
 
@@ -14,7 +13,10 @@ use crate::config::ServerConfig;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub config: Arc<ServerConfig>,
-    pub tokens: Arc<TokenCache>,
+    /// Roles, bindings, projects and API tokens, for authentication and authorization.
+    pub rbac: Arc<crate::authz::Rbac>,
+    /// The trusted OIDC issuer, when `oidc:` is configured.
+    pub oidc: Option<Arc<crate::oidc::Oidc>>,
     pub classes: Arc<ClassCache>,
     pub clock: SharedClock,
     /// Set once the controllers have synced their caches.

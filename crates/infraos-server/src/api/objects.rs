@@ -4,6 +4,7 @@
 //! kind's type → admission → compare-and-swap in the store, with the audit record in the same
 //! transaction. A refused write changes nothing and still leaves an audit record.
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
@@ -17,6 +18,7 @@ use serde::Deserialize;
 use super::{BodyFormat, Ctx, kind_for, parse_value, read_body, read_bytes};
 use crate::admission;
 use crate::audit::{self, Record};
+use crate::authz::{self, ListFilter};
 use crate::error::ApiError;
 use crate::objects::{
     self, ALLOCATION_FINALIZER, Stored, decode_stored, encode_for_store, set_revision,
@@ -100,6 +102,7 @@ pub fn selector_matches(selector: Option<&LabelSelector>, value: &serde_json::Va
 
 pub async fn list_cluster(
     State(state): State<AppState>,
+    filter: Option<Extension<ListFilter>>,
     Path(plural): Path<String>,
     Query(params): Query<ListParams>,
 ) -> Result<Response, ApiError> {
@@ -108,16 +111,17 @@ pub async fn list_cluster(
         Ok(info) => Ok(info),
         Err(_) => Err(e),
     })?;
-    list_or_watch(state, info, None, params).await
+    list_or_watch(state, info, None, params, filter.map(|f| f.0)).await
 }
 
 pub async fn list_namespaced(
     State(state): State<AppState>,
+    filter: Option<Extension<ListFilter>>,
     Path((ns, plural)): Path<(String, String)>,
     Query(params): Query<ListParams>,
 ) -> Result<Response, ApiError> {
     let info = kind_for(&plural, true)?;
-    list_or_watch(state, info, Some(ns), params).await
+    list_or_watch(state, info, Some(ns), params, filter.map(|f| f.0)).await
 }
 
 pub async fn get_cluster(
@@ -362,9 +366,10 @@ async fn list_or_watch(
     info: &'static KindInfo,
     ns: Option<String>,
     params: ListParams,
+    filter: Option<ListFilter>,
 ) -> Result<Response, ApiError> {
     if params.is_watch() {
-        return super::watch::watch(state, info, ns, params).await;
+        return super::watch::watch(state, info, ns, params, filter).await;
     }
     let selector = params.selector()?;
     let limit = match params.limit.as_deref() {
@@ -387,10 +392,11 @@ async fn list_or_watch(
         let page = state.store.range(&prefix, after.as_deref(), want).await?;
         revision.get_or_insert(page.revision);
         for kv in &page.kvs {
-            let keep = match &selector {
-                None => true,
-                Some(_) => selector_matches(selector.as_ref(), &decode_stored(kv)?.value),
-            };
+            let keep = filter.as_ref().is_none_or(|f| f.admits(kv))
+                && match &selector {
+                    None => true,
+                    Some(_) => selector_matches(selector.as_ref(), &decode_stored(kv)?.value),
+                };
             if keep {
                 items.push(objects::with_revision(&kv.value, kv.mod_revision));
             }
@@ -564,6 +570,8 @@ async fn create_inner(
     object
         .check()
         .map_err(|e| ApiError::invalid(info.kind, &name, &e))?;
+    authz::check_role_name(&object)?;
+    authz::check_object(state, &ctx.identity, "create", &object)?;
     admission::default(&*state.store, &mut object, None).await?;
     admission::admit(&*state.store, &state.classes, &object).await?;
     let now = state.clock.now();
@@ -619,6 +627,7 @@ async fn create_inner(
     if !out.succeeded {
         return Err(ApiError::already_exists(info.kind, &name));
     }
+    observe(state, info, ns, &name, out.revision, Some(&stored));
     let mut response = json_bytes(objects::with_revision(&stored, out.revision));
     *response.status_mut() = StatusCode::CREATED;
     Ok(response)
@@ -822,6 +831,9 @@ async fn commit_update(
     })?;
     let mut object =
         TypedObject::decode(info, &desired).map_err(|e| ApiError::invalid(info.kind, name, &e))?;
+    if !status_only {
+        authz::check_object(state, &ctx.identity, verb_name, &object)?;
+    }
     admission::default(&*state.store, &mut object, Some(&old_typed)).await?;
     admission::admit_update(&object, &old_typed)?;
     admission::admit(&*state.store, &state.classes, &object).await?;
@@ -867,12 +879,20 @@ async fn commit_update(
     let txn = if finalized {
         txn.delete(key)
     } else {
-        txn.put(key, bytes)
+        txn.put(key, bytes.clone())
     };
     let out = state.store.txn(txn.append(payload)).await?;
     if !out.succeeded {
         return Err(ApiError::stale(info.kind, name));
     }
+    observe(
+        state,
+        info,
+        ns,
+        name,
+        out.revision,
+        (!finalized).then_some(&bytes[..]),
+    );
     set_revision(&mut value, out.revision);
     Ok(Json(value).into_response())
 }
@@ -932,6 +952,7 @@ async fn delete_inner(
         let mut value = current.value.clone();
         value["metadata"]["deletionTimestamp"] = serde_json::to_value(now).unwrap_or_default();
         let bytes = encode_for_store(&value);
+        let kept = bytes.clone();
         let payload = Record {
             actor: &ctx.actor(),
             verb: "delete",
@@ -955,6 +976,7 @@ async fn delete_inner(
         if !out.succeeded {
             return Err(ApiError::stale(info.kind, name));
         }
+        observe(state, info, ns, name, out.revision, Some(&kept));
         set_revision(&mut value, out.revision);
         return Ok((StatusCode::ACCEPTED, Json(value)).into_response());
     }
@@ -981,5 +1003,23 @@ async fn delete_inner(
     if !out.succeeded {
         return Err(ApiError::stale(info.kind, name));
     }
+    observe(state, info, ns, name, out.revision, None);
     Ok(Json(current.value).into_response())
+}
+
+/// Tells the authorizer at once about writes to what it decides on, so the next request
+/// (a new binding used straight away) does not wait for the watch.
+fn observe(
+    state: &AppState,
+    info: &KindInfo,
+    ns: Option<&str>,
+    name: &str,
+    revision: u64,
+    value: Option<&[u8]>,
+) {
+    if matches!(info.kind, "Role" | "RoleBinding" | "Project") {
+        state
+            .rbac
+            .observe(&objects::key(info, ns, name), revision, value);
+    }
 }

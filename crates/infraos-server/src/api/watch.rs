@@ -22,6 +22,7 @@ use infraos_store::{EventKind, StoreError};
 use tokio::sync::mpsc;
 
 use super::objects::{ListParams, selector_matches};
+use crate::authz::ListFilter;
 use crate::error::ApiError;
 use crate::objects::{self, decode_stored};
 use crate::state::AppState;
@@ -51,6 +52,7 @@ pub async fn watch(
     info: &'static KindInfo,
     ns: Option<String>,
     params: ListParams,
+    filter: Option<ListFilter>,
 ) -> Result<Response, ApiError> {
     let selector = params.selector()?;
     let bookmarks = params.bookmarks();
@@ -69,10 +71,13 @@ pub async fn watch(
                 for kv in &page.kvs {
                     // Parsed only when a selector needs the labels; otherwise the stored
                     // bytes are sent as they are, as for live events.
-                    let keep = match &selector {
-                        None => true,
-                        Some(_) => selector_matches(selector.as_ref(), &decode_stored(kv)?.value),
-                    };
+                    let keep = filter.as_ref().is_none_or(|f| f.admits(kv))
+                        && match &selector {
+                            None => true,
+                            Some(_) => {
+                                selector_matches(selector.as_ref(), &decode_stored(kv)?.value)
+                            }
+                        };
                     if keep {
                         initial.push(raw_line(
                             "ADDED",
@@ -103,6 +108,7 @@ pub async fn watch(
         tx,
         initial,
         selector,
+        filter,
         bookmarks.then(|| state.config.watch_bookmark_interval.as_std()),
         timeout,
         start,
@@ -126,6 +132,7 @@ async fn pump(
     tx: mpsc::Sender<Bytes>,
     initial: Vec<Bytes>,
     selector: Option<LabelSelector>,
+    filter: Option<ListFilter>,
     bookmarks: Option<Duration>,
     timeout: Duration,
     start: u64,
@@ -176,6 +183,9 @@ async fn pump(
                 };
                 for event in batch.iter() {
                     last = event.kv.mod_revision;
+                    if filter.as_ref().is_some_and(|f| !f.admits(&event.kv)) {
+                        continue;
+                    }
                     if let Some(l) = render(event, selector.as_ref()) {
                         if tx.send(l).await.is_err() {
                             return;
