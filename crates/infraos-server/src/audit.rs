@@ -79,7 +79,8 @@ pub async fn refusal(
         verb,
         object,
         code: error.code.as_u16(),
-        reason: Some(error.reason.to_string()),
+        // The message says why (the field, the missing binding); it never holds secrets.
+        reason: Some(format!("{}: {}", error.reason, error.message)),
         before: None,
         after: None,
         node: None,

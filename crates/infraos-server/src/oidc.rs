@@ -28,6 +28,10 @@ pub struct OidcConfig {
     /// …or at a URL (https, or http on loopback for tests).
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// CA certificates (PEM) to trust for `jwksUrl`; default the system's bundle
+    /// (`/etc/ssl/certs/ca-certificates.crt`).
+    #[serde(default)]
+    pub jwks_ca_file: Option<PathBuf>,
     #[serde(default = "default_username_claim")]
     pub username_claim: String,
     #[serde(default = "default_groups_claim")]
@@ -104,7 +108,33 @@ pub struct Oidc {
     data_dir: PathBuf,
     keys: RwLock<Arc<JwkSet>>,
     last_fetch: RwLock<Option<Instant>>,
-    http: reqwest::Client,
+    /// Only for `jwksUrl`.
+    http: Option<reqwest::Client>,
+}
+
+/// An HTTPS client for the issuer, trusting the given CA bundle.
+fn http_client(ca_file: &std::path::Path) -> Result<reqwest::Client, OidcError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| OidcError::Jwks(format!("{}: {e}", ca_file.display())))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| OidcError::Jwks(format!("{}: {e}", ca_file.display())))?;
+        // A bundle may hold certificates rustls cannot use; the others still count.
+        let _ = roots.add(cert);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| OidcError::Jwks(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| OidcError::Jwks(e.to_string()))
 }
 
 /// How often an unknown `kid` may make the server fetch the JWKS again.
@@ -112,10 +142,17 @@ const REFETCH_EVERY: Duration = Duration::from_secs(10);
 
 impl Oidc {
     pub async fn new(config: OidcConfig, data_dir: PathBuf) -> Result<Oidc, OidcError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| OidcError::Jwks(e.to_string()))?;
+        let http = match &config.jwks_url {
+            Some(_) => {
+                let ca = match &config.jwks_ca_file {
+                    Some(f) if f.is_absolute() => f.clone(),
+                    Some(f) => data_dir.join(f),
+                    None => PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+                };
+                Some(http_client(&ca)?)
+            }
+            None => None,
+        };
         let oidc = Oidc {
             config,
             data_dir,
@@ -138,8 +175,11 @@ impl Oidc {
             };
             std::fs::read(&path).map_err(|e| OidcError::Jwks(format!("{}: {e}", path.display())))?
         } else if let Some(url) = &self.config.jwks_url {
-            let response = self
+            let http = self
                 .http
+                .as_ref()
+                .ok_or_else(|| OidcError::Jwks("no HTTP client".into()))?;
+            let response = http
                 .get(url)
                 .send()
                 .await
