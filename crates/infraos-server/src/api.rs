@@ -107,10 +107,15 @@ pub fn router(state: AppState) -> Router {
         .nest(PREFIX, v1)
         .nest("/agent/v1", agent_v1)
         .route("/openapi/v3", get(meta::openapi))
-        // Layers wrap what is above them: authentication runs first, then authorization.
+        // Layers wrap what is above them: authentication runs first, then the limits, then
+        // authorization.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::authz::authorize,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::limit,
         ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -295,8 +295,23 @@ fn unauthenticated(
     };
     let mut object = crate::audit::object_ref("", None, request.uri().path());
     object.subresource = Some(request.method().as_str().to_ascii_lowercase());
+    let ip = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     let state = state.clone();
     async move {
+        // Failed sign-ins are audited up to a rate per address; a flood of them gets 429s
+        // instead of filling the audit chain.
+        if let Some(ip) = ip
+            && let Err(retry) = state.limits.anonymous_allowed(ip)
+        {
+            return ApiError::too_many_requests(
+                format!("too many failed sign-ins from {ip}"),
+                retry,
+            )
+            .into_response();
+        }
         crate::audit::refusal(
             &*state.store,
             state.clock.now(),

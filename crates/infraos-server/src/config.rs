@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub leader_renew_interval: Duration,
     /// A trusted OIDC issuer whose JWTs sign users in (besides API tokens).
     pub oidc: Option<crate::oidc::OidcConfig>,
+    /// The API gateway's limits per identity.
+    pub api_limits: crate::limits::ApiLimits,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +84,7 @@ impl Default for ServerConfig {
             leader_lease_duration: Duration::from_secs(3),
             leader_renew_interval: Duration::from_millis(500),
             oidc: None,
+            api_limits: crate::limits::ApiLimits::default(),
         }
     }
 }
@@ -146,6 +149,7 @@ impl ServerConfig {
         if ms(&self.agent_cert_ttl) < 10_000 {
             return Err("agentCertTtl: must be at least 10s".into());
         }
+        self.api_limits.validate()?;
         if let Some(oidc) = &self.oidc {
             oidc.validate()?;
         }

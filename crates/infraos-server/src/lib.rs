@@ -26,6 +26,7 @@ pub mod init;
 pub mod join_tokens;
 pub mod leader;
 pub mod lease;
+pub mod limits;
 pub mod liveness;
 pub mod objects;
 pub mod oidc;
@@ -228,11 +229,13 @@ impl Server {
             )),
             None => None,
         };
+        let limits = Arc::new(limits::Limits::new(config.api_limits.clone()));
         let state = state::AppState {
             store,
             config: Arc::new(config),
             rbac,
             oidc,
+            limits,
             classes: Arc::new(admission::ClassCache::default()),
             clock,
             ready: Arc::new(AtomicBool::new(false)),
@@ -266,6 +269,10 @@ impl Server {
             drop(leader_tx);
         }
         tasks.push(authz::spawn_feed(&state, shutdown_rx.clone()));
+        tasks.push(limits::spawn_sweeper(
+            state.limits.clone(),
+            shutdown_rx.clone(),
+        ));
         tasks.push(tokio::spawn(supervise(state.clone(), shutdown_rx.clone())));
         let app = api::router(state.clone()).layer(
             tower_http::trace::TraceLayer::new_for_http()
@@ -280,6 +287,7 @@ impl Server {
             listener,
             Arc::new(tls),
             app,
+            state.config.api_limits.max_header_bytes,
             shutdown_rx,
         )));
         // A wildcard listen address is not something a client can connect to: use loopback.

@@ -17,6 +17,8 @@ pub struct AppState {
     pub rbac: Arc<crate::authz::Rbac>,
     /// The trusted OIDC issuer, when `oidc:` is configured.
     pub oidc: Option<Arc<crate::oidc::Oidc>>,
+    /// Per-identity rates, requests in flight, deadlines.
+    pub limits: Arc<crate::limits::Limits>,
     pub classes: Arc<ClassCache>,
     pub clock: SharedClock,
     /// Set once the controllers have synced their caches.

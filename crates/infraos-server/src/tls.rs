@@ -70,6 +70,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
+    max_header_bytes: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -119,7 +120,17 @@ pub async fn serve(
                     app.clone().oneshot(request.map(axum::body::Body::new))
                 },
             );
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // Request heads beyond the cap get 431; a client that trickles its head is cut
+            // off (slowloris).
+            builder
+                .http1()
+                .max_buf_size(max_header_bytes)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30));
+            builder
+                .http2()
+                .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             tokio::pin!(connection);
             tokio::select! {

@@ -99,6 +99,10 @@ enum BenchCommand {
         /// Use this running server (with the client config's CA and token).
         #[arg(long)]
         server: Option<String>,
+        /// After the quiet window, a second one with this many connections flooding the API
+        /// as one ordinary user; reports heartbeat p99 under flood against quiet.
+        #[arg(long, default_value_t = 0)]
+        flood: usize,
     },
     /// Claims with a process workload through a real server and a real agent, one after the
     /// other: claim → Running latency, and the agent's RSS. Needs root.
@@ -163,6 +167,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             join_concurrency,
             no_watch,
             server,
+            flood,
         } => {
             agents::run(agents::Options {
                 agents,
@@ -171,6 +176,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 join_concurrency,
                 watch: !no_watch,
                 server,
+                flood,
             })
             .await
         }

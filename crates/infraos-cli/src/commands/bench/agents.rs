@@ -33,6 +33,8 @@ pub struct Options {
     pub join_concurrency: usize,
     pub watch: bool,
     pub server: Option<String>,
+    /// Clients flooding the API as one ordinary user during a second window.
+    pub flood: usize,
 }
 
 /// One simulated agent: its name and its mTLS client.
@@ -181,9 +183,6 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             })
         })
         .count();
-    for task in &tasks {
-        task.abort();
-    }
     println!(
         "agents: {n}, heartbeat interval: {hb_ms} ms, allocation watches: {}, window: {window_s:.0}s",
         if o.watch { "yes" } else { "no" }
@@ -221,7 +220,129 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         );
     }
     println!("heartbeat p99 ms: {:.2}", ms(percentile(&latencies, 0.99)));
+    if o.flood > 0 {
+        flood_window(
+            &admin,
+            &admin_config,
+            &stats,
+            o.flood,
+            o.duration,
+            &latencies,
+        )
+        .await?;
+    }
+    for task in &tasks {
+        task.abort();
+    }
     drop(guard);
+    Ok(())
+}
+
+#[derive(Default)]
+struct FloodStats {
+    sent: AtomicU64,
+    throttled: AtomicU64,
+}
+
+/// A second window with `clients` connections flooding the API as one user (a project
+/// member listing claims as fast as answers come): heartbeats have a budget of their own, so
+/// their latency should barely move.
+async fn flood_window(
+    admin: &Client,
+    admin_config: &ClientConfig,
+    stats: &Arc<Stats>,
+    clients: usize,
+    duration: Duration,
+    quiet: &[u32],
+) -> anyhow::Result<()> {
+    for doc in [
+        serde_json::json!({"apiVersion": "infraos.io/v1", "kind": "Tenant", "metadata": {"name": "bench-flood"}}),
+        serde_json::json!({"apiVersion": "infraos.io/v1", "kind": "Project", "metadata": {"name": "bench-flood"}, "spec": {"tenant": "bench-flood"}}),
+        serde_json::json!({"apiVersion": "infraos.io/v1", "kind": "RoleBinding", "metadata": {"name": "bench-flood"},
+            "spec": {"role": "project-member", "scope": {"project": "bench-flood"}, "subjects": [{"kind": "User", "name": "flood"}]}}),
+    ] {
+        admin
+            .apply(&doc)
+            .await
+            .context("cannot set up the flooding user")?;
+    }
+    let minted: serde_json::Value = admin
+        .send_json(
+            Method::POST,
+            "/apis/infraos.io/v1/tokens",
+            &serde_json::json!({"subject": "flood", "ttl": "1h"}),
+        )
+        .await
+        .context("cannot mint the flooding user's token")?;
+    let config = ClientConfig {
+        token: minted["token"].as_str().map(str::to_string),
+        identity: None,
+        ..admin_config.clone()
+    };
+    let flood = Arc::new(FloodStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut floods = Vec::new();
+    for _ in 0..clients {
+        // One connection each, like separate processes.
+        let client = Client::new(&config)?;
+        let flood = flood.clone();
+        let stop = stop.clone();
+        floods.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let answer = client
+                    .raw(
+                        Method::GET,
+                        "/apis/infraos.io/v1/namespaces/bench-flood/claims",
+                        None,
+                        Vec::new(),
+                        None,
+                    )
+                    .await;
+                flood.sent.fetch_add(1, Ordering::Relaxed);
+                if matches!(answer, Ok((429, _))) {
+                    flood.throttled.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stats.latencies_us.lock().clear();
+    let sent_before = flood.sent.load(Ordering::Relaxed);
+    let throttled_before = flood.throttled.load(Ordering::Relaxed);
+    let window = Instant::now();
+    stats.measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(duration).await;
+    stats.measuring.store(false, Ordering::Relaxed);
+    let window_s = window.elapsed().as_secs_f64().max(1e-9);
+    stop.store(true, Ordering::Relaxed);
+    for f in floods {
+        f.abort();
+    }
+    let sent = flood.sent.load(Ordering::Relaxed) - sent_before;
+    let throttled = flood.throttled.load(Ordering::Relaxed) - throttled_before;
+    let mut latencies = std::mem::take(&mut *stats.latencies_us.lock());
+    latencies.sort_unstable();
+    let ms = |us: u32| f64::from(us) / 1000.0;
+    let quiet_p99 = ms(percentile(quiet, 0.99));
+    let flood_p99 = ms(percentile(&latencies, 0.99));
+    println!(
+        "flood: {clients} connections as user:flood, {:.0} requests/s answered, {:.1}% of them 429",
+        sent as f64 / window_s,
+        throttled as f64 * 100.0 / (sent.max(1) as f64)
+    );
+    println!(
+        "heartbeat latency ms under flood: p50 {:.2}, p90 {:.2}, p99 {:.2}, max {:.2} ({} heartbeats, errors {})",
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.90)),
+        flood_p99,
+        ms(latencies.last().copied().unwrap_or(0)),
+        latencies.len(),
+        stats.errors.load(Ordering::Relaxed),
+    );
+    println!(
+        "heartbeat p99 under flood / quiet: {:.2}",
+        flood_p99 / quiet_p99.max(1e-9)
+    );
     Ok(())
 }
 
