@@ -362,6 +362,43 @@ impl Client {
         ))
     }
 
+    /// As [`Client::raw`], with extra request headers, answering the response headers too
+    /// (tests of the gateway: Retry-After, oversized heads).
+    pub async fn raw_with_headers(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+        token: Option<&str>,
+    ) -> Result<(u16, Vec<(String, String)>, serde_json::Value), ClientError> {
+        let url = format!("{}{path}", self.base());
+        let mut builder = self.http.request(method, &url).body(body);
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
+        }
+        if let Some(t) = token.or(self.token.as_deref()) {
+            builder = builder.bearer_auth(t);
+        }
+        let request = builder.build().map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        let response = self.execute(request, &url).await?;
+        let code = response.status().as_u16();
+        let answered: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+            .collect();
+        let bytes = response.bytes().await.unwrap_or_default();
+        Ok((
+            code,
+            answered,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        ))
+    }
+
     /// `POST`/`PUT` a JSON body to any path and decode the JSON answer (the agent API).
     pub async fn send_json<B: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned>(
         &self,

@@ -928,8 +928,7 @@ mod tests {
 
     fn rbac() -> Rbac {
         let rbac = Rbac::default();
-        let mut rev = 1;
-        for (k, v) in [
+        for (rev, (k, v)) in [
             project("p1", "t1"),
             project("p2", "t1"),
             project("q1", "t2"),
@@ -951,9 +950,11 @@ mod tests {
                 },
                 "bob",
             ),
-        ] {
-            rbac.observe(&k, rev, Some(&v));
-            rev += 1;
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            rbac.observe(&k, rev as u64 + 1, Some(&v));
         }
         rbac
     }
