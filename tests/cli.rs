@@ -50,6 +50,36 @@ async fn the_walkthrough_works_from_the_command_line() {
         "apply resource types",
     );
 
+    // The README's access step: alice's token and binding; she sees ml-team's claims only.
+    let alice = ok(
+        &server.cli(&["token", "create", "--subject", "alice", "--ttl", "720h"]),
+        "token create",
+    );
+    ok(
+        &server.cli(&["apply", "-f", "examples/security/alice-ml-team.yaml"]),
+        "apply alice's binding",
+    );
+    let as_alice = |args: &[&str]| {
+        std::process::Command::new(bin())
+            .args(args)
+            .env("INFRAOS_TOKEN", alice.trim())
+            .env("INFRAOS_SERVER", &server.config.server)
+            .env("INFRAOS_CA", server.data_dir().join("ca.crt"))
+            .env("INFRAOS_CONFIG", "/nonexistent")
+            .output()
+            .unwrap()
+    };
+    let listed = ok(
+        &as_alice(&["get", "claims", "-n", "ml-team"]),
+        "alice lists claims",
+    );
+    assert!(listed.contains("train-h100"), "{listed}");
+    fails_with(
+        &as_alice(&["get", "nodes"]),
+        "alice lists nodes",
+        "user:alice may not list Node",
+    );
+
     let c = server.client();
     eventually(Duration::from_secs(20), "walkthrough claims placed", || {
         let c = c.clone();
