@@ -605,10 +605,13 @@ mod tests {
         assert_eq!(verify(&rehashed).unwrap_err().seq, 4);
     }
 
+    /// Signs raw messages.
+    type RawSigner = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+
     /// Signs like the server does, with a key from a fixed seed.
     struct TestSigner {
         algorithm: signature::Algorithm,
-        sign: Box<dyn Fn(&[u8]) -> Vec<u8>>,
+        sign: RawSigner,
         key: PublicKey,
     }
 

@@ -400,8 +400,11 @@ mod tests {
     //! The signing half lives in the server; these tests sign with the crates directly.
     use super::*;
 
+    /// Signs raw messages.
+    type RawSigner = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+
     /// A key pair of `algorithm` from a fixed seed: (public key, a signer over raw messages).
-    fn keypair(algorithm: Algorithm, seed: u8) -> (PublicKey, Box<dyn Fn(&[u8]) -> Vec<u8>>) {
+    fn keypair(algorithm: Algorithm, seed: u8) -> (PublicKey, RawSigner) {
         match algorithm {
             Algorithm::Ed25519 => {
                 use ed25519_dalek::Signer as _;

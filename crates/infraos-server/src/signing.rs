@@ -58,11 +58,10 @@ pub enum SigningError {
     Store(#[from] StoreError),
 }
 
-/// The private half, per algorithm. The SLH-DSA key is boxed: it carries its public key and
-/// is larger than the Ed25519 one.
+/// The private half, per algorithm.
 enum Secret {
     Ed25519(ed25519_dalek::SigningKey),
-    SlhDsa(Box<slh_dsa::SigningKey<slh_dsa::Sha2_128s>>),
+    SlhDsa(slh_dsa::SigningKey<slh_dsa::Sha2_128s>),
 }
 
 /// The server's key pair. Signing always takes a [`Purpose`], so nothing can be signed
@@ -98,13 +97,13 @@ impl ServerKey {
                 // RBG fed to slh_keygen_internal; drawing them here makes a failing RNG an
                 // error instead of a panic inside the crate's `new`.
                 let seeds = random::<48>()?;
-                Secret::SlhDsa(Box::new(
+                Secret::SlhDsa(
                     slh_dsa::SigningKey::<slh_dsa::Sha2_128s>::slh_keygen_internal(
                         &seeds[..16],
                         &seeds[16..32],
                         &seeds[32..],
                     ),
-                ))
+                )
             }
         };
         Self::from_secret(secret).map_err(|reason| SigningError::Malformed {
@@ -119,7 +118,7 @@ impl ServerKey {
                 PublicKey::from_bytes(Algorithm::Ed25519, sk.verifying_key().as_bytes())
             }
             Secret::SlhDsa(sk) => {
-                PublicKey::from_bytes(Algorithm::SlhDsaSha2_128s, &(**sk).as_ref().to_bytes())
+                PublicKey::from_bytes(Algorithm::SlhDsaSha2_128s, &sk.as_ref().to_bytes())
             }
         }
         .map_err(|e| e.to_string())?;
@@ -185,7 +184,7 @@ impl ServerKey {
                 })?;
                 Secret::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed))
             }
-            Algorithm::SlhDsaSha2_128s => Secret::SlhDsa(Box::new(
+            Algorithm::SlhDsaSha2_128s => Secret::SlhDsa(
                 slh_dsa::SigningKey::<slh_dsa::Sha2_128s>::try_from(bytes.as_slice()).map_err(
                     |_| {
                         format!(
@@ -194,7 +193,7 @@ impl ServerKey {
                         )
                     },
                 )?,
-            )),
+            ),
         };
         Self::from_secret(secret)
     }
@@ -300,7 +299,6 @@ pub async fn register(store: &dyn Store, key: &PublicKey, dir: &Path) -> Result<
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
