@@ -530,3 +530,61 @@ async fn a_data_dir_from_before_signing_gets_its_key() {
         stderr(&out)
     );
 }
+
+/// Two replicas on etcd: only the leader checkpoints (two would sign the same head twice,
+/// which the verifier refuses), with the key both copied from one data dir, and after the
+/// leader is killed the new one goes on; the chain verifies with the pinned key.
+#[cfg(feature = "etcd")]
+#[tokio::test]
+async fn only_the_leader_checkpoints_and_a_new_leader_takes_over() {
+    let etcd = infraos_store::conformance::EtcdCluster::start(1).await;
+    let config = format!(
+        "store: {}\nleaderLeaseDuration: 3s\nleaderRenewInterval: 500ms\nauditCheckpointRecords: 3\nauditCheckpointInterval: 1h\n",
+        etcd.url("audit")
+    );
+    let first = TestServer::start_with_config(&config).await;
+    let copy = first.copy_data_dir();
+    let mut servers = vec![first, TestServer::start_in(copy).await];
+    let leading = |s: &TestServer| {
+        let c = s.client();
+        async move {
+            let (_, body) = c
+                .raw(infraos_client::Method::GET, "/leader", None, vec![], None)
+                .await
+                .ok()?;
+            Some(body["leading"] == true)
+        }
+    };
+    let leader = eventually(Duration::from_secs(30), "one leader", || async {
+        let a = leading(&servers[0]).await?;
+        let b = leading(&servers[1]).await?;
+        (a != b).then_some(if a { 0 } else { 1 })
+    })
+    .await;
+    let follower = 1 - leader;
+    // Writes through both replicas; one checkpointer.
+    tenants(&servers[follower], "f", 3).await;
+    tenants(&servers[leader], "l", 3).await;
+    wait_for_checkpoints(&servers[follower], 1).await;
+    servers[leader].kill9();
+    let before = servers[follower]
+        .client()
+        .audit_records(1, 5000)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|r| r.entry["verb"] == CHECKPOINT_VERB)
+        .count();
+    tenants(&servers[follower], "g", 4).await;
+    wait_for_checkpoints(&servers[follower], before + 1).await;
+    let key_file = servers[follower].data_dir().join("signing.pub");
+    let out = servers[follower].cli(&[
+        "audit",
+        "verify",
+        "--public-key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("(pinned)"), "{}", stdout(&out));
+}
