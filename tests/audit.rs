@@ -544,7 +544,7 @@ async fn only_the_leader_checkpoints_and_a_new_leader_takes_over() {
     );
     let first = TestServer::start_with_config(&config).await;
     let copy = first.copy_data_dir();
-    let mut servers = vec![first, TestServer::start_in(copy).await];
+    let mut servers = [first, TestServer::start_in(copy).await];
     let leading = |s: &TestServer| {
         let c = s.client();
         async move {
