@@ -1,5 +1,5 @@
 //! The InfraOS object model (`infraos.io/v1`): kinds, quantities, label and item selectors,
-//! durations, validation and the audit chain's hashing.
+//! durations, validation, the audit chain's hashing and the verification of server signatures.
 //!
 //! Pure by design: no I/O, no async runtime, no clock reads. Every other crate depends on it
 //! and it depends on none of ours.
@@ -15,6 +15,7 @@ pub mod meta;
 pub mod names;
 pub mod object;
 pub mod quantity;
+pub mod signature;
 pub mod time;
 pub mod validation;
 

@@ -3,7 +3,8 @@
 //! ```text
 //!  /apis/infraos.io/v1/<plural>[/<name>[/status]]                       cluster-scoped kinds
 //!  /apis/infraos.io/v1/namespaces/<ns>/<plural>[/<name>[/<sub>]]         namespaced kinds
-//!  /apis/infraos.io/v1/auditrecords                                     the audit chain
+//!  /apis/infraos.io/v1/auditrecords[/head]                              the audit chain, its signed head
+//!  /apis/infraos.io/v1/signingkey                                       the server's public key
 //!  /healthz /readyz /version /apis /apis/infraos.io/v1   unauthenticated meta
 //!  /openapi/v3                                              the OpenAPI document (authenticated)
 //! ```
@@ -33,6 +34,7 @@ mod join_tokens;
 mod logs;
 mod meta;
 mod objects;
+mod signing_key;
 mod tokens;
 mod watch;
 
@@ -41,6 +43,8 @@ pub const PREFIX: &str = "/apis/infraos.io/v1";
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/auditrecords", get(audit_records::list))
+        .route("/auditrecords/head", get(audit_records::head))
+        .route("/signingkey", get(signing_key::get))
         .route(
             "/jointokens",
             get(join_tokens::list).post(join_tokens::create),

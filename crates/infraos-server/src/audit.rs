@@ -1,10 +1,24 @@
 //! Building audit entries. Entries are appended to the store's hash-chained ledger in the same
 //! transaction as the change they describe, so an acknowledged change always has its record;
-//! refused requests get a record of their own.
+//! refused requests get a record of their own. The leader signs the chain with
+//! [`checkpoint`] records, and any replica signs its head on request ([`sign_head`]).
+//!
+//! Records hold hashes of objects, never the objects: a token, a key or an environment
+//! variable in a stored object does not reach the audit trail.
+
+use std::sync::Arc;
 
 use infraos_api::Time;
-use infraos_api::audit::{AuditEntry, AuditObjectRef, AuditResult, sha256_hex};
-use infraos_store::{Store, Txn};
+use infraos_api::audit::{
+    AuditCheckpoint, AuditEntry, AuditHead, AuditObjectRef, AuditResult, CHECKPOINT_SUBJECT,
+    CHECKPOINT_VERB, HEAD_KIND, head_body, sha256_hex,
+};
+use infraos_api::signature::{Purpose, Signature};
+use infraos_store::{LedgerHead, Store, Txn};
+
+use crate::signing::{ServerKey, SigningError};
+
+pub mod checkpoint;
 
 /// Who acts, and from where.
 #[derive(Clone, Debug)]
@@ -48,6 +62,7 @@ impl Record<'_> {
             },
             before_hash: self.before.map(sha256_hex),
             after_hash: self.after.map(sha256_hex),
+            checkpoint: None,
             node: self.node,
             source: self.actor.source.clone(),
         }
@@ -94,4 +109,61 @@ pub async fn append_alone(store: &dyn Store, payload: Vec<u8>) {
     if let Err(e) = store.txn(Txn::new().append(payload)).await {
         tracing::error!(error = %e, "could not append an audit record");
     }
+}
+
+/// The payload of a checkpoint record vouching for `checkpoint.seq`. Its object is the record
+/// it vouches for.
+pub fn checkpoint_payload(now: Time, checkpoint: AuditCheckpoint) -> Vec<u8> {
+    AuditEntry {
+        after_hash: None,
+        before_hash: None,
+        object: object_ref("AuditRecord", None, &checkpoint.seq.to_string()),
+        checkpoint: Some(checkpoint),
+        node: None,
+        result: AuditResult {
+            code: 200,
+            reason: None,
+        },
+        source: None,
+        subject: CHECKPOINT_SUBJECT.to_string(),
+        time: now,
+        verb: CHECKPOINT_VERB.to_string(),
+    }
+    .canonical_bytes()
+}
+
+/// Signs on a blocking thread: an SLH-DSA signature takes milliseconds of CPU (seconds in a
+/// debug build), too long for the async workers.
+pub async fn sign_blocking(
+    signer: &Arc<ServerKey>,
+    purpose: Purpose,
+    body: Vec<u8>,
+) -> Result<Signature, SigningError> {
+    let signer = Arc::clone(signer);
+    tokio::task::spawn_blocking(move || signer.sign(purpose, &body))
+        .await
+        .map_err(|e| SigningError::Sign(format!("the signing task failed: {e}")))?
+}
+
+/// The chain's current head, signed with the time it was read at.
+pub async fn sign_head(
+    signer: &Arc<ServerKey>,
+    head: LedgerHead,
+    now: Time,
+) -> Result<AuditHead, SigningError> {
+    let signature = sign_blocking(
+        signer,
+        Purpose::AuditHead,
+        head_body(head.seq, &head.hash, now),
+    )
+    .await?;
+    Ok(AuditHead {
+        api_version: infraos_api::API_VERSION.to_string(),
+        kind: HEAD_KIND.to_string(),
+        seq: head.seq,
+        hash: hex::encode(head.hash),
+        time: now,
+        key_id: signer.public_key().key_id(),
+        signature,
+    })
 }

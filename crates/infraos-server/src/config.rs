@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use infraos_api::Duration;
+use infraos_api::signature::Algorithm;
 use infraos_scheduler::Profile;
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +59,16 @@ pub struct ServerConfig {
     pub oidc: Option<crate::oidc::OidcConfig>,
     /// The API gateway's limits per identity.
     pub api_limits: crate::limits::ApiLimits,
+    /// The algorithm of the server's signing key: `ed25519` or `slh-dsa-sha2-128s` (FIPS 205,
+    /// hash-based, quantum-resistant; a signature costs ~135 ms of CPU instead of ~13 µs).
+    /// Used when the key is created (`server init`); a different key on disk stops the server.
+    #[serde(deserialize_with = "crate::signing::algorithm_field")]
+    pub signature_algorithm: Algorithm,
+    /// The leader signs a checkpoint into the audit chain once this many records were
+    /// appended since the last one…
+    pub audit_checkpoint_records: u64,
+    /// …or once this long has passed since the last one, if any record was appended since.
+    pub audit_checkpoint_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +96,9 @@ impl Default for ServerConfig {
             leader_renew_interval: Duration::from_millis(500),
             oidc: None,
             api_limits: crate::limits::ApiLimits::default(),
+            signature_algorithm: Algorithm::Ed25519,
+            audit_checkpoint_records: 1000,
+            audit_checkpoint_interval: Duration::from_secs(60),
         }
     }
 }
@@ -152,6 +166,12 @@ impl ServerConfig {
         self.api_limits.validate()?;
         if let Some(oidc) = &self.oidc {
             oidc.validate()?;
+        }
+        if self.audit_checkpoint_records == 0 {
+            return Err("auditCheckpointRecords: must be at least 1".into());
+        }
+        if ms(&self.audit_checkpoint_interval) < 100 {
+            return Err("auditCheckpointInterval: must be at least 100ms".into());
         }
         // A profile naming an unknown plugin or a bad weight stops the server here, not later
         // in the scheduler.

@@ -33,6 +33,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Profile(#[from] infraos_scheduler::ProfileError),
+    #[error("signing key: {0}")]
+    Signing(#[from] crate::signing::SigningError),
 }
 
 impl ServerError {

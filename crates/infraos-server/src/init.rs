@@ -1,4 +1,4 @@
-//! `infraos server init`: the data dir's CA, server certificate and admin token.
+//! `infraos server init`: the data dir's CA, server certificate, admin token and signing key.
 //!
 //! ```text
 //!   D/ca.crt       the cluster CA (clients trust it; agents' certificates will chain to it)
@@ -6,6 +6,9 @@
 //!   D/server.crt   signed by the CA for localhost, 127.0.0.1, ::1, the host name and --san
 //!   D/server.key   0600
 //!   D/admin.token  0600, the admin bearer token in plain text (its SHA-256 is in the store)
+//!   D/signing.key  0600, the server's signing key (see `signing`), of server.yaml's
+//!                  `signatureAlgorithm` (ed25519 by default)
+//!   D/signing.pub  0644, its public key, `ALGORITHM:BASE64`: what auditors and agents pin
 //!   D/store.redb   the embedded store
 //! ```
 //! Initialising an initialised dir changes nothing and reveals no secret again.
@@ -18,6 +21,7 @@ use infraos_store::{Compare, Store, Txn};
 
 use crate::ServerError;
 use crate::auth::{TokenRecord, token_key};
+use crate::signing::ServerKey;
 
 pub const CA_CERT: &str = "ca.crt";
 pub const CA_KEY: &str = "ca.key";
@@ -30,6 +34,9 @@ pub struct InitOutcome {
     /// The admin token, only when this call created it.
     pub admin_token: Option<String>,
     pub ca_cert: PathBuf,
+    /// The server's public signing key, and whether this call created the pair.
+    pub public_key: infraos_api::signature::PublicKey,
+    pub signing_key_created: bool,
 }
 
 pub fn is_initialised(dir: &Path) -> bool {
@@ -42,15 +49,20 @@ pub fn is_initialised(dir: &Path) -> bool {
 pub async fn init_data_dir(dir: &Path, extra_sans: &[String]) -> Result<InitOutcome, ServerError> {
     std::fs::create_dir_all(dir).map_err(|e| ServerError::io(dir, e))?;
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    // server.yaml, when written before init, chooses the signing algorithm.
+    let config = crate::config::ServerConfig::load(dir)?;
     if !is_initialised(dir) {
         write_certificates(dir, extra_sans)?;
     }
+    let (key, signing_key_created) = ServerKey::ensure(dir, config.signature_algorithm)?;
     let store =
         infraos_store::embedded::EmbeddedStore::open(&dir.join("store.redb"), Default::default())?;
     let admin_token = ensure_admin_token(dir, &store).await?;
     Ok(InitOutcome {
         admin_token,
         ca_cert: dir.join(CA_CERT),
+        public_key: key.public_key().clone(),
+        signing_key_created,
     })
 }
 

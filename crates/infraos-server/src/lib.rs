@@ -33,6 +33,7 @@ pub mod oidc;
 pub mod openapi;
 pub mod pki;
 pub mod reflector;
+pub mod signing;
 pub mod state;
 pub mod tls;
 pub mod update;
@@ -120,6 +121,7 @@ fn spawn_controllers(
         controllers::scheduler::spawn(state.clone(), stop.clone())?,
         controllers::lease::spawn(state.clone(), stop.clone()),
         controllers::claims::spawn(state.clone(), stop.clone()),
+        audit::checkpoint::spawn(state.clone(), stop.clone()),
         controllers::nodes::spawn(state, stop),
     ])
 }
@@ -174,8 +176,14 @@ impl Server {
         if !init::is_initialised(&dir) {
             return Err(ServerError::NotInitialised(dir.display().to_string()));
         }
+        // A data dir from before signing gets its key here; replicas must share one.
+        let (signer, created) = signing::ServerKey::ensure(&dir, config.signature_algorithm)?;
+        if created {
+            tracing::info!(public_key = %signer.public_key(), "created the server's signing key");
+        }
         let store = open_store(&config).await?;
         init::ensure_admin_record(&dir, &*store).await?;
+        signing::register(&*store, signer.public_key(), &dir).await?;
         let tls = tls::load_server_config(
             &dir.join(init::SERVER_CERT),
             &dir.join(init::SERVER_KEY),
@@ -245,6 +253,7 @@ impl Server {
             join_locks: Arc::new(join_tokens::JoinLocks::default()),
             agents,
             leader: leader_rx,
+            signer: Arc::new(signer),
         };
         bootstrap::ensure_builtin_classes(&state).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);

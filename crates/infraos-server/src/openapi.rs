@@ -117,6 +117,16 @@ pub fn document() -> serde_json::Value {
             {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
             "responses": {"200": {"description": "The audit chain from `from`, oldest first"}}}}),
     );
+    paths.insert(
+        "/apis/infraos.io/v1/auditrecords/head".into(),
+        serde_json::json!({"get": {"operationId": "readAuditHead",
+            "responses": {"200": {"description": "The chain's head (seq, hash) signed by the server now"}}}}),
+    );
+    paths.insert(
+        "/apis/infraos.io/v1/signingkey".into(),
+        serde_json::json!({"get": {"operationId": "readSigningKey",
+            "responses": {"200": {"description": "The server's public signing key, ALGORITHM:BASE64"}}}}),
+    );
     serde_json::json!({
         "openapi": "3.0.3",
         "info": {

@@ -32,4 +32,6 @@ pub struct AppState {
     pub agents: Arc<crate::agents::AgentDialer>,
     /// This replica's view of the leader election (always leading on the embedded store).
     pub leader: tokio::sync::watch::Receiver<crate::leader::Status>,
+    /// The server's signing key (audit checkpoints, signed heads).
+    pub signer: Arc<crate::signing::ServerKey>,
 }

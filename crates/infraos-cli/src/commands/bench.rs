@@ -1,6 +1,6 @@
-//! `infraos bench scheduler|e2e|agents|workload`: the benchmarks the closing notes quote.
-//! `scheduler` and `e2e` end with the line `claims/s: X`; `agents` and `workload` (own
-//! modules) with a latency line.
+//! `infraos bench scheduler|e2e|agents|workload|signatures`: the benchmarks the closing notes
+//! quote. `scheduler` and `e2e` end with the line `claims/s: X`; `agents` and `workload` (own
+//! modules) with a latency line; `signatures` (own module) with the SLH-DSA/Ed25519 ratios.
 //!
 //! - `scheduler`: the pure scheduler and the applier's re-check on an in-memory snapshot of the
 //!   synthetic cluster; the median of `--runs` runs.
@@ -26,6 +26,7 @@ use infraos_scheduler::{AllocationMeta, Outcome, Profile, Scheduler, Snapshot};
 use crate::synthetic::{self, PROJECT, Synthetic};
 
 mod agents;
+mod signatures;
 mod workload;
 
 #[derive(Args)]
@@ -112,6 +113,12 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// The server's signature algorithms in this process: sign and verify cost per operation
+    /// for Ed25519 and SLH-DSA-SHA2-128s, and their ratio.
+    Signatures {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -183,6 +190,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Workload { claims, runs } => {
             workload::run(workload::Options { claims, runs }).await
         }
+        BenchCommand::Signatures { runs } => signatures::run(runs.max(1)),
     }
 }
 

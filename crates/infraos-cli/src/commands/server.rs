@@ -60,10 +60,23 @@ async fn init(data_dir: &std::path::Path, sans: &[String]) -> anyhow::Result<()>
             );
             println!("{token}");
         }
+        None if outcome.signing_key_created => {
+            println!(
+                "{} is already initialised; added its signing key",
+                data_dir.display()
+            )
+        }
         None => println!(
             "{} is already initialised; nothing changed",
             data_dir.display()
         ),
+    }
+    if outcome.signing_key_created {
+        println!(
+            "Signing public key (also in {}/signing.pub; pin it to verify audit exports):",
+            data_dir.display()
+        );
+        println!("{}", outcome.public_key);
     }
     Ok(())
 }

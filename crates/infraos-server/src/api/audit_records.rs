@@ -1,8 +1,10 @@
 //! `GET /apis/infraos.io/v1/auditrecords?from=N&limit=M`: the audit chain, oldest first.
+//! `GET /apis/infraos.io/v1/auditrecords/head`: the chain's head, signed now by the server
+//! (what `infraos audit export` ends with, so that a truncated tail is caught).
 
 use axum::Json;
 use axum::extract::{Query, State};
-use infraos_api::audit::AuditRecord;
+use infraos_api::audit::{AuditHead, AuditRecord};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -58,4 +60,13 @@ pub async fn list(
         },
         "items": items,
     })))
+}
+
+/// The signed head: `{"kind": "AuditHead", seq, hash, time, keyId, signature}`.
+pub async fn head(State(state): State<AppState>) -> Result<Json<AuditHead>, ApiError> {
+    let head = state.store.ledger_head().await?;
+    let signed = crate::audit::sign_head(&state.signer, head, state.clock.now())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(signed))
 }
