@@ -34,6 +34,7 @@ mod join_tokens;
 mod logs;
 mod meta;
 mod objects;
+pub(crate) mod revocations;
 mod signing_key;
 mod tokens;
 mod watch;
@@ -54,6 +55,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(join_tokens::revoke),
         )
         .route("/tokens", get(tokens::list).post(tokens::create))
+        .route(
+            "/nodes/{name}/revocation",
+            post(revocations::revoke).delete(revocations::reinstate),
+        )
         .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/namespaces/{ns}/claims/{name}/log", get(logs::claim_log))
         .route(

@@ -229,6 +229,13 @@ pub async fn authenticate(
         .and_then(|c| c.common_name.strip_prefix(crate::pki::NODE_PREFIX))
         .map(str::to_string);
     if let Some(node) = node {
+        if state.rbac.node_revoked(&node) {
+            let e = ApiError::unauthorized(format!(
+                "node:{node} has been revoked: its certificate is no longer accepted \
+                 (an administrator may reinstate it with `infraos node reinstate {node}`)"
+            ));
+            return unauthenticated(&state, &request, &format!("node:{node}"), e).await;
+        }
         if let Err(why) = node_may(
             &node,
             request.method(),

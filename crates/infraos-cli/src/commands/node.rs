@@ -1,5 +1,7 @@
 //! `infraos node grant|revoke NODE TIER…`: change the capability tiers a node holds after
 //! it joined. The agent learns the new grant with its next heartbeat; the scheduler at once.
+//! `infraos node revoke NODE` (no tiers) revokes the node itself: its certificate and joins
+//! are refused until `infraos node reinstate NODE`.
 
 use std::path::Path;
 
@@ -18,8 +20,18 @@ enum NodeCommand {
     /// Grant tiers (inventory, execute, network, storage) to a node.
     Grant { node: String, tiers: Vec<String> },
     /// Revoke tiers from a node: nothing new needing them is placed or started there; what
-    /// runs keeps running until its allocation ends.
-    Revoke { node: String, tiers: Vec<String> },
+    /// runs keeps running until its allocation ends. Without tiers, revoke the node itself:
+    /// its certificate is refused from now on, it is cordoned, and its allocations are
+    /// handled as lost once their leases end.
+    Revoke {
+        node: String,
+        tiers: Vec<String>,
+        /// Why (kept in the revocation and the audit trail).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Lift a node's revocation; its agent may then join again.
+    Reinstate { node: String },
 }
 
 fn parse_tiers(tiers: &[String]) -> anyhow::Result<Vec<Tier>> {
@@ -59,7 +71,13 @@ pub async fn run(config: Option<&Path>, args: NodeArgs) -> anyhow::Result<()> {
     let client = super::client(config)?;
     let (node, tiers, grant) = match args.command {
         NodeCommand::Grant { node, tiers } => (node, tiers, true),
-        NodeCommand::Revoke { node, tiers } => (node, tiers, false),
+        NodeCommand::Revoke {
+            node,
+            tiers,
+            reason,
+        } if tiers.is_empty() => return revoke_node(&client, &node, &reason).await,
+        NodeCommand::Revoke { node, tiers, .. } => (node, tiers, false),
+        NodeCommand::Reinstate { node } => return reinstate_node(&client, &node).await,
     };
     let change = parse_tiers(&tiers)?;
     // Read, change, write with the read's resourceVersion: a concurrent writer makes the
@@ -90,6 +108,59 @@ pub async fn run(config: Option<&Path>, args: NodeArgs) -> anyhow::Result<()> {
         }
     }
     anyhow::bail!("node {node:?}: changed by others five times in a row; try again")
+}
+
+fn revocation_path(node: &str) -> String {
+    format!("/apis/infraos.io/v1/nodes/{node}/revocation")
+}
+
+async fn revoke_node(
+    client: &infraos_client::Client,
+    node: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let (code, body) = client
+        .raw(
+            reqwest::Method::POST,
+            &revocation_path(node),
+            Some("application/json"),
+            serde_json::to_vec(&serde_json::json!({"reason": reason}))?,
+            None,
+        )
+        .await?;
+    if code >= 300 {
+        anyhow::bail!(
+            "node {node:?}: {}",
+            body["message"].as_str().unwrap_or("refused")
+        );
+    }
+    println!(
+        "node/{node} revoked: its certificate and joins are refused, it is cordoned, and its \
+         allocations are handled as lost once their leases end"
+    );
+    Ok(())
+}
+
+async fn reinstate_node(client: &infraos_client::Client, node: &str) -> anyhow::Result<()> {
+    let (code, body) = client
+        .raw(
+            reqwest::Method::DELETE,
+            &revocation_path(node),
+            None,
+            Vec::new(),
+            None,
+        )
+        .await?;
+    if code >= 300 {
+        anyhow::bail!(
+            "node {node:?}: {}",
+            body["message"].as_str().unwrap_or("refused")
+        );
+    }
+    println!(
+        "node/{node} reinstated: its agent may join again (and it is uncordoned, unless it was cordoned before)"
+    );
+    Ok(())
 }
 
 #[cfg(test)]

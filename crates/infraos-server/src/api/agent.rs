@@ -130,6 +130,13 @@ async fn join_inner(
         return Err(ApiError::invalid_field("Node", &body.name, "name", problem));
     }
     check_protocol(body.agent.protocol_version)?;
+    if state.rbac.node_revoked(&body.name) {
+        return Err(ApiError::forbidden(format!(
+            "node {:?} has been revoked; an administrator must reinstate it \
+             (`infraos node reinstate {}`) before it joins again",
+            body.name, body.name
+        )));
+    }
     let (token_key, _) = join_tokens::key_for(body.token.trim());
     let _serialised = state.join_locks.lock(&token_key).await;
     for _ in 0..RETRIES {

@@ -137,6 +137,8 @@ struct View {
     projects: HashMap<String, String>,
     /// Token hash (hex) → record.
     tokens: HashMap<String, Arc<TokenRecord>>,
+    /// Revoked nodes: their certificates and joins are refused.
+    revoked_nodes: HashSet<String>,
     /// The revision each key was last seen at (deletes included), so a late watch event never
     /// undoes a newer write this replica already applied.
     revisions: HashMap<String, u64>,
@@ -145,6 +147,7 @@ struct View {
 const ROLES: &str = "/registry/roles/";
 const BINDINGS: &str = "/registry/rolebindings/";
 const PROJECTS: &str = "/registry/projects/";
+const REVOKED_NODES: &str = crate::api::revocations::PREFIX;
 
 impl View {
     fn apply(&mut self, key: &str, revision: u64, value: Option<&[u8]>) {
@@ -196,6 +199,12 @@ impl View {
                 None => {
                     self.projects.remove(name);
                 }
+            }
+        } else if let Some(node) = key.strip_prefix(REVOKED_NODES) {
+            if value.is_some() {
+                self.revoked_nodes.insert(node.to_string());
+            } else {
+                self.revoked_nodes.remove(node);
             }
         } else if let Some(hash) = key.strip_prefix(TOKEN_PREFIX) {
             match value.and_then(|v| serde_json::from_slice::<TokenRecord>(v).ok()) {
@@ -388,6 +397,11 @@ impl Rbac {
         }
     }
 
+    /// Whether the node was revoked (its certificate and joins are refused).
+    pub fn node_revoked(&self, node: &str) -> bool {
+        self.view.read().revoked_nodes.contains(node)
+    }
+
     /// The token record for a hash, if this replica has seen it.
     pub fn token(&self, hash_hex: &str) -> Option<Arc<TokenRecord>> {
         self.view.read().tokens.get(hash_hex).cloned()
@@ -417,7 +431,7 @@ impl Rbac {
 
     /// Loads the view from the store once, so the first requests are decided on full data.
     pub async fn load(&self, store: &dyn Store) -> Result<(), infraos_store::StoreError> {
-        for prefix in [ROLES, BINDINGS, PROJECTS, TOKEN_PREFIX] {
+        for prefix in [ROLES, BINDINGS, PROJECTS, TOKEN_PREFIX, REVOKED_NODES] {
             let mut after: Option<String> = None;
             loop {
                 let page = store.range(prefix, after.as_deref(), 5000).await?;
@@ -452,7 +466,7 @@ pub fn spawn_feed(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Change<&'static str>>(64);
-    for prefix in [ROLES, BINDINGS, PROJECTS, TOKEN_PREFIX] {
+    for prefix in [ROLES, BINDINGS, PROJECTS, TOKEN_PREFIX, REVOKED_NODES] {
         tokio::spawn(reflector::run(
             state.store.clone(),
             prefix.to_string(),

@@ -88,6 +88,11 @@ pub fn target(method: &http::Method, path: &str, query: Option<&str>) -> Option<
         (_, Some("status")) => format!("{base}/status"),
         ("Claim", Some("log")) => "Claim/log".into(),
         ("Claim", Some("explain")) => base,
+        // Revoking and reinstating a node change its standing.
+        ("Node", Some("revocation")) => {
+            verb = "update".into();
+            base
+        }
         ("Claim", Some(action @ ("renew" | "release"))) if method == http::Method::POST => {
             verb = action.to_string();
             base
