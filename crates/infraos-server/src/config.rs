@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub leader_lease_duration: Duration,
     /// How often the leader renews (and followers check) the lease.
     pub leader_renew_interval: Duration,
+    /// How often the server checks whether `server.crt`/`server.key` changed (SIGHUP checks
+    /// at once); new connections get the new certificate, without a restart.
+    pub tls_reload_interval: Duration,
     /// A trusted OIDC issuer whose JWTs sign users in (besides API tokens).
     pub oidc: Option<crate::oidc::OidcConfig>,
     /// The API gateway's limits per identity.
@@ -94,6 +97,7 @@ impl Default for ServerConfig {
             etcd_key_file: None,
             leader_lease_duration: Duration::from_secs(3),
             leader_renew_interval: Duration::from_millis(500),
+            tls_reload_interval: Duration::from_secs(30),
             oidc: None,
             api_limits: crate::limits::ApiLimits::default(),
             signature_algorithm: Algorithm::Ed25519,
@@ -162,6 +166,9 @@ impl ServerConfig {
         }
         if ms(&self.agent_cert_ttl) < 10_000 {
             return Err("agentCertTtl: must be at least 10s".into());
+        }
+        if ms(&self.tls_reload_interval) < 100 {
+            return Err("tlsReloadInterval: must be at least 100ms".into());
         }
         self.api_limits.validate()?;
         if let Some(oidc) = &self.oidc {

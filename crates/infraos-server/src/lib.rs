@@ -184,7 +184,7 @@ impl Server {
         let store = open_store(&config).await?;
         init::ensure_admin_record(&dir, &*store).await?;
         signing::register(&*store, signer.public_key(), &dir).await?;
-        let tls = tls::load_server_config(
+        let (tls, server_cert) = tls::load_server_config(
             &dir.join(init::SERVER_CERT),
             &dir.join(init::SERVER_KEY),
             &dir.join(init::CA_CERT),
@@ -292,6 +292,11 @@ impl Server {
                     tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG),
                 ),
         );
+        tasks.push(tls::spawn_cert_reloader(
+            server_cert,
+            state.config.tls_reload_interval.as_std(),
+            shutdown_rx.clone(),
+        ));
         tasks.push(tokio::spawn(tls::serve(
             listener,
             Arc::new(tls),

@@ -1,14 +1,20 @@
 //! The HTTPS listener: rustls (ring provider) and hyper serving the axum router, HTTP/1.1 and
 //! HTTP/2 by ALPN. Handshakes run in each connection's own task, so a slow client cannot hold
 //! up accepting others.
+//!
+//! The server's certificate is read through [`ServerCert`], which swaps in a new
+//! `server.crt`/`server.key` while serving (on SIGHUP, or when the files change): new
+//! handshakes get the new certificate, connections already open keep theirs.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::{Mutex, RwLock};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -25,20 +31,148 @@ pub struct PeerCertificate {
     pub common_name: String,
 }
 
+/// The server's certificate and key, replaceable while serving.
+#[derive(Debug)]
+pub struct ServerCert {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// Modification times and sizes of the files last loaded.
+    stamp: Mutex<Option<FileStamps>>,
+}
+
+type FileStamps = [(std::time::SystemTime, u64); 2];
+
+fn stamps(cert: &Path, key: &Path) -> Option<FileStamps> {
+    let one = |p: &Path| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    };
+    Some([one(cert)?, one(key)?])
+}
+
+impl ServerCert {
+    pub fn load(
+        cert_path: &Path,
+        key_path: &Path,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<ServerCert, ServerError> {
+        let stamp = stamps(cert_path, key_path);
+        let current = read_certified_key(cert_path, key_path, &provider)?;
+        Ok(ServerCert {
+            cert_path: cert_path.to_path_buf(),
+            key_path: key_path.to_path_buf(),
+            provider,
+            current: RwLock::new(Arc::new(current)),
+            stamp: Mutex::new(stamp),
+        })
+    }
+
+    /// Loads the files again if they changed since the last load. A pair that does not load
+    /// (half-written, a key that does not match) leaves the current certificate in place.
+    pub fn reload_if_changed(&self) -> Result<bool, ServerError> {
+        let now = stamps(&self.cert_path, &self.key_path);
+        if now.is_none() || *self.stamp.lock() == now {
+            return Ok(false);
+        }
+        let fresh = read_certified_key(&self.cert_path, &self.key_path, &self.provider)?;
+        *self.current.write() = Arc::new(fresh);
+        *self.stamp.lock() = now;
+        Ok(true)
+    }
+
+    /// The certificate served now (DER, leaf first).
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current.read().cert.clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServerCert {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.current.read()))
+    }
+}
+
+fn read_certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<CertifiedKey, ServerError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(ServerError::Tls(format!(
+            "{}: no certificate in the file",
+            cert.display()
+        )));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", key.display())))?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", key.display())))?;
+    let certified = CertifiedKey::new(certs, signing_key);
+    certified.keys_match().map_err(|e| {
+        ServerError::Tls(format!(
+            "{} does not belong to {}: {e}",
+            key.display(),
+            cert.display()
+        ))
+    })?;
+    Ok(certified)
+}
+
+/// Reloads the server certificate on SIGHUP and whenever its files change (checked every
+/// `every`), until shutdown.
+pub fn spawn_cert_reloader(
+    cert: Arc<ServerCert>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                _ = shutdown.changed() => return,
+            }
+            match cert.reload_if_changed() {
+                Ok(true) => tracing::info!(
+                    cert = %cert.cert_path.display(),
+                    "server certificate reloaded: new connections get the new one"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "server certificate not reloaded; still serving the previous one"
+                ),
+            }
+        }
+    })
+}
+
 /// The server's TLS settings. Client certificates are optional (users bring bearer tokens),
 /// but one that is presented must chain to `client_ca`.
 pub fn load_server_config(
     cert: &Path,
     key: &Path,
     client_ca: &Path,
-) -> Result<rustls::ServerConfig, ServerError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| ServerError::Tls(format!("{}: {e}", cert.display())))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| ServerError::Tls(format!("{}: {e}", cert.display())))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| ServerError::Tls(format!("{}: {e}", key.display())))?;
+) -> Result<(rustls::ServerConfig, Arc<ServerCert>), ServerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server_cert = Arc::new(ServerCert::load(cert, key, provider.clone())?);
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_file_iter(client_ca)
         .map_err(|e| ServerError::Tls(format!("{}: {e}", client_ca.display())))?
@@ -59,10 +193,9 @@ pub fn load_server_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| ServerError::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
+        .with_cert_resolver(server_cert.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+    Ok((config, server_cert))
 }
 
 /// Serves `app` over TLS until `shutdown` turns true.
