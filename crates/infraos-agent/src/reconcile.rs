@@ -6,6 +6,7 @@
 //!  allocation (Active, epoch e, lease until T) × local record (epoch, state)
 //!    none locally, T in the future, driver allowed ─► Start
 //!    none locally, driver or tier refused         ─► Refuse (reported as Failed)
+//!    none locally, instruction not verified       ─► Refuse (signature, replayed epoch)
 //!    running, now ≥ T − stopGrace (not renewed)   ─► Stop "LeaseExpired"   (also with no server;
 //!                                                    over by T, before the claim may move)
 //!    running, allocation gone or ended (synced)   ─► Stop "Released"
@@ -18,7 +19,7 @@
 use std::collections::BTreeMap;
 
 use infraos_api::Time;
-use infraos_api::kinds::{RenewPolicy, WorkloadSpec, WorkloadState};
+use infraos_api::kinds::{RenewPolicy, Tier, WorkloadSpec, WorkloadState};
 
 /// A workload the control plane wants on this node.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,6 +33,9 @@ pub struct Wanted {
     pub renew_policy: RenewPolicy,
     pub renew_time: Time,
     pub expire_time: Time,
+    /// Why the instruction must not be acted on (its signature does not verify, or its
+    /// epoch is older than one this node already ran for the claim); `None` when it may.
+    pub refused: Option<String>,
 }
 
 /// What runs here, as the reconciler needs to see it.
@@ -68,18 +72,24 @@ pub enum Action {
 }
 
 /// `synced`: `wanted` is a fresh view from the server (not a remembered one), so anything
-/// absent from it is really over. `drivers`: what this agent's config allows; `execute`:
-/// whether the node holds the execute tier, `None` while the grant is not known yet (nothing
-/// starts then). A revoked tier stops new starts and restarts; what runs keeps running until
-/// its allocation ends, as a lease promised.
+/// absent from it is really over. `drivers`: what this agent's config allows; `tiers`: the
+/// tiers the node holds, `None` while the grant is not known yet (nothing starts then). A
+/// revoked tier stops new starts and restarts; what runs keeps running until its allocation
+/// ends, as a lease promised.
 pub fn compute(
     wanted: &BTreeMap<String, Wanted>,
     local: &BTreeMap<String, Local>,
     now: Time,
     synced: bool,
     drivers: &[String],
-    execute: Option<bool>,
+    tiers: Option<&[Tier]>,
 ) -> Vec<Action> {
+    let lacks = |spec: &WorkloadSpec| -> Option<Tier> {
+        let held = tiers?;
+        spec.required_tiers()
+            .into_iter()
+            .find(|t| !held.contains(t))
+    };
     let mut actions = Vec::new();
     for (uid, l) in local {
         let running = matches!(l.state, WorkloadState::Starting | WorkloadState::Running);
@@ -124,8 +134,15 @@ pub fn compute(
                 if blocked_by_older {
                     continue;
                 }
-                let Some(execute) = execute else { continue };
-                if !drivers.iter().any(|d| d == w.spec.driver.as_str()) {
+                if tiers.is_none() {
+                    continue;
+                }
+                if let Some(reason) = &w.refused {
+                    actions.push(Action::Refuse {
+                        uid: uid.clone(),
+                        reason: reason.clone(),
+                    });
+                } else if !drivers.iter().any(|d| d == w.spec.driver.as_str()) {
                     actions.push(Action::Refuse {
                         uid: uid.clone(),
                         reason: format!(
@@ -133,10 +150,10 @@ pub fn compute(
                             w.spec.driver.as_str()
                         ),
                     });
-                } else if !execute {
+                } else if let Some(tier) = lacks(&w.spec) {
                     actions.push(Action::Refuse {
                         uid: uid.clone(),
-                        reason: "the node does not hold the execute tier".into(),
+                        reason: format!("the node does not hold the {} tier", tier.as_str()),
                     });
                 } else {
                     actions.push(Action::Start(uid.clone()));
@@ -150,7 +167,8 @@ pub fn compute(
                     l.exit_code
                 };
                 if ended
-                    && execute == Some(true)
+                    && tiers.is_some()
+                    && lacks(&l.spec).is_none()
                     && !l.stopping
                     && l.spec.restart.restarts_after(exit)
                     && l.next_start_ms.is_none_or(|t| now.unix_millis() >= t)
@@ -174,6 +192,9 @@ pub fn compute(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const EXECUTE: &[Tier] = &[Tier::Inventory, Tier::Execute];
+    const NONE: &[Tier] = &[Tier::Inventory];
     use infraos_api::kinds::{RestartPolicy, RestartSpec};
     use proptest::prelude::*;
 
@@ -203,7 +224,33 @@ mod tests {
             renew_policy: RenewPolicy::Manual,
             renew_time: t(0),
             expire_time: t(expire),
+            refused: None,
         }
+    }
+
+    #[test]
+    fn unverified_instructions_and_missing_tiers_are_refused() {
+        let mut w = BTreeMap::from([("u1".to_string(), wanted("u1", 1, 10_000))]);
+        if let Some(x) = w.get_mut("u1") {
+            x.refused = Some("the instruction's signature does not verify".into());
+        }
+        assert!(matches!(
+            &compute(&w, &BTreeMap::new(), t(0), true, &process(), Some(EXECUTE))[0],
+            Action::Refuse { reason, .. } if reason.contains("signature")
+        ));
+        let mut w = BTreeMap::from([("u1".to_string(), wanted("u1", 1, 10_000))]);
+        if let Some(x) = w.get_mut("u1") {
+            x.spec.tiers = vec![Tier::Network];
+        }
+        assert!(matches!(
+            &compute(&w, &BTreeMap::new(), t(0), true, &process(), Some(EXECUTE))[0],
+            Action::Refuse { reason, .. } if reason.contains("network")
+        ));
+        let held = [Tier::Execute, Tier::Network];
+        assert_eq!(
+            compute(&w, &BTreeMap::new(), t(0), true, &process(), Some(&held)),
+            vec![Action::Start("u1".into())]
+        );
     }
 
     fn local(epoch: u64, state: WorkloadState, expire: i64) -> Local {
@@ -236,22 +283,25 @@ mod tests {
     fn starts_what_is_wanted_once() {
         let w = map(vec![("a", wanted("a", 1, 10_000))]);
         assert_eq!(
-            compute(&w, &BTreeMap::new(), t(0), true, &process(), Some(true)),
+            compute(&w, &BTreeMap::new(), t(0), true, &process(), Some(EXECUTE)),
             vec![Action::Start("a".into())]
         );
         let l = map(vec![("a", local(1, WorkloadState::Running, 10_000))]);
-        assert_eq!(compute(&w, &l, t(0), true, &process(), Some(true)), vec![]);
+        assert_eq!(
+            compute(&w, &l, t(0), true, &process(), Some(EXECUTE)),
+            vec![]
+        );
     }
 
     #[test]
     fn refuses_drivers_and_tiers_it_lacks() {
         let w = map(vec![("a", wanted("a", 1, 10_000))]);
         assert!(matches!(
-            compute(&w, &BTreeMap::new(), t(0), true, DRIVERS, Some(true))[0],
+            compute(&w, &BTreeMap::new(), t(0), true, DRIVERS, Some(EXECUTE))[0],
             Action::Refuse { .. }
         ));
         assert!(matches!(
-            compute(&w, &BTreeMap::new(), t(0), true, &process(), Some(false))[0],
+            compute(&w, &BTreeMap::new(), t(0), true, &process(), Some(NONE))[0],
             Action::Refuse { .. }
         ));
     }
@@ -265,7 +315,7 @@ mod tests {
         );
         let running = map(vec![("a", local(1, WorkloadState::Running, 10_000))]);
         assert_eq!(
-            compute(&w, &running, t(0), true, &process(), Some(false)),
+            compute(&w, &running, t(0), true, &process(), Some(NONE)),
             vec![]
         );
         let mut w_always = wanted("a", 1, 10_000);
@@ -274,9 +324,9 @@ mod tests {
         ended.spec = spec(RestartPolicy::Always);
         ended.exit_code = Some(0);
         let (w, l) = (map(vec![("a", w_always)]), map(vec![("a", ended)]));
-        assert_eq!(compute(&w, &l, t(0), true, &process(), Some(false)), vec![]);
+        assert_eq!(compute(&w, &l, t(0), true, &process(), Some(NONE)), vec![]);
         assert_eq!(
-            compute(&w, &l, t(0), true, &process(), Some(true)),
+            compute(&w, &l, t(0), true, &process(), Some(EXECUTE)),
             vec![Action::Start("a".into())]
         );
     }
@@ -286,11 +336,11 @@ mod tests {
         let w = map(vec![("a", wanted("a", 1, 10_000))]);
         let l = map(vec![("a", local(1, WorkloadState::Running, 10_000))]);
         assert_eq!(
-            compute(&w, &l, t(9_999), false, &process(), Some(true)),
+            compute(&w, &l, t(9_999), false, &process(), Some(EXECUTE)),
             vec![]
         );
         assert_eq!(
-            compute(&w, &l, t(10_000), false, &process(), Some(true)),
+            compute(&w, &l, t(10_000), false, &process(), Some(EXECUTE)),
             vec![Action::Stop {
                 uid: "a".into(),
                 reason: "LeaseExpired"
@@ -302,11 +352,11 @@ mod tests {
     fn stops_what_was_released_only_on_a_fresh_view() {
         let l = map(vec![("a", local(1, WorkloadState::Running, 10_000))]);
         assert_eq!(
-            compute(&BTreeMap::new(), &l, t(0), false, &process(), Some(true)),
+            compute(&BTreeMap::new(), &l, t(0), false, &process(), Some(EXECUTE)),
             vec![]
         );
         assert_eq!(
-            compute(&BTreeMap::new(), &l, t(0), true, &process(), Some(true)),
+            compute(&BTreeMap::new(), &l, t(0), true, &process(), Some(EXECUTE)),
             vec![Action::Stop {
                 uid: "a".into(),
                 reason: "Released"
@@ -318,7 +368,7 @@ mod tests {
     fn a_newer_epoch_fences_the_old_run_before_starting() {
         let w = map(vec![("b", wanted("b", 2, 10_000))]);
         let l = map(vec![("a", local(1, WorkloadState::Running, 10_000))]);
-        let actions = compute(&w, &l, t(0), false, &process(), Some(true));
+        let actions = compute(&w, &l, t(0), false, &process(), Some(EXECUTE));
         assert_eq!(
             actions,
             vec![Action::Stop {
@@ -339,17 +389,17 @@ mod tests {
         l.next_start_ms = Some(500);
         let l1 = map(vec![("a", l.clone())]);
         assert_eq!(
-            compute(&w, &l1, t(100), true, &process(), Some(true)),
+            compute(&w, &l1, t(100), true, &process(), Some(EXECUTE)),
             vec![]
         );
         assert_eq!(
-            compute(&w, &l1, t(600), true, &process(), Some(true)),
+            compute(&w, &l1, t(600), true, &process(), Some(EXECUTE)),
             vec![Action::Start("a".into())]
         );
         l.exit_code = Some(0);
         let l2 = map(vec![("a", l)]);
         assert_eq!(
-            compute(&w, &l2, t(600), true, &process(), Some(true)),
+            compute(&w, &l2, t(600), true, &process(), Some(EXECUTE)),
             vec![]
         );
     }
@@ -372,7 +422,7 @@ mod tests {
                     l.insert(uid.clone(), local(*epoch, WorkloadState::Running, *expire));
                 }
             }
-            let actions = compute(&w, &l, t(now), synced, &process(), Some(true));
+            let actions = compute(&w, &l, t(now), synced, &process(), Some(EXECUTE));
             let starts: Vec<&String> = actions.iter().filter_map(|a| match a { Action::Start(u) => Some(u), _ => None }).collect();
             for uid in &starts {
                 prop_assert!(now < w[*uid].expire_time.unix_millis());

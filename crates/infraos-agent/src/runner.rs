@@ -365,6 +365,7 @@ fn wanted_of(allocation: &Allocation) -> Option<Wanted> {
         renew_policy: allocation.spec.renew_policy,
         renew_time: status.lease.renew_time,
         expire_time: status.lease.expire_time,
+        refused: None,
     })
 }
 
@@ -615,14 +616,19 @@ impl Reconciler {
                 )
             })
             .collect();
-        let mut execute = self.execute();
+        let mut tiers = self.tiers();
         // A grant and a placement can outrun the next heartbeat: before refusing new work
-        // for want of the tier, read the Node itself. The scheduler placed it only after it
+        // for want of a tier, read the Node itself. The scheduler placed it only after it
         // saw the grant, so a read now sees the grant too.
-        let new_work = wanted.keys().any(|uid| !self.records.contains_key(uid));
-        if new_work && execute != Some(true) {
+        let lacking = wanted.iter().any(|(uid, w)| {
+            !self.records.contains_key(uid)
+                && tiers
+                    .as_ref()
+                    .is_none_or(|held| w.spec.required_tiers().iter().any(|t| !held.contains(t)))
+        });
+        if lacking {
             self.refresh_tiers().await;
-            execute = self.execute();
+            tiers = self.tiers();
         }
         let actions = reconcile::compute(
             &wanted,
@@ -630,7 +636,7 @@ impl Reconciler {
             now(),
             synced,
             &self.config.drivers,
-            execute,
+            tiers.as_deref(),
         );
         for action in actions {
             match action {
@@ -655,12 +661,8 @@ impl Reconciler {
         }
     }
 
-    fn execute(&self) -> Option<bool> {
-        self.shared
-            .tiers
-            .lock()
-            .as_ref()
-            .map(|t| t.contains(&Tier::Execute))
+    fn tiers(&self) -> Option<Vec<Tier>> {
+        self.shared.tiers.lock().clone()
     }
 
     async fn refresh_tiers(&self) {

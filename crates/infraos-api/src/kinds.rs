@@ -6,6 +6,7 @@ mod event;
 mod governance;
 mod inventory;
 mod node;
+mod policy;
 mod rbac;
 mod resource;
 mod resource_class;
@@ -18,6 +19,7 @@ pub use event::*;
 pub use governance::*;
 pub use inventory::*;
 pub use node::*;
+pub use policy::*;
 pub use rbac::*;
 pub use resource::*;
 pub use resource_class::*;
@@ -39,6 +41,7 @@ pub type Queue = Object<QueueSpec>;
 pub type Quota = Object<QuotaSpec>;
 pub type Role = Object<RoleSpec>;
 pub type RoleBinding = Object<RoleBindingSpec>;
+pub type Policy = Object<PolicySpec>;
 
 /// Status with no fields yet, for kinds whose status is reserved for later use.
 #[derive(

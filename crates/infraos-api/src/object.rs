@@ -203,7 +203,7 @@ fn validate_meta(meta: &ObjectMeta, info: &KindInfo, errors: &mut Errors) {
 /// Every kind the API serves from the store, in a stable order.
 pub fn kinds() -> &'static [&'static KindInfo] {
     use crate::kinds::*;
-    static KINDS: [&KindInfo; 13] = [
+    static KINDS: [&KindInfo; 14] = [
         ResourceClassSpec::INFO,
         ResourceSpec::INFO,
         ClaimSpec::INFO,
@@ -217,6 +217,7 @@ pub fn kinds() -> &'static [&'static KindInfo] {
         QuotaSpec::INFO,
         RoleSpec::INFO,
         RoleBindingSpec::INFO,
+        PolicySpec::INFO,
     ];
     &KINDS
 }
@@ -254,6 +255,7 @@ pub enum TypedObject {
     Quota(Object<crate::kinds::QuotaSpec>),
     Role(Object<crate::kinds::RoleSpec>),
     RoleBinding(Object<crate::kinds::RoleBindingSpec>),
+    Policy(Object<crate::kinds::PolicySpec>),
 }
 
 macro_rules! each_kind {
@@ -272,6 +274,7 @@ macro_rules! each_kind {
             TypedObject::Quota($o) => $body,
             TypedObject::Role($o) => $body,
             TypedObject::RoleBinding($o) => $body,
+            TypedObject::Policy($o) => $body,
         }
     };
 }
@@ -294,6 +297,7 @@ impl TypedObject {
             "Quota" => TypedObject::Quota(decode::<QuotaSpec>(value)?),
             "Role" => TypedObject::Role(decode::<RoleSpec>(value)?),
             "RoleBinding" => TypedObject::RoleBinding(decode::<RoleBindingSpec>(value)?),
+            "Policy" => TypedObject::Policy(decode::<PolicySpec>(value)?),
             other => {
                 return Err(ValidationErrors::one(
                     "kind",
@@ -337,6 +341,7 @@ impl TypedObject {
             "Quota" => TypedObject::Quota(one::<QuotaSpec>(bytes, yaml)?),
             "Role" => TypedObject::Role(one::<RoleSpec>(bytes, yaml)?),
             "RoleBinding" => TypedObject::RoleBinding(one::<RoleBindingSpec>(bytes, yaml)?),
+            "Policy" => TypedObject::Policy(one::<PolicySpec>(bytes, yaml)?),
             other => {
                 return Err(ValidationErrors::one(
                     "kind",
@@ -419,6 +424,7 @@ pub fn object_schema(
         "Quota" => build::<QuotaSpec>(generator),
         "Role" => build::<RoleSpec>(generator),
         "RoleBinding" => build::<RoleBindingSpec>(generator),
+        "Policy" => build::<PolicySpec>(generator),
         _ => build::<EventSpec>(generator),
     }
 }

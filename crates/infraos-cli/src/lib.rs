@@ -56,6 +56,10 @@ enum Command {
     Renew(commands::lease::RenewArgs),
     /// End a claim's lease now and free its resources.
     Release(commands::lease::ReleaseArgs),
+    /// Approve a claim that waits for approval (not your own).
+    Approve(commands::lease::ApproveArgs),
+    /// Refuse a claim that waits for approval; it fails for good.
+    Refuse(commands::lease::RefuseArgs),
     /// The audit chain.
     Audit(commands::audit::AuditArgs),
     /// Print the client and server versions.
@@ -123,6 +127,8 @@ pub fn main() -> ExitCode {
             Command::Delete(args) => commands::delete::run(config.as_deref(), args).await,
             Command::Renew(args) => commands::lease::renew(config.as_deref(), args).await,
             Command::Release(args) => commands::lease::release(config.as_deref(), args).await,
+            Command::Approve(args) => commands::lease::approve(config.as_deref(), args).await,
+            Command::Refuse(args) => commands::lease::refuse(config.as_deref(), args).await,
             Command::Audit(args) => commands::audit::run(config.as_deref(), args).await,
             Command::Version => commands::version::run(config.as_deref()).await,
             Command::Bench(args) => commands::bench::run(args).await,

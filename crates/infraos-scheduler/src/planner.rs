@@ -885,14 +885,13 @@ impl Scheduler {
     ) -> Result<(f64, [f64; MAX_PLUGINS]), Reject<'c>> {
         let (requests, selector, colocate) = (&ctx.requests, ctx.selector, ctx.colocate);
         let overlay = &batch.overlay;
-        let needs_tier = ctx.needs_tier;
-        if let Some(tier) = needs_tier {
-            match node {
-                None => return Err(Reject::WorkloadNeedsNode),
-                Some(n) if snapshot.node(n).tiers & tier.bit() == 0 => {
-                    return Err(Reject::MissingTier(tier.as_str()));
-                }
-                Some(_) => {}
+        if !ctx.needs_tiers.is_empty() {
+            let Some(n) = node else {
+                return Err(Reject::WorkloadNeedsNode);
+            };
+            let held = snapshot.node(n).tiers;
+            if let Some(tier) = ctx.needs_tiers.iter().find(|t| held & t.bit() == 0) {
+                return Err(Reject::MissingTier(tier.as_str()));
             }
         }
         if let Some(n) = node {
@@ -1368,8 +1367,8 @@ pub(crate) struct ClaimCtx<'c> {
     pub requests: Vec<Request<'c>>,
     pub selector: Option<&'c LabelSelector>,
     pub colocate: &'c [String],
-    /// A workload runs only on a node granted its driver's tier.
-    pub needs_tier: Option<Tier>,
+    /// A workload runs only on a node granted its driver's tier and the tiers it asks for.
+    pub needs_tiers: Vec<Tier>,
     /// What the whole claim takes, by interned dimension.
     pub needs: Vec<(GovDim, i128)>,
     /// Indices of the pool quotas that apply to the claim's project.
@@ -1759,7 +1758,12 @@ impl<'c> ClaimCtx<'c> {
                 .topology
                 .as_ref()
                 .map_or(&[], |t| t.colocate.as_slice()),
-            needs_tier: claim.spec.workload.as_ref().map(|w| w.driver.tier()),
+            needs_tiers: claim
+                .spec
+                .workload
+                .as_ref()
+                .map(|w| w.required_tiers())
+                .unwrap_or_default(),
             needs,
             pool_quotas,
             priority,

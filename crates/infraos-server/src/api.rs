@@ -27,6 +27,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 pub(crate) mod agent;
+mod approvals;
 mod audit_records;
 mod claims;
 mod explain;

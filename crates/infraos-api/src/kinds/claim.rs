@@ -234,6 +234,8 @@ pub enum RenewPolicy {
 pub enum ClaimPhase {
     #[default]
     Pending,
+    /// High-risk: waits for approvals before the scheduler sees it.
+    PendingApproval,
     Allocated,
     Released,
     Expired,
@@ -252,6 +254,7 @@ impl ClaimPhase {
     pub fn as_str(self) -> &'static str {
         match self {
             ClaimPhase::Pending => "Pending",
+            ClaimPhase::PendingApproval => "PendingApproval",
             ClaimPhase::Allocated => "Allocated",
             ClaimPhase::Released => "Released",
             ClaimPhase::Expired => "Expired",
@@ -284,6 +287,35 @@ pub struct ClaimStatus {
     pub unschedulable: Option<Unschedulable>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+    /// For claims that need approval: how many, who asked, who approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalStatus>,
+}
+
+/// The approvals a high-risk claim needs and has. Written by the server only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApprovalStatus {
+    /// Approvers needed, none of them the requester.
+    pub required: u32,
+    /// Who created the claim (`user:…`): may not approve it.
+    pub requester: String,
+    /// Why it needs approval: the tiers it needs, the policies that apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub because: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<ApprovalRecord>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApprovalRecord {
+    pub by: String,
+    pub time: Time,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub comment: String,
 }
 
 fn is_zero(v: &u64) -> bool {

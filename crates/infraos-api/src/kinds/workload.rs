@@ -107,6 +107,36 @@ pub struct WorkloadSpec {
     /// Between SIGTERM and SIGKILL when the workload is stopped.
     #[serde(default = "default_stop_grace")]
     pub stop_grace: Duration,
+    /// Capability tiers the workload needs beyond its driver's (`execute`): `network` to
+    /// administer the host's network, `storage` its disks. A node must hold every one; such a
+    /// workload is high-risk and waits for approval.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<Tier>,
+}
+
+/// Tiers whose use makes a workload high-risk.
+pub const HIGH_RISK_TIERS: [Tier; 2] = [Tier::Network, Tier::Storage];
+
+impl WorkloadSpec {
+    /// Every tier a node must hold to run the workload: its driver's and those it asks for.
+    pub fn required_tiers(&self) -> Vec<Tier> {
+        let mut tiers = vec![self.driver.tier()];
+        for t in &self.tiers {
+            if !tiers.contains(t) {
+                tiers.push(*t);
+            }
+        }
+        tiers.sort();
+        tiers
+    }
+
+    /// The high-risk tiers the workload needs.
+    pub fn high_risk_tiers(&self) -> Vec<Tier> {
+        self.required_tiers()
+            .into_iter()
+            .filter(|t| HIGH_RISK_TIERS.contains(t))
+            .collect()
+    }
 }
 
 fn default_stop_grace() -> Duration {
@@ -194,6 +224,14 @@ impl WorkloadSpec {
     pub fn validate(&self, at: &str, allocated: &BTreeMap<String, Quantity>, errors: &mut Errors) {
         if self.command.trim().is_empty() {
             errors.add(format!("{at}.command"), "a command is required");
+        }
+        for (i, t) in self.tiers.iter().enumerate() {
+            if *t == Tier::Inventory {
+                errors.add(
+                    format!("{at}.tiers[{i}]"),
+                    "inventory is not a tier a workload uses (execute, network, storage)",
+                );
+            }
         }
         if self.command.contains('\0') || self.args.iter().any(|a| a.contains('\0')) {
             errors.add(format!("{at}.args"), "must not contain NUL bytes");

@@ -1,4 +1,5 @@
-//! `infraos renew CLAIM [--duration D]` and `infraos release CLAIM`.
+//! `infraos renew CLAIM [--duration D]`, `infraos release CLAIM`, and for claims that wait
+//! for approval `infraos approve CLAIM [--comment C]` and `infraos refuse CLAIM --reason R`.
 
 use std::path::Path;
 
@@ -21,6 +22,61 @@ pub struct ReleaseArgs {
     claim: String,
     #[command(flatten)]
     ns: NamespaceArg,
+}
+
+#[derive(Args)]
+pub struct ApproveArgs {
+    claim: String,
+    #[command(flatten)]
+    ns: NamespaceArg,
+    /// Kept with the approval and in the audit trail.
+    #[arg(long, default_value = "")]
+    comment: String,
+}
+
+#[derive(Args)]
+pub struct RefuseArgs {
+    claim: String,
+    #[command(flatten)]
+    ns: NamespaceArg,
+    /// Why: required, shown on the claim and kept in the audit trail.
+    #[arg(long)]
+    reason: String,
+}
+
+pub async fn approve(config: Option<&Path>, args: ApproveArgs) -> anyhow::Result<()> {
+    let client = super::client(config)?;
+    let ns = namespace(&args.ns)?;
+    let body = serde_json::json!({"comment": args.comment});
+    let claim = client
+        .claim_action(ns, &args.claim, "approve", Some(&body))
+        .await
+        .map_err(|e| anyhow::anyhow!("claim {:?}: {e}", args.claim))?;
+    println!(
+        "claim/{} approved: {} ({})",
+        args.claim,
+        claim
+            .pointer("/status/message")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default(),
+        claim
+            .pointer("/status/phase")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?")
+    );
+    Ok(())
+}
+
+pub async fn refuse(config: Option<&Path>, args: RefuseArgs) -> anyhow::Result<()> {
+    let client = super::client(config)?;
+    let ns = namespace(&args.ns)?;
+    let body = serde_json::json!({"reason": args.reason});
+    client
+        .claim_action(ns, &args.claim, "refuse", Some(&body))
+        .await
+        .map_err(|e| anyhow::anyhow!("claim {:?}: {e}", args.claim))?;
+    println!("claim/{} refused", args.claim);
+    Ok(())
 }
 
 fn namespace(ns: &NamespaceArg) -> anyhow::Result<&str> {

@@ -22,12 +22,15 @@ pub async fn action(
     request: Request,
 ) -> Result<Response, ApiError> {
     let info = kind_for(&plural, true)?;
-    if info.kind != "Claim" || !matches!(sub.as_str(), "renew" | "release") {
+    if info.kind != "Claim" || !matches!(sub.as_str(), "renew" | "release" | "approve" | "refuse") {
         return Err(ApiError::no_route(format!(
             "{plural}/{sub} does not accept POST"
         )));
     }
     let result = async {
+        if matches!(sub.as_str(), "approve" | "refuse") {
+            return super::approvals::decide(&state, &ctx, &ns, &name, &sub, request).await;
+        }
         let duration = if sub == "renew" {
             requested_duration(&state, request).await?
         } else {

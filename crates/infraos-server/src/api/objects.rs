@@ -598,6 +598,29 @@ async fn create_inner(
             last_transition_time: Some(now),
             ..Default::default()
         });
+        let needed = state.rbac.approval_needed(
+            ns.unwrap_or_default(),
+            &claim.metadata.labels,
+            claim.spec.workload.as_ref(),
+        );
+        if let (Some((required, because)), Some(status)) = (needed, claim.status.as_mut()) {
+            status.phase = ClaimPhase::PendingApproval;
+            status.reason = Some("ApprovalRequired".into());
+            status.message = Some(format!(
+                "needs {required} approval(s) by someone other than {} ({}): \
+                 `infraos approve {name} -n {}`",
+                ctx.identity.subject,
+                because.join(", "),
+                ns.unwrap_or_default()
+            ));
+            status.approval = Some(infraos_api::kinds::ApprovalStatus {
+                required,
+                requester: ctx.identity.subject.clone(),
+                because,
+                approvals: Vec::new(),
+                refusal: None,
+            });
+        }
     }
     let bytes = object.to_vec();
     let key = objects::key(info, ns, &name);
@@ -1017,7 +1040,7 @@ fn observe(
     revision: u64,
     value: Option<&[u8]>,
 ) {
-    if matches!(info.kind, "Role" | "RoleBinding" | "Project") {
+    if matches!(info.kind, "Role" | "RoleBinding" | "Project" | "Policy") {
         state
             .rbac
             .observe(&objects::key(info, ns, name), revision, value);

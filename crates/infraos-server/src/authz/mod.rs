@@ -23,7 +23,8 @@ use std::sync::Arc;
 
 use infraos_api::KindInfo;
 use infraos_api::kinds::{
-    ADMINS_GROUP, BindingScope, PolicyRule, RoleBindingSpec, SubjectKind, builtin_role,
+    ADMINS_GROUP, ApprovalRule, BindingScope, PolicyRule, RoleBindingSpec, SubjectKind,
+    builtin_role,
 };
 use infraos_store::{Event, EventKind, KeyValue, Store};
 use parking_lot::RwLock;
@@ -139,6 +140,8 @@ struct View {
     tokens: HashMap<String, Arc<TokenRecord>>,
     /// Revoked nodes: their certificates and joins are refused.
     revoked_nodes: HashSet<String>,
+    /// Approval rules of Policies, by policy name.
+    approval_rules: HashMap<String, Arc<ApprovalRule>>,
     /// The revision each key was last seen at (deletes included), so a late watch event never
     /// undoes a newer write this replica already applied.
     revisions: HashMap<String, u64>,
@@ -148,6 +151,7 @@ const ROLES: &str = "/registry/roles/";
 const BINDINGS: &str = "/registry/rolebindings/";
 const PROJECTS: &str = "/registry/projects/";
 const REVOKED_NODES: &str = crate::api::revocations::PREFIX;
+const POLICIES: &str = "/registry/policies/";
 
 impl View {
     fn apply(&mut self, key: &str, revision: u64, value: Option<&[u8]>) {
@@ -198,6 +202,18 @@ impl View {
                 }
                 None => {
                     self.projects.remove(name);
+                }
+            }
+        } else if let Some(name) = key.strip_prefix(POLICIES) {
+            match value
+                .and_then(|v| serde_json::from_slice::<infraos_api::kinds::Policy>(v).ok())
+                .and_then(|p| p.spec.approval)
+            {
+                Some(rule) => {
+                    self.approval_rules.insert(name.to_string(), Arc::new(rule));
+                }
+                None => {
+                    self.approval_rules.remove(name);
                 }
             }
         } else if let Some(node) = key.strip_prefix(REVOKED_NODES) {
@@ -397,6 +413,35 @@ impl Rbac {
         }
     }
 
+    /// How many approvers a new claim needs, and why; `None` when it needs none. Without a
+    /// Policy, a workload needing a high-risk tier (network, storage) needs one.
+    pub fn approval_needed(
+        &self,
+        project: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+        workload: Option<&infraos_api::kinds::WorkloadSpec>,
+    ) -> Option<(u32, Vec<String>)> {
+        let tiers = workload.map(|w| w.required_tiers()).unwrap_or_default();
+        let mut required = 0;
+        let mut because = Vec::new();
+        for t in workload.map(|w| w.high_risk_tiers()).unwrap_or_default() {
+            required = required.max(1);
+            because.push(format!("needs the {} tier", t.as_str()));
+        }
+        let view = self.view.read();
+        let mut names: Vec<&String> = view.approval_rules.keys().collect();
+        names.sort();
+        for name in names {
+            if let Some(rule) = view.approval_rules.get(name)
+                && rule.covers(project, labels, &tiers)
+            {
+                required = required.max(rule.approvers);
+                because.push(format!("policy {name}"));
+            }
+        }
+        (required > 0).then_some((required, because))
+    }
+
     /// Whether the node was revoked (its certificate and joins are refused).
     pub fn node_revoked(&self, node: &str) -> bool {
         self.view.read().revoked_nodes.contains(node)
@@ -431,7 +476,14 @@ impl Rbac {
 
     /// Loads the view from the store once, so the first requests are decided on full data.
     pub async fn load(&self, store: &dyn Store) -> Result<(), infraos_store::StoreError> {
-        for prefix in [ROLES, BINDINGS, PROJECTS, TOKEN_PREFIX, REVOKED_NODES] {
+        for prefix in [
+            ROLES,
+            BINDINGS,
+            PROJECTS,
+            TOKEN_PREFIX,
+            REVOKED_NODES,
+            POLICIES,
+        ] {
             let mut after: Option<String> = None;
             loop {
                 let page = store.range(prefix, after.as_deref(), 5000).await?;
@@ -466,7 +518,14 @@ pub fn spawn_feed(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Change<&'static str>>(64);
-    for prefix in [ROLES, BINDINGS, PROJECTS, TOKEN_PREFIX, REVOKED_NODES] {
+    for prefix in [
+        ROLES,
+        BINDINGS,
+        PROJECTS,
+        TOKEN_PREFIX,
+        REVOKED_NODES,
+        POLICIES,
+    ] {
         tokio::spawn(reflector::run(
             state.store.clone(),
             prefix.to_string(),

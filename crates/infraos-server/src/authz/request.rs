@@ -97,6 +97,10 @@ pub fn target(method: &http::Method, path: &str, query: Option<&str>) -> Option<
             verb = action.to_string();
             base
         }
+        ("Claim", Some("approve" | "refuse")) if method == http::Method::POST => {
+            verb = "approve".into();
+            base
+        }
         _ => return None,
     };
     Some(Target::Request(Attributes {
