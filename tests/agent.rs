@@ -999,3 +999,94 @@ async fn an_agent_fails_over_between_servers_and_its_heartbeats_reach_the_leader
     assert!(alive(pid));
     drop(agent);
 }
+
+/// Rewrites one stored object in the embedded store's file (the server is stopped), as an
+/// attacker with the disk or a backup could.
+fn tamper_stored(store: &Path, key: &str, change: impl Fn(&mut serde_json::Value)) {
+    use redb::ReadableTable;
+    const KV: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("kv");
+    let db = redb::Database::open(store).expect("open store file");
+    let tx = db.begin_write().expect("write");
+    {
+        let mut kv = tx.open_table(KV).expect("kv");
+        let raw = kv.get(key).expect("get").expect("stored").value().to_vec();
+        let (header, body) = raw.split_at(24);
+        let mut value: serde_json::Value = serde_json::from_slice(body).expect("json");
+        change(&mut value);
+        let mut out = header.to_vec();
+        out.extend_from_slice(&serde_json::to_vec(&value).expect("encode"));
+        kv.insert(key, out.as_slice()).expect("insert");
+    }
+    tx.commit().expect("commit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_run_only_instructions_the_server_signed() {
+    require_root();
+    let mut server = TestServer::start().await;
+    let client = server.client();
+    apply_yaml(&client, TENANCY).await;
+    let token = join_token(&server, &[]);
+    let mut agent = TestAgent::start(&server, "signed-1", &token);
+    wait_ready(&client, "signed-1").await;
+    // The agent pinned the server's signing key when it joined.
+    let pinned = eventually(Duration::from_secs(10), "the signing key pinned", || {
+        let path = agent.dir.path().join("identity").join("server-signing.pub");
+        async move { std::fs::read_to_string(path).ok() }
+    })
+    .await;
+    let served =
+        std::fs::read_to_string(server.data_dir().join("signing.pub")).expect("signing.pub");
+    assert_eq!(pinned.trim(), served.trim());
+
+    // A signed instruction runs.
+    client
+        .apply(&workload_claim("honest", "sleep 30", "1h", "Manual"))
+        .await
+        .expect("claim");
+    wait_state(&client, "honest", "Running").await;
+    let alloc = client
+        .get_path("/apis/infraos.io/v1/namespaces/p/allocations/honest")
+        .await
+        .expect("allocation");
+    assert!(
+        alloc["spec"]["signature"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("ed25519:")),
+        "{alloc}"
+    );
+
+    // With the agent away, a placed instruction is changed in the store file: the agent
+    // refuses it when it comes back, reports why, and never runs the changed command.
+    agent.kill9();
+    let marker = agent.dir.path().join("pwned");
+    client
+        .apply(&workload_claim("target", "sleep 30", "1h", "Manual"))
+        .await
+        .expect("claim");
+    eventually(Duration::from_secs(20), "target allocated", || {
+        let client = client.clone();
+        async move {
+            client
+                .get_path("/apis/infraos.io/v1/namespaces/p/allocations/target")
+                .await
+                .ok()
+        }
+    })
+    .await;
+    server.stop();
+    let script = format!("touch {}", marker.display());
+    tamper_stored(
+        &server.data_dir().join("store.redb"),
+        "/registry/allocations/p/target",
+        |a| a["spec"]["workload"]["args"] = serde_json::json!(["-c", script]),
+    );
+    server.respawn_same_port().await;
+    agent.spawn(None);
+    let refused = wait_state(&client, "target", "Failed").await;
+    let reason = refused["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("signature"), "{refused}");
+    assert!(!marker.exists(), "the tampered command ran");
+    // The honest workload was not disturbed.
+    assert_eq!(workload(&client, "honest").await["state"], "Running");
+}

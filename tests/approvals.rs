@@ -253,7 +253,10 @@ async fn high_risk_claims_wait_for_approvals_by_others() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("may not approve"), "{}", stderr(&out));
     let out = server.cli(&["refuse", "mine", "-n", "p", "--reason", "changed my mind"]);
-    assert!(!out.status.success(), "refusing counts as deciding: not one's own");
+    assert!(
+        !out.status.success(),
+        "refusing counts as deciding: not one's own"
+    );
 
     // The trail: who approved and refused, and the refused attempts.
     let records = admin.get_path(&format!("{V1}/auditrecords")).await.unwrap();

@@ -136,6 +136,9 @@ fn store(
     write_atomic(&key, key_pem.as_bytes(), 0o600)?;
     write_atomic(&cert, answer.certificate.as_bytes(), 0o644)?;
     write_atomic(&ca, answer.ca.as_bytes(), 0o644)?;
+    if let Some(signing_key) = &answer.signing_key {
+        pin_signing_key(dir, signing_key);
+    }
     Ok((
         Identity {
             node: node.to_string(),
@@ -147,6 +150,50 @@ fn store(
         },
         answer.tiers,
     ))
+}
+
+const SIGNING_KEY: &str = "server-signing.pub";
+
+/// The server's signing key this node pinned, if any.
+pub fn pinned_signing_key(dir: &Path) -> Option<infraos_api::signature::PublicKey> {
+    let path = dir.join(SIGNING_KEY);
+    let text = std::fs::read_to_string(&path).ok()?;
+    match text.trim().parse() {
+        Ok(key) => Some(key),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "the pinned signing key is unreadable");
+            None
+        }
+    }
+}
+
+/// Pins the server's signing key on first sight. A different key later is refused (logged):
+/// instructions signed with it will not run here until an operator removes the pin.
+pub fn pin_signing_key(dir: &Path, key: &infraos_api::signature::PublicKey) -> bool {
+    match pinned_signing_key(dir) {
+        Some(pinned) if &pinned == key => true,
+        Some(pinned) => {
+            tracing::error!(
+                pinned = %pinned.key_id(),
+                offered = %key.key_id(),
+                "the server offers another signing key than the one this node pinned; keeping the pinned one"
+            );
+            false
+        }
+        None => {
+            let path = dir.join(SIGNING_KEY);
+            match write_atomic(&path, format!("{key}\n").as_bytes(), 0o644) {
+                Ok(()) => {
+                    tracing::info!(key = %key.key_id(), "pinned the server's signing key");
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot pin the server's signing key");
+                    false
+                }
+            }
+        }
+    }
 }
 
 const JOIN_ATTEMPTS: u32 = 6;

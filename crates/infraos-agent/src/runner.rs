@@ -46,12 +46,27 @@ struct Shared {
     allocations: Mutex<(BTreeMap<String, Allocation>, bool)>,
     /// The node's granted tiers; `None` until the server has said (nothing starts before).
     tiers: Mutex<Option<Vec<Tier>>>,
+    /// The server's signing key this node pinned: workloads run only on instructions it
+    /// signed. `None` for a node that has not learnt it yet (joined before servers signed).
+    signing_key: Mutex<Option<infraos_api::signature::PublicKey>>,
+    identity_dir: std::path::PathBuf,
     wake: Notify,
 }
 
 impl Shared {
     fn client(&self) -> Client {
         self.client.read().clone()
+    }
+
+    /// Learns the server's signing key if this node has none pinned yet.
+    fn offer_signing_key(&self, key: &infraos_api::signature::PublicKey) {
+        if self.signing_key.lock().is_some() {
+            return;
+        }
+        if identity::pin_signing_key(&self.identity_dir, key) {
+            *self.signing_key.lock() = Some(key.clone());
+            self.wake.notify_one();
+        }
     }
 
     /// Takes the server's word on the grant; a change wakes the reconciler.
@@ -128,6 +143,8 @@ pub async fn run(
         client: RwLock::new(identity.client(&config.server)?),
         allocations: Mutex::new((BTreeMap::new(), false)),
         tiers: Mutex::new(tiers),
+        signing_key: Mutex::new(identity::pinned_signing_key(&config.identity_dir())),
+        identity_dir: config.identity_dir(),
         wake: Notify::new(),
     });
     let tls = Arc::new(RwLock::new(Arc::new(crate::serve::tls_config(&identity)?)));
@@ -179,6 +196,9 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
                 interval = Duration::from_millis(r.heartbeat_interval_ms.clamp(100, 600_000));
                 if let Some(tiers) = r.tiers {
                     shared.set_tiers(tiers);
+                }
+                if let Some(key) = &r.signing_key {
+                    shared.offer_signing_key(key);
                 }
             }
             Err(e) if e.code() == Some(404) => tracing::error!(
@@ -428,7 +448,12 @@ struct Reconciler {
     events_rx: mpsc::UnboundedReceiver<Event>,
     reporting: HashSet<String>,
     renewing: HashSet<String>,
+    /// The newest fencing epoch this node has started per claim (`namespace/claim`), kept on
+    /// disk: an older instruction shown again is a replay.
+    epochs: BTreeMap<String, u64>,
 }
+
+const EPOCHS: &str = "epochs.json";
 
 impl Reconciler {
     fn new(shared: Arc<Shared>, driver: Arc<dyn Driver>, config: AgentConfig) -> Reconciler {
@@ -437,11 +462,29 @@ impl Reconciler {
             shared,
             driver,
             records: workloads::load_all(&config.workloads_dir()),
-            config,
             events_tx,
             events_rx,
             reporting: HashSet::new(),
             renewing: HashSet::new(),
+            epochs: std::fs::read(config.data_dir.join(EPOCHS))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default(),
+            config,
+        }
+    }
+
+    /// Remembers that `w`'s epoch ran here, before it starts.
+    fn record_epoch(&mut self, w: &Wanted) {
+        let key = format!("{}/{}", w.namespace, w.claim);
+        if self.epochs.get(&key).is_some_and(|e| *e >= w.epoch) {
+            return;
+        }
+        self.epochs.insert(key, w.epoch);
+        let path = self.config.data_dir.join(EPOCHS);
+        let bytes = serde_json::to_vec(&self.epochs).unwrap_or_default();
+        if let Err(e) = crate::write_atomic(&path, &bytes, 0o600) {
+            tracing::warn!(error = %e, "cannot keep the fencing epochs seen");
         }
     }
 
@@ -575,9 +618,21 @@ impl Reconciler {
             .values()
             .map(|a| (a.metadata.uid.clone(), a))
             .collect();
+        let signing_key = self.shared.signing_key.lock().clone();
         let wanted: BTreeMap<String, Wanted> = by_uid
             .iter()
-            .filter_map(|(uid, a)| wanted_of(a).map(|w| (uid.clone(), w)))
+            .filter_map(|(uid, a)| {
+                let mut w = wanted_of(a)?;
+                if let Some(key) = &signing_key
+                    && !self.records.contains_key(uid)
+                {
+                    let seen = self.epochs.get(&format!("{}/{}", w.namespace, w.claim));
+                    if let Err(e) = infraos_api::instruction::check(a, key, seen.copied()) {
+                        w.refused = Some(e.to_string());
+                    }
+                }
+                Some((uid.clone(), w))
+            })
             .collect();
         // A renewal seen in the allocation moves the local lease end too.
         for (uid, w) in &wanted {
@@ -642,6 +697,7 @@ impl Reconciler {
             match action {
                 Action::Start(uid) => {
                     if let (Some(w), Some(a)) = (wanted.get(&uid), by_uid.get(&uid)) {
+                        self.record_epoch(w);
                         self.start(w, a).await;
                     }
                 }

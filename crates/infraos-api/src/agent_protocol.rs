@@ -57,6 +57,10 @@ pub struct CertificateResponse {
     pub expires: Time,
     pub heartbeat_interval_ms: u64,
     pub tiers: Vec<Tier>,
+    /// The server's public signing key: the agent pins it at join and runs only workloads
+    /// whose instruction it signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<crate::signature::PublicKey>,
 }
 
 /// Unknown fields are accepted so that an older agent can read a newer server's answer.
@@ -68,6 +72,10 @@ pub struct HeartbeatResponse {
     /// reaches the agent. Absent while the server has not loaded the Node yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tiers: Option<Vec<Tier>>,
+    /// The server's public signing key, for agents that joined before they learnt it (they
+    /// pin the first one they hear; a pinned key never changes this way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<crate::signature::PublicKey>,
 }
 
 /// What an agent publishes about its node; sent when it changes.

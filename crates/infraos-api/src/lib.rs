@@ -8,6 +8,7 @@
 pub mod agent_protocol;
 pub mod audit;
 pub mod duration;
+pub mod instruction;
 pub mod item_selector;
 pub mod kinds;
 pub mod labels;

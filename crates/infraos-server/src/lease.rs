@@ -91,6 +91,7 @@ pub fn allocate(
                 .filter(|t| !t.preferred)
                 .cloned()
                 .collect(),
+            signature: None,
         },
     );
     allocation.metadata.uid = uuid::Uuid::new_v4().to_string();

@@ -82,6 +82,7 @@ fn certificate_response(
         expires: signed.not_after,
         heartbeat_interval_ms: state.config.heartbeat_interval.as_millis(),
         tiers,
+        signing_key: Some(state.signer.public_key().clone()),
     }
 }
 
@@ -354,6 +355,7 @@ pub async fn heartbeat(State(state): State<AppState>, ctx: Ctx) -> Result<Respon
     Ok(Json(HeartbeatResponse {
         heartbeat_interval_ms: state.config.heartbeat_interval.as_millis(),
         tiers,
+        signing_key: Some(state.signer.public_key().clone()),
     })
     .into_response())
 }
