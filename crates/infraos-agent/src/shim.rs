@@ -264,6 +264,9 @@ fn run(dir: &Path, spec: &ShimSpec) -> i32 {
 struct DeadlineEnforcer {
     terminated_at_ms: Option<i64>,
     killed: bool,
+    /// The bound last read: if the file goes away (the agent's data dir wiped, a reinstall),
+    /// the lease still ends the workload — only the agent can move it, by writing the file.
+    last: Option<crate::driver::Deadline>,
 }
 
 impl DeadlineEnforcer {
@@ -271,7 +274,10 @@ impl DeadlineEnforcer {
         if self.killed {
             return;
         }
-        let Some(deadline) = read::<crate::driver::Deadline>(dir, DEADLINE) else {
+        if let Some(read) = read::<crate::driver::Deadline>(dir, DEADLINE) {
+            self.last = Some(read);
+        }
+        let Some(deadline) = self.last else {
             return;
         };
         let now = now_ms();
@@ -322,5 +328,40 @@ fn drain<R: Read>(pipe: &mut Option<R>, log: &mut RotatingFile, buf: &mut [u8]) 
         }
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
         Err(_) => *pipe = None,
+    }
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    #[test]
+    fn a_vanished_deadline_file_still_ends_the_workload() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let soon = now_ms() + 50;
+        put(
+            dir.path(),
+            DEADLINE,
+            &crate::driver::Deadline {
+                stop_at_ms: soon,
+                grace_ms: 1000,
+            },
+        );
+        let mut enforcer = DeadlineEnforcer::default();
+        enforcer.check(dir.path(), pid, &[]);
+        assert!(!enforcer.stopped(), "not before the bound");
+        std::fs::remove_file(dir.path().join(DEADLINE)).unwrap();
+        while now_ms() < soon {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        enforcer.check(dir.path(), pid, &[]);
+        assert!(enforcer.stopped(), "the remembered bound still applies");
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "sleep was ended by SIGTERM: {status:?}");
     }
 }
