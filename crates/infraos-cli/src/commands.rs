@@ -28,6 +28,30 @@ pub fn client(config: Option<&Path>) -> anyhow::Result<Client> {
     Client::new(&cfg).context("cannot set up the API client")
 }
 
+/// Sends a request that answers with no object worth printing (revocations, reinstatements),
+/// failing with `what` and the server's message.
+pub async fn send_checked(
+    client: &Client,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    what: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let bytes = match body {
+        Some(b) => serde_json::to_vec(b)?,
+        None => Vec::new(),
+    };
+    let content_type = body.map(|_| "application/json");
+    let (code, answer) = client.raw(method, path, content_type, bytes, None).await?;
+    if code >= 300 {
+        anyhow::bail!(
+            "{what}: {}",
+            answer["message"].as_str().unwrap_or("refused")
+        );
+    }
+    Ok(answer)
+}
+
 /// Resolves a kind name as typed on the command line.
 pub fn kind(name: &str) -> anyhow::Result<&'static infraos_api::KindInfo> {
     infraos_api::object::kind_by_any_name(name).ok_or_else(|| {

@@ -81,10 +81,14 @@ async fn supervise(state: state::AppState, mut shutdown: watch::Receiver<bool>) 
                 stop(r).await;
             }
             if let Some(term) = current.term.clone() {
-                let mut fenced = state.clone();
-                if term.epoch > 0 {
-                    fenced.store = Arc::new(leader::FencedStore::new(state.store.clone(), &term));
-                }
+                let fenced = if term.epoch > 0 {
+                    state.with_store(Arc::new(leader::FencedStore::new(
+                        state.store.clone(),
+                        &term,
+                    )))
+                } else {
+                    state.clone()
+                };
                 let (tx, rx) = watch::channel(false);
                 match spawn_controllers(fenced, rx) {
                     Ok(handles) => running = Some((term, tx, handles)),
@@ -238,7 +242,7 @@ impl Server {
             None => None,
         };
         let limits = Arc::new(limits::Limits::new(config.api_limits.clone()));
-        let state = state::AppState {
+        let state = state::AppState::new(state::Shared {
             store,
             config: Arc::new(config),
             rbac,
@@ -254,7 +258,7 @@ impl Server {
             agents,
             leader: leader_rx,
             signer: Arc::new(signer),
-        };
+        });
         bootstrap::ensure_builtin_classes(&state).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         // Fails here, not later, on a profile the scheduler refuses.

@@ -110,21 +110,14 @@ pub async fn run(config: Option<&Path>, args: JoinTokenArgs) -> anyhow::Result<(
             }
         }
         JoinTokenCommand::Revoke { id } => {
-            let (code, body) = client
-                .raw(
-                    reqwest::Method::DELETE,
-                    &format!("/apis/infraos.io/v1/jointokens/{id}"),
-                    None,
-                    Vec::new(),
-                    None,
-                )
-                .await?;
-            if code >= 300 {
-                anyhow::bail!(
-                    "join token {id}: {}",
-                    body["message"].as_str().unwrap_or("refused")
-                );
-            }
+            super::send_checked(
+                &client,
+                reqwest::Method::DELETE,
+                &format!("/apis/infraos.io/v1/jointokens/{id}"),
+                None,
+                &format!("join token {id}"),
+            )
+            .await?;
             println!("join token {id} revoked");
         }
     }

@@ -119,21 +119,15 @@ async fn revoke_node(
     node: &str,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let (code, body) = client
-        .raw(
-            reqwest::Method::POST,
-            &revocation_path(node),
-            Some("application/json"),
-            serde_json::to_vec(&serde_json::json!({"reason": reason}))?,
-            None,
-        )
-        .await?;
-    if code >= 300 {
-        anyhow::bail!(
-            "node {node:?}: {}",
-            body["message"].as_str().unwrap_or("refused")
-        );
-    }
+    let body = serde_json::json!({"reason": reason});
+    super::send_checked(
+        client,
+        reqwest::Method::POST,
+        &revocation_path(node),
+        Some(&body),
+        &format!("node {node:?}"),
+    )
+    .await?;
     println!(
         "node/{node} revoked: its certificate and joins are refused, it is cordoned, and its \
          allocations are handled as lost once their leases end"
@@ -142,21 +136,14 @@ async fn revoke_node(
 }
 
 async fn reinstate_node(client: &infraos_client::Client, node: &str) -> anyhow::Result<()> {
-    let (code, body) = client
-        .raw(
-            reqwest::Method::DELETE,
-            &revocation_path(node),
-            None,
-            Vec::new(),
-            None,
-        )
-        .await?;
-    if code >= 300 {
-        anyhow::bail!(
-            "node {node:?}: {}",
-            body["message"].as_str().unwrap_or("refused")
-        );
-    }
+    super::send_checked(
+        client,
+        reqwest::Method::DELETE,
+        &revocation_path(node),
+        None,
+        &format!("node {node:?}"),
+    )
+    .await?;
     println!(
         "node/{node} reinstated: its agent may join again (and it is uncordoned, unless it was cordoned before)"
     );

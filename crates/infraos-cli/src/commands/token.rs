@@ -114,21 +114,14 @@ pub async fn run(config: Option<&Path>, args: TokenArgs) -> anyhow::Result<()> {
                 _ => anyhow::bail!("name a token id, or --subject USER for all of theirs"),
             };
             for id in ids {
-                let (code, body) = client
-                    .raw(
-                        reqwest::Method::DELETE,
-                        &format!("{PATH}/{id}"),
-                        None,
-                        Vec::new(),
-                        None,
-                    )
-                    .await?;
-                if code >= 300 {
-                    anyhow::bail!(
-                        "token {id}: {}",
-                        body["message"].as_str().unwrap_or("refused")
-                    );
-                }
+                super::send_checked(
+                    &client,
+                    reqwest::Method::DELETE,
+                    &format!("{PATH}/{id}"),
+                    None,
+                    &format!("token {id}"),
+                )
+                .await?;
                 println!("token {id} revoked");
             }
         }

@@ -152,6 +152,15 @@ const BINDINGS: &str = "/registry/rolebindings/";
 const PROJECTS: &str = "/registry/projects/";
 const REVOKED_NODES: &str = crate::api::revocations::PREFIX;
 const POLICIES: &str = "/registry/policies/";
+/// Every prefix the view is fed from.
+const FED: [&str; 6] = [
+    ROLES,
+    BINDINGS,
+    PROJECTS,
+    TOKEN_PREFIX,
+    REVOKED_NODES,
+    POLICIES,
+];
 
 impl View {
     fn apply(&mut self, key: &str, revision: u64, value: Option<&[u8]>) {
@@ -476,14 +485,7 @@ impl Rbac {
 
     /// Loads the view from the store once, so the first requests are decided on full data.
     pub async fn load(&self, store: &dyn Store) -> Result<(), infraos_store::StoreError> {
-        for prefix in [
-            ROLES,
-            BINDINGS,
-            PROJECTS,
-            TOKEN_PREFIX,
-            REVOKED_NODES,
-            POLICIES,
-        ] {
+        for prefix in FED {
             let mut after: Option<String> = None;
             loop {
                 let page = store.range(prefix, after.as_deref(), 5000).await?;
@@ -518,14 +520,7 @@ pub fn spawn_feed(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Change<&'static str>>(64);
-    for prefix in [
-        ROLES,
-        BINDINGS,
-        PROJECTS,
-        TOKEN_PREFIX,
-        REVOKED_NODES,
-        POLICIES,
-    ] {
+    for prefix in FED {
         tokio::spawn(reflector::run(
             state.store.clone(),
             prefix.to_string(),
