@@ -1087,6 +1087,21 @@ async fn agents_run_only_instructions_the_server_signed() {
     let reason = refused["reason"].as_str().unwrap_or_default().to_string();
     assert!(reason.contains("signature"), "{refused}");
     assert!(!marker.exists(), "the tampered command ran");
+    // The refusal is in the audit trail, with the node and the reason.
+    let records = client
+        .get_path("/apis/infraos.io/v1/auditrecords")
+        .await
+        .expect("audit");
+    assert!(
+        records["items"].as_array().expect("items").iter().any(|r| {
+            r["entry"]["verb"] == "report-workload"
+                && r["entry"]["node"] == "signed-1"
+                && r["entry"]["result"]["reason"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("signature"))
+        }),
+        "the refused instruction is audited"
+    );
     // The honest workload was not disturbed.
     assert_eq!(workload(&client, "honest").await["state"], "Running");
 }

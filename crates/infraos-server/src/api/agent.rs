@@ -658,7 +658,11 @@ async fn report_workload(
             audit: Audit {
                 verb: "report-workload",
                 subresource: Some("workload"),
-                reason: Some(report.state.as_str().to_string()),
+                // A refusal's reason (an unverified instruction) belongs in the trail.
+                reason: Some(match &report.reason {
+                    Some(why) => format!("{}: {why}", report.state.as_str()),
+                    None => report.state.as_str().to_string(),
+                }),
                 node: Some(node.to_string()),
             },
             result: (),
