@@ -652,6 +652,24 @@ async fn lists_and_watches_show_only_what_the_caller_may_see() {
     );
     assert!(bindings.contains(&"pm-project-member".to_string()));
 
+    // A path the authorizer cannot name is closed to all but administrators.
+    let odd = format!("{V1}/namespaces/p1/claims/c1/secrets");
+    let (code, body) = c
+        .raw(Method::GET, &odd, None, Vec::new(), Some(&tokens[3]))
+        .await
+        .unwrap();
+    assert_eq!(code, 404, "{body}");
+    assert!(!body.to_string().contains("subresource"), "{body}");
+    let (code, body) = c
+        .raw(Method::GET, &odd, None, Vec::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 404);
+    assert!(
+        body.to_string().contains("subresource"),
+        "the router explains to an admin: {body}"
+    );
+
     // A watch across projects: the member hears of its project's claims only.
     let text = reqwest_text(
         &server,
