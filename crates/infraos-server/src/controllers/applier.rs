@@ -204,8 +204,15 @@ pub async fn commit(
     let writes = unschedulable.into_iter().map(|(key, entry, why)| {
         write_unschedulable(state, key, entry, why, plan.snapshot_revision)
     });
-    for (key, message) in join_all(writes).await.into_iter().flatten() {
-        applied.unschedulable.push((key, message));
+    for outcome in join_all(writes).await {
+        match outcome {
+            StatusWrite::Recorded(key, message) => applied.unschedulable.push((key, message)),
+            StatusWrite::Changed => {}
+            StatusWrite::StoreFailed(key) => {
+                applied.store_failed = true;
+                applied.retry.push(key);
+            }
+        }
     }
     applied
 }
@@ -408,7 +415,7 @@ async fn write_unschedulable(
     entry: ClaimEntry,
     why: Why,
     snapshot_revision: u64,
-) -> Option<(String, String)> {
+) -> StatusWrite {
     let Why {
         reason,
         message,
@@ -417,7 +424,7 @@ async fn write_unschedulable(
     } = why;
     let current = entry.claim.status.as_ref();
     if current.and_then(|s| s.message.as_deref()) == Some(message.as_str()) {
-        return Some((key, message));
+        return StatusWrite::Recorded(key, message);
     }
     let now = state.clock.now();
     let mut claim = (*entry.claim).clone();
@@ -474,12 +481,22 @@ async fn write_unschedulable(
         )
         .await;
     match result {
-        Ok(out) if out.succeeded => Some((key, message)),
+        Ok(out) if out.succeeded => StatusWrite::Recorded(key, message),
         // The claim changed meanwhile: its new state will be scheduled again.
-        Ok(_) => None,
+        Ok(_) => StatusWrite::Changed,
         Err(e) => {
-            tracing::warn!(claim = %key, error = %e, "could not record why a claim is unschedulable");
-            None
+            tracing::warn!(claim = %key, error = %e, "could not record why a claim is unschedulable; it will be placed again");
+            StatusWrite::StoreFailed(key)
         }
     }
+}
+
+/// What became of writing a claim's unschedulable status.
+enum StatusWrite {
+    Recorded(String, String),
+    /// The claim changed meanwhile; its watch event brings it back.
+    Changed,
+    /// Nothing was written and no event will come: the claim must be queued again, or it
+    /// would wait for a change that never happens (the chaos harness caught one so).
+    StoreFailed(String),
 }
