@@ -42,12 +42,15 @@ pub struct ServerCert {
     stamp: Mutex<Option<FileStamps>>,
 }
 
-type FileStamps = [(std::time::SystemTime, u64); 2];
+/// Inode, modification time and size of each file: a file replaced by rename gets a new
+/// inode even when its timestamp and size come out the same (timestamps are coarse).
+type FileStamps = [(u64, std::time::SystemTime, u64); 2];
 
 fn stamps(cert: &Path, key: &Path) -> Option<FileStamps> {
+    use std::os::unix::fs::MetadataExt;
     let one = |p: &Path| {
         let m = std::fs::metadata(p).ok()?;
-        Some((m.modified().ok()?, m.len()))
+        Some((m.ino(), m.modified().ok()?, m.len()))
     };
     Some([one(cert)?, one(key)?])
 }
@@ -76,10 +79,16 @@ impl ServerCert {
         if now.is_none() || *self.stamp.lock() == now {
             return Ok(false);
         }
+        self.reload().map(|()| true)
+    }
+
+    /// Loads the files again whatever their stamps (SIGHUP: the operator asked).
+    pub fn reload(&self) -> Result<(), ServerError> {
+        let now = stamps(&self.cert_path, &self.key_path);
         let fresh = read_certified_key(&self.cert_path, &self.key_path, &self.provider)?;
         *self.current.write() = Arc::new(fresh);
         *self.stamp.lock() = now;
-        Ok(true)
+        Ok(())
     }
 
     /// The certificate served now (DER, leaf first).
@@ -139,17 +148,22 @@ pub fn spawn_cert_reloader(
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
+            let asked = tokio::select! {
+                _ = tick.tick() => false,
                 Some(()) = async {
                     match hangup.as_mut() {
                         Some(h) => h.recv().await,
                         None => std::future::pending().await,
                     }
-                } => {}
+                } => true,
                 _ = shutdown.changed() => return,
-            }
-            match cert.reload_if_changed() {
+            };
+            let reloaded = if asked {
+                cert.reload().map(|()| true)
+            } else {
+                cert.reload_if_changed()
+            };
+            match reloaded {
                 Ok(true) => tracing::info!(
                     cert = %cert.cert_path.display(),
                     "server certificate reloaded: new connections get the new one"
