@@ -35,18 +35,6 @@ fn binding(user: &str, role: &str, scope: serde_json::Value) -> serde_json::Valu
     })
 }
 
-async fn token(admin: &Client, user: &str) -> String {
-    let created: serde_json::Value = admin
-        .send_json(
-            Method::POST,
-            &format!("{V1}/tokens"),
-            &json!({"subject": user}),
-        )
-        .await
-        .unwrap();
-    created["token"].as_str().unwrap().to_string()
-}
-
 async fn call(
     admin: &Client,
     token: &str,
@@ -97,10 +85,10 @@ async fn high_risk_claims_wait_for_approvals_by_others() {
         admin.apply(&binding(user, role, scope)).await.unwrap();
     }
     let (alice, bob, dave, carol) = (
-        token(&admin, "alice").await,
-        token(&admin, "bob").await,
-        token(&admin, "dave").await,
-        token(&admin, "carol").await,
+        mint_token(&admin, "alice", None).await,
+        mint_token(&admin, "bob", None).await,
+        mint_token(&admin, "dave", None).await,
+        mint_token(&admin, "carol", None).await,
     );
     let claims = format!("{V1}/namespaces/p/claims");
     let action = |name: &str, what: &str| format!("{claims}/{name}/{what}");

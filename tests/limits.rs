@@ -8,7 +8,6 @@
 mod support;
 
 use infraos_client::Method;
-use serde_json::json;
 use support::*;
 
 const CONFIG: &str = "apiLimits:\n  userRate: 2\n  userBurst: 2\n  queueWait: 100ms\n  maxHeaderBytes: 8192\nmaxBodyBytes: 4096\n";
@@ -17,21 +16,10 @@ const CONFIG: &str = "apiLimits:\n  userRate: 2\n  userBurst: 2\n  queueWait: 10
 async fn a_user_over_its_rate_gets_429_others_do_not() {
     let server = TestServer::start_with_config(CONFIG).await;
     let admin = server.client();
-    let mint = |user: &'static str| {
-        let admin = admin.clone();
-        async move {
-            let created: serde_json::Value = admin
-                .send_json(
-                    Method::POST,
-                    "/apis/infraos.io/v1/tokens",
-                    &json!({"subject": user}),
-                )
-                .await
-                .unwrap();
-            created["token"].as_str().unwrap().to_string()
-        }
-    };
-    let (greedy, calm) = (mint("greedy").await, mint("calm").await);
+    let (greedy, calm) = (
+        mint_token(&admin, "greedy", None).await,
+        mint_token(&admin, "calm", None).await,
+    );
     let path = "/apis/infraos.io/v1/resourceclasses";
     let mut codes = Vec::new();
     let mut retry_after = None;

@@ -78,18 +78,6 @@ fn binding(name: &str, role: &str, scope: serde_json::Value, user: &str) -> serd
     })
 }
 
-async fn mint(admin: &Client, user: &str, ttl: Option<&str>) -> String {
-    let mut body = json!({"subject": user});
-    if let Some(ttl) = ttl {
-        body["ttl"] = ttl.into();
-    }
-    let created: serde_json::Value = admin
-        .send_json(Method::POST, &format!("{V1}/tokens"), &body)
-        .await
-        .unwrap();
-    created["token"].as_str().unwrap().to_string()
-}
-
 /// The users of the table, each bound to one built-in role at one scope, and one bound to
 /// nothing.
 const USERS: [(&str, &str, &str); 7] = [
@@ -121,7 +109,7 @@ async fn world(server: &TestServer) -> Vec<String> {
                 .await
                 .unwrap();
         }
-        tokens.push(mint(&admin, user, None).await);
+        tokens.push(mint_token(&admin, user, None).await);
     }
     tokens
 }
@@ -725,8 +713,8 @@ async fn tokens_expire_are_revoked_and_never_stored_or_audited_in_clear() {
         ))
         .await
         .unwrap();
-    let short = mint(&admin, "eve", Some("1s")).await;
-    let long = mint(&admin, "eve", None).await;
+    let short = mint_token(&admin, "eve", Some("1s")).await;
+    let long = mint_token(&admin, "eve", None).await;
     let claims = format!("{V1}/namespaces/p1/claims");
     let try_with = |t: String| {
         let c = admin.clone();
@@ -880,7 +868,7 @@ async fn bad_roles_and_bindings_are_refused_with_the_field_at_fault() {
     )
     .await;
     assert_eq!(code, 201, "{answer}");
-    let rita = mint(&admin, "rita", None).await;
+    let rita = mint_token(&admin, "rita", None).await;
     let get = |name: &str| {
         let c = admin.clone();
         let path = format!("{V1}/namespaces/p1/claims/{name}");

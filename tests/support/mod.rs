@@ -346,3 +346,20 @@ pub fn phase(claim: &serde_json::Value) -> &str {
         .and_then(|p| p.as_str())
         .unwrap_or("")
 }
+
+/// Mints an API token for `user` as the administrator (with a TTL, if given).
+pub async fn mint_token(admin: &Client, user: &str, ttl: Option<&str>) -> String {
+    let mut body = serde_json::json!({"subject": user});
+    if let Some(ttl) = ttl {
+        body["ttl"] = ttl.into();
+    }
+    let created: serde_json::Value = admin
+        .send_json(
+            infraos_client::Method::POST,
+            "/apis/infraos.io/v1/tokens",
+            &body,
+        )
+        .await
+        .expect("mint a token");
+    created["token"].as_str().expect("token").to_string()
+}

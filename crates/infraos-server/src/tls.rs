@@ -90,11 +90,6 @@ impl ServerCert {
         *self.stamp.lock() = now;
         Ok(())
     }
-
-    /// The certificate served now (DER, leaf first).
-    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
-        self.current.read().cert.clone()
-    }
 }
 
 impl rustls::server::ResolvesServerCert for ServerCert {

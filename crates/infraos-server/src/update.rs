@@ -45,15 +45,28 @@ pub async fn update<K: Kind, T>(
     state: &AppState,
     target: Target<'_>,
     missing: impl Fn() -> ApiError,
-    mut change: impl FnMut(&mut Object<K>, Time) -> Result<Decision<T>, ApiError>,
+    change: impl FnMut(&mut Object<K>, Time) -> Result<Decision<T>, ApiError>,
 ) -> Result<T, ApiError> {
+    update_at(state, target, missing, change)
+        .await
+        .map(|(result, _)| result)
+}
+
+/// As [`update`], also answering the store revision the write made (`None` when nothing
+/// was written), for handlers that return the object with its `resourceVersion`.
+pub async fn update_at<K: Kind, T>(
+    state: &AppState,
+    target: Target<'_>,
+    missing: impl Fn() -> ApiError,
+    mut change: impl FnMut(&mut Object<K>, Time) -> Result<Decision<T>, ApiError>,
+) -> Result<(T, Option<u64>), ApiError> {
     let key = objects::key(K::INFO, target.namespace, target.name);
     for _ in 0..ATTEMPTS {
         let kv = state.store.get(&key).await?.ok_or_else(&missing)?;
         let mut object = decode_typed::<K>(&kv)?;
         let now = state.clock.now();
         let (how, result) = match change(&mut object, now)? {
-            Decision::Unchanged(result) => return Ok(result),
+            Decision::Unchanged(result) => return Ok((result, None)),
             Decision::Write { audit, result } => (audit, result),
         };
         let bytes = encode_typed(&object);
@@ -81,7 +94,7 @@ pub async fn update<K: Kind, T>(
             )
             .await?;
         if out.succeeded {
-            return Ok(result);
+            return Ok((result, Some(out.revision)));
         }
     }
     Err(ApiError::stale(K::INFO.kind, target.name))

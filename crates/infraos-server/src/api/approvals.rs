@@ -7,19 +7,17 @@
 use axum::Json;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use infraos_api::Kind as _;
 use infraos_api::kinds::{ApprovalRecord, ClaimPhase, ClaimSpec};
-use infraos_store::{Compare, Txn};
 
 use super::Ctx;
-use crate::audit::{self, Record};
 use crate::error::ApiError;
-use crate::objects::{self, decode_typed, encode_typed, set_revision};
+use crate::objects::set_revision;
 use crate::state::AppState;
+use crate::update::{Audit, Decision, Target, update_at};
 
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Decision {
+struct DecisionBody {
     #[serde(default)]
     comment: String,
     #[serde(default)]
@@ -40,8 +38,8 @@ pub async fn decide(
     let bytes = axum::body::to_bytes(request.into_body(), state.config.max_body_bytes)
         .await
         .map_err(|_| ApiError::too_large("request body too large"))?;
-    let body: Decision = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Decision::default()
+    let body: DecisionBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        DecisionBody::default()
     } else {
         serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request(format!("{sub} body: {e}")))?
@@ -65,15 +63,16 @@ pub async fn decide(
             if sub == "refuse" { "reason" } else { "comment" }
         )));
     }
-    let key = objects::key(ClaimSpec::INFO, Some(ns), name);
     let who = ctx.identity.subject.clone();
-    for _ in 0..5 {
-        let kv = state
-            .store
-            .get(&key)
-            .await?
-            .ok_or_else(|| ApiError::not_found("Claim", name))?;
-        let mut claim = decode_typed::<ClaimSpec>(&kv)?;
+    let verb: &'static str = if sub == "refuse" { "refuse" } else { "approve" };
+    let actor = ctx.actor();
+    let target = Target {
+        namespace: Some(ns),
+        name,
+        actor: &actor,
+    };
+    let missing = || ApiError::not_found("Claim", name);
+    let (claim, revision) = update_at::<ClaimSpec, _>(state, target, missing, |claim, now| {
         let status = claim.status.get_or_insert_with(Default::default);
         let Some(approval) = status.approval.as_mut() else {
             return Err(ApiError::conflict(
@@ -94,7 +93,7 @@ pub async fn decide(
         }
         if approval.requester == who {
             return Err(ApiError::forbidden(format!(
-                "{who} requested claim {name:?} and may not {sub} it: approvals come from others"
+                "{who} requested claim {name:?} and may not {verb} it: approvals come from others"
             )));
         }
         if approval.approvals.iter().any(|a| a.by == who) {
@@ -104,13 +103,12 @@ pub async fn decide(
                 format!("{who} has approved claim {name:?} already; it needs someone else"),
             ));
         }
-        let now = state.clock.now();
         let record = ApprovalRecord {
             by: who.clone(),
             time: now,
             comment: text.clone(),
         };
-        if sub == "refuse" {
+        if verb == "refuse" {
             approval.refusal = Some(record);
             status.phase = ClaimPhase::Failed;
             status.reason = Some("Refused".into());
@@ -130,35 +128,20 @@ pub async fn decide(
             }
         }
         status.last_transition_time = Some(now);
-        let bytes = encode_typed(&claim);
-        let mut object = audit::object_ref("Claim", Some(ns), name);
-        object.uid = Some(claim.metadata.uid.clone());
-        object.subresource = Some(sub.to_string());
-        let payload = Record {
-            actor: &ctx.actor(),
-            verb: sub,
-            object,
-            code: 200,
-            reason: (!text.is_empty()).then(|| text.clone()),
-            before: Some(&kv.value),
-            after: Some(&bytes),
-            node: None,
-        }
-        .payload(now);
-        let out = state
-            .store
-            .txn(
-                Txn::new()
-                    .when(Compare::unchanged(key.clone(), kv.mod_revision))
-                    .put(key.clone(), bytes)
-                    .append(payload),
-            )
-            .await?;
-        if out.succeeded {
-            let mut value = claim.to_value();
-            set_revision(&mut value, out.revision);
-            return Ok(Json(value).into_response());
-        }
+        Ok(Decision::Write {
+            audit: Audit {
+                verb,
+                subresource: Some(verb),
+                reason: (!text.is_empty()).then(|| text.clone()),
+                node: None,
+            },
+            result: claim.clone(),
+        })
+    })
+    .await?;
+    let mut value = claim.to_value();
+    if let Some(revision) = revision {
+        set_revision(&mut value, revision);
     }
-    Err(ApiError::stale("Claim", name))
+    Ok(Json(value).into_response())
 }
