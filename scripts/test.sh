@@ -23,6 +23,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
+# A fresh clone gains nothing from incremental builds, and they cost gigabytes of disk.
+if [ "${CI:-}" = true ]; then
+  export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+fi
+echo "== disk: $(df -h . | awk 'NR==2 {print $4 " free of " $2}')"
+
 echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"
