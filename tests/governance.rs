@@ -288,6 +288,88 @@ spec:
 }
 
 #[tokio::test]
+async fn a_gang_of_higher_priority_preempts_and_is_placed_whole() {
+    let server = TestServer::start_with_config("leaseSkewMargin: 1s\n").await;
+    let c = server.client();
+    apply_yaml(&c, &small_cluster(4)).await;
+    apply_yaml(
+        &c,
+        r#"
+apiVersion: infraos.io/v1
+kind: PriorityClass
+metadata: {name: batch}
+spec: {value: 10}
+---
+apiVersion: infraos.io/v1
+kind: PriorityClass
+metadata: {name: urgent}
+spec: {value: 1000}
+"#,
+    )
+    .await;
+    for i in 0..4 {
+        let body = claim_with(&format!("b{i}"), "1", json!({"priorityClassName": "batch"}));
+        c.create(kind("claims"), Some("p"), &body).await.unwrap();
+    }
+    eventually(Duration::from_secs(20), "4 allocated", || {
+        let c = c.clone();
+        async move {
+            let all = claims_by_phase(&c).await;
+            (all.iter().filter(|(_, p, _)| p == "Allocated").count() == 4).then_some(())
+        }
+    })
+    .await;
+    // Two 2-CPU members of an urgent gang: the node is full, so the gang preempts and both
+    // are placed together once the victims have ended.
+    for i in 0..2 {
+        let body = claim_with(
+            &format!("g{i}"),
+            "2",
+            json!({"priorityClassName": "urgent", "group": {"name": "train", "minMembers": 2}}),
+        );
+        c.create(kind("claims"), Some("p"), &body).await.unwrap();
+    }
+    eventually(Duration::from_secs(40), "gang allocated", || {
+        let c = c.clone();
+        async move {
+            let all = claims_by_phase(&c).await;
+            all.iter()
+                .filter(|(n, p, _)| n.starts_with('g') && p == "Allocated")
+                .count()
+                .eq(&2)
+                .then_some(())
+        }
+    })
+    .await;
+    let all = claims_by_phase(&c).await;
+    assert_eq!(
+        all.iter()
+            .filter(|(n, p, _)| n.starts_with('b') && p == "Pending")
+            .count(),
+        4,
+        "every victim requeued: {all:?}"
+    );
+    let (allocs, _) = c.list(kind("allocations"), Some("p"), None).await.unwrap();
+    let gang_nodes: Vec<&str> = allocs
+        .iter()
+        .filter(|a| {
+            a["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with('g'))
+        })
+        .filter_map(|a| a["spec"]["node"].as_str())
+        .collect();
+    assert_eq!(gang_nodes.len(), 2, "{allocs:?}");
+    let page = c.audit_records(1, 10_000).await.unwrap();
+    let preempts = page
+        .items
+        .iter()
+        .filter(|r| r.entry["verb"] == "preempt")
+        .count();
+    assert_eq!(preempts, 4);
+}
+
+#[tokio::test]
 async fn bad_governance_input_is_refused_with_the_field_named() {
     let server = TestServer::start().await;
     let c = server.client();

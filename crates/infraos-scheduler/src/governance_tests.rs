@@ -486,12 +486,144 @@ fn what_victims_free_is_held_for_the_preemptor() {
         WAITING_FOR_PREEMPTION
     );
     let (_, message) = explanation(outcome_of(&p, "p/a"));
-    assert!(message.contains("held for a preempting claim"), "{message}");
+    assert!(
+        message.contains("capacity held for 1 preempting claim"),
+        "{message}"
+    );
     snap.remove_allocation("p/b");
     let p = plan(&mut s, &snap, &[&high, &a]);
     placement(outcome_of(&p, "p/high"));
     // Once high is placed, its nomination is gone.
-    assert!(s.nominated.is_empty());
+    assert!(s.nominations.is_empty());
+}
+
+#[test]
+fn a_nomination_holds_the_preemptors_share_not_the_whole_node() {
+    let mut snap = cluster(1, 10);
+    priority_class(
+        &mut snap,
+        "high",
+        100,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    let (big, small) = (
+        claim("p", "big", 4, serde_json::json!({})),
+        claim("p", "small", 2, serde_json::json!({})),
+    );
+    place_all(&mut snap, &[big.clone(), small]);
+    let mut s = scheduler();
+    let high = claim(
+        "p",
+        "high",
+        6,
+        serde_json::json!({"priorityClassName": "high"}),
+    );
+    let p = plan(&mut s, &snap, &[&high]);
+    let Outcome::Preempt(pre) = outcome_of(&p, "p/high") else {
+        panic!("{p:?}")
+    };
+    assert_eq!(pre.victims.len(), 1);
+    assert_eq!(pre.victims[0].allocation, "p/big");
+    // big has ended: 8 CPUs are free, 6 of them held for high; 2 are anyone's.
+    snap.remove_allocation("p/big");
+    let two = claim("p", "two", 2, serde_json::json!({}));
+    let three = claim("p", "three", 3, serde_json::json!({}));
+    let p = plan(&mut s, &snap, &[&two]);
+    placement(outcome_of(&p, "p/two"));
+    let p = plan(&mut s, &snap, &[&three]);
+    let (_, message) = explanation(outcome_of(&p, "p/three"));
+    assert!(message.contains("capacity held for 1"), "{message}");
+    // high itself is not held back by its own nomination.
+    let p = plan(&mut s, &snap, &[&high, &three]);
+    placement(outcome_of(&p, "p/high"));
+    assert!(s.nominations.is_empty());
+}
+
+#[test]
+fn quota_preemption_holds_the_quota_for_the_preemptor() {
+    let mut snap = cluster(1, 16);
+    snap.upsert_project("p", "t");
+    priority_class(
+        &mut snap,
+        "high",
+        100,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    quota(
+        &mut snap,
+        "pq",
+        serde_json::json!({"project": "p", "limits": {"compute": {"cpu": "4"}}}),
+    );
+    let (a, b) = (
+        claim("p", "a", 2, serde_json::json!({})),
+        claim("p", "b", 2, serde_json::json!({})),
+    );
+    place_all(&mut snap, &[a.clone(), b.clone()]);
+    let mut s = scheduler();
+    let high = claim(
+        "p",
+        "high",
+        2,
+        serde_json::json!({"priorityClassName": "high"}),
+    );
+    let p = plan(&mut s, &snap, &[&high]);
+    let Outcome::Preempt(pre) = outcome_of(&p, "p/high") else {
+        panic!("{p:?}")
+    };
+    assert_eq!(pre.node, None);
+    let victim = pre.victims[0].allocation.clone();
+    snap.remove_allocation(&victim);
+    // The victim comes back first (high waits in another batch): the quota it gave back is
+    // high's.
+    let requeued = if victim == "p/a" { &a } else { &b };
+    let p = plan(&mut s, &snap, &[requeued]);
+    let (reason, message) = explanation(outcome_of(&p, &victim));
+    assert_eq!(reason, QUOTA_EXCEEDED);
+    assert!(message.contains("held for 1 preempting claim"), "{message}");
+    let p = plan(&mut s, &snap, &[&high, requeued]);
+    placement(outcome_of(&p, "p/high"));
+    assert_eq!(explanation(outcome_of(&p, &victim)).0, QUOTA_EXCEEDED);
+}
+
+#[test]
+fn a_full_pool_quota_is_freed_by_preempting_wherever_the_pool_runs() {
+    let mut snap = Snapshot::new();
+    compute_class(&mut snap);
+    node(&mut snap, "e1", 8, &[("pool", "gpu-east")]);
+    node(&mut snap, "e2", 8, &[("pool", "gpu-east")]);
+    snap.upsert_project("ml", "acme");
+    priority_class(
+        &mut snap,
+        "high",
+        100,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    quota(
+        &mut snap,
+        "east",
+        serde_json::json!({"tenant": "acme", "pool": "pool=gpu-east", "limits": {"compute": {"cpu": "8"}}}),
+    );
+    // Two low claims use the pool's quota, one on each node; each node has room left.
+    let e1 = serde_json::json!({"selector": "pool=gpu-east"});
+    let (a, b) = (claim("ml", "a", 4, e1.clone()), claim("ml", "b", 4, e1));
+    place_all(&mut snap, &[a, b]);
+    let high = claim(
+        "ml",
+        "high",
+        4,
+        serde_json::json!({"priorityClassName": "high", "selector": "pool=gpu-east"}),
+    );
+    let mut s = scheduler();
+    let p = plan(&mut s, &snap, &[&high]);
+    let Outcome::Preempt(pre) = outcome_of(&p, "ml/high") else {
+        panic!("{p:?}")
+    };
+    assert_eq!(pre.victims.len(), 1, "{pre:?}");
+    assert!(pre.explanation.message().contains("pool quota east"));
+    let victim = pre.victims[0].allocation.clone();
+    snap.remove_allocation(&victim);
+    let p = plan(&mut s, &snap, &[&high]);
+    placement(outcome_of(&p, "ml/high"));
 }
 
 #[test]
@@ -775,6 +907,139 @@ fn gang_members_are_preempted_together() {
     };
     assert_eq!(pre.victims.len(), 3, "the whole gang goes: {pre:?}");
     assert!(pre.victims.iter().all(|v| v.reason.contains("gang train")));
+}
+
+#[test]
+fn a_gang_preempts_as_a_whole_and_is_placed_together_after() {
+    let mut snap = cluster(3, 4);
+    priority_class(
+        &mut snap,
+        "high",
+        100,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    // n0 and n1 full of low claims, n2 free.
+    let lows: Vec<Claim> = (0..2)
+        .map(|i| claim("p", &format!("low{i}"), 4, serde_json::json!({})))
+        .collect();
+    place_all(&mut snap, &lows);
+    let gang = |n: usize| -> Vec<Claim> {
+        (0..n)
+            .map(|i| {
+                claim(
+                    "p",
+                    &format!("g{i}"),
+                    4,
+                    serde_json::json!({"priorityClassName": "high",
+                        "group": {"name": "train", "minMembers": n}}),
+                )
+            })
+            .collect()
+    };
+    // Four members need four nodes: even preempting everything it may, it cannot fit, so
+    // nothing is preempted and nothing placed.
+    let four = gang(4);
+    let refs: Vec<&Claim> = four.iter().collect();
+    let p = plan(&mut scheduler(), &snap, &refs);
+    for d in &p.decisions {
+        let (reason, message) = explanation(&d.outcome);
+        assert_eq!(reason, GANG_INCOMPLETE, "{message}");
+    }
+    // Three members: one fits on n2 now, two fit by preempting low0 and low1. None is
+    // placed yet; two preempt, the third waits with them.
+    let three = gang(3);
+    let refs: Vec<&Claim> = three.iter().collect();
+    let mut s = scheduler();
+    let p = plan(&mut s, &snap, &refs);
+    let mut victims = Vec::new();
+    let mut waiting = 0;
+    for d in &p.decisions {
+        match &d.outcome {
+            Outcome::Preempt(pre) => {
+                victims.extend(pre.victims.iter().map(|v| v.allocation.clone()))
+            }
+            Outcome::Unschedulable(e) if e.reason == WAITING_FOR_PREEMPTION => {
+                assert!(e.message().contains("placed together"), "{}", e.message());
+                waiting += 1;
+            }
+            other => panic!("{} {other:?}", d.claim_key),
+        }
+    }
+    victims.sort();
+    assert_eq!(victims, ["p/low0", "p/low1"]);
+    assert_eq!(waiting, 1);
+    assert_eq!(s.nominations.len(), 3);
+    // While the victims stop, a low claim cannot take n2, held for the gang.
+    let filler = claim("p", "filler", 4, serde_json::json!({}));
+    let p = plan(&mut s, &snap, &[&filler]);
+    let (_, message) = explanation(outcome_of(&p, "p/filler"));
+    assert!(message.contains("capacity held for 3"), "{message}");
+    // Once they have ended, the whole gang is placed in one plan.
+    snap.remove_allocation("p/low0");
+    snap.remove_allocation("p/low1");
+    let mut refs: Vec<&Claim> = three.iter().collect();
+    refs.push(&filler);
+    let p = plan(&mut s, &snap, &refs);
+    for c in &three {
+        placement(outcome_of(&p, &key(c)));
+    }
+    assert_eq!(explanation(outcome_of(&p, "p/filler")).0, UNSCHEDULABLE);
+    assert!(s.nominations.is_empty());
+}
+
+#[test]
+fn a_gang_preempts_for_its_project_quota() {
+    let mut snap = cluster(2, 16);
+    snap.upsert_project("p", "t");
+    priority_class(
+        &mut snap,
+        "high",
+        100,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    quota(
+        &mut snap,
+        "pq",
+        serde_json::json!({"project": "p", "limits": {"compute": {"cpu": "11"}}}),
+    );
+    let lows: Vec<Claim> = (0..3)
+        .map(|i| claim("p", &format!("low{i}"), 3, serde_json::json!({})))
+        .collect();
+    place_all(&mut snap, &lows);
+    // 9 of 11 CPUs used; two 4-CPU members need 8: two lows must go (one is not enough).
+    let gang: Vec<Claim> = (0..2)
+        .map(|i| {
+            claim(
+                "p",
+                &format!("g{i}"),
+                4,
+                serde_json::json!({"priorityClassName": "high",
+                    "group": {"name": "pair", "minMembers": 2}}),
+            )
+        })
+        .collect();
+    let refs: Vec<&Claim> = gang.iter().collect();
+    let mut s = scheduler();
+    let p = plan(&mut s, &snap, &refs);
+    let mut victims: Vec<String> = Vec::new();
+    for d in &p.decisions {
+        match &d.outcome {
+            Outcome::Preempt(pre) => {
+                assert!(pre.node.is_some());
+                victims.extend(pre.victims.iter().map(|v| v.allocation.clone()));
+            }
+            Outcome::Unschedulable(e) if e.reason == WAITING_FOR_PREEMPTION => {}
+            other => panic!("{} {other:?}", d.claim_key),
+        }
+    }
+    assert_eq!(victims.len(), 2, "{victims:?}");
+    for v in &victims {
+        snap.remove_allocation(v);
+    }
+    let p = plan(&mut s, &snap, &refs);
+    for c in &gang {
+        placement(outcome_of(&p, &key(c)));
+    }
 }
 
 #[test]

@@ -158,7 +158,6 @@ pub(crate) enum Reject<'a> {
     Insufficient(&'a str),
     NoResource(&'a str),
     PoolQuota(&'a str),
-    Nominated,
     Untolerated(&'a str),
     Affinity(&'a str),
     AntiAffinity(&'a str),
@@ -204,7 +203,6 @@ impl std::fmt::Display for Reject<'_> {
             Reject::Insufficient(class) => write!(f, "insufficient {class}"),
             Reject::NoResource(class) => write!(f, "no {class}"),
             Reject::PoolQuota(quota) => write!(f, "pool quota {quota} exceeded"),
-            Reject::Nominated => f.write_str("held for a preempting claim of higher priority"),
             Reject::Untolerated(key) => write!(f, "untolerated taint {key}"),
             Reject::Affinity(key) => write!(f, "affinity: no matching claim in this {key}"),
             Reject::AntiAffinity(key) => write!(f, "anti-affinity: a matching claim in this {key}"),
@@ -394,10 +392,27 @@ pub struct Scheduler {
     item_memo: ItemMemo,
     memo_entries: usize,
     scratch: Scratch,
-    /// Nodes where a claim waits for its preemption victims to end, with that claim and its
-    /// priority: claims of lower priority are kept off them meanwhile, so they cannot take
-    /// what the victims free (Kubernetes' nominated node).
-    pub(crate) nominated: HashMap<NodeId, (String, i32)>,
+    /// Claims waiting for their preemption victims to end, by claim key: what each will
+    /// take is held against claims of lower priority meanwhile, so they cannot take what the
+    /// victims free (Kubernetes' nominated node, narrowed to the claim's own resources).
+    pub(crate) nominations: HashMap<String, Nomination>,
+}
+
+/// What a claim waiting for its preemption victims will take: its resources on the node it
+/// was nominated for (preempting for capacity), or its share of the tenant and project
+/// quotas it preempts for. Kept by names, not snapshot indices, which may be reused.
+#[derive(Clone, Debug)]
+pub(crate) struct Nomination {
+    /// The claim's key, or `gang:ns/group` for a gang's members: they never hold against
+    /// each other.
+    pub owner: String,
+    pub priority: i32,
+    pub namespace: String,
+    pub tenant: Option<String>,
+    /// Where it will land (preempting for capacity); empty when it preempts for a quota.
+    pub parts: Vec<AllocatedResource>,
+    /// What the whole claim takes, by interned dimension (for a quota nomination).
+    pub needs: Vec<(GovDim, i128)>,
 }
 
 impl Scheduler {
@@ -419,7 +434,7 @@ impl Scheduler {
             item_memo: HashMap::new(),
             memo_entries: 0,
             scratch: Scratch::default(),
-            nominated: HashMap::new(),
+            nominations: HashMap::new(),
         })
     }
 
@@ -435,7 +450,44 @@ impl Scheduler {
 
     /// Drops the nomination a claim holds (it was placed elsewhere, or deleted).
     pub fn forget(&mut self, claim_key: &str) {
-        self.nominated.retain(|_, (k, _)| k != claim_key);
+        self.nominations.remove(claim_key);
+    }
+
+    /// Records that the claim of `ctx` waits for victims: `parts` on a node, or its quota
+    /// share when `parts` is empty.
+    pub(crate) fn nominate(
+        &mut self,
+        ctx: &ClaimCtx<'_>,
+        owner: String,
+        parts: Vec<AllocatedResource>,
+    ) {
+        self.nominations
+            .insert(ctx.key.to_string(), nomination(ctx, &owner, parts));
+    }
+
+    /// Before deciding a claim of `owner` at `priority`: holds in the batch what every
+    /// nomination of higher priority (and another owner) will take, and gives back those
+    /// that no longer apply. Claims come in priority order, so each is held about once.
+    fn sync_holds(&self, snapshot: &Snapshot, batch: &mut Batch, owner: &str, priority: i32) {
+        if self.nominations.is_empty() && batch.held.is_empty() {
+            return;
+        }
+        let applies = |n: &Nomination| n.owner != owner && n.priority > priority;
+        let mut i = 0;
+        while i < batch.held.len() {
+            if self.nominations.get(&batch.held[i].0).is_some_and(applies) {
+                i += 1;
+            } else {
+                let (_, reservation) = batch.held.swap_remove(i);
+                batch.release(reservation);
+            }
+        }
+        for (key, n) in &self.nominations {
+            if applies(n) && !batch.held.iter().any(|(k, _)| k == key) {
+                let reservation = batch.hold(snapshot, n);
+                batch.held.push((key.clone(), reservation));
+            }
+        }
     }
 
     /// Decides every claim on `snapshot`, in fair order, without aging or a limit (what the
@@ -533,12 +585,14 @@ impl Scheduler {
             Ok(ctx) => ctx,
             Err(e) => return Some(Outcome::Unschedulable(e)),
         };
+        self.sync_holds(snapshot, batch, key, ctx.priority);
         let borrowing = match check_quotas(snapshot, &ctx, batch, &[]) {
             Ok(true) if may_defer => return None,
             Ok(borrowing) => borrowing,
             Err(block) => {
                 let explanation = Explanation::detailed(QUOTA_EXCEEDED, block.message(snapshot));
-                return Some(self.preempt_for_quota(snapshot, &ctx, batch, block, explanation));
+                let outcome = self.preempt_for_quota(snapshot, &ctx, batch, block, explanation);
+                return Some(note_holds(outcome, batch));
             }
         };
         let outcome = match self.place(snapshot, &ctx, batch) {
@@ -554,11 +608,15 @@ impl Scheduler {
         if !waits {
             self.forget(key);
         }
-        Some(outcome)
+        Some(note_holds(outcome, batch))
     }
 
     /// A gang: every pending member is placed in this batch, and unless at least
-    /// `minMembers` (counting members already allocated) fit, none is.
+    /// `minMembers` (counting members already allocated) fit, none is. Members that fit
+    /// nowhere may preempt, as single claims do, with the members before them in place and
+    /// those members' victims gone; if the gang then fits, the victims are preempted and no
+    /// member is placed yet: each waits, what it will take held against lower priorities,
+    /// until the victims have ended and the gang is placed whole.
     fn decide_gang(
         &mut self,
         snapshot: &Snapshot,
@@ -571,6 +629,7 @@ impl Scheduler {
         };
         let ns = namespace_of(&claims[members[0]].0);
         let gang = format!("{ns}/{}", group.name);
+        let owner = format!("gang:{gang}");
         // Members being stopped (preempted, or their gang broken by a lost member) do not
         // count: the gang is placed whole again once they have ended.
         let allocated = snapshot
@@ -586,6 +645,9 @@ impl Scheduler {
                 members.len() + allocated,
                 members.len()
             );
+            for &i in members {
+                self.forget(&claims[i].0);
+            }
             return members
                 .iter()
                 .map(|&i| {
@@ -603,45 +665,171 @@ impl Scheduler {
         let mut reserved = Vec::new();
         let placed_before = batch.placed.len();
         let mut first_failure: Option<String> = None;
+        // Members that fit only by preempting, and what every fitting member would hold
+        // while the gang waits for them.
+        let mut preempting: Vec<crate::preemption::FoundVictims> = Vec::new();
+        let mut nominations: Vec<(String, Nomination)> = Vec::new();
         for &i in members {
             let (key, claim) = &claims[i];
             let outcome = match ClaimCtx::new(self, snapshot, batch, key, claim) {
                 Err(e) => Outcome::Unschedulable(e),
-                Ok(ctx) => match check_quotas(snapshot, &ctx, batch, &[]) {
-                    Err(block) => Outcome::Unschedulable(Explanation::detailed(
-                        QUOTA_EXCEEDED,
-                        block.message(snapshot),
-                    )),
-                    Ok(borrowing) => match self.place(snapshot, &ctx, batch) {
-                        Ok(mut placement) => {
-                            placement.borrowing = borrowing;
-                            reserved.push(batch.reserve(snapshot, &ctx, &placement));
-                            Outcome::Placed(placement)
+                Ok(ctx) => {
+                    self.sync_holds(snapshot, batch, &owner, ctx.priority);
+                    // Over a tenant or project quota: preempt for it, as a single claim
+                    // would, with the victims tentatively gone for what follows.
+                    let mut quota_victims = None;
+                    let quotas = match check_quotas(snapshot, &ctx, batch, &[]) {
+                        Err(block) => {
+                            match self.find_quota_victims(snapshot, &ctx, batch, &block) {
+                                Some(found) => {
+                                    Self::take_victims(snapshot, batch, &found, true);
+                                    let again = check_quotas(snapshot, &ctx, batch, &[]);
+                                    quota_victims = Some((found, block.message(snapshot)));
+                                    again
+                                }
+                                None => Err(block),
+                            }
                         }
-                        Err(e) => Outcome::Unschedulable(e),
-                    },
-                },
+                        ok => ok,
+                    };
+                    let outcome = match quotas {
+                        Err(block) => Outcome::Unschedulable(Explanation::detailed(
+                            QUOTA_EXCEEDED,
+                            block.message(snapshot),
+                        )),
+                        Ok(borrowing) => match self.place(snapshot, &ctx, batch) {
+                            Ok(mut placement) => {
+                                placement.borrowing = borrowing;
+                                reserved.push(batch.reserve(snapshot, &ctx, &placement));
+                                nominations.push((
+                                    key.clone(),
+                                    nomination(&ctx, &owner, placement.resources.clone()),
+                                ));
+                                match &quota_victims {
+                                    Some((found, why)) => Outcome::Preempt(PreemptionPlan {
+                                        node: placement.node.clone(),
+                                        victims: found.victims(snapshot),
+                                        explanation: Explanation::detailed(
+                                            QUOTA_EXCEEDED,
+                                            why.clone(),
+                                        ),
+                                    }),
+                                    None => Outcome::Placed(placement),
+                                }
+                            }
+                            Err(e) => match self.find_capacity_victims(snapshot, &ctx, batch, &e) {
+                                Some(found) if !found.parts.is_empty() => {
+                                    Self::take_victims(snapshot, batch, &found.found, true);
+                                    let node = snapshot.node(found.node).name.clone();
+                                    let placement = Placement {
+                                        node: Some(node.clone()),
+                                        resources: found.parts.clone(),
+                                        score: ScoreBreakdown::default(),
+                                        runner_up: None,
+                                        borrowing,
+                                    };
+                                    reserved.push(batch.reserve(snapshot, &ctx, &placement));
+                                    nominations.push((
+                                        key.clone(),
+                                        nomination(&ctx, &owner, found.parts.clone()),
+                                    ));
+                                    let mut victims = found.found.victims(snapshot);
+                                    if let Some((q, _)) = &quota_victims {
+                                        victims.extend(q.victims(snapshot));
+                                    }
+                                    preempting.push(found.found);
+                                    Outcome::Preempt(PreemptionPlan {
+                                        node: Some(node),
+                                        victims,
+                                        explanation: e,
+                                    })
+                                }
+                                _ => Outcome::Unschedulable(e),
+                            },
+                        },
+                    };
+                    if let Some((found, _)) = quota_victims {
+                        if matches!(outcome, Outcome::Unschedulable(_)) {
+                            Self::take_victims(snapshot, batch, &found, false);
+                        } else {
+                            preempting.push(found);
+                        }
+                    }
+                    outcome
+                }
             };
             if let (Outcome::Unschedulable(e), None) = (&outcome, &first_failure) {
                 first_failure = Some(format!("{key}: {}", e.message()));
             }
             outcomes.push((i, outcome));
         }
-        if reserved.len() + allocated >= min {
+        let fit = outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Placed(_) | Outcome::Preempt(_)))
+            .count();
+        // Nothing of this attempt stays in the batch unless the gang is placed right now.
+        let whole = fit + allocated >= min;
+        if !(whole && preempting.is_empty()) {
+            for reservation in reserved {
+                batch.release(reservation);
+            }
+            batch.placed.truncate(placed_before);
+            for found in preempting.iter().rev() {
+                Self::take_victims(snapshot, batch, found, false);
+            }
+        }
+        if whole && preempting.is_empty() {
+            for (i, outcome) in &outcomes {
+                if !matches!(outcome, Outcome::Preempt(_)) {
+                    self.forget(&claims[*i].0);
+                }
+            }
             return outcomes;
         }
-        // Not enough fit: give back what the members took in this batch; none is placed.
-        for reservation in reserved {
-            batch.release(reservation);
+        if whole {
+            // The victims are preempted (kept out of later searches in this batch); every
+            // fitting member waits for them with its place held.
+            let victims: usize = preempting.iter().map(|f| f.victims(snapshot).len()).sum();
+            let waiting: usize = preempting.iter().map(|f| f.waiting()).sum();
+            for found in &preempting {
+                for v in found.victims(snapshot) {
+                    batch.victims.insert(v.allocation);
+                }
+            }
+            for (key, n) in nominations {
+                self.nominations.insert(key, n);
+            }
+            let detail = format!(
+                "gang {gang}: waiting for {} allocation(s) to be preempted before its members \
+                 are placed together{}",
+                victims + waiting,
+                first_failure.map(|f| format!("; {f}")).unwrap_or_default()
+            );
+            return outcomes
+                .into_iter()
+                .map(|(i, outcome)| {
+                    let outcome = match outcome {
+                        Outcome::Preempt(plan) if !plan.victims.is_empty() => {
+                            Outcome::Preempt(plan)
+                        }
+                        Outcome::Preempt(_) | Outcome::Placed(_) => Outcome::Unschedulable(
+                            Explanation::detailed(WAITING_FOR_PREEMPTION, detail.clone()),
+                        ),
+                        other => {
+                            self.forget(&claims[i].0);
+                            other
+                        }
+                    };
+                    (i, outcome)
+                })
+                .collect();
         }
-        batch.placed.truncate(placed_before);
+        for &i in members {
+            self.forget(&claims[i].0);
+        }
         let detail = format!(
-            "gang {gang}: only {} of {min} members fit (all or nothing); {}",
-            outcomes
-                .iter()
-                .filter(|(_, o)| matches!(o, Outcome::Placed(_)))
-                .count()
-                + allocated,
+            "gang {gang}: only {fit} of {min} members fit (all or nothing, preempting what \
+             they may); {}",
             first_failure.unwrap_or_default()
         );
         outcomes
@@ -827,28 +1015,7 @@ impl Scheduler {
         runner_up: Option<Candidate>,
         feasible: usize,
     ) -> Placement {
-        let resources = best
-            .picks
-            .iter()
-            .filter_map(|pick| {
-                let entry = snapshot.resource(pick.resource)?;
-                let request = &requests[pick.request];
-                Some(AllocatedResource {
-                    request: request.name.to_string(),
-                    resource: entry.name.clone(),
-                    class: entry.class.clone(),
-                    amount: match &request.need {
-                        Need::Counted { amount, .. } => (*amount).clone(),
-                        Need::Items { .. } => BTreeMap::new(),
-                    },
-                    items: pick
-                        .items
-                        .iter()
-                        .map(|&i| entry.items[i].name.clone())
-                        .collect(),
-                })
-            })
-            .collect();
+        let resources = parts_of(snapshot, requests, &best.picks);
         let plugins = self
             .plugins
             .iter()
@@ -895,13 +1062,6 @@ impl Scheduler {
             }
         }
         if let Some(n) = node {
-            if !self.nominated.is_empty()
-                && let Some((holder, priority)) = self.nominated.get(&n)
-                && holder.as_str() != ctx.key
-                && *priority > ctx.priority
-            {
-                return Err(Reject::Nominated);
-            }
             let entry = snapshot.node(n);
             if !entry.registered {
                 return Err(Reject::NodeNotRegistered);
@@ -1856,6 +2016,84 @@ pub(crate) fn check_quotas(
     Ok(borrowing)
 }
 
+fn nomination(ctx: &ClaimCtx<'_>, owner: &str, parts: Vec<AllocatedResource>) -> Nomination {
+    Nomination {
+        owner: owner.to_string(),
+        priority: ctx.priority,
+        namespace: ctx.namespace.to_string(),
+        tenant: ctx.tenant.map(str::to_string),
+        parts,
+        needs: ctx.needs.clone(),
+    }
+}
+
+/// The allocation parts that picks stand for.
+fn parts_of(
+    snapshot: &Snapshot,
+    requests: &[Request<'_>],
+    picks: &[Pick],
+) -> Vec<AllocatedResource> {
+    picks
+        .iter()
+        .filter_map(|pick| {
+            let entry = snapshot.resource(pick.resource)?;
+            let request = &requests[pick.request];
+            Some(AllocatedResource {
+                request: request.name.to_string(),
+                resource: entry.name.clone(),
+                class: entry.class.clone(),
+                amount: match &request.need {
+                    Need::Counted { amount, .. } => (*amount).clone(),
+                    Need::Items { .. } => BTreeMap::new(),
+                },
+                items: pick
+                    .items
+                    .iter()
+                    .map(|&i| entry.items[i].name.clone())
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// The parts of the candidate `evaluate` accepted last.
+impl Scheduler {
+    pub(crate) fn scratch_parts(
+        &self,
+        snapshot: &Snapshot,
+        ctx: &ClaimCtx<'_>,
+    ) -> Vec<AllocatedResource> {
+        parts_of(snapshot, &ctx.requests, &self.scratch.picks)
+    }
+}
+
+/// Says, on a claim left pending, that capacity or quota was held for preempting claims of
+/// higher priority while it was decided: their rejections read as insufficient capacity.
+fn note_holds(outcome: Outcome, batch: &Batch) -> Outcome {
+    match outcome {
+        Outcome::Unschedulable(mut e) if !batch.held.is_empty() && e.detail.is_none() => {
+            e.reasons.insert(
+                format!(
+                    "capacity held for {} preempting claim(s) of higher priority",
+                    batch.held.len()
+                ),
+                0,
+            );
+            Outcome::Unschedulable(e)
+        }
+        Outcome::Unschedulable(mut e) if !batch.held.is_empty() => {
+            if let Some(detail) = e.detail.as_mut() {
+                detail.push_str(&format!(
+                    " (quota or capacity held for {} preempting claim(s) of higher priority)",
+                    batch.held.len()
+                ));
+            }
+            Outcome::Unschedulable(e)
+        }
+        other => other,
+    }
+}
+
 /// What one pick took of one resource: dimension amounts by index and item indices.
 type Taking = (ResourceId, Vec<(usize, i128)>, Vec<usize>);
 
@@ -1882,6 +2120,8 @@ pub(crate) struct Batch {
     quota_taken: Vec<Vec<i128>>,
     pub queue_taken: HashMap<String, Vec<i128>>,
     pub victims: HashSet<String>,
+    /// Nominations held against the claim being decided, by the nominee's key.
+    held: Vec<(String, Reservation)>,
     /// Claims placed so far in the batch, for affinity and spread; kept only when a claim
     /// of the batch has such terms or an allocation has anti-affinity.
     pub placed: Vec<PlacedClaim>,
@@ -1900,7 +2140,74 @@ impl Batch {
                 .collect(),
             queue_taken: HashMap::new(),
             victims: HashSet::new(),
+            held: Vec::new(),
             placed: Vec::new(),
+        }
+    }
+
+    /// Adds `delta` to what the batch counts as taken of a quota dimension (negative: a
+    /// victim tentatively gives it back).
+    pub(crate) fn adjust_quota(&mut self, quota: usize, slot: usize, delta: i128) {
+        if let Some(v) = self
+            .quota_taken
+            .get_mut(quota)
+            .and_then(|q| q.get_mut(slot))
+        {
+            *v += delta;
+        }
+    }
+
+    /// Takes what a nomination will take: its parts' capacity and quota, or (a quota
+    /// nomination) its share of the tenant and project quotas over it.
+    fn hold(&mut self, snapshot: &Snapshot, nomination: &Nomination) -> Reservation {
+        let mut overlay = Vec::new();
+        for part in &nomination.parts {
+            let Some(id) = snapshot.resource_id(&part.resource) else {
+                continue;
+            };
+            let dims = snapshot.usage_indices(id, part).unwrap_or_default();
+            let items: Vec<usize> = snapshot.resource(id).map_or_else(Vec::new, |e| {
+                part.items
+                    .iter()
+                    .filter_map(|n| e.item_index.get(n).copied())
+                    .collect()
+            });
+            self.overlay.add(id, &dims, &items);
+            overlay.push((id, dims, items));
+        }
+        let tenant = nomination.tenant.as_deref();
+        let quota = if nomination.parts.is_empty() {
+            let mut quota = Vec::new();
+            for (qi, q) in snapshot.quotas().iter().enumerate() {
+                if q.level == QuotaLevel::Pool || !q.applies_to(&nomination.namespace, tenant) {
+                    continue;
+                }
+                for (slot, d) in q.dims.iter().enumerate() {
+                    let need: i128 = nomination
+                        .needs
+                        .iter()
+                        .filter(|(g, _)| *g == d.gdim)
+                        .map(|(_, n)| *n)
+                        .sum();
+                    if need > 0 {
+                        quota.push((qi, slot, need));
+                    }
+                }
+            }
+            quota
+        } else {
+            snapshot
+                .contributions(&nomination.namespace, tenant, &nomination.parts)
+                .0
+        };
+        for &(qi, slot, n) in &quota {
+            self.adjust_quota(qi, slot, n);
+        }
+        Reservation {
+            overlay,
+            quota,
+            queue: String::new(),
+            usage: Vec::new(),
         }
     }
 

@@ -5,17 +5,24 @@
 //!                      or borrowing another project's share of the claim's tenant quota,
 //!                         while the claim itself stays within its own limits (reclaim)
 //!   units:             an allocation, or a whole gang (preempted together)
-//!   per candidate node (capacity) or for the blocking quota:
+//!   candidates:        the allocations on the node, and, when a pool quota blocks, every
+//!                      allocation held against that pool quota, wherever it runs
+//!   per candidate node (capacity) or for the blocking tenant or project quota:
 //!     free units tentatively, cheapest first (being preempted already, borrowing, lowest
 //!     priority, newest), until the claim fits; then give back every unit it fits without
 //!     (most valuable first)
 //!   choose the node whose victims have the lowest top priority, then are fewest
+//!   nominate: what the claim will take there (or its quota share) is held against claims
+//!             of lower priority until the victims have ended
 //! ```
+//! A gang preempts as a whole: each member that fits nowhere looks for victims with the
+//! members before it in place and their victims gone; only if every member needed fits are
+//! the victims preempted, and then no member is placed until they have all ended.
 //! Victims only ever have strictly lower priority or hold borrowed quota the claim is owed,
 //! so preemption cannot cycle: equal priorities never preempt each other, and a reclaimed
 //! project cannot borrow back what the reclaiming claim now holds within its limits.
 
-use infraos_api::kinds::PreemptionPolicy;
+use infraos_api::kinds::{AllocatedResource, PreemptionPolicy};
 
 use crate::governance::{AllocationMeta, namespace_of};
 use crate::planner::{
@@ -25,6 +32,7 @@ use crate::planner::{
 use crate::snapshot::{NodeId, Snapshot};
 
 /// Allocations preempted together: one, or every allocation of a gang.
+#[derive(Clone)]
 struct Unit {
     keys: Vec<String>,
     priority: i32,
@@ -43,6 +51,48 @@ fn dedup_units(units: &mut Vec<Unit>) {
 
 /// Lower is better: (highest victim priority, victims, sum of priorities).
 type Cost = (i64, usize, i64);
+
+/// Victims found for one claim: the candidate units and those chosen.
+pub(crate) struct FoundVictims {
+    units: Vec<Unit>,
+    chosen: Vec<usize>,
+}
+
+/// Victims that make room for a claim, and where it lands once they are gone.
+pub(crate) struct CapacityVictims {
+    pub node: NodeId,
+    pub found: FoundVictims,
+    /// What the claim takes on `node` once the victims are gone.
+    pub parts: Vec<AllocatedResource>,
+}
+
+impl FoundVictims {
+    /// The allocations to preempt (not those already being preempted), with why.
+    pub(crate) fn victims(&self, snapshot: &Snapshot) -> Vec<Victim> {
+        self.chosen
+            .iter()
+            .map(|&i| &self.units[i])
+            .filter(|u| !u.preempting)
+            .flat_map(|u| {
+                u.keys.iter().map(|key| Victim {
+                    allocation: key.clone(),
+                    priority: snapshot.allocation_meta(key).map_or(0, |m| m.priority),
+                    reason: u.reason.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Allocations already being preempted that the claim waits for.
+    pub(crate) fn waiting(&self) -> usize {
+        self.chosen
+            .iter()
+            .map(|&i| &self.units[i])
+            .filter(|u| u.preempting)
+            .map(|u| u.keys.len())
+            .sum()
+    }
+}
 
 impl Scheduler {
     /// Why `meta` may be preempted for the claim, or `None`.
@@ -147,6 +197,11 @@ impl Scheduler {
 
     fn free_unit(snapshot: &Snapshot, batch: &mut Batch, unit: &Unit, free: bool) {
         for key in &unit.keys {
+            // What it holds of quotas comes back with it: pool quotas matter to the capacity
+            // search, all of them to a gang's later members.
+            for &(qi, slot, n) in snapshot.quota_contributions(key) {
+                batch.adjust_quota(qi, slot, if free { -n } else { n });
+            }
             for part in snapshot.allocation(key).unwrap_or_default() {
                 let Some(id) = snapshot.resource_id(&part.resource) else {
                     continue;
@@ -269,8 +324,37 @@ impl Scheduler {
         batch: &mut Batch,
         explanation: Explanation,
     ) -> Outcome {
-        if !self.profile().preemption.enabled || ctx.claim.spec.group.is_some() {
+        // A gang's members look for victims together (`decide_gang`).
+        if ctx.claim.spec.group.is_some() {
             return Outcome::Unschedulable(explanation);
+        }
+        let Some(found) = self.find_capacity_victims(snapshot, ctx, batch, &explanation) else {
+            return Outcome::Unschedulable(explanation);
+        };
+        let name = snapshot.node(found.node).name.clone();
+        self.nominate(ctx, ctx.key.to_string(), found.parts.clone());
+        Self::preemption_outcome(
+            snapshot,
+            batch,
+            &found.found.units,
+            &found.found.chosen,
+            Some(name),
+            explanation,
+        )
+    }
+
+    /// A node where preempting eligible allocations makes room for the claim (`explanation`
+    /// says why it fits nowhere now), the cheapest victims there, and where it then lands.
+    /// The batch is left as it was.
+    pub(crate) fn find_capacity_victims(
+        &mut self,
+        snapshot: &Snapshot,
+        ctx: &ClaimCtx<'_>,
+        batch: &mut Batch,
+        explanation: &Explanation,
+    ) -> Option<CapacityVictims> {
+        if !self.profile().preemption.enabled {
+            return None;
         }
         let claim_borrows = check_quotas(snapshot, ctx, batch, &[]).unwrap_or(true);
         if !snapshot.may_preempt(
@@ -279,15 +363,32 @@ impl Scheduler {
             ctx.policy,
             claim_borrows,
         ) {
-            return Outcome::Unschedulable(explanation);
+            return None;
         }
-        let Some(anchor) = ctx
+        let anchor = ctx
             .requests
             .iter()
             .filter(|r| !snapshot.nodes_with(&r.class.name).is_empty())
-            .min_by_key(|r| snapshot.nodes_with(&r.class.name).len())
-        else {
-            return Outcome::Unschedulable(explanation);
+            .min_by_key(|r| snapshot.nodes_with(&r.class.name).len())?;
+        // A pool quota is used up wherever its pool's allocations run: on every node, those
+        // are candidates too.
+        let pool_units: Vec<Unit> = if explanation
+            .reasons
+            .keys()
+            .any(|r| r.starts_with("pool quota "))
+        {
+            let mut keys: Vec<&str> = ctx
+                .pool_quotas
+                .iter()
+                .flat_map(|&qi| snapshot.allocations_in_quota(qi))
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys.into_iter()
+                .filter_map(|key| self.unit_of(snapshot, ctx, claim_borrows, batch, key))
+                .collect()
+        } else {
+            Vec::new()
         };
         let candidates = snapshot.nodes_with(&anchor.class.name);
         let want = self.profile().feasible_to_find(candidates.len());
@@ -299,6 +400,7 @@ impl Scheduler {
                 .into_iter()
                 .filter_map(|key| self.unit_of(snapshot, ctx, claim_borrows, batch, key))
                 .collect();
+            units.extend(pool_units.iter().cloned());
             if units.is_empty() {
                 continue;
             }
@@ -322,14 +424,43 @@ impl Scheduler {
                 break;
             }
         }
-        let Some((_, node, units, chosen)) = best else {
-            return Outcome::Unschedulable(explanation);
+        let (_, node, units, chosen) = best?;
+        for &i in &chosen {
+            Self::free_unit(snapshot, batch, &units[i], true);
+        }
+        let parts = match self.evaluate(snapshot, Some(node), None, ctx, batch) {
+            Ok(_) => self.scratch_parts(snapshot, ctx),
+            Err(_) => Vec::new(),
         };
-        let name = snapshot.node(node).name.clone();
-        self.forget(ctx.key);
-        self.nominated
-            .insert(node, (ctx.key.to_string(), ctx.priority));
-        Self::preemption_outcome(snapshot, batch, &units, &chosen, Some(name), explanation)
+        for &i in &chosen {
+            Self::free_unit(snapshot, batch, &units[i], false);
+        }
+        Some(CapacityVictims {
+            node,
+            found: FoundVictims { units, chosen },
+            parts,
+        })
+    }
+
+    /// Tentatively frees what `found`'s victims hold and marks them as victims (`take`), or
+    /// undoes that: a gang's later members see the earlier members' victims gone.
+    pub(crate) fn take_victims(
+        snapshot: &Snapshot,
+        batch: &mut Batch,
+        found: &FoundVictims,
+        take: bool,
+    ) {
+        for &i in &found.chosen {
+            let unit = &found.units[i];
+            Self::free_unit(snapshot, batch, unit, take);
+            for key in &unit.keys {
+                if take {
+                    batch.victims.insert(key.clone());
+                } else {
+                    batch.victims.remove(key);
+                }
+            }
+        }
     }
 
     /// The claim exceeds a tenant or project quota: preempt eligible allocations held
@@ -342,8 +473,37 @@ impl Scheduler {
         block: QuotaBlock,
         explanation: Explanation,
     ) -> Outcome {
-        if !self.profile().preemption.enabled || ctx.claim.spec.group.is_some() {
+        if ctx.claim.spec.group.is_some() {
             return Outcome::Unschedulable(explanation);
+        }
+        match self.find_quota_victims(snapshot, ctx, batch, &block) {
+            Some(found) => {
+                // Its quota share is held against lower priorities while the victims end.
+                self.nominate(ctx, ctx.key.to_string(), Vec::new());
+                Self::preemption_outcome(
+                    snapshot,
+                    batch,
+                    &found.units,
+                    &found.chosen,
+                    None,
+                    explanation,
+                )
+            }
+            None => Outcome::Unschedulable(explanation),
+        }
+    }
+
+    /// The cheapest eligible allocations held against the blocking quota whose removal lets
+    /// the claim fit every tenant and project quota. The batch is left as it was.
+    pub(crate) fn find_quota_victims(
+        &mut self,
+        snapshot: &Snapshot,
+        ctx: &ClaimCtx<'_>,
+        batch: &mut Batch,
+        block: &QuotaBlock,
+    ) -> Option<FoundVictims> {
+        if !self.profile().preemption.enabled {
+            return None;
         }
         // The claim reclaims only while it stays within its own project's limits.
         let claim_borrows = snapshot.quotas().iter().enumerate().any(|(qi, q)| {
@@ -360,7 +520,7 @@ impl Scheduler {
             ctx.policy,
             claim_borrows,
         ) {
-            return Outcome::Unschedulable(explanation);
+            return None;
         }
         let mut keys: Vec<&str> = snapshot.allocations_in_quota(block.quota);
         keys.sort_unstable();
@@ -392,11 +552,6 @@ impl Scheduler {
                 |b| check_quotas(snapshot, ctx, b, &freed.borrow()).is_ok(),
             )
         };
-        match chosen {
-            Some(chosen) => {
-                Self::preemption_outcome(snapshot, batch, &units, &chosen, None, explanation)
-            }
-            None => Outcome::Unschedulable(explanation),
-        }
+        chosen.map(|chosen| FoundVictims { units, chosen })
     }
 }
