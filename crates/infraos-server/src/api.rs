@@ -35,6 +35,7 @@ mod join_tokens;
 mod logs;
 mod meta;
 mod objects;
+pub use objects::{BATCH_CREATE, MAX_BATCH_ITEMS};
 pub(crate) mod revocations;
 mod signing_key;
 mod tokens;

@@ -73,6 +73,10 @@ enum BenchCommand {
         /// HTTPS connections the submissions are spread over.
         #[arg(long, default_value_t = 1)]
         connections: usize,
+        /// Claims per request: 1 creates each with its own request; more submit them through
+        /// `claims:batchCreate` (at most 1000), as a job array would.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
         /// Tenant and project quotas, two priority classes and two score plugins on.
         #[arg(long)]
         governance: bool,
@@ -152,15 +156,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             concurrency,
             timeout,
             connections,
+            batch,
             governance,
             devices,
         } => {
+            if !(1..=infraos_server::api::MAX_BATCH_ITEMS).contains(&batch) {
+                anyhow::bail!(
+                    "--batch must be 1 to {}, not {batch}",
+                    infraos_server::api::MAX_BATCH_ITEMS
+                );
+            }
             e2e(E2e {
                 nodes,
                 claims,
                 server,
                 concurrency: concurrency.max(1),
                 connections: connections.max(1),
+                batch,
                 timeout: Duration::from_secs(timeout),
                 governance,
                 devices,
@@ -411,6 +423,7 @@ struct E2e {
     server: Option<String>,
     concurrency: usize,
     connections: usize,
+    batch: usize,
     timeout: Duration,
     governance: bool,
     devices: bool,
@@ -423,6 +436,7 @@ async fn e2e(options: E2e) -> anyhow::Result<()> {
         server,
         concurrency,
         connections,
+        batch,
         timeout,
         governance,
         devices,
@@ -501,11 +515,21 @@ async fn e2e(options: E2e) -> anyhow::Result<()> {
     });
 
     // Requests are prepared before the clock starts, as load generators do.
-    let bodies: Vec<bytes::Bytes> = synthetic
-        .claims
-        .iter()
-        .map(|c| serde_json::to_vec(c).map(bytes::Bytes::from))
-        .collect::<Result<_, _>>()?;
+    let bodies: Vec<bytes::Bytes> = if batch > 1 {
+        synthetic
+            .claims
+            .chunks(batch)
+            .map(|items| {
+                serde_json::to_vec(&serde_json::json!({ "items": items })).map(bytes::Bytes::from)
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        synthetic
+            .claims
+            .iter()
+            .map(|c| serde_json::to_vec(c).map(bytes::Bytes::from))
+            .collect::<Result<_, _>>()?
+    };
     let server_pid = guard.as_ref().map(|g| g.child.id().to_string());
     let server_cpu_before = server_pid.as_deref().and_then(cpu_seconds);
     let client_cpu_before = cpu_seconds("self");
@@ -516,7 +540,15 @@ async fn e2e(options: E2e) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut submissions = futures::stream::iter(bodies.into_iter().enumerate().map(|(i, body)| {
         let client = Arc::clone(&clients[i % clients.len()]);
-        async move { client.create_quiet(claim_kind, Some(PROJECT), body).await }
+        async move {
+            if batch > 1 {
+                client
+                    .create_batch_quiet(claim_kind, Some(PROJECT), body)
+                    .await
+            } else {
+                client.create_quiet(claim_kind, Some(PROJECT), body).await
+            }
+        }
     }))
     .buffer_unordered(concurrency);
     while let Some(r) = submissions.next().await {
@@ -524,7 +556,7 @@ async fn e2e(options: E2e) -> anyhow::Result<()> {
     }
     let submitted = start.elapsed().as_secs_f64();
     println!(
-        "submitted {claims} claims in {submitted:.2}s ({:.0} creates/s, {concurrency} in flight over {connections} connections)",
+        "submitted {claims} claims in {submitted:.2}s ({:.0} creates/s, {batch} per request, {concurrency} requests in flight over {connections} connections)",
         claims as f64 / submitted
     );
     let (done, allocated, unschedulable) = tokio::time::timeout(timeout, watcher)

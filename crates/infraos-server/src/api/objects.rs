@@ -160,6 +160,10 @@ pub async fn create_cluster(
     Path(plural): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    if let Some(plural) = plural.strip_suffix(BATCH_CREATE) {
+        let info = kind_for(plural, false)?;
+        return Ok(batch_create(state, ctx, info, None, request).await);
+    }
     let info = kind_for(&plural, false)?;
     Ok(create(state, ctx, info, None, request).await)
 }
@@ -170,6 +174,10 @@ pub async fn create_namespaced(
     Path((ns, plural)): Path<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    if let Some(plural) = plural.strip_suffix(BATCH_CREATE) {
+        let info = kind_for(plural, true)?;
+        return Ok(batch_create(state, ctx, info, Some(ns), request).await);
+    }
     let info = kind_for(&plural, true)?;
     Ok(create(state, ctx, info, Some(ns), request).await)
 }
@@ -522,7 +530,7 @@ async fn create_inner(
     let (bytes, format) = read_bytes(state, request).await?;
     // One parse, straight into the kind's type; a failure is told apart as malformed (400)
     // or invalid (422, naming the field).
-    let mut object = match TypedObject::parse_slice(info, &bytes, format == BodyFormat::Yaml) {
+    let object = match TypedObject::parse_slice(info, &bytes, format == BodyFormat::Yaml) {
         Ok(o) => o,
         Err(e) => {
             let value = parse_value(&bytes, format)?;
@@ -535,8 +543,50 @@ async fn create_inner(
             return Err(ApiError::invalid(info.kind, name_out, &e));
         }
     };
+    name_out.clone_from(&object.meta().name);
+    let prepared = prepare_create(state, ctx, info, ns, object).await?;
+    let PreparedCreate {
+        name,
+        key,
+        stored,
+        payload,
+    } = prepared;
+    let out = state
+        .store
+        .txn(
+            Txn::new()
+                .when(Compare::absent(key.clone()))
+                .put(key, stored.clone())
+                .append(payload),
+        )
+        .await?;
+    if !out.succeeded {
+        return Err(ApiError::already_exists(info.kind, &name));
+    }
+    observe(state, info, ns, &name, out.revision, Some(&stored));
+    let mut response = json_bytes(objects::with_revision(&stored, out.revision));
+    *response.status_mut() = StatusCode::CREATED;
+    Ok(response)
+}
+
+/// What creating one object writes: its key, the stored bytes, and its audit payload.
+struct PreparedCreate {
+    name: String,
+    key: String,
+    stored: bytes::Bytes,
+    payload: Vec<u8>,
+}
+
+/// Everything a create does before the write: namespace, server-owned fields, validation,
+/// authorization of the object, defaults and admission, and the claim's initial status.
+async fn prepare_create(
+    state: &AppState,
+    ctx: &Ctx,
+    info: &'static KindInfo,
+    ns: Option<&str>,
+    mut object: TypedObject,
+) -> Result<PreparedCreate, ApiError> {
     let name = object.meta().name.clone();
-    name_out.clone_from(&name);
     let meta = object.meta_mut();
     if let Some(ns) = ns {
         match meta.namespace.as_deref() {
@@ -637,23 +687,196 @@ async fn create_inner(
         node: None,
     }
     .payload(now);
-    let stored = bytes::Bytes::from(bytes);
-    let out = state
-        .store
-        .txn(
-            Txn::new()
-                .when(Compare::absent(key.clone()))
-                .put(key, stored.clone())
-                .append(payload),
-        )
-        .await?;
-    if !out.succeeded {
-        return Err(ApiError::already_exists(info.kind, &name));
+    Ok(PreparedCreate {
+        name,
+        key,
+        stored: bytes::Bytes::from(bytes),
+        payload,
+    })
+}
+
+/// `POST …/<plural>:batchCreate` (Google AIP-233): `{"items": [object, …]}`, each admitted
+/// and audited as a single create would be, all written in one transaction or none.
+pub const BATCH_CREATE: &str = ":batchCreate";
+/// Most objects one batch create accepts.
+pub const MAX_BATCH_ITEMS: usize = 1000;
+
+async fn batch_create(
+    state: AppState,
+    ctx: Ctx,
+    info: &'static KindInfo,
+    ns: Option<String>,
+    request: Request,
+) -> Response {
+    let mut name = String::new();
+    let result = batch_create_inner(&state, &ctx, info, ns.as_deref(), request, &mut name).await;
+    finish(&state, &ctx, "create", info, ns.as_deref(), &name, result).await
+}
+
+async fn batch_create_inner(
+    state: &AppState,
+    ctx: &Ctx,
+    info: &'static KindInfo,
+    ns: Option<&str>,
+    request: Request,
+    name_out: &mut String,
+) -> Result<Response, ApiError> {
+    if !info.user_writable {
+        return Err(ApiError::method_not_allowed(format!(
+            "{} objects are written by the control plane only",
+            info.kind
+        )));
     }
-    observe(state, info, ns, &name, out.revision, Some(&stored));
-    let mut response = json_bytes(objects::with_revision(&stored, out.revision));
+    let (bytes, format) = read_bytes(state, request).await?;
+    let items = batch_items(info, &bytes, format)?;
+    let mut prepared: Vec<PreparedCreate> = Vec::with_capacity(items.len());
+    let mut names = std::collections::HashSet::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let object = TypedObject::parse_slice(info, item, false).map_err(|e| {
+            let name = serde_json::from_slice::<serde_json::Value>(item)
+                .ok()
+                .and_then(|v| v.pointer("/metadata/name")?.as_str().map(str::to_string))
+                .unwrap_or_default();
+            at_item(i, ApiError::invalid(info.kind, &name, &e))
+        })?;
+        name_out.clone_from(&object.meta().name);
+        if !names.insert(object.meta().name.clone()) {
+            return Err(ApiError::bad_request(format!(
+                "items[{i}]: {} {:?} appears twice in the batch",
+                info.kind,
+                object.meta().name
+            )));
+        }
+        prepared.push(
+            prepare_create(state, ctx, info, ns, object)
+                .await
+                .map_err(|e| at_item(i, e))?,
+        );
+    }
+    let mut txn = Txn::new();
+    for p in &prepared {
+        txn = txn
+            .when(Compare::absent(p.key.clone()))
+            .put(p.key.clone(), p.stored.clone())
+            .append(p.payload.clone());
+    }
+    let out = state.store.txn(txn).await?;
+    if !out.succeeded {
+        // Name the first that exists (the transaction does not say which compare failed).
+        for (i, p) in prepared.iter().enumerate() {
+            if state.store.get(&p.key).await?.is_some() {
+                name_out.clone_from(&p.name);
+                return Err(at_item(i, ApiError::already_exists(info.kind, &p.name)));
+            }
+        }
+        return Err(ApiError::conflict(
+            info.kind,
+            "",
+            "an object of the batch was created concurrently; nothing was written",
+        ));
+    }
+    let mut body =
+        Vec::with_capacity(prepared.iter().map(|p| p.stored.len() + 32).sum::<usize>() + 64);
+    body.extend_from_slice(
+        format!(
+            "{{\"apiVersion\":\"{}\",\"kind\":\"{}List\",\"metadata\":{{\"resourceVersion\":\"{}\"}},\"items\":[",
+            infraos_api::API_VERSION,
+            info.kind,
+            out.revision
+        )
+        .as_bytes(),
+    );
+    for (i, p) in prepared.iter().enumerate() {
+        observe(state, info, ns, &p.name, out.revision, Some(&p.stored));
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&objects::with_revision(&p.stored, out.revision));
+    }
+    body.extend_from_slice(b"]}");
+    let mut response = json_bytes(bytes::Bytes::from(body));
     *response.status_mut() = StatusCode::CREATED;
     Ok(response)
+}
+
+/// The items of a batch create body, each as JSON bytes: `{"items": […]}`, with an optional
+/// `apiVersion` and `kind: <Kind>List`.
+fn batch_items(
+    info: &KindInfo,
+    bytes: &[u8],
+    format: BodyFormat,
+) -> Result<Vec<Vec<u8>>, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Body<'a> {
+        #[serde(default)]
+        api_version: Option<String>,
+        #[serde(default)]
+        kind: Option<String>,
+        #[serde(borrow)]
+        items: Vec<&'a serde_json::value::RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct OwnedBody {
+        #[serde(default)]
+        api_version: Option<String>,
+        #[serde(default)]
+        kind: Option<String>,
+        items: Vec<serde_json::Value>,
+    }
+    let bad = |e: String| ApiError::bad_request(format!("batch create body: {e}"));
+    let (api_version, kind, items) = match format {
+        BodyFormat::Yaml => {
+            let b: OwnedBody = serde_norway::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+            let items = b
+                .items
+                .iter()
+                .map(serde_json::to_vec)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(e.to_string()))?;
+            (b.api_version, b.kind, items)
+        }
+        _ => {
+            let b: Body<'_> = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+            let items = b
+                .items
+                .iter()
+                .map(|r| r.get().as_bytes().to_vec())
+                .collect();
+            (b.api_version, b.kind, items)
+        }
+    };
+    if let Some(v) = api_version
+        && v != infraos_api::API_VERSION
+    {
+        return Err(bad(format!(
+            "apiVersion {v:?} is not {:?}",
+            infraos_api::API_VERSION
+        )));
+    }
+    let list_kind = format!("{}List", info.kind);
+    if let Some(k) = kind
+        && k != list_kind
+    {
+        return Err(bad(format!("kind {k:?} is not {list_kind:?}")));
+    }
+    if items.is_empty() {
+        return Err(bad("items is empty".into()));
+    }
+    if items.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::too_large(format!(
+            "a batch create takes at most {MAX_BATCH_ITEMS} objects, not {}",
+            items.len()
+        )));
+    }
+    Ok(items)
+}
+
+/// Names the batch item an error is about.
+fn at_item(index: usize, mut e: ApiError) -> ApiError {
+    e.message = format!("items[{index}]: {}", e.message);
+    e
 }
 
 #[allow(clippy::too_many_arguments)]

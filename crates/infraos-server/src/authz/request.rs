@@ -70,6 +70,12 @@ pub fn target(method: &http::Method, path: &str, query: Option<&str>) -> Option<
         [plural, name, sub] => (None, *plural, Some(*name), Some(*sub)),
         _ => return None,
     };
+    // `POST …/<plural>:batchCreate` creates several objects: the verb is create.
+    let plural = match plural.strip_suffix(crate::api::BATCH_CREATE) {
+        Some(p) if *method == http::Method::POST && name.is_none() => p,
+        Some(_) => return None,
+        None => plural,
+    };
     let base = match plural {
         "auditrecords" => "AuditRecord".to_string(),
         "tokens" => "Token".to_string(),
