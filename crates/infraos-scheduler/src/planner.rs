@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use infraos_api::kinds::{
     AffinityTerm, AllocatedResource, Claim, ClassKind, ITEMS_DIMENSION, PreemptionPolicy,
-    QuotaLevel, RunnerUp, ScoreBreakdown, SpreadTerm, TENANT_LABEL, Tier, Unsatisfiable,
+    QuotaLevel, RunnerUp, ScoreBreakdown, SpreadTerm, Tier, Unsatisfiable,
 };
 use infraos_api::quantity::NANOS_PER_UNIT;
 use infraos_api::{ItemSelector, LabelSelector, Quantity};
@@ -1102,7 +1102,7 @@ impl Scheduler {
                     return Err(Reject::Spread(spread.key));
                 }
             }
-            if let Some(owner) = entry.labels.get(TENANT_LABEL)
+            if let Some(owner) = &entry.tenant
                 && ctx.tenant != Some(owner.as_str())
             {
                 return Err(Reject::Isolated);
@@ -1150,7 +1150,7 @@ impl Scheduler {
                 if entry.class_id != Some(request.class.id) {
                     continue;
                 }
-                if let Some(owner) = entry.labels.get(TENANT_LABEL)
+                if let Some(owner) = &entry.tenant
                     && ctx.tenant != Some(owner.as_str())
                 {
                     worst = closer(worst, Reject::Isolated);

@@ -41,6 +41,9 @@ impl ClassInfo {
 pub struct NodeEntry {
     pub name: String,
     pub labels: Labels,
+    /// The `infraos.io/tenant` label: only that tenant's claims land here (looked up on
+    /// every candidate, so kept apart from the labels).
+    pub tenant: Option<String>,
     /// False for a node named by resources but not registered as a Node object.
     pub registered: bool,
     pub ready: bool,
@@ -72,6 +75,8 @@ pub struct ResourceEntry {
     pub node: Option<NodeId>,
     /// The resource's own labels; node labels are looked up underneath them.
     pub labels: Labels,
+    /// Its own `infraos.io/tenant` label (see [`NodeEntry::tenant`]).
+    pub tenant: Option<String>,
     /// Capacity per dimension as declared (counted classes).
     pub capacity: BTreeMap<String, Quantity>,
     /// Capacity and use in nano-units by the class's dimension index, derived from
@@ -353,6 +358,7 @@ impl Snapshot {
         self.nodes.push(NodeEntry {
             name: name.to_string(),
             labels: Labels::new(),
+            tenant: None,
             registered: false,
             ready: false,
             unschedulable: false,
@@ -377,6 +383,7 @@ impl Snapshot {
             self.registered_nodes += 1;
         }
         node.labels = labels.clone();
+        node.tenant = labels.get(infraos_api::kinds::TENANT_LABEL).cloned();
         node.registered = true;
         node.ready = status.is_none_or(NodeStatus::is_ready);
         node.unschedulable = spec.unschedulable;
@@ -399,6 +406,7 @@ impl Snapshot {
             node.ready = false;
             node.tiers = 0;
             node.labels.clear();
+            node.tenant = None;
         }
     }
 
@@ -417,6 +425,7 @@ impl Snapshot {
             class_id: None,
             node,
             labels: labels.clone(),
+            tenant: labels.get(infraos_api::kinds::TENANT_LABEL).cloned(),
             capacity: spec.capacity.clone(),
             cap: Vec::new(),
             used: Vec::new(),

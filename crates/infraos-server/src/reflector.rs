@@ -26,11 +26,11 @@ pub enum Change<S> {
 }
 
 /// Feeds `tx` with the changes under `prefix` until shutdown or until the receiver is gone.
-pub async fn run<S: Copy + Send + 'static>(
+pub async fn run<S: Copy + Send + 'static, T: From<Change<S>> + Send + 'static>(
     store: Arc<dyn Store>,
     prefix: String,
     source: S,
-    tx: mpsc::Sender<Change<S>>,
+    tx: mpsc::Sender<T>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -45,7 +45,7 @@ pub async fn run<S: Copy + Send + 'static>(
             }
         };
         if tx
-            .send(Change::Resync(source, kvs, revision))
+            .send(Change::Resync(source, kvs, revision).into())
             .await
             .is_err()
         {
@@ -68,7 +68,7 @@ pub async fn run<S: Copy + Send + 'static>(
             };
             match next {
                 Some(Ok(batch)) => {
-                    if tx.send(Change::Events(source, batch)).await.is_err() {
+                    if tx.send(Change::Events(source, batch).into()).await.is_err() {
                         return;
                     }
                 }

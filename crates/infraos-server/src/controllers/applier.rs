@@ -1,14 +1,18 @@
 //! The plan applier: the one place where scheduling decisions become stored allocations.
 //!
 //! ```text
-//!   plan (made on the snapshot) ─► for each placement: Snapshot::fits? ── no ─► retry later
-//!                                      │ yes: assume it in the snapshot
-//!                                      ▼
-//!   one transaction for the batch:  compare claim revision, allocation absent
-//!                                   put Allocation, put Claim status, append audit record
-//!        ├─ committed ─► done (the watch echo of our writes is idempotent)
-//!        └─ conflict  ─► undo every assumption of the batch, retry those claims on fresh state
+//!   prepare: plan (made on the snapshot) ─► for each placement: Snapshot::fits? ── no ─► retry
+//!                                              │ yes: assume it in the snapshot
+//!                                              ▼
+//!   write (off the scheduling loop, batches in order):
+//!            one transaction for the batch:  compare claim revision, allocation absent
+//!                                            put Allocation, put Claim status, append audit record
+//!            then the pending claims' statuses
+//!   settle:  ├─ committed ─► done (the watch echo of our writes is idempotent)
+//!            └─ conflict  ─► undo every assumption of the batch, retry those claims on fresh state
 //! ```
+//! The next batch is planned while one is written, on a snapshot that assumes it: if that
+//! batch then fails, the next one was planned on less room than there was, never more.
 //! Because only the applier adds allocations, and it re-checks each placement against the
 //! snapshot it then updates, capacity cannot be exceeded by any interleaving of batches
 //! (Nomad's plan applier works the same way). Unschedulable decisions are written as claim
@@ -83,16 +87,50 @@ async fn sign_instruction(
     Ok(())
 }
 
-pub async fn commit(
+/// What a batch writes once its placements are re-checked and assumed in the snapshot: one
+/// transaction for the allocations, and the statuses of the claims left pending.
+pub struct Writes {
+    /// What each assumed placement writes, encoded by the writer (off the scheduling loop).
+    placed: Vec<PlacedWrite>,
+    now: infraos_api::Time,
+    /// Claims assumed allocated in the snapshot, committed by one transaction.
+    pub assumed: Vec<String>,
+    unschedulable: Vec<(String, ClaimEntry, Why)>,
+    snapshot_revision: u64,
+    /// What is known before writing (placements that no longer fit, preemption failures).
+    applied: Applied,
+}
+
+/// One placement to write: the allocation, and the claim with its Allocated status.
+struct PlacedWrite {
+    claim_key: String,
+    claim_revision: u64,
+    alloc_key: String,
+    claim: Claim,
+    allocation: infraos_api::kinds::Allocation,
+    node: Option<String>,
+}
+
+/// A written batch, to be settled in the snapshot.
+pub struct Written {
+    /// The revision the allocations were committed at, or `None` when they were not.
+    committed: Option<u64>,
+    assumed: Vec<String>,
+    applied: Applied,
+}
+
+/// Re-checks each placement against the snapshot and assumes it there, starts preempting
+/// victims, and prepares the batch's writes. Nothing of the batch is written yet but the
+/// preemptions (rare, and each its own compare-and-swap).
+pub async fn prepare(
     state: &AppState,
     snapshot: &mut Snapshot,
     plan: &Plan,
     claims: &HashMap<String, ClaimEntry>,
-) -> Applied {
+) -> Writes {
     let mut applied = Applied::default();
-    let actor = Actor::system("scheduler");
     let now = state.clock.now();
-    let mut txn = Txn::new();
+    let mut placed = Vec::new();
     let mut assumed = Vec::new();
     let mut unschedulable = Vec::new();
     for (position, decision) in plan.decisions.iter().enumerate() {
@@ -124,26 +162,14 @@ pub async fn commit(
                 meta.labels = allocation.metadata.labels.clone();
                 snapshot.apply_allocation(&decision.claim_key, &placement.resources, meta);
                 assumed.push(decision.claim_key.clone());
-                let alloc_bytes = encode_typed(&allocation);
-                let mut object = audit::object_ref("Allocation", claim.namespace(), claim.name());
-                object.uid = Some(allocation.metadata.uid.clone());
-                let payload = Record {
-                    actor: &actor,
-                    verb: "allocate",
-                    object,
-                    code: 201,
-                    reason: None,
-                    before: None,
-                    after: Some(&alloc_bytes),
+                placed.push(PlacedWrite {
+                    claim_key: claim_key(entry),
+                    claim_revision: entry.revision,
+                    alloc_key: alloc_key(entry),
+                    claim,
+                    allocation,
                     node: placement.node.clone(),
-                }
-                .payload(now);
-                txn = txn
-                    .when(Compare::unchanged(claim_key(entry), entry.revision))
-                    .when(Compare::absent(alloc_key(entry)))
-                    .put(alloc_key(entry), alloc_bytes)
-                    .put(claim_key(entry), encode_typed(&claim))
-                    .append(payload);
+                });
             }
             Outcome::Unschedulable(explanation) => {
                 let mut why = Why::from(explanation);
@@ -177,33 +203,70 @@ pub async fn commit(
             }
         }
     }
+    Writes {
+        placed,
+        now,
+        assumed,
+        unschedulable,
+        snapshot_revision: plan.snapshot_revision,
+        applied,
+    }
+}
+
+/// Writes a prepared batch: the allocations' transaction, then the pending claims' statuses.
+/// Touches no scheduler state, so it runs while the next batch is planned.
+pub async fn write(state: &AppState, writes: Writes) -> Written {
+    let Writes {
+        placed,
+        now,
+        assumed,
+        unschedulable,
+        snapshot_revision,
+        mut applied,
+    } = writes;
+    let actor = Actor::system("scheduler");
+    let mut txn = Txn::new();
+    for p in placed {
+        let alloc_bytes = encode_typed(&p.allocation);
+        let mut object = audit::object_ref("Allocation", p.claim.namespace(), p.claim.name());
+        object.uid = Some(p.allocation.metadata.uid.clone());
+        let payload = Record {
+            actor: &actor,
+            verb: "allocate",
+            object,
+            code: 201,
+            reason: None,
+            before: None,
+            after: Some(&alloc_bytes),
+            node: p.node,
+        }
+        .payload(now);
+        txn = txn
+            .when(Compare::unchanged(p.claim_key.clone(), p.claim_revision))
+            .when(Compare::absent(p.alloc_key.clone()))
+            .put(p.alloc_key, alloc_bytes)
+            .put(p.claim_key, encode_typed(&p.claim))
+            .append(payload);
+    }
+    let mut committed = None;
     if !assumed.is_empty() {
         match state.store.txn(txn).await {
-            Ok(out) if out.succeeded => {
-                applied
-                    .committed
-                    .extend(assumed.iter().map(|k| (k.clone(), out.revision)));
+            Ok(out) if out.succeeded => committed = Some(out.revision),
+            Ok(_) => {
+                tracing::debug!(
+                    claims = assumed.len(),
+                    "plan conflicted with newer state; retrying"
+                );
             }
-            outcome => {
-                if let Err(e) = &outcome {
-                    tracing::warn!(error = %e, "committing a plan failed");
-                    applied.store_failed = true;
-                } else {
-                    tracing::debug!(
-                        claims = assumed.len(),
-                        "plan conflicted with newer state; retrying"
-                    );
-                }
-                for key in &assumed {
-                    snapshot.remove_allocation(key);
-                }
-                applied.retry.extend(assumed);
+            Err(e) => {
+                tracing::warn!(error = %e, "committing a plan failed");
+                applied.store_failed = true;
             }
         }
     }
-    let writes = unschedulable.into_iter().map(|(key, entry, why)| {
-        write_unschedulable(state, key, entry, why, plan.snapshot_revision)
-    });
+    let writes = unschedulable
+        .into_iter()
+        .map(|(key, entry, why)| write_unschedulable(state, key, entry, why, snapshot_revision));
     for outcome in join_all(writes).await {
         match outcome {
             StatusWrite::Recorded(key, message) => applied.unschedulable.push((key, message)),
@@ -212,6 +275,34 @@ pub async fn commit(
                 applied.store_failed = true;
                 applied.retry.push(key);
             }
+        }
+    }
+    Written {
+        committed,
+        assumed,
+        applied,
+    }
+}
+
+/// Settles a written batch: its allocations are committed, or their assumptions are undone
+/// in the snapshot and the claims placed again on fresher state. `stored(key)`: an
+/// allocation event for the key arrived since the batch was prepared, so the snapshot holds
+/// what is stored, not the assumption, and it stays.
+pub fn settle(snapshot: &mut Snapshot, written: Written, stored: impl Fn(&str) -> bool) -> Applied {
+    let Written {
+        committed,
+        assumed,
+        mut applied,
+    } = written;
+    match committed {
+        Some(revision) => applied
+            .committed
+            .extend(assumed.into_iter().map(|k| (k, revision))),
+        None => {
+            for key in assumed.iter().filter(|k| !stored(k)) {
+                snapshot.remove_allocation(key);
+            }
+            applied.retry.extend(assumed);
         }
     }
     applied

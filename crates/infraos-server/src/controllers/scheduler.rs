@@ -5,13 +5,15 @@
 //!   reflectors (classes, nodes, resources, allocations, claims) ──► one channel
 //!        │ drain every pending change, then:
 //!        ├─ cluster changed and claims wait as unschedulable ──► requeue them (≥ 1 s apart)
-//!        └─ while claims are queued: batch ─► Scheduler::plan ─► applier::commit
+//!        └─ while claims are queued: batch ─► Scheduler::plan ─► applier::prepare
+//!                                                      └─► batch writer task (in order) ─► settle
+//!                       (at most MAX_IN_FLIGHT batches unsettled; all settled before idling)
 //! ```
 //! Level-triggered: a claim is queued whenever its latest state is Pending and it is neither
 //! queued nor known unschedulable; the store, not this loop, is the source of truth, and a
 //! stale decision is caught by the applier's compare-and-swap.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -160,7 +162,43 @@ pub(crate) fn apply_object(
     })
 }
 
+/// What reaches the loop: a change, with its claims already decoded when it comes from the
+/// claims reflector (decoding them was a quarter of the loop's work; a task beside the loop
+/// does it, on another core when there is one).
+struct Input {
+    change: Change<Source>,
+    /// Aligned with the change's objects (`None`: a delete, or not decoded).
+    claims: Vec<Option<infraos_api::kinds::Claim>>,
+}
+
+impl From<Change<Source>> for Input {
+    fn from(change: Change<Source>) -> Self {
+        Input {
+            change,
+            claims: Vec::new(),
+        }
+    }
+}
+
+/// Decodes the claims of a change from the claims reflector.
+fn decode_claims(change: &Change<Source>) -> Vec<Option<infraos_api::kinds::Claim>> {
+    let decode = |kv: &KeyValue| decode_typed::<ClaimSpec>(kv).ok();
+    match change {
+        Change::Resync(_, kvs, _) => kvs.iter().map(decode).collect(),
+        Change::Events(_, events) => events
+            .iter()
+            .map(|e| match e.kind {
+                EventKind::Put => decode(&e.kv),
+                EventKind::Delete => None,
+            })
+            .collect(),
+    }
+}
+
 const REQUEUE_INTERVAL: Duration = Duration::from_secs(1);
+/// Batches written but not yet settled: the next batch is planned while the previous one is
+/// committed (its fsync, its status writes), on a snapshot that already assumes it.
+const MAX_IN_FLIGHT: usize = 2;
 const FULL_RETRY_INTERVAL: Duration = Duration::from_secs(30);
 
 struct Controller {
@@ -188,6 +226,15 @@ struct Controller {
     quota_written: HashMap<String, (ClassAmounts, ClassAmounts)>,
     quota_generation: u64,
     last_quota_write: Instant,
+    /// Prepared batches go to the batch writer task; written ones come back, in order.
+    to_writer: mpsc::Sender<applier::Writes>,
+    from_writer: mpsc::Receiver<applier::Written>,
+    /// The claims each unsettled batch decided, oldest first: not queued again meanwhile.
+    in_flight: VecDeque<Vec<String>>,
+    in_flight_claims: HashSet<String>,
+    /// Allocations assumed by unsettled batches, with the newest revision of an allocation
+    /// event seen for the key since (0: none).
+    in_flight_allocs: HashMap<String, u64>,
 }
 
 const QUOTA_STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -198,9 +245,29 @@ pub fn spawn(
     shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
     let scheduler = Scheduler::new(state.config.scheduler.clone())?;
-    let (tx, rx) = mpsc::channel(16_384);
+    let (tx, rx) = mpsc::channel::<Input>(16_384);
     for source in SOURCES {
         let prefix = source_prefix(source);
+        if source == Source::Claims {
+            let (claims_tx, mut claims_rx) = mpsc::channel::<Change<Source>>(1024);
+            tokio::spawn(reflector::run(
+                state.store.clone(),
+                prefix,
+                source,
+                claims_tx,
+                shutdown.clone(),
+            ));
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(change) = claims_rx.recv().await {
+                    let claims = decode_claims(&change);
+                    if tx.send(Input { change, claims }).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            continue;
+        }
         tokio::spawn(reflector::run(
             state.store.clone(),
             prefix,
@@ -209,6 +276,19 @@ pub fn spawn(
             shutdown.clone(),
         ));
     }
+    let (to_writer, mut writes) = mpsc::channel::<applier::Writes>(MAX_IN_FLIGHT);
+    let (written_tx, from_writer) = mpsc::channel::<applier::Written>(MAX_IN_FLIGHT);
+    let writer_state = state.clone();
+    // The batch writer: writes prepared batches one after the other, in the order planned
+    // (a replay counts earlier batches' allocations as assumed).
+    tokio::spawn(async move {
+        while let Some(batch) = writes.recv().await {
+            let written = applier::write(&writer_state, batch).await;
+            if written_tx.send(written).await.is_err() {
+                return;
+            }
+        }
+    });
     let controller = Controller {
         state,
         scheduler,
@@ -226,6 +306,11 @@ pub fn spawn(
         quota_written: HashMap::new(),
         quota_generation: u64::MAX,
         last_quota_write: Instant::now(),
+        to_writer,
+        from_writer,
+        in_flight: VecDeque::new(),
+        in_flight_claims: HashSet::new(),
+        in_flight_allocs: HashMap::new(),
     };
     Ok(tokio::spawn(controller.run(rx, shutdown)))
 }
@@ -239,11 +324,7 @@ pub(crate) fn object_id(key: &str) -> String {
 }
 
 impl Controller {
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Change<Source>>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut shutdown: watch::Receiver<bool>) {
         let mut last_full_retry = Instant::now();
         loop {
             let quota_behind = self.snapshot.governance_generation() != self.quota_generation;
@@ -281,6 +362,8 @@ impl Controller {
                     self.handle(c);
                 }
             }
+            // Nothing stays unsettled while the loop waits.
+            backoff |= self.settle_all().await;
             if !backoff {
                 self.write_quota_status().await;
             }
@@ -302,6 +385,9 @@ impl Controller {
     }
 
     fn enqueue(&mut self, key: String) {
+        if self.in_flight_claims.contains(&key) {
+            return; // its batch settles it, and queues it again if it must be
+        }
         let Some(entry) = self.claims.get(&key) else {
             return;
         };
@@ -315,7 +401,9 @@ impl Controller {
         self.queue.push(key, priority, gang);
     }
 
-    fn handle(&mut self, change: Change<Source>) {
+    fn handle(&mut self, input: Input) {
+        let Input { change, claims } = input;
+        let mut claims = claims.into_iter();
         match change {
             Change::Resync(source, kvs, revision) => {
                 let names: HashSet<String> = kvs.iter().map(|kv| object_id(&kv.key)).collect();
@@ -328,7 +416,7 @@ impl Controller {
                     self.remove(source, &id);
                 }
                 for kv in &kvs {
-                    self.upsert(source, kv);
+                    self.upsert(source, kv, claims.next().flatten());
                 }
                 self.known.insert(source, names);
                 self.synced.insert(source);
@@ -345,9 +433,10 @@ impl Controller {
                                 .entry(source)
                                 .or_default()
                                 .insert(object_id(&kv.key));
-                            self.upsert(source, kv);
+                            self.upsert(source, kv, claims.next().flatten());
                         }
                         EventKind::Delete => {
+                            claims.next();
                             let id = object_id(&kv.key);
                             if let Some(known) = self.known.get_mut(&source) {
                                 known.remove(&id);
@@ -360,12 +449,29 @@ impl Controller {
         }
     }
 
-    fn upsert(&mut self, source: Source, kv: &KeyValue) {
+    /// `decoded`: the claim `kv` holds, when decoded already.
+    fn upsert(
+        &mut self,
+        source: Source,
+        kv: &KeyValue,
+        decoded: Option<infraos_api::kinds::Claim>,
+    ) {
         let id = object_id(&kv.key);
         if source == Source::Allocations && self.own_allocations.get(&id) == Some(&kv.mod_revision)
         {
             // The echo of our own commit: already assumed, no need to decode it.
             self.own_allocations.remove(&id);
+            return;
+        }
+        if source == Source::Allocations
+            && let Some(seen) = self.in_flight_allocs.get_mut(&id)
+        {
+            // Stored while its batch is unsettled (most likely the echo of that batch): the
+            // snapshot takes what is stored, and settling leaves it be.
+            *seen = (*seen).max(kv.mod_revision);
+        }
+        if let Some(claim) = decoded {
+            self.upsert_claim(id, kv.mod_revision, claim);
             return;
         }
         match apply_object(&mut self.snapshot, source, &id, kv) {
@@ -437,7 +543,11 @@ impl Controller {
             Source::Resources => self.snapshot.remove_resource(id),
             Source::Allocations => {
                 self.own_allocations.remove(id);
-                self.snapshot.remove_allocation(id);
+                // A claim placed again by an unsettled batch: this deletes its previous
+                // allocation, not the one assumed (written, if at all, after this).
+                if !self.in_flight_allocs.contains_key(id) {
+                    self.snapshot.remove_allocation(id);
+                }
                 self.cluster_changed = true;
                 self.wake_preemptors();
             }
@@ -498,12 +608,51 @@ impl Controller {
                 self.preemptors.remove(&d.claim_key);
             }
         }
-        let applied = applier::commit(&self.state, &mut self.snapshot, &plan, &self.claims).await;
+        let writes = applier::prepare(&self.state, &mut self.snapshot, &plan, &self.claims).await;
+        let keys: Vec<String> = plan.decisions.iter().map(|d| d.claim_key.clone()).collect();
+        self.in_flight_claims.extend(keys.iter().cloned());
+        for key in &writes.assumed {
+            self.in_flight_allocs.insert(key.clone(), 0);
+        }
+        self.in_flight.push_back(keys);
+        if self.to_writer.send(writes).await.is_err() {
+            return true; // shutting down
+        }
+        let mut store_failed = false;
+        while self.in_flight.len() >= MAX_IN_FLIGHT {
+            store_failed |= self.settle_next().await;
+        }
+        store_failed
+    }
+
+    /// Settles the oldest written batch; true when the store failed.
+    async fn settle_next(&mut self) -> bool {
+        let Some(keys) = self.in_flight.pop_front() else {
+            return false;
+        };
+        let Some(written) = self.from_writer.recv().await else {
+            return true; // shutting down
+        };
+        for key in &keys {
+            self.in_flight_claims.remove(key);
+        }
+        let seen = &self.in_flight_allocs;
+        let applied = applier::settle(&mut self.snapshot, written, |key| {
+            seen.get(key).is_some_and(|&r| r > 0)
+        });
         for (key, revision) in applied.committed {
-            self.claims.remove(&key);
+            let seen = self.in_flight_allocs.remove(&key).unwrap_or(0);
             self.unschedulable.remove(&key);
-            self.own_allocations.insert(key.clone(), revision);
-            self.committed.insert(key, revision);
+            if seen < revision {
+                self.own_allocations.insert(key.clone(), revision);
+            }
+            // Its Allocated echo may have come already (and forgotten the claim).
+            if self.claims.remove(&key).is_some() {
+                self.committed.insert(key, revision);
+            }
+        }
+        for key in &keys {
+            self.in_flight_allocs.remove(key);
         }
         for (key, message) in applied.unschedulable {
             self.unschedulable.insert(key, message);
@@ -511,7 +660,23 @@ impl Controller {
         for key in applied.retry {
             self.refresh_claim(&key).await;
         }
+        // A claim that changed while its batch was written came back pending; it was not
+        // queued then (its batch held it), so it is now.
+        for key in keys {
+            if self.claims.contains_key(&key) && !self.unschedulable.contains_key(&key) {
+                self.enqueue(key);
+            }
+        }
         applied.store_failed
+    }
+
+    /// Settles every written batch; true when the store failed.
+    async fn settle_all(&mut self) -> bool {
+        let mut store_failed = false;
+        while !self.in_flight.is_empty() {
+            store_failed |= self.settle_next().await;
+        }
+        store_failed
     }
 
     /// Writes each Quota's usage to its status when it changed, at most once a second.
