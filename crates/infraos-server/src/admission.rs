@@ -21,12 +21,12 @@ use infraos_store::Store;
 use crate::error::ApiError;
 use crate::objects::{self, decode_typed};
 
-/// ResourceClasses as last decoded, by name with their revision: claims name the same few
-/// classes over and over, and a class changes rarely. The store is still read every time (so
-/// a change is seen at once); only the decoding is saved.
+/// Catalog objects (ResourceClasses, PriorityClasses) as last decoded, by key with their
+/// revision: claims name the same few over and over, and they change rarely. The store is
+/// still read every time (so a change is seen at once); only the decoding is saved.
 #[derive(Default)]
 pub struct ClassCache {
-    classes: parking_lot::RwLock<HashMap<String, (u64, Arc<ResourceClassSpec>)>>,
+    decoded: parking_lot::RwLock<HashMap<String, (u64, Arc<dyn std::any::Any + Send + Sync>)>>,
 }
 
 impl ClassCache {
@@ -35,22 +35,49 @@ impl ClassCache {
         store: &dyn Store,
         name: &str,
     ) -> Result<Option<Arc<ResourceClassSpec>>, ApiError> {
-        let key = objects::key(ResourceClassSpec::INFO, None, name);
-        let Some(kv) = store.get(&key).await? else {
-            return Ok(None);
-        };
-        if let Some((revision, spec)) = self.classes.read().get(name)
+        Ok(self
+            .object::<ResourceClassSpec>(store, name)
+            .await?
+            .map(|(_, spec)| spec))
+    }
+
+    /// The named cluster object of kind `K`: its name and spec.
+    async fn object<K: infraos_api::Kind + Send + Sync + 'static>(
+        &self,
+        store: &dyn Store,
+        name: &str,
+    ) -> Result<Option<(String, Arc<K>)>, ApiError> {
+        let key = objects::key(K::INFO, None, name);
+        match store.get(&key).await? {
+            Some(kv) => Ok(Some((name.to_string(), self.decode::<K>(&kv)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// `kv`'s spec, decoded once per revision.
+    fn decode<K: infraos_api::Kind + Send + Sync + 'static>(
+        &self,
+        kv: &infraos_store::KeyValue,
+    ) -> Result<Arc<K>, ApiError> {
+        if let Some((revision, spec)) = self.decoded.read().get(&kv.key)
             && *revision == kv.mod_revision
+            && let Ok(spec) = Arc::clone(spec).downcast::<K>()
         {
-            return Ok(Some(Arc::clone(spec)));
+            return Ok(spec);
         }
-        let spec = Arc::new(decode_typed::<ResourceClassSpec>(&kv)?.spec);
-        let mut classes = self.classes.write();
-        if classes.len() > 10_000 {
-            classes.clear();
+        let spec = Arc::new(decode_typed::<K>(kv)?.spec);
+        let mut decoded = self.decoded.write();
+        if decoded.len() > 10_000 {
+            decoded.clear();
         }
-        classes.insert(name.to_string(), (kv.mod_revision, Arc::clone(&spec)));
-        Ok(Some(spec))
+        decoded.insert(
+            kv.key.clone(),
+            (
+                kv.mod_revision,
+                Arc::clone(&spec) as Arc<dyn std::any::Any + Send + Sync>,
+            ),
+        );
+        Ok(spec)
     }
 }
 
@@ -80,6 +107,7 @@ use infraos_api::Kind as _;
 /// stored value is kept, so a class's value changing later does not change existing claims.
 pub async fn default(
     store: &dyn Store,
+    cache: &ClassCache,
     object: &mut TypedObject,
     old: Option<&TypedObject>,
 ) -> Result<(), ApiError> {
@@ -99,7 +127,7 @@ pub async fn default(
     }
     let name = claim.metadata.name.clone();
     let class = match &claim.spec.priority_class_name {
-        Some(class_name) => match get_typed::<PriorityClassSpec>(store, class_name).await? {
+        Some(class_name) => match cache.object::<PriorityClassSpec>(store, class_name).await? {
             Some(class) => Some(class),
             None => {
                 return Err(ApiError::invalid_field(
@@ -114,22 +142,20 @@ pub async fn default(
             let all = store
                 .range(&objects::prefix(PriorityClassSpec::INFO, None), None, 0)
                 .await?;
-            let mut default: Option<Object<PriorityClassSpec>> = None;
+            let mut default: Option<(String, Arc<PriorityClassSpec>)> = None;
             for kv in &all.kvs {
-                let class = decode_typed::<PriorityClassSpec>(kv)?;
+                let spec = cache.decode::<PriorityClassSpec>(kv)?;
                 // Several global defaults: the highest value wins, as documented.
-                if class.spec.global_default
-                    && default
-                        .as_ref()
-                        .is_none_or(|d| class.spec.value > d.spec.value)
+                if spec.global_default && default.as_ref().is_none_or(|(_, d)| spec.value > d.value)
                 {
-                    default = Some(class);
+                    let name = kv.key.rsplit('/').next().unwrap_or_default().to_string();
+                    default = Some((name, spec));
                 }
             }
             default
         }
     };
-    let value = class.as_ref().map(|c| c.spec.value);
+    let value = class.as_ref().map(|(_, c)| c.value);
     if let Some(given) = claim.spec.priority
         && Some(given) != value.or(Some(0))
     {
@@ -140,9 +166,9 @@ pub async fn default(
             "is set by the server from spec.priorityClassName; leave it out",
         ));
     }
-    if let Some(class) = class {
-        claim.spec.priority_class_name = Some(class.metadata.name.clone());
-        claim.spec.priority = Some(class.spec.value);
+    if let Some((name, class)) = class {
+        claim.spec.priority_class_name = Some(name);
+        claim.spec.priority = Some(class.value);
     }
     Ok(())
 }

@@ -622,7 +622,7 @@ async fn prepare_create(
         .map_err(|e| ApiError::invalid(info.kind, &name, &e))?;
     authz::check_role_name(&object)?;
     authz::check_object(state, &ctx.identity, "create", &object)?;
-    admission::default(&*state.store, &mut object, None).await?;
+    admission::default(&*state.store, &state.classes, &mut object, None).await?;
     admission::admit(&*state.store, &state.classes, &object).await?;
     let now = state.clock.now();
     {
@@ -1080,7 +1080,7 @@ async fn commit_update(
     if !status_only {
         authz::check_object(state, &ctx.identity, verb_name, &object)?;
     }
-    admission::default(&*state.store, &mut object, Some(&old_typed)).await?;
+    admission::default(&*state.store, &state.classes, &mut object, Some(&old_typed)).await?;
     admission::admit_update(&object, &old_typed)?;
     admission::admit(&*state.store, &state.classes, &object).await?;
     // System finalizers are removed by the control plane only.
