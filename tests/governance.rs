@@ -370,6 +370,47 @@ spec: {value: 1000}
 }
 
 #[tokio::test]
+async fn claims_without_a_class_get_the_global_default_as_it_is_now() {
+    let server = TestServer::start().await;
+    let c = server.client();
+    apply_yaml(&c, &small_cluster(8)).await;
+    let create = |name: &'static str| {
+        let c = c.clone();
+        async move {
+            c.create(kind("claims"), Some("p"), &claim_with(name, "1", json!({})))
+                .await
+                .unwrap()
+        }
+    };
+    // No default class: priority stays unset (0 for the scheduler).
+    let plain = create("plain").await;
+    assert!(plain["spec"]["priority"].is_null(), "{plain}");
+    apply_yaml(
+        &c,
+        "apiVersion: infraos.io/v1\nkind: PriorityClass\nmetadata: {name: normal}\nspec: {value: 100, globalDefault: true}\n---\napiVersion: infraos.io/v1\nkind: PriorityClass\nmetadata: {name: low}\nspec: {value: 5, globalDefault: true}\n",
+    )
+    .await;
+    // Two global defaults: the higher value wins.
+    let a = create("a").await;
+    assert_eq!(a["spec"]["priorityClassName"], "normal", "{a}");
+    assert_eq!(a["spec"]["priority"], 100);
+    // The class changes: the next claim sees the new value (the decode cache keys on the
+    // revision), the earlier claim keeps its own.
+    c.merge_patch(
+        kind("priorityclasses"),
+        None,
+        "normal",
+        &json!({"spec": {"value": 200}}),
+    )
+    .await
+    .unwrap();
+    let b = create("b").await;
+    assert_eq!(b["spec"]["priority"], 200, "{b}");
+    let a = c.get(kind("claims"), Some("p"), "a").await.unwrap();
+    assert_eq!(a["spec"]["priority"], 100);
+}
+
+#[tokio::test]
 async fn bad_governance_input_is_refused_with_the_field_named() {
     let server = TestServer::start().await;
     let c = server.client();
