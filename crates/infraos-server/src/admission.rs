@@ -26,8 +26,11 @@ use crate::objects::{self, decode_typed};
 /// still read every time (so a change is seen at once); only the decoding is saved.
 #[derive(Default)]
 pub struct ClassCache {
-    decoded: parking_lot::RwLock<HashMap<String, (u64, Arc<dyn std::any::Any + Send + Sync>)>>,
+    decoded: parking_lot::RwLock<HashMap<String, (u64, AnySpec)>>,
 }
+
+/// A decoded spec of some kind, told apart by downcasting.
+type AnySpec = Arc<dyn std::any::Any + Send + Sync>;
 
 impl ClassCache {
     async fn get(
@@ -72,10 +75,7 @@ impl ClassCache {
         }
         decoded.insert(
             kv.key.clone(),
-            (
-                kv.mod_revision,
-                Arc::clone(&spec) as Arc<dyn std::any::Any + Send + Sync>,
-            ),
+            (kv.mod_revision, Arc::clone(&spec) as AnySpec),
         );
         Ok(spec)
     }

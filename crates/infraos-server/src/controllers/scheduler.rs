@@ -198,7 +198,7 @@ fn decode_claims(change: &Change<Source>) -> Vec<Option<infraos_api::kinds::Clai
 const REQUEUE_INTERVAL: Duration = Duration::from_secs(1);
 /// Batches written but not yet settled: the next batch is planned while the previous one is
 /// committed (its fsync, its status writes), on a snapshot that already assumes it.
-const MAX_IN_FLIGHT: usize = 2;
+const MAX_IN_FLIGHT: usize = 3;
 const FULL_RETRY_INTERVAL: Duration = Duration::from_secs(30);
 
 struct Controller {
@@ -279,13 +279,29 @@ pub fn spawn(
     let (to_writer, mut writes) = mpsc::channel::<applier::Writes>(MAX_IN_FLIGHT);
     let (written_tx, from_writer) = mpsc::channel::<applier::Written>(MAX_IN_FLIGHT);
     let writer_state = state.clone();
-    // The batch writer: writes prepared batches one after the other, in the order planned
-    // (a replay counts earlier batches' allocations as assumed).
+    // The batch writer: writes prepared batches concurrently, so that the store's group
+    // commit takes several in one fsync; they reach the store in the order planned (futures
+    // are first polled in the order pushed: a replay counts earlier batches' allocations as
+    // assumed), and come back in that order.
     tokio::spawn(async move {
-        while let Some(batch) = writes.recv().await {
-            let written = applier::write(&writer_state, batch).await;
-            if written_tx.send(written).await.is_err() {
-                return;
+        use futures::StreamExt as _;
+        let mut pending = futures::stream::FuturesOrdered::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                batch = writes.recv(), if open => match batch {
+                    Some(batch) => {
+                        let state = writer_state.clone();
+                        pending.push_back(async move { applier::write(&state, batch).await });
+                    }
+                    None => open = false,
+                },
+                Some(written) = pending.next(), if !pending.is_empty() => {
+                    if written_tx.send(written).await.is_err() {
+                        return;
+                    }
+                }
+                else => return,
             }
         }
     });
