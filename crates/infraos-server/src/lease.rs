@@ -15,7 +15,7 @@ use infraos_api::kinds::{
     Lease, NODE_LABEL, Preemption,
 };
 use infraos_api::{Duration, Object, OwnerReference, Time};
-use infraos_scheduler::Placement;
+use infraos_scheduler::{AllocationMeta, Placement};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseError {
@@ -56,6 +56,37 @@ pub fn expiry_action(allocation: &Allocation, now: Time, skew_margin: Duration) 
 }
 
 /// The Allocation for a placed claim and the claim's new status.
+/// What the scheduler's snapshot records of the allocation [`allocate`] makes for `claim`
+/// at `placement`: derived the same way, without building it (the allocation itself is built
+/// and encoded off the scheduling loop).
+pub fn allocation_meta(claim: &Claim, placement: &Placement, now: Time) -> AllocationMeta {
+    let mut labels = claim.metadata.labels.clone();
+    if let Some(node) = &placement.node {
+        labels.insert(NODE_LABEL.to_string(), node.clone());
+    }
+    AllocationMeta {
+        priority: claim.spec.priority.unwrap_or(0),
+        queue: claim
+            .spec
+            .queue
+            .clone()
+            .unwrap_or_else(|| infraos_api::kinds::DEFAULT_QUEUE.to_string()),
+        group: claim.spec.group.as_ref().map(|g| g.name.clone()),
+        borrowing: placement.borrowing,
+        preempting: false,
+        created_ms: now.unix_millis(),
+        labels,
+        node: placement.node.clone(),
+        anti_affinity: claim
+            .spec
+            .anti_affinity
+            .iter()
+            .filter(|t| !t.preferred)
+            .cloned()
+            .collect(),
+    }
+}
+
 pub fn allocate(
     claim: &mut Claim,
     placement: &Placement,
@@ -333,6 +364,30 @@ mod tests {
         };
         let alloc = allocate(&mut claim, &placement, t(1_000), 7);
         (claim, alloc)
+    }
+
+    #[test]
+    fn the_snapshot_records_what_the_allocation_says() {
+        let mut claim: Claim = Object::new("c", Some("p"), ClaimSpec::default());
+        claim.metadata.labels.insert("app".into(), "x".into());
+        claim.spec.priority = Some(42);
+        claim.spec.queue = Some("q".into());
+        claim.spec.group = Some(infraos_api::kinds::GroupSpec {
+            name: "g".into(),
+            min_members: 2,
+        });
+        let placement = Placement {
+            node: Some("n1".into()),
+            resources: vec![],
+            score: ScoreBreakdown::default(),
+            runner_up: None,
+            borrowing: true,
+        };
+        let meta = allocation_meta(&claim, &placement, t(1_000));
+        let alloc = allocate(&mut claim, &placement, t(1_000), 7);
+        let mut from_alloc = AllocationMeta::of(&alloc.spec, alloc.status.as_ref(), 1_000);
+        from_alloc.labels = alloc.metadata.labels.clone();
+        assert_eq!(meta, from_alloc);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 use infraos_api::Kind as _;
 use infraos_api::kinds::{AllocationSpec, Claim, ClaimSpec, Preemption, Unschedulable};
-use infraos_scheduler::{AllocationMeta, Explanation, Outcome, Plan, Snapshot, Victim};
+use infraos_scheduler::{Explanation, Outcome, Plan, Snapshot, Victim};
 use infraos_store::{Compare, Txn};
 
 use crate::audit::{self, Actor, Record};
@@ -101,21 +101,23 @@ pub struct Writes {
     applied: Applied,
 }
 
-/// One placement to write: the allocation, and the claim with its Allocated status.
+/// One placement to write: its claim as decided on, and where it goes. The writer builds
+/// the allocation and the claim's Allocated status from it.
 struct PlacedWrite {
-    claim_key: String,
-    claim_revision: u64,
-    alloc_key: String,
-    claim: Claim,
-    allocation: infraos_api::kinds::Allocation,
-    node: Option<String>,
+    key: String,
+    entry: ClaimEntry,
+    placement: infraos_scheduler::Placement,
+    position: u32,
 }
 
 /// A written batch, to be settled in the snapshot.
 pub struct Written {
     /// The revision the allocations were committed at, or `None` when they were not.
     committed: Option<u64>,
+    /// The assumed claims the transaction carried.
     assumed: Vec<String>,
+    /// Assumed claims left out of it: their instruction could not be signed.
+    unsigned: Vec<String>,
     applied: Applied,
 }
 
@@ -125,7 +127,7 @@ pub struct Written {
 pub async fn prepare(
     state: &AppState,
     snapshot: &mut Snapshot,
-    plan: &Plan,
+    plan: Plan,
     claims: &HashMap<String, ClaimEntry>,
 ) -> Writes {
     let mut applied = Applied::default();
@@ -133,46 +135,31 @@ pub async fn prepare(
     let mut placed = Vec::new();
     let mut assumed = Vec::new();
     let mut unschedulable = Vec::new();
-    for (position, decision) in plan.decisions.iter().enumerate() {
+    let snapshot_revision = plan.snapshot_revision;
+    for (position, decision) in plan.decisions.into_iter().enumerate() {
         let Some(entry) = claims.get(&decision.claim_key) else {
             continue;
         };
         let position = u32::try_from(position).unwrap_or(u32::MAX);
-        match &decision.outcome {
+        match decision.outcome {
             Outcome::Placed(placement) => {
                 if let Err(e) = snapshot.fits(&placement.resources) {
                     tracing::debug!(claim = %decision.claim_key, error = %e, "placement no longer fits");
                     applied.retry.push(decision.claim_key.clone());
                     continue;
                 }
-                let mut claim = (*entry.claim).clone();
-                let mut allocation =
-                    lease::allocate(&mut claim, placement, now, plan.snapshot_revision);
-                allocation.spec.batch_position = position;
-                if let Err(e) = sign_instruction(state, &mut allocation).await {
-                    tracing::error!(claim = %decision.claim_key, error = %e, "cannot sign the instruction; placing it later");
-                    applied.retry.push(decision.claim_key.clone());
-                    continue;
-                }
-                let mut meta = AllocationMeta::of(
-                    &allocation.spec,
-                    allocation.status.as_ref(),
-                    now.unix_millis(),
-                );
-                meta.labels = allocation.metadata.labels.clone();
+                let meta = lease::allocation_meta(&entry.claim, &placement, now);
                 snapshot.apply_allocation(&decision.claim_key, &placement.resources, meta);
                 assumed.push(decision.claim_key.clone());
                 placed.push(PlacedWrite {
-                    claim_key: claim_key(entry),
-                    claim_revision: entry.revision,
-                    alloc_key: alloc_key(entry),
-                    claim,
-                    allocation,
-                    node: placement.node.clone(),
+                    key: decision.claim_key,
+                    entry: entry.clone(),
+                    placement,
+                    position,
                 });
             }
             Outcome::Unschedulable(explanation) => {
-                let mut why = Why::from(explanation);
+                let mut why = Why::from(&explanation);
                 why.position = position;
                 unschedulable.push((decision.claim_key.clone(), entry.clone(), why));
             }
@@ -188,7 +175,7 @@ pub async fn prepare(
                         }
                     }
                 }
-                let message = preemption_message(preemption);
+                let message = preemption_message(&preemption);
                 tracing::info!(claim = %decision.claim_key, victims = started.len(), "preempting");
                 unschedulable.push((
                     decision.claim_key.clone(),
@@ -196,7 +183,7 @@ pub async fn prepare(
                     Why {
                         reason: "Preempting",
                         message,
-                        explanation: preemption.explanation.clone(),
+                        explanation: preemption.explanation,
                         position,
                     },
                 ));
@@ -208,7 +195,7 @@ pub async fn prepare(
         now,
         assumed,
         unschedulable,
-        snapshot_revision: plan.snapshot_revision,
+        snapshot_revision,
         applied,
     }
 }
@@ -226,10 +213,21 @@ pub async fn write(state: &AppState, writes: Writes) -> Written {
     } = writes;
     let actor = Actor::system("scheduler");
     let mut txn = Txn::new();
+    let mut assumed = assumed;
+    let mut unsigned = Vec::new();
     for p in placed {
-        let alloc_bytes = encode_typed(&p.allocation);
-        let mut object = audit::object_ref("Allocation", p.claim.namespace(), p.claim.name());
-        object.uid = Some(p.allocation.metadata.uid.clone());
+        let mut claim = (*p.entry.claim).clone();
+        let mut allocation = lease::allocate(&mut claim, &p.placement, now, snapshot_revision);
+        allocation.spec.batch_position = p.position;
+        if let Err(e) = sign_instruction(state, &mut allocation).await {
+            tracing::error!(claim = %p.key, error = %e, "cannot sign the instruction; placing it later");
+            assumed.retain(|k| k != &p.key);
+            unsigned.push(p.key);
+            continue;
+        }
+        let alloc_bytes = encode_typed(&allocation);
+        let mut object = audit::object_ref("Allocation", claim.namespace(), claim.name());
+        object.uid = Some(allocation.metadata.uid.clone());
         let payload = Record {
             actor: &actor,
             verb: "allocate",
@@ -238,14 +236,14 @@ pub async fn write(state: &AppState, writes: Writes) -> Written {
             reason: None,
             before: None,
             after: Some(&alloc_bytes),
-            node: p.node,
+            node: p.placement.node,
         }
         .payload(now);
         txn = txn
-            .when(Compare::unchanged(p.claim_key.clone(), p.claim_revision))
-            .when(Compare::absent(p.alloc_key.clone()))
-            .put(p.alloc_key, alloc_bytes)
-            .put(p.claim_key, encode_typed(&p.claim))
+            .when(Compare::unchanged(claim_key(&p.entry), p.entry.revision))
+            .when(Compare::absent(alloc_key(&p.entry)))
+            .put(alloc_key(&p.entry), alloc_bytes)
+            .put(claim_key(&p.entry), encode_typed(&claim))
             .append(payload);
     }
     let mut committed = None;
@@ -280,6 +278,7 @@ pub async fn write(state: &AppState, writes: Writes) -> Written {
     Written {
         committed,
         assumed,
+        unsigned,
         applied,
     }
 }
@@ -292,8 +291,15 @@ pub fn settle(snapshot: &mut Snapshot, written: Written, stored: impl Fn(&str) -
     let Written {
         committed,
         assumed,
+        unsigned,
         mut applied,
     } = written;
+    for key in unsigned.into_iter() {
+        if !stored(&key) {
+            snapshot.remove_allocation(&key);
+        }
+        applied.retry.push(key);
+    }
     match committed {
         Some(revision) => applied
             .committed

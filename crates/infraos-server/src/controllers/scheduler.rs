@@ -624,8 +624,8 @@ impl Controller {
                 self.preemptors.remove(&d.claim_key);
             }
         }
-        let writes = applier::prepare(&self.state, &mut self.snapshot, &plan, &self.claims).await;
         let keys: Vec<String> = plan.decisions.iter().map(|d| d.claim_key.clone()).collect();
+        let writes = applier::prepare(&self.state, &mut self.snapshot, plan, &self.claims).await;
         self.in_flight_claims.extend(keys.iter().cloned());
         for key in &writes.assumed {
             self.in_flight_allocs.insert(key.clone(), 0);
