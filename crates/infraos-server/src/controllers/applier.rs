@@ -284,20 +284,17 @@ pub async fn write(state: &AppState, writes: Writes) -> Written {
 }
 
 /// Settles a written batch: its allocations are committed, or their assumptions are undone
-/// in the snapshot and the claims placed again on fresher state. `stored(key)`: an
-/// allocation event for the key arrived since the batch was prepared, so the snapshot holds
-/// what is stored, not the assumption, and it stays.
-pub fn settle(snapshot: &mut Snapshot, written: Written, stored: impl Fn(&str) -> bool) -> Applied {
+/// in the snapshot and the claims placed again on fresher state. (Allocation events that
+/// arrived meanwhile are the caller's to apply after this.)
+pub fn settle(snapshot: &mut Snapshot, written: Written) -> Applied {
     let Written {
         committed,
         assumed,
         unsigned,
         mut applied,
     } = written;
-    for key in unsigned.into_iter() {
-        if !stored(&key) {
-            snapshot.remove_allocation(&key);
-        }
+    for key in unsigned {
+        snapshot.remove_allocation(&key);
         applied.retry.push(key);
     }
     match committed {
@@ -305,7 +302,7 @@ pub fn settle(snapshot: &mut Snapshot, written: Written, stored: impl Fn(&str) -
             .committed
             .extend(assumed.into_iter().map(|k| (k, revision))),
         None => {
-            for key in assumed.iter().filter(|k| !stored(k)) {
+            for key in &assumed {
                 snapshot.remove_allocation(key);
             }
             applied.retry.extend(assumed);

@@ -195,6 +195,13 @@ fn decode_claims(change: &Change<Source>) -> Vec<Option<infraos_api::kinds::Clai
     }
 }
 
+/// An allocation event held back while the allocation's batch is unsettled.
+enum LastEvent {
+    Put(KeyValue),
+    /// Deleted at this revision.
+    Delete(u64),
+}
+
 const REQUEUE_INTERVAL: Duration = Duration::from_secs(1);
 /// Batches written but not yet settled: the next batch is planned while the previous one is
 /// committed (its fsync, its status writes), on a snapshot that already assumes it.
@@ -232,9 +239,9 @@ struct Controller {
     /// The claims each unsettled batch decided, oldest first: not queued again meanwhile.
     in_flight: VecDeque<Vec<String>>,
     in_flight_claims: HashSet<String>,
-    /// Allocations assumed by unsettled batches, with the newest revision of an allocation
-    /// event seen for the key since (0: none).
-    in_flight_allocs: HashMap<String, u64>,
+    /// Allocations assumed by unsettled batches, with the last allocation event seen for the
+    /// key since: applied when the batch settles, unless it is the batch's own echo.
+    in_flight_allocs: HashMap<String, Option<LastEvent>>,
 }
 
 const QUOTA_STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -454,6 +461,15 @@ impl Controller {
                         EventKind::Delete => {
                             claims.next();
                             let id = object_id(&kv.key);
+                            if source == Source::Allocations
+                                && let Some(last) = self.in_flight_allocs.get_mut(&id)
+                            {
+                                *last = Some(LastEvent::Delete(kv.mod_revision));
+                                if let Some(known) = self.known.get_mut(&source) {
+                                    known.remove(&id);
+                                }
+                                continue;
+                            }
                             if let Some(known) = self.known.get_mut(&source) {
                                 known.remove(&id);
                             }
@@ -480,11 +496,12 @@ impl Controller {
             return;
         }
         if source == Source::Allocations
-            && let Some(seen) = self.in_flight_allocs.get_mut(&id)
+            && let Some(last) = self.in_flight_allocs.get_mut(&id)
         {
-            // Stored while its batch is unsettled (most likely the echo of that batch): the
-            // snapshot takes what is stored, and settling leaves it be.
-            *seen = (*seen).max(kv.mod_revision);
+            // Stored while its batch is unsettled, most likely that batch's own echo: held
+            // until the batch settles, which tells.
+            *last = Some(LastEvent::Put(kv.clone()));
+            return;
         }
         if let Some(claim) = decoded {
             self.upsert_claim(id, kv.mod_revision, claim);
@@ -628,7 +645,7 @@ impl Controller {
         let writes = applier::prepare(&self.state, &mut self.snapshot, plan, &self.claims).await;
         self.in_flight_claims.extend(keys.iter().cloned());
         for key in &writes.assumed {
-            self.in_flight_allocs.insert(key.clone(), 0);
+            self.in_flight_allocs.insert(key.clone(), None);
         }
         self.in_flight.push_back(keys);
         if self.to_writer.send(writes).await.is_err() {
@@ -652,23 +669,36 @@ impl Controller {
         for key in &keys {
             self.in_flight_claims.remove(key);
         }
-        let seen = &self.in_flight_allocs;
-        let applied = applier::settle(&mut self.snapshot, written, |key| {
-            seen.get(key).is_some_and(|&r| r > 0)
-        });
+        let applied = applier::settle(&mut self.snapshot, written);
         for (key, revision) in applied.committed {
-            let seen = self.in_flight_allocs.remove(&key).unwrap_or(0);
+            let last = self.in_flight_allocs.remove(&key).flatten();
             self.unschedulable.remove(&key);
-            if seen < revision {
-                self.own_allocations.insert(key.clone(), revision);
+            match last {
+                // Our echo has come: nothing to apply.
+                Some(LastEvent::Put(kv)) if kv.mod_revision == revision => {}
+                // A later change of our allocation, or its end.
+                Some(LastEvent::Put(kv)) if kv.mod_revision > revision => {
+                    self.apply_held(&key, LastEvent::Put(kv));
+                }
+                Some(LastEvent::Delete(at)) if at > revision => {
+                    self.apply_held(&key, LastEvent::Delete(at));
+                }
+                // Nothing yet, or an older allocation of the claim (its deletion): our echo
+                // is still to come; skip decoding it then.
+                _ => {
+                    self.own_allocations.insert(key.clone(), revision);
+                }
             }
             // Its Allocated echo may have come already (and forgotten the claim).
             if self.claims.remove(&key).is_some() {
                 self.committed.insert(key, revision);
             }
         }
+        // Not committed: the assumptions are undone; what was stored meanwhile applies.
         for key in &keys {
-            self.in_flight_allocs.remove(key);
+            if let Some(Some(last)) = self.in_flight_allocs.remove(key) {
+                self.apply_held(key, last);
+            }
         }
         for (key, message) in applied.unschedulable {
             self.unschedulable.insert(key, message);
@@ -684,6 +714,14 @@ impl Controller {
             }
         }
         applied.store_failed
+    }
+
+    /// Applies an allocation event held back while its batch was unsettled.
+    fn apply_held(&mut self, id: &str, last: LastEvent) {
+        match last {
+            LastEvent::Put(kv) => self.upsert(Source::Allocations, &kv, None),
+            LastEvent::Delete(_) => self.remove(Source::Allocations, id),
+        }
     }
 
     /// Settles every written batch; true when the store failed.
