@@ -168,7 +168,7 @@ pub(crate) fn apply_object(
 struct Input {
     change: Change<Source>,
     /// Aligned with the change's objects (`None`: a delete, or not decoded).
-    claims: Vec<Option<infraos_api::kinds::Claim>>,
+    claims: Vec<Option<DecodedClaim>>,
 }
 
 impl From<Change<Source>> for Input {
@@ -180,9 +180,50 @@ impl From<Change<Source>> for Input {
     }
 }
 
+/// A claim from the claims reflector, decoded beside the loop.
+enum DecodedClaim {
+    Pending(infraos_api::kinds::Claim),
+    /// Allocated, deleting or otherwise not the scheduler's: only that is decoded (half the
+    /// claim events are the scheduler's own Allocated echoes).
+    NotPending,
+}
+
+/// What tells whether a stored claim is pending, read without decoding the rest.
+#[derive(serde::Deserialize)]
+struct ClaimProbe {
+    metadata: ProbeMeta,
+    #[serde(default)]
+    status: Option<ProbeStatus>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProbeMeta {
+    #[serde(default)]
+    deletion_timestamp: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct ProbeStatus {
+    #[serde(default)]
+    phase: Option<ClaimPhase>,
+}
+
 /// Decodes the claims of a change from the claims reflector.
-fn decode_claims(change: &Change<Source>) -> Vec<Option<infraos_api::kinds::Claim>> {
-    let decode = |kv: &KeyValue| decode_typed::<ClaimSpec>(kv).ok();
+fn decode_claims(change: &Change<Source>) -> Vec<Option<DecodedClaim>> {
+    let decode = |kv: &KeyValue| {
+        let pending = serde_json::from_slice::<ClaimProbe>(&kv.value).map(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status
+                    .is_none_or(|s| s.phase.is_none_or(|ph| ph == ClaimPhase::Pending))
+        });
+        match pending {
+            Ok(false) => Some(DecodedClaim::NotPending),
+            _ => decode_typed::<ClaimSpec>(kv)
+                .ok()
+                .map(DecodedClaim::Pending),
+        }
+    };
     match change {
         Change::Resync(_, kvs, _) => kvs.iter().map(decode).collect(),
         Change::Events(_, events) => events
@@ -482,12 +523,7 @@ impl Controller {
     }
 
     /// `decoded`: the claim `kv` holds, when decoded already.
-    fn upsert(
-        &mut self,
-        source: Source,
-        kv: &KeyValue,
-        decoded: Option<infraos_api::kinds::Claim>,
-    ) {
+    fn upsert(&mut self, source: Source, kv: &KeyValue, decoded: Option<DecodedClaim>) {
         let id = object_id(&kv.key);
         if source == Source::Allocations && self.own_allocations.get(&id) == Some(&kv.mod_revision)
         {
@@ -503,9 +539,22 @@ impl Controller {
             *last = Some(LastEvent::Put(kv.clone()));
             return;
         }
-        if let Some(claim) = decoded {
-            self.upsert_claim(id, kv.mod_revision, claim);
-            return;
+        match decoded {
+            Some(DecodedClaim::Pending(claim)) => {
+                self.upsert_claim(id, kv.mod_revision, claim);
+                return;
+            }
+            Some(DecodedClaim::NotPending) => {
+                if !self
+                    .committed
+                    .get(&id)
+                    .is_some_and(|&r| r > kv.mod_revision)
+                {
+                    self.forget_claim(&id);
+                }
+                return;
+            }
+            None => {}
         }
         match apply_object(&mut self.snapshot, source, &id, kv) {
             Ok(Applied::Cluster) => self.cluster_changed = true,
