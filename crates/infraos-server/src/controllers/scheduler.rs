@@ -182,7 +182,7 @@ impl From<Change<Source>> for Input {
 
 /// A claim from the claims reflector, decoded beside the loop.
 enum DecodedClaim {
-    Pending(infraos_api::kinds::Claim),
+    Pending(Box<infraos_api::kinds::Claim>),
     /// Allocated, deleting or otherwise not the scheduler's: only that is decoded (half the
     /// claim events are the scheduler's own Allocated echoes).
     NotPending,
@@ -221,7 +221,7 @@ fn decode_claims(change: &Change<Source>) -> Vec<Option<DecodedClaim>> {
             Ok(false) => Some(DecodedClaim::NotPending),
             _ => decode_typed::<ClaimSpec>(kv)
                 .ok()
-                .map(DecodedClaim::Pending),
+                .map(|c| DecodedClaim::Pending(Box::new(c))),
         }
     };
     match change {
@@ -541,14 +541,14 @@ impl Controller {
         }
         match decoded {
             Some(DecodedClaim::Pending(claim)) => {
-                self.upsert_claim(id, kv.mod_revision, claim);
+                self.upsert_claim(id, kv.mod_revision, *claim);
                 return;
             }
             Some(DecodedClaim::NotPending) => {
-                if !self
+                if self
                     .committed
                     .get(&id)
-                    .is_some_and(|&r| r > kv.mod_revision)
+                    .is_none_or(|&r| r <= kv.mod_revision)
                 {
                     self.forget_claim(&id);
                 }
