@@ -507,15 +507,19 @@ impl Client {
         ns: Option<&str>,
         json: bytes::Bytes,
     ) -> Result<(), ClientError> {
-        let p = path(info, ns, None);
+        self.post_quiet(&path(info, ns, None), json).await
+    }
+
+    /// POSTs a prepared JSON body and drains (not parses) the answer: dropping it unread
+    /// resets the HTTP/2 stream, which servers rightly treat as abuse when it happens
+    /// thousands of times.
+    async fn post_quiet(&self, p: &str, json: bytes::Bytes) -> Result<(), ClientError> {
         let url = format!("{}{p}", self.base());
         let builder = self
-            .request(reqwest::Method::POST, &p)
+            .request(reqwest::Method::POST, p)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(json);
         let response = self.send(builder, &url).await?;
-        // Drain (not parse) the body: dropping it unread resets the HTTP/2 stream, which
-        // servers rightly treat as abuse when it happens thousands of times.
         response
             .bytes()
             .await
@@ -550,18 +554,8 @@ impl Client {
         ns: Option<&str>,
         json: bytes::Bytes,
     ) -> Result<(), ClientError> {
-        let p = format!("{}:batchCreate", path(info, ns, None));
-        let url = format!("{}{p}", self.base());
-        let builder = self
-            .request(reqwest::Method::POST, &p)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(json);
-        let response = self.send(builder, &url).await?;
-        response
-            .bytes()
+        self.post_quiet(&format!("{}:batchCreate", path(info, ns, None)), json)
             .await
-            .map_err(|source| ClientError::Transport { url, source })?;
-        Ok(())
     }
 
     pub async fn create(

@@ -2162,16 +2162,9 @@ impl Batch {
     fn hold(&mut self, snapshot: &Snapshot, nomination: &Nomination) -> Reservation {
         let mut overlay = Vec::new();
         for part in &nomination.parts {
-            let Some(id) = snapshot.resource_id(&part.resource) else {
+            let Some((id, dims, items)) = snapshot.part_indices(part) else {
                 continue;
             };
-            let dims = snapshot.usage_indices(id, part).unwrap_or_default();
-            let items: Vec<usize> = snapshot.resource(id).map_or_else(Vec::new, |e| {
-                part.items
-                    .iter()
-                    .filter_map(|n| e.item_index.get(n).copied())
-                    .collect()
-            });
             self.overlay.add(id, &dims, &items);
             overlay.push((id, dims, items));
         }

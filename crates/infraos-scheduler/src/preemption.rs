@@ -203,16 +203,9 @@ impl Scheduler {
                 batch.adjust_quota(qi, slot, if free { -n } else { n });
             }
             for part in snapshot.allocation(key).unwrap_or_default() {
-                let Some(id) = snapshot.resource_id(&part.resource) else {
+                let Some((id, dims, items)) = snapshot.part_indices(part) else {
                     continue;
                 };
-                let dims = snapshot.usage_indices(id, part).unwrap_or_default();
-                let items: Vec<usize> = snapshot.resource(id).map_or_else(Vec::new, |e| {
-                    part.items
-                        .iter()
-                        .filter_map(|n| e.item_index.get(n).copied())
-                        .collect()
-                });
                 if free {
                     batch.overlay.free(id, &dims, &items);
                 } else {

@@ -110,6 +110,9 @@ impl ResourceEntry {
     }
 }
 
+/// A resource, amounts by its class's dimension index, and items by index.
+pub(crate) type PartIndices = (ResourceId, Vec<(usize, i128)>, Vec<usize>);
+
 /// The indexed state a plan is computed on.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -570,6 +573,20 @@ impl Snapshot {
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// Where an allocation part sits in the snapshot: its resource, its amounts by dimension
+    /// index and its items by index (`None` if the resource is gone).
+    pub(crate) fn part_indices(&self, part: &AllocatedResource) -> Option<PartIndices> {
+        let id = self.resource_id(&part.resource)?;
+        let dims = self.usage_indices(id, part).unwrap_or_default();
+        let items = self.resource(id).map_or_else(Vec::new, |e| {
+            part.items
+                .iter()
+                .filter_map(|n| e.item_index.get(n).copied())
+                .collect()
+        });
+        Some((id, dims, items))
     }
 
     /// A part's amounts by the class's dimension index, in nano-units.

@@ -521,12 +521,7 @@ async fn create_inner(
     request: Request,
     name_out: &mut String,
 ) -> Result<Response, ApiError> {
-    if !info.user_writable {
-        return Err(ApiError::method_not_allowed(format!(
-            "{} objects are written by the control plane only",
-            info.kind
-        )));
-    }
+    user_writable(info)?;
     let (bytes, format) = read_bytes(state, request).await?;
     // One parse, straight into the kind's type; a failure is told apart as malformed (400)
     // or invalid (422, naming the field).
@@ -567,6 +562,17 @@ async fn create_inner(
     let mut response = json_bytes(objects::with_revision(&stored, out.revision));
     *response.status_mut() = StatusCode::CREATED;
     Ok(response)
+}
+
+/// Allocations and events are the control plane's to write.
+fn user_writable(info: &KindInfo) -> Result<(), ApiError> {
+    if info.user_writable {
+        return Ok(());
+    }
+    Err(ApiError::method_not_allowed(format!(
+        "{} objects are written by the control plane only",
+        info.kind
+    )))
 }
 
 /// What creating one object writes: its key, the stored bytes, and its audit payload.
@@ -721,12 +727,7 @@ async fn batch_create_inner(
     request: Request,
     name_out: &mut String,
 ) -> Result<Response, ApiError> {
-    if !info.user_writable {
-        return Err(ApiError::method_not_allowed(format!(
-            "{} objects are written by the control plane only",
-            info.kind
-        )));
-    }
+    user_writable(info)?;
     let (bytes, format) = read_bytes(state, request).await?;
     let items = batch_items(info, &bytes, format)?;
     let mut prepared: Vec<PreparedCreate> = Vec::with_capacity(items.len());
