@@ -597,6 +597,15 @@ pub struct EtcdProcess {
     pub endpoint: String,
 }
 
+/// A loopback port free right now.
+#[cfg(feature = "etcd")]
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
 #[cfg(feature = "etcd")]
 impl EtcdProcess {
     /// Starts `etcd` (Debian's `etcd-server`) and waits until it serves.
@@ -607,36 +616,39 @@ impl EtcdProcess {
             .unwrap_or_else(|| {
                 panic!("etcd is not installed: `apt-get install -y etcd-server` (the test command does)")
             });
-        let free_port = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .unwrap()
-        };
-        let (client, peer) = (free_port(), free_port());
-        let dir = tempfile::tempdir().unwrap();
-        let client_url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let args = vec![
-            "--name=n0".to_string(),
-            format!("--data-dir={}", dir.path().join("data").display()),
-            format!("--listen-client-urls={client_url}"),
-            format!("--advertise-client-urls={client_url}"),
-            format!("--listen-peer-urls={peer_url}"),
-            format!("--initial-advertise-peer-urls={peer_url}"),
-            format!("--initial-cluster=n0={peer_url}"),
-            "--max-request-bytes=8388608".to_string(),
-            "--log-level=error".to_string(),
-        ];
-        let mut process = EtcdProcess {
-            child: None,
-            binary,
-            args,
-            dir,
-            endpoint: format!("127.0.0.1:{client}"),
-        };
-        process.restart().await;
-        process
+        // A port found free may be taken before etcd binds it (tests run in parallel): then
+        // etcd exits at once, and it starts again on other ports.
+        for attempt in 1.. {
+            let (client, peer) = (free_port(), free_port());
+            let dir = tempfile::tempdir().unwrap();
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let args = vec![
+                "--name=n0".to_string(),
+                format!("--data-dir={}", dir.path().join("data").display()),
+                format!("--listen-client-urls={client_url}"),
+                format!("--advertise-client-urls={client_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=n0={peer_url}"),
+                "--max-request-bytes=8388608".to_string(),
+                "--log-level=error".to_string(),
+            ];
+            let mut process = EtcdProcess {
+                child: None,
+                binary,
+                args,
+                dir,
+                endpoint: format!("127.0.0.1:{client}"),
+            };
+            process.spawn();
+            match process.try_wait_serving().await {
+                Ok(()) => return process,
+                Err(log) if attempt < 5 && log.contains("address already in use") => continue,
+                Err(log) => panic!("etcd did not start:\n{log}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
     }
 
     /// SIGKILL: the store goes away mid-flight.
@@ -670,17 +682,31 @@ impl EtcdProcess {
         self.child = Some(child);
     }
 
-    async fn wait_serving(&self) {
+    async fn wait_serving(&mut self) {
+        if let Err(log) = self.try_wait_serving().await {
+            panic!("etcd did not start:\n{log}");
+        }
+    }
+
+    /// Waits until it serves; its log if it exited or did not serve within 30 s.
+    async fn try_wait_serving(&mut self) -> Result<(), String> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let log = |dir: &tempfile::TempDir| {
+            std::fs::read_to_string(dir.path().join("etcd.log")).unwrap_or_default()
+        };
         loop {
             let options = crate::etcd::EtcdOptions::new(vec![self.endpoint.clone()]);
             if crate::etcd::EtcdStore::connect(options).await.is_ok() {
-                return;
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(format!("exited ({status}):\n{}", log(&self.dir)));
             }
             if std::time::Instant::now() > deadline {
-                let log =
-                    std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
-                panic!("etcd did not start within 30s:\n{log}");
+                return Err(format!("not serving within 30s:\n{}", log(&self.dir)));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -710,12 +736,18 @@ impl EtcdCluster {
             .unwrap_or_else(|| {
                 panic!("etcd is not installed: `apt-get install -y etcd-server` (the test command does)")
             });
-        let free_port = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .unwrap()
-        };
+        // As for one member: ports taken before etcd binds them mean starting over.
+        for attempt in 1.. {
+            match Self::try_start(binary, size).await {
+                Ok(cluster) => return cluster,
+                Err(log) if attempt < 5 && log.contains("address already in use") => continue,
+                Err(log) => panic!("etcd did not start:\n{log}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    async fn try_start(binary: &'static str, size: usize) -> Result<Self, String> {
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
             .iter()
@@ -755,9 +787,9 @@ impl EtcdCluster {
             m.spawn();
         }
         for m in &mut members {
-            m.wait_serving().await;
+            m.try_wait_serving().await?;
         }
-        EtcdCluster { members }
+        Ok(EtcdCluster { members })
     }
 
     /// `etcd://a,b,c/root`.
