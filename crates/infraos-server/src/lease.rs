@@ -55,15 +55,10 @@ pub fn expiry_action(allocation: &Allocation, now: Time, skew_margin: Duration) 
     }
 }
 
-/// The Allocation for a placed claim and the claim's new status.
 /// What the scheduler's snapshot records of the allocation [`allocate`] makes for `claim`
 /// at `placement`: derived the same way, without building it (the allocation itself is built
 /// and encoded off the scheduling loop).
 pub fn allocation_meta(claim: &Claim, placement: &Placement, now: Time) -> AllocationMeta {
-    let mut labels = claim.metadata.labels.clone();
-    if let Some(node) = &placement.node {
-        labels.insert(NODE_LABEL.to_string(), node.clone());
-    }
     AllocationMeta {
         priority: claim.spec.priority.unwrap_or(0),
         queue: claim
@@ -75,18 +70,34 @@ pub fn allocation_meta(claim: &Claim, placement: &Placement, now: Time) -> Alloc
         borrowing: placement.borrowing,
         preempting: false,
         created_ms: now.unix_millis(),
-        labels,
+        labels: allocation_labels(claim, placement),
         node: placement.node.clone(),
-        anti_affinity: claim
-            .spec
-            .anti_affinity
-            .iter()
-            .filter(|t| !t.preferred)
-            .cloned()
-            .collect(),
+        anti_affinity: required_anti_affinity(claim),
     }
 }
 
+/// The claim's labels, and the node's name under `infraos.io/node`: it lets a node's agent
+/// watch exactly its own allocations (the node authorizer checks it).
+fn allocation_labels(claim: &Claim, placement: &Placement) -> infraos_api::Labels {
+    let mut labels = claim.metadata.labels.clone();
+    if let Some(node) = &placement.node {
+        labels.insert(NODE_LABEL.to_string(), node.clone());
+    }
+    labels
+}
+
+/// The claim's required anti-affinity terms, which its allocation keeps for later claims.
+fn required_anti_affinity(claim: &Claim) -> Vec<infraos_api::kinds::AffinityTerm> {
+    claim
+        .spec
+        .anti_affinity
+        .iter()
+        .filter(|t| !t.preferred)
+        .cloned()
+        .collect()
+}
+
+/// The Allocation for a placed claim and the claim's new status.
 pub fn allocate(
     claim: &mut Claim,
     placement: &Placement,
@@ -115,27 +126,14 @@ pub fn allocate(
             queue: claim.spec.queue.clone(),
             group: claim.spec.group.as_ref().map(|g| g.name.clone()),
             borrowing: placement.borrowing,
-            anti_affinity: claim
-                .spec
-                .anti_affinity
-                .iter()
-                .filter(|t| !t.preferred)
-                .cloned()
-                .collect(),
+            anti_affinity: required_anti_affinity(claim),
             signature: None,
         },
     );
     allocation.metadata.uid = uuid::Uuid::new_v4().to_string();
     allocation.metadata.creation_timestamp = Some(now);
     allocation.metadata.generation = 1;
-    allocation.metadata.labels = claim.metadata.labels.clone();
-    // Lets a node's agent watch exactly its own allocations (the node authorizer checks it).
-    if let Some(node) = &placement.node {
-        allocation
-            .metadata
-            .labels
-            .insert(NODE_LABEL.to_string(), node.clone());
-    }
+    allocation.metadata.labels = allocation_labels(claim, placement);
     allocation.metadata.owner_references = vec![OwnerReference {
         api_version: infraos_api::API_VERSION.into(),
         kind: "Claim".into(),
