@@ -215,6 +215,8 @@ pub async fn write(state: &AppState, writes: Writes) -> Written {
     let mut txn = Txn::new();
     let mut assumed = assumed;
     let mut unsigned = Vec::new();
+    // One allocation of the transaction, to tell afterwards whether it committed.
+    let mut probe: Option<(String, String)> = None;
     for p in placed {
         let mut claim = (*p.entry.claim).clone();
         let mut allocation = lease::allocate(&mut claim, &p.placement, now, snapshot_revision);
@@ -226,6 +228,9 @@ pub async fn write(state: &AppState, writes: Writes) -> Written {
             continue;
         }
         let alloc_bytes = encode_typed(&allocation);
+        if probe.is_none() {
+            probe = Some((alloc_key(&p.entry), allocation.metadata.uid.clone()));
+        }
         let mut object = audit::object_ref("Allocation", claim.namespace(), claim.name());
         object.uid = Some(allocation.metadata.uid.clone());
         let payload = Record {
@@ -250,15 +255,23 @@ pub async fn write(state: &AppState, writes: Writes) -> Written {
     if !assumed.is_empty() {
         match state.store.txn(txn).await {
             Ok(out) if out.succeeded => committed = Some(out.revision),
-            Ok(_) => {
-                tracing::debug!(
-                    claims = assumed.len(),
-                    "plan conflicted with newer state; retrying"
-                );
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "committing a plan failed");
-                applied.store_failed = true;
+            outcome => {
+                if let Err(e) = &outcome {
+                    tracing::warn!(error = %e, "committing a plan failed");
+                    applied.store_failed = true;
+                }
+                // A store that failed mid-request, or answered a resend after the first send
+                // committed, may have written the batch all the same: the snapshot must not
+                // lose allocations that exist, so look.
+                if let Some((key, uid)) = &probe {
+                    committed = committed_anyway(state, key, uid).await;
+                }
+                if committed.is_none() && outcome.is_ok() {
+                    tracing::debug!(
+                        claims = assumed.len(),
+                        "plan conflicted with newer state; retrying"
+                    );
+                }
             }
         }
     }
@@ -281,6 +294,26 @@ pub async fn write(state: &AppState, writes: Writes) -> Written {
         unsigned,
         applied,
     }
+}
+
+/// The revision the batch was committed at, if the allocation at `key` is the one it wrote
+/// (`uid`); asks again while the store does not answer (up to 30 s, then assumes not).
+async fn committed_anyway(state: &AppState, key: &str, uid: &str) -> Option<u64> {
+    for _ in 0..60 {
+        match state.store.get(key).await {
+            Ok(Some(kv)) => {
+                let ours = objects::decode_typed::<AllocationSpec>(&kv)
+                    .is_ok_and(|a| a.metadata.uid == uid);
+                return ours.then_some(kv.mod_revision);
+            }
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(allocation = %key, error = %e, "cannot tell whether a plan committed; asking again");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+    None
 }
 
 /// Settles a written batch: its allocations are committed, or their assumptions are undone
