@@ -7,7 +7,8 @@
 //! project or a pool's resources change, every contribution is recomputed (these change
 //! rarely; allocations change all the time).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet};
+use std::collections::BTreeMap;
 
 use infraos_api::kinds::{
     AffinityTerm, AllocatedResource, AllocationSpec, AllocationStatus, ClassAmounts, ClassKind,

@@ -13,7 +13,7 @@
 //! wait forever behind a heavier queue. A higher priority always goes first: nothing of lower
 //! priority is ever decided before a pending claim of higher priority.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use infraos_api::kinds::{Claim, ClassKind, ITEMS_DIMENSION};
 use infraos_api::quantity::NANOS_PER_UNIT;

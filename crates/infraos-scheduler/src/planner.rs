@@ -17,7 +17,8 @@
 //! and the server's plan applier re-checks every placement against current state
 //! ([`Snapshot::fits`]) before it commits.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use infraos_api::kinds::{
@@ -1706,7 +1707,7 @@ fn excluded_by_others<'c>(
                 Some((_, set)) => {
                     set.insert(value);
                 }
-                None => out.push((key.to_string(), HashSet::from([value]))),
+                None => out.push((key.to_string(), HashSet::from_iter([value]))),
             }
         }
     };

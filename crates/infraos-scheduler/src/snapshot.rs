@@ -5,7 +5,8 @@
 //! watch event arrives) changes nothing, and removing it gives back exactly what it took.
 //! Mutations are level-triggered upserts and removals fed by the server's watch cache.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use infraos_api::kinds::{

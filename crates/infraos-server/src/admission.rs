@@ -7,7 +7,7 @@
 //!   type-check against the class's attribute schema;
 //! - immutable fields stay as they were; in-use objects are not deleted from under their users.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use infraos_api::kinds::{

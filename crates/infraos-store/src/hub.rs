@@ -13,7 +13,8 @@
 //! that fell out of it (or was dropped by [`Hub::compact`]). Publishing and subscribing hold
 //! one lock, so a new watcher's backlog and its live feed neither overlap nor leave a gap.
 
-use std::collections::{HashMap, VecDeque};
+use foldhash::{HashMap, HashMapExt};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use parking_lot::Mutex;

@@ -18,7 +18,7 @@
 //! (Nomad's plan applier works the same way). Unschedulable decisions are written as claim
 //! status, only when their explanation changes.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use futures::future::join_all;

@@ -5,7 +5,8 @@
 //! objects and decides again with [`lease::expiry_action`] (level-triggered: a renewal that
 //! landed meanwhile simply moves the timer), then commits with compare-and-swap on both.
 
-use std::collections::{BTreeSet, HashMap};
+use foldhash::HashMap;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use infraos_api::Kind as _;

@@ -10,7 +10,7 @@
 //! A NotReady node's allocations are not touched here: they become Lost only when their own
 //! lease ends (the lease controller), so a partition shorter than a lease stops nothing.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::time::Duration;
 
 use futures::StreamExt as _;

@@ -3,8 +3,9 @@
 //! within it by fair share); a gang member in the window brings every queued member of its
 //! gang, so a gang is always decided whole.
 
+use foldhash::{HashMap, HashSet, HashSetExt};
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 
 #[derive(Default)]
 pub struct PendingQueue {

@@ -13,7 +13,8 @@
 //! queued nor known unschedulable; the store, not this loop, is the source of truth, and a
 //! stale decision is caught by the applier's compare-and-swap.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
