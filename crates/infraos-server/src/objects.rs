@@ -107,13 +107,36 @@ pub fn encode_typed<K: Kind>(object: &Object<K>) -> Vec<u8> {
         return serde_json::to_vec(object).unwrap_or_default();
     }
     let mut object = object.clone();
-    object.metadata.resource_version = None;
-    serde_json::to_vec(&object).unwrap_or_default()
+    encode_typed_mut(&mut object)
+}
+
+/// The stored form of an object the caller owns: like [`encode_typed`] without copying the
+/// object to leave out its resource version (the store keeps that as the record's revision).
+pub fn encode_typed_mut<K: Kind>(object: &mut Object<K>) -> Vec<u8> {
+    let resource_version = object.metadata.resource_version.take();
+    let bytes = serde_json::to_vec(&*object).unwrap_or_default();
+    object.metadata.resource_version = resource_version;
+    bytes
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_owned_object_encodes_as_a_borrowed_one_and_keeps_its_revision() {
+        let mut claim: Object<infraos_api::kinds::ClaimSpec> =
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "infraos.dev/v1", "kind": "Claim",
+                "metadata": {"name": "c", "namespace": "p", "resourceVersion": "42"},
+                "spec": {"requests": [{"name": "cpu", "class": "cpu", "count": 1}]}
+            }))
+            .unwrap();
+        let borrowed = encode_typed(&claim);
+        assert_eq!(encode_typed_mut(&mut claim), borrowed);
+        assert!(!String::from_utf8_lossy(&borrowed).contains("resourceVersion"));
+        assert_eq!(claim.metadata.resource_version.as_deref(), Some("42"));
+    }
 
     #[test]
     fn revision_splice_matches_a_full_round_trip() {

@@ -25,6 +25,9 @@ pub mod embedded;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 mod hub;
+mod memo;
+
+pub use memo::ReadMemo;
 
 /// A store revision. `0` means "before anything was written".
 pub type Revision = u64;

@@ -4,6 +4,8 @@
 //! kind's type → admission → compare-and-swap in the store, with the audit record in the same
 //! transaction. A refused write changes nothing and still leaves an audit record.
 
+use std::sync::Arc;
+
 use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, Request, State};
@@ -12,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use infraos_api::kinds::{ClaimPhase, ClaimStatus};
 use infraos_api::{KindInfo, LabelSelector, TypedObject};
-use infraos_store::{Compare, Txn};
+use infraos_store::{Compare, Store, Txn};
 use serde::Deserialize;
 
 use super::{BodyFormat, Ctx, kind_for, parse_value, read_body, read_bytes};
@@ -539,7 +541,7 @@ async fn create_inner(
         }
     };
     name_out.clone_from(&object.meta().name);
-    let prepared = prepare_create(state, ctx, info, ns, object).await?;
+    let prepared = prepare_create(state, &*state.store, ctx, info, ns, object).await?;
     let PreparedCreate {
         name,
         key,
@@ -585,8 +587,11 @@ struct PreparedCreate {
 
 /// Everything a create does before the write: namespace, server-owned fields, validation,
 /// authorization of the object, defaults and admission, and the claim's initial status.
+/// `store` is where admission reads what it checks the object against: the store itself, or
+/// for a batch a [`infraos_store::ReadMemo`] over it, so each class and project is read once.
 async fn prepare_create(
     state: &AppState,
+    store: &dyn Store,
     ctx: &Ctx,
     info: &'static KindInfo,
     ns: Option<&str>,
@@ -628,8 +633,8 @@ async fn prepare_create(
         .map_err(|e| ApiError::invalid(info.kind, &name, &e))?;
     authz::check_role_name(&object)?;
     authz::check_object(state, &ctx.identity, "create", &object)?;
-    admission::default(&*state.store, &state.classes, &mut object, None).await?;
-    admission::admit(&*state.store, &state.classes, &object).await?;
+    admission::default(store, &state.classes, &mut object, None).await?;
+    admission::admit(store, &state.classes, &object).await?;
     let now = state.clock.now();
     {
         let meta = object.meta_mut();
@@ -732,6 +737,7 @@ async fn batch_create_inner(
     let items = batch_items(info, &bytes, format)?;
     let mut prepared: Vec<PreparedCreate> = Vec::with_capacity(items.len());
     let mut names = std::collections::HashSet::with_capacity(items.len());
+    let reads = infraos_store::ReadMemo::new(Arc::clone(&state.store));
     for (i, item) in items.iter().enumerate() {
         let object = TypedObject::parse_slice(info, item, false).map_err(|e| {
             let name = serde_json::from_slice::<serde_json::Value>(item)
@@ -749,7 +755,7 @@ async fn batch_create_inner(
             )));
         }
         prepared.push(
-            prepare_create(state, ctx, info, ns, object)
+            prepare_create(state, &reads, ctx, info, ns, object)
                 .await
                 .map_err(|e| at_item(i, e))?,
         );

@@ -30,7 +30,7 @@ use infraos_store::{Compare, Txn};
 use crate::audit::{self, Actor, Record};
 use crate::events;
 use crate::lease;
-use crate::objects::{self, encode_typed};
+use crate::objects::{self, encode_typed, encode_typed_mut};
 use crate::state::AppState;
 
 /// A claim as the scheduler last saw it in the store.
@@ -248,7 +248,7 @@ pub async fn write(state: &AppState, writes: Writes) -> Written {
             .when(Compare::unchanged(claim_key(&p.entry), p.entry.revision))
             .when(Compare::absent(alloc_key(&p.entry)))
             .put(alloc_key(&p.entry), alloc_bytes)
-            .put(claim_key(&p.entry), encode_typed(&claim))
+            .put(claim_key(&p.entry), encode_typed_mut(&mut claim))
             .append(payload);
     }
     let mut committed = None;
@@ -565,7 +565,7 @@ async fn write_unschedulable(
         snapshot_revision,
         batch_position: position,
     });
-    let bytes = encode_typed(&claim);
+    let bytes = encode_typed_mut(&mut claim);
     let involved = events::claim_ref(claim.name(), claim.namespace(), &claim.metadata.uid);
     let (event_key, event_bytes) = events::build(
         &involved,
