@@ -734,6 +734,7 @@ fn the_checker_catches_what_it_is_for() {
             version: 1,
         },
         prev: None,
+        decoded: None,
     };
     let capacity: HashMap<String, i64> = [("n".to_string(), 1000)].into_iter().collect();
     let ok = [

@@ -123,6 +123,50 @@ pub fn encode_typed_mut<K: Kind>(object: &mut Object<K>) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// The API hands the claim it admitted to the scheduler's watch instead of the stored
+    /// bytes (`infraos_store::Decoded`): that is sound only if decoding the stored form gives
+    /// the same claim back, for every field a claim can carry.
+    #[test]
+    fn a_claim_decoded_from_its_stored_form_equals_the_claim_admitted() {
+        let body = serde_json::json!({
+            "apiVersion": "infraos.dev/v1", "kind": "Claim",
+            "metadata": {"name": "train", "namespace": "ml", "labels": {"team": "a"},
+                         "annotations": {"note": "x"}, "uid": "u-1", "generation": 1,
+                         "finalizers": ["infraos.dev/allocation"],
+                         "creationTimestamp": "2026-11-29T10:00:00.123Z"},
+            "spec": {
+                "requests": [
+                    {"name": "main", "class": "compute", "amount": {"cpu": "8", "memory": "64Gi"}},
+                    {"name": "accel", "class": "gpu", "count": 2,
+                     "selector": "item.attributes.model == \"H100\" && item.attributes.memoryGiB >= 80"}
+                ],
+                "selector": "zone in (east,west),!legacy",
+                "topology": {"colocate": ["zone"]},
+                "lease": {"duration": "2h", "renewPolicy": "Manual"},
+                "priorityClassName": "high", "priority": 1000, "queue": "q",
+                "group": {"name": "g", "minMembers": 2},
+                "tolerations": [{"key": "reserved", "operator": "Exists"}],
+                "affinity": [{"selector": "app=db", "topologyKey": "zone", "preferred": true}],
+                "antiAffinity": [{"selector": "app=web", "topologyKey": "node"}],
+                "topologySpread": [{"selector": "app=web", "topologyKey": "zone", "maxSkew": 1}],
+                "scoring": {"weights": {"cost": 0.25, "binpack": 3.0}, "near": {"zone": "east"}}
+            },
+            "status": {"phase": "Pending", "lastTransitionTime": "2026-11-29T10:00:00.123Z"}
+        });
+        let admitted: Object<infraos_api::kinds::ClaimSpec> = serde_json::from_value(body).unwrap();
+        let stored = encode_typed(&admitted);
+        let kv = infraos_store::KeyValue {
+            key: "/registry/claims/ml/train".into(),
+            value: stored.into(),
+            create_revision: 7,
+            mod_revision: 7,
+            version: 1,
+        };
+        let decoded = decode_typed::<infraos_api::kinds::ClaimSpec>(&kv).unwrap();
+        // Objects have no `PartialEq`; their Debug form shows every field, serialized or not.
+        assert_eq!(format!("{decoded:?}"), format!("{admitted:?}"));
+    }
+
     #[test]
     fn an_owned_object_encodes_as_a_borrowed_one_and_keeps_its_revision() {
         let mut claim: Object<infraos_api::kinds::ClaimSpec> =

@@ -271,7 +271,8 @@ fn commit_group(
             if !txn.ops.is_empty() {
                 revision += 1;
             }
-            for op in &txn.ops {
+            let mut decoded = txn.decoded.iter().peekable();
+            for (index, op) in txn.ops.iter().enumerate() {
                 match op {
                     Op::Put(key, value) => {
                         let known_absent = absent.contains(&key.as_str());
@@ -297,6 +298,9 @@ fn commit_group(
                             kind: EventKind::Put,
                             kv: kv_new,
                             prev,
+                            decoded: decoded
+                                .next_if(|(i, _)| *i == index)
+                                .map(|(_, d)| d.clone()),
                         });
                     }
                     Op::Delete(key) => {
@@ -311,6 +315,7 @@ fn commit_group(
                                 kind: EventKind::Delete,
                                 kv: gone,
                                 prev: Some(prev),
+                                decoded: None,
                             });
                         }
                     }
@@ -606,5 +611,42 @@ impl EmbeddedStore {
     /// The revision before which watches are refused (history kept in memory starts here).
     pub fn compacted_revision(&self) -> Revision {
         self.shared.hub.compacted()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_decoded_form_reaches_live_watchers_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            EmbeddedStore::open(&dir.path().join("s.redb"), EmbeddedOptions::default()).unwrap();
+        let mut live = store.watch("/a/", 0).await.unwrap();
+        let decoded: Arc<dyn std::any::Any + Send + Sync> = Arc::new(42u32);
+        let txn = Txn::new()
+            .put("/a/plain", "1")
+            .put_decoded("/a/typed", "42", decoded)
+            .delete("/a/plain");
+        assert!(store.txn(txn).await.unwrap().succeeded);
+        let events = live.next().await.unwrap().unwrap();
+        let forms: Vec<Option<u32>> = events
+            .iter()
+            .map(|e| {
+                e.decoded
+                    .as_ref()
+                    .and_then(|d| d.0.downcast_ref::<u32>().copied())
+            })
+            .collect();
+        assert_eq!(forms, [None, Some(42), None]);
+        // From history (a watch starting in the past) the event is the same, without it.
+        let mut replay = store.watch("/a/", 0).await.unwrap();
+        let again = replay.next().await.unwrap().unwrap();
+        assert_eq!(again.len(), 3);
+        assert!(again.iter().all(|e| e.decoded.is_none()));
+        assert_eq!(again[1], events[1]);
     }
 }

@@ -664,6 +664,7 @@ impl EtcdStore {
                 kind: EventKind::Put,
                 kv: self.to_kv(kv)?,
                 prev,
+                decoded: None,
             },
             EventType::Delete => {
                 let deleted = self.to_kv(kv)?;
@@ -674,6 +675,7 @@ impl EtcdStore {
                     kind: EventKind::Delete,
                     kv: gone,
                     prev,
+                    decoded: None,
                 }
             }
         }))

@@ -66,7 +66,13 @@ impl Hub {
             return;
         }
         for e in &events {
-            inner.ring.push_back(e.clone());
+            // Decoded forms go to live watchers only: history would keep them alive.
+            inner.ring.push_back(Event {
+                kind: e.kind,
+                kv: e.kv.clone(),
+                prev: e.prev.clone(),
+                decoded: None,
+            });
         }
         while inner.ring.len() > inner.capacity {
             if let Some(old) = inner.ring.pop_front() {

@@ -66,6 +66,19 @@ impl Compare {
     }
 }
 
+/// The decoded form of a value its writer had at hand, handed to this process's watchers with
+/// the event so they need not parse the bytes again (the scheduler reading claims the API
+/// just admitted). A cache, not part of the value: it is never stored, backends elsewhere
+/// (etcd) never carry it, the watch history drops it, and events are equal without it.
+#[derive(Clone)]
+pub struct Decoded(pub Arc<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for Decoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Decoded(..)")
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     Put(String, Bytes),
@@ -80,6 +93,8 @@ pub struct Txn {
     pub ops: Vec<Op>,
     /// Payloads appended to the hash-chained ledger when the transaction succeeds.
     pub ledger: Vec<Vec<u8>>,
+    /// Decoded forms of some puts' values, by index in `ops`, ascending.
+    pub decoded: Vec<(usize, Decoded)>,
 }
 
 impl Txn {
@@ -91,6 +106,17 @@ impl Txn {
         self
     }
     pub fn put(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.ops.push(Op::Put(key.into(), value.into()));
+        self
+    }
+    /// A put whose value's decoded form goes with its event to this process's watchers.
+    pub fn put_decoded(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<Bytes>,
+        decoded: Arc<dyn std::any::Any + Send + Sync>,
+    ) -> Self {
+        self.decoded.push((self.ops.len(), Decoded(decoded)));
         self.ops.push(Op::Put(key.into(), value.into()));
         self
     }
@@ -130,13 +156,24 @@ pub enum EventKind {
 
 /// One change. For a delete, `kv` holds the deleted value with `mod_revision` set to the
 /// revision of the delete.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Event {
     pub kind: EventKind,
     pub kv: KeyValue,
     /// The value before this change, if there was one.
     pub prev: Option<KeyValue>,
+    /// The new value decoded, when its writer in this process had it (see [`Decoded`]).
+    pub decoded: Option<Decoded>,
 }
+
+/// Equal when kind, value and previous value are: the decoded form is a cache of the value.
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.kv == other.kv && self.prev == other.prev
+    }
+}
+
+impl Eq for Event {}
 
 /// One chained ledger entry.
 #[derive(Clone, Debug, PartialEq, Eq)]

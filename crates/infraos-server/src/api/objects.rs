@@ -547,13 +547,14 @@ async fn create_inner(
         key,
         stored,
         payload,
+        decoded,
     } = prepared;
     let out = state
         .store
         .txn(
             Txn::new()
                 .when(Compare::absent(key.clone()))
-                .put(key, stored.clone())
+                .put_decoded_if(key, stored.clone(), decoded)
                 .append(payload),
         )
         .await?;
@@ -583,6 +584,32 @@ struct PreparedCreate {
     key: String,
     stored: bytes::Bytes,
     payload: Vec<u8>,
+    /// A claim as stored, for the scheduler's watch (which then need not decode `stored`).
+    decoded: Option<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+/// Puts with a decoded form where there is one.
+trait PutDecoded {
+    fn put_decoded_if(
+        self,
+        key: String,
+        value: bytes::Bytes,
+        decoded: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    ) -> Self;
+}
+
+impl PutDecoded for Txn {
+    fn put_decoded_if(
+        self,
+        key: String,
+        value: bytes::Bytes,
+        decoded: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    ) -> Self {
+        match decoded {
+            Some(decoded) => self.put_decoded(key, value, decoded),
+            None => self.put(key, value),
+        }
+    }
 }
 
 /// Everything a create does before the write: namespace, server-owned fields, validation,
@@ -698,11 +725,16 @@ async fn prepare_create(
         node: None,
     }
     .payload(now);
+    let decoded: Option<Arc<dyn std::any::Any + Send + Sync>> = match object {
+        TypedObject::Claim(claim) => Some(Arc::new(claim)),
+        _ => None,
+    };
     Ok(PreparedCreate {
         name,
         key,
         stored: bytes::Bytes::from(bytes),
         payload,
+        decoded,
     })
 }
 
@@ -761,11 +793,11 @@ async fn batch_create_inner(
         );
     }
     let mut txn = Txn::new();
-    for p in &prepared {
+    for p in &mut prepared {
         txn = txn
             .when(Compare::absent(p.key.clone()))
-            .put(p.key.clone(), p.stored.clone())
-            .append(p.payload.clone());
+            .put_decoded_if(p.key.clone(), p.stored.clone(), p.decoded.take())
+            .append(std::mem::take(&mut p.payload));
     }
     let out = state.store.txn(txn).await?;
     if !out.succeeded {

@@ -26,7 +26,7 @@ use infraos_api::kinds::{
 };
 use infraos_scheduler::planner::WAITING_FOR_PREEMPTION;
 use infraos_scheduler::{AllocationMeta, Outcome, Scheduler, Snapshot};
-use infraos_store::{EventKind, KeyValue};
+use infraos_store::{Decoded, EventKind, KeyValue};
 use tokio::sync::{mpsc, watch};
 
 use super::applier::{self, ClaimEntry};
@@ -183,7 +183,7 @@ impl From<Change<Source>> for Input {
 
 /// A claim from the claims reflector, decoded beside the loop.
 enum DecodedClaim {
-    Pending(Box<infraos_api::kinds::Claim>),
+    Pending(Arc<infraos_api::kinds::Claim>),
     /// Allocated, deleting or otherwise not the scheduler's: only that is decoded (half the
     /// claim events are the scheduler's own Allocated echoes).
     NotPending,
@@ -212,7 +212,24 @@ struct ProbeStatus {
 
 /// Decodes the claims of a change from the claims reflector.
 fn decode_claims(change: &Change<Source>) -> Vec<Option<DecodedClaim>> {
-    let decode = |kv: &KeyValue| {
+    let decode = |kv: &KeyValue, decoded: Option<&Decoded>| {
+        // Created by the API in this process: the claim it admitted is what it stored.
+        if let Some(claim) = decoded.and_then(|d| {
+            Arc::clone(&d.0)
+                .downcast::<infraos_api::kinds::Claim>()
+                .ok()
+        }) {
+            let pending = claim.metadata.deletion_timestamp.is_none()
+                && claim
+                    .status
+                    .as_ref()
+                    .is_none_or(|s| s.phase == ClaimPhase::Pending);
+            return Some(if pending {
+                DecodedClaim::Pending(claim)
+            } else {
+                DecodedClaim::NotPending
+            });
+        }
         let pending = serde_json::from_slice::<ClaimProbe>(&kv.value).map(|p| {
             p.metadata.deletion_timestamp.is_none()
                 && p.status
@@ -222,15 +239,15 @@ fn decode_claims(change: &Change<Source>) -> Vec<Option<DecodedClaim>> {
             Ok(false) => Some(DecodedClaim::NotPending),
             _ => decode_typed::<ClaimSpec>(kv)
                 .ok()
-                .map(|c| DecodedClaim::Pending(Box::new(c))),
+                .map(|c| DecodedClaim::Pending(Arc::new(c))),
         }
     };
     match change {
-        Change::Resync(_, kvs, _) => kvs.iter().map(decode).collect(),
+        Change::Resync(_, kvs, _) => kvs.iter().map(|kv| decode(kv, None)).collect(),
         Change::Events(_, events) => events
             .iter()
             .map(|e| match e.kind {
-                EventKind::Put => decode(&e.kv),
+                EventKind::Put => decode(&e.kv, e.decoded.as_ref()),
                 EventKind::Delete => None,
             })
             .collect(),
@@ -246,8 +263,10 @@ enum LastEvent {
 
 const REQUEUE_INTERVAL: Duration = Duration::from_secs(1);
 /// Batches written but not yet settled: the next batch is planned while the previous one is
-/// committed (its fsync, its status writes), on a snapshot that already assumes it.
-const MAX_IN_FLIGHT: usize = 3;
+/// committed (its fsync, its status writes), on a snapshot that already assumes it. With 3
+/// the loop spent a quarter of a 40,000-claim run waiting for the writer; 8 lets several
+/// batches share a group commit (`docs/benchmarks.md`, 2026-11-29d).
+const MAX_IN_FLIGHT: usize = 8;
 const FULL_RETRY_INTERVAL: Duration = Duration::from_secs(30);
 
 struct Controller {
@@ -542,7 +561,7 @@ impl Controller {
         }
         match decoded {
             Some(DecodedClaim::Pending(claim)) => {
-                self.upsert_claim(id, kv.mod_revision, *claim);
+                self.upsert_claim(id, kv.mod_revision, claim);
                 return;
             }
             Some(DecodedClaim::NotPending) => {
@@ -570,14 +589,14 @@ impl Controller {
                 self.cluster_changed = true;
                 self.wake_preemptors();
             }
-            Ok(Applied::Claim(claim)) => self.upsert_claim(id, kv.mod_revision, *claim),
+            Ok(Applied::Claim(claim)) => self.upsert_claim(id, kv.mod_revision, Arc::new(*claim)),
             Err(e) => {
                 tracing::error!(key = %kv.key, error = ?e, "cannot decode a stored object; ignoring it");
             }
         }
     }
 
-    fn upsert_claim(&mut self, id: String, revision: u64, claim: infraos_api::kinds::Claim) {
+    fn upsert_claim(&mut self, id: String, revision: u64, claim: Arc<infraos_api::kinds::Claim>) {
         if self.committed.get(&id).is_some_and(|&r| r > revision) {
             return; // an event from before our own commit
         }
@@ -590,13 +609,8 @@ impl Controller {
             self.forget_claim(&id);
             return;
         }
-        self.claims.insert(
-            id.clone(),
-            ClaimEntry {
-                claim: Arc::new(claim),
-                revision,
-            },
-        );
+        self.claims
+            .insert(id.clone(), ClaimEntry { claim, revision });
         if !self.unschedulable.contains_key(&id) {
             self.enqueue(id);
         }
@@ -857,7 +871,7 @@ impl Controller {
                 Ok(c) => {
                     self.committed.remove(id);
                     self.unschedulable.remove(id);
-                    self.upsert_claim(id.to_string(), kv.mod_revision, c);
+                    self.upsert_claim(id.to_string(), kv.mod_revision, Arc::new(c));
                 }
                 Err(e) => tracing::error!(claim = %id, error = ?e, "cannot decode claim"),
             },
