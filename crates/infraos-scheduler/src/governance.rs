@@ -88,6 +88,21 @@ pub struct QuotaEntry {
 }
 
 impl QuotaEntry {
+    /// Whether `other` sets the same limits on the same claims (usage aside).
+    fn same_limits(&self, other: &QuotaEntry) -> bool {
+        self.level == other.level
+            && self.scope == other.scope
+            && self.tenant == other.tenant
+            && self.project == other.project
+            && self.pool == other.pool
+            && self.dims.len() == other.dims.len()
+            && self.dims.iter().zip(&other.dims).all(|(a, b)| {
+                (a.gdim, a.limit, a.borrow) == (b.gdim, b.limit, b.borrow)
+                    && a.class == b.class
+                    && a.dim == b.dim
+            })
+    }
+
     /// Whether claims of project `ns` (of `tenant`) count against this quota.
     pub fn applies_to(&self, ns: &str, tenant: Option<&str>) -> bool {
         match self.level {
@@ -312,6 +327,10 @@ impl Snapshot {
             dims,
         };
         match self.gov.quota_index.get(name) {
+            // Only its status changed (the usage this scheduler wrote): the usage counted
+            // stands, and recounting every allocation for it would cost O(allocations) each
+            // time a quota's status is written.
+            Some(&i) if self.gov.quotas[i].same_limits(&entry) => return,
             Some(&i) => self.gov.quotas[i] = entry,
             None => {
                 self.gov

@@ -227,6 +227,38 @@ fn quotas_at_each_level_name_the_level_and_dimension() {
 }
 
 #[test]
+fn a_quota_written_again_unchanged_keeps_its_usage_and_a_changed_one_recounts() {
+    let mut snap = cluster(2, 16);
+    snap.upsert_project("ml", "acme");
+    let spec = serde_json::json!({"project": "ml", "limits": {"compute": {"cpu": "6"}}});
+    quota(&mut snap, "ml", spec.clone());
+    place_all(&mut snap, &[claim("ml", "a", 4, serde_json::json!({}))]);
+    let used = |snap: &Snapshot| snap.quota("ml").unwrap().used()["compute"]["cpu"];
+    assert_eq!(used(&snap), Quantity::from_units(4));
+    // What the server does when it writes the quota's status: the same spec again.
+    quota(&mut snap, "ml", spec);
+    assert_eq!(used(&snap), Quantity::from_units(4));
+    // A new limit: usage is recounted from the allocations, and the limit applies.
+    quota(
+        &mut snap,
+        "ml",
+        serde_json::json!({"project": "ml", "limits": {"compute": {"cpu": "5"}}}),
+    );
+    assert_eq!(used(&snap), Quantity::from_units(4));
+    let c = claim("ml", "b", 2, serde_json::json!({}));
+    let p = plan(&mut scheduler(), &snap, &[&c]);
+    assert_eq!(explanation(outcome_of(&p, "ml/b")).0, QUOTA_EXCEEDED);
+    // Moved to another project: ml's allocation no longer counts.
+    snap.upsert_project("web", "acme");
+    quota(
+        &mut snap,
+        "ml",
+        serde_json::json!({"project": "web", "limits": {"compute": {"cpu": "5"}}}),
+    );
+    assert_eq!(used(&snap), Quantity::ZERO);
+}
+
+#[test]
 fn a_batch_counts_its_own_placements_against_quotas() {
     let mut snap = cluster(4, 16);
     snap.upsert_project("ml", "acme");
