@@ -95,6 +95,43 @@ async fn a_batch_is_created_scheduled_and_audited_item_by_item() {
     assert_eq!(code, 201, "{body}");
     assert_eq!(body["kind"], "ClaimList");
     assert_eq!(body["items"][0]["metadata"]["name"], "y");
+
+    // `Prefer: return=minimal` (what load generators send): names, uids and the revision.
+    let body = serde_json::to_vec(&json!({"items": items(&["m1", "m2"])})).unwrap();
+    let (code, headers, body) = c
+        .raw_with_headers(
+            Method::POST,
+            BATCH,
+            &[
+                ("content-type", "application/json".to_string()),
+                ("prefer", "respond-async, return=minimal".to_string()),
+            ],
+            body,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 201, "{body}");
+    let applied = headers.iter().find(|(k, _)| k == "preference-applied");
+    assert_eq!(applied.map(|(_, v)| v.as_str()), Some("return=minimal"));
+    let short: Vec<&Value> = body["items"].as_array().unwrap().iter().collect();
+    assert_eq!(short.len(), 2);
+    assert_eq!(short[0]["metadata"]["name"], "m1");
+    assert!(!short[1]["metadata"]["uid"].as_str().unwrap().is_empty());
+    assert!(
+        short[0]["spec"].is_null(),
+        "no object in a minimal answer: {body}"
+    );
+    assert_eq!(
+        short[0]["metadata"]["resourceVersion"],
+        body["metadata"]["resourceVersion"]
+    );
+    let (stored, _) = c.list(kind("claims"), Some("p"), None).await.unwrap();
+    let m1 = stored
+        .iter()
+        .find(|o| o["metadata"]["name"] == "m1")
+        .unwrap();
+    assert_eq!(m1["metadata"]["uid"], short[0]["metadata"]["uid"]);
 }
 
 #[tokio::test]

@@ -548,6 +548,7 @@ async fn create_inner(
         stored,
         payload,
         decoded,
+        uid: _,
     } = prepared;
     let out = state
         .store
@@ -586,6 +587,7 @@ struct PreparedCreate {
     payload: Vec<u8>,
     /// A claim as stored, for the scheduler's watch (which then need not decode `stored`).
     decoded: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    uid: String,
 }
 
 /// Puts with a decoded form where there is one.
@@ -713,7 +715,8 @@ async fn prepare_create(
     let bytes = object.to_vec();
     let key = objects::key(info, ns, &name);
     let mut object_ref = audit::object_ref(info.kind, ns, &name);
-    object_ref.uid = Some(object.meta().uid.clone());
+    let uid = object.meta().uid.clone();
+    object_ref.uid = Some(uid.clone());
     let payload = Record {
         actor: &ctx.actor(),
         verb: "create",
@@ -735,7 +738,19 @@ async fn prepare_create(
         stored: bytes::Bytes::from(bytes),
         payload,
         decoded,
+        uid,
     })
+}
+
+/// Whether the request asks for `Prefer: return=minimal` (RFC 7240): a batch create then
+/// answers each item's name, uid and resource version instead of the whole object.
+fn prefers_minimal(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("return=minimal"))
 }
 
 /// `POST …/<plural>:batchCreate` (Google AIP-233): `{"items": [object, …]}`, each admitted
@@ -765,6 +780,7 @@ async fn batch_create_inner(
     name_out: &mut String,
 ) -> Result<Response, ApiError> {
     user_writable(info)?;
+    let minimal = prefers_minimal(request.headers());
     let (bytes, format) = read_bytes(state, request).await?;
     let items = batch_items(info, &bytes, format)?;
     let mut prepared: Vec<PreparedCreate> = Vec::with_capacity(items.len());
@@ -830,11 +846,25 @@ async fn batch_create_inner(
         if i > 0 {
             body.push(b',');
         }
-        body.extend_from_slice(&objects::with_revision(&p.stored, out.revision));
+        if minimal {
+            let meta = serde_json::json!({"metadata": {
+                "name": p.name, "namespace": ns, "uid": p.uid,
+                "resourceVersion": out.revision.to_string(),
+            }});
+            body.extend_from_slice(meta.to_string().as_bytes());
+        } else {
+            body.extend_from_slice(&objects::with_revision(&p.stored, out.revision));
+        }
     }
     body.extend_from_slice(b"]}");
     let mut response = json_bytes(bytes::Bytes::from(body));
     *response.status_mut() = StatusCode::CREATED;
+    if minimal {
+        response.headers_mut().insert(
+            "preference-applied",
+            http::HeaderValue::from_static("return=minimal"),
+        );
+    }
     Ok(response)
 }
 
