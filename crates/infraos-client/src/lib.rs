@@ -759,31 +759,39 @@ impl Client {
             .send(self.request(reqwest::Method::GET, &p).query(&query), &url)
             .await?;
         let bytes = response.bytes_stream();
+        // `buf[read..]` is what is not parsed yet: lines are parsed in place, and the buffer
+        // compacted once per chunk (draining each line off the front moved the rest of a
+        // chunk holding hundreds of events once per event).
         let lines = futures::stream::unfold(
-            (bytes, Vec::<u8>::new(), url),
-            |(mut bytes, mut buf, url)| async move {
+            (bytes, Vec::<u8>::new(), 0usize, url),
+            |(mut bytes, mut buf, mut read, url)| async move {
                 loop {
-                    if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = buf.drain(..=pos).collect();
+                    if let Some(len) = buf[read..].iter().position(|b| *b == b'\n') {
+                        let line = &buf[read..read + len];
+                        read += len + 1;
                         if line.iter().all(u8::is_ascii_whitespace) {
                             continue;
                         }
-                        let event = serde_json::from_slice::<WatchEvent<T>>(&line).map_err(|e| {
+                        let event = serde_json::from_slice::<WatchEvent<T>>(line).map_err(|e| {
                             ClientError::Decode {
                                 url: url.clone(),
                                 reason: format!("bad watch event: {e}"),
                             }
                         });
-                        return Some((event, (bytes, buf, url)));
+                        return Some((event, (bytes, buf, read, url)));
                     }
                     match bytes.next().await {
-                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                        Some(Ok(chunk)) => {
+                            buf.drain(..read);
+                            read = 0;
+                            buf.extend_from_slice(&chunk);
+                        }
                         Some(Err(source)) => {
                             let err = ClientError::Transport {
                                 url: url.clone(),
                                 source,
                             };
-                            return Some((Err(err), (bytes, Vec::new(), url)));
+                            return Some((Err(err), (bytes, Vec::new(), 0, url)));
                         }
                         None => return None,
                     }

@@ -626,7 +626,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store =
             EmbeddedStore::open(&dir.path().join("s.redb"), EmbeddedOptions::default()).unwrap();
-        let first = store.txn(Txn::new().put("/k/a", "1").put("/k/b", "1")).await;
+        let first = store
+            .txn(Txn::new().put("/k/a", "1").put("/k/b", "1"))
+            .await;
         let rev = first.unwrap().revision;
         let mut watch = store.watch("/k/", rev).await.unwrap();
         let txn = Txn::new()
