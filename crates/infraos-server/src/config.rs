@@ -82,7 +82,7 @@ impl Default for ServerConfig {
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7443))),
             lease_skew_margin: Duration::from_secs(5),
-            scheduler_batch: 512,
+            scheduler_batch: 1024,
             scheduler: Profile::default(),
             max_body_bytes: 3 * 1024 * 1024,
             event_ttl: Duration::from_secs(3600),
