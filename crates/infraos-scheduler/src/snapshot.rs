@@ -13,6 +13,7 @@ use infraos_api::kinds::{
     AllocatedResource, ClassKind, NodeSpec, NodeStatus, ResourceClassSpec, ResourceSpec,
 };
 use infraos_api::{Item, Labels, Quantity};
+use smallvec::SmallVec;
 
 use crate::governance::{AllocationMeta, Governance};
 
@@ -53,7 +54,9 @@ pub struct NodeEntry {
     pub tiers: u8,
     /// (key, value) of the node's taints: claims must tolerate each.
     pub taints: Vec<(String, Option<String>)>,
-    pub resources: Vec<ResourceId>,
+    /// Inline: every candidate node's list is read while scanning, and a separate allocation
+    /// per node was a cache miss per candidate.
+    pub resources: SmallVec<[ResourceId; 4]>,
 }
 
 impl NodeEntry {
@@ -368,7 +371,7 @@ impl Snapshot {
             unschedulable: false,
             tiers: 0,
             taints: Vec::new(),
-            resources: Vec::new(),
+            resources: SmallVec::new(),
         });
         self.node_index.insert(name.to_string(), id);
         id
@@ -497,7 +500,7 @@ impl Snapshot {
         }
         match entry.node {
             Some(n) => {
-                self.nodes[n].resources.retain(|&r| r != id);
+                self.nodes[n].resources.retain(|r| *r != id);
                 let still_has_class = self.nodes[n].resources.iter().any(|&r| {
                     self.resources[r]
                         .as_ref()
