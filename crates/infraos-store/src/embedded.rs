@@ -663,7 +663,7 @@ mod tests {
         let decoded: Arc<dyn std::any::Any + Send + Sync> = Arc::new(42u32);
         let txn = Txn::new()
             .put("/a/plain", "1")
-            .put_decoded("/a/typed", "42", decoded)
+            .put_decoded("/a/typed", "42", Some(decoded))
             .delete("/a/plain");
         assert!(store.txn(txn).await.unwrap().succeeded);
         let events = live.next().await.unwrap().unwrap();

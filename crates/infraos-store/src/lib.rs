@@ -109,14 +109,17 @@ impl Txn {
         self.ops.push(Op::Put(key.into(), value.into()));
         self
     }
-    /// A put whose value's decoded form goes with its event to this process's watchers.
+    /// A put whose value's decoded form, when given, goes with its event to this process's
+    /// watchers.
     pub fn put_decoded(
         mut self,
         key: impl Into<String>,
         value: impl Into<Bytes>,
-        decoded: Arc<dyn std::any::Any + Send + Sync>,
+        decoded: Option<Arc<dyn std::any::Any + Send + Sync>>,
     ) -> Self {
-        self.decoded.push((self.ops.len(), Decoded(decoded)));
+        if let Some(decoded) = decoded {
+            self.decoded.push((self.ops.len(), Decoded(decoded)));
+        }
         self.ops.push(Op::Put(key.into(), value.into()));
         self
     }

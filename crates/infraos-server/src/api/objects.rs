@@ -555,7 +555,7 @@ async fn create_inner(
         .txn(
             Txn::new()
                 .when(Compare::absent(key.clone()))
-                .put_decoded_if(key, stored.clone(), decoded)
+                .put_decoded(key, stored.clone(), decoded)
                 .append(payload),
         )
         .await?;
@@ -588,30 +588,6 @@ struct PreparedCreate {
     /// A claim as stored, for the scheduler's watch (which then need not decode `stored`).
     decoded: Option<Arc<dyn std::any::Any + Send + Sync>>,
     uid: String,
-}
-
-/// Puts with a decoded form where there is one.
-trait PutDecoded {
-    fn put_decoded_if(
-        self,
-        key: String,
-        value: bytes::Bytes,
-        decoded: Option<Arc<dyn std::any::Any + Send + Sync>>,
-    ) -> Self;
-}
-
-impl PutDecoded for Txn {
-    fn put_decoded_if(
-        self,
-        key: String,
-        value: bytes::Bytes,
-        decoded: Option<Arc<dyn std::any::Any + Send + Sync>>,
-    ) -> Self {
-        match decoded {
-            Some(decoded) => self.put_decoded(key, value, decoded),
-            None => self.put(key, value),
-        }
-    }
 }
 
 /// Everything a create does before the write: namespace, server-owned fields, validation,
@@ -812,7 +788,7 @@ async fn batch_create_inner(
     for p in &mut prepared {
         txn = txn
             .when(Compare::absent(p.key.clone()))
-            .put_decoded_if(p.key.clone(), p.stored.clone(), p.decoded.take())
+            .put_decoded(p.key.clone(), p.stored.clone(), p.decoded.take())
             .append(std::mem::take(&mut p.payload));
     }
     let out = state.store.txn(txn).await?;

@@ -219,12 +219,7 @@ fn decode_claims(change: &Change<Source>) -> Vec<Option<DecodedClaim>> {
                 .downcast::<infraos_api::kinds::Claim>()
                 .ok()
         }) {
-            let pending = claim.metadata.deletion_timestamp.is_none()
-                && claim
-                    .status
-                    .as_ref()
-                    .is_none_or(|s| s.phase == ClaimPhase::Pending);
-            return Some(if pending {
+            return Some(if is_pending(&claim) {
                 DecodedClaim::Pending(claim)
             } else {
                 DecodedClaim::NotPending
@@ -252,6 +247,15 @@ fn decode_claims(change: &Change<Source>) -> Vec<Option<DecodedClaim>> {
             })
             .collect(),
     }
+}
+
+/// Whether a claim is the scheduler's to place: Pending and not being deleted.
+fn is_pending(claim: &infraos_api::kinds::Claim) -> bool {
+    claim.metadata.deletion_timestamp.is_none()
+        && claim
+            .status
+            .as_ref()
+            .is_none_or(|s| s.phase == ClaimPhase::Pending)
 }
 
 /// An allocation event held back while the allocation's batch is unsettled.
@@ -600,12 +604,7 @@ impl Controller {
         if self.committed.get(&id).is_some_and(|&r| r > revision) {
             return; // an event from before our own commit
         }
-        let pending = claim.metadata.deletion_timestamp.is_none()
-            && claim
-                .status
-                .as_ref()
-                .is_none_or(|s| s.phase == ClaimPhase::Pending);
-        if !pending {
+        if !is_pending(&claim) {
             self.forget_claim(&id);
             return;
         }
