@@ -167,7 +167,7 @@ async fn open_etcd(config: &ServerConfig) -> Result<Arc<dyn infraos_store::Store
         path: "store".into(),
         reason: format!(
             "{}: this infraos was built without the etcd backend; build it with \
-             `cargo build --release --features etcd` (needs protoc: Debian protobuf-compiler)",
+             `cargo build --release --features etcd` (needs protoc: Debian protobuf-compiler and libprotobuf-dev)",
             config.store
         ),
     })
