@@ -17,6 +17,7 @@ pub mod names;
 pub mod object;
 pub mod quantity;
 pub mod signature;
+pub mod text;
 pub mod time;
 pub mod validation;
 

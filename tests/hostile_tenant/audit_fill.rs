@@ -1,0 +1,1 @@
+//! Hostile-tenant tests: audit_fill (filled in by the change that hardens it).

@@ -1,0 +1,1 @@
+//! Hostile-tenant tests: expressions (filled in by the change that hardens it).

@@ -1,0 +1,1 @@
+//! Hostile-tenant tests: identity (filled in by the change that hardens it).

@@ -1,0 +1,1 @@
+//! Hostile-tenant tests: workloads (filled in by the change that hardens it).
