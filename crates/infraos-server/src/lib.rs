@@ -18,6 +18,7 @@ pub mod authz;
 pub mod bootstrap;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod controllers;
 pub mod error;
 pub mod events;
@@ -301,11 +302,28 @@ impl Server {
             state.config.tls_reload_interval.as_std(),
             shutdown_rx.clone(),
         ));
+        let caps = state
+            .config
+            .connection_limits
+            .caps(state.config.open_files_limit);
+        if caps.total < state.config.connection_limits.max_connections {
+            tracing::warn!(
+                configured = state.config.connection_limits.max_connections,
+                in_force = caps.total,
+                open_files_limit = state.config.open_files_limit,
+                "connectionLimits.maxConnections lowered to stay below the open-files limit \
+                 (raise `ulimit -n` / LimitNOFILE to allow more)"
+            );
+        }
         tasks.push(tokio::spawn(tls::serve(
             listener,
             Arc::new(tls),
             app,
-            state.config.api_limits.max_header_bytes,
+            tls::Edge {
+                max_header_bytes: state.config.api_limits.max_header_bytes,
+                limits: state.config.connection_limits.clone(),
+                connections: connections::Connections::new(caps),
+            },
             shutdown_rx,
         )));
         // A wildcard listen address is not something a client can connect to: use loopback.

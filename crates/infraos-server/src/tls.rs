@@ -1,6 +1,7 @@
 //! The HTTPS listener: rustls (ring provider) and hyper serving the axum router, HTTP/1.1 and
 //! HTTP/2 by ALPN. Handshakes run in each connection's own task, so a slow client cannot hold
-//! up accepting others.
+//! up accepting others; every connection is counted and capped first
+//! ([`crate::connections`]).
 //!
 //! The server's certificate is read through [`ServerCert`], which swaps in a new
 //! `server.crt`/`server.key` while serving (on SIGHUP, or when the files change): new
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::{Mutex, RwLock};
 use rustls::sign::CertifiedKey;
@@ -22,8 +24,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::ServerError;
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::connections::{Admitted, Connections, Lingering};
 
 /// The identity a client certificate proved during the handshake (agents: `node:<name>`).
 #[derive(Clone, Debug)]
@@ -207,15 +208,24 @@ pub fn load_server_config(
     Ok((config, server_cert))
 }
 
+/// What the listener needs besides the router: the caps on request heads, the connection
+/// limits, and the registry that enforces them.
+pub struct Edge {
+    pub max_header_bytes: usize,
+    pub limits: crate::connections::ConnectionLimits,
+    pub connections: Arc<Connections>,
+}
+
 /// Serves `app` over TLS until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
-    max_header_bytes: usize,
+    edge: Edge,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let edge = Arc::new(edge);
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -228,64 +238,131 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
+        // Over the caps with every connection busy: closed at once, before any TLS work.
+        let Ok(admitted) = edge.connections.admit(peer.ip()) else {
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let mut conn_shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let peer_cert = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|der| crate::pki::common_name(der))
-                .map(|common_name| PeerCertificate { common_name });
-            let service = hyper::service::service_fn(
-                move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request
-                        .extensions_mut()
-                        .insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
-                    if let Some(cert) = &peer_cert {
-                        request.extensions_mut().insert(cert.clone());
-                    }
-                    app.clone().oneshot(request.map(axum::body::Body::new))
-                },
-            );
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            // Request heads beyond the cap get 431; a client that trickles its head is cut
-            // off (slowloris).
-            builder
-                .http1()
-                .max_buf_size(max_header_bytes)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30));
-            builder
-                .http2()
-                .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                _ = conn_shutdown.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
-                }
-            }
-        });
+        tokio::spawn(connection(
+            acceptor.clone(),
+            app.clone(),
+            Arc::clone(&edge),
+            tcp,
+            peer,
+            admitted,
+            shutdown.clone(),
+        ));
     }
+}
+
+/// How long an evicted connection may take to close after its GOAWAY.
+const EVICTED_GRACE: Duration = Duration::from_secs(1);
+
+/// One connection: handshake, then HTTP/1.1 or HTTP/2 until the client leaves, the connection
+/// idles out, is evicted for a newcomer, or the server shuts down.
+async fn connection(
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+    edge: Arc<Edge>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Admitted { slot, conn } = admitted;
+    let io = Lingering::new(tcp, slot);
+    let linger = io.switch();
+    let no_linger = || linger.store(false, std::sync::atomic::Ordering::Release);
+    // The handshake future owns the socket: it is dropped after the switch is set.
+    let handshake =
+        tokio::time::timeout(edge.limits.handshake_timeout.as_std(), acceptor.accept(io));
+    tokio::pin!(handshake);
+    let tls = tokio::select! {
+        result = &mut handshake => match result {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                no_linger();
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                no_linger();
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        _ = conn.evicted() => {
+            no_linger();
+            tracing::debug!(%peer, "connection evicted during its handshake");
+            return;
+        }
+    };
+    let peer_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|der| crate::pki::common_name(der))
+        .map(|common_name| PeerCertificate { common_name });
+    conn.handshaken(peer_cert.is_some());
+    let service_conn = Arc::clone(&conn);
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let guard = service_conn.request();
+        let (mut parts, body) = request.into_parts();
+        parts
+            .extensions
+            .insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
+        parts.extensions.insert(Arc::clone(&service_conn));
+        if let Some(cert) = &peer_cert {
+            parts.extensions.insert(cert.clone());
+        }
+        let (body, held) = crate::connections::hold_request_body(body);
+        let request = hyper::Request::from_parts(parts, axum::body::Body::new(body));
+        let answer = app.clone().oneshot(request);
+        async move {
+            let response = answer.await?;
+            Ok::<_, std::convert::Infallible>(
+                response.map(|b| crate::connections::Answer::new(b, held, guard)),
+            )
+        }
+    });
+    let limits = &edge.limits;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Request heads beyond the cap get 431; a client that trickles its head is cut off
+    // (slowloris), and so is an HTTP/1.1 connection idle between requests.
+    builder
+        .http1()
+        .max_buf_size(edge.max_header_bytes)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout.as_std());
+    // HTTP/2: pings find out peers that vanished (their connections would otherwise stay
+    // open, holding a slot and a descriptor, for as long as the kernel keeps the socket).
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(limits.keepalive_interval.as_std())
+        .keep_alive_timeout(limits.keepalive_timeout.as_std())
+        .max_header_list_size(u32::try_from(edge.max_header_bytes).unwrap_or(u32::MAX));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(connection);
+    let (reason, grace) = tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = shutdown.changed() => ("server shutting down", Duration::from_secs(5)),
+        _ = conn.idle_for(limits.idle_timeout.as_std()) => ("idle", Duration::from_secs(5)),
+        _ = conn.evicted() => {
+            no_linger();
+            ("evicted for a newcomer", EVICTED_GRACE)
+        }
+    };
+    tracing::debug!(%peer, reason, "closing connection");
+    // HTTP/2: GOAWAY, then the streams in flight finish; HTTP/1.1: closed after the answer
+    // in flight, if any.
+    connection.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(grace, connection).await;
 }

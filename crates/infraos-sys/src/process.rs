@@ -261,6 +261,38 @@ pub fn raise_nofile_limit() -> Result<u64, SysError> {
     Ok(hard)
 }
 
+/// As [`raise_nofile_limit`], and beyond the hard limit up to `want` where the process may
+/// (root, or CAP_SYS_RESOURCE; at most `fs.nr_open`). A load generator holding tens of
+/// thousands of connections needs it; the server keeps to the limit it was given.
+pub fn raise_nofile_limit_to(want: u64) -> Result<u64, SysError> {
+    let hard = raise_nofile_limit()?;
+    if want <= hard {
+        return Ok(hard);
+    }
+    match nix::sys::resource::setrlimit(Resource::RLIMIT_NOFILE, want, want) {
+        Ok(()) => Ok(want),
+        // Not privileged: what we have.
+        Err(_) => Ok(hard),
+    }
+}
+
+/// Gives SIGPIPE back its default action, ending the process quietly when it writes to a
+/// pipe whose reader has gone, as command-line tools do (`infraos audit verify | head -1`).
+/// Rust ignores SIGPIPE, so otherwise every later print fails and `println!` panics. Only
+/// for short-lived client commands: sockets are written with MSG_NOSIGNAL and never raise it,
+/// but a server or agent must never die of a peer closing a pipe.
+pub fn default_sigpipe() -> Result<(), SysError> {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: installs the default disposition, no handler of ours: nothing can run in signal
+    // context, so there is no async-signal-safety to uphold.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }
+        .map(drop)
+        .map_err(|e| SysError::Call {
+            call: "signal(SIGPIPE)",
+            source: std::io::Error::from(e),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
