@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::{Mutex, RwLock};
@@ -25,6 +26,7 @@ use tower::ServiceExt;
 
 use crate::ServerError;
 use crate::connections::{Admitted, Connections, Lingering};
+use crate::error::ApiError;
 
 /// The identity a client certificate proved during the handshake (agents: `node:<name>`).
 #[derive(Clone, Debug)]
@@ -256,8 +258,14 @@ pub async fn serve(
     }
 }
 
-/// How long an evicted connection may take to close after its GOAWAY.
+/// How long requests in flight may take to finish when the server shuts down…
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// …and, on an idle connection being closed, one that crossed the GOAWAY.
+const IDLE_GRACE: Duration = Duration::from_secs(5);
+/// As [`IDLE_GRACE`] for a connection evicted for a newcomer: its slot is wanted.
 const EVICTED_GRACE: Duration = Duration::from_secs(1);
+/// How long a closing connection is given to send its GOAWAY.
+const GOAWAY_FLUSH: Duration = Duration::from_millis(50);
 
 /// One connection: handshake, then HTTP/1.1 or HTTP/2 until the client leaves, the connection
 /// idles out, is evicted for a newcomer, or the server shuts down.
@@ -307,9 +315,15 @@ async fn connection(
         .map(|common_name| PeerCertificate { common_name });
     conn.handshaken(peer_cert.is_some());
     let service_conn = Arc::clone(&conn);
+    let max_header_bytes = edge.max_header_bytes;
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let guard = service_conn.request();
         let (mut parts, body) = request.into_parts();
+        let too_large = head_too_large(&parts, max_header_bytes);
+        let expects_continue = parts
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         parts
             .extensions
             .insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
@@ -319,9 +333,13 @@ async fn connection(
         }
         let (body, held) = crate::connections::hold_request_body(body);
         let request = hyper::Request::from_parts(parts, axum::body::Body::new(body));
-        let answer = app.clone().oneshot(request);
+        let app = app.clone();
         async move {
-            let response = answer.await?;
+            let response = match too_large {
+                Some(e) => e.into_response(),
+                None => app.oneshot(request).await?,
+            };
+            held.settle(expects_continue).await;
             Ok::<_, std::convert::Infallible>(
                 response.map(|b| crate::connections::Answer::new(b, held, guard)),
             )
@@ -338,12 +356,17 @@ async fn connection(
         .header_read_timeout(limits.header_timeout.as_std());
     // HTTP/2: pings find out peers that vanished (their connections would otherwise stay
     // open, holding a slot and a descriptor, for as long as the kernel keeps the socket).
+    // Heads are decoded up to four times the cap, so that one over it still gets a 431
+    // Status from `head_too_large`, as on HTTP/1.1; beyond that h2 refuses the header block
+    // itself (its own 431, or GOAWAY for a block it cannot skip).
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(limits.keepalive_interval.as_std())
         .keep_alive_timeout(limits.keepalive_timeout.as_std())
-        .max_header_list_size(u32::try_from(edge.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(
+            u32::try_from(edge.max_header_bytes.saturating_mul(4)).unwrap_or(u32::MAX),
+        );
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(connection);
     let (reason, grace) = tokio::select! {
@@ -353,8 +376,8 @@ async fn connection(
             }
             return;
         }
-        _ = shutdown.changed() => ("server shutting down", Duration::from_secs(5)),
-        _ = conn.idle_for(limits.idle_timeout.as_std()) => ("idle", Duration::from_secs(5)),
+        _ = shutdown.changed() => ("server shutting down", SHUTDOWN_GRACE),
+        _ = conn.idle_for(limits.idle_timeout.as_std()) => ("idle", IDLE_GRACE),
         _ = conn.evicted() => {
             no_linger();
             ("evicted for a newcomer", EVICTED_GRACE)
@@ -364,5 +387,46 @@ async fn connection(
     // HTTP/2: GOAWAY, then the streams in flight finish; HTTP/1.1: closed after the answer
     // in flight, if any.
     connection.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(grace, connection).await;
+    if reason == "server shutting down" {
+        let _ = tokio::time::timeout(grace, connection).await;
+        return;
+    }
+    // Nothing was in flight: once the GOAWAY is out and nothing started meanwhile (a request
+    // that crossed it), close, rather than wait for a client that may never answer the
+    // GOAWAY's ping.
+    let _ = tokio::time::timeout(grace, async {
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            _ = async {
+                tokio::time::sleep(GOAWAY_FLUSH).await;
+                conn.idle_for(GOAWAY_FLUSH).await;
+            } => {}
+        }
+    })
+    .await;
+}
+
+/// A request head over `max` bytes, counted as HTTP/2 counts a header list (each field's name
+/// and value plus 32; the method and target too): the 431 that HTTP/1.1 answers from the
+/// parser (which reads no more than `max`) is answered here for HTTP/2.
+fn head_too_large(parts: &http::request::Parts, max: usize) -> Option<ApiError> {
+    let target = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let size = parts.method.as_str().len()
+        + target
+        + 64
+        + parts
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum::<usize>();
+    (size > max).then(|| ApiError {
+        code: http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        reason: "RequestHeaderFieldsTooLarge",
+        message: format!(
+            "the request head ({size} bytes) exceeds the {max}-byte limit \
+             (apiLimits.maxHeaderBytes); shorten the query or headers"
+        ),
+        details: None,
+        retry_after: None,
+    })
 }

@@ -160,14 +160,25 @@ fn paths_map_to_attributes() {
         }
     };
     // However the query spells it, a watch is a watch (issue 16: `%74rue` passed as a list).
-    for q in ["watch=%74rue", "watch=%31", "watch", "watch=", "labelSelector=a%3Db&watch=true"] {
+    for q in [
+        "watch=%74rue",
+        "watch=%31",
+        "watch",
+        "watch=",
+        "labelSelector=a%3Db&watch=true",
+    ] {
         assert_eq!(
             t(&get, "/apis/infraos.io/v1/namespaces/p/claims", Some(q)).map(|a| a.0),
             Some("watch".to_string()),
             "{q}"
         );
     }
-    for q in ["watch=false", "watch=0", "watchx=true", "labelSelector=watch%3Dtrue"] {
+    for q in [
+        "watch=false",
+        "watch=0",
+        "watchx=true",
+        "labelSelector=watch%3Dtrue",
+    ] {
         assert_eq!(
             t(&get, "/apis/infraos.io/v1/namespaces/p/claims", Some(q)).map(|a| a.0),
             Some("list".to_string()),
