@@ -410,6 +410,9 @@ async fn connection(
 /// and value plus 32; the method and target too): the 431 that HTTP/1.1 answers from the
 /// parser (which reads no more than `max`) is answered here for HTTP/2.
 fn head_too_large(parts: &http::request::Parts, max: usize) -> Option<ApiError> {
+    if parts.version != http::Version::HTTP_2 {
+        return None;
+    }
     let target = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
     let size = parts.method.as_str().len()
         + target
