@@ -21,6 +21,7 @@
 //! (HTTP/2: GOAWAY), and HTTP/2 connections are pinged so that a vanished peer is found out.
 
 mod body;
+mod handshakes;
 mod linger;
 
 use std::collections::{BTreeSet, HashMap};
@@ -35,6 +36,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use body::{Answer, RequestBody, hold_request_body};
+pub use handshakes::HandshakeWorkers;
 pub use linger::Lingering;
 
 /// `connectionLimits:` in server.yaml.
@@ -292,6 +294,15 @@ impl Connections {
     /// Connections open now (evicted ones still closing included).
     pub fn open(&self) -> usize {
         self.registry.lock().entries.len()
+    }
+
+    /// Connections open now from `addr`.
+    pub fn open_from(&self, addr: IpAddr) -> usize {
+        self.registry
+            .lock()
+            .addresses
+            .get(&addr)
+            .map_or(0, |a| a.open)
     }
 
     /// Connections closed at accept, and idle ones evicted for newcomers, since the start.

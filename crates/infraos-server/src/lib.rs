@@ -131,6 +131,23 @@ fn spawn_controllers(
     ])
 }
 
+/// Connections the kernel completes and queues for `accept` (clamped to `net.core.somaxconn`):
+/// room for a burst, so that a flood of connects does not make new clients' SYNs be dropped
+/// (and retried a second later) before the accept loop catches up.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's `TcpListener::bind`: a restarted server can bind at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Opens the store the config names: the embedded one in the data dir, or etcd.
 async fn open_store(config: &ServerConfig) -> Result<Arc<dyn infraos_store::Store>, ServerError> {
     if config.store.is_empty() {
@@ -194,12 +211,10 @@ impl Server {
             &dir.join(init::SERVER_KEY),
             &dir.join(init::CA_CERT),
         )?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Listen {
-                addr: config.listen.to_string(),
-                source,
-            })?;
+        let listener = listen(config.listen).map_err(|source| ServerError::Listen {
+            addr: config.listen.to_string(),
+            source,
+        })?;
         let addr = listener
             .local_addr()
             .map_err(|source| ServerError::Listen {
@@ -323,6 +338,15 @@ impl Server {
                 max_header_bytes: state.config.api_limits.max_header_bytes,
                 limits: state.config.connection_limits.clone(),
                 connections: connections::Connections::new(caps),
+                // Half the cores compute handshakes at most: the rest serve connections.
+                handshakes: Arc::new(
+                    connections::HandshakeWorkers::start(
+                        std::thread::available_parallelism().map_or(1, |n| n.get() / 2),
+                    )
+                    .map_err(|e| {
+                        ServerError::Tls(format!("cannot start the TLS handshake threads: {e}"))
+                    })?,
+                ),
             },
             shutdown_rx,
         )));

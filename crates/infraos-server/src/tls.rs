@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::ServerError;
-use crate::connections::{Admitted, Connections, Lingering};
+use crate::connections::{Admitted, Connections, HandshakeWorkers, Lingering};
 use crate::error::ApiError;
 
 /// The identity a client certificate proved during the handshake (agents: `node:<name>`).
@@ -207,6 +207,10 @@ pub fn load_server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(server_cert.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // No TLS 1.3 session tickets: minting two per handshake was the largest part of the
+    // handshake work left on the async runtime (after the handshake threads' part), and our
+    // clients seldom resume (agents hold one connection; each CLI run is a new process).
+    config.send_tls13_tickets = 0;
     Ok((config, server_cert))
 }
 
@@ -216,6 +220,7 @@ pub struct Edge {
     pub max_header_bytes: usize,
     pub limits: crate::connections::ConnectionLimits,
     pub connections: Arc<Connections>,
+    pub handshakes: Arc<HandshakeWorkers>,
 }
 
 /// Serves `app` over TLS until `shutdown` turns true.
@@ -226,7 +231,6 @@ pub async fn serve(
     edge: Edge,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let edge = Arc::new(edge);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -247,7 +251,7 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         tokio::spawn(connection(
-            acceptor.clone(),
+            Arc::clone(&tls),
             app.clone(),
             Arc::clone(&edge),
             tcp,
@@ -256,6 +260,28 @@ pub async fn serve(
             shutdown.clone(),
         ));
     }
+}
+
+/// The TLS handshake: the ClientHello is read first (a client that never sends one costs a
+/// parked task, nothing else), then the key exchange and signature are computed on a
+/// handshake thread in the turn of the client's address ([`HandshakeWorkers`]), then the
+/// rest completes here.
+async fn handshake(
+    config: Arc<rustls::ServerConfig>,
+    edge: Arc<Edge>,
+    addr: std::net::IpAddr,
+    io: Lingering,
+) -> std::io::Result<tokio_rustls::server::TlsStream<Lingering>> {
+    let start =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+    // `into_stream` processes the ClientHello: the expensive part, computing only, no I/O.
+    let open = edge.connections.open_from(addr);
+    let accept = edge
+        .handshakes
+        .run(addr, open, move || start.into_stream(config))
+        .await
+        .ok_or_else(|| std::io::Error::other("the server is shutting down"))?;
+    accept.await
 }
 
 /// How long requests in flight may take to finish when the server shuts down…
@@ -270,7 +296,7 @@ const GOAWAY_FLUSH: Duration = Duration::from_millis(50);
 /// One connection: handshake, then HTTP/1.1 or HTTP/2 until the client leaves, the connection
 /// idles out, is evicted for a newcomer, or the server shuts down.
 async fn connection(
-    acceptor: tokio_rustls::TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     app: Router,
     edge: Arc<Edge>,
     tcp: tokio::net::TcpStream,
@@ -283,8 +309,10 @@ async fn connection(
     let linger = io.switch();
     let no_linger = || linger.store(false, std::sync::atomic::Ordering::Release);
     // The handshake future owns the socket: it is dropped after the switch is set.
-    let handshake =
-        tokio::time::timeout(edge.limits.handshake_timeout.as_std(), acceptor.accept(io));
+    let handshake = tokio::time::timeout(
+        edge.limits.handshake_timeout.as_std(),
+        handshake(tls, Arc::clone(&edge), peer.ip(), io),
+    );
     tokio::pin!(handshake);
     let tls = tokio::select! {
         result = &mut handshake => match result {

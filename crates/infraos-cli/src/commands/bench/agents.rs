@@ -296,6 +296,7 @@ async fn edge_window(
     let bomb_counts = Arc::new(edge::BombCounts::default());
     let errors_before = stats.errors.load(Ordering::Relaxed);
     stats.latencies_us.lock().clear();
+    let cpu_before = (server_pid.and_then(cpu_seconds), cpu_seconds("self"));
     let window = Instant::now();
     stats.measuring.store(true, Ordering::Relaxed);
     prober.set(edge::Phase::Load);
@@ -314,11 +315,22 @@ async fn edge_window(
     stats.measuring.store(false, Ordering::Relaxed);
     prober.set(edge::Phase::Off);
     let window_s = window.elapsed().as_secs_f64();
+    let cpu_after = (server_pid.and_then(cpu_seconds), cpu_seconds("self"));
+    let share = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.0}%", (b - a) / window_s.max(1e-9) * 100.0),
+        _ => "n/a".into(),
+    };
+    println!(
+        "CPU during the edge window, of one core: server {}, load generator {}",
+        share(cpu_before.0, cpu_after.0),
+        share(cpu_before.1, cpu_after.1)
+    );
     let open_fds = server_pid
         .and_then(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
         .map(|d| d.count());
     let rss = server_pid.and_then(memory_kib);
-    for task in [idle, bombs].into_iter().flatten() {
+    drop(idle);
+    if let Some(task) = bombs {
         task.abort();
     }
     let mut latencies = std::mem::take(&mut *stats.latencies_us.lock());

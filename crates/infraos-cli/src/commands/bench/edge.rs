@@ -142,14 +142,36 @@ pub struct IdleCounts {
 /// The HTTP/2 client preface and an empty SETTINGS frame.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
-/// Opens `n` idle connections (held until the returned tasks are aborted), `concurrency` at
-/// a time, from `sources` loopback addresses 127.0.1.x.
+/// The idle connections' own runtime: their TLS handshakes (a fraction of a millisecond of
+/// CPU each, hundreds at a time) must not delay the measuring clients' tasks in this
+/// process, as they would on a shared runtime; an attacker runs elsewhere. Dropping it closes
+/// every connection.
+pub struct IdleFlood {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for IdleFlood {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Opens `n` idle connections (held until the returned [`IdleFlood`] is dropped), 256 at a
+/// time, from `sources` loopback addresses 127.0.1.x.
 pub fn open_idle(
     admin: &ClientConfig,
     n: usize,
     sources: usize,
     counts: Arc<IdleCounts>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<IdleFlood> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("idle-flood")
+        .enable_all()
+        .build()
+        .context("cannot start the idle connections' runtime")?;
     let url = reqwest::Url::parse(&admin.server).context("the server URL")?;
     let host = url.host_str().unwrap_or("127.0.0.1").to_string();
     let addr: SocketAddr = format!("{host}:{}", url.port().unwrap_or(443))
@@ -169,7 +191,7 @@ pub fn open_idle(
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
     let name = ServerName::try_from(host)?;
     let sources = sources.clamp(1, 250);
-    Ok(tokio::spawn(async move {
+    runtime.spawn(async move {
         let mut held = tokio::task::JoinSet::new();
         let mut opening = futures::stream::iter(0..n)
             .map(|i| {
@@ -204,10 +226,13 @@ pub fn open_idle(
                 }
             });
         }
-        // Holds them until aborted.
+        // Holds them until the runtime is dropped.
         while held.join_next().await.is_some() {}
         std::future::pending::<()>().await;
-    }))
+    });
+    Ok(IdleFlood {
+        runtime: Some(runtime),
+    })
 }
 
 enum Held {
