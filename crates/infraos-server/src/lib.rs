@@ -338,7 +338,7 @@ impl Server {
                 max_header_bytes: state.config.api_limits.max_header_bytes,
                 limits: state.config.connection_limits.clone(),
                 connections: connections::Connections::new(caps),
-                // Half the cores compute handshakes at most: the rest serve connections.
+                // An express thread, and half the cores for a flood's handshakes at most.
                 handshakes: Arc::new(
                     connections::HandshakeWorkers::start(
                         std::thread::available_parallelism().map_or(1, |n| n.get() / 2),

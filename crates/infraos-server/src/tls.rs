@@ -264,8 +264,8 @@ pub async fn serve(
 
 /// The TLS handshake: the ClientHello is read first (a client that never sends one costs a
 /// parked task, nothing else), then the key exchange and signature are computed on a
-/// handshake thread in the turn of the client's address ([`HandshakeWorkers`]), then the
-/// rest completes here.
+/// handshake thread in the turn of the client's address, in the lane its open connections
+/// choose ([`HandshakeWorkers`]), then the rest completes here.
 async fn handshake(
     config: Arc<rustls::ServerConfig>,
     edge: Arc<Edge>,

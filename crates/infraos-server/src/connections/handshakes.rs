@@ -1,23 +1,30 @@
 //! The expensive step of TLS handshakes (key exchange and signature: a fraction of a
-//! millisecond of CPU each) on threads of their own, at a lower priority, taken in turn across
-//! source addresses.
+//! millisecond of CPU each) on threads of their own, taken in turn across source addresses.
 //!
 //! Computed on the async runtime, a flood of handshakes fills its queues: every heartbeat of
 //! an agent already connected waits behind hundreds of them, and a load balancer's `/healthz`
-//! probe behind the whole flood. On threads of their own (nice 10), handshakes leave the
-//! runtime's workers free for established connections, and the operating system gives the
-//! cores to those first. Jobs are taken address by address, the address holding the fewest
-//! open connections first (round-robin among equals): a newcomer or a health checker waits
-//! for a handshake or two, not for every connection a flooding address has opened.
+//! probe behind the whole flood. On threads of their own, handshakes leave the runtime's
+//! workers free for established connections. Two lanes:
+//!
+//! - express (one thread, normal priority): clients from an address holding at most
+//!   [`EXPRESS_MAX`] connections — an agent (one connection per machine), a health checker,
+//!   a person's CLI;
+//! - bulk (nice 10, so the cores go to established connections first): addresses holding
+//!   more — a flood, or many clients behind one NAT.
+//!
+//! In each lane jobs are taken in rotation over the addresses waiting, so one address's
+//! hundred handshakes do not delay another's by a hundred. (Serving addresses that hold fewer
+//! connections strictly first was tried: it starved busier addresses while a flood's were
+//! young.)
 //!
 //! ```text
-//!   ClientHello read ─► run(addr, open, job) ─► jobs of addr ─┐  addresses with jobs, by
-//!                                                              ├─► (open connections, turn):
-//!   (async task awaits the result) ◄──── oneshot ◄────────────┘  a handshake thread takes the
-//!                                                                 first one's oldest job
+//!   ClientHello read ─► run(addr, open, job) ─┬─ open ≤ EXPRESS_MAX ─► express lane ─┐ ring of
+//!                                             └─ otherwise ─────────► bulk lane ─────┤ addresses;
+//!   (async task awaits the result) ◄──────── oneshot ◄──────────────────────────────┘ next one's
+//!                                                                                       oldest job
 //! ```
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -26,11 +33,20 @@ use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The nice value of the handshake threads.
-const NICE: i32 = 10;
+/// Open connections an address may hold for its handshakes to take the express lane.
+pub const EXPRESS_MAX: usize = 4;
 
-/// Handshake threads and their queue; dropping it lets the threads finish.
+/// The nice value of the bulk lane's threads.
+const BULK_NICE: i32 = 10;
+
+/// The two lanes of handshake threads; dropping it lets the threads finish.
 pub struct HandshakeWorkers {
+    express: Lane,
+    bulk: Lane,
+}
+
+/// Threads sharing one queue.
+struct Lane {
     shared: Arc<Shared>,
 }
 
@@ -41,46 +57,37 @@ struct Shared {
 
 #[derive(Default)]
 struct Queue {
-    /// Each address's jobs, and its open connections when it last queued one.
-    jobs: HashMap<IpAddr, (usize, VecDeque<Job>)>,
-    /// One entry per address with jobs: (open connections, turn, address).
-    order: BTreeSet<(usize, u64, IpAddr)>,
-    turn: u64,
+    jobs: HashMap<IpAddr, VecDeque<Job>>,
+    /// Each address with jobs, once, in turn order.
+    ring: VecDeque<IpAddr>,
     closed: bool,
 }
 
 impl Queue {
-    fn push(&mut self, addr: IpAddr, open: usize, job: Job) {
-        self.turn += 1;
-        let turn = self.turn;
-        let (load, jobs) = self.jobs.entry(addr).or_default();
+    fn push(&mut self, addr: IpAddr, job: Job) {
+        let jobs = self.jobs.entry(addr).or_default();
         jobs.push_back(job);
         if jobs.len() == 1 {
-            *load = open;
-            self.order.insert((open, turn, addr));
+            self.ring.push_back(addr);
         }
     }
 
-    /// The next job: the first address's oldest job; the address goes to the back of those
-    /// with as many open connections.
+    /// The next job: the ring's next address, its oldest job; the address goes to the back.
     fn next(&mut self) -> Option<Job> {
-        let (_, _, addr) = self.order.pop_first()?;
-        let (load, jobs) = self.jobs.get_mut(&addr)?;
+        let addr = self.ring.pop_front()?;
+        let jobs = self.jobs.get_mut(&addr)?;
         let job = jobs.pop_front();
         if jobs.is_empty() {
             self.jobs.remove(&addr);
         } else {
-            let load = *load;
-            self.turn += 1;
-            self.order.insert((load, self.turn, addr));
+            self.ring.push_back(addr);
         }
         job
     }
 }
 
-impl HandshakeWorkers {
-    /// Starts `threads` handshake threads (at least one).
-    pub fn start(threads: usize) -> std::io::Result<HandshakeWorkers> {
+impl Lane {
+    fn start(name: &str, threads: usize, nice: i32) -> std::io::Result<Lane> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             ready: Condvar::new(),
@@ -88,21 +95,20 @@ impl HandshakeWorkers {
         for i in 0..threads.max(1) {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
-                .name(format!("tls-handshake-{i}"))
+                .name(format!("tls-{name}-{i}"))
                 .spawn(move || {
-                    if let Err(e) = infraos_sys::process::lower_thread_priority(NICE) {
+                    if nice > 0
+                        && let Err(e) = infraos_sys::process::lower_thread_priority(nice)
+                    {
                         tracing::debug!(error = %e, "handshake thread keeps its priority");
                     }
                     work(&shared)
                 })?;
         }
-        Ok(HandshakeWorkers { shared })
+        Ok(Lane { shared })
     }
 
-    /// Runs `f` on a handshake thread in the turn of `addr`, which holds `open` connections;
-    /// `None` if the workers stopped. A job whose caller has left (evicted, timed out) by
-    /// its turn is skipped.
-    pub async fn run<T, F>(&self, addr: IpAddr, open: usize, f: F) -> Option<T>
+    async fn run<T, F>(&self, addr: IpAddr, f: F) -> Option<T>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
@@ -118,17 +124,43 @@ impl HandshakeWorkers {
             if q.closed {
                 return None;
             }
-            q.push(addr, open, job);
+            q.push(addr, job);
         }
         self.shared.ready.notify_one();
         rx.await.ok()
     }
 }
 
-impl Drop for HandshakeWorkers {
+impl Drop for Lane {
     fn drop(&mut self) {
         self.shared.queue.lock().closed = true;
         self.shared.ready.notify_all();
+    }
+}
+
+impl HandshakeWorkers {
+    /// Starts the express thread and `bulk` bulk threads (at least one).
+    pub fn start(bulk: usize) -> std::io::Result<HandshakeWorkers> {
+        Ok(HandshakeWorkers {
+            express: Lane::start("express", 1, 0)?,
+            bulk: Lane::start("bulk", bulk, BULK_NICE)?,
+        })
+    }
+
+    /// Runs `f` on a handshake thread in the turn of `addr`, which holds `open` connections
+    /// (this one included); `None` if the workers stopped. A job whose caller has left
+    /// (evicted, timed out) by its turn is skipped.
+    pub async fn run<T, F>(&self, addr: IpAddr, open: usize, f: F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let lane = if open <= EXPRESS_MAX {
+            &self.express
+        } else {
+            &self.bulk
+        };
+        lane.run(addr, f).await
     }
 }
 
@@ -159,24 +191,19 @@ mod tests {
     }
 
     #[test]
-    fn addresses_holding_fewer_connections_go_first_then_in_turn() {
+    fn jobs_go_round_the_addresses_not_in_arrival_order() {
         let mut q = Queue::default();
         let order = Arc::new(Mutex::new(Vec::new()));
-        // Address 1 holds 500 connections and queues four; 2 holds 500 and queues one;
-        // 3 (a health checker) holds 1.
-        for (i, (a, open)) in [(1, 500), (1, 500), (1, 500), (1, 500), (2, 500), (3, 1)]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, a) in [1, 1, 1, 1, 2, 3].into_iter().enumerate() {
             let order = order.clone();
-            q.push(addr(a), open, Box::new(move || order.lock().push(i)));
+            q.push(addr(a), Box::new(move || order.lock().push(i)));
         }
         while let Some(job) = q.next() {
             job();
         }
-        // 3 first; then 1 and 2 take turns, so 2 does not wait for all of 1's.
-        assert_eq!(*order.lock(), vec![5, 0, 4, 1, 2, 3]);
-        assert!(q.jobs.is_empty() && q.order.is_empty());
+        // Address 1 queued four first; 2 and 3 go second and third, not fifth and sixth.
+        assert_eq!(*order.lock(), vec![0, 4, 5, 1, 2, 3]);
+        assert!(q.jobs.is_empty() && q.ring.is_empty());
     }
 
     #[tokio::test]
@@ -188,7 +215,14 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(name.as_deref(), Some("tls-handshake-0"));
+        assert_eq!(name.as_deref(), Some("tls-express-0"));
+        let name = workers
+            .run(addr(1), EXPRESS_MAX + 1, || {
+                std::thread::current().name().map(str::to_string)
+            })
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("tls-bulk-0"));
         // The one thread is kept busy while a second caller queues, then leaves.
         let workers = Arc::new(workers);
         let (release, blocked) = std::sync::mpsc::channel::<()>();

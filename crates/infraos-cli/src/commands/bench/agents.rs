@@ -167,8 +167,11 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         }
     }
     // /healthz on fresh connections, quiet and under the edge load, when that is asked for.
-    let prober =
-        (o.idle_connections > 0 || o.cel_bomb > 0).then(|| edge::Prober::spawn(&admin_config));
+    let prober = if o.idle_connections > 0 || o.cel_bomb > 0 {
+        Some(edge::Prober::spawn(&admin_config)?)
+    } else {
+        None
+    };
     // Every agent beats once before the window opens.
     tokio::time::sleep(o.heartbeat + Duration::from_secs(2)).await;
     let cpu_before = server_pid.as_deref().and_then(cpu_seconds);

@@ -41,13 +41,30 @@ pub struct Prober {
 const PROBE_EVERY: Duration = Duration::from_millis(100);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where the prober connects from: its own loopback address, as a load balancer's health
+/// checker has its own (the simulated agents all come from 127.0.0.1).
+const PROBER_ADDRESS: [u8; 4] = [127, 0, 0, 2];
+
+/// TLS to the benchmark's server, trusting the client config's CA, offering `alpn`.
+fn tls_config(admin: &ClientConfig, alpn: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(admin.ca_pem.as_deref().unwrap_or_default()) {
+        roots.add(ca?)?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
 impl Prober {
-    pub fn spawn(admin: &ClientConfig) -> Prober {
-        let config = ClientConfig {
-            token: None,
-            identity: None,
-            ..admin.clone()
-        };
+    pub fn spawn(admin: &ClientConfig) -> anyhow::Result<Prober> {
+        let tls = tls_config(admin, b"h2")?;
+        let url = format!("{}/healthz", admin.server.trim_end_matches('/'));
         let phase = Arc::new(AtomicU8::new(Phase::Off as u8));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let failures: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
@@ -61,31 +78,32 @@ impl Prober {
                 if now == Phase::Off as u8 {
                     continue;
                 }
-                // A new client: a new connection and TLS handshake, as a fresh prober has.
-                let Ok(client) = Client::new(&config) else {
+                // A new client: a new connection and TLS handshake, as a fresh probe has.
+                let Ok(client) = reqwest::Client::builder()
+                    .use_preconfigured_tls(tls.clone())
+                    .local_address(IpAddr::from(PROBER_ADDRESS))
+                    .timeout(PROBE_TIMEOUT)
+                    .build()
+                else {
                     continue;
                 };
                 let t = Instant::now();
-                let answer = tokio::time::timeout(
-                    PROBE_TIMEOUT,
-                    client.raw(Method::GET, "/healthz", None, Vec::new(), None),
-                )
-                .await;
+                let answer = client.get(&url).send().await;
                 let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
                 match answer {
-                    Ok(Ok((200, _))) => s.lock().push((now, us)),
+                    Ok(r) if r.status().as_u16() == 200 => s.lock().push((now, us)),
                     _ => {
                         f[usize::from(now)].fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
         });
-        Prober {
+        Ok(Prober {
             phase,
             samples,
             failures,
             task,
-        }
+        })
     }
 
     pub fn set(&self, phase: Phase) {
@@ -177,18 +195,7 @@ pub fn open_idle(
     let addr: SocketAddr = format!("{host}:{}", url.port().unwrap_or(443))
         .parse()
         .context("--idle-connections needs a server at an IP address")?;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(admin.ca_pem.as_deref().unwrap_or_default()) {
-        roots.add(ca?)?;
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(admin, b"h2")?));
     let name = ServerName::try_from(host)?;
     let sources = sources.clamp(1, 250);
     runtime.spawn(async move {
