@@ -352,13 +352,18 @@ async fn edge_window(
         );
     }
     if o.cel_bomb > 0 {
+        let answered = n(&bomb_counts.ok)
+            + n(&bomb_counts.client_errors)
+            + n(&bomb_counts.server_errors)
+            + n(&bomb_counts.failed);
         println!(
-            "CEL-bomb claims: {} sent, {} accepted, {} refused (4xx), {} 5xx, {} without an answer",
+            "CEL-bomb claims: {} sent, {} accepted, {} refused (4xx), {} 5xx, {} failed, {} still unanswered at the end",
             n(&bomb_counts.sent),
             n(&bomb_counts.ok),
             n(&bomb_counts.client_errors),
             n(&bomb_counts.server_errors),
             n(&bomb_counts.failed),
+            n(&bomb_counts.sent).saturating_sub(answered),
         );
         if let Some(why) = bomb_counts.first_refusal.lock().as_deref() {
             println!("  first refusal: {why}");
