@@ -423,7 +423,7 @@ impl Rbac {
     }
 
     /// How many approvers a new claim needs, and why; `None` when it needs none. Without a
-    /// Policy, a workload needing a high-risk tier (network, storage) needs one.
+    /// Policy, a workload needing a high-risk tier (network, storage, privileged) needs one.
     pub fn approval_needed(
         &self,
         project: &str,
@@ -437,6 +437,8 @@ impl Rbac {
             required = required.max(1);
             because.push(format!("needs the {} tier", t.as_str()));
         }
+        // What a privileged workload asks for, so approvers see it (root, host network…).
+        because.extend(workload.map(|w| w.privileges()).unwrap_or_default());
         let view = self.view.read();
         let mut names: Vec<&String> = view.approval_rules.keys().collect();
         names.sort();
