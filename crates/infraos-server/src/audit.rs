@@ -4,7 +4,10 @@
 //! [`checkpoint`] records, and any replica signs its head on request ([`sign_head`]).
 //!
 //! Records hold hashes of objects, never the objects: a token, a key or an environment
-//! variable in a stored object does not reach the audit trail.
+//! variable in a stored object does not reach the audit trail. Every string a record takes
+//! from outside (subject, object, node, source) is cut to [`AUDIT_STRING_MAX`] bytes and the
+//! reason to [`REASON_MAX`] when the payload is built, so no request can make a record larger
+//! than a few kilobytes (issue 16).
 
 use std::sync::Arc;
 
@@ -14,6 +17,7 @@ use infraos_api::audit::{
     CHECKPOINT_VERB, HEAD_KIND, head_body, sha256_hex,
 };
 use infraos_api::signature::{Purpose, Signature};
+use infraos_api::text::{AUDIT_STRING_MAX, REASON_MAX, bound_owned, bounded};
 use infraos_store::{LedgerHead, Store, Txn};
 
 use crate::signing::{ServerKey, SigningError};
@@ -27,11 +31,24 @@ pub struct Actor {
     pub source: Option<String>,
 }
 
+/// The subject of requests made without credentials (failed sign-ins, joins): who they are
+/// is unknown, so records name where they came from (`source`) instead; never a name taken
+/// from the request.
+pub const ANONYMOUS: &str = "anonymous";
+
 impl Actor {
     pub fn system(controller: &str) -> Self {
         Actor {
             subject: format!("system:{controller}"),
             source: None,
+        }
+    }
+
+    /// A caller without credentials, known only by its address.
+    pub fn anonymous(source: Option<std::net::SocketAddr>) -> Self {
+        Actor {
+            subject: ANONYMOUS.to_string(),
+            source: source.map(|s| s.to_string()),
         }
     }
 }
@@ -49,32 +66,46 @@ pub struct Record<'a> {
 }
 
 impl Record<'_> {
-    /// The canonical JSON payload for the ledger.
+    /// The canonical JSON payload for the ledger, every outside string bounded.
     pub fn payload(self, now: Time) -> Vec<u8> {
+        let cut = |s: String| bound_owned(s, AUDIT_STRING_MAX);
+        let object = self.object;
         AuditEntry {
             time: now,
-            subject: self.actor.subject.clone(),
-            verb: self.verb.to_string(),
-            object: self.object,
+            subject: bounded(&self.actor.subject, AUDIT_STRING_MAX).into_owned(),
+            verb: bounded(self.verb, AUDIT_STRING_MAX).into_owned(),
+            object: AuditObjectRef {
+                kind: cut(object.kind),
+                name: cut(object.name),
+                namespace: object.namespace.map(cut),
+                subresource: object.subresource.map(cut),
+                uid: object.uid.map(cut),
+            },
             result: AuditResult {
                 code: self.code,
-                reason: self.reason,
+                reason: self.reason.map(|r| bound_owned(r, REASON_MAX)),
             },
             before_hash: self.before.map(sha256_hex),
             after_hash: self.after.map(sha256_hex),
             checkpoint: None,
-            node: self.node,
-            source: self.actor.source.clone(),
+            node: self.node.map(cut),
+            source: self
+                .actor
+                .source
+                .as_deref()
+                .map(|s| bounded(s, AUDIT_STRING_MAX).into_owned()),
         }
         .canonical_bytes()
     }
 }
 
+/// What a record is about. Cut to [`AUDIT_STRING_MAX`] already, so a megabyte name from a
+/// request is not copied on its way to [`Record::payload`].
 pub fn object_ref(kind: &str, namespace: Option<&str>, name: &str) -> AuditObjectRef {
     AuditObjectRef {
-        kind: kind.to_string(),
-        namespace: namespace.map(str::to_string),
-        name: name.to_string(),
+        kind: bounded(kind, AUDIT_STRING_MAX).into_owned(),
+        namespace: namespace.map(|ns| bounded(ns, AUDIT_STRING_MAX).into_owned()),
+        name: bounded(name, AUDIT_STRING_MAX).into_owned(),
         uid: None,
         subresource: None,
     }
