@@ -99,13 +99,13 @@ impl Record<'_> {
     }
 }
 
-/// What a record is about. Cut to [`AUDIT_STRING_MAX`] already, so a megabyte name from a
-/// request is not copied on its way to [`Record::payload`].
+/// What a record is about. Its strings are cut when the payload is built
+/// ([`Record::payload`]), once, so the cut still says the full length.
 pub fn object_ref(kind: &str, namespace: Option<&str>, name: &str) -> AuditObjectRef {
     AuditObjectRef {
-        kind: bounded(kind, AUDIT_STRING_MAX).into_owned(),
-        namespace: namespace.map(|ns| bounded(ns, AUDIT_STRING_MAX).into_owned()),
-        name: bounded(name, AUDIT_STRING_MAX).into_owned(),
+        kind: kind.to_string(),
+        namespace: namespace.map(str::to_string),
+        name: name.to_string(),
         uid: None,
         subresource: None,
     }
@@ -197,4 +197,43 @@ pub async fn sign_head(
         key_id: signer.public_key().key_id(),
         signature,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_of_huge_outside_strings_stay_small() {
+        let huge = "x".repeat(2 << 20);
+        let actor = Actor {
+            subject: format!("node:{huge}"),
+            source: Some(huge.clone()),
+        };
+        let mut object = object_ref(&huge, Some(&huge), &huge);
+        object.subresource = Some(huge.clone());
+        object.uid = Some(huge.clone());
+        let payload = Record {
+            actor: &actor,
+            verb: "create",
+            object,
+            code: 422,
+            reason: Some(huge.clone()),
+            before: None,
+            after: None,
+            node: Some(huge.clone()),
+        }
+        .payload(Time::from_unix_millis(0));
+        assert!(payload.len() < 2 * REASON_MAX + 8 * AUDIT_STRING_MAX, "{}", payload.len());
+        let entry: AuditEntry = serde_json::from_slice(&payload).unwrap();
+        assert!(entry.object.name.ends_with("…(2097152 bytes)"), "{}", entry.object.name);
+        assert!(entry.subject.starts_with("node:xxx"));
+    }
+
+    #[test]
+    fn anonymous_callers_are_named_by_their_address_only() {
+        let actor = Actor::anonymous(Some("192.0.2.1:5000".parse().unwrap()));
+        assert_eq!(actor.subject, ANONYMOUS);
+        assert_eq!(actor.source.as_deref(), Some("192.0.2.1:5000"));
+    }
 }

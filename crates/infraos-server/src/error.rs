@@ -150,17 +150,28 @@ impl ApiError {
         .with_target(kind, name);
         if let Some(d) = e.details.as_mut() {
             // Field errors are bounded where they are made (`infraos_api::validation`); cut
-            // again here for errors assembled by hand.
-            d.causes = errors
-                .0
-                .iter()
-                .take(infraos_api::validation::MAX_FIELD_ERRORS + 1)
-                .map(|fe| StatusCause {
-                    field: bounded(&fe.field, ERROR_STRING_MAX).into_owned(),
-                    message: bounded(&fe.message, ERROR_STRING_MAX).into_owned(),
+            // again here for errors assembled by hand, and listed up to REASON_MAX bytes in
+            // all, as the message is: the answer stays within a few kilobytes.
+            let mut budget = REASON_MAX;
+            for (i, fe) in errors.0.iter().enumerate() {
+                let field = bounded(&fe.field, ERROR_STRING_MAX).into_owned();
+                let message = bounded(&fe.message, ERROR_STRING_MAX).into_owned();
+                let cost = field.len() + message.len();
+                if cost > budget {
+                    d.causes.push(StatusCause {
+                        field: String::new(),
+                        message: format!("and {} more errors", errors.0.len() - i),
+                        reason: "FieldValueInvalid".into(),
+                    });
+                    break;
+                }
+                budget -= cost;
+                d.causes.push(StatusCause {
+                    field,
+                    message,
                     reason: "FieldValueInvalid".into(),
-                })
-                .collect();
+                });
+            }
         }
         e
     }
@@ -277,15 +288,21 @@ mod tests {
     fn errors_quoting_a_huge_name_stay_small() {
         let name = "n".repeat(2 << 20);
         let errors = ValidationErrors::one("metadata.name", "must be at most 253 characters");
+        let mut many = infraos_api::validation::Errors::default();
+        for i in 0..1000 {
+            many.add(format!("metadata.labels.{name}{i}"), format!("{name:?} is bad"));
+        }
+        let many = many.into_result().unwrap_err();
         for e in [
             ApiError::invalid("Claim", &name, &errors),
+            ApiError::invalid("Claim", "ok", &many),
             ApiError::not_found("Claim", &name),
             ApiError::already_exists("Claim", &name),
             ApiError::stale("Claim", &name),
             ApiError::bad_request(format!("metadata.namespace {name:?} does not match")),
         ] {
             let body = serde_json::to_vec(&e.to_status_json()).unwrap();
-            assert!(body.len() < 2 * REASON_MAX, "{} bytes", body.len());
+            assert!(body.len() < 3 * REASON_MAX, "{} bytes", body.len());
             assert!(e.message.contains("bytes)"), "{}", e.message);
         }
         let mut extended = ApiError::bad_request("x");
