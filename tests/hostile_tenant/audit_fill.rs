@@ -144,7 +144,11 @@ async fn a_huge_node_name_on_join_is_refused_small_and_recorded_small_as_anonymo
         let (code, body) = join(&anon, &long).await;
         assert_eq!(code, 422, "{}", message(&body));
         assert!(size(&body) < SMALL, "a {}-byte answer", size(&body));
-        assert!(message(&body).contains("(60000 bytes)"), "{}", message(&body));
+        assert!(
+            message(&body).contains("(60000 bytes)"),
+            "{}",
+            message(&body)
+        );
     }
     // A name that is a real node's, with a forged token: refused, and not in its name.
     let (mut forged, _) = join_request("iojoin_forged", "n1");
@@ -171,7 +175,10 @@ async fn a_huge_node_name_on_join_is_refused_small_and_recorded_small_as_anonymo
                 .is_some_and(|s| s.starts_with("127.0.0.1:")),
             "{entry}"
         );
-        assert!(entry["node"].is_null(), "refusals are about no node: {entry}");
+        assert!(
+            entry["node"].is_null(),
+            "refusals are about no node: {entry}"
+        );
         assert!(entry["result"]["code"].as_u64().unwrap() >= 400, "{entry}");
     }
     let n1 = joins
@@ -273,7 +280,10 @@ spec:
         .collect();
     for (what, body) in [
         ("a 2 MB name", claim(&huge, json!({}))),
-        ("a 2 MB label key", claim("ok", json!({ huge.clone(): "v" }))),
+        (
+            "a 2 MB label key",
+            claim("ok", json!({ huge.clone(): "v" })),
+        ),
         ("1,000 bad label keys", claim("ok", Value::Object(many))),
     ] {
         let (code, answer) = admin
@@ -292,6 +302,7 @@ spec:
             "{what}: a {}-byte answer",
             size(&answer)
         );
+        println!("{what}: a {}-byte 422", size(&answer));
     }
     let records: Vec<Value> = records_after(&admin, before)
         .await
@@ -326,7 +337,10 @@ async fn a_join_token_takes_a_held_node_name_only_when_minted_for_it() {
     let (code, body) = join(&anon, &request).await;
     assert_eq!(code, 403, "{body}");
     assert!(message(&body).contains("--node declared"), "{body}");
-    let node = admin.get_path(&format!("{V1}/nodes/declared")).await.unwrap();
+    let node = admin
+        .get_path(&format!("{V1}/nodes/declared"))
+        .await
+        .unwrap();
     assert!(
         node["metadata"]["annotations"].is_null(),
         "not bound to the joiner's key: {node}"
@@ -351,11 +365,17 @@ async fn a_join_token_takes_a_held_node_name_only_when_minted_for_it() {
     let (elsewhere, _) = join_request(&for_declared, "joined");
     let (code, body) = join(&anon, &elsewhere).await;
     assert_eq!(code, 403, "{body}");
-    assert!(message(&body).contains("minted for node \"declared\""), "{body}");
+    assert!(
+        message(&body).contains("minted for node \"declared\""),
+        "{body}"
+    );
     let (adopt, _) = join_request(&for_declared, "declared");
     let (code, body) = join(&anon, &adopt).await;
     assert_eq!(code, 201, "{body}");
-    let node = admin.get_path(&format!("{V1}/nodes/declared")).await.unwrap();
+    let node = admin
+        .get_path(&format!("{V1}/nodes/declared"))
+        .await
+        .unwrap();
     assert_eq!(
         node["spec"]["tiers"],
         json!(["inventory"]),
@@ -374,7 +394,10 @@ async fn a_join_token_takes_a_held_node_name_only_when_minted_for_it() {
     let mut old = first.clone();
     old.token = join_token(&admin, json!({"ttl": "1h"})).await;
     let (code, body) = join(&anon, &old).await;
-    assert_eq!(code, 409, "the previous key no longer holds the name: {body}");
+    assert_eq!(
+        code, 409,
+        "the previous key no longer holds the name: {body}"
+    );
 
     // The trail: refusals anonymous, successes as the node, with the token and how.
     let records = records_after(&admin, 0).await;
@@ -389,11 +412,13 @@ async fn a_join_token_takes_a_held_node_name_only_when_minted_for_it() {
             .filter(|e| e["result"]["code"].as_u64() != Some(201))
             .all(|e| e["subject"] == "anonymous")
     );
-    assert!(joins.iter().any(|e| e["subject"] == "node:declared"
-        && e["result"]["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("minted for it")));
+    assert!(joins.iter().any(|e| {
+        e["subject"] == "node:declared"
+            && e["result"]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("minted for it")
+    }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,11 +106,17 @@ mod tests {
         let mut errors = Errors::default();
         let key = "k".repeat(1_000_000);
         for i in 0..100 {
-            errors.add(format!("metadata.labels.{key}{i}"), format!("{key:?} is bad"));
+            errors.add(
+                format!("metadata.labels.{key}{i}"),
+                format!("{key:?} is bad"),
+            );
         }
         let e = errors.into_result().unwrap_err();
         assert_eq!(e.0.len(), MAX_FIELD_ERRORS + 1);
-        assert!(e.0.iter().all(|f| f.field.len() < 300 && f.message.len() < 300));
+        assert!(
+            e.0.iter()
+                .all(|f| f.field.len() < 300 && f.message.len() < 300)
+        );
         assert_eq!(e.0[MAX_FIELD_ERRORS].message, "and 68 more errors");
         assert!(e.to_string().len() < 40 * 600, "{}", e.to_string().len());
         let one = ValidationErrors::one("metadata.name", key);

@@ -224,9 +224,17 @@ mod tests {
             node: Some(huge.clone()),
         }
         .payload(Time::from_unix_millis(0));
-        assert!(payload.len() < 2 * REASON_MAX + 8 * AUDIT_STRING_MAX, "{}", payload.len());
+        assert!(
+            payload.len() < 2 * REASON_MAX + 8 * AUDIT_STRING_MAX,
+            "{}",
+            payload.len()
+        );
         let entry: AuditEntry = serde_json::from_slice(&payload).unwrap();
-        assert!(entry.object.name.ends_with("…(2097152 bytes)"), "{}", entry.object.name);
+        assert!(
+            entry.object.name.ends_with("…(2097152 bytes)"),
+            "{}",
+            entry.object.name
+        );
         assert!(entry.subject.starts_with("node:xxx"));
     }
 

@@ -121,7 +121,10 @@ impl ApiError {
         Self::new(
             StatusCode::CONFLICT,
             "AlreadyExists",
-            format!("{kind} {:?} already exists", bounded(name, ERROR_STRING_MAX)),
+            format!(
+                "{kind} {:?} already exists",
+                bounded(name, ERROR_STRING_MAX)
+            ),
         )
         .with_target(kind, name)
     }
@@ -290,7 +293,10 @@ mod tests {
         let errors = ValidationErrors::one("metadata.name", "must be at most 253 characters");
         let mut many = infraos_api::validation::Errors::default();
         for i in 0..1000 {
-            many.add(format!("metadata.labels.{name}{i}"), format!("{name:?} is bad"));
+            many.add(
+                format!("metadata.labels.{name}{i}"),
+                format!("{name:?} is bad"),
+            );
         }
         let many = many.into_result().unwrap_err();
         for e in [

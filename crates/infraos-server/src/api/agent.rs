@@ -12,6 +12,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use infraos_api::Kind as _;
+use infraos_api::TypedObject;
 use infraos_api::agent_protocol::{
     CertificateRequest, CertificateResponse, HeartbeatResponse, MIN_PROTOCOL_VERSION, NodeReport,
     NodeReportResponse, PROTOCOL_VERSION, RenewRequest,
@@ -19,7 +20,6 @@ use infraos_api::agent_protocol::{
 use infraos_api::kinds::{
     AllocationSpec, NODE_LABEL, Node, NodeSpec, RenewPolicy, ResourceSpec, Tier, WorkloadStatus,
 };
-use infraos_api::TypedObject;
 use infraos_store::{Compare, Txn};
 use serde::de::DeserializeOwned;
 

@@ -178,11 +178,10 @@ async fn read_token(
     state: &AppState,
     key: &str,
 ) -> Result<(JoinTokenRecord, infraos_store::KeyValue), ApiError> {
-    let kv = state
-        .store
-        .get(key)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized(join_tokens::TokenProblem::Unknown.to_string()))?;
+    let kv =
+        state.store.get(key).await?.ok_or_else(|| {
+            ApiError::unauthorized(join_tokens::TokenProblem::Unknown.to_string())
+        })?;
     let token: JoinTokenRecord = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::internal(format!("join token record is corrupt: {e}")))?;
     token
@@ -274,8 +273,16 @@ async fn join_inner(
             })?;
         let node_key = objects::key(NodeSpec::INFO, None, &body.name);
         let existing = state.store.get(&node_key).await?;
-        let current = existing.as_ref().map(decode_typed::<NodeSpec>).transpose()?;
-        let kind = join_kind(current.as_ref(), &body.name, &token, &signed.key_fingerprint)?;
+        let current = existing
+            .as_ref()
+            .map(decode_typed::<NodeSpec>)
+            .transpose()?;
+        let kind = join_kind(
+            current.as_ref(),
+            &body.name,
+            &token,
+            &signed.key_fingerprint,
+        )?;
         let mut node = current.unwrap_or_else(|| {
             let mut node = Object::new(body.name.clone(), None, NodeSpec::default());
             node.metadata.uid = uuid::Uuid::new_v4().to_string();
@@ -393,13 +400,20 @@ mod tests {
         let minted = token(Some("n1"));
         let kind = |n: Option<&Node>, t: &JoinTokenRecord| join_kind(n, "n1", t, "key-a");
         assert_eq!(kind(None, &generic).unwrap(), JoinKind::Fresh);
-        assert_eq!(kind(Some(&node(Some("key-a"))), &generic).unwrap(), JoinKind::Rejoin);
+        assert_eq!(
+            kind(Some(&node(Some("key-a"))), &generic).unwrap(),
+            JoinKind::Rejoin
+        );
         let taken = kind(Some(&node(Some("key-b"))), &generic).unwrap_err();
         assert_eq!(taken.code.as_u16(), 409);
         assert!(taken.message.contains("another key"), "{}", taken.message);
         let declared = kind(Some(&node(None)), &generic).unwrap_err();
         assert_eq!(declared.code.as_u16(), 403);
-        assert!(declared.message.contains("--node n1"), "{}", declared.message);
+        assert!(
+            declared.message.contains("--node n1"),
+            "{}",
+            declared.message
+        );
         for held in [node(None), node(Some("key-b")), node(Some("key-a"))] {
             assert_eq!(kind(Some(&held), &minted).unwrap(), JoinKind::Reprovision);
         }
@@ -412,7 +426,11 @@ mod tests {
         for key in ["infraos.io/node", "gpu.infraos.io/model"] {
             let e = check_agent_labels("n1", &labels(key)).unwrap_err();
             assert_eq!(e.code.as_u16(), 422);
-            assert!(e.message.contains(key) && e.message.contains("reserved"), "{}", e.message);
+            assert!(
+                e.message.contains(key) && e.message.contains("reserved"),
+                "{}",
+                e.message
+            );
         }
         let huge = "k".repeat(100_000);
         let e = check_agent_labels("n1", &labels(&huge)).unwrap_err();
