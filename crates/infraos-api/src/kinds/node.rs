@@ -14,6 +14,21 @@ use crate::validation::Errors;
 /// own objects with `infraos.io/node=<name>`, and the node authorizer insists on it.
 pub const NODE_LABEL: &str = "infraos.io/node";
 
+/// The label and annotation domain the control plane keeps for itself (`infraos.io/…` and
+/// its subdomains, `*.infraos.io/…`), as Kubernetes keeps `kubernetes.io`. Agents may not set
+/// such labels on their node: the scheduler, the node authorizer and policies trust them.
+pub const RESERVED_LABEL_DOMAIN: &str = "infraos.io";
+
+/// Whether a label key is in the [`RESERVED_LABEL_DOMAIN`].
+pub fn is_reserved_label(key: &str) -> bool {
+    key.split_once('/').is_some_and(|(prefix, _)| {
+        prefix == RESERVED_LABEL_DOMAIN
+            || prefix
+                .strip_suffix(RESERVED_LABEL_DOMAIN)
+                .is_some_and(|sub| sub.ends_with('.'))
+    })
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeSpec {
@@ -156,5 +171,21 @@ impl Kind for NodeSpec {
                 errors.add(format!("spec.taints[{i}].value"), e.to_string());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_infraos_domain_and_its_subdomains_are_reserved() {
+        assert!(is_reserved_label(NODE_LABEL));
+        assert!(is_reserved_label("infraos.io/zone"));
+        assert!(is_reserved_label("node.infraos.io/role"));
+        assert!(!is_reserved_label("zone"));
+        assert!(!is_reserved_label("notinfraos.io/zone"));
+        assert!(!is_reserved_label("infraos.io.example.com/zone"));
+        assert!(!is_reserved_label("example.com/infraos.io"));
     }
 }

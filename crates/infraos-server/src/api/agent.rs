@@ -1,8 +1,8 @@
-//! The agent API (`/agent/v1`, see `infraos_api::agent_protocol`): join, certificate
-//! rotation, heartbeat, node report, workload status and lease renewal.
+//! The agent API (`/agent/v1`, see `infraos_api::agent_protocol`): certificate rotation,
+//! heartbeat, node report, workload status and lease renewal; join, the one call without a
+//! client certificate, is in `join.rs`.
 //!
-//! Join is the one call without a client certificate: the join token is the credential.
-//! Every other call is made with the node's certificate, and acts only on that node's
+//! Every call here is made with the node's certificate, and acts only on that node's
 //! objects: the node is taken from the certificate, never from the request.
 
 use std::collections::BTreeMap;
@@ -12,14 +12,14 @@ use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use infraos_api::Kind as _;
+use infraos_api::TypedObject;
 use infraos_api::agent_protocol::{
-    CertificateRequest, CertificateResponse, HeartbeatResponse, JoinRequest, MIN_PROTOCOL_VERSION,
-    NodeReport, NodeReportResponse, PROTOCOL_VERSION, RenewRequest,
+    CertificateRequest, CertificateResponse, HeartbeatResponse, MIN_PROTOCOL_VERSION, NodeReport,
+    NodeReportResponse, PROTOCOL_VERSION, RenewRequest,
 };
 use infraos_api::kinds::{
     AllocationSpec, NODE_LABEL, Node, NodeSpec, RenewPolicy, ResourceSpec, Tier, WorkloadStatus,
 };
-use infraos_api::{Object, TypedObject};
 use infraos_store::{Compare, Txn};
 use serde::de::DeserializeOwned;
 
@@ -27,8 +27,7 @@ use super::Ctx;
 use crate::admission;
 use crate::audit::{self, Actor, Record};
 use crate::error::ApiError;
-use crate::join_tokens::{self, JoinTokenRecord};
-use crate::objects::{self, decode_typed, encode_typed};
+use crate::objects::{self, decode_typed};
 use crate::state::AppState;
 use crate::update::{Audit, Decision, Target, update};
 
@@ -59,7 +58,7 @@ fn node_of(ctx: &Ctx) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::forbidden("the agent API needs a node's client certificate"))
 }
 
-fn check_protocol(version: u32) -> Result<(), ApiError> {
+pub(super) fn check_protocol(version: u32) -> Result<(), ApiError> {
     if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
         return Err(ApiError::bad_request(format!(
             "agent.protocolVersion: {version} is not supported; this server speaks \
@@ -69,7 +68,7 @@ fn check_protocol(version: u32) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn certificate_response(
+pub(super) fn certificate_response(
     state: &AppState,
     node: &str,
     signed: &crate::pki::Signed,
@@ -99,153 +98,6 @@ async fn refused(
     let object = audit::object_ref(kind, ns, name);
     audit::refusal(&*state.store, state.clock.now(), actor, verb, object, &e).await;
     e.into_response()
-}
-
-// ---- join ----------------------------------------------------------------------------------
-
-pub async fn join(State(state): State<AppState>, request: Request) -> Response {
-    let source = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.to_string());
-    let body: JoinRequest = match read_json(&state, request).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let actor = Actor {
-        subject: format!("{}{}", crate::pki::NODE_PREFIX, body.name),
-        source,
-    };
-    match join_inner(&state, &actor, &body).await {
-        Ok(r) => (StatusCode::CREATED, Json(r)).into_response(),
-        Err(e) => refused(&state, &actor, "join", "Node", None, &body.name, e).await,
-    }
-}
-
-async fn join_inner(
-    state: &AppState,
-    actor: &Actor,
-    body: &JoinRequest,
-) -> Result<CertificateResponse, ApiError> {
-    if let Some(problem) = infraos_api::names::object_name_problem(&body.name) {
-        return Err(ApiError::invalid_field("Node", &body.name, "name", problem));
-    }
-    check_protocol(body.agent.protocol_version)?;
-    if state.rbac.node_revoked(&body.name) {
-        return Err(ApiError::forbidden(format!(
-            "node {:?} has been revoked; an administrator must reinstate it \
-             (`infraos node reinstate {}`) before it joins again",
-            body.name, body.name
-        )));
-    }
-    let (token_key, _) = join_tokens::key_for(body.token.trim());
-    let _serialised = state.join_locks.lock(&token_key).await;
-    for _ in 0..RETRIES {
-        let now = state.clock.now();
-        let token_kv = state.store.get(&token_key).await?.ok_or_else(|| {
-            ApiError::unauthorized(join_tokens::TokenProblem::Unknown.to_string())
-        })?;
-        let mut token: JoinTokenRecord = serde_json::from_slice(&token_kv.value)
-            .map_err(|e| ApiError::internal(format!("join token record is corrupt: {e}")))?;
-        token
-            .check(now)
-            .map_err(|p| ApiError::unauthorized(p.to_string()))?;
-        let ttl = state.config.agent_cert_ttl.as_std();
-        let signed = state
-            .ca
-            .sign_node(&body.csr, &body.name, now, ttl)
-            .map_err(|e| match e {
-                crate::pki::PkiError::WrongSubject { .. } => ApiError::forbidden(e.to_string()),
-                crate::pki::PkiError::BadCsr(_) => {
-                    ApiError::invalid_field("Node", &body.name, "csr", e.to_string())
-                }
-                other => ApiError::internal(other.to_string()),
-            })?;
-        let node_key = objects::key(NodeSpec::INFO, None, &body.name);
-        let existing = state.store.get(&node_key).await?;
-        let (mut node, before): (Node, _) = match &existing {
-            Some(kv) => (decode_typed::<NodeSpec>(kv)?, Some(kv.clone())),
-            None => {
-                let mut node = Object::new(body.name.clone(), None, NodeSpec::default());
-                node.metadata.uid = uuid::Uuid::new_v4().to_string();
-                node.metadata.creation_timestamp = Some(now);
-                node.metadata.generation = 1;
-                (node, None)
-            }
-        };
-        if let Some(bound) = node.metadata.annotations.get(KEY_ANNOTATION)
-            && *bound != signed.key_fingerprint
-        {
-            return Err(ApiError::conflict(
-                "Node",
-                &body.name,
-                format!(
-                    "node {:?} already joined with another key; delete the node to join it again",
-                    body.name
-                ),
-            ));
-        }
-        for (k, v) in token.labels.iter().chain(&body.labels) {
-            node.metadata.labels.insert(k.clone(), v.clone());
-        }
-        node.metadata
-            .annotations
-            .insert(KEY_ANNOTATION.into(), signed.key_fingerprint.clone());
-        for tier in &token.tiers {
-            if !node.spec.tiers.contains(tier) {
-                node.spec.tiers.push(*tier);
-            }
-        }
-        node.spec.tiers.sort();
-        let status = node.status.get_or_insert_with(Default::default);
-        let mut agent = body.agent.clone();
-        agent.certificate_expires = Some(signed.not_after);
-        status.agent = Some(agent);
-        infraos_api::object::check(&node).map_err(|e| ApiError::invalid("Node", &body.name, &e))?;
-        token.used += 1;
-        let node_bytes = encode_typed(&node);
-        let mut object = audit::object_ref("Node", None, &body.name);
-        object.uid = Some(node.metadata.uid.clone());
-        let payload = Record {
-            actor,
-            verb: "join",
-            object,
-            code: 201,
-            reason: None,
-            before: before.as_ref().map(|kv| kv.value.as_ref()),
-            after: Some(&node_bytes),
-            node: Some(body.name.clone()),
-        }
-        .payload(now);
-        let node_guard = match &before {
-            Some(kv) => Compare::unchanged(node_key.clone(), kv.mod_revision),
-            None => Compare::absent(node_key.clone()),
-        };
-        let token_bytes = serde_json::to_vec(&token)
-            .map_err(|e| ApiError::internal(format!("join token record: {e}")))?;
-        let out = state
-            .store
-            .txn(
-                Txn::new()
-                    .when(Compare::unchanged(token_key.clone(), token_kv.mod_revision))
-                    .when(node_guard)
-                    .put(token_key.clone(), token_bytes)
-                    .put(node_key, node_bytes)
-                    .append(payload),
-            )
-            .await?;
-        if out.succeeded {
-            state.liveness.beat(&body.name, now.unix_millis());
-            tracing::info!(node = %body.name, tiers = ?node.spec.tiers, "node joined");
-            return Ok(certificate_response(
-                state,
-                &body.name,
-                &signed,
-                node.spec.tiers,
-            ));
-        }
-    }
-    Err(ApiError::stale("Node", &body.name))
 }
 
 // ---- certificate rotation ------------------------------------------------------------------

@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use infraos_api::kinds::{ClaimPhase, ClaimStatus};
+use infraos_api::text::{ERROR_STRING_MAX, bounded};
 use infraos_api::{KindInfo, LabelSelector, TypedObject};
 use infraos_store::{Compare, Store, Txn};
 use serde::Deserialize;
@@ -602,13 +603,25 @@ async fn prepare_create(
     ns: Option<&str>,
     mut object: TypedObject,
 ) -> Result<PreparedCreate, ApiError> {
+    // The name against its limits before anything else looks at the object: a refusal of a
+    // megabyte name costs a few hundred bytes of answer and audit record.
+    if let Some(problem) = infraos_api::names::object_name_problem(&object.meta().name) {
+        return Err(ApiError::invalid_field(
+            info.kind,
+            &object.meta().name,
+            "metadata.name",
+            problem,
+        ));
+    }
     let name = object.meta().name.clone();
     let meta = object.meta_mut();
     if let Some(ns) = ns {
         match meta.namespace.as_deref() {
             Some(given) if given != ns => {
                 return Err(ApiError::bad_request(format!(
-                    "metadata.namespace {given:?} does not match the namespace {ns:?} of the URL"
+                    "metadata.namespace {:?} does not match the namespace {:?} of the URL",
+                    bounded(given, ERROR_STRING_MAX),
+                    bounded(ns, ERROR_STRING_MAX)
                 )));
             }
             _ => meta.namespace = Some(ns.to_string()),
@@ -775,7 +788,7 @@ async fn batch_create_inner(
             return Err(ApiError::bad_request(format!(
                 "items[{i}]: {} {:?} appears twice in the batch",
                 info.kind,
-                object.meta().name
+                bounded(&object.meta().name, ERROR_STRING_MAX)
             )));
         }
         prepared.push(
@@ -1057,8 +1070,9 @@ async fn commit_update(
     let body_name = desired.pointer("/metadata/name").and_then(|v| v.as_str());
     if body_name.is_some_and(|n| n != name) {
         return Err(ApiError::bad_request(format!(
-            "metadata.name {:?} does not match the name {name:?} of the URL",
-            body_name.unwrap_or_default()
+            "metadata.name {:?} does not match the name {:?} of the URL",
+            bounded(body_name.unwrap_or_default(), ERROR_STRING_MAX),
+            bounded(name, ERROR_STRING_MAX)
         )));
     }
     let body_ns = desired
