@@ -227,6 +227,27 @@ async fn a_nodes_refused_requests_are_audited() {
 const TWO_TENANTS: &str = r#"
 apiVersion: infraos.io/v1
 kind: Tenant
+metadata: {name: t}
+---
+apiVersion: infraos.io/v1
+kind: Project
+metadata: {name: p}
+spec: {tenant: t}
+---
+apiVersion: infraos.io/v1
+kind: ResourceClass
+metadata: {name: compute}
+spec:
+  kind: counted
+  dimensions: [{name: cpu}, {name: memory}]
+---
+apiVersion: infraos.io/v1
+kind: Node
+metadata: {name: n1}
+spec: {}
+---
+apiVersion: infraos.io/v1
+kind: Tenant
 metadata: {name: other}
 ---
 apiVersion: infraos.io/v1
@@ -247,11 +268,6 @@ async fn explain_as_a_project_member_never_names_another_tenants_claims() {
     let server = TestServer::start().await;
     let admin = server.client();
     // No capacity yet: both claims wait, and are decided together when it comes.
-    let cluster = small_cluster(8);
-    let (without, _) = cluster
-        .split_once("---\napiVersion: infraos.io/v1\nkind: Resource")
-        .unwrap();
-    apply_yaml(&admin, without).await;
     apply_yaml(&admin, TWO_TENANTS).await;
     admin
         .apply(&json!({"apiVersion": "infraos.io/v1", "kind": "RoleBinding",
