@@ -249,6 +249,20 @@ fn table() -> Vec<Row> {
             "YYYYNNN",
         ),
         row(
+            "claim log, other tenant",
+            get.clone(),
+            &ns("q1", "claims/d1/log"),
+            None,
+            "YNNNNNN",
+        ),
+        row(
+            "explain claim, other tenant",
+            get.clone(),
+            &ns("q1", "claims/d1/explain"),
+            None,
+            "YNNNNNN",
+        ),
+        row(
             "explain claim, own project",
             get.clone(),
             &ns("p1", "claims/c1/explain"),
@@ -943,8 +957,14 @@ async fn a_deleted_projects_bindings_go_with_it_and_grant_nothing_in_a_new_one_o
     // The tenant admin makes a project, binds itself in it, and deletes the project.
     let project = json!({"apiVersion": "infraos.io/v1", "kind": "Project",
                          "metadata": {"name": "reused"}, "spec": {"tenant": "t1"}});
-    let (code, created) =
-        as_token(&admin, ta, Method::POST, &format!("{V1}/projects"), Some(project)).await;
+    let (code, created) = as_token(
+        &admin,
+        ta,
+        Method::POST,
+        &format!("{V1}/projects"),
+        Some(project),
+    )
+    .await;
     assert_eq!(code, 201, "{created}");
     let b = binding(
         "ta-reused",
@@ -952,13 +972,32 @@ async fn a_deleted_projects_bindings_go_with_it_and_grant_nothing_in_a_new_one_o
         json!({"project": "reused"}),
         "ta",
     );
-    let (code, bound) =
-        as_token(&admin, ta, Method::POST, &format!("{V1}/rolebindings"), Some(b)).await;
+    let (code, bound) = as_token(
+        &admin,
+        ta,
+        Method::POST,
+        &format!("{V1}/rolebindings"),
+        Some(b),
+    )
+    .await;
     assert_eq!(code, 201, "{bound}");
     assert_eq!(
         bound["spec"]["scope"]["uid"], created["metadata"]["uid"],
         "the binding records the project it was made for"
     );
+    // A quota it sets there would limit the next project of the name: it goes too.
+    let quota = json!({"apiVersion": "infraos.io/v1", "kind": "Quota",
+                       "metadata": {"name": "reused-tiny"},
+                       "spec": {"project": "reused", "limits": {"compute": {"cpu": "1m"}}}});
+    let (code, body) = as_token(
+        &admin,
+        ta,
+        Method::POST,
+        &format!("{V1}/quotas"),
+        Some(quota),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
     let (code, body) = as_token(
         &admin,
         ta,
@@ -973,6 +1012,11 @@ async fn a_deleted_projects_bindings_go_with_it_and_grant_nothing_in_a_new_one_o
         .await
         .unwrap_err();
     assert_eq!(gone.code(), Some(404), "the binding went with its project");
+    let gone = admin
+        .get_path(&format!("{V1}/quotas/reused-tiny"))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Some(404), "the quota went with its project");
     let entries = audit_entries(&admin).await;
     assert!(
         entries.iter().any(|e| e["verb"] == "delete"
@@ -1034,7 +1078,10 @@ async fn a_deleted_tenants_bindings_go_with_it() {
         .unwrap();
     let ada = mint_token(&admin, "ada", None).await;
     let tenant = format!("{V1}/tenants/gone");
-    assert_eq!(as_token(&admin, &ada, Method::GET, &tenant, None).await.0, 200);
+    assert_eq!(
+        as_token(&admin, &ada, Method::GET, &tenant, None).await.0,
+        200
+    );
     admin
         .raw(Method::DELETE, &tenant, None, Vec::new(), None)
         .await
@@ -1053,9 +1100,15 @@ async fn a_deleted_tenants_bindings_go_with_it() {
         "apiVersion: infraos.io/v1\nkind: Tenant\nmetadata: {name: gone}\n---\napiVersion: infraos.io/v1\nkind: Project\nmetadata: {name: gp}\nspec: {tenant: gone}\n",
     )
     .await;
-    assert_eq!(as_token(&admin, &ada, Method::GET, &tenant, None).await.0, 403);
+    assert_eq!(
+        as_token(&admin, &ada, Method::GET, &tenant, None).await.0,
+        403
+    );
     let claims = format!("{V1}/namespaces/gp/claims");
-    assert_eq!(as_token(&admin, &ada, Method::GET, &claims, None).await.0, 403);
+    assert_eq!(
+        as_token(&admin, &ada, Method::GET, &claims, None).await.0,
+        403
+    );
 }
 
 /// Rewrites one stored object in the embedded store's file (the server is stopped): how a
@@ -1098,10 +1151,9 @@ async fn bindings_without_a_uid_are_migrated_and_stale_ones_grant_nothing() {
             .await
             .unwrap();
     }
-    let tokens: Vec<String> = futures::future::join_all(
-        ["carol", "dave", "erin"].map(|u| mint_token(&admin, u, None)),
-    )
-    .await;
+    let tokens: Vec<String> =
+        futures::future::join_all(["carol", "dave", "erin"].map(|u| mint_token(&admin, u, None)))
+            .await;
     let project = admin.get_path(&format!("{V1}/projects/p1")).await.unwrap();
     let created = project["metadata"]["creationTimestamp"]
         .as_str()

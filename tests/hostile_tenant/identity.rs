@@ -96,7 +96,11 @@ async fn a_node_cannot_touch_another_nodes_resource_that_shares_its_name_prefix(
     let evil = join(&server, "evil").await;
     let (code, body) = send(
         &victim,
-        &report(4, 8, json!([compute("evil-node-compute", "evil-node", "4")])),
+        &report(
+            4,
+            8,
+            json!([compute("evil-node-compute", "evil-node", "4")]),
+        ),
     )
     .await;
     assert_eq!(code, 200, "{body}");
@@ -115,19 +119,31 @@ async fn a_node_cannot_touch_another_nodes_resource_that_shares_its_name_prefix(
         assert_eq!(code, 403, "{attempt}: {body}");
     }
     let after = resource(&admin, "evil-node-compute").await.expect("stored");
-    assert_eq!(after["spec"], before["spec"], "spec.node and capacity unchanged");
-    assert_eq!(after["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"]);
+    assert_eq!(
+        after["spec"], before["spec"],
+        "spec.node and capacity unchanged"
+    );
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
     assert!(resource(&admin, "evil-node-gpu").await.is_none());
 
     // Its own resources it publishes and withdraws; withdrawing never reaches the victim's,
     // although both are under the prefix `evil-`.
-    let (code, body) = send(&evil, &report(4, 8, json!([compute("evil-compute", "evil", "2")]))).await;
+    let (code, body) = send(
+        &evil,
+        &report(4, 8, json!([compute("evil-compute", "evil", "2")])),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     assert!(resource(&admin, "evil-compute").await.is_some());
     let (code, body) = send(&evil, &report(4, 8, json!([]))).await;
     assert_eq!(code, 200, "{body}");
     assert!(resource(&admin, "evil-compute").await.is_none());
-    let after = resource(&admin, "evil-node-compute").await.expect("still there");
+    let after = resource(&admin, "evil-node-compute")
+        .await
+        .expect("still there");
     assert_eq!(after["spec"]["node"], "evil-node");
 }
 
@@ -144,7 +160,11 @@ async fn absurd_capacity_is_cut_to_the_limits_and_the_node_says_so() {
     };
 
     // A million CPUs, and an inventory that agrees: the server's default limit still holds.
-    let absurd = report(1_000_000, 1 << 20, json!([compute("evil-compute", "evil", "1000000")]));
+    let absurd = report(
+        1_000_000,
+        1 << 20,
+        json!([compute("evil-compute", "evil", "1000000")]),
+    );
     let (code, body) = send(&evil, &absurd).await;
     assert_eq!(code, 200, "{body}");
     let published = resource(&admin, "evil-compute").await.expect("published");
@@ -165,7 +185,15 @@ async fn absurd_capacity_is_cut_to_the_limits_and_the_node_says_so() {
         )
         .await
         .expect("set capacityLimits");
-    let (code, body) = send(&evil, &report(1_000_000, 1 << 20, json!([compute("evil-compute", "evil", "999999")]))).await;
+    let (code, body) = send(
+        &evil,
+        &report(
+            1_000_000,
+            1 << 20,
+            json!([compute("evil-compute", "evil", "999999")]),
+        ),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     let published = resource(&admin, "evil-compute").await.expect("published");
     assert_eq!(published["spec"]["capacity"]["cpu"], "8");
@@ -174,13 +202,21 @@ async fn absurd_capacity_is_cut_to_the_limits_and_the_node_says_so() {
     assert!(message.contains("spec.capacityLimits"), "{message}");
 
     // More than its own inventory reports: cut to the inventory.
-    let (code, body) = send(&evil, &report(2, 8, json!([compute("evil-compute", "evil", "6")]))).await;
+    let (code, body) = send(
+        &evil,
+        &report(2, 8, json!([compute("evil-compute", "evil", "6")])),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     let published = resource(&admin, "evil-compute").await.expect("published");
     assert_eq!(published["spec"]["capacity"]["cpu"], "2");
 
     // An honest report clears the condition.
-    let (code, body) = send(&evil, &report(4, 8, json!([compute("evil-compute", "evil", "3")]))).await;
+    let (code, body) = send(
+        &evil,
+        &report(4, 8, json!([compute("evil-compute", "evil", "3")])),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     let node = admin.get_path(&format!("{V1}/nodes/evil")).await.unwrap();
     assert!(condition(&node).is_none(), "{node}");
@@ -198,10 +234,7 @@ async fn a_nodes_refused_requests_are_audited() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Some(403), "{refused}");
-    let claims = evil
-        .get_path(&format!("{V1}/claims"))
-        .await
-        .unwrap_err();
+    let claims = evil.get_path(&format!("{V1}/claims")).await.unwrap_err();
     assert_eq!(claims.code(), Some(403), "{claims}");
     let page = admin.audit_records(head + 1, 100).await.unwrap();
     let refusals: Vec<&serde_json::Value> = page
@@ -211,9 +244,9 @@ async fn a_nodes_refused_requests_are_audited() {
         .filter(|e| e["subject"] == "node:evil" && e["result"]["code"] == 403)
         .collect();
     assert!(
-        refusals
-            .iter()
-            .any(|e| e["object"]["kind"] == "Node" && e["object"]["name"] == "other" && e["verb"] == "get"),
+        refusals.iter().any(|e| e["object"]["kind"] == "Node"
+            && e["object"]["name"] == "other"
+            && e["verb"] == "get"),
         "{refusals:?}"
     );
     assert!(
@@ -270,10 +303,12 @@ async fn explain_as_a_project_member_never_names_another_tenants_claims() {
     // No capacity yet: both claims wait, and are decided together when it comes.
     apply_yaml(&admin, TWO_TENANTS).await;
     admin
-        .apply(&json!({"apiVersion": "infraos.io/v1", "kind": "RoleBinding",
+        .apply(
+            &json!({"apiVersion": "infraos.io/v1", "kind": "RoleBinding",
                         "metadata": {"name": "mia-p"},
                         "spec": {"role": "project-member", "scope": {"project": "p"},
-                                 "subjects": [{"kind": "User", "name": "mia"}]}}))
+                                 "subjects": [{"kind": "User", "name": "mia"}]}}),
+        )
         .await
         .unwrap();
     let mia = mint_token(&admin, "mia", None).await;
@@ -321,7 +356,8 @@ async fn explain_as_a_project_member_never_names_another_tenants_claims() {
         .unwrap();
     assert_eq!(code, 200, "{as_mia}");
     assert!(
-        !as_mia.to_string().contains("their-secret-claim") && !as_mia.to_string().contains("theirs/"),
+        !as_mia.to_string().contains("their-secret-claim")
+            && !as_mia.to_string().contains("theirs/"),
         "{as_mia}"
     );
     assert_eq!(as_mia["assumed"], json!([]));

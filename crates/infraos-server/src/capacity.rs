@@ -204,15 +204,17 @@ pub fn bound(
             }
         }
         let name = resource.metadata.name.clone();
-        out.cuts
-            .extend(cuts.into_iter().map(|(dimension, reported, kept, bound)| Cut {
-                resource: name.clone(),
-                class: class.clone(),
-                dimension,
-                reported,
-                kept,
-                bound,
-            }));
+        out.cuts.extend(
+            cuts.into_iter()
+                .map(|(dimension, reported, kept, bound)| Cut {
+                    resource: name.clone(),
+                    class: class.clone(),
+                    dimension,
+                    reported,
+                    kept,
+                    bound,
+                }),
+        );
         let empty = resource.spec.items.is_empty()
             && resource.spec.capacity.values().all(Quantity::is_zero);
         if !empty {
@@ -289,7 +291,10 @@ mod tests {
         // The inventory is a lie as big as the resources: the server default still holds.
         let inv = inventory(1_000_000, 1 << 30, 10_000);
         let b = bound(
-            vec![compute("n-compute", "1000000", "1Ei"), gpus("n-gpu", 10_000)],
+            vec![
+                compute("n-compute", "1000000", "1Ei"),
+                gpus("n-gpu", 10_000),
+            ],
             &inv,
             &ClassAmounts::new(),
             &default_limits(),
@@ -313,7 +318,11 @@ mod tests {
             &default_limits(),
         )
         .unwrap();
-        assert_eq!(b.resources.len(), 1, "no GPU in the inventory: none published");
+        assert_eq!(
+            b.resources.len(),
+            1,
+            "no GPU in the inventory: none published"
+        );
         assert_eq!(b.resources[0].spec.capacity["cpu"], q("4"));
         assert!(b.message().unwrap().contains("inventory"));
     }

@@ -1188,8 +1188,8 @@ async fn commit_update(
     if !out.succeeded {
         return Err(ApiError::stale(info.kind, name));
     }
-    for kv in &scoped {
-        state.rbac.observe(&kv.key, out.revision, None);
+    for gone in scoped.iter().filter(|s| s.kind == "RoleBinding") {
+        state.rbac.observe(&gone.kv.key, out.revision, None);
     }
     observe(
         state,
@@ -1308,25 +1308,26 @@ async fn delete_inner(
         return Err(ApiError::stale(info.kind, name));
     }
     observe(state, info, ns, name, out.revision, None);
-    for kv in &scoped {
-        state.rbac.observe(&kv.key, out.revision, None);
+    for gone in scoped.iter().filter(|s| s.kind == "RoleBinding") {
+        state.rbac.observe(&gone.kv.key, out.revision, None);
     }
     Ok(Json(current.value).into_response())
 }
 
 /// What goes with a Project or Tenant being deleted: its Events now (a project), and the
-/// RoleBindings scoped to it, returned to be deleted in the same transaction as the object.
+/// RoleBindings and Quotas scoped to it, returned to be deleted in the same transaction as
+/// the object.
 async fn scope_leftovers(
     state: &AppState,
     info: &KindInfo,
     name: &str,
-) -> Result<Vec<infraos_store::KeyValue>, ApiError> {
+) -> Result<Vec<lifecycle::Scoped>, ApiError> {
     match info.kind {
         "Project" => {
             lifecycle::delete_project_events(&*state.store, name).await?;
-            lifecycle::bindings_scoped_to(&*state.store, info.kind, name).await
+            lifecycle::scoped_to(&*state.store, info.kind, name).await
         }
-        "Tenant" => lifecycle::bindings_scoped_to(&*state.store, info.kind, name).await,
+        "Tenant" => lifecycle::scoped_to(&*state.store, info.kind, name).await,
         _ => Ok(Vec::new()),
     }
 }

@@ -2,17 +2,19 @@
 //!
 //! ```text
 //!  create/update RoleBinding ─► bind_to_scope: spec.scope.uid ← uid of the Project/Tenant now
-//!  delete Project/Tenant     ─► its RoleBindings deleted in the same transaction (audited),
-//!                               a project's Events just before it
+//!  delete Project/Tenant     ─► its RoleBindings and Quotas deleted in the same transaction
+//!                               (audited), a project's Events just before it
 //!  authorize                 ─► View::holds: a binding whose uid is not the scope's grants
 //!                               nothing (the backstop for anything left behind)
 //! ```
 //! Names are reused; uids are not. Without this, a tenant admin who bound themselves in a
 //! project and deleted it would hold whatever project of that name another tenant creates
-//! next (issue 16, finding 5).
+//! next (issue 16, finding 5); and a quota it left would limit the newcomer.
 
 use infraos_api::Kind as _;
-use infraos_api::kinds::{EventSpec, ProjectSpec, RoleBinding, RoleBindingSpec, TenantSpec};
+use infraos_api::kinds::{
+    EventSpec, ProjectSpec, QuotaSpec, RoleBinding, RoleBindingSpec, TenantSpec,
+};
 use infraos_store::{Compare, KeyValue, Store, Txn};
 
 use crate::audit::{self, Actor, Record};
@@ -37,9 +39,8 @@ pub async fn bind_to_scope(store: &dyn Store, binding: &mut RoleBinding) -> Resu
     let Some(kv) = store.get(&objects::key(info, None, name)).await? else {
         return Ok(());
     };
-    let value: serde_json::Value = serde_json::from_slice(&kv.value).map_err(|e| {
-        ApiError::internal(format!("stored {kind} {name:?} is not JSON: {e}"))
-    })?;
+    let value: serde_json::Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("stored {kind} {name:?} is not JSON: {e}")))?;
     let uid = value
         .pointer("/metadata/uid")
         .and_then(|v| v.as_str())
@@ -63,61 +64,73 @@ pub async fn bind_to_scope(store: &dyn Store, binding: &mut RoleBinding) -> Resu
     }
 }
 
-/// The stored RoleBindings scoped to Project or Tenant `name` (for a tenant, those naming it,
-/// whatever their project).
-pub async fn bindings_scoped_to(
-    store: &dyn Store,
-    kind: &str,
-    name: &str,
-) -> Result<Vec<KeyValue>, ApiError> {
-    let prefix = objects::prefix(RoleBindingSpec::INFO, None);
-    let mut found = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.range(&prefix, after.as_deref(), 5000).await?;
-        for kv in &page.kvs {
-            // A binding that no longer decodes cannot grant anything; leave it alone.
-            let Ok(binding) = decode_typed::<RoleBindingSpec>(kv) else {
-                continue;
-            };
-            let scope = &binding.spec.scope;
-            let ours = match kind {
-                "Project" => scope.project.as_deref() == Some(name),
-                "Tenant" => scope.tenant.as_deref() == Some(name),
-                _ => false,
-            };
-            if ours {
-                found.push(kv.clone());
-            }
-        }
-        after = page.kvs.last().map(|kv| kv.key.clone());
-        if !page.more {
-            return Ok(found);
-        }
-    }
+/// A stored object that goes with its scope.
+#[derive(Clone, Debug)]
+pub struct Scoped {
+    /// `RoleBinding` or `Quota`.
+    pub kind: &'static str,
+    pub kv: KeyValue,
 }
 
-/// Adds the deletion of `bindings` to the transaction that deletes their scope, each guarded
-/// by its revision (a binding changed meanwhile fails the whole delete, which the caller
+/// The stored RoleBindings and Quotas scoped to Project or Tenant `name` (for a tenant, those
+/// naming it, whatever their project; pool quotas naming no tenant stay).
+pub async fn scoped_to(store: &dyn Store, kind: &str, name: &str) -> Result<Vec<Scoped>, ApiError> {
+    let ours = |tenant: Option<&str>, project: Option<&str>| match kind {
+        "Project" => project == Some(name),
+        "Tenant" => tenant == Some(name),
+        _ => false,
+    };
+    let mut found = Vec::new();
+    for info in [RoleBindingSpec::INFO, QuotaSpec::INFO] {
+        let prefix = objects::prefix(info, None);
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.range(&prefix, after.as_deref(), 5000).await?;
+            for kv in &page.kvs {
+                // What no longer decodes grants and limits nothing; leave it alone.
+                let hit = if info.kind == RoleBindingSpec::INFO.kind {
+                    decode_typed::<RoleBindingSpec>(kv).is_ok_and(|b| {
+                        ours(
+                            b.spec.scope.tenant.as_deref(),
+                            b.spec.scope.project.as_deref(),
+                        )
+                    })
+                } else {
+                    decode_typed::<QuotaSpec>(kv)
+                        .is_ok_and(|q| ours(q.spec.tenant.as_deref(), q.spec.project.as_deref()))
+                };
+                if hit {
+                    found.push(Scoped {
+                        kind: info.kind,
+                        kv: kv.clone(),
+                    });
+                }
+            }
+            after = page.kvs.last().map(|kv| kv.key.clone());
+            if !page.more {
+                break;
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Adds the deletion of `scoped` objects to the transaction that deletes their scope, each
+/// guarded by its revision (one changed meanwhile fails the whole delete, which the caller
 /// reports as a conflict to retry) and audited as a delete caused by the scope's.
 pub fn delete_with_scope(
     mut txn: Txn,
-    bindings: &[KeyValue],
+    scoped: &[Scoped],
     actor: &Actor,
     scope: (&str, &str),
     now: infraos_api::Time,
 ) -> Txn {
-    for kv in bindings {
-        let name = kv
-            .key
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        let mut object = audit::object_ref(RoleBindingSpec::INFO.kind, None, &name);
-        object.uid = decode_typed::<RoleBindingSpec>(kv)
+    for Scoped { kind, kv } in scoped {
+        let name = kv.key.rsplit('/').next().unwrap_or_default().to_string();
+        let mut object = audit::object_ref(kind, None, &name);
+        object.uid = serde_json::from_slice::<serde_json::Value>(&kv.value)
             .ok()
-            .map(|b| b.metadata.uid);
+            .and_then(|v| v.pointer("/metadata/uid")?.as_str().map(str::to_string));
         let payload = Record {
             actor,
             verb: "delete",
@@ -185,8 +198,8 @@ mod tests {
 
     async fn store_with_project(uid: &str) -> (tempfile::TempDir, EmbeddedStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(&dir.path().join("s.redb"), EmbeddedOptions::default())
-            .unwrap();
+        let store =
+            EmbeddedStore::open(&dir.path().join("s.redb"), EmbeddedOptions::default()).unwrap();
         let mut p = Project::new(
             "p",
             None,
@@ -230,7 +243,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_bindings_of_a_scope_are_found_by_scope_not_by_name() {
+    async fn the_bindings_and_quotas_of_a_scope_are_found_by_scope_not_by_name() {
         let (_dir, store) = store_with_project("u").await;
         let mut txn = Txn::new();
         for (name, scope) in [
@@ -246,15 +259,35 @@ mod tests {
                 serde_json::to_vec(&b).unwrap(),
             );
         }
+        for (name, tenant, project) in [
+            ("q-p", None, Some("p")),
+            ("q-t", Some("t"), None),
+            ("q-pool", None, None),
+        ] {
+            let q = infraos_api::kinds::Quota::new(
+                name,
+                None,
+                QuotaSpec {
+                    tenant: tenant.map(str::to_string),
+                    project: project.map(str::to_string),
+                    ..QuotaSpec::default()
+                },
+            );
+            txn = txn.put(
+                objects::key(QuotaSpec::INFO, None, name),
+                serde_json::to_vec(&q).unwrap(),
+            );
+        }
         store.txn(txn).await.unwrap();
-        let names = |kvs: Vec<KeyValue>| -> Vec<String> {
-            kvs.into_iter()
-                .map(|kv| kv.key.rsplit('/').next().unwrap().to_string())
+        let names = |found: Vec<Scoped>| -> Vec<String> {
+            found
+                .into_iter()
+                .map(|s| format!("{}/{}", s.kind, s.kv.key.rsplit('/').next().unwrap()))
                 .collect()
         };
-        let p = bindings_scoped_to(&store, "Project", "p").await.unwrap();
-        assert_eq!(names(p), ["in-p"]);
-        let t = bindings_scoped_to(&store, "Tenant", "t").await.unwrap();
-        assert_eq!(names(t), ["in-t"]);
+        let p = scoped_to(&store, "Project", "p").await.unwrap();
+        assert_eq!(names(p), ["RoleBinding/in-p", "Quota/q-p"]);
+        let t = scoped_to(&store, "Tenant", "t").await.unwrap();
+        assert_eq!(names(t), ["RoleBinding/in-t", "Quota/q-t"]);
     }
 }

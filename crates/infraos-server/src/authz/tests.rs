@@ -263,7 +263,11 @@ fn a_tenant_binding_grants_nothing_in_a_new_tenant_of_the_same_name() {
     let mut t = infraos_api::kinds::Tenant::new("t1", None, TenantSpec::default());
     t.metadata.uid = "uid-t1-again".into();
     t.metadata.creation_timestamp = Some(Time::from_unix_millis(T0 + 5000));
-    rbac.observe(&format!("{TENANTS}t1"), 100, Some(&serde_json::to_vec(&t).unwrap()));
+    rbac.observe(
+        &format!("{TENANTS}t1"),
+        100,
+        Some(&serde_json::to_vec(&t).unwrap()),
+    );
     assert!(!rbac.allows(&alice, "get", "Tenant", Some("t1"), &Scope::tenant("t1")));
     assert!(!rbac.allows(&alice, "create", "Claim", None, &rbac.project_scope("p1")));
 }
@@ -288,7 +292,12 @@ fn bindings_without_a_uid_hold_for_the_scope_they_were_made_for() {
     rbac.observe(&k, 101, Some(&v));
     assert!(rbac.allows(&carol, "get", "Claim", None, &rbac.project_scope("p2")));
     // Without a creation time nothing says which project it was for: it grants nothing.
-    let (k, v) = raw_binding("carol-x", "project-member", BindingScope::project("q1"), "carol");
+    let (k, v) = raw_binding(
+        "carol-x",
+        "project-member",
+        BindingScope::project("q1"),
+        "carol",
+    );
     rbac.observe(&k, 102, Some(&v));
     assert!(!rbac.allows(&carol, "get", "Claim", None, &rbac.project_scope("q1")));
 }

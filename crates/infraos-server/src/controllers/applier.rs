@@ -176,8 +176,7 @@ pub async fn prepare(
                     }
                 }
                 let own = decision.claim_key.split_once('/').map_or("", |(ns, _)| ns);
-                let message =
-                    preemption_message(&preemption, &|victim| same_project(victim, own));
+                let message = preemption_message(&preemption, &|victim| same_project(victim, own));
                 tracing::info!(claim = %decision.claim_key, victims = started.len(), "preempting");
                 unschedulable.push((
                     decision.claim_key.clone(),
@@ -689,9 +688,15 @@ mod tests {
         };
         let message = preemption_message(&plan, &|v| same_project(v, "mine"));
         assert!(message.contains("mine/low (priority 10)"), "{message}");
-        assert!(message.contains("2 allocation(s) of other projects"), "{message}");
+        assert!(
+            message.contains("2 allocation(s) of other projects"),
+            "{message}"
+        );
         assert!(!message.contains("theirs"), "{message}");
-        assert_eq!(as_seen_from("theirs/secret", "mine"), "a claim of another project");
+        assert_eq!(
+            as_seen_from("theirs/secret", "mine"),
+            "a claim of another project"
+        );
         assert_eq!(as_seen_from("mine/low", "mine"), "mine/low");
     }
 }
