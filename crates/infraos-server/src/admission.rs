@@ -105,12 +105,16 @@ use infraos_api::Kind as _;
 /// Fills in what the server derives from other objects: a Claim's priority, from its
 /// PriorityClass (or the global default class), as Kubernetes does for Pods. On update the
 /// stored value is kept, so a class's value changing later does not change existing claims.
+/// A RoleBinding gets the uid of the Project or Tenant it is scoped to.
 pub async fn default(
     store: &dyn Store,
     cache: &ClassCache,
     object: &mut TypedObject,
     old: Option<&TypedObject>,
 ) -> Result<(), ApiError> {
+    if let TypedObject::RoleBinding(binding) = object {
+        return crate::authz::lifecycle::bind_to_scope(store, binding).await;
+    }
     let TypedObject::Claim(claim) = object else {
         return Ok(());
     };

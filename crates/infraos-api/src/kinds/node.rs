@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::kinds::{Inventory, Tier};
+use crate::kinds::{ClassAmounts, Inventory, Tier};
 use crate::labels;
 use crate::meta::Condition;
 use crate::object::{Kind, KindInfo};
@@ -41,7 +41,16 @@ pub struct NodeSpec {
     /// Reserved hardware: only claims that tolerate every taint are placed on the node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taints: Vec<Taint>,
+    /// The most the node's agent may publish, per class and dimension (`count` for an items
+    /// class), over the server's `nodeCapacityLimits`: an agent reports what it likes, so
+    /// what it reports beyond this (or beyond its own inventory) is cut, and the Node's
+    /// `CapacityLimited` condition says so. Set by an administrator; agents cannot change it.
+    #[serde(default, skip_serializing_if = "ClassAmounts::is_empty")]
+    pub capacity_limits: ClassAmounts,
 }
+
+/// The Node condition saying that its agent reported more than it may publish.
+pub const CAPACITY_LIMITED: &str = "CapacityLimited";
 
 /// A mark that keeps claims off a node unless they tolerate it (Kubernetes' NoSchedule).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -163,6 +172,16 @@ impl Kind for NodeSpec {
     };
 
     fn validate(object: &crate::object::Object<Self>, errors: &mut Errors) {
+        for (class, dims) in &object.spec.capacity_limits {
+            for (dim, limit) in dims {
+                if limit.is_negative() {
+                    errors.add(
+                        format!("spec.capacityLimits.{class}.{dim}"),
+                        "must not be negative",
+                    );
+                }
+            }
+        }
         for (i, taint) in object.spec.taints.iter().enumerate() {
             if let Err(e) = labels::validate_key(&taint.key) {
                 errors.add(format!("spec.taints[{i}].key"), e.to_string());

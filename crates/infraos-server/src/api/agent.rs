@@ -12,14 +12,16 @@ use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use infraos_api::Kind as _;
-use infraos_api::TypedObject;
 use infraos_api::agent_protocol::{
     CertificateRequest, CertificateResponse, HeartbeatResponse, MIN_PROTOCOL_VERSION, NodeReport,
     NodeReportResponse, PROTOCOL_VERSION, RenewRequest,
 };
 use infraos_api::kinds::{
-    AllocationSpec, NODE_LABEL, Node, NodeSpec, RenewPolicy, ResourceSpec, Tier, WorkloadStatus,
+    AllocationSpec, CAPACITY_LIMITED, NODE_LABEL, Node, NodeSpec, RenewPolicy, ResourceSpec, Tier,
+    WorkloadStatus,
 };
+use infraos_api::meta::Condition;
+use infraos_api::TypedObject;
 use infraos_store::{Compare, Txn};
 use serde::de::DeserializeOwned;
 
@@ -237,30 +239,39 @@ async fn report_inner(
     body: NodeReport,
 ) -> Result<NodeReportResponse, ApiError> {
     check_protocol(body.agent.protocol_version)?;
-    // Resources first: each must be this node's, named after it.
-    for (i, resource) in body.resources.iter().enumerate() {
-        let field = |f: &str| format!("resources[{i}].{f}");
-        if resource.spec.node.as_deref() != Some(name) {
-            return Err(ApiError::forbidden(format!(
-                "{}: node:{name} may only publish resources on its own node",
-                field("spec.node")
-            )));
-        }
-        if !resource.metadata.name.starts_with(&format!("{name}-")) {
-            return Err(ApiError::invalid_field(
-                "Resource",
-                &resource.metadata.name,
-                &field("metadata.name"),
-                format!("a node's resources are named {name}-<suffix>"),
-            ));
-        }
+    check_resource_names(state, name, &body.resources).await?;
+    // What the node may publish: bounded by its inventory and its limits (capacity.rs).
+    let node_key = objects::key(NodeSpec::INFO, None, name);
+    let node_kv = state
+        .store
+        .get(&node_key)
+        .await?
+        .ok_or_else(|| removed(name))?;
+    let limits = decode_typed::<NodeSpec>(&node_kv)?.spec.capacity_limits;
+    let bounded = crate::capacity::bound(
+        body.resources,
+        &body.inventory,
+        &limits,
+        &state.config.node_capacity_limits,
+    )
+    .map_err(|e| ApiError::invalid_field("Node", name, "resources", e.to_string()))?;
+    let limited = bounded.message().map(|message| Condition {
+        type_: CAPACITY_LIMITED.to_string(),
+        status: "True".to_string(),
+        reason: Some("ReportedBeyondLimits".to_string()),
+        message: Some(message),
+        last_transition_time: Some(state.clock.now()),
+    });
+    if let Some(c) = &limited {
+        tracing::warn!(node = %name, message = c.message.as_deref().unwrap_or_default(),
+            "node capacity cut");
     }
-    let reported: Vec<String> = body
+    let reported: Vec<String> = bounded
         .resources
         .iter()
         .map(|r| r.metadata.name.clone())
         .collect();
-    for resource in body.resources {
+    for resource in bounded.resources {
         upsert_resource(state, ctx, name, resource).await?;
     }
     remove_stale_resources(state, ctx, name, &reported).await?;
@@ -269,10 +280,24 @@ async fn report_inner(
         let status = node.status.get_or_insert_with(Default::default);
         let mut agent = body.agent.clone();
         agent.certificate_expires = status.agent.as_ref().and_then(|a| a.certificate_expires);
+        let was_limited = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CAPACITY_LIMITED);
+        let same_limits = match (was_limited, &limited) {
+            (None, None) => true,
+            (Some(old), Some(new)) => old.message == new.message,
+            _ => false,
+        };
         if status.agent.as_ref() == Some(&agent)
             && status.inventory.as_ref() == Some(&body.inventory)
+            && same_limits
         {
             return Ok(Decision::Unchanged(NodeReportResponse { tiers }));
+        }
+        if !same_limits {
+            status.conditions.retain(|c| c.type_ != CAPACITY_LIMITED);
+            status.conditions.extend(limited.clone());
         }
         status.agent = Some(agent);
         status.inventory = Some(body.inventory.clone());
@@ -289,6 +314,61 @@ async fn report_inner(
     .await
 }
 
+/// Each reported Resource must be on this node and named after it (`<node>-<suffix>`), and
+/// not after a longer-named node (`evil` must not take `evil-node-gpu`, which would be node
+/// `evil-node`'s): names are how Resources are found, so one node must not squat another's.
+/// Ownership itself is by the stored `spec.node` ([`upsert_resource`]), never by the name.
+async fn check_resource_names(
+    state: &AppState,
+    node: &str,
+    resources: &[infraos_api::kinds::Resource],
+) -> Result<(), ApiError> {
+    let own_prefix = format!("{node}-");
+    // Nodes whose names extend this one's (`<node>-…`): a prefix read.
+    let longer = state
+        .store
+        .range(
+            &format!("{}{own_prefix}", objects::prefix(NodeSpec::INFO, None)),
+            None,
+            0,
+        )
+        .await?;
+    let longer: Vec<&str> = longer
+        .kvs
+        .iter()
+        .filter_map(|kv| kv.key.rsplit('/').next())
+        .collect();
+    for (i, resource) in resources.iter().enumerate() {
+        let field = |f: &str| format!("resources[{i}].{f}");
+        let resource_name = resource.metadata.name.as_str();
+        if resource.spec.node.as_deref() != Some(node) {
+            return Err(ApiError::forbidden(format!(
+                "{}: node:{node} may only publish resources on its own node",
+                field("spec.node")
+            )));
+        }
+        if !resource_name.starts_with(&own_prefix) {
+            return Err(ApiError::invalid_field(
+                "Resource",
+                resource_name,
+                &field("metadata.name"),
+                format!("a node's resources are named {node}-<suffix>"),
+            ));
+        }
+        if let Some(other) = longer
+            .iter()
+            .find(|other| resource_name.starts_with(&format!("{other}-")))
+        {
+            return Err(ApiError::forbidden(format!(
+                "{}: {:?} is named after node {other:?}; node:{node} may not publish it",
+                field("metadata.name"),
+                infraos_api::text::bounded(resource_name, infraos_api::text::ERROR_STRING_MAX)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Deletes the Resources this node's agent published before but no longer reports (a GPU
 /// that failed or was pulled). Allocations on them keep running until their leases end, as
 /// when an administrator deletes a Resource; nothing new is placed there.
@@ -299,12 +379,13 @@ async fn remove_stale_resources(
     reported: &[String],
 ) -> Result<(), ApiError> {
     // The node's resources are named `<node>-…`: a prefix read, not a scan of every node's.
+    // The prefix also finds other nodes' (`<node>-x-…`): what is ours is by `spec.node`.
     let prefix = format!("{}{node}-", objects::prefix(ResourceSpec::INFO, None));
     let existing = state.store.range(&prefix, None, 0).await?;
     for kv in &existing.kvs {
         let resource = decode_typed::<ResourceSpec>(kv)?;
         let labels = &resource.metadata.labels;
-        let ours = labels.get(NODE_LABEL).map(String::as_str) == Some(node)
+        let ours = resource.spec.node.as_deref() == Some(node)
             && labels.get(MANAGED_LABEL).map(String::as_str) == Some("agent");
         if !ours || reported.contains(&resource.metadata.name) {
             continue;
@@ -362,9 +443,18 @@ async fn upsert_resource(
         let mut desired = resource.clone();
         desired.status = None;
         desired.metadata.resource_version = None;
+        let mut old_typed = None;
         match &existing {
             Some(kv) => {
                 let current = decode_typed::<ResourceSpec>(kv)?;
+                // Ownership is the stored object's spec.node, which never changes.
+                if current.spec.node.as_deref() != Some(node) {
+                    return Err(ApiError::forbidden(format!(
+                        "resource {name:?} is on node {:?}: node:{node} may change only its \
+                         own node's resources",
+                        current.spec.node.as_deref().unwrap_or("(none)")
+                    )));
+                }
                 if current
                     .metadata
                     .labels
@@ -387,6 +477,7 @@ async fn upsert_resource(
                 desired.metadata.creation_timestamp = current.metadata.creation_timestamp;
                 desired.metadata.generation = current.metadata.generation + 1;
                 desired.metadata.annotations = current.metadata.annotations.clone();
+                old_typed = Some(TypedObject::Resource(current));
             }
             None => {
                 desired.metadata.uid = uuid::Uuid::new_v4().to_string();
@@ -400,6 +491,9 @@ async fn upsert_resource(
         typed
             .check()
             .map_err(|e| ApiError::invalid("Resource", &name, &e))?;
+        if let Some(old) = &old_typed {
+            admission::admit_update(&typed, old)?;
+        }
         admission::admit(&*state.store, &state.classes, &typed).await?;
         let bytes = typed.to_vec();
         let mut object = audit::object_ref("Resource", None, &name);

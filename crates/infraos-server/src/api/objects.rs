@@ -21,7 +21,7 @@ use serde::Deserialize;
 use super::{BodyFormat, Ctx, kind_for, parse_value, read_body, read_bytes};
 use crate::admission;
 use crate::audit::{self, Record};
-use crate::authz::{self, ListFilter};
+use crate::authz::{self, ListFilter, lifecycle};
 use crate::error::ApiError;
 use crate::objects::{
     self, ALLOCATION_FINALIZER, Stored, decode_stored, encode_for_store, set_revision,
@@ -1180,15 +1180,30 @@ async fn commit_update(
         node: None,
     }
     .payload(now);
+    let scoped = if finalized {
+        scope_leftovers(state, info, name).await?
+    } else {
+        Vec::new()
+    };
     let txn = Txn::new().when(Compare::unchanged(key.clone(), current.revision));
     let txn = if finalized {
         txn.delete(key)
     } else {
         txn.put(key, bytes.clone())
     };
-    let out = state.store.txn(txn.append(payload)).await?;
+    let txn = lifecycle::delete_with_scope(
+        txn.append(payload),
+        &scoped,
+        &ctx.actor(),
+        (info.kind, name),
+        now,
+    );
+    let out = state.store.txn(txn).await?;
     if !out.succeeded {
         return Err(ApiError::stale(info.kind, name));
+    }
+    for gone in scoped.iter().filter(|s| s.kind == "RoleBinding") {
+        state.rbac.observe(&gone.kv.key, out.revision, None);
     }
     observe(
         state,
@@ -1296,20 +1311,39 @@ async fn delete_inner(
         node: None,
     }
     .payload(now);
-    let out = state
-        .store
-        .txn(
-            Txn::new()
-                .when(Compare::unchanged(key.clone(), current.revision))
-                .delete(key)
-                .append(payload),
-        )
-        .await?;
+    let scoped = scope_leftovers(state, info, name).await?;
+    let txn = Txn::new()
+        .when(Compare::unchanged(key.clone(), current.revision))
+        .delete(key)
+        .append(payload);
+    let txn = lifecycle::delete_with_scope(txn, &scoped, &ctx.actor(), (info.kind, name), now);
+    let out = state.store.txn(txn).await?;
     if !out.succeeded {
         return Err(ApiError::stale(info.kind, name));
     }
     observe(state, info, ns, name, out.revision, None);
+    for gone in scoped.iter().filter(|s| s.kind == "RoleBinding") {
+        state.rbac.observe(&gone.kv.key, out.revision, None);
+    }
     Ok(Json(current.value).into_response())
+}
+
+/// What goes with a Project or Tenant being deleted: its Events now (a project), and the
+/// RoleBindings and Quotas scoped to it, returned to be deleted in the same transaction as
+/// the object.
+async fn scope_leftovers(
+    state: &AppState,
+    info: &KindInfo,
+    name: &str,
+) -> Result<Vec<lifecycle::Scoped>, ApiError> {
+    match info.kind {
+        "Project" => {
+            lifecycle::delete_project_events(&*state.store, name).await?;
+            lifecycle::scoped_to(&*state.store, info.kind, name).await
+        }
+        "Tenant" => lifecycle::scoped_to(&*state.store, info.kind, name).await,
+        _ => Ok(Vec::new()),
+    }
 }
 
 /// Tells the authorizer at once about writes to what it decides on, so the next request
@@ -1322,7 +1356,10 @@ fn observe(
     revision: u64,
     value: Option<&[u8]>,
 ) {
-    if matches!(info.kind, "Role" | "RoleBinding" | "Project" | "Policy") {
+    if matches!(
+        info.kind,
+        "Role" | "RoleBinding" | "Project" | "Tenant" | "Policy"
+    ) {
         state
             .rbac
             .observe(&objects::key(info, ns, name), revision, value);
