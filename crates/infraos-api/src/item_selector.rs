@@ -6,6 +6,17 @@
 //! checked against the class's attribute schema by evaluating them on typed sample items, so a
 //! typo in an attribute name or a string compared with an int is a 4xx, not a silent mismatch
 //! at scheduling time.
+//!
+//! A selector is also a program a tenant runs on the control plane, so its cost is bounded
+//! before it is accepted (issue 16): its depth, its comprehension nesting and a static
+//! estimate of its worst case ([`cost`]) must fit their limits, and its evaluation is metered
+//! at run time as a backstop ([`meter`]).
+
+mod cost;
+mod meter;
+
+pub use cost::{MAX_COMPREHENSION_NESTING, MAX_COST, MAX_DEPTH, REGEX_SIZE_LIMIT};
+pub use meter::{EVAL_DEADLINE, MAX_ITERATIONS};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,7 +25,17 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-const MAX_EXPRESSION_LEN: usize = 4096;
+use crate::text;
+
+/// Longest selector source, in bytes.
+pub const MAX_EXPRESSION_LEN: usize = 4096;
+/// Most attributes one item may carry (its own and those it inherits from its resource), as
+/// Kubernetes DRA allows per device: selectors iterate over them.
+pub const MAX_ITEM_ATTRIBUTES: usize = 32;
+/// Longest attribute name.
+pub const MAX_ATTRIBUTE_KEY_LEN: usize = 63;
+/// Longest string attribute value, in bytes: selectors' string functions are linear in it.
+pub const MAX_ATTRIBUTE_VALUE_LEN: usize = 256;
 
 /// The value of one item attribute.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -81,46 +102,99 @@ pub enum CelError {
     TooLong,
     #[error("CEL expression refers to {0:?}; only `item` is defined")]
     UnknownVariable(String),
+    #[error("CEL expression calls {0:?}, which is not a function of the standard library")]
+    UnknownFunction(String),
+    #[error("CEL expression is nested deeper than the limit {limit}")]
+    TooDeep { limit: usize },
+    #[error("CEL expression nests comprehensions deeper than the limit {limit}")]
+    TooNested { limit: usize },
+    #[error("estimated cost {} exceeds the limit {}", grouped(*cost), grouped(*limit))]
+    TooCostly { cost: u64, limit: u64 },
+    #[error("CEL expression uses {0}, which is not supported")]
+    Unsupported(String),
     #[error("CEL expression does not type-check: {0}")]
     Type(String),
     #[error("CEL expression must return a bool, returned {0}")]
     NotBool(String),
     #[error("CEL evaluation failed: {0}")]
     Eval(String),
+    #[error(
+        "CEL evaluation stopped: it ran more than {} loop iterations or {} ms",
+        grouped(MAX_ITERATIONS),
+        EVAL_DEADLINE.as_millis()
+    )]
+    Exhausted,
+}
+
+/// `1234567` as `1,234,567`: limits and costs are read by people.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A compiled selector: its expression with the meter's ticks in its loops, its cost, and
+/// its `matches` patterns, compiled.
+struct Compiled {
+    expression: cel::parser::Expression,
+    cost: u64,
+    patterns: Arc<[regex::Regex]>,
 }
 
 /// A compiled item selector. Cheap to clone; compares and prints as its source text.
 #[derive(Clone)]
 pub struct ItemSelector {
     source: Arc<str>,
-    program: Arc<cel::Program>,
+    compiled: Arc<Compiled>,
 }
 
 impl ItemSelector {
+    /// Parses `source` and refuses it unless its depth, nesting and estimated cost fit their
+    /// limits ([`MAX_DEPTH`], [`MAX_COMPREHENSION_NESTING`], [`MAX_COST`]). Costs about a
+    /// millisecond per KiB of source in a release build: callers on an async runtime run it
+    /// off the runtime's workers.
     pub fn compile(source: &str) -> Result<Self, CelError> {
         if source.len() > MAX_EXPRESSION_LEN {
             return Err(CelError::TooLong);
         }
-        if let Some(program) = compiled().get(source) {
+        if let Some(compiled) = cache().get(source) {
             return Ok(ItemSelector {
                 source: source.into(),
-                program,
+                compiled,
             });
         }
-        let program = stdlib()
-            .compile(source)
-            .map_err(|e| CelError::Compile(e.to_string().replace('\n', " ")))?;
-        for var in program.references().variables() {
-            if var != "item" {
-                return Err(CelError::UnknownVariable(var.to_string()));
-            }
-        }
-        let program = Arc::new(program);
-        compiled().put(source, Arc::clone(&program));
+        let mut expression = stdlib().parser().parse(source).map_err(|e| {
+            CelError::Compile(text::bound_owned(
+                e.to_string().replace('\n', " "),
+                text::ERROR_STRING_MAX,
+            ))
+        })?;
+        cost::check_depth(&expression)?;
+        let estimated = cost::estimate(&expression)?;
+        let (sources, patterns): (Vec<String>, Vec<regex::Regex>) =
+            estimated.patterns.into_iter().unzip();
+        meter::instrument(&mut expression, &sources);
+        let compiled = Arc::new(Compiled {
+            expression,
+            cost: estimated.cost,
+            patterns: patterns.into(),
+        });
+        cache().put(source, Arc::clone(&compiled));
         Ok(ItemSelector {
             source: source.into(),
-            program,
+            compiled,
         })
+    }
+
+    /// The selector's estimated worst-case cost, at most [`MAX_COST`].
+    pub fn cost(&self) -> u64 {
+        self.compiled.cost
     }
 
     pub fn source(&self) -> &str {
@@ -178,48 +252,66 @@ impl ItemSelector {
         );
         root.insert("attributes".into(), cel::Value::Map(attributes.into()));
         context.add_variable_from_value("item", cel::Value::Map(root.into()));
-        match self.program.execute(&context) {
+        let (result, exhausted) =
+            meter::metered(&self.compiled.patterns, || {
+                cel::Value::resolve(&self.compiled.expression, &context)
+            });
+        if exhausted.is_some() {
+            return Err(CelError::Exhausted);
+        }
+        match result {
             Ok(cel::Value::Bool(b)) => Ok(b),
             Ok(other) => Err(CelError::NotBool(format!("{:?}", other.type_of()))),
-            Err(e) => Err(CelError::Eval(e.to_string())),
+            Err(e) => Err(CelError::Eval(text::bound_owned(
+                e.to_string(),
+                text::ERROR_STRING_MAX,
+            ))),
         }
     }
 }
 
 /// The standard CEL environment, built once: building it registers every standard function,
-/// which costs far more than evaluating a selector.
+/// which costs far more than evaluating a selector. It also declares the meter's `@tick`.
 fn stdlib() -> &'static Arc<cel::Env> {
     static ENV: std::sync::OnceLock<Arc<cel::Env>> = std::sync::OnceLock::new();
-    ENV.get_or_init(|| Arc::new(cel::Env::stdlib()))
+    ENV.get_or_init(|| {
+        let mut env = cel::Env::stdlib();
+        // `@tick` is a name no standard function has; failing here would be a bug in this
+        // file, and would leave loops without their backstop but still statically bounded.
+        if let Err(e) = meter::declare(&mut env) {
+            debug_assert!(false, "cannot declare the CEL meter: {e}");
+        }
+        Arc::new(env)
+    })
 }
 
-/// Programs compiled from valid sources, shared: the same selector arrives with every claim
+/// Selectors compiled from valid sources, shared: the same selector arrives with every claim
 /// of a kind, and is decoded by the API, the scheduler and the controllers.
-struct ProgramCache {
-    programs: std::sync::Mutex<std::collections::HashMap<String, Arc<cel::Program>>>,
+struct CompiledCache {
+    compiled: std::sync::Mutex<std::collections::HashMap<String, Arc<Compiled>>>,
 }
 
-const PROGRAM_CACHE_LIMIT: usize = 4096;
+const COMPILED_CACHE_LIMIT: usize = 4096;
 
-impl ProgramCache {
-    fn get(&self, source: &str) -> Option<Arc<cel::Program>> {
-        let map = self.programs.lock().unwrap_or_else(|e| e.into_inner());
+impl CompiledCache {
+    fn get(&self, source: &str) -> Option<Arc<Compiled>> {
+        let map = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
         map.get(source).cloned()
     }
 
-    fn put(&self, source: &str, program: Arc<cel::Program>) {
-        let mut map = self.programs.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= PROGRAM_CACHE_LIMIT {
+    fn put(&self, source: &str, compiled: Arc<Compiled>) {
+        let mut map = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= COMPILED_CACHE_LIMIT {
             map.clear();
         }
-        map.insert(source.to_string(), program);
+        map.insert(source.to_string(), compiled);
     }
 }
 
-fn compiled() -> &'static ProgramCache {
-    static CACHE: std::sync::OnceLock<ProgramCache> = std::sync::OnceLock::new();
-    CACHE.get_or_init(|| ProgramCache {
-        programs: std::sync::Mutex::new(std::collections::HashMap::new()),
+fn cache() -> &'static CompiledCache {
+    static CACHE: std::sync::OnceLock<CompiledCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| CompiledCache {
+        compiled: std::sync::Mutex::new(std::collections::HashMap::new()),
     })
 }
 
@@ -230,6 +322,44 @@ pub struct Item {
     pub name: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, AttributeValue>,
+}
+
+/// Checks attributes against the limits selectors are costed with: at most
+/// [`MAX_ITEM_ATTRIBUTES`] once `inherited` more are added, names of at most
+/// [`MAX_ATTRIBUTE_KEY_LEN`] bytes, string values of at most [`MAX_ATTRIBUTE_VALUE_LEN`].
+/// `field` names the map (`spec.items[3].attributes`), built only when there is a problem.
+pub fn check_attributes(
+    field: impl Fn() -> String,
+    attributes: &BTreeMap<String, AttributeValue>,
+    inherited: usize,
+    errors: &mut crate::validation::Errors,
+) {
+    if attributes.len() + inherited > MAX_ITEM_ATTRIBUTES {
+        errors.add(
+            field(),
+            format!(
+                "an item may have at most {MAX_ITEM_ATTRIBUTES} attributes (its own and its \
+                 resource's); it has {}",
+                attributes.len() + inherited
+            ),
+        );
+    }
+    for (name, value) in attributes {
+        if name.is_empty() || name.len() > MAX_ATTRIBUTE_KEY_LEN {
+            errors.add(
+                format!("{}.{}", field(), text::bounded(name, text::ERROR_STRING_MAX)),
+                format!("attribute names are 1 to {MAX_ATTRIBUTE_KEY_LEN} bytes"),
+            );
+        }
+        if let AttributeValue::String(v) = value
+            && v.len() > MAX_ATTRIBUTE_VALUE_LEN
+        {
+            errors.add(
+                format!("{}.{}", field(), text::bounded(name, text::ERROR_STRING_MAX)),
+                format!("string attributes are at most {MAX_ATTRIBUTE_VALUE_LEN} bytes"),
+            );
+        }
+    }
 }
 
 impl PartialEq for ItemSelector {
