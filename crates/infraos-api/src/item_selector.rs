@@ -14,6 +14,8 @@
 
 mod cost;
 mod meter;
+#[cfg(test)]
+mod proptests;
 
 pub use cost::{MAX_COMPREHENSION_NESTING, MAX_COST, MAX_DEPTH, REGEX_SIZE_LIMIT};
 pub use meter::{EVAL_DEADLINE, MAX_ITERATIONS};
@@ -476,6 +478,93 @@ mod tests {
         )
         .unwrap();
         assert!(s.matches(&gpu("H100", 80)).unwrap());
+    }
+
+    #[test]
+    fn comprehension_variables_are_in_scope() {
+        // Refused before as "refers to x": the free-variable check counted loop variables.
+        let s = ItemSelector::compile("[1, 2, 3].exists(x, x == item.attributes.memoryGiB)")
+            .unwrap();
+        assert!(s.matches(&gpu("H100", 2)).unwrap());
+        assert!(!s.matches(&gpu("H100", 4)).unwrap());
+        let keys = ItemSelector::compile("item.attributes.exists(k, k.startsWith('mod'))").unwrap();
+        assert!(keys.matches(&gpu("H100", 2)).unwrap());
+        s.check(&schema()).unwrap();
+    }
+
+    #[test]
+    fn refusals_name_the_limit() {
+        let list: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        let list = format!("[{}]", list.join(","));
+        let bomb = format!("{list}.exists(a, {list}.exists(b, {list}.exists(c, c == -1)))");
+        let e = ItemSelector::compile(&bomb).unwrap_err().to_string();
+        assert!(
+            e.starts_with("estimated cost ") && e.ends_with("exceeds the limit 100,000"),
+            "{e}"
+        );
+        assert_eq!(grouped(10_000_000_000), "10,000,000,000");
+        assert_eq!(grouped(999), "999");
+    }
+
+    /// Sources at the length limit built to make a recursive parser, estimator or
+    /// interpreter overflow its stack: each is refused or compiled, never a crash (this runs
+    /// on a test thread's 2 MiB stack, as a tokio worker's).
+    #[test]
+    fn hostile_sources_never_crash() {
+        let n = MAX_EXPRESSION_LEN;
+        // (source, whether it must be refused: some fold away, as `!!x` is `x`).
+        let sources = [
+            (format!("{}true", "!".repeat(n - 4)), false),
+            (format!("{}1", "-".repeat(n - 1)), false),
+            (format!("{}1{}", "(".repeat(n / 2 - 1), ")".repeat(n / 2 - 1)), true),
+            (format!("{}1{}", "[".repeat(n / 2 - 1), "]".repeat(n / 2 - 1)), true),
+            (format!("{}1{}", "{1:".repeat(n / 5), "}".repeat(n / 5)), true),
+            (vec!["1"; n / 4].join(" + "), true),
+            // `&&` and `||` chains are parsed balanced: shallow.
+            (vec!["true"; n / 8].join(" && "), false),
+            (format!("item{}", ".a".repeat(n / 2 - 3)), true),
+            (format!("1{}", "[0]".repeat(n / 3 - 1)), true),
+            (format!("{}1{}", "size(".repeat(n / 6), ")".repeat(n / 6)), true),
+            (format!("item.name{}", ".size()".repeat(n / 8 - 2)), true),
+            (
+                format!("{}true{}", "true ? ".repeat(n / 12), " : false".repeat(n / 12)),
+                true,
+            ),
+        ];
+        for (source, refused) in &sources {
+            let source = &source[..source.len().min(n)];
+            let outcome = ItemSelector::compile(source);
+            if *refused {
+                assert!(outcome.is_err(), "{}… was accepted", &source[..40]);
+            } else if let Ok(selector) = outcome {
+                let _ = selector.matches(&gpu("H100", 80));
+            }
+        }
+    }
+
+    #[test]
+    fn attributes_are_held_to_the_limits_selectors_are_costed_with() {
+        let mut errors = crate::validation::Errors::default();
+        let many: BTreeMap<String, AttributeValue> = (0..MAX_ITEM_ATTRIBUTES)
+            .map(|i| (format!("a{i}"), AttributeValue::Int(1)))
+            .collect();
+        check_attributes(|| "spec.attributes".into(), &many, 0, &mut errors);
+        assert!(errors.is_empty());
+        check_attributes(|| "spec.items[0].attributes".into(), &many, 1, &mut errors);
+        let long: BTreeMap<String, AttributeValue> = [
+            ("k".repeat(MAX_ATTRIBUTE_KEY_LEN + 1), AttributeValue::Bool(true)),
+            (
+                "v".into(),
+                AttributeValue::String("x".repeat(MAX_ATTRIBUTE_VALUE_LEN + 1)),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        check_attributes(|| "spec.items[1].attributes".into(), &long, 0, &mut errors);
+        let text = errors.into_result().unwrap_err().to_string();
+        assert!(text.contains("spec.items[0].attributes: an item may have at most 32"), "{text}");
+        assert!(text.contains("attribute names are 1 to 63 bytes"), "{text}");
+        assert!(text.contains("spec.items[1].attributes.v: string attributes are at most 256"), "{text}");
     }
 
     #[test]
