@@ -7,13 +7,13 @@
 
 mod support;
 
-#[path = "hostile_tenant/edge.rs"]
-mod edge;
 #[path = "hostile_tenant/audit_fill.rs"]
 mod audit_fill;
-#[path = "hostile_tenant/identity.rs"]
-mod identity;
+#[path = "hostile_tenant/edge.rs"]
+mod edge;
 #[path = "hostile_tenant/expressions.rs"]
 mod expressions;
+#[path = "hostile_tenant/identity.rs"]
+mod identity;
 #[path = "hostile_tenant/workloads.rs"]
 mod workloads;

@@ -254,10 +254,9 @@ impl ItemSelector {
         );
         root.insert("attributes".into(), cel::Value::Map(attributes.into()));
         context.add_variable_from_value("item", cel::Value::Map(root.into()));
-        let (result, exhausted) =
-            meter::metered(&self.compiled.patterns, || {
-                cel::Value::resolve(&self.compiled.expression, &context)
-            });
+        let (result, exhausted) = meter::metered(&self.compiled.patterns, || {
+            cel::Value::resolve(&self.compiled.expression, &context)
+        });
         if exhausted.is_some() {
             return Err(CelError::Exhausted);
         }
@@ -349,7 +348,11 @@ pub fn check_attributes(
     for (name, value) in attributes {
         if name.is_empty() || name.len() > MAX_ATTRIBUTE_KEY_LEN {
             errors.add(
-                format!("{}.{}", field(), text::bounded(name, text::ERROR_STRING_MAX)),
+                format!(
+                    "{}.{}",
+                    field(),
+                    text::bounded(name, text::ERROR_STRING_MAX)
+                ),
                 format!("attribute names are 1 to {MAX_ATTRIBUTE_KEY_LEN} bytes"),
             );
         }
@@ -357,7 +360,11 @@ pub fn check_attributes(
             && v.len() > MAX_ATTRIBUTE_VALUE_LEN
         {
             errors.add(
-                format!("{}.{}", field(), text::bounded(name, text::ERROR_STRING_MAX)),
+                format!(
+                    "{}.{}",
+                    field(),
+                    text::bounded(name, text::ERROR_STRING_MAX)
+                ),
                 format!("string attributes are at most {MAX_ATTRIBUTE_VALUE_LEN} bytes"),
             );
         }
@@ -483,8 +490,8 @@ mod tests {
     #[test]
     fn comprehension_variables_are_in_scope() {
         // Refused before as "refers to x": the free-variable check counted loop variables.
-        let s = ItemSelector::compile("[1, 2, 3].exists(x, x == item.attributes.memoryGiB)")
-            .unwrap();
+        let s =
+            ItemSelector::compile("[1, 2, 3].exists(x, x == item.attributes.memoryGiB)").unwrap();
         assert!(s.matches(&gpu("H100", 2)).unwrap());
         assert!(!s.matches(&gpu("H100", 4)).unwrap());
         let keys = ItemSelector::compile("item.attributes.exists(k, k.startsWith('mod'))").unwrap();
@@ -516,18 +523,34 @@ mod tests {
         let sources = [
             (format!("{}true", "!".repeat(n - 4)), false),
             (format!("{}1", "-".repeat(n - 1)), false),
-            (format!("{}1{}", "(".repeat(n / 2 - 1), ")".repeat(n / 2 - 1)), true),
-            (format!("{}1{}", "[".repeat(n / 2 - 1), "]".repeat(n / 2 - 1)), true),
-            (format!("{}1{}", "{1:".repeat(n / 5), "}".repeat(n / 5)), true),
+            (
+                format!("{}1{}", "(".repeat(n / 2 - 1), ")".repeat(n / 2 - 1)),
+                true,
+            ),
+            (
+                format!("{}1{}", "[".repeat(n / 2 - 1), "]".repeat(n / 2 - 1)),
+                true,
+            ),
+            (
+                format!("{}1{}", "{1:".repeat(n / 5), "}".repeat(n / 5)),
+                true,
+            ),
             (vec!["1"; n / 4].join(" + "), true),
             // `&&` and `||` chains are parsed balanced: shallow.
             (vec!["true"; n / 8].join(" && "), false),
             (format!("item{}", ".a".repeat(n / 2 - 3)), true),
             (format!("1{}", "[0]".repeat(n / 3 - 1)), true),
-            (format!("{}1{}", "size(".repeat(n / 6), ")".repeat(n / 6)), true),
+            (
+                format!("{}1{}", "size(".repeat(n / 6), ")".repeat(n / 6)),
+                true,
+            ),
             (format!("item.name{}", ".size()".repeat(n / 8 - 2)), true),
             (
-                format!("{}true{}", "true ? ".repeat(n / 12), " : false".repeat(n / 12)),
+                format!(
+                    "{}true{}",
+                    "true ? ".repeat(n / 12),
+                    " : false".repeat(n / 12)
+                ),
                 true,
             ),
         ];
@@ -552,7 +575,10 @@ mod tests {
         assert!(errors.is_empty());
         check_attributes(|| "spec.items[0].attributes".into(), &many, 1, &mut errors);
         let long: BTreeMap<String, AttributeValue> = [
-            ("k".repeat(MAX_ATTRIBUTE_KEY_LEN + 1), AttributeValue::Bool(true)),
+            (
+                "k".repeat(MAX_ATTRIBUTE_KEY_LEN + 1),
+                AttributeValue::Bool(true),
+            ),
             (
                 "v".into(),
                 AttributeValue::String("x".repeat(MAX_ATTRIBUTE_VALUE_LEN + 1)),
@@ -562,9 +588,15 @@ mod tests {
         .collect();
         check_attributes(|| "spec.items[1].attributes".into(), &long, 0, &mut errors);
         let text = errors.into_result().unwrap_err().to_string();
-        assert!(text.contains("spec.items[0].attributes: an item may have at most 32"), "{text}");
+        assert!(
+            text.contains("spec.items[0].attributes: an item may have at most 32"),
+            "{text}"
+        );
         assert!(text.contains("attribute names are 1 to 63 bytes"), "{text}");
-        assert!(text.contains("spec.items[1].attributes.v: string attributes are at most 256"), "{text}");
+        assert!(
+            text.contains("spec.items[1].attributes.v: string attributes are at most 256"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -287,9 +287,7 @@ pub(crate) async fn with_deadline(
     deadline: infraos_api::Duration,
     handler: impl std::future::Future<Output = Response> + Send + 'static,
 ) -> Response {
-    let handler = AbortOnDrop(tokio::spawn(tracing::Instrument::in_current_span(
-        handler,
-    )));
+    let handler = AbortOnDrop(tokio::spawn(tracing::Instrument::in_current_span(handler)));
     match tokio::time::timeout(deadline.as_std(), handler).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {

@@ -101,7 +101,10 @@ pub async fn decode(
         return Ok(TypedObject::decode(info, value));
     }
     let value = value.clone();
-    run("parsing selectors", move || TypedObject::decode(info, &value)).await
+    run("parsing selectors", move || {
+        TypedObject::decode(info, &value)
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -127,7 +130,11 @@ mod tests {
         // The workers stay free meanwhile: a timer on them fires long before a job ends.
         let started = std::time::Instant::now();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert!(started.elapsed() < Duration::from_millis(200), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
         for job in jobs {
             job.await.unwrap().unwrap();
         }
@@ -140,7 +147,10 @@ mod tests {
         use infraos_api::Kind;
         let claim = infraos_api::kinds::ClaimSpec::INFO;
         let project = infraos_api::kinds::ProjectSpec::INFO;
-        assert!(may_hold_selectors(claim, br#"{"spec":{"requests":[{"selector":"x"}]}}"#));
+        assert!(may_hold_selectors(
+            claim,
+            br#"{"spec":{"requests":[{"selector":"x"}]}}"#
+        ));
         assert!(!may_hold_selectors(claim, br#"{"spec":{"requests":[]}}"#));
         assert!(!may_hold_selectors(project, br#"{"selector":1}"#));
     }

@@ -22,7 +22,7 @@
 //! every call; so a pattern must be a literal that compiles within [`REGEX_SIZE_LIMIT`], and is
 //! compiled once, here ([`super::meter`] runs it). Unknown functions and variables are refused.
 
-use cel::common::ast::{operators, ComprehensionExpr, EntryExpr, Expr, LiteralValue};
+use cel::common::ast::{ComprehensionExpr, EntryExpr, Expr, LiteralValue, operators};
 use cel::parser::Expression;
 
 use super::{CelError, MAX_ATTRIBUTE_KEY_LEN, MAX_ATTRIBUTE_VALUE_LEN, MAX_ITEM_ATTRIBUTES};
@@ -437,7 +437,12 @@ impl Estimator {
                 };
                 let operands: Vec<&Expression> = match qualified {
                     Some(_) => call.args.iter().collect(),
-                    None => call.target.as_deref().into_iter().chain(&call.args).collect(),
+                    None => call
+                        .target
+                        .as_deref()
+                        .into_iter()
+                        .chain(&call.args)
+                        .collect(),
                 };
                 let mut args = Vec::with_capacity(operands.len());
                 for a in operands {
@@ -558,9 +563,7 @@ impl Estimator {
         // extrapolated size adds no more (the standard macros' steps add a constant: `&&`,
         // `||`, `+ 1`); one that grew with the accumulator would be refused.
         let a0 = init.shape;
-        let first = self.with(&[(c.accu_var.as_str(), a0)], |this| {
-            this.expr(&c.loop_step)
-        })?;
+        let first = self.with(&[(c.accu_var.as_str(), a0)], |this| this.expr(&c.loop_step))?;
         let (s0, s1) = (a0.size(), first.size());
         let delta = Size {
             len: s1.len.saturating_sub(s0.len),
@@ -595,7 +598,8 @@ impl Estimator {
             ))
         })?;
         let (sa, sn) = (accu.size(), step.size());
-        if sn.len > sa.len.saturating_add(delta.len) || sn.total > sa.total.saturating_add(delta.total)
+        if sn.len > sa.len.saturating_add(delta.len)
+            || sn.total > sa.total.saturating_add(delta.total)
         {
             return Err(CelError::Unsupported(
                 "a comprehension whose accumulator grows faster than linearly".into(),
@@ -780,7 +784,10 @@ mod tests {
     #[test]
     fn depth_is_capped_before_anything_recurses() {
         let selects = format!("item{}", ".a".repeat(MAX_DEPTH + 10));
-        assert_eq!(cost_of(&selects), Err(CelError::TooDeep { limit: MAX_DEPTH }));
+        assert_eq!(
+            cost_of(&selects),
+            Err(CelError::TooDeep { limit: MAX_DEPTH })
+        );
         let chain = vec!["1"; MAX_DEPTH + 10].join(" + ") + " == 2";
         assert_eq!(cost_of(&chain), Err(CelError::TooDeep { limit: MAX_DEPTH }));
         assert!(cost_of(&format!("item{} == 1", ".a".repeat(MAX_DEPTH - 3))).is_ok());

@@ -31,10 +31,10 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cel::common::ast::{operators, CallExpr, ComprehensionExpr, EntryExpr, Expr};
+use cel::ExecutionError;
+use cel::common::ast::{CallExpr, ComprehensionExpr, EntryExpr, Expr, operators};
 use cel::common::value::CowVal;
 use cel::parser::Expression;
-use cel::ExecutionError;
 
 /// Most loop iterations one evaluation may run, all comprehensions together. An accepted
 /// selector runs at most about a third of [`super::cost::MAX_COST`] of them (an iteration
@@ -88,8 +88,8 @@ pub(crate) fn metered<T>(
             exhausted: None,
         }))
     });
-    let outer_patterns = (!patterns.is_empty())
-        .then(|| PATTERNS.with(|p| p.replace(Some(Arc::clone(patterns)))));
+    let outer_patterns =
+        (!patterns.is_empty()).then(|| PATTERNS.with(|p| p.replace(Some(Arc::clone(patterns)))));
     let out = evaluate();
     if let Some(outer_patterns) = outer_patterns {
         PATTERNS.with(|p| p.replace(outer_patterns));
@@ -105,7 +105,10 @@ fn matches<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, Executio
     let text = args.first().and_then(|a| a.downcast_ref::<CelString>());
     let index = args.get(1).and_then(|a| a.downcast_ref::<CelInt>());
     let (Some(text), Some(index)) = (text, index) else {
-        let types = args.iter().map(|a| a.get_type().name().to_owned()).collect();
+        let types = args
+            .iter()
+            .map(|a| a.get_type().name().to_owned())
+            .collect();
         return Err(ExecutionError::no_such_overload("matches", types));
     };
     let index = usize::try_from(*index.inner()).unwrap_or(usize::MAX);
@@ -157,7 +160,12 @@ fn tick<'b, 'v>(mut args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, Executi
 pub(crate) fn declare(env: &mut cel::Env) -> Result<(), cel::DeclarationError> {
     use cel::common::types::{DYN_TYPE, INT_TYPE, STRING_TYPE};
     env.add_overload(TICK, "tick_dyn", vec![DYN_TYPE], tick)?;
-    env.add_overload(MATCHES, "matches_string_int", vec![STRING_TYPE, INT_TYPE], matches)
+    env.add_overload(
+        MATCHES,
+        "matches_string_int",
+        vec![STRING_TYPE, INT_TYPE],
+        matches,
+    )
 }
 
 /// The loop step of a `map` / `filter` comprehension as the interpreter recognises it
@@ -232,7 +240,13 @@ fn for_each_child(expr: &Expression, f: &mut dyn FnMut(&Expression)) {
             call.args.iter().for_each(|a| f(a));
         }
         Expr::Comprehension(c) => {
-            for e in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+            for e in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
                 f(e);
             }
         }
@@ -282,8 +296,14 @@ impl Rewriter<'_> {
                 self.tick_loop(c);
             }
             Expr::List(l) => l.elements.iter_mut().for_each(|e| self.rewrite(e)),
-            Expr::Map(m) => m.entries.iter_mut().for_each(|e| self.rewrite_entry(&mut e.expr)),
-            Expr::Struct(s) => s.entries.iter_mut().for_each(|e| self.rewrite_entry(&mut e.expr)),
+            Expr::Map(m) => m
+                .entries
+                .iter_mut()
+                .for_each(|e| self.rewrite_entry(&mut e.expr)),
+            Expr::Struct(s) => s
+                .entries
+                .iter_mut()
+                .for_each(|e| self.rewrite_entry(&mut e.expr)),
             Expr::Select(s) => self.rewrite(&mut s.operand),
             Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
         }
@@ -410,7 +430,11 @@ mod tests {
         });
         assert!(result.is_err(), "{result:?}");
         assert_eq!(exhausted, Some(Exhaustion::Iterations));
-        assert!(started.elapsed() < EVAL_DEADLINE * 2, "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < EVAL_DEADLINE * 2,
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
@@ -420,14 +444,27 @@ mod tests {
             ("[1, 2, 3].exists(x, x > 2)", cel::Value::Bool(true)),
             ("[1, 2, 3].all(x, x > 2)", cel::Value::Bool(false)),
             ("[1, 2, 3].exists_one(x, x > 2)", cel::Value::Bool(true)),
-            ("[1, 2, 3].map(x, x * 2) == [2, 4, 6]", cel::Value::Bool(true)),
-            ("[1, 2, 3].filter(x, x > 1) == [2, 3]", cel::Value::Bool(true)),
-            ("[1, 2, 3].map(x, x > 1, x * 10) == [20, 30]", cel::Value::Bool(true)),
-            ("optional.of(2).optMap(x, x + 1) == optional.of(3)", cel::Value::Bool(true)),
+            (
+                "[1, 2, 3].map(x, x * 2) == [2, 4, 6]",
+                cel::Value::Bool(true),
+            ),
+            (
+                "[1, 2, 3].filter(x, x > 1) == [2, 3]",
+                cel::Value::Bool(true),
+            ),
+            (
+                "[1, 2, 3].map(x, x > 1, x * 10) == [20, 30]",
+                cel::Value::Bool(true),
+            ),
+            (
+                "optional.of(2).optMap(x, x + 1) == optional.of(3)",
+                cel::Value::Bool(true),
+            ),
         ] {
             let expr = unchecked(source);
-            let (result, exhausted) =
-                metered(&Arc::from(Vec::new()), || cel::Value::resolve(&expr, &context));
+            let (result, exhausted) = metered(&Arc::from(Vec::new()), || {
+                cel::Value::resolve(&expr, &context)
+            });
             assert_eq!(result, Ok(expected), "{source}");
             assert_eq!(exhausted, None, "{source}");
         }
@@ -458,7 +495,10 @@ mod tests {
             let original = cel::Value::resolve(&plain, &context);
             let mut expr = plain.clone();
             instrument(&mut expr, &patterns);
-            assert!(format!("{expr:?}").contains(MATCHES), "{source} not rewritten");
+            assert!(
+                format!("{expr:?}").contains(MATCHES),
+                "{source} not rewritten"
+            );
             let (result, _) = metered(&compiled, || cel::Value::resolve(&expr, &context));
             assert_eq!(result, Ok(cel::Value::Bool(expected)), "{source}");
             assert_eq!(original, result, "{source}");

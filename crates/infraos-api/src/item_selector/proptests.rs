@@ -150,7 +150,11 @@ fn render(node: &Node, bound: u8, out: &mut String) {
         Node::Matches(x, p) => {
             out.push('(');
             render(x, bound, out);
-            let _ = write!(out, ").matches(\"{}\")", PATTERNS[*p as usize % PATTERNS.len()]);
+            let _ = write!(
+                out,
+                ").matches(\"{}\")",
+                PATTERNS[*p as usize % PATTERNS.len()]
+            );
         }
         Node::Cond(c, x, y) => {
             out.push('(');

@@ -254,7 +254,12 @@ impl Kind for ResourceSpec {
         }
         // Selectors are costed with these bounds (item_selector::cost).
         let common = spec.attributes.len() + usize::from(spec.cidr.is_some());
-        check_attributes(|| "spec.attributes".into(), &spec.attributes, common - spec.attributes.len(), errors);
+        check_attributes(
+            || "spec.attributes".into(),
+            &spec.attributes,
+            common - spec.attributes.len(),
+            errors,
+        );
         let mut seen = std::collections::HashSet::new();
         for (i, item) in spec.items.iter().enumerate() {
             let inherited = spec
