@@ -231,13 +231,13 @@ pub(crate) fn check_depth(root: &Expression) -> Result<(), CelError> {
 }
 
 /// Calls `f` on each direct child of `expr`.
-fn children<'e>(expr: &'e Expression, f: &mut dyn FnMut(&'e Expression)) {
+pub(crate) fn children<'e>(expr: &'e Expression, f: &mut dyn FnMut(&'e Expression)) {
     match &expr.expr {
         Expr::Call(call) => {
             if let Some(target) = &call.target {
                 f(target);
             }
-            call.args.iter().for_each(|a| f(a));
+            call.args.iter().for_each(&mut *f);
         }
         Expr::Comprehension(c) => {
             for e in [
@@ -250,7 +250,7 @@ fn children<'e>(expr: &'e Expression, f: &mut dyn FnMut(&'e Expression)) {
                 f(e);
             }
         }
-        Expr::List(list) => list.elements.iter().for_each(|e| f(e)),
+        Expr::List(list) => list.elements.iter().for_each(&mut *f),
         Expr::Map(map) => {
             for entry in &map.entries {
                 match &entry.expr {
@@ -348,8 +348,8 @@ impl Estimator {
         self.scope.iter().skip(1).any(|(n, _)| n == name)
     }
 
-    /// A `matches` pattern must be a literal that compiles within [`REGEX_SIZE_LIMIT`]: the
-    /// interpreter compiles it on every call, so its compiled size bounds that work.
+    /// A `matches` pattern must be a literal that compiles within [`REGEX_SIZE_LIMIT`]; it is
+    /// compiled here once, and the evaluation runs the compiled one ([`super::meter`]).
     fn check_pattern(&mut self, pattern: Option<&Expression>) -> Result<(), CelError> {
         let Some(Expr::Literal(LiteralValue::String(pattern))) = pattern.map(|p| &p.expr) else {
             return Err(CelError::Unsupported(

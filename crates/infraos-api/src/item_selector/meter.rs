@@ -227,45 +227,8 @@ pub(crate) fn instrument(root: &mut Expression, patterns: &[String]) {
 
 fn max_id(expr: &Expression) -> u64 {
     let mut max = expr.id;
-    for_each_child(expr, &mut |c| max = max.max(max_id(c)));
+    super::cost::children(expr, &mut |c| max = max.max(max_id(c)));
     max
-}
-
-fn for_each_child(expr: &Expression, f: &mut dyn FnMut(&Expression)) {
-    match &expr.expr {
-        Expr::Call(call) => {
-            if let Some(t) = &call.target {
-                f(t);
-            }
-            call.args.iter().for_each(|a| f(a));
-        }
-        Expr::Comprehension(c) => {
-            for e in [
-                &c.iter_range,
-                &c.accu_init,
-                &c.loop_cond,
-                &c.loop_step,
-                &c.result,
-            ] {
-                f(e);
-            }
-        }
-        Expr::List(l) => l.elements.iter().for_each(|e| f(e)),
-        Expr::Map(m) => m.entries.iter().for_each(|e| entry(&e.expr, f)),
-        Expr::Struct(s) => s.entries.iter().for_each(|e| entry(&e.expr, f)),
-        Expr::Select(s) => f(&s.operand),
-        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
-    }
-}
-
-fn entry(e: &EntryExpr, f: &mut dyn FnMut(&Expression)) {
-    match e {
-        EntryExpr::MapEntry(m) => {
-            f(&m.key);
-            f(&m.value);
-        }
-        EntryExpr::StructField(s) => f(&s.value),
-    }
 }
 
 struct Rewriter<'p> {
