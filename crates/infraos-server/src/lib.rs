@@ -30,6 +30,7 @@ pub mod lease;
 pub mod limits;
 pub mod liveness;
 pub mod objects;
+pub mod offload;
 pub mod oidc;
 pub mod openapi;
 pub mod pki;

@@ -305,20 +305,84 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
         Err(e) => return e.into_response(),
     };
     let deadline = state.limits.config.request_timeout;
-    let response = match tokio::time::timeout(deadline.as_std(), next.run(request)).await {
-        Ok(r) => r,
+    let response = with_deadline(deadline, next.run(request)).await;
+    drop(permit);
+    response
+}
+
+/// `handler`'s response, or 504 once `deadline` has passed. The handler runs as its own
+/// task, so the deadline is kept by this one: a handler that computes without yielding would
+/// otherwise also stall the timer meant to stop it (issue 16: a CEL selector held its worker
+/// for minutes and no 504 came). Dropping this future (the client went away) or the deadline
+/// aborts the handler at its next await. CPU-heavy work still belongs off the workers
+/// ([`crate::offload`]): when every worker spins, no timer runs at all.
+pub(crate) async fn with_deadline(
+    deadline: infraos_api::Duration,
+    handler: impl std::future::Future<Output = Response> + Send + 'static,
+) -> Response {
+    let handler = AbortOnDrop(tokio::spawn(tracing::Instrument::in_current_span(handler)));
+    match tokio::time::timeout(deadline.as_std(), handler).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "request handler failed");
+            ApiError::internal("the request's handler failed").into_response()
+        }
         Err(_) => ApiError::timeout(format!(
             "the request was not answered within {deadline} (apiLimits.requestTimeout)"
         ))
         .into_response(),
-    };
-    drop(permit);
-    response
+    }
+}
+
+/// A spawned handler, aborted when its waiter is dropped (timed out or cancelled).
+struct AbortOnDrop(tokio::task::JoinHandle<Response>);
+
+impl std::future::Future for AbortOnDrop {
+    type Output = Result<Response, tokio::task::JoinError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 16, finding 2): a handler that spins on its worker without yielding
+    /// still gets its 504 on time, and is not waited for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_deadline_fires_while_a_handler_spins() {
+        let started = std::time::Instant::now();
+        let response = with_deadline(infraos_api::Duration::from_millis(200), async {
+            let spin = std::time::Instant::now();
+            while spin.elapsed() < std::time::Duration::from_secs(3) {
+                std::hint::spin_loop();
+            }
+            Response::default()
+        })
+        .await;
+        assert_eq!(response.status(), http::StatusCode::GATEWAY_TIMEOUT);
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+        // A handler that answers in time is answered as it is.
+        let ok = with_deadline(infraos_api::Duration::from_secs(5), async {
+            (http::StatusCode::CREATED, "made").into_response()
+        })
+        .await;
+        assert_eq!(ok.status(), http::StatusCode::CREATED);
+    }
 
     fn user(name: &str) -> Identity {
         Identity {

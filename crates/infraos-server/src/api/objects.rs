@@ -528,7 +528,9 @@ async fn create_inner(
     let (bytes, format) = read_bytes(state, request).await?;
     // One parse, straight into the kind's type; a failure is told apart as malformed (400)
     // or invalid (422, naming the field).
-    let object = match TypedObject::parse_slice(info, &bytes, format == BodyFormat::Yaml) {
+    // Claims' selectors compile while parsing: off the async workers (crate::offload).
+    let parsed = crate::offload::parse_slice(info, &bytes, format == BodyFormat::Yaml).await?;
+    let object = match parsed {
         Ok(o) => o,
         Err(e) => {
             let value = parse_value(&bytes, format)?;
@@ -772,11 +774,28 @@ async fn batch_create_inner(
     let minimal = prefers_minimal(request.headers());
     let (bytes, format) = read_bytes(state, request).await?;
     let items = batch_items(info, &bytes, format)?;
+    // Claims' selectors compile while parsing: off the async workers (crate::offload).
+    let (items, parsed) = if crate::offload::may_hold_selectors(info, &bytes) {
+        crate::offload::run("parsing selectors", move || {
+            let parsed: Vec<_> = items
+                .iter()
+                .map(|item| TypedObject::parse_slice(info, item, false))
+                .collect();
+            (items, parsed)
+        })
+        .await?
+    } else {
+        let parsed = items
+            .iter()
+            .map(|item| TypedObject::parse_slice(info, item, false))
+            .collect();
+        (items, parsed)
+    };
     let mut prepared: Vec<PreparedCreate> = Vec::with_capacity(items.len());
     let mut names = std::collections::HashSet::with_capacity(items.len());
     let reads = infraos_store::ReadMemo::new(Arc::clone(&state.store));
-    for (i, item) in items.iter().enumerate() {
-        let object = TypedObject::parse_slice(info, item, false).map_err(|e| {
+    for (i, (item, parsed)) in items.iter().zip(parsed).enumerate() {
+        let object = parsed.map_err(|e| {
             let name = serde_json::from_slice::<serde_json::Value>(item)
                 .ok()
                 .and_then(|v| v.pointer("/metadata/name")?.as_str().map(str::to_string))
@@ -1134,8 +1153,9 @@ async fn commit_update(
             info.kind
         ))
     })?;
-    let mut object =
-        TypedObject::decode(info, &desired).map_err(|e| ApiError::invalid(info.kind, name, &e))?;
+    let mut object = crate::offload::decode(info, &desired)
+        .await?
+        .map_err(|e| ApiError::invalid(info.kind, name, &e))?;
     if !status_only {
         authz::check_object(state, &ctx.identity, verb_name, &object)?;
     }
