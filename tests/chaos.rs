@@ -693,9 +693,13 @@ impl LogCollector {
             let mut seen = std::collections::HashSet::new();
             let mut sweep = || {
                 for root in &roots {
-                    let Ok(runs) = std::fs::read_dir(root) else { continue };
+                    let Ok(runs) = std::fs::read_dir(root) else {
+                        continue;
+                    };
                     for run in runs.flatten() {
-                        let Ok(files) = std::fs::read_dir(run.path()) else { continue };
+                        let Ok(files) = std::fs::read_dir(run.path()) else {
+                            continue;
+                        };
                         for file in files.flatten() {
                             let name = file.file_name();
                             if !name.to_string_lossy().starts_with("stdout.log") {

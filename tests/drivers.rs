@@ -105,8 +105,14 @@ mod containment {
         let task = task(&root, "contained", &script);
         let out = run(&driver, &task).await.expect("starts");
         let uid = task.workload_uid.to_string();
-        assert!(field(&out, "Uid:").split_whitespace().all(|u| u == uid), "{out}");
-        assert!(field(&out, "Gid:").split_whitespace().all(|g| g == uid), "{out}");
+        assert!(
+            field(&out, "Uid:").split_whitespace().all(|u| u == uid),
+            "{out}"
+        );
+        assert!(
+            field(&out, "Gid:").split_whitespace().all(|g| g == uid),
+            "{out}"
+        );
         for caps in ["CapEff:", "CapPrm:", "CapAmb:"] {
             assert_eq!(field(&out, caps), "0000000000000000", "{caps} {out}");
         }
@@ -117,15 +123,25 @@ mod containment {
             assert_eq!(map, [uid.as_str(), uid.as_str(), "1"], "{out}");
         }
         let seen = field(&out, "token:");
-        assert!(!seen.contains("ios_secret_token"), "the token leaked: {out}");
+        assert!(
+            !seen.contains("ios_secret_token"),
+            "the token leaked: {out}"
+        );
         assert!(
             !field(&out, "listing:").contains("admin.token"),
             "the data dir is covered: {out}"
         );
-        assert!(!field(&out, "usr:").contains("WROTE"), "the host is writable: {out}");
+        assert!(
+            !field(&out, "usr:").contains("WROTE"),
+            "the host is writable: {out}"
+        );
         assert_eq!(field(&out, "tmp:"), "writable", "{out}");
         assert_eq!(field(&out, "ifaces:"), "lo", "its own network: {out}");
-        assert_eq!(field(&out, "cgroup:").rsplit(':').next(), Some("/"), "{out}");
+        assert_eq!(
+            field(&out, "cgroup:").rsplit(':').next(),
+            Some("/"),
+            "{out}"
+        );
         assert!(!field(&out, "unshare:").contains("UNSHARED"), "{out}");
         assert!(!Path::new("/usr/infraos-pwned").exists());
         assert_eq!(field(&out, "end").len(), 0);
@@ -140,7 +156,9 @@ mod containment {
         let mut named = task(&root, "named", "id; grep CapEff /proc/self/status");
         named.spec.user = Some("sync".into());
         assert!(!named.spec.runs_as_root() && !named.spec.is_privileged());
-        let out = run(&driver, &named).await.expect("a non-root named user runs");
+        let out = run(&driver, &named)
+            .await
+            .expect("a non-root named user runs");
         assert!(out.contains("uid=4("), "{out}");
         assert_eq!(field(&out, "CapEff:"), "0000000000000000", "{out}");
         // gid 0 is a root request, refused at admission without the privileged tier.
@@ -186,7 +204,10 @@ mod containment {
         let mut t = task(
             &root,
             "writer",
-            &format!("echo hello > {}/out && echo wrote", granted.path().display()),
+            &format!(
+                "echo hello > {}/out && echo wrote",
+                granted.path().display()
+            ),
         );
         t.spec.user = Some("root".into());
         t.spec.writable_paths = vec![granted.path().display().to_string()];

@@ -56,27 +56,41 @@ impl Dev {
         };
         let token = dev.data_dir().join("admin.token");
         let ca = dev.data_dir().join("ca.crt");
-        eventually(Duration::from_secs(60), "the dev data dir initialised", || {
-            let ready = std::fs::read_to_string(&token).is_ok_and(|t| !t.trim().is_empty())
-                && std::fs::metadata(&ca).is_ok_and(|m| m.len() > 0);
-            async move { ready.then_some(()) }
-        })
+        eventually(
+            Duration::from_secs(60),
+            "the dev data dir initialised",
+            || {
+                let ready = std::fs::read_to_string(&token).is_ok_and(|t| !t.trim().is_empty())
+                    && std::fs::metadata(&ca).is_ok_and(|m| m.len() > 0);
+                async move { ready.then_some(()) }
+            },
+        )
         .await;
         let admin = dev.admin();
-        eventually(Duration::from_secs(60), "the local agent's node ready", || {
-            let admin = admin.clone();
-            async move {
-                let (nodes, _) = admin.list(kind("nodes"), None, None).await.ok()?;
-                nodes
-                    .iter()
-                    .find(|n| {
-                        n["status"]["conditions"]
-                            .as_array()
-                            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-                    })
-                    .map(|n| n["metadata"]["name"].as_str().unwrap_or_default().to_string())
-            }
-        })
+        eventually(
+            Duration::from_secs(60),
+            "the local agent's node ready",
+            || {
+                let admin = admin.clone();
+                async move {
+                    let (nodes, _) = admin.list(kind("nodes"), None, None).await.ok()?;
+                    nodes
+                        .iter()
+                        .find(|n| {
+                            n["status"]["conditions"].as_array().is_some_and(|c| {
+                                c.iter()
+                                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                            })
+                        })
+                        .map(|n| {
+                            n["metadata"]["name"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string()
+                        })
+                }
+            },
+        )
         .await;
         dev
     }
@@ -132,7 +146,10 @@ async fn world(dev: &Dev) -> (Client, Client) {
         json!({"apiVersion": "infraos.io/v1", "kind": "RoleBinding", "metadata": {"name": "bob"},
                "spec": {"role": "project-admin", "scope": {"project": "p"}, "subjects": [{"kind": "User", "name": "bob"}]}}),
     ] {
-        admin.apply(&doc).await.unwrap_or_else(|e| panic!("{doc}: {e}"));
+        admin
+            .apply(&doc)
+            .await
+            .unwrap_or_else(|e| panic!("{doc}: {e}"));
     }
     let alice = dev.client(&mint_token(&admin, "alice", None).await);
     let bob = dev.client(&mint_token(&admin, "bob", None).await);
@@ -161,10 +178,14 @@ async fn workload_state(client: &Client, name: &str) -> Value {
 
 /// Waits for the run to end and returns its log.
 async fn finished_log(client: &Client, name: &str) -> String {
-    eventually(Duration::from_secs(60), &format!("{name} ended"), || async {
-        let w = workload_state(client, name).await;
-        matches!(w["state"].as_str(), Some("Exited" | "Failed")).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        &format!("{name} ended"),
+        || async {
+            let w = workload_state(client, name).await;
+            matches!(w["state"].as_str(), Some("Exited" | "Failed")).then_some(())
+        },
+    )
     .await;
     use futures::StreamExt as _;
     let mut stream = client
@@ -195,7 +216,13 @@ async fn a_members_workload_runs_unprivileged_and_reads_no_secret() {
     let (alice, _) = world(&dev).await;
     let reads: Vec<String> = secrets(&dev)
         .iter()
-        .map(|p| format!("echo {}: $(head -c 64 {} 2>&1 | base64 -w0)", p.display(), p.display()))
+        .map(|p| {
+            format!(
+                "echo {}: $(head -c 64 {} 2>&1 | base64 -w0)",
+                p.display(),
+                p.display()
+            )
+        })
         .collect();
     let script = format!(
         "id; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; {}; \
@@ -204,12 +231,19 @@ async fn a_members_workload_runs_unprivileged_and_reads_no_secret() {
         dev.data_dir().display()
     );
     alice
-        .create(kind("claims"), Some("p"), &claim("pwn", json!({"command": "/bin/sh", "args": ["-c", script]})))
+        .create(
+            kind("claims"),
+            Some("p"),
+            &claim("pwn", json!({"command": "/bin/sh", "args": ["-c", script]})),
+        )
         .await
         .expect("a member may create a contained claim without approval");
     let log = finished_log(&alice, "pwn").await;
     let admin_token = std::fs::read_to_string(dev.data_dir().join("admin.token")).unwrap();
-    assert!(!log.contains(admin_token.trim()), "the admin token leaked:\n{log}");
+    assert!(
+        !log.contains(admin_token.trim()),
+        "the admin token leaked:\n{log}"
+    );
     for secret in secrets(&dev) {
         let bytes = std::fs::read(&secret).unwrap_or_default();
         let head: Vec<u8> = bytes.iter().take(64).copied().collect();
@@ -217,15 +251,28 @@ async fn a_members_workload_runs_unprivileged_and_reads_no_secret() {
             continue;
         }
         let encoded = base64_encode(&head);
-        assert!(!log.contains(&encoded), "{} leaked:\n{log}", secret.display());
+        assert!(
+            !log.contains(&encoded),
+            "{} leaked:\n{log}",
+            secret.display()
+        );
     }
     assert!(!log.contains("uid=0("), "ran as root:\n{log}");
     assert!(log.contains("uid=1000"), "its own high uid:\n{log}");
     assert!(log.contains("CapEff:\t0000000000000000"), "{log}");
-    assert!(log.contains("NoNewPrivs:\t1") && log.contains("Seccomp:\t2"), "{log}");
+    assert!(
+        log.contains("NoNewPrivs:\t1") && log.contains("Seccomp:\t2"),
+        "{log}"
+    );
     assert!(log.contains("net: lo"), "its own network namespace:\n{log}");
-    let listing = log.lines().find(|l| l.starts_with("ls:")).unwrap_or_default();
-    assert!(!listing.contains("admin.token"), "the data dir is covered:\n{log}");
+    let listing = log
+        .lines()
+        .find(|l| l.starts_with("ls:"))
+        .unwrap_or_default();
+    assert!(
+        !listing.contains("admin.token"),
+        "the data dir is covered:\n{log}"
+    );
     let w = workload_state(&alice, "pwn").await;
     assert!(w["uid"].as_u64().is_some_and(|u| u >= 1_000_000_000), "{w}");
 }
@@ -239,13 +286,24 @@ async fn root_needs_an_approval_and_the_privileged_tier() {
         "as-root",
         json!({"command": "/bin/sh", "args": ["-c", "id"], "user": "root"}),
     );
-    alice.create(kind("claims"), Some("p"), &root).await.expect("created");
-    let c = alice.get_path(&format!("{V1}/namespaces/p/claims/as-root")).await.unwrap();
+    alice
+        .create(kind("claims"), Some("p"), &root)
+        .await
+        .expect("created");
+    let c = alice
+        .get_path(&format!("{V1}/namespaces/p/claims/as-root"))
+        .await
+        .unwrap();
     assert_eq!(c["status"]["phase"], "PendingApproval", "{c}");
     let because = c["status"]["approval"]["because"].to_string();
-    assert!(because.contains("privileged") && because.contains("runs as root"), "{because}");
+    assert!(
+        because.contains("privileged") && because.contains("runs as root"),
+        "{because}"
+    );
     // Alice cannot approve her own.
-    let own = alice.claim_action("p", "as-root", "approve", Some(&json!({}))).await;
+    let own = alice
+        .claim_action("p", "as-root", "approve", Some(&json!({})))
+        .await;
     assert!(own.is_err(), "self-approval refused");
     bob.claim_action(
         "p",
@@ -257,7 +315,10 @@ async fn root_needs_an_approval_and_the_privileged_tier() {
     .expect("bob approves");
     // Approved, but the local node holds no `privileged` tier: never placed, and says why.
     let pending = eventually(Duration::from_secs(30), "explained as pending", || async {
-        let c = alice.get_path(&format!("{V1}/namespaces/p/claims/as-root")).await.ok()?;
+        let c = alice
+            .get_path(&format!("{V1}/namespaces/p/claims/as-root"))
+            .await
+            .ok()?;
         (c["status"]["phase"] == "Pending" && c["status"].to_string().contains("tier")).then_some(c)
     })
     .await;
@@ -265,15 +326,26 @@ async fn root_needs_an_approval_and_the_privileged_tier() {
     // An admin grants the tier: it runs, as root, and the signed instruction names bob.
     let admin = dev.admin();
     let current = admin.get(kind("nodes"), None, &node).await.unwrap();
-    let mut tiers = current["spec"]["tiers"].as_array().cloned().unwrap_or_default();
+    let mut tiers = current["spec"]["tiers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     tiers.push(json!("privileged"));
     admin
-        .merge_patch(kind("nodes"), None, &node, &json!({"spec": {"tiers": tiers}}))
+        .merge_patch(
+            kind("nodes"),
+            None,
+            &node,
+            &json!({"spec": {"tiers": tiers}}),
+        )
         .await
         .unwrap_or_else(|e| panic!("grant: {e}\n{}", dev.log()));
     let log = finished_log(&alice, "as-root").await;
     assert!(log.contains("uid=0(root)"), "{log}");
-    let a = alice.get_path(&format!("{V1}/namespaces/p/allocations/as-root")).await.unwrap();
+    let a = alice
+        .get_path(&format!("{V1}/namespaces/p/allocations/as-root"))
+        .await
+        .unwrap();
     assert_eq!(a["spec"]["approvedBy"], json!(["user:bob"]), "{a}");
 }
 

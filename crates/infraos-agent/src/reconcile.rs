@@ -232,7 +232,10 @@ mod privileged_tests {
         assert!(unsigned.contains("signing key"), "{unsigned}");
         let unapproved = privileged_refusal(&root, &[], true).unwrap();
         assert!(unapproved.contains("runs as root") && unapproved.contains("no approver"));
-        assert_eq!(privileged_refusal(&root, &["user:carol".into()], true), None);
+        assert_eq!(
+            privileged_refusal(&root, &["user:carol".into()], true),
+            None
+        );
         let host = spec(r#"{"command": "/bin/true", "hostNetwork": true}"#);
         assert!(privileged_refusal(&host, &[], true).is_some());
     }

@@ -856,7 +856,10 @@ impl Reconciler {
     /// the allocation's uid and moved on past uids that other live records hold, so no two
     /// runs on this node share one (they could signal each other or read each other's files).
     fn workload_uid(&self, allocation: &str) -> u32 {
-        let (base, count) = (self.config.workload_uid_base, self.config.workload_uid_count.max(1));
+        let (base, count) = (
+            self.config.workload_uid_base,
+            self.config.workload_uid_count.max(1),
+        );
         if let Some(uid) = self.records.get(allocation).and_then(|r| r.status.uid) {
             // A restart keeps its uid (files it wrote in a writable path stay its own).
             return uid;
@@ -867,11 +870,9 @@ impl Reconciler {
             .filter(|(id, r)| id.as_str() != allocation && !r.status.state.is_final())
             .filter_map(|(_, r)| r.status.uid)
             .collect();
-        let start = allocation
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-            });
+        let start = allocation.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
         (0..u64::from(count))
             .map(|i| base.saturating_add(((start.wrapping_add(i)) % u64::from(count)) as u32))
             .find(|uid| !taken.contains(uid))

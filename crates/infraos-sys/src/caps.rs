@@ -265,7 +265,10 @@ mod tests {
         for (name, cap) in NAMES {
             assert_eq!(Capability::parse(name), Some(cap));
             assert_eq!(cap.name(), name);
-            assert_eq!(Capability::parse(&format!("cap_{}", name.to_lowercase())), Some(cap));
+            assert_eq!(
+                Capability::parse(&format!("cap_{}", name.to_lowercase())),
+                Some(cap)
+            );
         }
         assert_eq!(Capability::parse("NET_ADMINS"), None);
         assert_eq!(Capability::parse(""), None);
@@ -274,7 +277,10 @@ mod tests {
 
     #[test]
     fn masks_have_one_bit_per_capability() {
-        assert_eq!(mask(&[Capability::Chown, Capability::SysAdmin]), 1 | (1 << 21));
+        assert_eq!(
+            mask(&[Capability::Chown, Capability::SysAdmin]),
+            1 | (1 << 21)
+        );
         assert_eq!(mask(&ROOT_DEFAULT).count_ones(), 14);
     }
 }

@@ -230,7 +230,11 @@ mod tests {
         let file = dir.path().join("admin.token");
         std::fs::write(&file, "secret").unwrap();
         let prepared = PreparedView::prepare(&MountView {
-            hidden: vec![dir.path().to_path_buf(), file.clone(), dir.path().join("gone")],
+            hidden: vec![
+                dir.path().to_path_buf(),
+                file.clone(),
+                dir.path().join("gone"),
+            ],
             scratch: MountView::default_scratch(),
             writable: vec![],
         })
@@ -253,6 +257,9 @@ mod tests {
 
     #[test]
     fn this_kernel_makes_read_only_views() {
-        assert!(read_only_views_supported(), "mount_setattr (Linux 5.12) is needed");
+        assert!(
+            read_only_views_supported(),
+            "mount_setattr (Linux 5.12) is needed"
+        );
     }
 }

@@ -32,7 +32,7 @@ pub struct Filter {
 }
 
 // Classic BPF opcodes (linux/bpf_common.h) and seccomp return values (linux/seccomp.h).
-const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20; // BPF_LD | BPF_W | BPF_ABS
+const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS (0x20)
 const BPF_JMP_JEQ_K: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
 const BPF_JMP_JGE_K: u16 = 0x05 | 0x30; // BPF_JMP | BPF_JGE | BPF_K
 const BPF_JMP_JSET_K: u16 = 0x05 | 0x40; // BPF_JMP | BPF_JSET | BPF_K
@@ -106,10 +106,18 @@ fn denied_groups() -> Vec<(Option<Capability>, Vec<libc::c_long>)> {
             Some(Capability::SysModule),
             vec![SYS_init_module, SYS_finit_module, SYS_delete_module],
         ),
-        (Some(Capability::SysBoot), vec![SYS_reboot, SYS_kexec_load, SYS_kexec_file_load]),
+        (
+            Some(Capability::SysBoot),
+            vec![SYS_reboot, SYS_kexec_load, SYS_kexec_file_load],
+        ),
         (
             Some(Capability::SysTime),
-            vec![SYS_settimeofday, SYS_clock_settime, SYS_clock_adjtime, SYS_adjtimex],
+            vec![
+                SYS_settimeofday,
+                SYS_clock_settime,
+                SYS_clock_adjtime,
+                SYS_adjtimex,
+            ],
         ),
         (Some(Capability::SysPacct), vec![SYS_acct]),
         (Some(Capability::SysAdmin), vec![SYS_swapon, SYS_swapoff]),
@@ -131,7 +139,14 @@ fn denied_groups() -> Vec<(Option<Capability>, Vec<libc::c_long>)> {
     #[cfg(target_arch = "x86_64")]
     groups.push((
         Some(Capability::SysRawio),
-        vec![SYS_iopl, SYS_ioperm, SYS_uselib, SYS_ustat, SYS_sysfs, SYS__sysctl],
+        vec![
+            SYS_iopl,
+            SYS_ioperm,
+            SYS_uselib,
+            SYS_ustat,
+            SYS_sysfs,
+            SYS__sysctl,
+        ],
     ));
     groups
 }
@@ -288,7 +303,10 @@ mod tests {
     #[test]
     fn the_program_fits_the_kernel_limit() {
         let denied: usize = denied_groups().iter().map(|(_, calls)| calls.len()).sum();
-        assert!(denied < 250, "jump offsets are one byte: {denied} denied calls");
+        assert!(
+            denied < 250,
+            "jump offsets are one byte: {denied} denied calls"
+        );
         let filter = Filter::default_for(&[]);
         assert!(filter.len() > 40 && filter.len() < 4096, "{}", filter.len());
         assert!(Filter::default_for(&[Capability::SysAdmin]).len() < filter.len());
@@ -355,7 +373,11 @@ mod tests {
             // SAFETY: a plain system call in a forked test child.
             let rc = unsafe { libc::unshare(libc::CLONE_NEWUTS) };
             // Root (tests run as root) may unshare once the filter lets it.
-            if rc == 0 || errno() != libc::EPERM { 0 } else { 1 }
+            if rc == 0 || errno() != libc::EPERM {
+                0
+            } else {
+                1
+            }
         });
         assert_eq!(code, 0);
     }

@@ -190,7 +190,8 @@ pub const CAPABILITY_NAMES: [&str; 41] = [
 ];
 
 /// Capabilities that only touch the network: they need the `network` tier, not `privileged`.
-const NETWORK_CAPABILITIES: [&str; 4] = ["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "NET_BROADCAST"];
+const NETWORK_CAPABILITIES: [&str; 4] =
+    ["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "NET_BROADCAST"];
 
 /// A capability name as the API stores it: upper case, without `CAP_`; `None` if unknown.
 pub fn capability_name(name: &str) -> Option<&'static str> {
@@ -263,10 +264,16 @@ impl WorkloadSpec {
             out.push("uses the host's network".to_string());
         }
         if !self.capabilities.is_empty() {
-            out.push(format!("keeps capabilities {}", self.capabilities.join(",")));
+            out.push(format!(
+                "keeps capabilities {}",
+                self.capabilities.join(",")
+            ));
         }
         if !self.writable_paths.is_empty() {
-            out.push(format!("writes host paths {}", self.writable_paths.join(",")));
+            out.push(format!(
+                "writes host paths {}",
+                self.writable_paths.join(",")
+            ));
         }
         out
     }

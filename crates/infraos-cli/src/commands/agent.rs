@@ -147,7 +147,10 @@ mod tests {
 
     #[test]
     fn uid_ranges_are_checked() {
-        assert_eq!(parse_uid_range("1000000000:65536").unwrap(), (1_000_000_000, 65_536));
+        assert_eq!(
+            parse_uid_range("1000000000:65536").unwrap(),
+            (1_000_000_000, 65_536)
+        );
         for bad in ["0:10", "5:0", "x:1", "4294967290:10", "100"] {
             assert!(parse_uid_range(bad).is_err(), "{bad}");
         }

@@ -12,6 +12,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use infraos_api::Kind as _;
+use infraos_api::TypedObject;
 use infraos_api::agent_protocol::{
     CertificateRequest, CertificateResponse, HeartbeatResponse, MIN_PROTOCOL_VERSION, NodeReport,
     NodeReportResponse, PROTOCOL_VERSION, RenewRequest,
@@ -21,7 +22,6 @@ use infraos_api::kinds::{
     WorkloadStatus,
 };
 use infraos_api::meta::Condition;
-use infraos_api::TypedObject;
 use infraos_store::{Compare, Txn};
 use serde::de::DeserializeOwned;
 
