@@ -355,9 +355,16 @@ async fn agents_join_with_tokens_and_reach_only_their_own_node() {
                 "metadata": {"name": "node-a-extra"},
                 "spec": {"class": "compute", "node": "node-a", "capacity": {"cpu": "1"}}}));
         }
+        // Published capacity is bounded by the inventory: the extra resource comes with an
+        // extra core.
+        let mut inventory = node_a["status"]["inventory"].clone();
+        if extra {
+            let cores = inventory["cpu"]["cores"].as_u64().unwrap_or(0);
+            inventory["cpu"]["cores"] = (cores + 1).into();
+        }
         serde_json::json!({
             "agent": node_a["status"]["agent"],
-            "inventory": node_a["status"]["inventory"],
+            "inventory": inventory,
             "resources": resources,
         })
         .to_string()

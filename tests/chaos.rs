@@ -197,10 +197,11 @@ impl Drop for Netns {
     }
 }
 
-fn workload_claim(name: &str, log: &str) -> Value {
-    let script = format!(
-        "while true; do echo \"$INFRAOS_CLAIM $INFRAOS_NODE $INFRAOS_FENCING_EPOCH $(date +%s%3N)\" >> {log}; sleep 0.1; done"
-    );
+/// A claim whose workload prints `claim node epoch ms` ten times a second to its own log:
+/// workloads are contained (a read-only view of the host), so they cannot append to a shared
+/// file; [`LogCollector`] gathers every run's log instead.
+fn workload_claim(name: &str) -> Value {
+    let script = "while true; do echo \"$INFRAOS_CLAIM $INFRAOS_NODE $INFRAOS_FENCING_EPOCH $(date +%s%3N)\"; sleep 0.1; done";
     json!({
         "apiVersion": "infraos.io/v1", "kind": "Claim",
         "metadata": {"name": name, "namespace": "p"},
@@ -226,9 +227,8 @@ async fn chaos_keeps_every_invariant() {
     eprintln!("chaos: seed {seed}, {seconds} s of faults");
     let mut rng = Rng(seed);
     let work = tempfile::tempdir().unwrap();
-    let log = work.path().join("runs.log");
-    std::fs::write(&log, "").unwrap();
-    let log_path = log.display().to_string();
+    let collected = work.path().join("runs");
+    std::fs::create_dir_all(&collected).unwrap();
 
     let mut etcd = EtcdCluster::start(3).await;
     let config = format!(
@@ -286,6 +286,13 @@ async fn chaos_keeps_every_invariant() {
     for a in &mut agents {
         a.spawn(Some(&token));
     }
+    let collector = LogCollector::start(
+        agents
+            .iter()
+            .map(|a| a.dir.path().join("workloads"))
+            .collect(),
+        collected.clone(),
+    );
     // Each agent publishes its own compute resource; pin capacity so the check is exact.
     for a in &agents {
         let name = a.name.clone();
@@ -350,7 +357,7 @@ async fn chaos_keeps_every_invariant() {
                 open += 1;
                 n += 1;
                 let name = format!("ch{n:04}");
-                if c.create(kind("claims"), Some("p"), &workload_claim(&name, &log_path))
+                if c.create(kind("claims"), Some("p"), &workload_claim(&name))
                     .await
                     .is_ok()
                 {
@@ -548,7 +555,7 @@ async fn chaos_keeps_every_invariant() {
 
     // No workload in two places at once: each (claim, node, epoch) run spans its first to its
     // last log line; two runs of one claim must not overlap.
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = collector.finish();
     let (found, runs, overlaps_checked) = check_runs(&text);
     violations.extend(found);
     let moved = runs.values().filter(|n| **n > 1).count();
@@ -667,6 +674,73 @@ fn check_history(
 }
 
 /// One run of a claim: the node and the fencing epoch it ran with.
+/// Keeps every workload run's stdout log, even after its agent forgets the run and removes
+/// its directory: every 50 ms it hard-links each `stdout.log*` it has not seen (by inode) into
+/// `into`. The shim keeps appending to the same inode, so the link sees every later line.
+struct LogCollector {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    into: PathBuf,
+}
+
+impl LogCollector {
+    fn start(roots: Vec<PathBuf>, into: PathBuf) -> LogCollector {
+        use std::os::unix::fs::MetadataExt;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let dest = into.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = std::collections::HashSet::new();
+            let mut sweep = || {
+                for root in &roots {
+                    let Ok(runs) = std::fs::read_dir(root) else {
+                        continue;
+                    };
+                    for run in runs.flatten() {
+                        let Ok(files) = std::fs::read_dir(run.path()) else {
+                            continue;
+                        };
+                        for file in files.flatten() {
+                            let name = file.file_name();
+                            if !name.to_string_lossy().starts_with("stdout.log") {
+                                continue;
+                            }
+                            let Ok(meta) = file.metadata() else { continue };
+                            if seen.insert((meta.dev(), meta.ino())) {
+                                let link = dest.join(format!("{}-{}", meta.dev(), meta.ino()));
+                                let _ = std::fs::hard_link(file.path(), link);
+                            }
+                        }
+                    }
+                }
+            };
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                sweep();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            sweep();
+        });
+        LogCollector {
+            stop,
+            thread: Some(thread),
+            into,
+        }
+    }
+
+    /// Every line collected so far.
+    fn finish(mut self) -> String {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let mut text = String::new();
+        for file in std::fs::read_dir(&self.into).unwrap().flatten() {
+            text.push_str(&std::fs::read_to_string(file.path()).unwrap_or_default());
+        }
+        text
+    }
+}
+
 type Run<'a> = (&'a str, &'a str);
 /// First and last log line of a run, in unix milliseconds.
 type Span = (i64, i64);

@@ -249,6 +249,20 @@ fn table() -> Vec<Row> {
             "YYYYNNN",
         ),
         row(
+            "claim log, other tenant",
+            get.clone(),
+            &ns("q1", "claims/d1/log"),
+            None,
+            "YNNNNNN",
+        ),
+        row(
+            "explain claim, other tenant",
+            get.clone(),
+            &ns("q1", "claims/d1/explain"),
+            None,
+            "YNNNNNN",
+        ),
+        row(
             "explain claim, own project",
             get.clone(),
             &ns("p1", "claims/c1/explain"),
@@ -895,4 +909,311 @@ async fn bad_roles_and_bindings_are_refused_with_the_field_at_fault() {
         .unwrap();
     assert_eq!(code, 200);
     assert_eq!(get("c1").await, 403);
+}
+
+// ---- scope lifecycle (issue 16, finding 5) ---------------------------------------------------
+
+/// Every audit entry so far, oldest first.
+async fn audit_entries(admin: &Client) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut from = 1;
+    loop {
+        let page = admin.audit_records(from, 1000).await.unwrap();
+        out.extend(page.items.into_iter().map(|r| r.entry));
+        match page.metadata.next {
+            Some(next) => from = next,
+            None => return out,
+        }
+    }
+}
+
+/// `GET`, `DELETE` or `POST` as a user; the status code and body.
+async fn as_token(
+    admin: &Client,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let bytes = body.map(|b| serde_json::to_vec(&b).unwrap());
+    admin
+        .raw(
+            method,
+            path,
+            bytes.as_ref().map(|_| "application/json"),
+            bytes.unwrap_or_default(),
+            Some(token),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_deleted_projects_bindings_go_with_it_and_grant_nothing_in_a_new_one_of_its_name() {
+    let server = TestServer::start().await;
+    let tokens = world(&server).await;
+    let admin = server.client();
+    let ta = &tokens[1]; // tenant-admin of t1
+    // The tenant admin makes a project, binds itself in it, and deletes the project.
+    let project = json!({"apiVersion": "infraos.io/v1", "kind": "Project",
+                         "metadata": {"name": "reused"}, "spec": {"tenant": "t1"}});
+    let (code, created) = as_token(
+        &admin,
+        ta,
+        Method::POST,
+        &format!("{V1}/projects"),
+        Some(project),
+    )
+    .await;
+    assert_eq!(code, 201, "{created}");
+    let b = binding(
+        "ta-reused",
+        "project-admin",
+        json!({"project": "reused"}),
+        "ta",
+    );
+    let (code, bound) = as_token(
+        &admin,
+        ta,
+        Method::POST,
+        &format!("{V1}/rolebindings"),
+        Some(b),
+    )
+    .await;
+    assert_eq!(code, 201, "{bound}");
+    assert_eq!(
+        bound["spec"]["scope"]["uid"], created["metadata"]["uid"],
+        "the binding records the project it was made for"
+    );
+    // A quota it sets there would limit the next project of the name: it goes too.
+    let quota = json!({"apiVersion": "infraos.io/v1", "kind": "Quota",
+                       "metadata": {"name": "reused-tiny"},
+                       "spec": {"project": "reused", "limits": {"compute": {"cpu": "1m"}}}});
+    let (code, body) = as_token(
+        &admin,
+        ta,
+        Method::POST,
+        &format!("{V1}/quotas"),
+        Some(quota),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = as_token(
+        &admin,
+        ta,
+        Method::DELETE,
+        &format!("{V1}/projects/reused"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let gone = admin
+        .get_path(&format!("{V1}/rolebindings/ta-reused"))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Some(404), "the binding went with its project");
+    let gone = admin
+        .get_path(&format!("{V1}/quotas/reused-tiny"))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Some(404), "the quota went with its project");
+    let entries = audit_entries(&admin).await;
+    assert!(
+        entries.iter().any(|e| e["verb"] == "delete"
+            && e["object"]["kind"] == "RoleBinding"
+            && e["object"]["name"] == "ta-reused"
+            && e["result"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("ScopeDeleted"))),
+        "the cascade is audited"
+    );
+
+    // Another tenant gets a project of the same name, with a claim in it.
+    apply_yaml(
+        &admin,
+        "apiVersion: infraos.io/v1\nkind: Project\nmetadata: {name: reused}\nspec: {tenant: t2}\n",
+    )
+    .await;
+    admin.apply(&claim_in("reused", "secret")).await.unwrap();
+    let claims = format!("{V1}/namespaces/reused/claims");
+    for (method, path, body) in [
+        (Method::GET, claims.clone(), None),
+        (Method::GET, format!("{claims}/secret"), None),
+        (Method::DELETE, format!("{claims}/secret"), None),
+        (
+            Method::POST,
+            format!("{V1}/rolebindings"),
+            Some(binding(
+                "ta-again",
+                "project-member",
+                json!({"project": "reused"}),
+                "ta",
+            )),
+        ),
+    ] {
+        let (code, body) = as_token(&admin, ta, method.clone(), &path, body).await;
+        assert_eq!(code, 403, "{method} {path}: {body}");
+    }
+    let listed = as_token(&admin, ta, Method::GET, &format!("{V1}/claims"), None).await;
+    assert!(!listed.1.to_string().contains("secret"), "{}", listed.1);
+}
+
+#[tokio::test]
+async fn a_deleted_tenants_bindings_go_with_it() {
+    let server = TestServer::start().await;
+    let admin = server.client();
+    apply_yaml(
+        &admin,
+        "apiVersion: infraos.io/v1\nkind: Tenant\nmetadata: {name: gone}\n",
+    )
+    .await;
+    admin
+        .apply(&binding(
+            "ada-gone",
+            "tenant-admin",
+            json!({"tenant": "gone"}),
+            "ada",
+        ))
+        .await
+        .unwrap();
+    let ada = mint_token(&admin, "ada", None).await;
+    let tenant = format!("{V1}/tenants/gone");
+    assert_eq!(
+        as_token(&admin, &ada, Method::GET, &tenant, None).await.0,
+        200
+    );
+    admin
+        .raw(Method::DELETE, &tenant, None, Vec::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        admin
+            .get_path(&format!("{V1}/rolebindings/ada-gone"))
+            .await
+            .unwrap_err()
+            .code(),
+        Some(404)
+    );
+    // A new tenant of that name: ada is nobody there.
+    apply_yaml(
+        &admin,
+        "apiVersion: infraos.io/v1\nkind: Tenant\nmetadata: {name: gone}\n---\napiVersion: infraos.io/v1\nkind: Project\nmetadata: {name: gp}\nspec: {tenant: gone}\n",
+    )
+    .await;
+    assert_eq!(
+        as_token(&admin, &ada, Method::GET, &tenant, None).await.0,
+        403
+    );
+    let claims = format!("{V1}/namespaces/gp/claims");
+    assert_eq!(
+        as_token(&admin, &ada, Method::GET, &claims, None).await.0,
+        403
+    );
+}
+
+/// Rewrites one stored object in the embedded store's file (the server is stopped): how a
+/// binding stored by an older server, or left behind, looks.
+fn rewrite_stored(store: &std::path::Path, key: &str, change: impl Fn(&mut serde_json::Value)) {
+    const KV: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("kv");
+    let db = redb::Database::open(store).expect("open store file");
+    let tx = db.begin_write().expect("write");
+    {
+        use redb::ReadableTable;
+        let mut kv = tx.open_table(KV).expect("kv");
+        let raw = kv.get(key).expect("get").expect("stored").value().to_vec();
+        let (header, body) = raw.split_at(24);
+        let mut value: serde_json::Value = serde_json::from_slice(body).expect("json");
+        change(&mut value);
+        let mut out = header.to_vec();
+        out.extend_from_slice(&serde_json::to_vec(&value).expect("encode"));
+        kv.insert(key, out.as_slice()).expect("insert");
+    }
+    tx.commit().expect("commit");
+}
+
+/// Bindings stored without a uid (by servers before it was recorded) keep working for the
+/// project they were made for, are given the uid when next written, and one older than its
+/// project (made for an earlier project of the name) or naming another uid grants nothing.
+#[tokio::test]
+async fn bindings_without_a_uid_are_migrated_and_stale_ones_grant_nothing() {
+    let mut server = TestServer::start().await;
+    let admin = server.client();
+    apply_yaml(&admin, WORLD).await;
+    admin.apply(&claim_in("p1", "c1")).await.unwrap();
+    for user in ["carol", "dave", "erin"] {
+        admin
+            .apply(&binding(
+                &format!("{user}-p1"),
+                "project-member",
+                json!({"project": "p1"}),
+                user,
+            ))
+            .await
+            .unwrap();
+    }
+    let tokens: Vec<String> =
+        futures::future::join_all(["carol", "dave", "erin"].map(|u| mint_token(&admin, u, None)))
+            .await;
+    let project = admin.get_path(&format!("{V1}/projects/p1")).await.unwrap();
+    let created = project["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server.stop();
+    let store = server.data_dir().join("store.redb");
+    rewrite_stored(&store, "/registry/rolebindings/carol-p1", |b| {
+        b["spec"]["scope"].as_object_mut().unwrap().remove("uid");
+    });
+    rewrite_stored(&store, "/registry/rolebindings/dave-p1", |b| {
+        b["spec"]["scope"].as_object_mut().unwrap().remove("uid");
+        // Made a year before p1 was: for an earlier project named p1.
+        let year = created[..4].parse::<i32>().unwrap();
+        b["metadata"]["creationTimestamp"] = format!("{}{}", year - 1, &created[4..]).into();
+    });
+    rewrite_stored(&store, "/registry/rolebindings/erin-p1", |b| {
+        b["spec"]["scope"]["uid"] = "7f1c0d3e-0000-4000-8000-000000000000".into();
+    });
+    server.respawn_same_port().await;
+    let admin = server.client();
+    let claims = format!("{V1}/namespaces/p1/claims");
+    let codes: Vec<u16> = futures::future::join_all(
+        tokens
+            .iter()
+            .map(|t| async { as_token(&admin, t, Method::GET, &claims, None).await.0 }),
+    )
+    .await;
+    assert_eq!(codes, [200, 403, 403], "carol, dave, erin");
+    // Written again (a re-apply without the uid), carol's binding records it.
+    let put = |name: &str, body: serde_json::Value| {
+        let admin = admin.clone();
+        let path = format!("{V1}/rolebindings/{name}");
+        async move {
+            admin
+                .raw(
+                    Method::PUT,
+                    &path,
+                    Some("application/json"),
+                    serde_json::to_vec(&body).unwrap(),
+                    None,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let again = admin
+        .get_path(&format!("{V1}/rolebindings/carol-p1"))
+        .await
+        .unwrap();
+    assert!(again["spec"]["scope"].get("uid").is_none(), "{again}");
+    let (code, body) = put("carol-p1", again).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["spec"]["scope"]["uid"], project["metadata"]["uid"]);
+    // Erin's names another project: written back as it is, it is refused with the reason.
+    let stale = admin
+        .get_path(&format!("{V1}/rolebindings/erin-p1"))
+        .await
+        .unwrap();
+    let (code, body) = put("erin-p1", stale).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body.to_string().contains("spec.scope.uid"), "{body}");
 }

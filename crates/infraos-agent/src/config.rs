@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use infraos_api::Quantity;
 
+/// The first uid given to workloads (systemd's DynamicUser and Kubernetes' user namespaces
+/// keep below 2^31 too; this range is clear of both).
+pub const DEFAULT_WORKLOAD_UID_BASE: u32 = 1_000_000_000;
+pub const DEFAULT_WORKLOAD_UID_COUNT: u32 = 65_536;
+
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub server: String,
@@ -33,6 +38,13 @@ pub struct AgentConfig {
     pub shim_program: PathBuf,
     /// Largest size of one log file before it is rotated.
     pub log_max_bytes: u64,
+    /// Paths hidden from every workload besides the agent's own data dir (a co-located
+    /// server's data dir, keys kept elsewhere).
+    pub extra_hidden_paths: Vec<PathBuf>,
+    /// The range of unprivileged uids workloads get, one per allocation: `base..base+count`.
+    /// Far above any real user's, so a run owns nothing on the host.
+    pub workload_uid_base: u32,
+    pub workload_uid_count: u32,
 }
 
 impl AgentConfig {
@@ -52,7 +64,26 @@ impl AgentConfig {
             inventory_interval: Duration::from_secs(60),
             shim_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("infraos")),
             log_max_bytes: 10 * 1024 * 1024,
+            extra_hidden_paths: Vec::new(),
+            workload_uid_base: DEFAULT_WORKLOAD_UID_BASE,
+            workload_uid_count: DEFAULT_WORKLOAD_UID_COUNT,
         }
+    }
+
+    /// Everything workloads must not see: this agent's data dir (its key, certificates,
+    /// workload state) and the extra paths.
+    pub fn hidden_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![
+            self.data_dir
+                .canonicalize()
+                .unwrap_or_else(|_| self.data_dir.clone()),
+        ];
+        for p in &self.extra_hidden_paths {
+            paths.push(p.canonicalize().unwrap_or_else(|_| p.clone()));
+        }
+        paths.sort();
+        paths.dedup();
+        paths
     }
 
     pub fn identity_dir(&self) -> PathBuf {

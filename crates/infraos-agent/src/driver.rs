@@ -32,6 +32,9 @@ pub struct TaskConfig {
     pub limits: infraos_sys::cgroup::Limits,
     pub dir: PathBuf,
     pub hostname: String,
+    /// The unprivileged uid (and gid) this run gets unless its spec names a user: one per
+    /// allocation, so runs cannot signal or read each other (see `Reconciler::workload_uid`).
+    pub workload_uid: u32,
     /// When the run must start stopping even if the agent is gone: the lease's end less the
     /// stop grace, so that it is over by the time the control plane may place it elsewhere.
     pub deadline: Deadline,
@@ -61,6 +64,9 @@ pub struct TaskHandle {
     /// The workload's pid on the host.
     pub pid: i32,
     pub started_at_ms: i64,
+    /// The uid it runs as on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

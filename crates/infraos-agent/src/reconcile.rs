@@ -54,6 +54,32 @@ pub struct Local {
     pub spec: WorkloadSpec,
 }
 
+/// Why a privileged workload (root, host network, capabilities, writable host paths) must
+/// not start here; `None` for a contained one, or a privileged one whose instruction the
+/// server signed with its approvers in it. The node's tiers are checked by [`compute`].
+pub fn privileged_refusal(
+    spec: &WorkloadSpec,
+    approved_by: &[String],
+    signature_verified: bool,
+) -> Option<String> {
+    if !spec.is_privileged() {
+        return None;
+    }
+    let what = spec.privileges().join(", ");
+    if !signature_verified {
+        return Some(format!(
+            "privileged workload ({what}) refused: this node runs privileged work only on an \
+             instruction signed by the server, and has no signing key pinned"
+        ));
+    }
+    if approved_by.is_empty() {
+        return Some(format!(
+            "privileged workload ({what}) refused: its signed instruction names no approver"
+        ));
+    }
+    None
+}
+
 /// When a run must start stopping for its lease to end with it: `stopGrace` before the
 /// lease's end, so that even a workload that ignores SIGTERM is gone by then, and the control
 /// plane (which waits the end plus a skew margin) never sees the claim run twice.
@@ -187,6 +213,32 @@ pub fn compute(
         }
     }
     actions
+}
+
+#[cfg(test)]
+mod privileged_tests {
+    use super::*;
+
+    fn spec(json: &str) -> WorkloadSpec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn privileged_work_needs_a_signed_approval() {
+        let contained = spec(r#"{"command": "/bin/true"}"#);
+        assert_eq!(privileged_refusal(&contained, &[], false), None);
+        let root = spec(r#"{"command": "/bin/true", "user": "root"}"#);
+        let unsigned = privileged_refusal(&root, &["user:carol".into()], false).unwrap();
+        assert!(unsigned.contains("signing key"), "{unsigned}");
+        let unapproved = privileged_refusal(&root, &[], true).unwrap();
+        assert!(unapproved.contains("runs as root") && unapproved.contains("no approver"));
+        assert_eq!(
+            privileged_refusal(&root, &["user:carol".into()], true),
+            None
+        );
+        let host = spec(r#"{"command": "/bin/true", "hostNetwork": true}"#);
+        assert!(privileged_refusal(&host, &[], true).is_some());
+    }
 }
 
 #[cfg(test)]

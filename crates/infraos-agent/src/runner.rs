@@ -159,10 +159,10 @@ pub async fn run(
         tokio::spawn(inventory_loop(shared.clone(), config.clone(), info)),
         tokio::spawn(rotation_loop(shared.clone(), config.clone(), identity, tls)),
     ];
-    let driver: Arc<dyn Driver> = Arc::new(ProcessDriver::new(
-        config.shim_program.clone(),
-        config.log_max_bytes,
-    ));
+    let driver: Arc<dyn Driver> = Arc::new(
+        ProcessDriver::new(config.shim_program.clone(), config.log_max_bytes)
+            .with_hidden_paths(config.hidden_paths()),
+    );
     tracing::info!(node = %config.name, address = %advertise, "agent running");
     let result = Reconciler::new(shared, driver, config)
         .run(&mut shutdown)
@@ -623,12 +623,19 @@ impl Reconciler {
             .iter()
             .filter_map(|(uid, a)| {
                 let mut w = wanted_of(a)?;
-                if let Some(key) = &signing_key
-                    && !self.records.contains_key(uid)
-                {
-                    let seen = self.epochs.get(&format!("{}/{}", w.namespace, w.claim));
-                    if let Err(e) = infraos_api::instruction::check(a, key, seen.copied()) {
-                        w.refused = Some(e.to_string());
+                if !self.records.contains_key(uid) {
+                    if let Some(key) = &signing_key {
+                        let seen = self.epochs.get(&format!("{}/{}", w.namespace, w.claim));
+                        if let Err(e) = infraos_api::instruction::check(a, key, seen.copied()) {
+                            w.refused = Some(e.to_string());
+                        }
+                    }
+                    if w.refused.is_none() {
+                        w.refused = reconcile::privileged_refusal(
+                            &w.spec,
+                            &a.spec.approved_by,
+                            signing_key.is_some(),
+                        );
                     }
                 }
                 Some((uid.clone(), w))
@@ -801,12 +808,14 @@ impl Reconciler {
         ] {
             spec.env.insert(key.to_string(), value);
         }
+        let workload_uid = self.workload_uid(&w.uid);
         let task = TaskConfig {
             id: w.uid.clone(),
             spec,
             limits,
             dir,
             hostname,
+            workload_uid,
             deadline: Deadline {
                 stop_at_ms: crate::reconcile::stop_at(w.expire_time, &w.spec).unix_millis(),
                 grace_ms: w.spec.stop_grace.as_millis(),
@@ -819,6 +828,7 @@ impl Reconciler {
         match result {
             Ok(handle) => {
                 record.status.pid = u32::try_from(handle.pid).ok();
+                record.status.uid = handle.uid;
                 record.status.started_at = Some(Time::from_unix_millis(handle.started_at_ms));
                 record.handle = Some(handle.clone());
                 record.set_state(WorkloadState::Running);
@@ -840,6 +850,33 @@ impl Reconciler {
                 self.save(&w.uid);
             }
         }
+    }
+
+    /// The unprivileged uid for an allocation's runs: one of the agent's range, picked from
+    /// the allocation's uid and moved on past uids that other live records hold, so no two
+    /// runs on this node share one (they could signal each other or read each other's files).
+    fn workload_uid(&self, allocation: &str) -> u32 {
+        let (base, count) = (
+            self.config.workload_uid_base,
+            self.config.workload_uid_count.max(1),
+        );
+        if let Some(uid) = self.records.get(allocation).and_then(|r| r.status.uid) {
+            // A restart keeps its uid (files it wrote in a writable path stay its own).
+            return uid;
+        }
+        let taken: HashSet<u32> = self
+            .records
+            .iter()
+            .filter(|(id, r)| id.as_str() != allocation && !r.status.state.is_final())
+            .filter_map(|(_, r)| r.status.uid)
+            .collect();
+        let start = allocation.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        (0..u64::from(count))
+            .map(|i| base.saturating_add(((start.wrapping_add(i)) % u64::from(count)) as u32))
+            .find(|uid| !taken.contains(uid))
+            .unwrap_or(base)
     }
 
     fn stop(&mut self, uid: &str, reason: &'static str) {

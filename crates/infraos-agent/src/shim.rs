@@ -50,6 +50,47 @@ pub struct ShimSpec {
     pub groups: Vec<u32>,
     pub nofile: u64,
     pub log_max_bytes: u64,
+    /// The contained defaults (absent only in specs written by older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containment: Option<ShimContainment>,
+}
+
+/// How the workload is contained (see `infraos_sys::process::Containment`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShimContainment {
+    pub hidden: Vec<PathBuf>,
+    pub scratch: Vec<PathBuf>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writable: Vec<PathBuf>,
+    /// Capability names kept (a privileged grant).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    pub user_namespace: bool,
+    pub seccomp: bool,
+}
+
+impl ShimContainment {
+    fn to_sys(&self) -> Result<infraos_sys::process::Containment, String> {
+        let capabilities = self
+            .capabilities
+            .iter()
+            .map(|name| {
+                infraos_sys::caps::Capability::parse(name)
+                    .ok_or_else(|| format!("unknown capability {name:?}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(infraos_sys::process::Containment {
+            mount_view: infraos_sys::mounts::MountView {
+                hidden: self.hidden.clone(),
+                scratch: self.scratch.clone(),
+                writable: self.writable.clone(),
+            },
+            capabilities,
+            user_namespace: self.user_namespace,
+            seccomp: self.seccomp,
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
@@ -157,7 +198,6 @@ fn run(dir: &Path, spec: &ShimSpec) -> i32 {
         .args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -166,6 +206,11 @@ fn run(dir: &Path, spec: &ShimSpec) -> i32 {
         gid: spec.gid.unwrap_or(uid),
         groups: spec.groups.clone(),
     });
+    let containment = match spec.containment.as_ref().map(ShimContainment::to_sys) {
+        Some(Ok(c)) => Some(c),
+        Some(Err(reason)) => return fail(reason),
+        None => None,
+    };
     let isolation = infraos_sys::process::Isolation {
         cgroup_procs: spec.cgroup_procs.clone(),
         namespaces: spec.namespaces,
@@ -181,6 +226,8 @@ fn run(dir: &Path, spec: &ShimSpec) -> i32 {
             (nix::sys::resource::Resource::RLIMIT_CORE, 0),
         ],
         credentials,
+        containment,
+        cwd: Some(spec.cwd.clone()),
     };
     if let Err(e) = infraos_sys::process::isolate(&mut command, isolation) {
         return fail(format!("cannot prepare isolation: {e}"));

@@ -97,7 +97,8 @@ pub struct AuditEntry {
     /// The client's network address for API calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    /// Who: `user:NAME`, `node:NAME` or `system:CONTROLLER`.
+    /// Who: `user:NAME`, `node:NAME`, `system:CONTROLLER`, or `anonymous` for a caller
+    /// without credentials (a failed sign-in, a refused join), known only by `source`.
     pub subject: String,
     pub time: Time,
     /// What: create, update, patch, delete, renew, release, allocate, expire, …

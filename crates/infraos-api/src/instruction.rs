@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  body = canonical JSON { allocation: uid, namespace, name, claim: {name, uid}, node,
-//!                          fencingEpoch, workload }
+//!                          fencingEpoch, workload, approvedBy (when approved) }
 //!  signature = sign(server key, "infraos-instruction-v1\0" ‖ body)     (spec.signature)
 //! ```
 //! The body binds the workload to one allocation of one claim, on one node, at one fencing
@@ -20,7 +20,7 @@ use crate::signature::{PublicKey, Purpose, Signature, SignatureError};
 pub fn body(allocation: &Allocation) -> Option<Vec<u8>> {
     let workload = allocation.spec.workload.as_ref()?;
     let epoch = allocation.status.as_ref()?.lease.fencing_epoch;
-    let value = serde_json::json!({
+    let mut value = serde_json::json!({
         "allocation": allocation.metadata.uid,
         "namespace": allocation.metadata.namespace,
         "name": allocation.metadata.name,
@@ -29,6 +29,10 @@ pub fn body(allocation: &Allocation) -> Option<Vec<u8>> {
         "fencingEpoch": epoch,
         "workload": serde_json::to_value(workload).ok()?,
     });
+    // Only when there are approvers, so instructions signed before the field existed verify.
+    if !allocation.spec.approved_by.is_empty() {
+        value["approvedBy"] = serde_json::to_value(&allocation.spec.approved_by).ok()?;
+    }
     Some(canonical_json(&value))
 }
 

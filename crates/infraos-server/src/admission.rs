@@ -105,12 +105,16 @@ use infraos_api::Kind as _;
 /// Fills in what the server derives from other objects: a Claim's priority, from its
 /// PriorityClass (or the global default class), as Kubernetes does for Pods. On update the
 /// stored value is kept, so a class's value changing later does not change existing claims.
+/// A RoleBinding gets the uid of the Project or Tenant it is scoped to.
 pub async fn default(
     store: &dyn Store,
     cache: &ClassCache,
     object: &mut TypedObject,
     old: Option<&TypedObject>,
 ) -> Result<(), ApiError> {
+    if let TypedObject::RoleBinding(binding) = object {
+        return crate::authz::lifecycle::bind_to_scope(store, binding).await;
+    }
     let TypedObject::Claim(claim) = object else {
         return Ok(());
     };
@@ -345,6 +349,9 @@ pub async fn admit(
             {
                 errors.add("spec.queue", format!("Queue {queue:?} not found"));
             }
+            // Selectors are checked against their classes' schemas by evaluating them on
+            // samples: CPU work, done together off the async workers (crate::offload).
+            let mut selector_checks = Vec::new();
             for (i, request) in claim.spec.requests.iter().enumerate() {
                 let Some(class) = classes.get(store, &request.class).await? else {
                     errors.add(
@@ -382,11 +389,24 @@ pub async fn admit(
                         }
                         if let (Some(selector), false) =
                             (&request.selector, class.attributes.is_empty())
-                            && let Err(e) = selector.check(&class.attributes)
                         {
-                            errors.add(format!("spec.requests[{i}].selector"), e.to_string());
+                            selector_checks.push((i, selector.clone(), Arc::clone(&class)));
                         }
                     }
+                }
+            }
+            if !selector_checks.is_empty() {
+                let failed = crate::offload::run("checking selectors", move || {
+                    selector_checks
+                        .into_iter()
+                        .filter_map(|(i, selector, class)| {
+                            selector.check(&class.attributes).err().map(|e| (i, e))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await?;
+                for (i, e) in failed {
+                    errors.add(format!("spec.requests[{i}].selector"), e.to_string());
                 }
             }
             return invalid(errors);

@@ -31,6 +31,7 @@ mod approvals;
 mod audit_records;
 mod claims;
 mod explain;
+mod join;
 mod join_tokens;
 mod logs;
 mod meta;
@@ -137,7 +138,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(authenticated)
-        .route("/agent/v1/join", post(agent::join))
+        .route("/agent/v1/join", post(join::join))
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
         .route("/leader", get(meta::leader))

@@ -4,7 +4,10 @@
 //! [`checkpoint`] records, and any replica signs its head on request ([`sign_head`]).
 //!
 //! Records hold hashes of objects, never the objects: a token, a key or an environment
-//! variable in a stored object does not reach the audit trail.
+//! variable in a stored object does not reach the audit trail. Every string a record takes
+//! from outside (subject, object, node, source) is cut to [`AUDIT_STRING_MAX`] bytes and the
+//! reason to [`REASON_MAX`] when the payload is built, so no request can make a record larger
+//! than a few kilobytes (issue 16).
 
 use std::sync::Arc;
 
@@ -14,6 +17,7 @@ use infraos_api::audit::{
     CHECKPOINT_VERB, HEAD_KIND, head_body, sha256_hex,
 };
 use infraos_api::signature::{Purpose, Signature};
+use infraos_api::text::{AUDIT_STRING_MAX, REASON_MAX, bound_owned, bounded};
 use infraos_store::{LedgerHead, Store, Txn};
 
 use crate::signing::{ServerKey, SigningError};
@@ -27,11 +31,24 @@ pub struct Actor {
     pub source: Option<String>,
 }
 
+/// The subject of requests made without credentials (failed sign-ins, joins): who they are
+/// is unknown, so records name where they came from (`source`) instead; never a name taken
+/// from the request.
+pub const ANONYMOUS: &str = "anonymous";
+
 impl Actor {
     pub fn system(controller: &str) -> Self {
         Actor {
             subject: format!("system:{controller}"),
             source: None,
+        }
+    }
+
+    /// A caller without credentials, known only by its address.
+    pub fn anonymous(source: Option<std::net::SocketAddr>) -> Self {
+        Actor {
+            subject: ANONYMOUS.to_string(),
+            source: source.map(|s| s.to_string()),
         }
     }
 }
@@ -49,27 +66,41 @@ pub struct Record<'a> {
 }
 
 impl Record<'_> {
-    /// The canonical JSON payload for the ledger.
+    /// The canonical JSON payload for the ledger, every outside string bounded.
     pub fn payload(self, now: Time) -> Vec<u8> {
+        let cut = |s: String| bound_owned(s, AUDIT_STRING_MAX);
+        let object = self.object;
         AuditEntry {
             time: now,
-            subject: self.actor.subject.clone(),
-            verb: self.verb.to_string(),
-            object: self.object,
+            subject: bounded(&self.actor.subject, AUDIT_STRING_MAX).into_owned(),
+            verb: bounded(self.verb, AUDIT_STRING_MAX).into_owned(),
+            object: AuditObjectRef {
+                kind: cut(object.kind),
+                name: cut(object.name),
+                namespace: object.namespace.map(cut),
+                subresource: object.subresource.map(cut),
+                uid: object.uid.map(cut),
+            },
             result: AuditResult {
                 code: self.code,
-                reason: self.reason,
+                reason: self.reason.map(|r| bound_owned(r, REASON_MAX)),
             },
             before_hash: self.before.map(sha256_hex),
             after_hash: self.after.map(sha256_hex),
             checkpoint: None,
-            node: self.node,
-            source: self.actor.source.clone(),
+            node: self.node.map(cut),
+            source: self
+                .actor
+                .source
+                .as_deref()
+                .map(|s| bounded(s, AUDIT_STRING_MAX).into_owned()),
         }
         .canonical_bytes()
     }
 }
 
+/// What a record is about. Its strings are cut when the payload is built
+/// ([`Record::payload`]), once, so the cut still says the full length.
 pub fn object_ref(kind: &str, namespace: Option<&str>, name: &str) -> AuditObjectRef {
     AuditObjectRef {
         kind: kind.to_string(),
@@ -166,4 +197,51 @@ pub async fn sign_head(
         key_id: signer.public_key().key_id(),
         signature,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_of_huge_outside_strings_stay_small() {
+        let huge = "x".repeat(2 << 20);
+        let actor = Actor {
+            subject: format!("node:{huge}"),
+            source: Some(huge.clone()),
+        };
+        let mut object = object_ref(&huge, Some(&huge), &huge);
+        object.subresource = Some(huge.clone());
+        object.uid = Some(huge.clone());
+        let payload = Record {
+            actor: &actor,
+            verb: "create",
+            object,
+            code: 422,
+            reason: Some(huge.clone()),
+            before: None,
+            after: None,
+            node: Some(huge.clone()),
+        }
+        .payload(Time::from_unix_millis(0));
+        assert!(
+            payload.len() < 2 * REASON_MAX + 8 * AUDIT_STRING_MAX,
+            "{}",
+            payload.len()
+        );
+        let entry: AuditEntry = serde_json::from_slice(&payload).unwrap();
+        assert!(
+            entry.object.name.ends_with("…(2097152 bytes)"),
+            "{}",
+            entry.object.name
+        );
+        assert!(entry.subject.starts_with("node:xxx"));
+    }
+
+    #[test]
+    fn anonymous_callers_are_named_by_their_address_only() {
+        let actor = Actor::anonymous(Some("192.0.2.1:5000".parse().unwrap()));
+        assert_eq!(actor.subject, ANONYMOUS);
+        assert_eq!(actor.source.as_deref(), Some("192.0.2.1:5000"));
+    }
 }

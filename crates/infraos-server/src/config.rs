@@ -35,6 +35,10 @@ pub struct ServerConfig {
     pub node_grace_period: Duration,
     /// Lifetime of agents' client certificates (they rotate at two thirds of it).
     pub agent_cert_ttl: Duration,
+    /// The most capacity any node's agent may publish, per class and dimension (`count` for
+    /// items), unless its Node's `spec.capacityLimits` says otherwise; beyond it (or beyond
+    /// the node's own inventory) a report is cut. A class named nowhere is not published.
+    pub node_capacity_limits: infraos_api::kinds::ClassAmounts,
     /// How often a watch with `allowWatchBookmarks` is sent a BOOKMARK (when the revision
     /// moved on without a line for it). About a minute, as the Kubernetes API server: often
     /// enough that a resumed watch starts recent, rarely enough that thousands cost nothing.
@@ -95,6 +99,7 @@ impl Default for ServerConfig {
             heartbeat_interval: Duration::from_secs(10),
             node_grace_period: Duration::from_secs(40),
             agent_cert_ttl: Duration::from_secs(24 * 3600),
+            node_capacity_limits: crate::capacity::default_limits(),
             watch_bookmark_interval: Duration::from_secs(60),
             watch_history: 100_000,
             store: String::new(),
@@ -147,6 +152,15 @@ impl ServerConfig {
                 "nodeGracePeriod: {} must be longer than heartbeatInterval {} (a few beats)",
                 self.node_grace_period, self.heartbeat_interval
             ));
+        }
+        for (class, dims) in &self.node_capacity_limits {
+            for (dim, limit) in dims {
+                if limit.is_negative() {
+                    return Err(format!(
+                        "nodeCapacityLimits.{class}.{dim}: must not be negative"
+                    ));
+                }
+            }
         }
         if ms(&self.watch_bookmark_interval) < 100 {
             return Err("watchBookmarkInterval: must be at least 100ms".into());

@@ -1,9 +1,14 @@
 //! Errors: [`ServerError`] for start-up and background failures, [`ApiError`] for requests,
 //! rendered as Kubernetes-style `Status` bodies with a reason and the field at fault.
+//!
+//! An error quotes what the request said (a name, a field) only cut to
+//! [`ERROR_STRING_MAX`] bytes, and its whole message to [`REASON_MAX`]: a refusal of a
+//! megabyte name is a small answer and a small audit record, never a copy of the input.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use infraos_api::ValidationErrors;
+use infraos_api::text::{ERROR_STRING_MAX, REASON_MAX, bound_owned, bounded};
 use infraos_store::StoreError;
 use serde::Serialize;
 
@@ -79,7 +84,7 @@ impl ApiError {
         ApiError {
             code,
             reason,
-            message: message.into(),
+            message: bound_owned(message.into(), REASON_MAX),
             details: None,
             retry_after: None,
         }
@@ -87,8 +92,8 @@ impl ApiError {
 
     fn with_target(mut self, kind: &str, name: &str) -> Self {
         let details = self.details.get_or_insert_with(Box::default);
-        details.kind = kind.to_string();
-        details.name = name.to_string();
+        details.kind = bounded(kind, ERROR_STRING_MAX).into_owned();
+        details.name = bounded(name, ERROR_STRING_MAX).into_owned();
         self
     }
 
@@ -105,7 +110,7 @@ impl ApiError {
         Self::new(
             StatusCode::NOT_FOUND,
             "NotFound",
-            format!("{kind} {name:?} not found"),
+            format!("{kind} {:?} not found", bounded(name, ERROR_STRING_MAX)),
         )
         .with_target(kind, name)
     }
@@ -116,7 +121,10 @@ impl ApiError {
         Self::new(
             StatusCode::CONFLICT,
             "AlreadyExists",
-            format!("{kind} {name:?} already exists"),
+            format!(
+                "{kind} {:?} already exists",
+                bounded(name, ERROR_STRING_MAX)
+            ),
         )
         .with_target(kind, name)
     }
@@ -128,7 +136,8 @@ impl ApiError {
             kind,
             name,
             format!(
-                "operation cannot be fulfilled on {kind} {name:?}: the object has been modified; apply your changes to the latest version and try again"
+                "operation cannot be fulfilled on {kind} {:?}: the object has been modified; apply your changes to the latest version and try again",
+                bounded(name, ERROR_STRING_MAX)
             ),
         )
     }
@@ -136,19 +145,36 @@ impl ApiError {
         let mut e = Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Invalid",
-            format!("{kind} {name:?} is invalid: {errors}"),
+            format!(
+                "{kind} {:?} is invalid: {errors}",
+                bounded(name, ERROR_STRING_MAX)
+            ),
         )
         .with_target(kind, name);
         if let Some(d) = e.details.as_mut() {
-            d.causes = errors
-                .0
-                .iter()
-                .map(|fe| StatusCause {
-                    field: fe.field.clone(),
-                    message: fe.message.clone(),
+            // Field errors are bounded where they are made (`infraos_api::validation`); cut
+            // again here for errors assembled by hand, and listed up to REASON_MAX bytes in
+            // all, as the message is: the answer stays within a few kilobytes.
+            let mut budget = REASON_MAX;
+            for (i, fe) in errors.0.iter().enumerate() {
+                let field = bounded(&fe.field, ERROR_STRING_MAX).into_owned();
+                let message = bounded(&fe.message, ERROR_STRING_MAX).into_owned();
+                let cost = field.len() + message.len();
+                if cost > budget {
+                    d.causes.push(StatusCause {
+                        field: String::new(),
+                        message: format!("and {} more errors", errors.0.len() - i),
+                        reason: "FieldValueInvalid".into(),
+                    });
+                    break;
+                }
+                budget -= cost;
+                d.causes.push(StatusCause {
+                    field,
+                    message,
                     reason: "FieldValueInvalid".into(),
-                })
-                .collect();
+                });
+            }
         }
         e
     }
@@ -202,7 +228,8 @@ impl ApiError {
             "apiVersion": "v1",
             "metadata": {},
             "status": "Failure",
-            "message": self.message,
+            // `message` is public and may have been extended since it was made.
+            "message": bounded(&self.message, REASON_MAX),
             "reason": self.reason,
             "code": self.code.as_u16(),
         });
@@ -253,5 +280,40 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(http::header::RETRY_AFTER, v);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_quoting_a_huge_name_stay_small() {
+        let name = "n".repeat(2 << 20);
+        let errors = ValidationErrors::one("metadata.name", "must be at most 253 characters");
+        let mut many = infraos_api::validation::Errors::default();
+        for i in 0..1000 {
+            many.add(
+                format!("metadata.labels.{name}{i}"),
+                format!("{name:?} is bad"),
+            );
+        }
+        let many = many.into_result().unwrap_err();
+        for e in [
+            ApiError::invalid("Claim", &name, &errors),
+            ApiError::invalid("Claim", "ok", &many),
+            ApiError::not_found("Claim", &name),
+            ApiError::already_exists("Claim", &name),
+            ApiError::stale("Claim", &name),
+            ApiError::bad_request(format!("metadata.namespace {name:?} does not match")),
+        ] {
+            let body = serde_json::to_vec(&e.to_status_json()).unwrap();
+            assert!(body.len() < 3 * REASON_MAX, "{} bytes", body.len());
+            assert!(e.message.contains("bytes)"), "{}", e.message);
+        }
+        let mut extended = ApiError::bad_request("x");
+        extended.message = name.clone();
+        let body = serde_json::to_vec(&extended.to_status_json()).unwrap();
+        assert!(body.len() < 2 * REASON_MAX, "{} bytes", body.len());
     }
 }

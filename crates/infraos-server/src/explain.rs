@@ -13,6 +13,9 @@
 //! last `watchHistory` changes in memory, so old decisions answer 410 Gone. What the
 //! scheduler held only in memory (nodes nominated for preempting claims, the order of a
 //! batch's other claims beyond the assumed allocations) is not replayed; a mismatch says so.
+//!
+//! The replay reads the whole cluster, but the caller sees only claims they may `get`: other
+//! projects' assumed allocations and preemption victims are counted, never named.
 
 use infraos_api::Kind as _;
 use infraos_api::kinds::{
@@ -36,8 +39,12 @@ pub struct Replay {
     /// The store revision replayed on.
     pub revision: u64,
     /// Allocations committed after that revision and before the decision, which the
-    /// scheduler had already counted (earlier claims of the same or a previous batch).
+    /// scheduler had already counted (earlier claims of the same or a previous batch), of
+    /// projects the caller may see.
     pub assumed: Vec<String>,
+    /// How many more it had counted, of projects the caller may not see.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub assumed_elsewhere: usize,
     /// What the scheduler decided, when replaying a recorded decision.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recorded: Option<DecisionView>,
@@ -136,13 +143,21 @@ impl Recorded {
     }
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Whether the caller may see a claim, by its `namespace/name`.
+pub type Shown<'a> = &'a (dyn Fn(&str) -> bool + Send + Sync);
+
 /// Replays the decision recorded for claim `ns/name`, or, with `at`, decides it afresh on
-/// the store as it was at that revision.
+/// the store as it was at that revision. Other claims are named only where `shown` says so.
 pub async fn replay(
     state: &AppState,
     ns: &str,
     name: &str,
     at: Option<u64>,
+    shown: Shown<'_>,
 ) -> Result<Replay, ApiError> {
     let claim_key = objects::key(ClaimSpec::INFO, Some(ns), name);
     let claim_kv = state
@@ -177,6 +192,7 @@ pub async fn replay(
     snapshot.set_revision(revision);
     let own = format!("{ns}/{name}");
     let mut assumed = Vec::new();
+    let mut assumed_elsewhere = 0;
     if let Some(r) = &recorded
         && r.read_at > revision
     {
@@ -194,7 +210,11 @@ pub async fn replay(
             let allocation: infraos_api::kinds::Allocation = decode_typed(kv)?;
             if r.assumed(kv, &allocation.spec) {
                 apply_object(&mut snapshot, Source::Allocations, &id, kv)?;
-                assumed.push(id);
+                if shown(&id) {
+                    assumed.push(id);
+                } else {
+                    assumed_elsewhere += 1;
+                }
             }
         }
     }
@@ -211,7 +231,7 @@ pub async fn replay(
         .find(|d| d.claim_key == own)
         .map(|d| d.outcome)
         .ok_or_else(|| ApiError::internal("the replay reached no decision for the claim"))?;
-    let replayed = view(outcome, revision);
+    let replayed = view(outcome, revision, shown);
     let matches = recorded.as_ref().map(|r| r.view.same_as(&replayed));
     let note = (matches == Some(false)).then(|| {
         "the replay sees the store at the recorded revision plus the scheduler's own earlier \
@@ -223,6 +243,7 @@ pub async fn replay(
         claim: own,
         revision,
         assumed,
+        assumed_elsewhere,
         recorded: recorded.map(|r| r.view),
         replayed,
         matches,
@@ -302,7 +323,7 @@ fn history_error(e: infraos_store::StoreError, revision: u64) -> ApiError {
     }
 }
 
-fn view(outcome: Outcome, revision: u64) -> DecisionView {
+fn view(outcome: Outcome, revision: u64, shown: Shown<'_>) -> DecisionView {
     match outcome {
         Outcome::Placed(p) => DecisionView::Placed {
             node: p.node,
@@ -322,7 +343,7 @@ fn view(outcome: Outcome, revision: u64) -> DecisionView {
         },
         Outcome::Preempt(p) => DecisionView::Pending {
             reason: "Preempting".to_string(),
-            message: preemption_message(&p),
+            message: preemption_message(&p, shown),
             unschedulable: Some(Unschedulable {
                 candidates: p.explanation.candidates,
                 candidate_kind: p.explanation.candidate_kind.to_string(),

@@ -4,6 +4,10 @@
 //! count and the tiers and labels it grants; never the token itself. A join consumes one use
 //! in the same transaction that registers the node, so a token for N uses joins at most N
 //! nodes whatever the concurrency.
+//!
+//! A token is generic (any free node name) or minted for one node name (`node`): only such a
+//! token may join under a name that an existing Node already holds, other than by that
+//! node's own key rejoining (see `api::agent::join`).
 
 use std::collections::BTreeMap;
 
@@ -32,6 +36,10 @@ pub struct JoinTokenRecord {
     pub tiers: Vec<Tier>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The one node name the token may join, replacing the key that name was bound to (a
+    /// reinstalled machine, an operator-declared Node); `None` for any name no Node holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Why a join token was refused. The messages are what the agent's operator reads.
@@ -108,6 +116,7 @@ mod tests {
             used,
             tiers: vec![Tier::Inventory],
             labels: BTreeMap::new(),
+            node: None,
         }
     }
 

@@ -97,6 +97,16 @@ fn required_anti_affinity(claim: &Claim) -> Vec<infraos_api::kinds::AffinityTerm
         .collect()
 }
 
+/// Who approved a high-risk claim; empty for the rest.
+fn approvers(claim: &Claim) -> Vec<String> {
+    claim
+        .status
+        .as_ref()
+        .and_then(|s| s.approval.as_ref())
+        .map(|a| a.approvals.iter().map(|r| r.by.clone()).collect())
+        .unwrap_or_default()
+}
+
 /// The Allocation for a placed claim and the claim's new status.
 pub fn allocate(
     claim: &mut Claim,
@@ -127,6 +137,7 @@ pub fn allocate(
             group: claim.spec.group.as_ref().map(|g| g.name.clone()),
             borrowing: placement.borrowing,
             anti_affinity: required_anti_affinity(claim),
+            approved_by: approvers(claim),
             signature: None,
         },
     );

@@ -6,8 +6,13 @@
 //!   node:<name>  ─► node bucket (its own, per node)     ─┐
 //!   user:<name>  ─► user bucket + in-flight cap per user ─┼─► authorize ─► handler
 //!   exempt group ─► (system:masters by default)          ─┘    (deadline: requestTimeout)
-//!   failed sign-ins ─► per-address bucket: audited while under it, 429 beyond
+//!   refused anonymous requests ─► per-address bucket ─► cluster-wide bucket ─► audited
+//!   (failed sign-ins, refused joins)      └── either empty: 429, not audited
 //! ```
+//! Anonymous requests have no identity, so what bounds them is where they come from: an IPv4
+//! address, or an IPv6 /64 (one host usually holds a whole /64, so single IPv6 addresses would
+//! be free to mint). The cluster-wide bucket bounds the audit records that every address
+//! together can make, so a botnet cannot turn refusals into a disk-filling stream either.
 //! Buckets are GCRA (the `governor` crate): a steady rate with a burst allowance, O(1) per
 //! request and no background timers.
 
@@ -49,8 +54,12 @@ pub struct ApiLimits {
     /// Requests per second each node (agent) may make, and its burst: a budget of its own.
     pub node_rate: u32,
     pub node_burst: u32,
-    /// Failed sign-ins per second per source address that are audited; beyond, 429.
+    /// Refused anonymous requests (failed sign-ins, refused joins) per second per source
+    /// address (IPv6: per /64) that are audited; beyond, 429 and no record.
     pub anonymous_rate: u32,
+    /// The same, for all addresses together: the most audit records per second that callers
+    /// without credentials can cause.
+    pub anonymous_total_rate: u32,
     /// Members of these groups are not limited (the administrator's token is in
     /// `system:masters`).
     pub exempt_groups: Vec<String>,
@@ -71,6 +80,7 @@ impl Default for ApiLimits {
             node_rate: 50,
             node_burst: 100,
             anonymous_rate: 10,
+            anonymous_total_rate: 100,
             exempt_groups: vec![infraos_api::kinds::ADMINS_GROUP.to_string()],
             request_timeout: infraos_api::Duration::from_secs(60),
             max_header_bytes: 32 * 1024,
@@ -87,6 +97,7 @@ impl ApiLimits {
             ("nodeRate", self.node_rate),
             ("nodeBurst", self.node_burst),
             ("anonymousRate", self.anonymous_rate),
+            ("anonymousTotalRate", self.anonymous_total_rate),
         ] {
             if v == 0 {
                 return Err(format!("apiLimits.{field}: must be at least 1"));
@@ -113,6 +124,7 @@ pub struct Limits {
     users: DefaultKeyedRateLimiter<String>,
     nodes: DefaultKeyedRateLimiter<String>,
     anonymous: DefaultKeyedRateLimiter<IpAddr>,
+    anonymous_total: governor::DefaultDirectRateLimiter,
     in_flight: Mutex<HashMap<String, Arc<Slots>>>,
     clock: DefaultClock,
 }
@@ -129,6 +141,10 @@ impl Limits {
             users: RateLimiter::keyed(quota(config.user_rate, config.user_burst)),
             nodes: RateLimiter::keyed(quota(config.node_rate, config.node_burst)),
             anonymous: RateLimiter::keyed(quota(config.anonymous_rate, config.anonymous_rate)),
+            anonymous_total: RateLimiter::direct(quota(
+                config.anonymous_total_rate,
+                config.anonymous_total_rate,
+            )),
             in_flight: Mutex::new(HashMap::new()),
             clock: DefaultClock::default(),
             config,
@@ -140,10 +156,15 @@ impl Limits {
         wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
     }
 
-    /// Whether a failed sign-in from `ip` is still within the audited rate.
+    /// Whether a refused anonymous request from `ip` (a failed sign-in, a refused join) may
+    /// still be audited: within its address's rate and the cluster-wide one. `Err` holds the
+    /// seconds to wait, for a 429. Each call that returns `Ok` spends one of each budget.
     pub fn anonymous_allowed(&self, ip: IpAddr) -> Result<(), u64> {
         self.anonymous
-            .check_key(&ip)
+            .check_key(&anonymous_key(ip))
+            .map_err(|n| self.retry_after(n))?;
+        self.anonymous_total
+            .check()
             .map_err(|n| self.retry_after(n))
     }
 
@@ -245,6 +266,18 @@ impl Limits {
     }
 }
 
+/// The bucket an anonymous caller is counted in: its IPv4 address (also when it arrives
+/// IPv4-mapped), or its IPv6 /64.
+fn anonymous_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
 /// Sweeps the limiters once a minute until shutdown.
 pub fn spawn_sweeper(
     limits: Arc<Limits>,
@@ -272,20 +305,84 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
         Err(e) => return e.into_response(),
     };
     let deadline = state.limits.config.request_timeout;
-    let response = match tokio::time::timeout(deadline.as_std(), next.run(request)).await {
-        Ok(r) => r,
+    let response = with_deadline(deadline, next.run(request)).await;
+    drop(permit);
+    response
+}
+
+/// `handler`'s response, or 504 once `deadline` has passed. The handler runs as its own
+/// task, so the deadline is kept by this one: a handler that computes without yielding would
+/// otherwise also stall the timer meant to stop it (issue 16: a CEL selector held its worker
+/// for minutes and no 504 came). Dropping this future (the client went away) or the deadline
+/// aborts the handler at its next await. CPU-heavy work still belongs off the workers
+/// ([`crate::offload`]): when every worker spins, no timer runs at all.
+pub(crate) async fn with_deadline(
+    deadline: infraos_api::Duration,
+    handler: impl std::future::Future<Output = Response> + Send + 'static,
+) -> Response {
+    let handler = AbortOnDrop(tokio::spawn(tracing::Instrument::in_current_span(handler)));
+    match tokio::time::timeout(deadline.as_std(), handler).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "request handler failed");
+            ApiError::internal("the request's handler failed").into_response()
+        }
         Err(_) => ApiError::timeout(format!(
             "the request was not answered within {deadline} (apiLimits.requestTimeout)"
         ))
         .into_response(),
-    };
-    drop(permit);
-    response
+    }
+}
+
+/// A spawned handler, aborted when its waiter is dropped (timed out or cancelled).
+struct AbortOnDrop(tokio::task::JoinHandle<Response>);
+
+impl std::future::Future for AbortOnDrop {
+    type Output = Result<Response, tokio::task::JoinError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 16, finding 2): a handler that spins on its worker without yielding
+    /// still gets its 504 on time, and is not waited for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_deadline_fires_while_a_handler_spins() {
+        let started = std::time::Instant::now();
+        let response = with_deadline(infraos_api::Duration::from_millis(200), async {
+            let spin = std::time::Instant::now();
+            while spin.elapsed() < std::time::Duration::from_secs(3) {
+                std::hint::spin_loop();
+            }
+            Response::default()
+        })
+        .await;
+        assert_eq!(response.status(), http::StatusCode::GATEWAY_TIMEOUT);
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+        // A handler that answers in time is answered as it is.
+        let ok = with_deadline(infraos_api::Duration::from_secs(5), async {
+            (http::StatusCode::CREATED, "made").into_response()
+        })
+        .await;
+        assert_eq!(ok.status(), http::StatusCode::CREATED);
+    }
 
     fn user(name: &str) -> Identity {
         Identity {
@@ -367,6 +464,40 @@ mod tests {
         assert!(limits.admit(&u).await.is_ok());
         drop(b);
         limits.sweep();
+    }
+
+    #[test]
+    fn anonymous_refusals_are_bounded_per_address_per_ipv6_64_and_in_all() {
+        let limits = Limits::new(ApiLimits {
+            anonymous_rate: 3,
+            anonymous_total_rate: 5,
+            ..Default::default()
+        });
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let allowed = (0..10)
+            .filter(|_| limits.anonymous_allowed(v4).is_ok())
+            .count();
+        assert_eq!(allowed, 3, "the address's burst, then 429");
+        assert!(limits.anonymous_allowed(v4).unwrap_err() >= 1);
+        // The same address arriving IPv4-mapped is the same caller.
+        assert!(
+            limits
+                .anonymous_allowed("::ffff:192.0.2.7".parse().unwrap())
+                .is_err()
+        );
+        // Every address of one IPv6 /64 shares a bucket…
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert!(limits.anonymous_allowed(a).is_ok());
+        assert!(limits.anonymous_allowed(b).is_ok());
+        // …and all addresses together stop at the cluster-wide rate (3 + 2 = 5 spent).
+        let other: IpAddr = "198.51.100.1".parse().unwrap();
+        assert!(limits.anonymous_allowed(other).is_err());
+        assert_eq!(anonymous_key(a), anonymous_key(b));
+        assert_ne!(
+            anonymous_key(a),
+            anonymous_key("2001:db8:1:3::1".parse().unwrap())
+        );
     }
 
     #[test]

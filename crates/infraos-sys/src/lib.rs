@@ -2,8 +2,11 @@
 //! mount, rlimit, uid switch and raw process call the agent makes goes through here, so the
 //! rest of the agent stays `forbid(unsafe_code)` and testable.
 
+pub mod caps;
 pub mod cgroup;
+pub mod mounts;
 pub mod process;
+pub mod seccomp;
 pub mod users;
 
 #[derive(Debug, thiserror::Error)]

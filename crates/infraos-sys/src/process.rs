@@ -6,8 +6,10 @@
 //!  agent ──spawn──► shim ──fork──► shim (setsid, reparented to init; outlives the agent)
 //!                                   │ unshare(PID)
 //!                                   └─spawn──► workload = PID 1 of its namespace
-//!                                              pre_exec: join cgroup, unshare(NS|UTS|IPC[|NET]),
-//!                                              mount /proc, hostname, rlimits, groups/gid/uid
+//!                                              pre_exec: join cgroup, unshare(NS|UTS|IPC|CGROUP[|NET]),
+//!                                              read-only view, /proc, hostname, rlimits,
+//!                                              bounding set, groups/gid/uid, capabilities,
+//!                                              user namespace, no_new_privs, seccomp
 //! ```
 #![allow(unsafe_code)]
 
@@ -21,6 +23,9 @@ use nix::sys::resource::Resource;
 use nix::unistd::{Gid, Uid};
 
 use crate::SysError;
+use crate::caps::{self, Capability};
+use crate::mounts::{MountView, PreparedView};
+use crate::seccomp::Filter;
 use crate::users::Credentials;
 
 /// Opens a pidfd for `pid`: readable once the process has exited, whoever its parent is.
@@ -121,6 +126,83 @@ pub struct Isolation {
     pub rlimits: Vec<(Resource, u64)>,
     /// Drop to these ids (after everything that needs root).
     pub credentials: Option<Credentials>,
+    /// Confinement beyond namespaces and ids (needs `namespaces`).
+    pub containment: Option<Containment>,
+    /// The working directory, entered after the mount view is in place and the ids dropped
+    /// (std's `current_dir` would enter it before, in the host's view, and a run could keep a
+    /// handle on a directory its view hides).
+    pub cwd: Option<PathBuf>,
+}
+
+/// The contained defaults (issue 16): a read-only view of the host with the agent's secrets
+/// hidden, no capabilities beyond a grant, no new privileges, the default seccomp filter, a
+/// cgroup namespace, and a user namespace where the kernel allows one.
+#[derive(Clone, Debug, Default)]
+pub struct Containment {
+    pub mount_view: MountView,
+    /// Capabilities kept (a privileged grant); none by default.
+    pub capabilities: Vec<Capability>,
+    /// Enter a user namespace mapping only the workload's own ids (non-root workloads
+    /// without capabilities; the agent probes whether the kernel allows it).
+    pub user_namespace: bool,
+    pub seccomp: bool,
+}
+
+/// Whether a process of an ordinary user may create a user namespace here (sysctls, LSMs and
+/// container runtimes may forbid it). Forks a child that drops to `nobody` and tries.
+pub fn user_namespaces_supported() -> bool {
+    // SAFETY: the child makes only system calls and leaves with _exit.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            // SAFETY: plain system calls in the forked child.
+            let code = unsafe {
+                if libc::setresgid(65534, 65534, 65534) != 0
+                    || libc::setresuid(65534, 65534, 65534) != 0
+                {
+                    2
+                } else if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                    1
+                } else {
+                    0
+                }
+            };
+            // SAFETY: leaving the child without running the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => matches!(
+            nix::sys::wait::waitpid(child, None),
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0))
+        ),
+        Err(_) => false,
+    }
+}
+
+/// Writes `bytes` to the NUL-terminated `path`; async-signal-safe.
+fn write_file(path: &std::ffi::CStr, bytes: &[u8]) -> std::io::Result<()> {
+    // SAFETY: open/write/close on a path and buffer we own; the descriptor is closed here.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if n < 0 || n as usize != bytes.len() {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// What the child needs of a [`Containment`], computed before fork.
+struct PreparedContainment {
+    view: PreparedView,
+    keep: u64,
+    last_cap: u32,
+    /// `uid_map` and `gid_map` contents when entering a user namespace.
+    user_maps: Option<(Vec<u8>, Vec<u8>)>,
+    filter: Option<Filter>,
 }
 
 /// Arranges for `command`'s child to confine itself, between fork and exec.
@@ -139,6 +221,39 @@ pub fn isolate(command: &mut Command, isolation: Isolation) -> Result<(), SysErr
         .as_ref()
         .map(|c| c.groups.iter().map(|g| Gid::from_raw(*g)).collect())
         .unwrap_or_default();
+    let contained = match &isolation.containment {
+        Some(c) if !isolation.namespaces => {
+            return Err(SysError::Unsupported(format!(
+                "containment needs namespaces ({c:?})"
+            )));
+        }
+        Some(c) => {
+            let keep = caps::mask(&c.capabilities);
+            let uid = isolation.credentials.as_ref().map_or(0, |c| c.uid);
+            let gid = isolation.credentials.as_ref().map_or(0, |c| c.gid);
+            let user_maps = (c.user_namespace && uid != 0 && keep == 0).then(|| {
+                (
+                    format!("{uid} {uid} 1\n").into_bytes(),
+                    format!("{gid} {gid} 1\n").into_bytes(),
+                )
+            });
+            Some(PreparedContainment {
+                view: PreparedView::prepare(&c.mount_view)?,
+                keep,
+                last_cap: caps::last_cap(),
+                user_maps,
+                filter: c.seccomp.then(|| Filter::default_for(&c.capabilities)),
+            })
+        }
+        None => None,
+    };
+    let cwd = match &isolation.cwd {
+        Some(dir) => Some(
+            std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
+                .map_err(|_| SysError::Unsupported(format!("{}: a NUL byte", dir.display())))?,
+        ),
+        None => None,
+    };
     let hostname = isolation.hostname.clone();
     let rlimits = isolation.rlimits.clone();
     let credentials = isolation.credentials.clone();
@@ -149,13 +264,6 @@ pub fn isolate(command: &mut Command, isolation: Isolation) -> Result<(), SysErr
     let keep = std::sync::Arc::new(procs);
     let closure = move || -> std::io::Result<()> {
         let _keep = &keep;
-        for fd in &procs_raw {
-            // SAFETY: writing two bytes from a static buffer to a descriptor we own.
-            let n = unsafe { libc::write(*fd, b"0\n".as_ptr().cast(), 2) };
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
         if namespaces {
             let mut flags =
                 CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
@@ -172,6 +280,9 @@ pub fn isolate(command: &mut Command, isolation: Isolation) -> Result<(), SysErr
                 None::<&str>,
             )
             .map_err(std::io::Error::from)?;
+            if let Some(c) = &contained {
+                c.view.apply()?;
+            }
             mount(
                 Some("proc"),
                 "/proc",
@@ -191,12 +302,67 @@ pub fn isolate(command: &mut Command, isolation: Isolation) -> Result<(), SysErr
             nix::sys::resource::setrlimit(*resource, *limit, *limit)
                 .map_err(std::io::Error::from)?;
         }
+        // Joined only now, as the view is in place: the setup above is the agent's work, not
+        // the workload's, and under a small CPU quota (10m is 1 ms per 100 ms) it would wait
+        // several periods (runc, too, applies limits once init's setup is done).
+        for fd in &procs_raw {
+            // SAFETY: writing two bytes from a static buffer to a descriptor we own.
+            let n = unsafe { libc::write(*fd, b"0\n".as_ptr().cast(), 2) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        if contained.is_some() {
+            // Its own cgroup is the root of what it sees (joined first: from inside a cgroup
+            // namespace the cgroup would be out of reach).
+            nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(std::io::Error::from)?;
+        }
+        let uid = credentials.as_ref().map_or(0, |c| c.uid);
+        if let Some(c) = &contained {
+            // While still root: nothing outside the grant can come back, whatever runs next.
+            caps::limit_bounding_set(c.keep, c.last_cap)?;
+            if uid != 0 && c.keep != 0 {
+                caps::keep_across_setuid()?;
+            }
+        }
         if let Some(c) = &credentials {
             nix::unistd::setgroups(&groups).map_err(std::io::Error::from)?;
             let gid = Gid::from_raw(c.gid);
             let uid = Uid::from_raw(c.uid);
             nix::unistd::setresgid(gid, gid, gid).map_err(std::io::Error::from)?;
             nix::unistd::setresuid(uid, uid, uid).map_err(std::io::Error::from)?;
+        }
+        if let Some(dir) = &cwd {
+            // SAFETY: chdir to a NUL-terminated path we own.
+            if unsafe { libc::chdir(dir.as_ptr()) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        if let Some(c) = &contained {
+            if uid != 0 {
+                // Exactly the grant (usually nothing) in every set, ambient included.
+                caps::set_exact(c.keep)?;
+            }
+            if let Some((uid_map, gid_map)) = &c.user_maps {
+                // Changing ids made the process non-dumpable, which makes /proc/self owned by
+                // root: make it ours again, or the maps below cannot be written (exec resets
+                // the flag by its own rules).
+                // SAFETY: prctl with integer arguments only.
+                if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) } < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                nix::sched::unshare(CloneFlags::CLONE_NEWUSER).map_err(std::io::Error::from)?;
+                write_file(c"/proc/self/setgroups", b"deny")?;
+                write_file(c"/proc/self/uid_map", uid_map)?;
+                write_file(c"/proc/self/gid_map", gid_map)?;
+                // A new user namespace starts with every capability in it: give them up.
+                caps::limit_bounding_set(0, c.last_cap)?;
+                caps::set_exact(0)?;
+            }
+            crate::seccomp::set_no_new_privs()?;
+            if let Some(filter) = &c.filter {
+                filter.install()?;
+            }
         }
         Ok(())
     };

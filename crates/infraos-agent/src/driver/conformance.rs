@@ -45,6 +45,7 @@ pub fn task(root: &Path, id: &str, script: &str) -> TaskConfig {
         },
         dir: root.join(id),
         hostname: id.into(),
+        workload_uid: 1_000_000_000 + std::process::id() % 60_000,
         deadline: Deadline {
             stop_at_ms: now_ms() + 600_000,
             grace_ms: 1_000,

@@ -1,16 +1,25 @@
 //! The `process` driver: a host process in its own cgroup (limits from the allocation) and
-//! its own PID, mount, UTS and IPC namespaces (network optional), with rlimits, as a
-//! non-root user when asked, supervised by a detached shim (see `shim.rs`).
+//! its own PID, mount, UTS, IPC, cgroup and network namespaces, with rlimits, supervised by a
+//! detached shim (see `shim.rs`).
+//!
+//! Contained by default (docs/security.md, "Workload containment"): an unprivileged uid of
+//! its own, no capabilities, `no_new_privs`, the default seccomp filter, a read-only view of
+//! the host with the agent's state hidden, private scratch dirs, a user namespace where the
+//! kernel allows one. Root, the host network, capabilities and writable host paths are
+//! privileged requests, which the agent runs only with the tiers and an approval (checked by
+//! the reconciler before `start`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use infraos_api::kinds::{UserSpec, parse_user};
+use infraos_api::kinds::{UserSpec, WorkloadSpec, parse_user};
 use infraos_sys::cgroup::{Cgroup, Hierarchy};
+use infraos_sys::mounts::MountView;
+use infraos_sys::users::Credentials;
 
 use super::{Deadline, Driver, DriverError, ExitResult, TaskConfig, TaskHandle, TaskState};
-use crate::shim::{self, ShimSpec};
+use crate::shim::{self, ShimContainment, ShimSpec};
 
 /// Most processes a workload may have unless it says otherwise.
 pub const DEFAULT_PIDS: u64 = 4096;
@@ -20,6 +29,10 @@ pub struct ProcessDriver {
     hierarchy: Option<Hierarchy>,
     shim_program: PathBuf,
     log_max_bytes: u64,
+    /// Paths no workload may see (the agent's and server's state).
+    hidden: Vec<PathBuf>,
+    /// Whether the kernel lets an ordinary user create a user namespace (probed once).
+    user_namespaces: bool,
 }
 
 impl ProcessDriver {
@@ -27,11 +40,31 @@ impl ProcessDriver {
         let hierarchy = Hierarchy::detect()
             .inspect_err(|e| tracing::warn!(error = %e, "no cgroups: workloads run without limits"))
             .ok();
+        let user_namespaces = infraos_sys::process::user_namespaces_supported();
+        if !user_namespaces {
+            tracing::warn!(
+                "this kernel does not let ordinary users create user namespaces: workloads run \
+                 contained without one (their own uid, no capabilities, seccomp, read-only view)"
+            );
+        }
         ProcessDriver {
             hierarchy,
             shim_program,
             log_max_bytes,
+            hidden: Vec::new(),
+            user_namespaces,
         }
+    }
+
+    /// Hides these paths from every workload (the agent's data dir, a co-located server's).
+    pub fn with_hidden_paths(mut self, paths: Vec<PathBuf>) -> ProcessDriver {
+        self.hidden = paths;
+        self
+    }
+
+    /// Whether workloads get a user namespace on this node.
+    pub fn user_namespaces(&self) -> bool {
+        self.user_namespaces
     }
 
     pub fn hierarchy(&self) -> Option<&Hierarchy> {
@@ -87,6 +120,70 @@ fn credentials(user: Option<&str>) -> Result<Option<infraos_sys::users::Credenti
         .map_err(|e| DriverError::Refused(format!("user {user:?}: {e}")))
 }
 
+/// The ids a run drops to: the user its spec names, or its own unprivileged uid. A name that
+/// resolves to root on this node is refused unless root was asked for explicitly (a
+/// privileged request, approved and signed).
+fn run_as(spec: &WorkloadSpec, workload_uid: u32) -> Result<Credentials, DriverError> {
+    match credentials(spec.user.as_deref())? {
+        Some(c) if (c.uid == 0 || c.gid == 0) && !spec.runs_as_root() => {
+            Err(DriverError::Refused(format!(
+                "user {:?} is uid {} gid {} on this node: running as root is a privileged \
+                 request (user: root)",
+                spec.user.as_deref().unwrap_or_default(),
+                c.uid,
+                c.gid
+            )))
+        }
+        Some(c) => Ok(c),
+        None => Ok(Credentials {
+            uid: workload_uid,
+            gid: workload_uid,
+            groups: vec![workload_uid],
+        }),
+    }
+}
+
+/// Capabilities a run keeps: none for a contained one; Docker's default set plus what it
+/// asked for when it runs as root; only what it asked for otherwise.
+fn capabilities_of(spec: &WorkloadSpec) -> Vec<String> {
+    let mut caps: Vec<String> = Vec::new();
+    if spec.runs_as_root() {
+        caps.extend(
+            infraos_sys::caps::ROOT_DEFAULT
+                .iter()
+                .map(|c| c.name().to_string()),
+        );
+    }
+    for cap in &spec.capabilities {
+        if let Some(name) = infraos_api::kinds::capability_name(cap)
+            && !caps.iter().any(|c| c == name)
+        {
+            caps.push(name.to_string());
+        }
+    }
+    caps
+}
+
+/// Writable host paths, refused when they would uncover a hidden one.
+fn writable_paths(spec: &WorkloadSpec, hidden: &[PathBuf]) -> Result<Vec<PathBuf>, DriverError> {
+    let mut out = Vec::new();
+    for path in &spec.writable_paths {
+        let path = PathBuf::from(path);
+        if let Some(h) = hidden
+            .iter()
+            .find(|h| path.starts_with(h) || h.starts_with(&path))
+        {
+            return Err(DriverError::Refused(format!(
+                "writable path {} overlaps {}, which workloads may not see",
+                path.display(),
+                h.display()
+            )));
+        }
+        out.push(path);
+    }
+    Ok(out)
+}
+
 fn write_deadline(dir: &std::path::Path, deadline: Deadline) -> Result<(), DriverError> {
     let bytes = serde_json::to_vec(&deadline).map_err(|e| DriverError::Failed(e.to_string()))?;
     crate::write_atomic(&dir.join(shim::DEADLINE), &bytes, 0o644)
@@ -103,7 +200,8 @@ impl Driver for ProcessDriver {
         let spec = &task.spec;
         let path_env = spec.env.get("PATH").cloned();
         let program = resolve_program(&spec.command, path_env.as_deref())?;
-        let creds = credentials(spec.user.as_deref())?;
+        let creds = run_as(spec, task.workload_uid)?;
+        let writable = writable_paths(spec, &self.hidden)?;
         let cwd = PathBuf::from(spec.working_dir.as_deref().unwrap_or("/"));
         if !cwd.is_dir() {
             return Err(DriverError::Refused(format!(
@@ -138,13 +236,21 @@ impl Driver for ProcessDriver {
             cwd,
             cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
             namespaces: true,
-            new_network: spec.isolate_network,
+            new_network: !spec.host_network,
             hostname: task.hostname.clone(),
-            uid: creds.as_ref().map(|c| c.uid),
-            gid: creds.as_ref().map(|c| c.gid),
-            groups: creds.map(|c| c.groups).unwrap_or_default(),
+            uid: Some(creds.uid),
+            gid: Some(creds.gid),
+            groups: creds.groups.clone(),
             nofile: 65_536,
             log_max_bytes: self.log_max_bytes,
+            containment: Some(ShimContainment {
+                hidden: self.hidden.clone(),
+                scratch: MountView::default_scratch(),
+                writable,
+                capabilities: capabilities_of(spec),
+                user_namespace: self.user_namespaces,
+                seccomp: true,
+            }),
         };
         let bytes =
             serde_json::to_vec(&shim_spec).map_err(|e| DriverError::Failed(e.to_string()))?;
@@ -200,6 +306,7 @@ impl Driver for ProcessDriver {
                     shim_ticks: shim_process.ticks,
                     pid: started.pid,
                     started_at_ms: started.at_ms,
+                    uid: Some(creds.uid),
                 });
             }
             if Instant::now() >= deadline {

@@ -55,6 +55,10 @@ pub struct AllocationSpec {
     /// keep out of its domain (anti-affinity binds both ways).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub anti_affinity: Vec<crate::kinds::AffinityTerm>,
+    /// Who approved the claim (`user:…`), for high-risk claims: signed into the instruction,
+    /// so an agent can refuse a privileged workload nobody approved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_by: Vec<String>,
     /// The server's signature over the instruction to run `workload` (see
     /// [`crate::instruction`]): the agent runs nothing whose signature does not verify.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::kinds::{Inventory, Tier};
+use crate::kinds::{ClassAmounts, Inventory, Tier};
 use crate::labels;
 use crate::meta::Condition;
 use crate::object::{Kind, KindInfo};
@@ -13,6 +13,21 @@ use crate::validation::Errors;
 /// The label naming the node an Allocation or a Resource is on: agents list and watch their
 /// own objects with `infraos.io/node=<name>`, and the node authorizer insists on it.
 pub const NODE_LABEL: &str = "infraos.io/node";
+
+/// The label and annotation domain the control plane keeps for itself (`infraos.io/…` and
+/// its subdomains, `*.infraos.io/…`), as Kubernetes keeps `kubernetes.io`. Agents may not set
+/// such labels on their node: the scheduler, the node authorizer and policies trust them.
+pub const RESERVED_LABEL_DOMAIN: &str = "infraos.io";
+
+/// Whether a label key is in the [`RESERVED_LABEL_DOMAIN`].
+pub fn is_reserved_label(key: &str) -> bool {
+    key.split_once('/').is_some_and(|(prefix, _)| {
+        prefix == RESERVED_LABEL_DOMAIN
+            || prefix
+                .strip_suffix(RESERVED_LABEL_DOMAIN)
+                .is_some_and(|sub| sub.ends_with('.'))
+    })
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -26,7 +41,16 @@ pub struct NodeSpec {
     /// Reserved hardware: only claims that tolerate every taint are placed on the node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taints: Vec<Taint>,
+    /// The most the node's agent may publish, per class and dimension (`count` for an items
+    /// class), over the server's `nodeCapacityLimits`: an agent reports what it likes, so
+    /// what it reports beyond this (or beyond its own inventory) is cut, and the Node's
+    /// `CapacityLimited` condition says so. Set by an administrator; agents cannot change it.
+    #[serde(default, skip_serializing_if = "ClassAmounts::is_empty")]
+    pub capacity_limits: ClassAmounts,
 }
+
+/// The Node condition saying that its agent reported more than it may publish.
+pub const CAPACITY_LIMITED: &str = "CapacityLimited";
 
 /// A mark that keeps claims off a node unless they tolerate it (Kubernetes' NoSchedule).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -148,6 +172,16 @@ impl Kind for NodeSpec {
     };
 
     fn validate(object: &crate::object::Object<Self>, errors: &mut Errors) {
+        for (class, dims) in &object.spec.capacity_limits {
+            for (dim, limit) in dims {
+                if limit.is_negative() {
+                    errors.add(
+                        format!("spec.capacityLimits.{class}.{dim}"),
+                        "must not be negative",
+                    );
+                }
+            }
+        }
         for (i, taint) in object.spec.taints.iter().enumerate() {
             if let Err(e) = labels::validate_key(&taint.key) {
                 errors.add(format!("spec.taints[{i}].key"), e.to_string());
@@ -156,5 +190,21 @@ impl Kind for NodeSpec {
                 errors.add(format!("spec.taints[{i}].value"), e.to_string());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_infraos_domain_and_its_subdomains_are_reserved() {
+        assert!(is_reserved_label(NODE_LABEL));
+        assert!(is_reserved_label("infraos.io/zone"));
+        assert!(is_reserved_label("node.infraos.io/role"));
+        assert!(!is_reserved_label("zone"));
+        assert!(!is_reserved_label("notinfraos.io/zone"));
+        assert!(!is_reserved_label("infraos.io.example.com/zone"));
+        assert!(!is_reserved_label("example.com/infraos.io"));
     }
 }

@@ -176,6 +176,39 @@ pub struct BindingScope {
     pub tenant: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// The uid of the Project (or, for a tenant binding, the Tenant) the binding was made
+    /// for; the server fills it in. Names are reused, uids never: a binding left behind by a
+    /// deleted project grants nothing in a new project of the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+impl BindingScope {
+    /// A binding at one project.
+    pub fn project(name: &str) -> Self {
+        BindingScope {
+            project: Some(name.to_string()),
+            ..BindingScope::default()
+        }
+    }
+
+    /// A binding at a tenant and all its projects.
+    pub fn tenant(name: &str) -> Self {
+        BindingScope {
+            tenant: Some(name.to_string()),
+            ..BindingScope::default()
+        }
+    }
+
+    /// The kind and name of the object the scope is (`Project` before `Tenant`, as the
+    /// authorizer reads it); `None` at the cluster.
+    pub fn object(&self) -> Option<(&'static str, &str)> {
+        match (&self.project, &self.tenant) {
+            (Some(p), _) => Some(("Project", p)),
+            (None, Some(t)) => Some(("Tenant", t)),
+            (None, None) => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -228,6 +261,12 @@ impl Kind for RoleBindingSpec {
             && let Some(p) = names::project_name_problem(pr)
         {
             errors.add("spec.scope.project", p);
+        }
+        if spec.scope.uid.is_some() && spec.scope.object().is_none() {
+            errors.add(
+                "spec.scope.uid",
+                "a cluster-wide binding has no scope object: leave the uid out",
+            );
         }
         if spec.subjects.is_empty() {
             errors.add("spec.subjects", "bind at least one subject");

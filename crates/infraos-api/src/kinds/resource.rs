@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::resource_class::{ClassKind, ResourceClassSpec};
-use crate::item_selector::{AttributeValue, Item};
+use crate::item_selector::{AttributeValue, Item, check_attributes};
 use crate::meta::Condition;
 use crate::names;
 use crate::object::{Kind, KindInfo, Object};
@@ -252,8 +252,27 @@ impl Kind for ResourceSpec {
         if spec.items.len() > MAX_ITEMS {
             errors.add("spec.items", format!("at most {MAX_ITEMS} items"));
         }
+        // Selectors are costed with these bounds (item_selector::cost).
+        let common = spec.attributes.len() + usize::from(spec.cidr.is_some());
+        check_attributes(
+            || "spec.attributes".into(),
+            &spec.attributes,
+            common - spec.attributes.len(),
+            errors,
+        );
         let mut seen = std::collections::HashSet::new();
         for (i, item) in spec.items.iter().enumerate() {
+            let inherited = spec
+                .attributes
+                .keys()
+                .filter(|k| !item.attributes.contains_key(*k))
+                .count();
+            check_attributes(
+                || format!("spec.items[{i}].attributes"),
+                &item.attributes,
+                inherited,
+                errors,
+            );
             if item.name.is_empty() || item.name.len() > 253 {
                 errors.add(
                     format!("spec.items[{i}].name"),

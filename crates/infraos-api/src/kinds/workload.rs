@@ -57,10 +57,19 @@ pub enum Tier {
     Execute,
     Network,
     Storage,
+    /// Workloads that leave the contained defaults: root, or capabilities beyond the
+    /// network ones.
+    Privileged,
 }
 
 impl Tier {
-    pub const ALL: [Tier; 4] = [Tier::Inventory, Tier::Execute, Tier::Network, Tier::Storage];
+    pub const ALL: [Tier; 5] = [
+        Tier::Inventory,
+        Tier::Execute,
+        Tier::Network,
+        Tier::Storage,
+        Tier::Privileged,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -68,6 +77,7 @@ impl Tier {
             Tier::Execute => "execute",
             Tier::Network => "network",
             Tier::Storage => "storage",
+            Tier::Privileged => "privileged",
         }
     }
 
@@ -93,7 +103,8 @@ pub struct WorkloadSpec {
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
-    /// Run as this user (a name, or `uid[:gid]`) instead of root.
+    /// Run as this user (a name, or `uid[:gid]`). Unset: an unprivileged uid of the agent's
+    /// own, one per allocation. `root` (or uid 0) is a privileged request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     #[serde(default)]
@@ -101,9 +112,22 @@ pub struct WorkloadSpec {
     /// Limits tighter than the allocation; by default the allocation's cpu and memory.
     #[serde(default, skip_serializing_if = "WorkloadLimits::is_empty")]
     pub limits: WorkloadLimits,
-    /// A private network namespace (only loopback) instead of the host's network.
+    /// Kept for compatibility: every workload now gets a private network namespace (only
+    /// loopback) unless it asks for `hostNetwork`.
     #[serde(default)]
     pub isolate_network: bool,
+    /// The host's network namespace instead of a private one: a privileged request (tier
+    /// `network`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+    /// Linux capabilities to keep (`NET_ADMIN`, `CAP_SYS_TIME`…): a privileged request. A
+    /// contained workload has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    /// Host paths the workload may write (absolute): a privileged request (tier `storage`).
+    /// Everything else of the host is read-only to it, and the agent's state is hidden.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writable_paths: Vec<String>,
     /// Between SIGTERM and SIGKILL when the workload is stopped.
     #[serde(default = "default_stop_grace")]
     pub stop_grace: Duration,
@@ -115,19 +139,143 @@ pub struct WorkloadSpec {
 }
 
 /// Tiers whose use makes a workload high-risk.
-pub const HIGH_RISK_TIERS: [Tier; 2] = [Tier::Network, Tier::Storage];
+pub const HIGH_RISK_TIERS: [Tier; 3] = [Tier::Network, Tier::Storage, Tier::Privileged];
+
+/// Most capabilities and writable paths one workload may name.
+pub const MAX_PRIVILEGES: usize = 16;
+
+/// Linux capability names a workload may ask for (`linux/capability.h`, without `CAP_`).
+pub const CAPABILITY_NAMES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// Capabilities that only touch the network: they need the `network` tier, not `privileged`.
+const NETWORK_CAPABILITIES: [&str; 4] =
+    ["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "NET_BROADCAST"];
+
+/// A capability name as the API stores it: upper case, without `CAP_`; `None` if unknown.
+pub fn capability_name(name: &str) -> Option<&'static str> {
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    CAPABILITY_NAMES.iter().copied().find(|n| *n == bare)
+}
 
 impl WorkloadSpec {
-    /// Every tier a node must hold to run the workload: its driver's and those it asks for.
+    /// Every tier a node must hold to run the workload: its driver's, those it asks for, and
+    /// those its privileged requests imply (root or other capabilities: `privileged`; the host
+    /// network or network capabilities: `network`; writable host paths: `storage`).
     pub fn required_tiers(&self) -> Vec<Tier> {
         let mut tiers = vec![self.driver.tier()];
-        for t in &self.tiers {
-            if !tiers.contains(t) {
-                tiers.push(*t);
+        let mut add = |t: Tier| {
+            if !tiers.contains(&t) {
+                tiers.push(t);
             }
+        };
+        for t in &self.tiers {
+            add(*t);
+        }
+        if self.runs_as_root() {
+            add(Tier::Privileged);
+        }
+        if self.host_network {
+            add(Tier::Network);
+        }
+        for cap in &self.capabilities {
+            let name = capability_name(cap).unwrap_or("");
+            add(if NETWORK_CAPABILITIES.contains(&name) {
+                Tier::Network
+            } else {
+                Tier::Privileged
+            });
+        }
+        if !self.writable_paths.is_empty() {
+            add(Tier::Storage);
         }
         tiers.sort();
         tiers
+    }
+
+    /// Whether it asks to run as root (`root`, uid 0, or gid 0).
+    pub fn runs_as_root(&self) -> bool {
+        match self.user.as_deref().and_then(parse_user) {
+            Some(UserSpec::Name(name)) => name == "root",
+            Some(UserSpec::Id { uid, gid }) => uid == 0 || gid == Some(0),
+            None => false,
+        }
+    }
+
+    /// Whether it leaves the contained defaults: root, the host network, capabilities or
+    /// writable host paths. Such a workload needs the tiers above, granted to the node by an
+    /// admin, and an approval; the agent refuses it without either.
+    pub fn is_privileged(&self) -> bool {
+        self.runs_as_root()
+            || self.host_network
+            || !self.capabilities.is_empty()
+            || !self.writable_paths.is_empty()
+    }
+
+    /// What it asks for beyond the contained defaults, in words (for approvals and refusals).
+    pub fn privileges(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.runs_as_root() {
+            out.push("runs as root".to_string());
+        }
+        if self.host_network {
+            out.push("uses the host's network".to_string());
+        }
+        if !self.capabilities.is_empty() {
+            out.push(format!(
+                "keeps capabilities {}",
+                self.capabilities.join(",")
+            ));
+        }
+        if !self.writable_paths.is_empty() {
+            out.push(format!(
+                "writes host paths {}",
+                self.writable_paths.join(",")
+            ));
+        }
+        out
     }
 
     /// The high-risk tiers the workload needs.
@@ -264,6 +412,51 @@ impl WorkloadSpec {
         {
             errors.add(format!("{at}.workingDir"), "must be an absolute path");
         }
+        if self.host_network && self.isolate_network {
+            errors.add(
+                format!("{at}.hostNetwork"),
+                "cannot be set together with isolateNetwork",
+            );
+        }
+        if self.capabilities.len() > MAX_PRIVILEGES {
+            errors.add(
+                format!("{at}.capabilities"),
+                format!("at most {MAX_PRIVILEGES} capabilities"),
+            );
+        }
+        for (i, cap) in self.capabilities.iter().enumerate() {
+            if capability_name(cap).is_none() {
+                errors.add(
+                    format!("{at}.capabilities[{i}]"),
+                    format!(
+                        "unknown capability {:?} (e.g. NET_ADMIN, SYS_TIME)",
+                        crate::text::bounded(cap, crate::text::ERROR_STRING_MAX)
+                    ),
+                );
+            }
+        }
+        if self.writable_paths.len() > MAX_PRIVILEGES {
+            errors.add(
+                format!("{at}.writablePaths"),
+                format!("at most {MAX_PRIVILEGES} paths"),
+            );
+        }
+        for (i, path) in self.writable_paths.iter().enumerate() {
+            let plain = path.starts_with('/')
+                && path.len() <= 4096
+                && path != "/"
+                && !path.contains('\0')
+                && path
+                    .split('/')
+                    .skip(1)
+                    .all(|part| !part.is_empty() && part != "." && part != "..");
+            if !plain {
+                errors.add(
+                    format!("{at}.writablePaths[{i}]"),
+                    "must be an absolute path other than /, without . or .. or empty parts",
+                );
+            }
+        }
         if let Some(user) = &self.user
             && parse_user(user).is_none()
         {
@@ -389,6 +582,9 @@ pub struct WorkloadStatus {
     pub started_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+    /// The uid it runs as on the node (its own unprivileged one unless it named a user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
 }
 
 #[cfg(test)]
@@ -425,6 +621,49 @@ mod tests {
         for field in ["command", "workingDir", "user", "env.1X"] {
             assert!(text.contains(&format!("spec.workload.{field}")), "{text}");
         }
+    }
+
+    #[test]
+    fn privileged_requests_imply_their_tiers() {
+        let plain = spec("command: /bin/true\nuser: nobody");
+        assert!(!plain.is_privileged());
+        assert_eq!(plain.required_tiers(), vec![Tier::Execute]);
+        let root = spec("command: /bin/true\nuser: '0'");
+        assert!(root.is_privileged() && root.runs_as_root());
+        assert_eq!(root.required_tiers(), vec![Tier::Execute, Tier::Privileged]);
+        let gid0 = spec("command: /bin/true\nuser: '1000:0'");
+        assert!(gid0.runs_as_root(), "group root is root enough");
+        let net = spec("command: /bin/true\nhostNetwork: true\ncapabilities: [cap_net_admin]");
+        assert_eq!(net.required_tiers(), vec![Tier::Execute, Tier::Network]);
+        let time = spec("command: /bin/true\ncapabilities: [SYS_TIME]");
+        assert_eq!(time.required_tiers(), vec![Tier::Execute, Tier::Privileged]);
+        let disk = spec("command: /bin/true\nwritablePaths: [/srv/data]");
+        assert_eq!(disk.required_tiers(), vec![Tier::Execute, Tier::Storage]);
+        assert_eq!(disk.privileges(), vec!["writes host paths /srv/data"]);
+        for privileged in [&root, &net, &time, &disk] {
+            assert!(!privileged.high_risk_tiers().is_empty(), "{privileged:?}");
+        }
+    }
+
+    #[test]
+    fn bad_privileges_are_named() {
+        let w = spec(
+            "command: /bin/true\nhostNetwork: true\nisolateNetwork: true\n\
+             capabilities: [NET_ADMIN, ALL]\nwritablePaths: [/srv/../etc, data, /]",
+        );
+        let mut errors = Errors::default();
+        w.validate("spec.workload", &BTreeMap::new(), &mut errors);
+        let text = errors.into_result().unwrap_err().to_string();
+        for field in [
+            "hostNetwork",
+            "capabilities[1]",
+            "writablePaths[0]",
+            "writablePaths[1]",
+            "writablePaths[2]",
+        ] {
+            assert!(text.contains(&format!("spec.workload.{field}")), "{text}");
+        }
+        assert!(!text.contains("capabilities[0]"), "{text}");
     }
 
     #[test]

@@ -43,6 +43,33 @@ pub struct AgentArgs {
     /// Drivers this node agrees to run (comma-separated).
     #[arg(long, default_value = "process")]
     pub drivers: String,
+    /// A path no workload may see, besides the agent's data dir, /etc/infraos and
+    /// /var/lib/infraos (repeatable): a co-located server's data dir, keys kept elsewhere.
+    #[arg(long = "hide", value_name = "PATH")]
+    pub hide: Vec<PathBuf>,
+    /// The unprivileged uids workloads run as, one per allocation: BASE:COUNT.
+    #[arg(long, default_value = "1000000000:65536", value_name = "BASE:COUNT")]
+    pub workload_uids: String,
+}
+
+/// `BASE:COUNT`, with the whole range inside 1..2^32-1 and clear of root.
+fn parse_uid_range(text: &str) -> anyhow::Result<(u32, u32)> {
+    let (base, count) = text
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("--workload-uids {text:?}: expected BASE:COUNT"))?;
+    let base: u32 = base
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--workload-uids {text:?}: BASE is not a uid"))?;
+    let count: u32 = count
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--workload-uids {text:?}: COUNT is not a number"))?;
+    if base == 0 || count == 0 || base.checked_add(count).is_none_or(|end| end == u32::MAX) {
+        anyhow::bail!(
+            "--workload-uids {text:?}: the range must start above 0, hold at least one uid and \
+             end below 4294967295"
+        );
+    }
+    Ok((base, count))
 }
 
 pub fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -93,6 +120,11 @@ pub fn config_from(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         .map(|d| d.trim().to_string())
         .filter(|d| !d.is_empty())
         .collect();
+    config.extra_hidden_paths = args.hide;
+    for system in ["/etc/infraos", "/var/lib/infraos"] {
+        config.extra_hidden_paths.push(PathBuf::from(system));
+    }
+    (config.workload_uid_base, config.workload_uid_count) = parse_uid_range(&args.workload_uids)?;
     Ok(config)
 }
 
@@ -107,4 +139,20 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_ranges_are_checked() {
+        assert_eq!(
+            parse_uid_range("1000000000:65536").unwrap(),
+            (1_000_000_000, 65_536)
+        );
+        for bad in ["0:10", "5:0", "x:1", "4294967290:10", "100"] {
+            assert!(parse_uid_range(bad).is_err(), "{bad}");
+        }
+    }
 }

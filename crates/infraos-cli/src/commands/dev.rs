@@ -98,6 +98,8 @@ async fn start_agent(
     let mut config =
         infraos_agent::AgentConfig::new(url.to_string(), data_dir.join("agent"), name.clone());
     config.ca_pem = Some(ca);
+    // The server's data dir (CA key, admin token, store) shares this machine with workloads.
+    config.extra_hidden_paths = vec![data_dir.to_path_buf()];
     if infraos_agent::identity::load(&config.identity_dir(), &name, infraos_agent::now())?.is_none()
     {
         let created: serde_json::Value = client

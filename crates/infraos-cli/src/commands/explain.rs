@@ -79,11 +79,21 @@ pub fn render(replay: &Value) -> String {
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    if !assumed.is_empty() {
+    let elsewhere = replay
+        .get("assumedElsewhere")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if !assumed.is_empty() || elsewhere > 0 {
+        let mut named = assumed.join(", ");
+        if elsewhere > 0 {
+            if !named.is_empty() {
+                named.push_str(", and ");
+            }
+            named.push_str(&format!("{elsewhere} of other projects"));
+        }
         out.push_str(&format!(
-            "Assumed:    {} allocation(s) the scheduler had just committed: {}\n",
-            assumed.len(),
-            assumed.join(", ")
+            "Assumed:    {} allocation(s) the scheduler had just committed: {named}\n",
+            assumed.len() as u64 + elsewhere,
         ));
     }
     if let Some(recorded) = replay.get("recorded") {

@@ -28,6 +28,11 @@ enum JoinTokenCommand {
         labels: String,
         #[arg(long, default_value = "")]
         description: String,
+        /// Mint it for this node name only: it may then join under that name even where a
+        /// Node already holds it (a reinstalled machine, an operator-declared Node). One use
+        /// unless --uses says otherwise.
+        #[arg(long)]
+        node: Option<String>,
     },
     /// List tokens (without their secrets).
     List,
@@ -44,6 +49,7 @@ pub async fn run(config: Option<&Path>, args: JoinTokenArgs) -> anyhow::Result<(
             tiers,
             labels,
             description,
+            node,
         } => {
             let tiers: Vec<&str> = tiers
                 .split(',')
@@ -63,6 +69,7 @@ pub async fn run(config: Option<&Path>, args: JoinTokenArgs) -> anyhow::Result<(
                 "tiers": tiers,
                 "labels": super::agent::parse_labels(&labels)?,
                 "description": description,
+                "node": node,
             });
             let created: serde_json::Value = client
                 .send_json(
@@ -73,13 +80,17 @@ pub async fn run(config: Option<&Path>, args: JoinTokenArgs) -> anyhow::Result<(
                 .await?;
             println!("{}", created["token"].as_str().unwrap_or_default());
             eprintln!(
-                "join token {} expires {} (uses: {}, tiers: {})",
+                "join token {} expires {} (uses: {}, tiers: {}{})",
                 created["id"].as_str().unwrap_or_default(),
                 created["expires"].as_str().unwrap_or_default(),
                 created["uses"]
                     .as_u64()
                     .map_or("unlimited".to_string(), |u| u.to_string()),
-                created["tiers"]
+                created["tiers"],
+                created["node"]
+                    .as_str()
+                    .map(|n| format!(", node: {n}"))
+                    .unwrap_or_default()
             );
         }
         JoinTokenCommand::List => {
@@ -99,13 +110,20 @@ pub async fn run(config: Option<&Path>, args: JoinTokenArgs) -> anyhow::Result<(
                     .flatten()
                     .filter_map(|v| v.as_str())
                     .collect();
+                let description = match t["node"].as_str() {
+                    Some(node) => format!(
+                        "[node {node}] {}",
+                        t["description"].as_str().unwrap_or_default()
+                    ),
+                    None => t["description"].as_str().unwrap_or_default().to_string(),
+                };
                 println!(
                     "{:<14} {:<26} {:<8} {:<22} {}",
                     t["id"].as_str().unwrap_or_default(),
                     t["expires"].as_str().unwrap_or_default(),
                     used,
                     tiers.join(","),
-                    t["description"].as_str().unwrap_or_default()
+                    description.trim_end()
                 );
             }
         }

@@ -1,8 +1,8 @@
-//! The agent API (`/agent/v1`, see `infraos_api::agent_protocol`): join, certificate
-//! rotation, heartbeat, node report, workload status and lease renewal.
+//! The agent API (`/agent/v1`, see `infraos_api::agent_protocol`): certificate rotation,
+//! heartbeat, node report, workload status and lease renewal; join, the one call without a
+//! client certificate, is in `join.rs`.
 //!
-//! Join is the one call without a client certificate: the join token is the credential.
-//! Every other call is made with the node's certificate, and acts only on that node's
+//! Every call here is made with the node's certificate, and acts only on that node's
 //! objects: the node is taken from the certificate, never from the request.
 
 use std::collections::BTreeMap;
@@ -12,14 +12,16 @@ use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use infraos_api::Kind as _;
+use infraos_api::TypedObject;
 use infraos_api::agent_protocol::{
-    CertificateRequest, CertificateResponse, HeartbeatResponse, JoinRequest, MIN_PROTOCOL_VERSION,
-    NodeReport, NodeReportResponse, PROTOCOL_VERSION, RenewRequest,
+    CertificateRequest, CertificateResponse, HeartbeatResponse, MIN_PROTOCOL_VERSION, NodeReport,
+    NodeReportResponse, PROTOCOL_VERSION, RenewRequest,
 };
 use infraos_api::kinds::{
-    AllocationSpec, NODE_LABEL, Node, NodeSpec, RenewPolicy, ResourceSpec, Tier, WorkloadStatus,
+    AllocationSpec, CAPACITY_LIMITED, NODE_LABEL, Node, NodeSpec, RenewPolicy, ResourceSpec, Tier,
+    WorkloadStatus,
 };
-use infraos_api::{Object, TypedObject};
+use infraos_api::meta::Condition;
 use infraos_store::{Compare, Txn};
 use serde::de::DeserializeOwned;
 
@@ -27,8 +29,7 @@ use super::Ctx;
 use crate::admission;
 use crate::audit::{self, Actor, Record};
 use crate::error::ApiError;
-use crate::join_tokens::{self, JoinTokenRecord};
-use crate::objects::{self, decode_typed, encode_typed};
+use crate::objects::{self, decode_typed};
 use crate::state::AppState;
 use crate::update::{Audit, Decision, Target, update};
 
@@ -59,7 +60,7 @@ fn node_of(ctx: &Ctx) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::forbidden("the agent API needs a node's client certificate"))
 }
 
-fn check_protocol(version: u32) -> Result<(), ApiError> {
+pub(super) fn check_protocol(version: u32) -> Result<(), ApiError> {
     if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
         return Err(ApiError::bad_request(format!(
             "agent.protocolVersion: {version} is not supported; this server speaks \
@@ -69,7 +70,7 @@ fn check_protocol(version: u32) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn certificate_response(
+pub(super) fn certificate_response(
     state: &AppState,
     node: &str,
     signed: &crate::pki::Signed,
@@ -99,153 +100,6 @@ async fn refused(
     let object = audit::object_ref(kind, ns, name);
     audit::refusal(&*state.store, state.clock.now(), actor, verb, object, &e).await;
     e.into_response()
-}
-
-// ---- join ----------------------------------------------------------------------------------
-
-pub async fn join(State(state): State<AppState>, request: Request) -> Response {
-    let source = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.to_string());
-    let body: JoinRequest = match read_json(&state, request).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let actor = Actor {
-        subject: format!("{}{}", crate::pki::NODE_PREFIX, body.name),
-        source,
-    };
-    match join_inner(&state, &actor, &body).await {
-        Ok(r) => (StatusCode::CREATED, Json(r)).into_response(),
-        Err(e) => refused(&state, &actor, "join", "Node", None, &body.name, e).await,
-    }
-}
-
-async fn join_inner(
-    state: &AppState,
-    actor: &Actor,
-    body: &JoinRequest,
-) -> Result<CertificateResponse, ApiError> {
-    if let Some(problem) = infraos_api::names::object_name_problem(&body.name) {
-        return Err(ApiError::invalid_field("Node", &body.name, "name", problem));
-    }
-    check_protocol(body.agent.protocol_version)?;
-    if state.rbac.node_revoked(&body.name) {
-        return Err(ApiError::forbidden(format!(
-            "node {:?} has been revoked; an administrator must reinstate it \
-             (`infraos node reinstate {}`) before it joins again",
-            body.name, body.name
-        )));
-    }
-    let (token_key, _) = join_tokens::key_for(body.token.trim());
-    let _serialised = state.join_locks.lock(&token_key).await;
-    for _ in 0..RETRIES {
-        let now = state.clock.now();
-        let token_kv = state.store.get(&token_key).await?.ok_or_else(|| {
-            ApiError::unauthorized(join_tokens::TokenProblem::Unknown.to_string())
-        })?;
-        let mut token: JoinTokenRecord = serde_json::from_slice(&token_kv.value)
-            .map_err(|e| ApiError::internal(format!("join token record is corrupt: {e}")))?;
-        token
-            .check(now)
-            .map_err(|p| ApiError::unauthorized(p.to_string()))?;
-        let ttl = state.config.agent_cert_ttl.as_std();
-        let signed = state
-            .ca
-            .sign_node(&body.csr, &body.name, now, ttl)
-            .map_err(|e| match e {
-                crate::pki::PkiError::WrongSubject { .. } => ApiError::forbidden(e.to_string()),
-                crate::pki::PkiError::BadCsr(_) => {
-                    ApiError::invalid_field("Node", &body.name, "csr", e.to_string())
-                }
-                other => ApiError::internal(other.to_string()),
-            })?;
-        let node_key = objects::key(NodeSpec::INFO, None, &body.name);
-        let existing = state.store.get(&node_key).await?;
-        let (mut node, before): (Node, _) = match &existing {
-            Some(kv) => (decode_typed::<NodeSpec>(kv)?, Some(kv.clone())),
-            None => {
-                let mut node = Object::new(body.name.clone(), None, NodeSpec::default());
-                node.metadata.uid = uuid::Uuid::new_v4().to_string();
-                node.metadata.creation_timestamp = Some(now);
-                node.metadata.generation = 1;
-                (node, None)
-            }
-        };
-        if let Some(bound) = node.metadata.annotations.get(KEY_ANNOTATION)
-            && *bound != signed.key_fingerprint
-        {
-            return Err(ApiError::conflict(
-                "Node",
-                &body.name,
-                format!(
-                    "node {:?} already joined with another key; delete the node to join it again",
-                    body.name
-                ),
-            ));
-        }
-        for (k, v) in token.labels.iter().chain(&body.labels) {
-            node.metadata.labels.insert(k.clone(), v.clone());
-        }
-        node.metadata
-            .annotations
-            .insert(KEY_ANNOTATION.into(), signed.key_fingerprint.clone());
-        for tier in &token.tiers {
-            if !node.spec.tiers.contains(tier) {
-                node.spec.tiers.push(*tier);
-            }
-        }
-        node.spec.tiers.sort();
-        let status = node.status.get_or_insert_with(Default::default);
-        let mut agent = body.agent.clone();
-        agent.certificate_expires = Some(signed.not_after);
-        status.agent = Some(agent);
-        infraos_api::object::check(&node).map_err(|e| ApiError::invalid("Node", &body.name, &e))?;
-        token.used += 1;
-        let node_bytes = encode_typed(&node);
-        let mut object = audit::object_ref("Node", None, &body.name);
-        object.uid = Some(node.metadata.uid.clone());
-        let payload = Record {
-            actor,
-            verb: "join",
-            object,
-            code: 201,
-            reason: None,
-            before: before.as_ref().map(|kv| kv.value.as_ref()),
-            after: Some(&node_bytes),
-            node: Some(body.name.clone()),
-        }
-        .payload(now);
-        let node_guard = match &before {
-            Some(kv) => Compare::unchanged(node_key.clone(), kv.mod_revision),
-            None => Compare::absent(node_key.clone()),
-        };
-        let token_bytes = serde_json::to_vec(&token)
-            .map_err(|e| ApiError::internal(format!("join token record: {e}")))?;
-        let out = state
-            .store
-            .txn(
-                Txn::new()
-                    .when(Compare::unchanged(token_key.clone(), token_kv.mod_revision))
-                    .when(node_guard)
-                    .put(token_key.clone(), token_bytes)
-                    .put(node_key, node_bytes)
-                    .append(payload),
-            )
-            .await?;
-        if out.succeeded {
-            state.liveness.beat(&body.name, now.unix_millis());
-            tracing::info!(node = %body.name, tiers = ?node.spec.tiers, "node joined");
-            return Ok(certificate_response(
-                state,
-                &body.name,
-                &signed,
-                node.spec.tiers,
-            ));
-        }
-    }
-    Err(ApiError::stale("Node", &body.name))
 }
 
 // ---- certificate rotation ------------------------------------------------------------------
@@ -385,30 +239,39 @@ async fn report_inner(
     body: NodeReport,
 ) -> Result<NodeReportResponse, ApiError> {
     check_protocol(body.agent.protocol_version)?;
-    // Resources first: each must be this node's, named after it.
-    for (i, resource) in body.resources.iter().enumerate() {
-        let field = |f: &str| format!("resources[{i}].{f}");
-        if resource.spec.node.as_deref() != Some(name) {
-            return Err(ApiError::forbidden(format!(
-                "{}: node:{name} may only publish resources on its own node",
-                field("spec.node")
-            )));
-        }
-        if !resource.metadata.name.starts_with(&format!("{name}-")) {
-            return Err(ApiError::invalid_field(
-                "Resource",
-                &resource.metadata.name,
-                &field("metadata.name"),
-                format!("a node's resources are named {name}-<suffix>"),
-            ));
-        }
+    check_resource_names(state, name, &body.resources).await?;
+    // What the node may publish: bounded by its inventory and its limits (capacity.rs).
+    let node_key = objects::key(NodeSpec::INFO, None, name);
+    let node_kv = state
+        .store
+        .get(&node_key)
+        .await?
+        .ok_or_else(|| removed(name))?;
+    let limits = decode_typed::<NodeSpec>(&node_kv)?.spec.capacity_limits;
+    let bounded = crate::capacity::bound(
+        body.resources,
+        &body.inventory,
+        &limits,
+        &state.config.node_capacity_limits,
+    )
+    .map_err(|e| ApiError::invalid_field("Node", name, "resources", e.to_string()))?;
+    let limited = bounded.message().map(|message| Condition {
+        type_: CAPACITY_LIMITED.to_string(),
+        status: "True".to_string(),
+        reason: Some("ReportedBeyondLimits".to_string()),
+        message: Some(message),
+        last_transition_time: Some(state.clock.now()),
+    });
+    if let Some(c) = &limited {
+        tracing::warn!(node = %name, message = c.message.as_deref().unwrap_or_default(),
+            "node capacity cut");
     }
-    let reported: Vec<String> = body
+    let reported: Vec<String> = bounded
         .resources
         .iter()
         .map(|r| r.metadata.name.clone())
         .collect();
-    for resource in body.resources {
+    for resource in bounded.resources {
         upsert_resource(state, ctx, name, resource).await?;
     }
     remove_stale_resources(state, ctx, name, &reported).await?;
@@ -417,10 +280,24 @@ async fn report_inner(
         let status = node.status.get_or_insert_with(Default::default);
         let mut agent = body.agent.clone();
         agent.certificate_expires = status.agent.as_ref().and_then(|a| a.certificate_expires);
+        let was_limited = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CAPACITY_LIMITED);
+        let same_limits = match (was_limited, &limited) {
+            (None, None) => true,
+            (Some(old), Some(new)) => old.message == new.message,
+            _ => false,
+        };
         if status.agent.as_ref() == Some(&agent)
             && status.inventory.as_ref() == Some(&body.inventory)
+            && same_limits
         {
             return Ok(Decision::Unchanged(NodeReportResponse { tiers }));
+        }
+        if !same_limits {
+            status.conditions.retain(|c| c.type_ != CAPACITY_LIMITED);
+            status.conditions.extend(limited.clone());
         }
         status.agent = Some(agent);
         status.inventory = Some(body.inventory.clone());
@@ -437,6 +314,61 @@ async fn report_inner(
     .await
 }
 
+/// Each reported Resource must be on this node and named after it (`<node>-<suffix>`), and
+/// not after a longer-named node (`evil` must not take `evil-node-gpu`, which would be node
+/// `evil-node`'s): names are how Resources are found, so one node must not squat another's.
+/// Ownership itself is by the stored `spec.node` ([`upsert_resource`]), never by the name.
+async fn check_resource_names(
+    state: &AppState,
+    node: &str,
+    resources: &[infraos_api::kinds::Resource],
+) -> Result<(), ApiError> {
+    let own_prefix = format!("{node}-");
+    // Nodes whose names extend this one's (`<node>-…`): a prefix read.
+    let longer = state
+        .store
+        .range(
+            &format!("{}{own_prefix}", objects::prefix(NodeSpec::INFO, None)),
+            None,
+            0,
+        )
+        .await?;
+    let longer: Vec<&str> = longer
+        .kvs
+        .iter()
+        .filter_map(|kv| kv.key.rsplit('/').next())
+        .collect();
+    for (i, resource) in resources.iter().enumerate() {
+        let field = |f: &str| format!("resources[{i}].{f}");
+        let resource_name = resource.metadata.name.as_str();
+        if resource.spec.node.as_deref() != Some(node) {
+            return Err(ApiError::forbidden(format!(
+                "{}: node:{node} may only publish resources on its own node",
+                field("spec.node")
+            )));
+        }
+        if !resource_name.starts_with(&own_prefix) {
+            return Err(ApiError::invalid_field(
+                "Resource",
+                resource_name,
+                &field("metadata.name"),
+                format!("a node's resources are named {node}-<suffix>"),
+            ));
+        }
+        if let Some(other) = longer
+            .iter()
+            .find(|other| resource_name.starts_with(&format!("{other}-")))
+        {
+            return Err(ApiError::forbidden(format!(
+                "{}: {:?} is named after node {other:?}; node:{node} may not publish it",
+                field("metadata.name"),
+                infraos_api::text::bounded(resource_name, infraos_api::text::ERROR_STRING_MAX)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Deletes the Resources this node's agent published before but no longer reports (a GPU
 /// that failed or was pulled). Allocations on them keep running until their leases end, as
 /// when an administrator deletes a Resource; nothing new is placed there.
@@ -447,12 +379,13 @@ async fn remove_stale_resources(
     reported: &[String],
 ) -> Result<(), ApiError> {
     // The node's resources are named `<node>-…`: a prefix read, not a scan of every node's.
+    // The prefix also finds other nodes' (`<node>-x-…`): what is ours is by `spec.node`.
     let prefix = format!("{}{node}-", objects::prefix(ResourceSpec::INFO, None));
     let existing = state.store.range(&prefix, None, 0).await?;
     for kv in &existing.kvs {
         let resource = decode_typed::<ResourceSpec>(kv)?;
         let labels = &resource.metadata.labels;
-        let ours = labels.get(NODE_LABEL).map(String::as_str) == Some(node)
+        let ours = resource.spec.node.as_deref() == Some(node)
             && labels.get(MANAGED_LABEL).map(String::as_str) == Some("agent");
         if !ours || reported.contains(&resource.metadata.name) {
             continue;
@@ -510,9 +443,18 @@ async fn upsert_resource(
         let mut desired = resource.clone();
         desired.status = None;
         desired.metadata.resource_version = None;
+        let mut old_typed = None;
         match &existing {
             Some(kv) => {
                 let current = decode_typed::<ResourceSpec>(kv)?;
+                // Ownership is the stored object's spec.node, which never changes.
+                if current.spec.node.as_deref() != Some(node) {
+                    return Err(ApiError::forbidden(format!(
+                        "resource {name:?} is on node {:?}: node:{node} may change only its \
+                         own node's resources",
+                        current.spec.node.as_deref().unwrap_or("(none)")
+                    )));
+                }
                 if current
                     .metadata
                     .labels
@@ -535,6 +477,7 @@ async fn upsert_resource(
                 desired.metadata.creation_timestamp = current.metadata.creation_timestamp;
                 desired.metadata.generation = current.metadata.generation + 1;
                 desired.metadata.annotations = current.metadata.annotations.clone();
+                old_typed = Some(TypedObject::Resource(current));
             }
             None => {
                 desired.metadata.uid = uuid::Uuid::new_v4().to_string();
@@ -548,6 +491,9 @@ async fn upsert_resource(
         typed
             .check()
             .map_err(|e| ApiError::invalid("Resource", &name, &e))?;
+        if let Some(old) = &old_typed {
+            admission::admit_update(&typed, old)?;
+        }
         admission::admit(&*state.store, &state.classes, &typed).await?;
         let bytes = typed.to_vec();
         let mut object = audit::object_ref("Resource", None, &name);

@@ -19,11 +19,24 @@ pub struct ExplainParams {
 
 pub async fn claim(
     State(state): State<AppState>,
-    _ctx: Ctx,
+    ctx: Ctx,
     Path((ns, name)): Path<(String, String)>,
     super::Params(params): super::Params<ExplainParams>,
 ) -> Result<Json<Replay>, ApiError> {
+    // The replay sees every project; the caller sees the claims they may get.
+    let rbac = &state.rbac;
+    let identity = &ctx.identity;
+    let shown = |key: &str| match key.split_once('/') {
+        Some((project, claim)) => rbac.allows(
+            identity,
+            "get",
+            "Claim",
+            Some(claim),
+            &rbac.project_scope(project),
+        ),
+        None => false,
+    };
     Ok(Json(
-        explain::replay(&state, &ns, &name, params.revision).await?,
+        explain::replay(&state, &ns, &name, params.revision, &shown).await?,
     ))
 }

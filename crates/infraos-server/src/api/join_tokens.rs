@@ -34,6 +34,10 @@ pub struct CreateJoinToken {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub description: String,
+    /// Mint the token for this node name only: it may join under that name even where a Node
+    /// already holds it (re-provisioning a machine, adopting an operator-declared Node).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 fn default_ttl() -> Duration {
@@ -85,6 +89,20 @@ pub async fn create(State(state): State<AppState>, ctx: Ctx, request: Request) -
             return Err(ApiError::bad_request("tiers: grant at least one tier"));
         }
         super::agent::check_labels(&body.labels)?;
+        if let Some(node) = &body.node
+            && let Some(problem) = infraos_api::names::object_name_problem(node)
+        {
+            return Err(ApiError::bad_request(format!(
+                "node: {:?} {problem}",
+                infraos_api::text::bounded(node, infraos_api::text::ERROR_STRING_MAX)
+            )));
+        }
+        // A token that may take over a node's name is for one machine: one use unless the
+        // administrator asked for more.
+        let uses = match (&body.node, body.uses) {
+            (Some(_), None) => Some(1),
+            (_, uses) => uses,
+        };
         let token = format!(
             "{}{}",
             join_tokens::TOKEN_PREFIX,
@@ -103,10 +121,11 @@ pub async fn create(State(state): State<AppState>, ctx: Ctx, request: Request) -
             created: now,
             created_by: ctx.identity.subject.clone(),
             expires: now.plus(body.ttl),
-            uses: body.uses,
+            uses,
             used: 0,
             tiers,
             labels: body.labels,
+            node: body.node,
         };
         let bytes = serde_json::to_vec(&record).map_err(|e| ApiError::internal(e.to_string()))?;
         let payload = Record {

@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use infraos_api::kinds::{ClaimPhase, ClaimStatus};
+use infraos_api::text::{ERROR_STRING_MAX, bounded};
 use infraos_api::{KindInfo, LabelSelector, TypedObject};
 use infraos_store::{Compare, Store, Txn};
 use serde::Deserialize;
@@ -20,7 +21,7 @@ use serde::Deserialize;
 use super::{BodyFormat, Ctx, kind_for, parse_value, read_body, read_bytes};
 use crate::admission;
 use crate::audit::{self, Record};
-use crate::authz::{self, ListFilter};
+use crate::authz::{self, ListFilter, lifecycle};
 use crate::error::ApiError;
 use crate::objects::{
     self, ALLOCATION_FINALIZER, Stored, decode_stored, encode_for_store, set_revision,
@@ -537,7 +538,9 @@ async fn create_inner(
     let (bytes, format) = read_bytes(state, request).await?;
     // One parse, straight into the kind's type; a failure is told apart as malformed (400)
     // or invalid (422, naming the field).
-    let object = match TypedObject::parse_slice(info, &bytes, format == BodyFormat::Yaml) {
+    // Claims' selectors compile while parsing: off the async workers (crate::offload).
+    let parsed = crate::offload::parse_slice(info, &bytes, format == BodyFormat::Yaml).await?;
+    let object = match parsed {
         Ok(o) => o,
         Err(e) => {
             let value = parse_value(&bytes, format)?;
@@ -612,13 +615,25 @@ async fn prepare_create(
     ns: Option<&str>,
     mut object: TypedObject,
 ) -> Result<PreparedCreate, ApiError> {
+    // The name against its limits before anything else looks at the object: a refusal of a
+    // megabyte name costs a few hundred bytes of answer and audit record.
+    if let Some(problem) = infraos_api::names::object_name_problem(&object.meta().name) {
+        return Err(ApiError::invalid_field(
+            info.kind,
+            &object.meta().name,
+            "metadata.name",
+            problem,
+        ));
+    }
     let name = object.meta().name.clone();
     let meta = object.meta_mut();
     if let Some(ns) = ns {
         match meta.namespace.as_deref() {
             Some(given) if given != ns => {
                 return Err(ApiError::bad_request(format!(
-                    "metadata.namespace {given:?} does not match the namespace {ns:?} of the URL"
+                    "metadata.namespace {:?} does not match the namespace {:?} of the URL",
+                    bounded(given, ERROR_STRING_MAX),
+                    bounded(ns, ERROR_STRING_MAX)
                 )));
             }
             _ => meta.namespace = Some(ns.to_string()),
@@ -769,11 +784,28 @@ async fn batch_create_inner(
     let minimal = prefers_minimal(request.headers());
     let (bytes, format) = read_bytes(state, request).await?;
     let items = batch_items(info, &bytes, format)?;
+    // Claims' selectors compile while parsing: off the async workers (crate::offload).
+    let (items, parsed) = if crate::offload::may_hold_selectors(info, &bytes) {
+        crate::offload::run("parsing selectors", move || {
+            let parsed: Vec<_> = items
+                .iter()
+                .map(|item| TypedObject::parse_slice(info, item, false))
+                .collect();
+            (items, parsed)
+        })
+        .await?
+    } else {
+        let parsed = items
+            .iter()
+            .map(|item| TypedObject::parse_slice(info, item, false))
+            .collect();
+        (items, parsed)
+    };
     let mut prepared: Vec<PreparedCreate> = Vec::with_capacity(items.len());
     let mut names = std::collections::HashSet::with_capacity(items.len());
     let reads = infraos_store::ReadMemo::new(Arc::clone(&state.store));
-    for (i, item) in items.iter().enumerate() {
-        let object = TypedObject::parse_slice(info, item, false).map_err(|e| {
+    for (i, (item, parsed)) in items.iter().zip(parsed).enumerate() {
+        let object = parsed.map_err(|e| {
             let name = serde_json::from_slice::<serde_json::Value>(item)
                 .ok()
                 .and_then(|v| v.pointer("/metadata/name")?.as_str().map(str::to_string))
@@ -785,7 +817,7 @@ async fn batch_create_inner(
             return Err(ApiError::bad_request(format!(
                 "items[{i}]: {} {:?} appears twice in the batch",
                 info.kind,
-                object.meta().name
+                bounded(&object.meta().name, ERROR_STRING_MAX)
             )));
         }
         prepared.push(
@@ -1067,8 +1099,9 @@ async fn commit_update(
     let body_name = desired.pointer("/metadata/name").and_then(|v| v.as_str());
     if body_name.is_some_and(|n| n != name) {
         return Err(ApiError::bad_request(format!(
-            "metadata.name {:?} does not match the name {name:?} of the URL",
-            body_name.unwrap_or_default()
+            "metadata.name {:?} does not match the name {:?} of the URL",
+            bounded(body_name.unwrap_or_default(), ERROR_STRING_MAX),
+            bounded(name, ERROR_STRING_MAX)
         )));
     }
     let body_ns = desired
@@ -1130,8 +1163,9 @@ async fn commit_update(
             info.kind
         ))
     })?;
-    let mut object =
-        TypedObject::decode(info, &desired).map_err(|e| ApiError::invalid(info.kind, name, &e))?;
+    let mut object = crate::offload::decode(info, &desired)
+        .await?
+        .map_err(|e| ApiError::invalid(info.kind, name, &e))?;
     if !status_only {
         authz::check_object(state, &ctx.identity, verb_name, &object)?;
     }
@@ -1176,15 +1210,30 @@ async fn commit_update(
         node: None,
     }
     .payload(now);
+    let scoped = if finalized {
+        scope_leftovers(state, info, name).await?
+    } else {
+        Vec::new()
+    };
     let txn = Txn::new().when(Compare::unchanged(key.clone(), current.revision));
     let txn = if finalized {
         txn.delete(key)
     } else {
         txn.put(key, bytes.clone())
     };
-    let out = state.store.txn(txn.append(payload)).await?;
+    let txn = lifecycle::delete_with_scope(
+        txn.append(payload),
+        &scoped,
+        &ctx.actor(),
+        (info.kind, name),
+        now,
+    );
+    let out = state.store.txn(txn).await?;
     if !out.succeeded {
         return Err(ApiError::stale(info.kind, name));
+    }
+    for gone in scoped.iter().filter(|s| s.kind == "RoleBinding") {
+        state.rbac.observe(&gone.kv.key, out.revision, None);
     }
     observe(
         state,
@@ -1292,20 +1341,39 @@ async fn delete_inner(
         node: None,
     }
     .payload(now);
-    let out = state
-        .store
-        .txn(
-            Txn::new()
-                .when(Compare::unchanged(key.clone(), current.revision))
-                .delete(key)
-                .append(payload),
-        )
-        .await?;
+    let scoped = scope_leftovers(state, info, name).await?;
+    let txn = Txn::new()
+        .when(Compare::unchanged(key.clone(), current.revision))
+        .delete(key)
+        .append(payload);
+    let txn = lifecycle::delete_with_scope(txn, &scoped, &ctx.actor(), (info.kind, name), now);
+    let out = state.store.txn(txn).await?;
     if !out.succeeded {
         return Err(ApiError::stale(info.kind, name));
     }
     observe(state, info, ns, name, out.revision, None);
+    for gone in scoped.iter().filter(|s| s.kind == "RoleBinding") {
+        state.rbac.observe(&gone.kv.key, out.revision, None);
+    }
     Ok(Json(current.value).into_response())
+}
+
+/// What goes with a Project or Tenant being deleted: its Events now (a project), and the
+/// RoleBindings and Quotas scoped to it, returned to be deleted in the same transaction as
+/// the object.
+async fn scope_leftovers(
+    state: &AppState,
+    info: &KindInfo,
+    name: &str,
+) -> Result<Vec<lifecycle::Scoped>, ApiError> {
+    match info.kind {
+        "Project" => {
+            lifecycle::delete_project_events(&*state.store, name).await?;
+            lifecycle::scoped_to(&*state.store, info.kind, name).await
+        }
+        "Tenant" => lifecycle::scoped_to(&*state.store, info.kind, name).await,
+        _ => Ok(Vec::new()),
+    }
 }
 
 /// Tells the authorizer at once about writes to what it decides on, so the next request
@@ -1318,7 +1386,10 @@ fn observe(
     revision: u64,
     value: Option<&[u8]>,
 ) {
-    if matches!(info.kind, "Role" | "RoleBinding" | "Project" | "Policy") {
+    if matches!(
+        info.kind,
+        "Role" | "RoleBinding" | "Project" | "Tenant" | "Policy"
+    ) {
         state
             .rbac
             .observe(&objects::key(info, ns, name), revision, value);

@@ -14,18 +14,23 @@
 //! the body is decoded. Granting a role takes holding its permissions at that scope
 //! ([`check_escalation`]), so nobody hands out more than they have.
 //!
-//! The decisions come from an in-memory view of Roles, RoleBindings, Projects (for their
-//! tenants) and API tokens, fed by watches on every replica and updated at once by this
+//! The decisions come from an in-memory view of Roles, RoleBindings, Tenants, Projects (for
+//! their tenants) and API tokens, fed by watches on every replica and updated at once by this
 //! replica's own writes.
+//!
+//! A binding names its scope by name, and names come back: a project deleted and created
+//! again (perhaps in another tenant) is another project. So a binding also records the uid of
+//! the Project or Tenant it was made for ([`BindingScope::uid`], filled in by admission), and
+//! grants nothing once that object is gone ([`lifecycle`] also deletes it with its scope).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use infraos_api::KindInfo;
 use infraos_api::kinds::{
     ADMINS_GROUP, ApprovalRule, BindingScope, PolicyRule, RoleBindingSpec, SubjectKind,
     builtin_role,
 };
+use infraos_api::{KindInfo, Time};
 use infraos_store::{Event, EventKind, KeyValue, Store};
 use parking_lot::RwLock;
 
@@ -128,14 +133,36 @@ impl ListFilter {
     }
 }
 
+/// A stored binding, as the view keeps it.
+struct Binding {
+    spec: RoleBindingSpec,
+    /// When it was created: a binding stored before bindings recorded their scope's uid is
+    /// taken for the current scope object only if it is not older than that object.
+    created: Option<Time>,
+}
+
+/// A Tenant or Project, as far as bindings are concerned: which incarnation of the name it is.
+#[derive(Clone, Debug)]
+struct ScopeObject {
+    uid: String,
+    created: Option<Time>,
+}
+
+/// A project: its tenant, and which incarnation of the name it is.
+#[derive(Clone, Debug)]
+struct ProjectEntry {
+    tenant: String,
+    object: ScopeObject,
+}
+
 #[derive(Default)]
 struct View {
     /// Custom roles, their rules canonicalised.
     roles: HashMap<String, Arc<[PolicyRule]>>,
-    bindings: HashMap<String, Arc<RoleBindingSpec>>,
+    bindings: HashMap<String, Arc<Binding>>,
     by_subject: HashMap<(SubjectKind, String), BTreeSet<String>>,
-    /// Project → tenant.
-    projects: HashMap<String, String>,
+    projects: HashMap<String, ProjectEntry>,
+    tenants: HashMap<String, ScopeObject>,
     /// Token hash (hex) → record.
     tokens: HashMap<String, Arc<TokenRecord>>,
     /// Revoked nodes: their certificates and joins are refused.
@@ -150,13 +177,15 @@ struct View {
 const ROLES: &str = "/registry/roles/";
 const BINDINGS: &str = "/registry/rolebindings/";
 const PROJECTS: &str = "/registry/projects/";
+const TENANTS: &str = "/registry/tenants/";
 const REVOKED_NODES: &str = crate::api::revocations::PREFIX;
 const POLICIES: &str = "/registry/policies/";
 /// Every prefix the view is fed from.
-const FED: [&str; 6] = [
+const FED: [&str; 7] = [
     ROLES,
     BINDINGS,
     PROJECTS,
+    TENANTS,
     TOKEN_PREFIX,
     REVOKED_NODES,
     POLICIES,
@@ -185,7 +214,7 @@ impl View {
             }
         } else if let Some(name) = key.strip_prefix(BINDINGS) {
             if let Some(old) = self.bindings.remove(name) {
-                for s in &old.subjects {
+                for s in &old.spec.subjects {
                     if let Some(set) = self.by_subject.get_mut(&(s.kind, s.name.clone())) {
                         set.remove(name);
                     }
@@ -200,17 +229,48 @@ impl View {
                         .or_default()
                         .insert(name.to_string());
                 }
-                self.bindings
-                    .insert(name.to_string(), Arc::new(binding.spec));
+                let created = binding.metadata.creation_timestamp;
+                self.bindings.insert(
+                    name.to_string(),
+                    Arc::new(Binding {
+                        spec: binding.spec,
+                        created,
+                    }),
+                );
             }
         } else if let Some(name) = key.strip_prefix(PROJECTS) {
             match value.and_then(|v| serde_json::from_slice::<infraos_api::kinds::Project>(v).ok())
             {
                 Some(p) => {
-                    self.projects.insert(name.to_string(), p.spec.tenant);
+                    let object = ScopeObject {
+                        uid: p.metadata.uid,
+                        created: p.metadata.creation_timestamp,
+                    };
+                    self.projects.insert(
+                        name.to_string(),
+                        ProjectEntry {
+                            tenant: p.spec.tenant,
+                            object,
+                        },
+                    );
                 }
                 None => {
                     self.projects.remove(name);
+                }
+            }
+        } else if let Some(name) = key.strip_prefix(TENANTS) {
+            match value.and_then(|v| serde_json::from_slice::<infraos_api::kinds::Tenant>(v).ok()) {
+                Some(t) => {
+                    self.tenants.insert(
+                        name.to_string(),
+                        ScopeObject {
+                            uid: t.metadata.uid,
+                            created: t.metadata.creation_timestamp,
+                        },
+                    );
+                }
+                None => {
+                    self.tenants.remove(name);
                 }
             }
         } else if let Some(name) = key.strip_prefix(POLICIES) {
@@ -272,6 +332,37 @@ impl View {
         self.roles.get(role).cloned()
     }
 
+    /// The Project or Tenant object a binding's scope names, as it exists now.
+    fn scope_object(&self, scope: &BindingScope) -> Option<&ScopeObject> {
+        match scope.object()? {
+            ("Project", name) => self.projects.get(name).map(|p| &p.object),
+            (_, name) => self.tenants.get(name),
+        }
+    }
+
+    /// Whether a binding still speaks for its scope: cluster bindings always; others while
+    /// the Project or Tenant they were made for exists — the same uid, or, for bindings stored
+    /// before uids were recorded, created no earlier than the object (admission has always
+    /// required the scope to exist, so an older binding was made for an earlier object of
+    /// that name).
+    fn holds(&self, binding: &Binding) -> bool {
+        let scope = &binding.spec.scope;
+        if scope.object().is_none() {
+            return true;
+        }
+        let Some(current) = self.scope_object(scope) else {
+            return false;
+        };
+        match &scope.uid {
+            Some(uid) => *uid == current.uid,
+            None => match (binding.created, current.created) {
+                (Some(made), Some(scope_made)) => made >= scope_made,
+                _ => false,
+            },
+        }
+    }
+
+    /// The bindings naming the caller (its user, token or groups) that still hold.
     fn bindings_of<'a>(
         &'a self,
         identity: &'a Identity,
@@ -293,7 +384,9 @@ impl View {
         }
         names
             .into_iter()
-            .filter_map(|n| self.bindings.get(n).map(|b| &**b))
+            .filter_map(|n| self.bindings.get(n))
+            .filter(|b| self.holds(b))
+            .map(|b| &b.spec)
     }
 }
 
@@ -381,7 +474,12 @@ impl Rbac {
     /// The scope of a project by name (its tenant from the view).
     pub fn project_scope(&self, project: &str) -> Scope {
         Scope {
-            tenant: self.view.read().projects.get(project).cloned(),
+            tenant: self
+                .view
+                .read()
+                .projects
+                .get(project)
+                .map(|p| p.tenant.clone()),
             project: Some(project.to_string()),
         }
     }
@@ -423,7 +521,7 @@ impl Rbac {
     }
 
     /// How many approvers a new claim needs, and why; `None` when it needs none. Without a
-    /// Policy, a workload needing a high-risk tier (network, storage) needs one.
+    /// Policy, a workload needing a high-risk tier (network, storage, privileged) needs one.
     pub fn approval_needed(
         &self,
         project: &str,
@@ -437,6 +535,8 @@ impl Rbac {
             required = required.max(1);
             because.push(format!("needs the {} tier", t.as_str()));
         }
+        // What a privileged workload asks for, so approvers see it (root, host network…).
+        because.extend(workload.map(|w| w.privileges()).unwrap_or_default());
         let view = self.view.read();
         let mut names: Vec<&String> = view.approval_rules.keys().collect();
         names.sort();
@@ -541,6 +641,7 @@ pub fn spawn_feed(
     })
 }
 
+pub mod lifecycle;
 mod request;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,11 @@
-//! Unit tests of the authorizer: scopes, visibility, late events, escalation, paths.
+//! Unit tests of the authorizer: scopes, visibility, late events, escalation, paths, and
+//! bindings that outlive their scope.
 
 use super::*;
-use infraos_api::kinds::ProjectSpec;
+use infraos_api::kinds::{ProjectSpec, TenantSpec};
+
+/// When the fixture's tenants and projects were created.
+const T0: i64 = 1_700_000_000_000;
 
 fn user(name: &str, groups: &[&str]) -> Identity {
     Identity {
@@ -11,7 +15,17 @@ fn user(name: &str, groups: &[&str]) -> Identity {
     }
 }
 
-fn binding(name: &str, role: &str, scope: BindingScope, user: &str) -> (String, Vec<u8>) {
+/// A binding made for the fixture's scope objects (uid `uid-<name>`), after they were.
+fn binding(name: &str, role: &str, mut scope: BindingScope, user: &str) -> (String, Vec<u8>) {
+    scope.uid = scope.object().map(|(_, n)| format!("uid-{n}"));
+    let (key, value) = raw_binding(name, role, scope, user);
+    let mut b: infraos_api::kinds::RoleBinding = serde_json::from_slice(&value).unwrap();
+    b.metadata.creation_timestamp = Some(Time::from_unix_millis(T0 + 1000));
+    (key, serde_json::to_vec(&b).unwrap())
+}
+
+/// A binding as given: no uid filled in, no creation time.
+fn raw_binding(name: &str, role: &str, scope: BindingScope, user: &str) -> (String, Vec<u8>) {
     let b = infraos_api::kinds::RoleBinding::new(
         name,
         None,
@@ -28,7 +42,11 @@ fn binding(name: &str, role: &str, scope: BindingScope, user: &str) -> (String, 
 }
 
 fn project(name: &str, tenant: &str) -> (String, Vec<u8>) {
-    let p = infraos_api::kinds::Project::new(
+    project_as(name, tenant, &format!("uid-{name}"), T0)
+}
+
+fn project_as(name: &str, tenant: &str, uid: &str, created: i64) -> (String, Vec<u8>) {
+    let mut p = infraos_api::kinds::Project::new(
         name,
         None,
         ProjectSpec {
@@ -36,31 +54,36 @@ fn project(name: &str, tenant: &str) -> (String, Vec<u8>) {
             description: None,
         },
     );
+    p.metadata.uid = uid.into();
+    p.metadata.creation_timestamp = Some(Time::from_unix_millis(created));
     (format!("{PROJECTS}{name}"), serde_json::to_vec(&p).unwrap())
+}
+
+fn tenant(name: &str) -> (String, Vec<u8>) {
+    let mut t = infraos_api::kinds::Tenant::new(name, None, TenantSpec::default());
+    t.metadata.uid = format!("uid-{name}");
+    t.metadata.creation_timestamp = Some(Time::from_unix_millis(T0));
+    (format!("{TENANTS}{name}"), serde_json::to_vec(&t).unwrap())
 }
 
 fn rbac() -> Rbac {
     let rbac = Rbac::default();
     for (rev, (k, v)) in [
+        tenant("t1"),
+        tenant("t2"),
         project("p1", "t1"),
         project("p2", "t1"),
         project("q1", "t2"),
         binding(
             "alice-t1",
             "tenant-admin",
-            BindingScope {
-                tenant: Some("t1".into()),
-                project: None,
-            },
+            BindingScope::tenant("t1"),
             "alice",
         ),
         binding(
             "bob-p1",
             "project-member",
-            BindingScope {
-                tenant: None,
-                project: Some("p1".into()),
-            },
+            BindingScope::project("p1"),
             "bob",
         ),
     ]
@@ -114,10 +137,7 @@ fn late_watch_events_do_not_undo_newer_writes() {
     let (k2, v2) = binding(
         "bob-p1",
         "project-member",
-        BindingScope {
-            tenant: None,
-            project: Some("p1".into()),
-        },
+        BindingScope::project("p1"),
         "bob",
     );
     rbac.observe(&k2, 50, Some(&v2));
@@ -137,10 +157,7 @@ fn escalation_is_refused() {
     let t1 = Scope::tenant("t1");
     let grant = |role: &str| RoleBindingSpec {
         role: role.into(),
-        scope: BindingScope {
-            tenant: Some("t1".into()),
-            project: None,
-        },
+        scope: BindingScope::tenant("t1"),
         subjects: vec![],
     };
     assert!(check_escalation(&rbac, &alice, &grant("project-member"), &t1).is_ok());
@@ -241,4 +258,75 @@ fn paths_map_to_attributes() {
         target(&get, "/agent/v1/heartbeat", false),
         Some(Target::AgentOnly)
     );
+}
+
+/// Finding 5 of issue 16: a project deleted and created again in another tenant is another
+/// project; the old binding (left behind, or late) grants nothing there.
+#[test]
+fn a_binding_grants_nothing_in_a_new_project_of_the_same_name() {
+    let rbac = rbac();
+    let bob = user("bob", &[]);
+    assert!(rbac.allows(&bob, "list", "Claim", None, &rbac.project_scope("p1")));
+    rbac.observe(&format!("{PROJECTS}p1"), 100, None);
+    assert!(!rbac.allows(&bob, "list", "Claim", None, &rbac.project_scope("p1")));
+    let (k, v) = project_as("p1", "t2", "uid-p1-again", T0 + 5000);
+    rbac.observe(&k, 101, Some(&v));
+    let p1 = rbac.project_scope("p1");
+    assert_eq!(p1.tenant.as_deref(), Some("t2"));
+    for verb in ["get", "list", "delete", "create"] {
+        assert!(!rbac.allows(&bob, verb, "Claim", None, &p1), "{verb}");
+    }
+    assert!(
+        rbac.visibility(&bob, "list", "Claim").is_empty(),
+        "nor does it show up in filtered lists"
+    );
+    // Alice, tenant admin of t1, never reached t2's project either.
+    assert!(!rbac.allows(&user("alice", &[]), "get", "Claim", None, &p1));
+}
+
+#[test]
+fn a_tenant_binding_grants_nothing_in_a_new_tenant_of_the_same_name() {
+    let rbac = rbac();
+    let alice = user("alice", &[]);
+    assert!(rbac.allows(&alice, "get", "Tenant", Some("t1"), &Scope::tenant("t1")));
+    let mut t = infraos_api::kinds::Tenant::new("t1", None, TenantSpec::default());
+    t.metadata.uid = "uid-t1-again".into();
+    t.metadata.creation_timestamp = Some(Time::from_unix_millis(T0 + 5000));
+    rbac.observe(
+        &format!("{TENANTS}t1"),
+        100,
+        Some(&serde_json::to_vec(&t).unwrap()),
+    );
+    assert!(!rbac.allows(&alice, "get", "Tenant", Some("t1"), &Scope::tenant("t1")));
+    assert!(!rbac.allows(&alice, "create", "Claim", None, &rbac.project_scope("p1")));
+}
+
+/// Bindings stored before they recorded their scope's uid keep working for the project they
+/// were made for, and only for it: one older than the project was made for an earlier one.
+#[test]
+fn bindings_without_a_uid_hold_for_the_scope_they_were_made_for() {
+    let rbac = rbac();
+    let carol = user("carol", &[]);
+    let legacy = |name: &str, created: i64| {
+        let (k, v) = raw_binding(name, "project-member", BindingScope::project("p2"), "carol");
+        let mut b: infraos_api::kinds::RoleBinding = serde_json::from_slice(&v).unwrap();
+        assert_eq!(b.spec.scope.uid, None);
+        b.metadata.creation_timestamp = Some(Time::from_unix_millis(created));
+        (k, serde_json::to_vec(&b).unwrap())
+    };
+    let (k, v) = legacy("carol-old", T0 - 1);
+    rbac.observe(&k, 100, Some(&v));
+    assert!(!rbac.allows(&carol, "get", "Claim", None, &rbac.project_scope("p2")));
+    let (k, v) = legacy("carol-new", T0 + 1);
+    rbac.observe(&k, 101, Some(&v));
+    assert!(rbac.allows(&carol, "get", "Claim", None, &rbac.project_scope("p2")));
+    // Without a creation time nothing says which project it was for: it grants nothing.
+    let (k, v) = raw_binding(
+        "carol-x",
+        "project-member",
+        BindingScope::project("q1"),
+        "carol",
+    );
+    rbac.observe(&k, 102, Some(&v));
+    assert!(!rbac.allows(&carol, "get", "Claim", None, &rbac.project_scope("q1")));
 }

@@ -175,7 +175,8 @@ pub async fn prepare(
                         }
                     }
                 }
-                let message = preemption_message(&preemption);
+                let own = decision.claim_key.split_once('/').map_or("", |(ns, _)| ns);
+                let message = preemption_message(&preemption, &|victim| same_project(victim, own));
                 tracing::info!(claim = %decision.claim_key, victims = started.len(), "preempting");
                 unschedulable.push((
                     decision.claim_key.clone(),
@@ -345,17 +346,28 @@ pub fn settle(snapshot: &mut Snapshot, written: Written) -> Applied {
 }
 
 /// What a preempting claim's status says: the victims, where, why, and what it lacks.
-pub(crate) fn preemption_message(preemption: &infraos_scheduler::PreemptionPlan) -> String {
+/// Victims are named where `shown` says so (`namespace/name`) and counted otherwise: the
+/// message lands in the preempting claim's status and events, which its project's members
+/// read, and other projects' claims are none of their business.
+pub(crate) fn preemption_message(
+    preemption: &infraos_scheduler::PreemptionPlan,
+    shown: &(dyn Fn(&str) -> bool + Send + Sync),
+) -> String {
     let at = preemption
         .node
         .as_deref()
         .map(|n| format!(" on node {n}"))
         .unwrap_or_default();
-    let names: Vec<String> = preemption
+    let mut names: Vec<String> = preemption
         .victims
         .iter()
+        .filter(|v| shown(&v.allocation))
         .map(|v| format!("{} (priority {})", v.allocation, v.priority))
         .collect();
+    let hidden = preemption.victims.len() - names.len();
+    if hidden > 0 {
+        names.push(format!("{hidden} allocation(s) of other projects"));
+    }
     format!(
         "preempting {}{at}: {}; the claim is placed when they have stopped. {}",
         names.join(", "),
@@ -388,6 +400,21 @@ impl From<&Explanation> for Why {
     }
 }
 
+/// Whether claim or allocation `namespace/name` is in project `project`.
+pub(crate) fn same_project(key: &str, project: &str) -> bool {
+    key.split_once('/').is_some_and(|(ns, _)| ns == project)
+}
+
+/// How one project's status and events name a claim `namespace/name`: by name in the same
+/// project, anonymously in another.
+fn as_seen_from<'a>(key: &'a str, project: &str) -> &'a str {
+    if same_project(key, project) {
+        key
+    } else {
+        "a claim of another project"
+    }
+}
+
 /// Starts preempting one victim: cuts its lease (CAS on the allocation and its claim),
 /// audits it and records an event on both claims. `Ok(false)` when it no longer holds
 /// resources or is already being preempted.
@@ -406,7 +433,9 @@ async fn preempt_victim(
             "Preempting",
             &format!(
                 "preempting {} (priority {}): {}",
-                victim.allocation, victim.priority, victim.reason
+                as_seen_from(&victim.allocation, pns),
+                victim.priority,
+                victim.reason
             ),
             "scheduler",
             state.clock.now(),
@@ -479,12 +508,18 @@ pub(crate) async fn stop_early(
         .as_ref()
         .and_then(|kv| objects::decode_typed::<ClaimSpec>(kv).ok());
     let now = state.clock.now();
+    // The victim's project reads its status and events; the audit record keeps the name.
+    let shown_by = if stop.verb == "preempt" {
+        as_seen_from(stop.by, ns)
+    } else {
+        stop.by
+    };
     lease::preempt(
         claim.as_mut(),
         &mut allocation,
         now,
         Preemption {
-            by: stop.by.to_string(),
+            by: shown_by.to_string(),
             time: now,
             reason: stop.reason.to_string(),
         },
@@ -519,7 +554,7 @@ pub(crate) async fn stop_early(
             stop.event_reason,
             &format!(
                 "{} by {}: {}; the workload is stopped and the lease ends at {expire}",
-                stop.done, stop.by, stop.reason
+                stop.done, shown_by, stop.reason
             ),
             stop.actor,
             now,
@@ -626,4 +661,42 @@ enum StatusWrite {
     /// Nothing was written and no event will come: the claim must be queued again, or it
     /// would wait for a change that never happens (the chaos harness caught one so).
     StoreFailed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use infraos_scheduler::{Explanation, PreemptionPlan, Victim};
+
+    /// Issue 16, finding 10: a preempting claim's status and events (read by its project)
+    /// name victims of its own project only; the others are counted.
+    #[test]
+    fn preemption_messages_count_other_projects_victims_without_naming_them() {
+        let victim = |allocation: &str| Victim {
+            allocation: allocation.into(),
+            priority: 10,
+            reason: "priority 1000 > 10".into(),
+        };
+        let plan = PreemptionPlan {
+            node: Some("n1".into()),
+            victims: vec![
+                victim("mine/low"),
+                victim("theirs/secret"),
+                victim("theirs/other"),
+            ],
+            explanation: Explanation::default(),
+        };
+        let message = preemption_message(&plan, &|v| same_project(v, "mine"));
+        assert!(message.contains("mine/low (priority 10)"), "{message}");
+        assert!(
+            message.contains("2 allocation(s) of other projects"),
+            "{message}"
+        );
+        assert!(!message.contains("theirs"), "{message}");
+        assert_eq!(
+            as_seen_from("theirs/secret", "mine"),
+            "a claim of another project"
+        );
+        assert_eq!(as_seen_from("mine/low", "mine"), "mine/low");
+    }
 }
