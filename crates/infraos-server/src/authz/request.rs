@@ -130,32 +130,6 @@ pub async fn authorize(
     let Some(identity) = request.extensions().get::<Arc<Identity>>().cloned() else {
         return next.run(request).await;
     };
-    if let Some(node) = identity.node() {
-        // The node authorizer: an agent reaches its own objects and the agent API only.
-        let Err(why) = crate::auth::node_may(
-            node,
-            request.method(),
-            request.uri().path(),
-            request.uri().query(),
-        ) else {
-            return next.run(request).await;
-        };
-        let attrs = match target(
-            request.method(),
-            request.uri().path(),
-            request.uri().query(),
-        ) {
-            Some(Target::Request(a)) => Some(a),
-            _ => None,
-        };
-        let verb = attrs.as_ref().map_or_else(
-            || request.method().as_str().to_ascii_lowercase(),
-            |a| a.verb.clone(),
-        );
-        let (source, path) = origin(&request);
-        let e = ApiError::forbidden(why);
-        return refuse(&state, source, path, &identity, &verb, attrs.as_ref(), e).await;
-    }
     // The query is decoded once, here, and handed to the handler: what is authorized as a
     // list cannot be served as a watch, however the query is spelled.
     let mut watch = false;
@@ -166,6 +140,28 @@ pub async fn authorize(
         };
         watch = params.is_watch();
         request.extensions_mut().insert(crate::api::Params(params));
+    }
+    if let Some(node) = identity.node() {
+        // The node authorizer: an agent reaches its own objects and the agent API only.
+        let Err(why) = crate::auth::node_may(
+            node,
+            request.method(),
+            request.uri().path(),
+            request.uri().query(),
+        ) else {
+            return next.run(request).await;
+        };
+        let attrs = match target(request.method(), request.uri().path(), watch) {
+            Some(Target::Request(a)) => Some(a),
+            _ => None,
+        };
+        let verb = attrs.as_ref().map_or_else(
+            || request.method().as_str().to_ascii_lowercase(),
+            |a| a.verb.clone(),
+        );
+        let (source, path) = origin(&request);
+        let e = ApiError::forbidden(why);
+        return refuse(&state, source, path, &identity, &verb, attrs.as_ref(), e).await;
     }
     let target = target(request.method(), request.uri().path(), watch);
     let attrs = match target {
