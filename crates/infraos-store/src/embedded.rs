@@ -250,12 +250,13 @@ fn commit_group(
             // hundreds of claims).
             let mut proven: foldhash::HashMap<&str, Option<KeyValue>> =
                 foldhash::HashMap::default();
-            for Compare::ModRevision(key, expected) in &txn.compares {
-                let current = match kv.get(key.as_str()).map_err(redb::Error::from)? {
+            for compare in &txn.compares {
+                let key = compare.key();
+                let current = match kv.get(key).map_err(redb::Error::from)? {
                     Some(raw) => Some(decode_kv(key, raw.value())?),
                     None => None,
                 };
-                if current.as_ref().map_or(0, |c| c.mod_revision) != *expected {
+                if !compare.holds(current.as_ref()) {
                     holds = false;
                     break;
                 }
