@@ -23,6 +23,7 @@ pub mod controllers;
 pub mod error;
 pub mod events;
 pub mod explain;
+pub mod holdings;
 pub mod init;
 pub mod join_tokens;
 pub mod leader;

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::Hub;
 use crate::{
-    Compare, Event, EventKind, KeyValue, LedgerEntry, LedgerHead, Op, RangeResult, Revision, Store,
+    Event, EventKind, KeyValue, LedgerEntry, LedgerHead, Op, RangeResult, Revision, Store,
     StoreError, Txn, TxnOutcome, WatchStream, check_sizes,
 };
 
