@@ -562,7 +562,7 @@ pub(crate) async fn stop_early(
     } else {
         stop.by
     };
-    lease::preempt(
+    let marked = lease::preempt(
         claim.as_mut(),
         &mut allocation,
         now,
@@ -572,6 +572,11 @@ pub(crate) async fn stop_early(
             reason: stop.reason.to_string(),
         },
     );
+    if let Err(e) = marked {
+        // Past its expireTime: it ends Expired (final) after the margin, freeing its room.
+        tracing::debug!(allocation = %allocation_key, error = %e, "not stopped early");
+        return Ok(false);
+    }
     let alloc_bytes = encode_typed(&allocation);
     let mut object = audit::object_ref("Allocation", Some(ns), name);
     object.uid = Some(allocation.metadata.uid.clone());
