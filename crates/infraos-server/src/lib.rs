@@ -38,6 +38,8 @@ pub mod pki;
 pub mod reflector;
 pub mod signing;
 pub mod state;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod update;
 
