@@ -264,22 +264,11 @@ pub fn isolate(command: &mut Command, isolation: Isolation) -> Result<(), SysErr
     let keep = std::sync::Arc::new(procs);
     let closure = move || -> std::io::Result<()> {
         let _keep = &keep;
-        for fd in &procs_raw {
-            // SAFETY: writing two bytes from a static buffer to a descriptor we own.
-            let n = unsafe { libc::write(*fd, b"0\n".as_ptr().cast(), 2) };
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
         if namespaces {
             let mut flags =
                 CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
             if new_network {
                 flags |= CloneFlags::CLONE_NEWNET;
-            }
-            if contained.is_some() {
-                // Joined its cgroup above: that cgroup is the root of what it sees.
-                flags |= CloneFlags::CLONE_NEWCGROUP;
             }
             nix::sched::unshare(flags).map_err(std::io::Error::from)?;
             use nix::mount::{MsFlags, mount};
@@ -312,6 +301,21 @@ pub fn isolate(command: &mut Command, isolation: Isolation) -> Result<(), SysErr
         for (resource, limit) in &rlimits {
             nix::sys::resource::setrlimit(*resource, *limit, *limit)
                 .map_err(std::io::Error::from)?;
+        }
+        // Joined only now, as the view is in place: the setup above is the agent's work, not
+        // the workload's, and under a small CPU quota (10m is 1 ms per 100 ms) it would wait
+        // several periods (runc, too, applies limits once init's setup is done).
+        for fd in &procs_raw {
+            // SAFETY: writing two bytes from a static buffer to a descriptor we own.
+            let n = unsafe { libc::write(*fd, b"0\n".as_ptr().cast(), 2) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        if contained.is_some() {
+            // Its own cgroup is the root of what it sees (joined first: from inside a cgroup
+            // namespace the cgroup would be out of reach).
+            nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(std::io::Error::from)?;
         }
         let uid = credentials.as_ref().map_or(0, |c| c.uid);
         if let Some(c) = &contained {
