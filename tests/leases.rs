@@ -214,8 +214,10 @@ spec: {value: 1000}
     assert!(ended["status"]["preemption"].is_null(), "{ended}");
     let (events, _) = c.list(kind("events"), Some("p"), None).await.unwrap();
     assert!(
-        !events.iter().any(|e| e["spec"]["involvedObject"]["name"] == "short"
-            && matches!(e["spec"]["reason"].as_str(), Some("Requeued" | "Preempted"))),
+        !events
+            .iter()
+            .any(|e| e["spec"]["involvedObject"]["name"] == "short"
+                && matches!(e["spec"]["reason"].as_str(), Some("Requeued" | "Preempted"))),
         "an expired lease is neither preempted nor requeued"
     );
 }

@@ -58,7 +58,12 @@ pub(crate) fn quota(snap: &mut Snapshot, name: &str, spec: serde_json::Value) {
     snap.upsert_quota(name, &spec);
 }
 
-pub(crate) fn priority_class(snap: &mut Snapshot, name: &str, value: i32, policy: PreemptionPolicy) {
+pub(crate) fn priority_class(
+    snap: &mut Snapshot,
+    name: &str,
+    value: i32,
+    policy: PreemptionPolicy,
+) {
     snap.upsert_priority_class(
         name,
         &PriorityClassSpec {

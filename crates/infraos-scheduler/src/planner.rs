@@ -516,9 +516,8 @@ impl Scheduler {
             return;
         }
         let gap = i64::from(self.profile.preemption.min_priority_gap);
-        let applies = |n: &Nomination| {
-            n.owner != owner && i64::from(priority) < i64::from(n.priority) + gap
-        };
+        let applies =
+            |n: &Nomination| n.owner != owner && i64::from(priority) < i64::from(n.priority) + gap;
         let mut i = 0;
         while i < batch.held.len() {
             if self.nominations.get(&batch.held[i].0).is_some_and(applies) {
@@ -950,7 +949,8 @@ impl Scheduler {
         // A claim nominated for a node goes there if it fits (kube-scheduler tries the
         // nominated node first too): that room was freed and held for it.
         if let Some(node) = self.nominated_node(snapshot, ctx.key)
-            && let Ok((score, plugin_scores)) = self.evaluate(snapshot, Some(node), None, ctx, batch)
+            && let Ok((score, plugin_scores)) =
+                self.evaluate(snapshot, Some(node), None, ctx, batch)
         {
             let best = Candidate {
                 node: Some(node),

@@ -58,8 +58,18 @@ fn borrowing_tenant() -> Snapshot {
         "t",
         serde_json::json!({"tenant": "t", "limits": {"compute": {"cpu": "4"}}}),
     );
-    priority_class(&mut snap, "batch", 10, PreemptionPolicy::PreemptLowerPriority);
-    priority_class(&mut snap, "prod", 1000, PreemptionPolicy::PreemptLowerPriority);
+    priority_class(
+        &mut snap,
+        "batch",
+        10,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    priority_class(
+        &mut snap,
+        "prod",
+        1000,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
     snap
 }
 
@@ -70,13 +80,28 @@ fn borrowing_tenant() -> Snapshot {
 #[test]
 fn reclaim_never_evicts_a_higher_priority_and_holds_against_equal_ones() {
     let mut snap = borrowing_tenant();
-    let a1 = claim("a", "a1", 2, serde_json::json!({"priorityClassName": "prod"}));
-    let a2 = claim("a", "a2", 2, serde_json::json!({"priorityClassName": "prod"}));
+    let a1 = claim(
+        "a",
+        "a1",
+        2,
+        serde_json::json!({"priorityClassName": "prod"}),
+    );
+    let a2 = claim(
+        "a",
+        "a2",
+        2,
+        serde_json::json!({"priorityClassName": "prod"}),
+    );
     let mut s = scheduler();
     let p = plan_of(&mut s, &snap, &[&a1, &a2]);
     place(&mut snap, &p, &[&a1, &a2]);
     assert!(snap.allocation_meta("a/a2").unwrap().borrowing);
-    let b1 = claim("b", "b1", 2, serde_json::json!({"priorityClassName": "batch"}));
+    let b1 = claim(
+        "b",
+        "b1",
+        2,
+        serde_json::json!({"priorityClassName": "batch"}),
+    );
     let p = plan_of(&mut s, &snap, &[&b1]);
     let Outcome::Unschedulable(e) = outcome(&p, "b/b1") else {
         panic!("a batch claim preempts prod: {p:?}")
@@ -85,8 +110,18 @@ fn reclaim_never_evicts_a_higher_priority_and_holds_against_equal_ones() {
 
     // The same with a borrower of batch priority: reclaimed, and held against.
     let mut snap = borrowing_tenant();
-    let a1 = claim("a", "a1", 2, serde_json::json!({"priorityClassName": "batch"}));
-    let a2 = claim("a", "a2", 2, serde_json::json!({"priorityClassName": "batch"}));
+    let a1 = claim(
+        "a",
+        "a1",
+        2,
+        serde_json::json!({"priorityClassName": "batch"}),
+    );
+    let a2 = claim(
+        "a",
+        "a2",
+        2,
+        serde_json::json!({"priorityClassName": "batch"}),
+    );
     let mut s = scheduler();
     let p = plan_of(&mut s, &snap, &[&a1, &a2]);
     place(&mut snap, &p, &[&a1, &a2]);
@@ -100,7 +135,10 @@ fn reclaim_never_evicts_a_higher_priority_and_holds_against_equal_ones() {
     let back = if victim == "a/a1" { &a1 } else { &a2 };
     // The victim, requeued first, cannot borrow back what b1 is owed.
     let p = plan_of(&mut s, &snap, &[back]);
-    assert!(matches!(outcome(&p, &victim), Outcome::Unschedulable(_)), "{p:?}");
+    assert!(
+        matches!(outcome(&p, &victim), Outcome::Unschedulable(_)),
+        "{p:?}"
+    );
     let p = plan_of(&mut s, &snap, &[back, &b1]);
     assert!(matches!(outcome(&p, "b/b1"), Outcome::Placed(_)), "{p:?}");
 }
@@ -112,13 +150,28 @@ fn a_nomination_holds_against_equal_priorities() {
     let mut snap = Snapshot::new();
     compute_class(&mut snap);
     node(&mut snap, "n0", 4, &[]);
-    priority_class(&mut snap, "prod", 1000, PreemptionPolicy::PreemptLowerPriority);
+    priority_class(
+        &mut snap,
+        "prod",
+        1000,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
     let low = claim("p", "low", 4, serde_json::json!({}));
     let mut s = scheduler();
     let p = plan_of(&mut s, &snap, &[&low]);
     place(&mut snap, &p, &[&low]);
-    let first = claim("p", "first", 4, serde_json::json!({"priorityClassName": "prod"}));
-    let second = claim("p", "second", 4, serde_json::json!({"priorityClassName": "prod"}));
+    let first = claim(
+        "p",
+        "first",
+        4,
+        serde_json::json!({"priorityClassName": "prod"}),
+    );
+    let second = claim(
+        "p",
+        "second",
+        4,
+        serde_json::json!({"priorityClassName": "prod"}),
+    );
     let p = plan_of(&mut s, &snap, &[&first]);
     assert!(matches!(outcome(&p, "p/first"), Outcome::Preempt(_)));
     snap.remove_allocation("p/low");
@@ -126,9 +179,16 @@ fn a_nomination_holds_against_equal_priorities() {
     let Outcome::Unschedulable(e) = outcome(&p, "p/second") else {
         panic!("an equal priority took the nominated room: {p:?}")
     };
-    assert!(e.message().contains("held for 1 preempting claim"), "{}", e.message());
+    assert!(
+        e.message().contains("held for 1 preempting claim"),
+        "{}",
+        e.message()
+    );
     let p = plan_of(&mut s, &snap, &[&second, &first]);
-    assert!(matches!(outcome(&p, "p/first"), Outcome::Placed(_)), "{p:?}");
+    assert!(
+        matches!(outcome(&p, "p/first"), Outcome::Placed(_)),
+        "{p:?}"
+    );
 }
 
 /// A preemptor decided again while its victims stop waits on its nominated node: it
@@ -140,7 +200,12 @@ fn a_preemptor_waits_for_its_own_victims_and_never_preempts_one_twice() {
     compute_class(&mut snap);
     node(&mut snap, "n0", 4, &[]);
     node(&mut snap, "n1", 4, &[]);
-    priority_class(&mut snap, "prod", 1000, PreemptionPolicy::PreemptLowerPriority);
+    priority_class(
+        &mut snap,
+        "prod",
+        1000,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
     let lows: Vec<Claim> = (0..2)
         .map(|i| claim("p", &format!("low{i}"), 4, serde_json::json!({})))
         .collect();
@@ -148,7 +213,12 @@ fn a_preemptor_waits_for_its_own_victims_and_never_preempts_one_twice() {
     let mut s = scheduler();
     let p = plan_of(&mut s, &snap, &refs);
     place(&mut snap, &p, &refs);
-    let prod = claim("p", "prod", 4, serde_json::json!({"priorityClassName": "prod"}));
+    let prod = claim(
+        "p",
+        "prod",
+        4,
+        serde_json::json!({"priorityClassName": "prod"}),
+    );
     let p = plan_of(&mut s, &snap, &[&prod]);
     let Outcome::Preempt(pre) = outcome(&p, "p/prod") else {
         panic!("{p:?}")
@@ -193,7 +263,16 @@ fn arb_churn() -> impl Strategy<Value = ChurnSpec> {
     (
         proptest::collection::vec(2u8..9, 1..5),
         proptest::collection::vec(
-            (0u8..8, 0u8..3, 1u8..5, 0u8..3, 0u8..3, 0u8..5, 0u8..3, 0u8..12),
+            (
+                0u8..8,
+                0u8..3,
+                1u8..5,
+                0u8..3,
+                0u8..3,
+                0u8..5,
+                0u8..3,
+                0u8..12,
+            ),
             1..40,
         ),
         (1u8..10, 1u8..10, 2u8..16),
@@ -232,7 +311,12 @@ fn churn_cluster(spec: &ChurnSpec) -> (Snapshot, Vec<Claim>) {
         snap.upsert_project(p, if i < 2 { "t0" } else { "t1" });
     }
     for (i, v) in LEVELS.iter().enumerate() {
-        priority_class(&mut snap, &format!("l{i}"), *v, PreemptionPolicy::PreemptLowerPriority);
+        priority_class(
+            &mut snap,
+            &format!("l{i}"),
+            *v,
+            PreemptionPolicy::PreemptLowerPriority,
+        );
     }
     quota(
         &mut snap,
@@ -262,7 +346,12 @@ fn churn_cluster(spec: &ChurnSpec) -> (Snapshot, Vec<Claim>) {
             if gang > 0 {
                 extra["group"] = serde_json::json!({"name": format!("g{gang}"), "minMembers": 2});
             }
-            claim(&format!("p{project}"), &format!("c{i}"), i64::from(cpu), extra)
+            claim(
+                &format!("p{project}"),
+                &format!("c{i}"),
+                i64::from(cpu),
+                extra,
+            )
         })
         .collect();
     (snap, claims)
@@ -287,9 +376,17 @@ proptest! {
 fn check_churn(spec: &ChurnSpec) -> Result<(), TestCaseError> {
     {
         let (mut snap, claims) = churn_cluster(spec);
-        if std::env::var("TRACE").is_ok() { eprintln!("SPEC nodes {:?} limits {:?}", spec.nodes, spec.limits); for (i, c) in spec.claims.iter().enumerate() { eprintln!("SPEC c{i} {c:?}"); } }
-        let by_key: HashMap<String, (&Claim, usize)> =
-            claims.iter().enumerate().map(|(i, c)| (key(c), (c, i))).collect();
+        if std::env::var("TRACE").is_ok() {
+            eprintln!("SPEC nodes {:?} limits {:?}", spec.nodes, spec.limits);
+            for (i, c) in spec.claims.iter().enumerate() {
+                eprintln!("SPEC c{i} {c:?}");
+            }
+        }
+        let by_key: HashMap<String, (&Claim, usize)> = claims
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (key(c), (c, i)))
+            .collect();
         let mut s = scheduler();
         let prio = |k: &str| LEVELS[level_of(spec, by_key[k].1) as usize];
         let mut pending: HashSet<String> = HashSet::new();
@@ -306,8 +403,11 @@ fn check_churn(spec: &ChurnSpec) -> Result<(), TestCaseError> {
         for round in 0..CHURN_ROUNDS + SETTLE_ROUNDS {
             let churn = round < CHURN_ROUNDS;
             // Victims whose grace is over end; their claims go back to the queue.
-            let ended: Vec<String> =
-                stopping.iter().filter(|(_, at)| **at <= round).map(|(k, _)| k.clone()).collect();
+            let ended: Vec<String> = stopping
+                .iter()
+                .filter(|(_, at)| **at <= round)
+                .map(|(k, _)| k.clone())
+                .collect();
             for k in ended {
                 stopping.remove(&k);
                 snap.remove_allocation(&k);
@@ -351,7 +451,31 @@ fn check_churn(spec: &ChurnSpec) -> Result<(), TestCaseError> {
             let mut preemptions = 0;
             if std::env::var("TRACE").is_ok() {
                 eprintln!("round {round}: pending {keys:?} stopping {stopping:?}");
-                for d in &p.decisions { eprintln!("   {} -> {:?}", d.claim_key, match &d.outcome { Outcome::Placed(pl) => format!("placed {:?} {:?}", pl.node, pl.resources.iter().map(|r| r.amount.clone()).collect::<Vec<_>>()), Outcome::Preempt(pr) => format!("preempt {:?} on {:?}", pr.victims.iter().map(|v| v.allocation.clone()).collect::<Vec<_>>(), pr.node), Outcome::Unschedulable(e) => e.message() }); }
+                for d in &p.decisions {
+                    eprintln!(
+                        "   {} -> {:?}",
+                        d.claim_key,
+                        match &d.outcome {
+                            Outcome::Placed(pl) => format!(
+                                "placed {:?} {:?}",
+                                pl.node,
+                                pl.resources
+                                    .iter()
+                                    .map(|r| r.amount.clone())
+                                    .collect::<Vec<_>>()
+                            ),
+                            Outcome::Preempt(pr) => format!(
+                                "preempt {:?} on {:?}",
+                                pr.victims
+                                    .iter()
+                                    .map(|v| v.allocation.clone())
+                                    .collect::<Vec<_>>(),
+                                pr.node
+                            ),
+                            Outcome::Unschedulable(e) => e.message(),
+                        }
+                    );
+                }
             }
             for d in &p.decisions {
                 let k = &d.claim_key;
@@ -387,7 +511,10 @@ fn check_churn(spec: &ChurnSpec) -> Result<(), TestCaseError> {
                             );
                             let vp = prio(&v.allocation);
                             if v.reason.contains("reclaiming") {
-                                prop_assert!(vp <= prio(k), "{k} reclaims from a higher priority: {v:?}");
+                                prop_assert!(
+                                    vp <= prio(k),
+                                    "{k} reclaims from a higher priority: {v:?}"
+                                );
                             } else if !v.reason.contains("gang") {
                                 prop_assert!(vp < prio(k), "{k} preempts {v:?}");
                             }
@@ -404,14 +531,29 @@ fn check_churn(spec: &ChurnSpec) -> Result<(), TestCaseError> {
                 }
                 last.insert(k.clone(), d.outcome.clone());
             }
-            prop_assert!(snap.check_invariants().is_ok(), "{:?}", snap.check_invariants());
-            prop_assert!(snap.check_quota_invariants().is_ok(), "{:?}", snap.check_quota_invariants());
+            prop_assert!(
+                snap.check_invariants().is_ok(),
+                "{:?}",
+                snap.check_invariants()
+            );
+            prop_assert!(
+                snap.check_quota_invariants().is_ok(),
+                "{:?}",
+                snap.check_quota_invariants()
+            );
             if !churn {
-                quiet_rounds = if preemptions == 0 && stopping.is_empty() { quiet_rounds + 1 } else { 0 };
+                quiet_rounds = if preemptions == 0 && stopping.is_empty() {
+                    quiet_rounds + 1
+                } else {
+                    0
+                };
             }
         }
         // Converged: the last settling rounds preempted nothing, and no preemptor waits.
-        prop_assert!(quiet_rounds >= 3, "still preempting at the end ({quiet_rounds} quiet rounds)");
+        prop_assert!(
+            quiet_rounds >= 3,
+            "still preempting at the end ({quiet_rounds} quiet rounds)"
+        );
         for k in &preemptors {
             if deleted.contains(k) || placed_at.contains_key(k) {
                 continue;
@@ -419,7 +561,8 @@ fn check_churn(spec: &ChurnSpec) -> Result<(), TestCaseError> {
             match last.get(k) {
                 Some(Outcome::Unschedulable(e)) => prop_assert!(
                     e.reason != WAITING_FOR_PREEMPTION,
-                    "{k} still waits for preemption after the churn: {}", e.message()
+                    "{k} still waits for preemption after the churn: {}",
+                    e.message()
                 ),
                 other => prop_assert!(false, "{k} ends neither placed nor given up: {other:?}"),
             }
@@ -430,6 +573,40 @@ fn check_churn(spec: &ChurnSpec) -> Result<(), TestCaseError> {
 
 #[test]
 fn replay_churn() {
-    let spec = ChurnSpec{nodes:vec![5,7,8,],claims:vec![(0,0,4,1,2,4,2,0,),(3,1,4,0,1,4,0,9,),(3,1,4,2,0,3,2,9,),(7,2,2,0,0,4,0,8,),(7,1,2,0,0,4,1,6,),(4,1,1,2,1,4,1,2,),(5,1,1,0,2,4,2,7,),(5,1,3,0,1,1,1,6,),(4,0,3,2,1,2,1,11,),(1,2,2,2,1,1,0,4,),(0,1,3,2,2,1,1,11,),(5,2,2,2,0,0,1,9,),(0,1,1,2,2,1,0,2,),(6,2,2,2,0,4,2,0,),(0,1,2,0,2,4,1,8,),(1,1,1,2,2,4,0,0,),(5,0,3,2,1,4,2,3,),(6,0,4,2,2,4,1,2,),(0,1,1,1,1,1,0,6,),(6,2,2,2,1,2,0,6,),(0,2,4,0,1,1,0,4,),(3,0,2,2,2,4,0,5,),(0,0,3,0,0,2,2,3,),(3,2,2,0,0,1,0,6,),(1,1,4,0,1,0,2,5,),(7,2,2,0,2,2,2,3,),(7,2,3,2,0,2,0,0,),(0,1,3,2,1,2,2,9,),(6,2,1,1,0,4,2,0,),],limits:(2,5,10,),};
+    let spec = ChurnSpec {
+        nodes: vec![5, 7, 8],
+        claims: vec![
+            (0, 0, 4, 1, 2, 4, 2, 0),
+            (3, 1, 4, 0, 1, 4, 0, 9),
+            (3, 1, 4, 2, 0, 3, 2, 9),
+            (7, 2, 2, 0, 0, 4, 0, 8),
+            (7, 1, 2, 0, 0, 4, 1, 6),
+            (4, 1, 1, 2, 1, 4, 1, 2),
+            (5, 1, 1, 0, 2, 4, 2, 7),
+            (5, 1, 3, 0, 1, 1, 1, 6),
+            (4, 0, 3, 2, 1, 2, 1, 11),
+            (1, 2, 2, 2, 1, 1, 0, 4),
+            (0, 1, 3, 2, 2, 1, 1, 11),
+            (5, 2, 2, 2, 0, 0, 1, 9),
+            (0, 1, 1, 2, 2, 1, 0, 2),
+            (6, 2, 2, 2, 0, 4, 2, 0),
+            (0, 1, 2, 0, 2, 4, 1, 8),
+            (1, 1, 1, 2, 2, 4, 0, 0),
+            (5, 0, 3, 2, 1, 4, 2, 3),
+            (6, 0, 4, 2, 2, 4, 1, 2),
+            (0, 1, 1, 1, 1, 1, 0, 6),
+            (6, 2, 2, 2, 1, 2, 0, 6),
+            (0, 2, 4, 0, 1, 1, 0, 4),
+            (3, 0, 2, 2, 2, 4, 0, 5),
+            (0, 0, 3, 0, 0, 2, 2, 3),
+            (3, 2, 2, 0, 0, 1, 0, 6),
+            (1, 1, 4, 0, 1, 0, 2, 5),
+            (7, 2, 2, 0, 2, 2, 2, 3),
+            (7, 2, 3, 2, 0, 2, 0, 0),
+            (0, 1, 3, 2, 1, 2, 2, 9),
+            (6, 2, 1, 1, 0, 4, 2, 0),
+        ],
+        limits: (2, 5, 10),
+    };
     check_churn(&spec).unwrap();
 }

@@ -64,7 +64,10 @@ fn allocation_events_older_than_the_state_held_change_nothing() {
     assert_eq!(snap.allocation_revision("p/c"), Some(ASSUMED));
     assert!(!snap.remove_allocation_at("p/c", 13));
     snap.confirm_allocation("p/c", 15);
-    assert!(!snap.remove_allocation_at("p/c", 14), "the old allocation's late delete");
+    assert!(
+        !snap.remove_allocation_at("p/c", 14),
+        "the old allocation's late delete"
+    );
     assert!(snap.fits(&gpus(&["g2"])).is_err());
     assert!(snap.remove_allocation_at("p/c", 16));
     snap.check_invariants().unwrap();

@@ -137,7 +137,12 @@ impl Holdings {
     /// Whether `holder` (for allocation `key`) fits beside every holder but the one under
     /// `key` (which it replaces): each dimension within capacity, each item existing, asked
     /// for once, and held by nobody else.
-    pub fn check(&self, key: &str, holder: &Holder, offer: &Offer<'_>) -> Result<(), HoldingsError> {
+    pub fn check(
+        &self,
+        key: &str,
+        holder: &Holder,
+        offer: &Offer<'_>,
+    ) -> Result<(), HoldingsError> {
         for (dim, want) in &holder.amount {
             let others: i128 = self
                 .holders
@@ -267,8 +272,12 @@ mod tests {
             h.check("p/d", &d, &offer(&capacity, &has)),
             Err(HoldingsError::NoSuchItem { .. })
         ));
-        let twice = Holder::of("u-e", "n1", &[part("n1", 0, &["g1"]), part("n1", 0, &["g1"])])
-            .unwrap();
+        let twice = Holder::of(
+            "u-e",
+            "n1",
+            &[part("n1", 0, &["g1"]), part("n1", 0, &["g1"])],
+        )
+        .unwrap();
         assert!(matches!(
             h.check("p/e", &twice, &offer(&capacity, &has)),
             Err(HoldingsError::ItemTwice { .. })
@@ -283,7 +292,10 @@ mod tests {
         let capacity: BTreeMap<String, Quantity> = [("cpu".into(), Quantity::from_units(4))].into();
         let has = |_: &str| true;
         let mut h = Holdings::default();
-        h.insert("p/c", Holder::of("old", "n1", &[part("n1", 4, &["g6"])]).unwrap());
+        h.insert(
+            "p/c",
+            Holder::of("old", "n1", &[part("n1", 4, &["g6"])]).unwrap(),
+        );
         let new = Holder::of("new", "n1", &[part("n1", 4, &["g6"])]).unwrap();
         h.check("p/c", &new, &offer(&capacity, &has))
             .expect("a claim's new allocation replaces its old one");
@@ -299,7 +311,10 @@ mod tests {
     #[test]
     fn records_round_trip_and_refuse_unknown_fields() {
         let mut h = Holdings::default();
-        h.insert("p/c", Holder::of("u", "n1", &[part("n1", 2, &["g1"])]).unwrap());
+        h.insert(
+            "p/c",
+            Holder::of("u", "n1", &[part("n1", 2, &["g1"])]).unwrap(),
+        );
         assert_eq!(Holdings::decode(&h.encode()).unwrap(), h);
         assert!(Holdings::decode(br#"{"holders":{},"extra":1}"#).is_err());
         assert_eq!(resource_of(&key("n1-gpu")), Some("n1-gpu"));

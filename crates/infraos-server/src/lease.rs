@@ -503,10 +503,19 @@ mod tests {
         assert_eq!(end_of(&alloc, false), End::Expired);
         // Nor is it renewed inside the margin.
         assert_eq!(
-            renew(&mut claim, &mut alloc, inside_margin, Duration::from_secs(10)),
+            renew(
+                &mut claim,
+                &mut alloc,
+                inside_margin,
+                Duration::from_secs(10)
+            ),
             Err(LeaseError::Expired(expired_at))
         );
-        expire(Some(&mut claim), &mut alloc, t(expired_at.unix_millis() + 6_000));
+        expire(
+            Some(&mut claim),
+            &mut alloc,
+            t(expired_at.unix_millis() + 6_000),
+        );
         assert_eq!(claim.status.as_ref().unwrap().phase, ClaimPhase::Expired);
         // A mark an older build made after expiry does not requeue either.
         alloc.status.as_mut().unwrap().phase = AllocationPhase::Active;

@@ -107,8 +107,14 @@ async fn a_plain_delete_does_not_conflict_with_the_servers_own_writes() {
     assert_eq!(response.status(), StatusCode::ACCEPTED, "finalizers run");
     let kv = state.store.get(CLAIM_KEY).await.unwrap().unwrap();
     let stored: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
-    assert!(stored["metadata"]["deletionTimestamp"].is_string(), "{stored}");
-    assert_eq!(stored["status"]["phase"], "Allocated", "the server's write is kept");
+    assert!(
+        stored["metadata"]["deletionTimestamp"].is_string(),
+        "{stored}"
+    );
+    assert_eq!(
+        stored["status"]["phase"], "Allocated",
+        "the server's write is kept"
+    );
 }
 
 /// The retry is bounded: an object that changes on every attempt still answers 409.

@@ -191,9 +191,10 @@ pub async fn prepare(
                         "holdings ledger refused a placement the snapshot allowed"
                     );
                     ledger.refused(&placement.resources);
-                    applied
-                        .refused
-                        .push((decision.claim_key.clone(), format!("refused by the holdings ledger: {e}")));
+                    applied.refused.push((
+                        decision.claim_key.clone(),
+                        format!("refused by the holdings ledger: {e}"),
+                    ));
                     continue;
                 }
                 let meta = lease::allocation_meta(&entry.claim, &placement, now);

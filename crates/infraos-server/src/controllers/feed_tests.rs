@@ -97,7 +97,10 @@ fn a_late_delete_of_a_requeued_claims_old_allocation_keeps_the_new_one() {
     let mut feed = AllocationFeed::default();
     let (old, old_uid) = stored(&["g6", "g7"], 6400, AllocationPhase::Active);
     feed.put(&mut snap, KEY, &old).unwrap();
-    assert!(snap.fits(&gpus(&["g6"])).is_err(), "the old allocation holds g6");
+    assert!(
+        snap.fits(&gpus(&["g6"])).is_err(),
+        "the old allocation holds g6"
+    );
 
     // Placed again (on the same items) by a batch that commits at 6448.
     assume(&mut feed, &mut snap, &["g6", "g7"]);
@@ -128,7 +131,10 @@ fn a_late_delete_of_a_requeued_claims_old_allocation_keeps_the_new_one() {
 
     // The new allocation's echo is skipped; its own later deletion frees it.
     let (new, _) = stored(&["g6", "g7"], 6448, AllocationPhase::Active);
-    assert!(matches!(feed.put(&mut snap, KEY, &new).unwrap(), Applied::Quiet));
+    assert!(matches!(
+        feed.put(&mut snap, KEY, &new).unwrap(),
+        Applied::Quiet
+    ));
     assert!(snap.fits(&gpus(&["g6"])).is_err());
     let mut gone = new.clone();
     gone.mod_revision = 6500;
@@ -164,7 +170,10 @@ fn later_changes_apply_at_settling_and_failed_batches_give_back() {
     assume(&mut feed, &mut snap, &["g2"]);
     let (released, uid) = stored(&["g2"], 6451, AllocationPhase::Released);
     feed.put(&mut snap, KEY, &released).unwrap();
-    assert!(snap.allocation(KEY).is_some(), "held until its batch settles");
+    assert!(
+        snap.allocation(KEY).is_some(),
+        "held until its batch settles"
+    );
     feed.committed(&mut snap, KEY, 6450).unwrap();
     assert!(snap.allocation(KEY).is_none(), "the release applies");
     assert_eq!(feed.take_ended().len(), 1);

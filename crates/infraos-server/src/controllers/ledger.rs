@@ -84,12 +84,19 @@ impl AllocationProbe {
     }
 
     pub fn holds(&self) -> bool {
-        self.status.as_ref().is_some_and(|s| s.phase.holds_resources())
+        self.status
+            .as_ref()
+            .is_some_and(|s| s.phase.holds_resources())
     }
 
     /// The names of the resources it uses, once each.
     pub fn resources(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.spec.resources.iter().map(|p| p.resource.clone()).collect();
+        let mut out: Vec<String> = self
+            .spec
+            .resources
+            .iter()
+            .map(|p| p.resource.clone())
+            .collect();
         out.sort_unstable();
         out.dedup();
         out
@@ -182,7 +189,11 @@ impl Ledger {
     }
 
     /// Reads records again from the store (after a failed batch wrote them).
-    pub async fn refresh(&mut self, store: &dyn Store, resources: &[String]) -> Result<(), StoreError> {
+    pub async fn refresh(
+        &mut self,
+        store: &dyn Store,
+        resources: &[String],
+    ) -> Result<(), StoreError> {
         for r in resources {
             let kv = store.get(&holdings::key(r)).await?;
             let entry = self.entries.entry(r.clone()).or_default();
@@ -395,7 +406,11 @@ impl Ledger {
             .flatten()
             .filter(|r| {
                 self.entries.get(*r).is_some_and(|e| {
-                    !e.stale && e.stored.holders.values().any(|h| self.ended.contains_key(&h.uid))
+                    !e.stale
+                        && e.stored
+                            .holders
+                            .values()
+                            .any(|h| self.ended.contains_key(&h.uid))
                 })
             })
             .cloned()
@@ -447,8 +462,7 @@ impl Ledger {
     /// it corrected.
     pub async fn load(&mut self, store: &dyn Store) -> Result<usize, StoreError> {
         let records = range_all(store, holdings::PREFIX).await?;
-        let allocations =
-            range_all(store, &objects::prefix(AllocationSpec::INFO, None)).await?;
+        let allocations = range_all(store, &objects::prefix(AllocationSpec::INFO, None)).await?;
         let mut expected: HashMap<String, Holdings> = HashMap::new();
         for kv in &allocations {
             let Some(a) = AllocationProbe::of(kv) else {

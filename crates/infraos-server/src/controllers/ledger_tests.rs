@@ -16,7 +16,8 @@ use crate::objects::encode_typed;
 
 fn store() -> (tempfile::TempDir, EmbeddedStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(&dir.path().join("s.redb"), EmbeddedOptions::default()).unwrap();
+    let store =
+        EmbeddedStore::open(&dir.path().join("s.redb"), EmbeddedOptions::default()).unwrap();
     (dir, store)
 }
 
@@ -32,7 +33,10 @@ fn snapshot() -> Snapshot {
     );
     snap.upsert_class(
         "compute",
-        &serde_json::from_value(serde_json::json!({"kind": "counted", "dimensions": [{"name": "cpu"}]})).unwrap(),
+        &serde_json::from_value(
+            serde_json::json!({"kind": "counted", "dimensions": [{"name": "cpu"}]}),
+        )
+        .unwrap(),
     );
     snap.upsert_node("n1", &Labels::new(), &NodeSpec::default(), None);
     snap.upsert_resource(
@@ -110,7 +114,13 @@ async fn stored_allocation(store: &dyn Store, key: &str, uid: &str, parts: Vec<A
     let mut a = lease::allocate(&mut claim, &placement, Time::from_unix_millis(0), 1);
     a.metadata.uid = uid.into();
     let key = objects::key(AllocationSpec::INFO, Some(ns), name);
-    assert!(store.txn(Txn::new().put(key, encode_typed(&a))).await.unwrap().succeeded);
+    assert!(
+        store
+            .txn(Txn::new().put(key, encode_typed(&a)))
+            .await
+            .unwrap()
+            .succeeded
+    );
 }
 
 async fn ready_ledger(store: &dyn Store) -> Ledger {
@@ -127,7 +137,9 @@ async fn a_snapshot_that_lost_an_allocation_cannot_double_book() {
     let (_dir, store) = store();
     let mut snap = snapshot();
     let mut ledger = ready_ledger(&store).await;
-    ledger.take(1, &snap, "acme-a/p00552", "new", &gpus(&["g6", "g7"])).unwrap();
+    ledger
+        .take(1, &snap, "acme-a/p00552", "new", &gpus(&["g6", "g7"]))
+        .unwrap();
     snap.apply_allocation("acme-a/p00552", &gpus(&["g6", "g7"]), Default::default());
     assert!(commit(&store, ledger.seal(1, true)).await);
     ledger.settle(1, true);
@@ -171,7 +183,10 @@ async fn pipelined_batches_chain_on_versions_and_fail_together() {
     );
     let w2 = ledger.seal(2, true);
     // Batch 1 does not commit (a claim changed); batch 2, planned on it, cannot either.
-    assert!(!commit(&store, w2).await, "batch 2 chains on batch 1's version");
+    assert!(
+        !commit(&store, w2).await,
+        "batch 2 chains on batch 1's version"
+    );
     drop(w1);
     ledger.settle(1, false);
     ledger.settle(2, false);
@@ -212,7 +227,10 @@ async fn ends_prune_by_uid_and_compaction_writes_them_out() {
     let kv = store.get(&holdings::key("n1-gpu")).await.unwrap().unwrap();
     assert!(Holdings::decode(&kv.value).unwrap().holders.is_empty());
     ledger.take(4, &snap, "p/x", "ux", &gpus(&["g6"])).unwrap();
-    assert!(commit(&store, ledger.seal(4, true)).await, "compaction kept the version chain");
+    assert!(
+        commit(&store, ledger.seal(4, true)).await,
+        "compaction kept the version chain"
+    );
 }
 
 /// At the start of a term (or after a build without records) the records are made to list
@@ -225,12 +243,20 @@ async fn load_rebuilds_records_and_audit_prunes_what_ended() {
     stored_allocation(&store, "p/a", "ua", gpus(&["g1", "g2"])).await;
     stored_allocation(&store, "p/b", "ub", cpus(5)).await;
     let mut ledger = Ledger::default();
-    assert_eq!(ledger.load(&store).await.unwrap(), 2, "both records written");
+    assert_eq!(
+        ledger.load(&store).await.unwrap(),
+        2,
+        "both records written"
+    );
     assert!(ledger.take(1, &snap, "p/x", "ux", &gpus(&["g2"])).is_err());
     assert!(ledger.take(1, &snap, "p/x", "ux", &cpus(4)).is_err());
     ledger.seal(1, false);
     assert_eq!(ready_ledger(&store).await.refusals, 0);
-    assert_eq!(Ledger::default().load(&store).await.unwrap(), 0, "nothing to correct");
+    assert_eq!(
+        Ledger::default().load(&store).await.unwrap(),
+        0,
+        "nothing to correct"
+    );
 
     // p/a ends without the loop seeing it (a relist, say): a refusal has it audited.
     let (ns, name) = ("p", "a");
@@ -238,7 +264,10 @@ async fn load_rebuilds_records_and_audit_prunes_what_ended() {
     let kv = store.get(&key).await.unwrap().unwrap();
     let mut a = objects::decode_typed::<AllocationSpec>(&kv).unwrap();
     a.status.as_mut().unwrap().phase = AllocationPhase::Released;
-    store.txn(Txn::new().put(key, encode_typed(&a))).await.unwrap();
+    store
+        .txn(Txn::new().put(key, encode_typed(&a)))
+        .await
+        .unwrap();
     ledger.refused(&gpus(&["g2"]));
     assert_eq!(ledger.audit(&store).await.unwrap(), 1);
     ledger.take(2, &snap, "p/x", "ux", &gpus(&["g2"])).unwrap();

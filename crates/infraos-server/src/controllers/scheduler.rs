@@ -142,8 +142,12 @@ pub(crate) fn apply_object(
                     Applied::Quiet
                 }
             } else {
-                let mut resources: Vec<String> =
-                    a.spec.resources.iter().map(|p| p.resource.clone()).collect();
+                let mut resources: Vec<String> = a
+                    .spec
+                    .resources
+                    .iter()
+                    .map(|p| p.resource.clone())
+                    .collect();
                 resources.sort_unstable();
                 resources.dedup();
                 Applied::AllocationEnded {
@@ -460,10 +464,9 @@ impl Controller {
                 let mut failed = self.settle_all().await;
                 match self.ledger.load(&*self.state.store).await {
                     Ok(0) => {}
-                    Ok(corrected) => tracing::info!(
-                        corrected,
-                        "holdings records made to match the allocations"
-                    ),
+                    Ok(corrected) => {
+                        tracing::info!(corrected, "holdings records made to match the allocations")
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot load the holdings records; retrying");
                         failed = true;
@@ -645,7 +648,9 @@ impl Controller {
                     self.wake_preemptors();
                 }
             }
-            Ok(Applied::Claim(claim)) => self.upsert_claim(id.to_string(), revision, Arc::new(*claim)),
+            Ok(Applied::Claim(claim)) => {
+                self.upsert_claim(id.to_string(), revision, Arc::new(*claim))
+            }
             Err(e) => {
                 tracing::error!(object = %id, revision, error = ?e, "cannot decode a stored object; ignoring it");
             }
@@ -805,7 +810,8 @@ impl Controller {
         for key in &keys {
             self.in_flight_claims.remove(key);
         }
-        self.ledger.settle(written.batch, written.committed.is_some());
+        self.ledger
+            .settle(written.batch, written.committed.is_some());
         let mut applied = written.applied;
         for unsigned in written.unsigned {
             // Left out of the transaction after the ledger counted it: its holder is pruned.
