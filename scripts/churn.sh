@@ -10,6 +10,7 @@ seconds="${1:-300}"
 seeds="${2:-6}"
 seed="${3:-1}"
 bin=$(cargo test --test churn --no-run --message-format=json 2>/dev/null |
+  grep '"kind":\["test"\]' | grep '"name":"churn"' |
   sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [ -x "$bin" ] || { echo "cannot build the churn test" >&2; exit 1; }
 failed=0

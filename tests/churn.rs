@@ -2,8 +2,9 @@
 //! public API only by a seeded stream of operations (three tenants of two projects each with
 //! tenant, project and pool quotas and borrowing; two priority classes and two queues;
 //! sixteen nodes in three zones, every fourth with GPU items; CPU claims, GPU claims with CEL
-//! selectors, gangs, 3–8 s leases that expire, renewals, releases, deletes and bursts of
-//! prod claims), then a drain. A checker follows every allocation event through a watch and,
+//! selectors, gangs, leases of 3–8 s and 20–90 s that expire, renewals, releases, deletes and
+//! bursts of prod claims; at most 200 live claims, so capacity keeps turning over), then a
+//! drain. A checker follows every allocation event through a watch and,
 //! at every revision it observes, checks:
 //!
 //! - capacity per resource and dimension, and every item held by at most one allocation;
@@ -202,9 +203,16 @@ fn capacity() -> Capacity {
 #[derive(Default)]
 struct Made {
     claims: HashMap<String, (i64, Option<usize>)>,
+    /// Every claim created, for the drain.
     names: Vec<(String, String)>,
+    /// Claims neither released nor deleted yet: what releases and deletes pick from.
+    live: Vec<(String, String)>,
     short: Vec<(String, String)>,
 }
+
+/// At most this many live claims: beyond it a worker deletes instead of creating, so the queue
+/// stays bounded and capacity keeps turning over however long the run.
+const MAX_LIVE: usize = 200;
 
 fn claim_body(ns: &str, name: &str, spec: Value) -> Value {
     json!({"apiVersion": "infraos.io/v1", "kind": "Claim",
@@ -240,7 +248,7 @@ fn next_claims(rng: &mut Rng, seq: &mut u64) -> Vec<ToCreate> {
     let lease = if short {
         format!("{}s", 3 + rng.below(6))
     } else {
-        "1h".into()
+        format!("{}s", 20 + rng.below(70))
     };
     let cpu = ["500m", "1", "2"][rng.below(3) as usize];
     let compute = json!({"class": "compute", "amount": {"cpu": cpu, "memory": "1Gi"}});
@@ -284,7 +292,7 @@ fn next_claims(rng: &mut Rng, seq: &mut u64) -> Vec<ToCreate> {
             let requests = json!([{"class": "compute", "amount": {"cpu": "1"}}]);
             (0..3 + rng.below(4))
                 .map(|m| {
-                    let spec = claim_spec(requests.clone(), "1h", true, false);
+                    let spec = claim_spec(requests.clone(), "60s", true, false);
                     ToCreate {
                         priority: PROD,
                         short: false,
@@ -527,78 +535,81 @@ struct Preemptions {
     unplaced: usize,
 }
 
+/// Every audit record's entry, in order.
+async fn audit_entries(c: &Client) -> Vec<(u64, Value)> {
+    let mut entries = Vec::new();
+    let mut from = 0;
+    loop {
+        let page = c.audit_records(from, 1000).await.expect("audit records");
+        entries.extend(page.items.into_iter().map(|r| (r.seq, r.entry)));
+        match page.metadata.next {
+            Some(next) if next > from => from = next,
+            _ => return entries,
+        }
+    }
+}
+
 /// Walks the audit trail in order: an `allocate` record places a claim, a `preempt` record
 /// (`preempted by NS/NAME: WHY`) names the victim and its preemptor. No claim may be
 /// preempted twice by one preemptor between two placements of that preemptor; a plain
 /// preemption needs a strictly lower priority, a reclaim never evicts a higher one.
-async fn audit_preemptions(c: &Client, made: &Made) -> Preemptions {
+fn check_preemptions(entries: &[(u64, Value)], made: &Made) -> Preemptions {
     let mut out = Preemptions::default();
     let mut since_placed: HashMap<String, HashSet<String>> = HashMap::new();
     let mut first: HashMap<String, i64> = HashMap::new();
-    let mut from = 0;
-    loop {
-        let page = c.audit_records(from, 1000).await.expect("audit records");
-        for r in &page.items {
-            let e = &r.entry;
-            let key = format!(
-                "{}/{}",
-                e["object"]["namespace"].as_str().unwrap_or(""),
-                e["object"]["name"].as_str().unwrap_or("")
-            );
-            let at = e["time"]
-                .as_str()
-                .and_then(|t| t.parse::<infraos_api::Time>().ok())
-                .map_or(0, |t| t.unix_millis());
-            match e["verb"].as_str() {
-                Some("allocate") => {
-                    since_placed.remove(&key);
-                    if let Some(t) = first.remove(&key) {
-                        out.worst_to_placed_ms = out.worst_to_placed_ms.max(at - t);
-                    }
+    for (seq, e) in entries {
+        let key = format!(
+            "{}/{}",
+            e["object"]["namespace"].as_str().unwrap_or(""),
+            e["object"]["name"].as_str().unwrap_or("")
+        );
+        let at = e["time"]
+            .as_str()
+            .and_then(|t| t.parse::<infraos_api::Time>().ok())
+            .map_or(0, |t| t.unix_millis());
+        match e["verb"].as_str() {
+            Some("allocate") => {
+                since_placed.remove(&key);
+                if let Some(t) = first.remove(&key) {
+                    out.worst_to_placed_ms = out.worst_to_placed_ms.max(at - t);
                 }
-                Some("preempt") => {
-                    out.preemptions += 1;
-                    let text = e["result"]["reason"].as_str().unwrap_or("");
-                    let Some((by, why)) = text
-                        .strip_prefix("preempted by ")
-                        .and_then(|t| t.split_once(": "))
-                    else {
-                        out.violations
-                            .push(format!("preempt record {}: {text:?}", r.seq));
-                        continue;
-                    };
-                    first.entry(by.to_string()).or_insert(at);
-                    if !since_placed
-                        .entry(by.to_string())
-                        .or_default()
-                        .insert(key.clone())
-                    {
-                        out.violations.push(format!(
-                            "audit {}: {key} preempted again by {by}, not placed in between ({why})",
-                            r.seq
-                        ));
-                    }
-                    let prio = |k: &str| made.claims.get(k).map(|c| c.0);
-                    let (Some(v), Some(b)) = (prio(&key), prio(by)) else {
-                        out.violations
-                            .push(format!("audit {}: unknown claims {key}, {by}", r.seq));
-                        continue;
-                    };
-                    let reclaim = why.contains("reclaiming");
-                    out.reclaims += u64::from(reclaim);
-                    if (reclaim && v > b) || (!reclaim && !why.contains("gang") && v >= b) {
-                        out.violations.push(format!(
-                            "audit {}: {key} (priority {v}) preempted by {by} ({b}): {why}",
-                            r.seq
-                        ));
-                    }
-                }
-                _ => {}
             }
-        }
-        match page.metadata.next {
-            Some(next) if next > from => from = next,
-            _ => break,
+            Some("preempt") => {
+                out.preemptions += 1;
+                let text = e["result"]["reason"].as_str().unwrap_or("");
+                let Some((by, why)) = text
+                    .strip_prefix("preempted by ")
+                    .and_then(|t| t.split_once(": "))
+                else {
+                    out.violations
+                        .push(format!("preempt record {seq}: {text:?}"));
+                    continue;
+                };
+                first.entry(by.to_string()).or_insert(at);
+                if !since_placed
+                    .entry(by.to_string())
+                    .or_default()
+                    .insert(key.clone())
+                {
+                    out.violations.push(format!(
+                        "audit {seq}: {key} preempted again by {by}, not placed in between ({why})"
+                    ));
+                }
+                let prio = |k: &str| made.claims.get(k).map(|c| c.0);
+                let (Some(v), Some(b)) = (prio(&key), prio(by)) else {
+                    out.violations
+                        .push(format!("audit {seq}: unknown claims {key}, {by}"));
+                    continue;
+                };
+                let reclaim = why.contains("reclaiming");
+                out.reclaims += u64::from(reclaim);
+                if (reclaim && v > b) || (!reclaim && !why.contains("gang") && v >= b) {
+                    out.violations.push(format!(
+                        "audit {seq}: {key} (priority {v}) preempted by {by} ({b}): {why}"
+                    ));
+                }
+            }
+            _ => {}
         }
     }
     out.unplaced = first.len();
@@ -654,7 +665,10 @@ async fn churn_keeps_every_invariant() {
             let mut ops = 0u64;
             while Instant::now() < deadline {
                 ops += 1;
-                let op = rng.below(100);
+                let mut op = rng.below(100);
+                if op < 55 && made.lock().unwrap().live.len() >= MAX_LIVE {
+                    op = 71; // delete instead
+                }
                 let result = if op < 55 {
                     let mut last = Ok(Value::Null);
                     for t in next_claims(&mut rng, &mut seq) {
@@ -667,6 +681,7 @@ async fn churn_keeps_every_invariant() {
                         last = c.create(kind("claims"), Some(&t.ns), &t.body).await;
                         let mut m = made.lock().unwrap();
                         m.names.push((t.ns.clone(), name.clone()));
+                        m.live.push((t.ns.clone(), name.clone()));
                         if t.short {
                             m.short.push((t.ns, name));
                         }
@@ -679,8 +694,15 @@ async fn churn_keeps_every_invariant() {
                         _ => (true, "renew"),
                     };
                     let target = {
-                        let m = made.lock().unwrap();
-                        rng.pick(if list { &m.short } else { &m.names }).cloned()
+                        let mut m = made.lock().unwrap();
+                        if list {
+                            rng.pick(&m.short).cloned()
+                        } else if m.live.is_empty() {
+                            None
+                        } else {
+                            let i = rng.below(m.live.len() as u64) as usize;
+                            Some(m.live.swap_remove(i))
+                        }
                     };
                     match (target, action) {
                         (None, _) => Ok(Value::Null),
@@ -787,7 +809,7 @@ async fn churn_keeps_every_invariant() {
     follower.abort();
 
     let made = std::mem::take(&mut *made.lock().unwrap());
-    let audit = audit_preemptions(&c, &made).await;
+    let audit = check_preemptions(&audit_entries(&c).await, &made);
     let ch = checker.lock().unwrap();
     let mut violations = ch.violations.clone();
     violations.extend(audit.violations.iter().cloned());
@@ -846,5 +868,103 @@ async fn churn_keeps_every_invariant() {
         ch.placements,
         audit.preemptions,
         ch.expirations
+    );
+}
+
+/// The checkers catch what they are for: an item held twice, a dimension over capacity, a
+/// project over its quota with borrowing, an expired claim placed again, a victim preempted
+/// twice by one unplaced preemptor, and a reclaim of a higher priority.
+#[test]
+fn the_checkers_catch_what_they_are_for() {
+    let made = Arc::new(Mutex::new(Made::default()));
+    for (k, p) in [("t0-a/low", BATCH), ("t0-a/high", PROD), ("t0-b/b", BATCH)] {
+        made.lock().unwrap().claims.insert(k.into(), (p, None));
+    }
+    let alloc = |name: &str, rv: u64, phase: &str, cpu: &str, items: &[&str]| {
+        json!({"metadata": {"namespace": "t0-a", "name": name, "uid": name,
+                            "resourceVersion": rv.to_string()},
+               "spec": {"resources": [
+                   {"resource": "n00-compute", "amount": {"cpu": cpu}},
+                   {"resource": "n00-gpu", "items": items}]},
+               "status": {"phase": phase}})
+    };
+    let mut ch = Checker::new(made.clone());
+    ch.event("ADDED", &alloc("a", 2, "Active", "2", &["g0"]));
+    ch.event("ADDED", &alloc("b", 3, "Active", "2", &["g1"]));
+    ch.event("BOOKMARK", &json!({"metadata": {"resourceVersion": "3"}}));
+    assert!(ch.violations.is_empty(), "{:?}", ch.violations);
+    ch.event("ADDED", &alloc("c", 4, "Active", "500m", &["g0"]));
+    ch.event("BOOKMARK", &json!({"metadata": {"resourceVersion": "4"}}));
+    let all = ch.violations.join("\n");
+    assert!(all.contains("item n00-gpu/g0 held by"), "{all}");
+    assert!(all.contains("n00-compute cpu holds"), "{all}");
+    let mut ch = Checker::new(made.clone());
+    for (i, n) in ["d", "e", "f", "g", "h"].iter().enumerate() {
+        let mut a = alloc(n, 5, "Active", "4", &[]);
+        a["spec"]["resources"][0]["resource"] = format!("n0{}-compute", i + 1).into();
+        ch.event("ADDED", &a);
+    }
+    ch.event("MODIFIED", &alloc("d", 6, "Expired", "4", &[]));
+    ch.event("DELETED", &alloc("d", 7, "Expired", "4", &[]));
+    ch.event("ADDED", &alloc("d", 8, "Active", "1", &[]));
+    ch.check();
+    let all = ch.violations.join("\n");
+    assert!(all.contains("quota of t0-a cpu"), "{all}");
+    assert!(
+        all.contains("t0-a/d placed again after its lease expired"),
+        "{all}"
+    );
+
+    let record = |seq: u64, verb: &str, name: &str, reason: &str| {
+        (
+            seq,
+            json!({"verb": verb, "object": {"namespace": name.split('/').next(),
+                     "name": name.split('/').nth(1)}, "result": {"reason": reason},
+                     "time": "2026-01-01T00:00:00Z"}),
+        )
+    };
+    let entries = vec![
+        record(1, "allocate", "t0-a/low", ""),
+        record(
+            2,
+            "preempt",
+            "t0-a/low",
+            "preempted by t0-a/high: priority 1000 > 10",
+        ),
+        record(3, "allocate", "t0-a/low", ""),
+        record(
+            4,
+            "preempt",
+            "t0-a/low",
+            "preempted by t0-a/high: priority 1000 > 10",
+        ),
+        record(
+            5,
+            "preempt",
+            "t0-a/high",
+            "preempted by t0-b/b: reclaiming tenant quota",
+        ),
+    ];
+    let found = check_preemptions(&entries, &made.lock().unwrap())
+        .violations
+        .join("\n");
+    assert!(
+        found.contains("t0-a/low preempted again by t0-a/high"),
+        "{found}"
+    );
+    assert!(
+        found.contains("t0-a/high (priority 1000) preempted by t0-b/b"),
+        "{found}"
+    );
+    let placed_between = [
+        entries[..2].to_vec(),
+        vec![record(9, "allocate", "t0-a/high", "")],
+        entries[2..4].to_vec(),
+    ]
+    .concat();
+    assert!(
+        check_preemptions(&placed_between, &made.lock().unwrap())
+            .violations
+            .is_empty()
     );
 }
