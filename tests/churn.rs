@@ -46,7 +46,9 @@ const GPUS: [(&str, &str, u32); 4] = [
 const BATCH: i64 = 10;
 const PROD: i64 = 1000;
 /// CEL selectors a GPU claim may carry, with the check the checker applies to what it holds.
-const SELECTORS: [(&str, fn(&str, u32) -> bool); 3] = [
+/// Whether an item of (model, memoryGiB) passes a selector.
+type ItemTest = fn(&str, u32) -> bool;
+const SELECTORS: [(&str, ItemTest); 3] = [
     ("", |_, _| true),
     ("item.attributes.model == \"H100\"", |m, _| m == "H100"),
     ("item.attributes.memoryGiB >= 40", |_, mem| mem >= 40),
@@ -87,7 +89,7 @@ fn project(t: usize, p: usize) -> String {
 }
 
 fn gpu_node(i: usize) -> bool {
-    i % 4 == 0
+    i.is_multiple_of(4)
 }
 
 fn zone(i: usize) -> String {

@@ -248,13 +248,15 @@ fn a_preemptor_waits_for_its_own_victims_and_never_preempts_one_twice() {
 
 // ---- property test ---------------------------------------------------------------------
 
+/// One generated claim: (arrival round, project 0..3, cpu 1..4, priority level 0..3, gang
+/// 0..2, lifetime in rounds once placed (0: until the end), grace in rounds, deleted while
+/// pending at this round (0: never)). A tuple, so proptest's shrunk cases stay short.
+type ClaimGen = (u8, u8, u8, u8, u8, u8, u8, u8);
+
 #[derive(Clone, Debug)]
 struct ChurnSpec {
     nodes: Vec<u8>,
-    /// (arrival round, project 0..3, cpu 1..4, priority level 0..3, gang 0..2, lifetime in
-    /// rounds once placed (0: until the end), grace in rounds, deleted while pending at
-    /// this round (0: never))
-    claims: Vec<(u8, u8, u8, u8, u8, u8, u8, u8)>,
+    claims: Vec<ClaimGen>,
     /// Project p0, p1 and tenant t0 limits.
     limits: (u8, u8, u8),
 }

@@ -619,6 +619,7 @@ mod tests {
     use futures::StreamExt as _;
 
     use super::*;
+    use crate::Compare;
 
     /// Puts take their previous value from what the compares read; a key written twice, or
     /// deleted and written again, in one transaction must still report what was before.

@@ -42,8 +42,9 @@ const CHUNK: usize = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LedgerError {
+    /// Boxed: the largest variant, and the error is rare (a placement that does not fit).
     #[error("{0}")]
-    Holdings(#[from] HoldingsError),
+    Holdings(#[from] Box<HoldingsError>),
     #[error("resource {0:?} is not in the snapshot")]
     ResourceGone(String),
     #[error("the holdings record of {0:?} must be read again first")]
@@ -236,7 +237,10 @@ impl Ledger {
                 capacity: &entry.capacity,
                 has_item: &has_item,
             };
-            self.link(batch, r).value.check(key, &holder, &offer)?;
+            self.link(batch, r)
+                .value
+                .check(key, &holder, &offer)
+                .map_err(Box::new)?;
             holders.push((*r, holder));
         }
         for (r, holder) in holders {
