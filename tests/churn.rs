@@ -533,6 +533,11 @@ struct Preemptions {
     reclaims: u64,
     /// The longest time from a claim's first preemption to its placement, in ms.
     worst_to_placed_ms: i64,
+    /// The same for prod claims (the top priority: nothing may take their room), with the
+    /// claim.
+    worst_prod_to_placed: (i64, String),
+    /// That claim's preemptions, as the audit trail tells them, to explain a long wait.
+    worst_prod_trail: Vec<String>,
     /// Preemptors that preempted and were never placed (deleted, or given up).
     unplaced: usize,
 }
@@ -559,6 +564,7 @@ fn check_preemptions(entries: &[(u64, Value)], made: &Made) -> Preemptions {
     let mut out = Preemptions::default();
     let mut since_placed: HashMap<String, HashSet<String>> = HashMap::new();
     let mut first: HashMap<String, i64> = HashMap::new();
+    let mut trail: HashMap<String, Vec<String>> = HashMap::new();
     for (seq, e) in entries {
         let key = format!(
             "{}/{}",
@@ -574,6 +580,12 @@ fn check_preemptions(entries: &[(u64, Value)], made: &Made) -> Preemptions {
                 since_placed.remove(&key);
                 if let Some(t) = first.remove(&key) {
                     out.worst_to_placed_ms = out.worst_to_placed_ms.max(at - t);
+                    let prod = made.claims.get(&key).is_some_and(|c| c.0 == PROD);
+                    let steps = trail.remove(&key).unwrap_or_default();
+                    if prod && at - t > out.worst_prod_to_placed.0 {
+                        out.worst_prod_to_placed = (at - t, key.clone());
+                        out.worst_prod_trail = steps;
+                    }
                 }
             }
             Some("preempt") => {
@@ -587,7 +599,11 @@ fn check_preemptions(entries: &[(u64, Value)], made: &Made) -> Preemptions {
                         .push(format!("preempt record {seq}: {text:?}"));
                     continue;
                 };
-                first.entry(by.to_string()).or_insert(at);
+                let t0 = *first.entry(by.to_string()).or_insert(at);
+                trail
+                    .entry(by.to_string())
+                    .or_default()
+                    .push(format!("+{} ms: {key}: {why}", at - t0));
                 if !since_placed
                     .entry(by.to_string())
                     .or_default()
@@ -836,7 +852,7 @@ async fn churn_keeps_every_invariant() {
     eprintln!(
         "churn: seed {seed}: {seconds} s, {ops} operations, {} claims, {} placements, {} \
          preemptions ({} reclaims, {} preemptors never placed), {} expirations, checked at {} \
-         revisions up to {}, worst first preemption to placed {} ms, violations {}",
+         revisions up to {}, worst first preemption to placed {} ms (prod: {} ms, {}), violations {}",
         made.names.len(),
         ch.placements,
         audit.preemptions,
@@ -846,8 +862,16 @@ async fn churn_keeps_every_invariant() {
         ch.revisions,
         ch.last_revision,
         audit.worst_to_placed_ms,
+        audit.worst_prod_to_placed.0,
+        audit.worst_prod_to_placed.1,
         violations.len()
     );
+    if audit.worst_prod_to_placed.0 > 3000 {
+        eprintln!(
+            "churn: {} preempted: {:#?}",
+            audit.worst_prod_to_placed.1, audit.worst_prod_trail
+        );
+    }
     if !violations.is_empty() {
         let keep = std::env::temp_dir().join(format!("infraos-churn-{seed}.log"));
         let _ = std::fs::write(&keep, server.log());
