@@ -93,6 +93,15 @@ pub fn main() -> ExitCode {
         Command::Server(_) | Command::Dev(_) | Command::Agent(_) => "info",
         _ => "warn",
     };
+    // Client commands end quietly when their output is closed (`… | head`); the long-running
+    // ones (and the benchmarks, which drive servers) keep ignoring SIGPIPE.
+    if !matches!(
+        cli.command,
+        Command::Server(_) | Command::Dev(_) | Command::Agent(_) | Command::Bench(_)
+    ) && let Err(e) = infraos_sys::process::default_sigpipe()
+    {
+        eprintln!("warning: {e}");
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()

@@ -216,6 +216,16 @@ async fn lookup_token(
     }))
 }
 
+/// The credentials of an `Authorization: Bearer …` header. Auth schemes are case-insensitive
+/// (RFC 9110 §11.1): `bearer` and `BEARER` are the same scheme.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// The tower middleware: a client certificate naming a node, or a valid bearer token; 401
 /// otherwise. (A node reaching beyond its own objects gets its 403 from the authorizer.)
 pub async fn authenticate(
@@ -247,10 +257,7 @@ pub async fn authenticate(
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let Some(token) = header
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
-    else {
+    let Some(token) = header.and_then(bearer_token) else {
         let e = ApiError::unauthorized("a bearer token is required (Authorization: Bearer TOKEN)");
         return unauthenticated(&state, &request, "anonymous", e).await;
     };
@@ -329,6 +336,16 @@ fn unauthenticated(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for h in ["Bearer t1", "bearer t1", "BEARER t1", "Bearer   t1 "] {
+            assert_eq!(bearer_token(h), Some("t1"), "{h}");
+        }
+        for h in ["Basic t1", "Bearer", "Bearer ", "Bearert1", "t1"] {
+            assert_eq!(bearer_token(h), None, "{h}");
+        }
+    }
 
     #[test]
     fn nodes_reach_only_their_own_objects() {

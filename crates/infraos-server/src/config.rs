@@ -66,6 +66,12 @@ pub struct ServerConfig {
     pub oidc: Option<crate::oidc::OidcConfig>,
     /// The API gateway's limits per identity.
     pub api_limits: crate::limits::ApiLimits,
+    /// Caps on open connections (in all, per source address) and their timeouts.
+    pub connection_limits: crate::connections::ConnectionLimits,
+    /// The process's open-files limit, when the caller knows it (the CLI raises it and says
+    /// so): the connection cap stays below it.
+    #[serde(skip)]
+    pub open_files_limit: Option<u64>,
     /// The algorithm of the server's signing key: `ed25519` or `slh-dsa-sha2-128s` (FIPS 205,
     /// hash-based, quantum-resistant; a signature costs ~135 ms of CPU instead of ~13 µs).
     /// Used when the key is created (`server init`); a different key on disk stops the server.
@@ -105,6 +111,8 @@ impl Default for ServerConfig {
             tls_reload_interval: Duration::from_secs(30),
             oidc: None,
             api_limits: crate::limits::ApiLimits::default(),
+            connection_limits: crate::connections::ConnectionLimits::default(),
+            open_files_limit: None,
             signature_algorithm: Algorithm::Ed25519,
             audit_checkpoint_records: 1000,
             audit_checkpoint_interval: Duration::from_secs(60),
@@ -185,6 +193,7 @@ impl ServerConfig {
             return Err("tlsReloadInterval: must be at least 100ms".into());
         }
         self.api_limits.validate()?;
+        self.connection_limits.validate()?;
         if let Some(oidc) = &self.oidc {
             oidc.validate()?;
         }

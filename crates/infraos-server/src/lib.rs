@@ -19,6 +19,7 @@ pub mod bootstrap;
 pub mod capacity;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod controllers;
 pub mod error;
 pub mod events;
@@ -135,6 +136,23 @@ fn spawn_controllers(
     ])
 }
 
+/// Connections the kernel completes and queues for `accept` (clamped to `net.core.somaxconn`):
+/// room for a burst, so that a flood of connects does not make new clients' SYNs be dropped
+/// (and retried a second later) before the accept loop catches up.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's `TcpListener::bind`: a restarted server can bind at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Opens the store the config names: the embedded one in the data dir, or etcd.
 async fn open_store(config: &ServerConfig) -> Result<Arc<dyn infraos_store::Store>, ServerError> {
     if config.store.is_empty() {
@@ -198,12 +216,10 @@ impl Server {
             &dir.join(init::SERVER_KEY),
             &dir.join(init::CA_CERT),
         )?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Listen {
-                addr: config.listen.to_string(),
-                source,
-            })?;
+        let listener = listen(config.listen).map_err(|source| ServerError::Listen {
+            addr: config.listen.to_string(),
+            source,
+        })?;
         let addr = listener
             .local_addr()
             .map_err(|source| ServerError::Listen {
@@ -306,11 +322,37 @@ impl Server {
             state.config.tls_reload_interval.as_std(),
             shutdown_rx.clone(),
         ));
+        let caps = state
+            .config
+            .connection_limits
+            .caps(state.config.open_files_limit);
+        if caps.total < state.config.connection_limits.max_connections {
+            tracing::warn!(
+                configured = state.config.connection_limits.max_connections,
+                in_force = caps.total,
+                open_files_limit = state.config.open_files_limit,
+                "connectionLimits.maxConnections lowered to stay below the open-files limit \
+                 (raise `ulimit -n` / LimitNOFILE to allow more)"
+            );
+        }
         tasks.push(tokio::spawn(tls::serve(
             listener,
             Arc::new(tls),
             app,
-            state.config.api_limits.max_header_bytes,
+            tls::Edge {
+                max_header_bytes: state.config.api_limits.max_header_bytes,
+                limits: state.config.connection_limits.clone(),
+                connections: connections::Connections::new(caps),
+                // An express thread, and half the cores for a flood's handshakes at most.
+                handshakes: Arc::new(
+                    connections::HandshakeWorkers::start(
+                        std::thread::available_parallelism().map_or(1, |n| n.get() / 2),
+                    )
+                    .map_err(|e| {
+                        ServerError::Tls(format!("cannot start the TLS handshake threads: {e}"))
+                    })?,
+                ),
+            },
             shutdown_rx,
         )));
         // A wildcard listen address is not something a client can connect to: use loopback.

@@ -1,6 +1,7 @@
 //! The HTTPS listener: rustls (ring provider) and hyper serving the axum router, HTTP/1.1 and
 //! HTTP/2 by ALPN. Handshakes run in each connection's own task, so a slow client cannot hold
-//! up accepting others.
+//! up accepting others; every connection is counted and capped first
+//! ([`crate::connections`]).
 //!
 //! The server's certificate is read through [`ServerCert`], which swaps in a new
 //! `server.crt`/`server.key` while serving (on SIGHUP, or when the files change): new
@@ -12,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::response::IntoResponse;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::{Mutex, RwLock};
 use rustls::sign::CertifiedKey;
@@ -22,8 +25,8 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::ServerError;
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::connections::{Admitted, Connections, HandshakeWorkers, Lingering};
+use crate::error::ApiError;
 
 /// The identity a client certificate proved during the handshake (agents: `node:<name>`).
 #[derive(Clone, Debug)]
@@ -204,7 +207,20 @@ pub fn load_server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(server_cert.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // No TLS 1.3 session tickets: minting two per handshake was the largest part of the
+    // handshake work left on the async runtime (after the handshake threads' part), and our
+    // clients seldom resume (agents hold one connection; each CLI run is a new process).
+    config.send_tls13_tickets = 0;
     Ok((config, server_cert))
+}
+
+/// What the listener needs besides the router: the caps on request heads, the connection
+/// limits, and the registry that enforces them.
+pub struct Edge {
+    pub max_header_bytes: usize,
+    pub limits: crate::connections::ConnectionLimits,
+    pub connections: Arc<Connections>,
+    pub handshakes: Arc<HandshakeWorkers>,
 }
 
 /// Serves `app` over TLS until `shutdown` turns true.
@@ -212,10 +228,10 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
-    max_header_bytes: usize,
+    edge: Edge,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let edge = Arc::new(edge);
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -228,64 +244,220 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
+        // Over the caps with every connection busy: closed at once, before any TLS work.
+        let Ok(admitted) = edge.connections.admit(peer.ip()) else {
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let mut conn_shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let peer_cert = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|der| crate::pki::common_name(der))
-                .map(|common_name| PeerCertificate { common_name });
-            let service = hyper::service::service_fn(
-                move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request
-                        .extensions_mut()
-                        .insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
-                    if let Some(cert) = &peer_cert {
-                        request.extensions_mut().insert(cert.clone());
-                    }
-                    app.clone().oneshot(request.map(axum::body::Body::new))
-                },
-            );
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            // Request heads beyond the cap get 431; a client that trickles its head is cut
-            // off (slowloris).
-            builder
-                .http1()
-                .max_buf_size(max_header_bytes)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30));
-            builder
-                .http2()
-                .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                _ = conn_shutdown.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
-                }
-            }
-        });
+        tokio::spawn(connection(
+            Arc::clone(&tls),
+            app.clone(),
+            Arc::clone(&edge),
+            tcp,
+            peer,
+            admitted,
+            shutdown.clone(),
+        ));
     }
+}
+
+/// The TLS handshake: the ClientHello is read first (a client that never sends one costs a
+/// parked task, nothing else), then the key exchange and signature are computed on a
+/// handshake thread in the turn of the client's address, in the lane its open connections
+/// choose ([`HandshakeWorkers`]), then the rest completes here.
+async fn handshake(
+    config: Arc<rustls::ServerConfig>,
+    edge: Arc<Edge>,
+    addr: std::net::IpAddr,
+    io: Lingering,
+) -> std::io::Result<tokio_rustls::server::TlsStream<Lingering>> {
+    let start =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+    // `into_stream` processes the ClientHello: the expensive part, computing only, no I/O.
+    let open = edge.connections.open_from(addr);
+    let accept = edge
+        .handshakes
+        .run(addr, open, move || start.into_stream(config))
+        .await
+        .ok_or_else(|| std::io::Error::other("the server is shutting down"))?;
+    accept.await
+}
+
+/// How long requests in flight may take to finish when the server shuts down…
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// …and, on an idle connection being closed, one that crossed the GOAWAY.
+const IDLE_GRACE: Duration = Duration::from_secs(5);
+/// As [`IDLE_GRACE`] for a connection evicted for a newcomer: its slot is wanted.
+const EVICTED_GRACE: Duration = Duration::from_secs(1);
+/// How long a closing connection is given to send its GOAWAY.
+const GOAWAY_FLUSH: Duration = Duration::from_millis(50);
+
+/// One connection: handshake, then HTTP/1.1 or HTTP/2 until the client leaves, the connection
+/// idles out, is evicted for a newcomer, or the server shuts down.
+async fn connection(
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    edge: Arc<Edge>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Admitted { slot, conn } = admitted;
+    let io = Lingering::new(tcp, slot);
+    let linger = io.switch();
+    let no_linger = || linger.store(false, std::sync::atomic::Ordering::Release);
+    // The handshake future owns the socket: it is dropped after the switch is set.
+    let handshake = tokio::time::timeout(
+        edge.limits.handshake_timeout.as_std(),
+        handshake(tls, Arc::clone(&edge), peer.ip(), io),
+    );
+    tokio::pin!(handshake);
+    let tls = tokio::select! {
+        result = &mut handshake => match result {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                no_linger();
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                no_linger();
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        _ = conn.evicted() => {
+            no_linger();
+            tracing::debug!(%peer, "connection evicted during its handshake");
+            return;
+        }
+    };
+    let peer_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|der| crate::pki::common_name(der))
+        .map(|common_name| PeerCertificate { common_name });
+    conn.handshaken(peer_cert.is_some());
+    let service_conn = Arc::clone(&conn);
+    let max_header_bytes = edge.max_header_bytes;
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let guard = service_conn.request();
+        let (mut parts, body) = request.into_parts();
+        let too_large = head_too_large(&parts, max_header_bytes);
+        let expects_continue = parts
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        parts
+            .extensions
+            .insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
+        parts.extensions.insert(Arc::clone(&service_conn));
+        if let Some(cert) = &peer_cert {
+            parts.extensions.insert(cert.clone());
+        }
+        let (body, held) = crate::connections::hold_request_body(body);
+        let request = hyper::Request::from_parts(parts, axum::body::Body::new(body));
+        let app = app.clone();
+        async move {
+            let response = match too_large {
+                Some(e) => e.into_response(),
+                None => app.oneshot(request).await?,
+            };
+            held.settle(expects_continue).await;
+            Ok::<_, std::convert::Infallible>(
+                response.map(|b| crate::connections::Answer::new(b, held, guard)),
+            )
+        }
+    });
+    let limits = &edge.limits;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Request heads beyond the cap get 431; a client that trickles its head is cut off
+    // (slowloris), and so is an HTTP/1.1 connection idle between requests.
+    builder
+        .http1()
+        .max_buf_size(edge.max_header_bytes)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout.as_std());
+    // HTTP/2: pings find out peers that vanished (their connections would otherwise stay
+    // open, holding a slot and a descriptor, for as long as the kernel keeps the socket).
+    // Heads are decoded up to four times the cap, so that one over it still gets a 431
+    // Status from `head_too_large`, as on HTTP/1.1; beyond that h2 refuses the header block
+    // itself (its own 431, or GOAWAY for a block it cannot skip).
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(limits.keepalive_interval.as_std())
+        .keep_alive_timeout(limits.keepalive_timeout.as_std())
+        .max_header_list_size(
+            u32::try_from(edge.max_header_bytes.saturating_mul(4)).unwrap_or(u32::MAX),
+        );
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(connection);
+    let (reason, grace) = tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = shutdown.changed() => ("server shutting down", SHUTDOWN_GRACE),
+        _ = conn.idle_for(limits.idle_timeout.as_std()) => ("idle", IDLE_GRACE),
+        _ = conn.evicted() => {
+            no_linger();
+            ("evicted for a newcomer", EVICTED_GRACE)
+        }
+    };
+    tracing::debug!(%peer, reason, "closing connection");
+    // HTTP/2: GOAWAY, then the streams in flight finish; HTTP/1.1: closed after the answer
+    // in flight, if any.
+    connection.as_mut().graceful_shutdown();
+    if reason == "server shutting down" {
+        let _ = tokio::time::timeout(grace, connection).await;
+        return;
+    }
+    // Nothing was in flight: once the GOAWAY is out and nothing started meanwhile (a request
+    // that crossed it), close, rather than wait for a client that may never answer the
+    // GOAWAY's ping.
+    let _ = tokio::time::timeout(grace, async {
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            _ = async {
+                tokio::time::sleep(GOAWAY_FLUSH).await;
+                conn.idle_for(GOAWAY_FLUSH).await;
+            } => {}
+        }
+    })
+    .await;
+}
+
+/// A request head over `max` bytes, counted as HTTP/2 counts a header list (each field's name
+/// and value plus 32; the method and target too): the 431 that HTTP/1.1 answers from the
+/// parser (which reads no more than `max`) is answered here for HTTP/2.
+fn head_too_large(parts: &http::request::Parts, max: usize) -> Option<ApiError> {
+    if parts.version != http::Version::HTTP_2 {
+        return None;
+    }
+    let target = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let size = parts.method.as_str().len()
+        + target
+        + 64
+        + parts
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum::<usize>();
+    (size > max).then(|| ApiError {
+        code: http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        reason: "RequestHeaderFieldsTooLarge",
+        message: format!(
+            "the request head ({size} bytes) exceeds the {max}-byte limit \
+             (apiLimits.maxHeaderBytes); shorten the query or headers"
+        ),
+        details: None,
+        retry_after: None,
+    })
 }

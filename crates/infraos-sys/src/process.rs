@@ -427,6 +427,57 @@ pub fn raise_nofile_limit() -> Result<u64, SysError> {
     Ok(hard)
 }
 
+/// As [`raise_nofile_limit`], and beyond the hard limit up to `want` where the process may
+/// (root, or CAP_SYS_RESOURCE; at most `fs.nr_open`). A load generator holding tens of
+/// thousands of connections needs it; the server keeps to the limit it was given.
+pub fn raise_nofile_limit_to(want: u64) -> Result<u64, SysError> {
+    let hard = raise_nofile_limit()?;
+    if want <= hard {
+        return Ok(hard);
+    }
+    match nix::sys::resource::setrlimit(Resource::RLIMIT_NOFILE, want, want) {
+        Ok(()) => Ok(want),
+        // Not privileged: what we have.
+        Err(_) => Ok(hard),
+    }
+}
+
+/// Lowers the calling thread's scheduling priority to `nice` (0 to 19): CPU-heavy work that
+/// can wait (TLS handshakes under a flood) then yields the cores to the threads serving
+/// established connections. Raising one's own nice value needs no privilege.
+pub fn lower_thread_priority(nice: i32) -> Result<(), SysError> {
+    let tid = nix::unistd::gettid().as_raw();
+    let tid = libc::id_t::try_from(tid)
+        .map_err(|_| SysError::Unsupported(format!("thread id {tid} out of range")))?;
+    // SAFETY: setpriority takes plain integers and changes the priority of thread `tid`, this
+    // one; no memory is shared with the kernel.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+    if rc != 0 {
+        return Err(SysError::Call {
+            call: "setpriority",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Gives SIGPIPE back its default action, ending the process quietly when it writes to a
+/// pipe whose reader has gone, as command-line tools do (`infraos audit verify | head -1`).
+/// Rust ignores SIGPIPE, so otherwise every later print fails and `println!` panics. Only
+/// for short-lived client commands: sockets are written with MSG_NOSIGNAL and never raise it,
+/// but a server or agent must never die of a peer closing a pipe.
+pub fn default_sigpipe() -> Result<(), SysError> {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: installs the default disposition, no handler of ours: nothing can run in signal
+    // context, so there is no async-signal-safety to uphold.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }
+        .map(drop)
+        .map_err(|e| SysError::Call {
+            call: "signal(SIGPIPE)",
+            source: std::io::Error::from(e),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,6 +492,25 @@ mod tests {
             "a different start time is another process"
         );
         assert!(!is_alive(i32::MAX - 1, ticks));
+    }
+
+    #[test]
+    fn a_thread_can_lower_its_own_priority() {
+        std::thread::spawn(|| {
+            lower_thread_priority(10).unwrap();
+            let tid = nix::unistd::gettid().as_raw();
+            let nice = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+            // Field 19 (after the command name) is the nice value.
+            let fields: Vec<&str> = nice
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .split_whitespace()
+                .collect();
+            assert_eq!(fields[16], "10", "{nice}");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -26,6 +26,7 @@ use infraos_scheduler::{AllocationMeta, Outcome, Profile, Scheduler, Snapshot};
 use crate::synthetic::{self, PROJECT, Synthetic};
 
 mod agents;
+mod edge;
 mod signatures;
 mod workload;
 
@@ -108,6 +109,19 @@ enum BenchCommand {
         /// as one ordinary user; reports heartbeat p99 under flood against quiet.
         #[arg(long, default_value_t = 0)]
         flood: usize,
+        /// A last window in which this many connections that never speak are opened (half
+        /// plain TCP, half TLS with the HTTP/2 preface), with `/healthz` probed on fresh
+        /// connections; reports heartbeat and /healthz p99 under it against quiet.
+        #[arg(long, default_value_t = 0)]
+        idle_connections: usize,
+        /// Loopback addresses (127.0.1.x) the idle connections come from.
+        #[arg(long, default_value_t = 32)]
+        idle_sources: usize,
+        /// In that window, this many claims submitted by a project member whose item selector
+        /// is a CEL bomb (five nested comprehensions over lists of 100); 4xx answers are
+        /// counted, not fatal.
+        #[arg(long, default_value_t = 0)]
+        cel_bomb: usize,
     },
     /// Claims with a process workload through a real server and a real agent, one after the
     /// other: claim → Running latency, and the agent's RSS. Needs root.
@@ -187,6 +201,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             no_watch,
             server,
             flood,
+            idle_connections,
+            idle_sources,
+            cel_bomb,
         } => {
             agents::run(agents::Options {
                 agents,
@@ -196,6 +213,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 watch: !no_watch,
                 server,
                 flood,
+                idle_connections,
+                idle_sources,
+                cel_bomb,
             })
             .await
         }

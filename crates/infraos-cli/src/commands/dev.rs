@@ -42,6 +42,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
     let mut config = ServerConfig::load(&data_dir)?;
     config.listen = args.listen;
+    // As `infraos server`: the connection cap stays below the open-files limit.
+    config.open_files_limit = infraos_sys::process::raise_nofile_limit().ok();
     let server = Server::start(config, Arc::new(SystemClock)).await?;
     let url = format!("https://{}", server.local_addr());
     let config_note = if args.no_client_config {

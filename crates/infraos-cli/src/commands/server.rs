@@ -98,10 +98,17 @@ pub async fn serve(
             .map_err(|reason| anyhow::anyhow!("--store: {reason}"))?;
     }
     // One connection per agent: thousands of them outgrow the usual soft limit of 1,024.
-    match infraos_sys::process::raise_nofile_limit() {
-        Ok(limit) => tracing::debug!(limit, "open files limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
-    }
+    // The connection cap is kept below the limit (connectionLimits).
+    config.open_files_limit = match infraos_sys::process::raise_nofile_limit() {
+        Ok(limit) => {
+            tracing::debug!(limit, "open files limit");
+            Some(limit)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open files limit");
+            None
+        }
+    };
     let server = Server::start(config, Arc::new(SystemClock)).await?;
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -3,7 +3,7 @@
 //! (what `infraos audit export` ends with, so that a truncated tail is caught).
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use infraos_api::audit::{AuditHead, AuditRecord};
 use serde::Deserialize;
 
@@ -12,7 +12,7 @@ use crate::state::AppState;
 
 const MAX_PAGE: usize = 5000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct Params {
     from: Option<String>,
     limit: Option<String>,
@@ -20,7 +20,7 @@ pub struct Params {
 
 pub async fn list(
     State(state): State<AppState>,
-    Query(p): Query<Params>,
+    super::Params(p): super::Params<Params>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let from = match p.from.as_deref() {
         None | Some("") => 1,

@@ -2,7 +2,7 @@
 //! scheduling decision (or, with `revision`, decides it afresh on the store as it was then).
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use serde::Deserialize;
 
 use super::Ctx;
@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::explain::{self, Replay};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExplainParams {
     #[serde(default)]
@@ -21,7 +21,7 @@ pub async fn claim(
     State(state): State<AppState>,
     ctx: Ctx,
     Path((ns, name)): Path<(String, String)>,
-    Query(params): Query<ExplainParams>,
+    super::Params(params): super::Params<ExplainParams>,
 ) -> Result<Json<Replay>, ApiError> {
     // The replay sees every project; the caller sees the claims they may get.
     let rbac = &state.rbac;

@@ -3,7 +3,7 @@
 //! agent with its own client certificate (kubelet-style); logs never pass through the store.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use infraos_api::Kind as _;
 use infraos_api::kinds::{AllocationSpec, NodeSpec};
@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::objects::{self, decode_typed};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct LogParams {
     #[serde(default)]
     pub follow: Option<String>,
@@ -28,7 +28,7 @@ pub async fn claim_log(
     State(state): State<AppState>,
     _ctx: Ctx,
     Path((ns, name)): Path<(String, String)>,
-    Query(params): Query<LogParams>,
+    super::Params(params): super::Params<LogParams>,
 ) -> Result<Response, ApiError> {
     let stream = params.stream.as_deref().unwrap_or("stdout");
     if !matches!(stream, "stdout" | "stderr") {

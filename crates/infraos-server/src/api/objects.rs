@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -30,7 +30,7 @@ use crate::state::AppState;
 
 /// Query parameters of list and watch requests. All strings, parsed here so that bad values
 /// get a Status body that names them.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ListParams {
     pub label_selector: Option<String>,
@@ -43,6 +43,8 @@ pub struct ListParams {
     pub timeout_seconds: Option<String>,
 }
 
+/// How a boolean parameter is switched on: `true`, `1`, or present without a value. Read
+/// from the decoded query only, so `watch=%74rue` is a watch for authorization too.
 fn truthy(v: &Option<String>) -> bool {
     matches!(v.as_deref(), Some("true" | "1" | ""))
 }
@@ -107,7 +109,7 @@ pub async fn list_cluster(
     State(state): State<AppState>,
     filter: Option<Extension<ListFilter>>,
     Path(plural): Path<String>,
-    Query(params): Query<ListParams>,
+    super::Params(params): super::Params<ListParams>,
 ) -> Result<Response, ApiError> {
     // Namespaced kinds are listed across all projects here, as Kubernetes does.
     let info = kind_for(&plural, false).or_else(|e| match kind_for(&plural, true) {
@@ -121,7 +123,7 @@ pub async fn list_namespaced(
     State(state): State<AppState>,
     filter: Option<Extension<ListFilter>>,
     Path((ns, plural)): Path<(String, String)>,
-    Query(params): Query<ListParams>,
+    super::Params(params): super::Params<ListParams>,
 ) -> Result<Response, ApiError> {
     let info = kind_for(&plural, true)?;
     list_or_watch(state, info, Some(ns), params, filter.map(|f| f.0)).await
@@ -383,6 +385,9 @@ async fn list_or_watch(
         return super::watch::watch(state, info, ns, params, filter).await;
     }
     let selector = params.selector()?;
+    // The store serves the newest state, which satisfies any revision up to it ("not older
+    // than", as Kubernetes); a later one has never existed.
+    let not_older_than = params.resource_version()?;
     let limit = match params.limit.as_deref() {
         None | Some("") | Some("0") => None,
         Some(v) => Some(
@@ -401,6 +406,11 @@ async fn list_or_watch(
     loop {
         let want = limit.map_or(PAGE, |l| (l - items.len()).clamp(1, PAGE));
         let page = state.store.range(&prefix, after.as_deref(), want).await?;
+        if revision.is_none()
+            && let Some(rv) = not_older_than
+        {
+            super::watch::check_not_future(rv, page.revision)?;
+        }
         revision.get_or_insert(page.revision);
         for kv in &page.kvs {
             let keep = filter.as_ref().is_none_or(|f| f.admits(kv))

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!   resourceVersion absent or 0 ─► ADDED for every current object, then changes after the list
-//!   resourceVersion N           ─► changes after N, or 410 Gone when N is compacted
+//!   resourceVersion N           ─► changes after N, or 410 Gone when N is compacted,
+//!                                   or 400 when N is newer than the store's revision
 //!   mid-stream compaction        ─► {"type":"ERROR","object":<Status 410>} and the stream ends
 //!   allowWatchBookmarks=true     ─► BOOKMARK every `watchBookmarkInterval` (1 min), when the
 //!                                   revision moved on since the last line (events the
@@ -93,6 +94,11 @@ pub async fn watch(
             revision.unwrap_or(0)
         }
     };
+    if params.resource_version()?.is_some_and(|rv| rv > 0) {
+        // A revision the store has not reached would be waited for in silence: refuse it.
+        let current = state.store.range(&prefix, None, 1).await?.revision;
+        check_not_future(start, current)?;
+    }
     let events = match state.store.watch(&prefix, start).await {
         Ok(s) => s,
         Err(StoreError::Compacted { compacted, .. }) => {
@@ -124,6 +130,20 @@ pub async fn watch(
         .header(http::header::CACHE_CONTROL, "no-cache")
         .body(body)
         .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Refuses a `resourceVersion` newer than the store's current revision with 400: no client
+/// can have seen it (every revision a client sees is at most the current one, on every
+/// replica), so it is a made-up or corrupted value, and waiting for it would hold a watch
+/// open in silence. The store's own `FutureRevision` answers the same.
+pub fn check_not_future(requested: u64, current: u64) -> Result<(), ApiError> {
+    if requested > current {
+        return Err(ApiError::bad_request(format!(
+            "resourceVersion: {requested} is newer than the current revision {current}; \
+             list again and use the list's resourceVersion"
+        )));
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -10,6 +10,7 @@ use infraos_api::kinds::{ProjectSpec, QuotaSpec, RoleBindingSpec, RoleSpec, VERB
 use infraos_api::{Kind as _, TypedObject};
 
 use super::{ListFilter, READ_VERBS, Rbac, Scope, Visibility};
+use crate::api::ListParams;
 use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -47,7 +48,9 @@ fn method_verb(method: &http::Method, collection: bool, watch: bool) -> &'static
 }
 
 /// Maps a method and path onto RBAC attributes; `None` for paths the router will 404.
-pub fn target(method: &http::Method, path: &str, query: Option<&str>) -> Option<Target> {
+/// `watch`: the decoded query asks for a watch ([`crate::api::ListParams::is_watch`], the
+/// very value the handler acts on).
+pub fn target(method: &http::Method, path: &str, watch: bool) -> Option<Target> {
     if path.starts_with("/agent/v1/") {
         return Some(Target::AgentOnly);
     }
@@ -56,10 +59,6 @@ pub fn target(method: &http::Method, path: &str, query: Option<&str>) -> Option<
     }
     let rest = path.strip_prefix(crate::api::PREFIX)?;
     let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
-    let watch = query.is_some_and(|q| {
-        q.split('&')
-            .any(|kv| matches!(kv, "watch=true" | "watch=1" | "watch"))
-    });
     let (namespace, plural, name, sub) = match parts.as_slice() {
         ["signingkey"] => return Some(Target::Public),
         ["namespaces", ns, plural] => (Some(*ns), *plural, None, None),
@@ -157,11 +156,18 @@ pub async fn authorize(
         let e = ApiError::forbidden(why);
         return refuse(&state, source, path, &identity, &verb, attrs.as_ref(), e).await;
     }
-    let target = target(
-        request.method(),
-        request.uri().path(),
-        request.uri().query(),
-    );
+    // The query is decoded once, here, and handed to the handler: what is authorized as a
+    // list cannot be served as a watch, however the query is spelled.
+    let mut watch = false;
+    if request.method() == http::Method::GET {
+        let params: ListParams = match crate::api::decode_query(request.uri().query()) {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
+        watch = params.is_watch();
+        request.extensions_mut().insert(crate::api::Params(params));
+    }
+    let target = target(request.method(), request.uri().path(), watch);
     let attrs = match target {
         Some(Target::Public) => return next.run(request).await,
         // A path the authorizer cannot name: administrators reach the router (which explains

@@ -169,10 +169,39 @@ fn escalation_is_refused() {
 #[test]
 fn paths_map_to_attributes() {
     let get = http::Method::GET;
-    let t = |m: &http::Method, p: &str, q: Option<&str>| match target(m, p, q) {
-        Some(Target::Request(a)) => Some((a.verb, a.kind, a.namespace, a.name)),
-        _ => None,
+    let t = |m: &http::Method, p: &str, q: Option<&str>| {
+        let params: crate::api::ListParams = crate::api::decode_query(q).unwrap();
+        match target(m, p, params.is_watch()) {
+            Some(Target::Request(a)) => Some((a.verb, a.kind, a.namespace, a.name)),
+            _ => None,
+        }
     };
+    // However the query spells it, a watch is a watch (issue 16: `%74rue` passed as a list).
+    for q in [
+        "watch=%74rue",
+        "watch=%31",
+        "watch",
+        "watch=",
+        "labelSelector=a%3Db&watch=true",
+    ] {
+        assert_eq!(
+            t(&get, "/apis/infraos.io/v1/namespaces/p/claims", Some(q)).map(|a| a.0),
+            Some("watch".to_string()),
+            "{q}"
+        );
+    }
+    for q in [
+        "watch=false",
+        "watch=0",
+        "watchx=true",
+        "labelSelector=watch%3Dtrue",
+    ] {
+        assert_eq!(
+            t(&get, "/apis/infraos.io/v1/namespaces/p/claims", Some(q)).map(|a| a.0),
+            Some("list".to_string()),
+            "{q}"
+        );
+    }
     assert_eq!(
         t(
             &get,
@@ -226,7 +255,7 @@ fn paths_map_to_attributes() {
     );
     assert_eq!(t(&get, "/apis/infraos.io/v1/gadgets", None), None);
     assert_eq!(
-        target(&get, "/agent/v1/heartbeat", None),
+        target(&get, "/agent/v1/heartbeat", false),
         Some(Target::AgentOnly)
     );
 }

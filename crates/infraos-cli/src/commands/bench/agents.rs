@@ -24,7 +24,7 @@ use infraos_api::quantity::Quantity;
 use infraos_client::{Client, ClientConfig, ClientIdentity, Method};
 use parking_lot::Mutex;
 
-use super::{ChildServer, cpu_seconds, memory_kib, percentile, start_server};
+use super::{ChildServer, cpu_seconds, edge, memory_kib, percentile, start_server};
 
 pub struct Options {
     pub agents: usize,
@@ -35,6 +35,12 @@ pub struct Options {
     pub server: Option<String>,
     /// Clients flooding the API as one ordinary user during a second window.
     pub flood: usize,
+    /// Connections that never speak, opened during a last window…
+    pub idle_connections: usize,
+    /// …from this many loopback addresses…
+    pub idle_sources: usize,
+    /// …while this many CEL-bomb claims are submitted ([`super::edge`]).
+    pub cel_bomb: usize,
 }
 
 /// One simulated agent: its name and its mTLS client.
@@ -160,13 +166,25 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             tasks.push(tokio::spawn(watch(agent)));
         }
     }
+    // /healthz on fresh connections, quiet and under the edge load, when that is asked for.
+    let prober = if o.idle_connections > 0 || o.cel_bomb > 0 {
+        Some(edge::Prober::spawn(&admin_config)?)
+    } else {
+        None
+    };
     // Every agent beats once before the window opens.
     tokio::time::sleep(o.heartbeat + Duration::from_secs(2)).await;
     let cpu_before = server_pid.as_deref().and_then(cpu_seconds);
     let window = Instant::now();
     stats.measuring.store(true, Ordering::Relaxed);
+    if let Some(p) = &prober {
+        p.set(edge::Phase::Quiet);
+    }
     tokio::time::sleep(o.duration).await;
     stats.measuring.store(false, Ordering::Relaxed);
+    if let Some(p) = &prober {
+        p.set(edge::Phase::Off);
+    }
     let window_s = window.elapsed().as_secs_f64();
     let cpu_after = server_pid.as_deref().and_then(cpu_seconds);
 
@@ -231,10 +249,150 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         )
         .await?;
     }
+    if let Some(p) = &prober {
+        edge_window(
+            &admin,
+            &admin_config,
+            &stats,
+            &o,
+            &latencies,
+            p,
+            server_pid.as_deref(),
+        )
+        .await?;
+    }
     for task in &tasks {
         task.abort();
     }
     drop(guard);
+    Ok(())
+}
+
+/// The last window: idle connections and CEL-bomb claims (issue 16), heartbeats and /healthz
+/// against the quiet window.
+async fn edge_window(
+    admin: &Client,
+    admin_config: &ClientConfig,
+    stats: &Arc<Stats>,
+    o: &Options,
+    quiet: &[u32],
+    prober: &edge::Prober,
+    server_pid: Option<&str>,
+) -> anyhow::Result<()> {
+    let bomber = if o.cel_bomb > 0 {
+        Some(edge::setup_bomb(admin, admin_config).await?)
+    } else {
+        None
+    };
+    if o.idle_connections > 0 {
+        // Beyond the usual hard limit where the process may (root): this process holds them.
+        let want = (o.idle_connections + o.agents + 4096) as u64;
+        let limit = infraos_sys::process::raise_nofile_limit_to(want).unwrap_or(0);
+        if limit < want {
+            println!(
+                "note: this process may open {limit} files; fewer than {} idle connections may open",
+                o.idle_connections
+            );
+        }
+    }
+    let idle_counts = Arc::new(edge::IdleCounts::default());
+    let bomb_counts = Arc::new(edge::BombCounts::default());
+    let errors_before = stats.errors.load(Ordering::Relaxed);
+    stats.latencies_us.lock().clear();
+    let cpu_before = (server_pid.and_then(cpu_seconds), cpu_seconds("self"));
+    let window = Instant::now();
+    stats.measuring.store(true, Ordering::Relaxed);
+    prober.set(edge::Phase::Load);
+    let idle = if o.idle_connections > 0 {
+        Some(edge::open_idle(
+            admin_config,
+            o.idle_connections,
+            o.idle_sources,
+            idle_counts.clone(),
+        )?)
+    } else {
+        None
+    };
+    let bombs = bomber.map(|c| edge::submit_bombs(c, o.cel_bomb, bomb_counts.clone()));
+    tokio::time::sleep(o.duration).await;
+    stats.measuring.store(false, Ordering::Relaxed);
+    prober.set(edge::Phase::Off);
+    let window_s = window.elapsed().as_secs_f64();
+    let cpu_after = (server_pid.and_then(cpu_seconds), cpu_seconds("self"));
+    let share = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.0}%", (b - a) / window_s.max(1e-9) * 100.0),
+        _ => "n/a".into(),
+    };
+    println!(
+        "CPU during the edge window, of one core: server {}, load generator {}",
+        share(cpu_before.0, cpu_after.0),
+        share(cpu_before.1, cpu_after.1)
+    );
+    let open_fds = server_pid
+        .and_then(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
+        .map(|d| d.count());
+    let rss = server_pid.and_then(memory_kib);
+    drop(idle);
+    if let Some(task) = bombs {
+        task.abort();
+    }
+    let mut latencies = std::mem::take(&mut *stats.latencies_us.lock());
+    latencies.sort_unstable();
+    let (quiet_health, quiet_fail) = prober.results(edge::Phase::Quiet);
+    let (load_health, load_fail) = prober.results(edge::Phase::Load);
+    let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    if o.idle_connections > 0 {
+        println!(
+            "idle connections: {} attempted from {} addresses in {window_s:.0}s, {} opened, {} failed to open, {} closed by the server",
+            n(&idle_counts.attempted),
+            o.idle_sources,
+            n(&idle_counts.opened),
+            n(&idle_counts.failed),
+            n(&idle_counts.closed_by_server),
+        );
+    }
+    if o.cel_bomb > 0 {
+        let answered = n(&bomb_counts.ok)
+            + n(&bomb_counts.client_errors)
+            + n(&bomb_counts.server_errors)
+            + n(&bomb_counts.failed);
+        println!(
+            "CEL-bomb claims: {} sent, {} accepted, {} refused (4xx), {} 5xx, {} failed, {} still unanswered at the end",
+            n(&bomb_counts.sent),
+            n(&bomb_counts.ok),
+            n(&bomb_counts.client_errors),
+            n(&bomb_counts.server_errors),
+            n(&bomb_counts.failed),
+            n(&bomb_counts.sent).saturating_sub(answered),
+        );
+        if let Some(why) = bomb_counts.first_refusal.lock().as_deref() {
+            println!("  first refusal: {why}");
+        }
+    }
+    if let (Some(fds), Some((rss, _))) = (open_fds, rss) {
+        println!(
+            "server at the end of the window: {fds} open files, RSS {:.0} MiB",
+            rss as f64 / 1024.0
+        );
+    }
+    println!(
+        "heartbeat latency ms under edge load: {} (errors {})",
+        edge::summary(&latencies),
+        stats.errors.load(Ordering::Relaxed) - errors_before
+    );
+    println!(
+        "/healthz latency ms (fresh connection each): quiet {} failed {quiet_fail}; under edge load {} failed {load_fail}",
+        edge::summary(&quiet_health),
+        edge::summary(&load_health),
+    );
+    println!(
+        "heartbeat p99 under edge load / quiet: {:.2}",
+        edge::p99_ms(&latencies) / edge::p99_ms(quiet).max(1e-9)
+    );
+    println!(
+        "/healthz p99 under edge load / quiet: {:.2}",
+        edge::p99_ms(&load_health) / edge::p99_ms(&quiet_health).max(1e-9)
+    );
     Ok(())
 }
 
