@@ -140,11 +140,11 @@ pub async fn authorize(
         ) else {
             return next.run(request).await;
         };
-        let attrs = match target(
-            request.method(),
-            request.uri().path(),
-            request.uri().query(),
-        ) {
+        // Only to name the refused verb in the audit record: a query that does not decode
+        // is not a watch.
+        let watch = crate::api::decode_query::<ListParams>(request.uri().query())
+            .is_ok_and(|p| p.is_watch());
+        let attrs = match target(request.method(), request.uri().path(), watch) {
             Some(Target::Request(a)) => Some(a),
             _ => None,
         };
