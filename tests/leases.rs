@@ -157,3 +157,67 @@ async fn renewals_extend_the_lease_and_late_ones_are_refused() {
         .unwrap_err();
     assert!(err.is_not_found(), "{err}");
 }
+
+/// Issue 17, finding 2: a lease past its expireTime (inside the skew margin) that a
+/// higher-priority claim then tries to preempt used to take the requeue path: the claim went
+/// back to Pending and got a new lease. Expired is final: the lease ends Expired, its claim
+/// too, and the preemptor gets the room once the margin has passed.
+#[tokio::test]
+async fn an_expired_lease_is_never_revived_by_a_later_preemption() {
+    let server = TestServer::start_with_config("leaseSkewMargin: 4s\n").await;
+    let c = server.client();
+    apply_yaml(&c, &small_cluster(1)).await;
+    apply_yaml(
+        &c,
+        r#"
+apiVersion: infraos.io/v1
+kind: PriorityClass
+metadata: {name: prod}
+spec: {value: 1000}
+"#,
+    )
+    .await;
+    c.create(kind("claims"), Some("p"), &claim("short", "1", "2s"))
+        .await
+        .unwrap();
+    let alloc = eventually(Duration::from_secs(10), "short allocated", || {
+        let c = c.clone();
+        async move { c.get(kind("allocations"), Some("p"), "short").await.ok() }
+    })
+    .await;
+    let expire = time(&alloc, "/status/lease/expireTime");
+    eventually(Duration::from_secs(10), "past expireTime", || async {
+        (output_now() > expire.plus(infraos_api::Duration::from_millis(200))).then_some(())
+    })
+    .await;
+    // Inside the margin the CPU is still held: the prod claim can only preempt for it.
+    let mut urgent = claim("urgent", "1", "1h");
+    urgent["spec"]["priorityClassName"] = "prod".into();
+    c.create(kind("claims"), Some("p"), &urgent).await.unwrap();
+    eventually(Duration::from_secs(20), "urgent allocated", || {
+        let c = c.clone();
+        async move {
+            (phase(&c.get(kind("claims"), Some("p"), "urgent").await.ok()?) == "Allocated")
+                .then_some(())
+        }
+    })
+    .await;
+    let short = c.get(kind("claims"), Some("p"), "short").await.unwrap();
+    assert_eq!(phase(&short), "Expired", "{short}");
+    assert_eq!(short["status"]["reason"], "LeaseExpired");
+    assert_eq!(short["status"]["fencingEpoch"], 1, "never allocated again");
+    let ended = c
+        .get(kind("allocations"), Some("p"), "short")
+        .await
+        .unwrap();
+    assert_eq!(ended["status"]["phase"], "Expired", "{ended}");
+    assert!(ended["status"]["preemption"].is_null(), "{ended}");
+    let (events, _) = c.list(kind("events"), Some("p"), None).await.unwrap();
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["spec"]["involvedObject"]["name"] == "short"
+                && matches!(e["spec"]["reason"].as_str(), Some("Requeued" | "Preempted"))),
+        "an expired lease is neither preempted nor requeued"
+    );
+}

@@ -24,4 +24,8 @@ pub use snapshot::{FitError, Snapshot};
 #[cfg(test)]
 mod governance_tests;
 #[cfg(test)]
+mod preemption_tests;
+#[cfg(test)]
+mod snapshot_tests;
+#[cfg(test)]
 mod tests;

@@ -394,9 +394,14 @@ pub struct Scheduler {
     memo_entries: usize,
     scratch: Scratch,
     /// Claims waiting for their preemption victims to end, by claim key: what each will
-    /// take is held against claims of lower priority meanwhile, so they cannot take what the
-    /// victims free (Kubernetes' nominated node, narrowed to the claim's own resources).
+    /// take is held against every claim that could not preempt it once placed (lower and
+    /// equal priorities) meanwhile, so they cannot take what the victims free (Kubernetes'
+    /// nominated node, narrowed to the claim's own resources).
     pub(crate) nominations: HashMap<String, Nomination>,
+    /// The allocations each claim has preempted since it was last placed: it never preempts
+    /// one of them again before it is placed (a victim back in the room it was preempted
+    /// from means the nomination did not hold; preempting it again would be a loop).
+    pub(crate) preempted: HashMap<String, HashSet<String>>,
 }
 
 /// What a claim waiting for its preemption victims will take: its resources on the node it
@@ -410,8 +415,12 @@ pub(crate) struct Nomination {
     pub priority: i32,
     pub namespace: String,
     pub tenant: Option<String>,
-    /// Where it will land (preempting for capacity); empty when it preempts for a quota.
+    /// Where it will land; empty when it preempts for a quota and no node is known.
     pub parts: Vec<AllocatedResource>,
+    /// The allocations whose end it waits for (those it preempted, and those already being
+    /// preempted that it counted on): their room is its room, held against the same claims
+    /// as the rest of the nomination.
+    pub victims: Vec<String>,
     /// What the whole claim takes, by interned dimension (for a quota nomination).
     pub needs: Vec<(GovDim, i128)>,
 }
@@ -436,6 +445,7 @@ impl Scheduler {
             memo_entries: 0,
             scratch: Scratch::default(),
             nominations: HashMap::new(),
+            preempted: HashMap::new(),
         })
     }
 
@@ -449,9 +459,36 @@ impl Scheduler {
         self.next_start = start;
     }
 
-    /// Drops the nomination a claim holds (it was placed elsewhere, or deleted).
+    /// Forgets what the scheduler keeps about a claim that is placed, deleted or no longer
+    /// pending: its nomination and the victims it preempted.
     pub fn forget(&mut self, claim_key: &str) {
         self.nominations.remove(claim_key);
+        self.preempted.remove(claim_key);
+    }
+
+    /// The claim gave up waiting for victims (it is decided otherwise): its nomination ends,
+    /// but what it preempted is remembered until it is placed.
+    fn give_up(&mut self, claim_key: &str) {
+        self.nominations.remove(claim_key);
+    }
+
+    /// Remembers the victims a claim's decision preempts.
+    fn record_victims(&mut self, claim_key: &str, outcome: &Outcome) {
+        if let Outcome::Preempt(plan) = outcome
+            && !plan.victims.is_empty()
+        {
+            self.preempted
+                .entry(claim_key.to_string())
+                .or_default()
+                .extend(plan.victims.iter().map(|v| v.allocation.clone()));
+        }
+    }
+
+    /// Whether the claim preempted `allocation` before and has not been placed since.
+    pub(crate) fn preempted_before(&self, claim_key: &str, allocation: &str) -> bool {
+        self.preempted
+            .get(claim_key)
+            .is_some_and(|v| v.contains(allocation))
     }
 
     /// Records that the claim of `ctx` waits for victims: `parts` on a node, or its quota
@@ -461,19 +498,26 @@ impl Scheduler {
         ctx: &ClaimCtx<'_>,
         owner: String,
         parts: Vec<AllocatedResource>,
+        victims: Vec<String>,
     ) {
         self.nominations
-            .insert(ctx.key.to_string(), nomination(ctx, &owner, parts));
+            .insert(ctx.key.to_string(), nomination(ctx, &owner, parts, victims));
     }
 
     /// Before deciding a claim of `owner` at `priority`: holds in the batch what every
-    /// nomination of higher priority (and another owner) will take, and gives back those
-    /// that no longer apply. Claims come in priority order, so each is held about once.
+    /// nomination (of another owner) that the claim could not preempt once placed will take
+    /// (priorities below the nominee's plus `minPriorityGap`: lower and equal ones), and
+    /// gives back those that no longer apply. Claims come in priority order, so each is held
+    /// about once. A claim that could preempt the nominee may take its room: it would
+    /// preempt it anyway. What the nominee's own victims still hold counts once: the hold is
+    /// only what the nominee will take beyond it.
     fn sync_holds(&self, snapshot: &Snapshot, batch: &mut Batch, owner: &str, priority: i32) {
         if self.nominations.is_empty() && batch.held.is_empty() {
             return;
         }
-        let applies = |n: &Nomination| n.owner != owner && n.priority > priority;
+        let gap = i64::from(self.profile.preemption.min_priority_gap);
+        let applies =
+            |n: &Nomination| n.owner != owner && i64::from(priority) < i64::from(n.priority) + gap;
         let mut i = 0;
         while i < batch.held.len() {
             if self.nominations.get(&batch.held[i].0).is_some_and(applies) {
@@ -485,10 +529,34 @@ impl Scheduler {
         }
         for (key, n) in &self.nominations {
             if applies(n) && !batch.held.iter().any(|(k, _)| k == key) {
+                if !batch.budgets.contains_key(&n.owner) {
+                    // What the owner's victims (all its members', for a gang) still hold:
+                    // stopping, or chosen in this batch.
+                    let victims: Vec<&str> = self
+                        .nominations
+                        .values()
+                        .filter(|m| m.owner == n.owner)
+                        .flat_map(|m| m.victims.iter().map(String::as_str))
+                        .filter(|v| {
+                            snapshot
+                                .allocation_meta(v)
+                                .is_some_and(|m| m.preempting || batch.victims.contains(*v))
+                        })
+                        .collect();
+                    let budget = VictimBudget::of(snapshot, &victims);
+                    batch.budgets.insert(n.owner.clone(), budget);
+                }
                 let reservation = batch.hold(snapshot, n);
                 batch.held.push((key.clone(), reservation));
             }
         }
+        // Victims whose room is held for their preemptor: not free for this claim to wait for.
+        batch.held_victims = batch
+            .held
+            .iter()
+            .filter_map(|(_, r)| batch.budgets.get(&r.owner))
+            .flat_map(|b| b.victims.iter().cloned())
+            .collect();
     }
 
     /// Decides every claim on `snapshot`, in fair order, without aging or a limit (what the
@@ -593,6 +661,7 @@ impl Scheduler {
             Err(block) => {
                 let explanation = Explanation::detailed(QUOTA_EXCEEDED, block.message(snapshot));
                 let outcome = self.preempt_for_quota(snapshot, &ctx, batch, block, explanation);
+                self.settle_nomination(key, &outcome);
                 return Some(note_holds(outcome, batch));
             }
         };
@@ -604,12 +673,19 @@ impl Scheduler {
             }
             Err(explanation) => self.preempt_for_capacity(snapshot, &ctx, batch, explanation),
         };
-        let waits = matches!(&outcome, Outcome::Preempt(_))
-            || matches!(&outcome, Outcome::Unschedulable(e) if e.reason == WAITING_FOR_PREEMPTION);
-        if !waits {
-            self.forget(key);
-        }
+        self.settle_nomination(key, &outcome);
         Some(note_holds(outcome, batch))
+    }
+
+    /// After a claim's decision: placed, it is forgotten; waiting for victims, it keeps its
+    /// nomination and remembers them; otherwise it gives up its nomination.
+    fn settle_nomination(&mut self, key: &str, outcome: &Outcome) {
+        match outcome {
+            Outcome::Placed(_) => self.forget(key),
+            Outcome::Preempt(_) => self.record_victims(key, outcome),
+            Outcome::Unschedulable(e) if e.reason == WAITING_FOR_PREEMPTION => {}
+            Outcome::Unschedulable(_) => self.give_up(key),
+        }
     }
 
     /// A gang: every pending member is placed in this batch, and unless at least
@@ -647,7 +723,7 @@ impl Scheduler {
                 members.len()
             );
             for &i in members {
-                self.forget(&claims[i].0);
+                self.give_up(&claims[i].0);
             }
             return members
                 .iter()
@@ -702,9 +778,18 @@ impl Scheduler {
                             Ok(mut placement) => {
                                 placement.borrowing = borrowing;
                                 reserved.push(batch.reserve(snapshot, &ctx, &placement));
+                                let waits_for = quota_victims
+                                    .as_ref()
+                                    .map(|(f, _)| f.keys())
+                                    .unwrap_or_default();
                                 nominations.push((
                                     key.clone(),
-                                    nomination(&ctx, &owner, placement.resources.clone()),
+                                    nomination(
+                                        &ctx,
+                                        &owner,
+                                        placement.resources.clone(),
+                                        waits_for,
+                                    ),
                                 ));
                                 match &quota_victims {
                                     Some((found, why)) => Outcome::Preempt(PreemptionPlan {
@@ -730,9 +815,13 @@ impl Scheduler {
                                         borrowing,
                                     };
                                     reserved.push(batch.reserve(snapshot, &ctx, &placement));
+                                    let mut waits_for = found.found.keys();
+                                    if let Some((q, _)) = &quota_victims {
+                                        waits_for.extend(q.keys());
+                                    }
                                     nominations.push((
                                         key.clone(),
-                                        nomination(&ctx, &owner, found.parts.clone()),
+                                        nomination(&ctx, &owner, found.parts.clone(), waits_for),
                                     ));
                                     let mut victims = found.found.victims(snapshot);
                                     if let Some((q, _)) = &quota_victims {
@@ -781,8 +870,10 @@ impl Scheduler {
         }
         if whole && preempting.is_empty() {
             for (i, outcome) in &outcomes {
-                if !matches!(outcome, Outcome::Preempt(_)) {
-                    self.forget(&claims[*i].0);
+                match outcome {
+                    Outcome::Placed(_) => self.forget(&claims[*i].0),
+                    Outcome::Preempt(_) => self.record_victims(&claims[*i].0, outcome),
+                    Outcome::Unschedulable(_) => self.give_up(&claims[*i].0),
                 }
             }
             return outcomes;
@@ -811,13 +902,15 @@ impl Scheduler {
                 .map(|(i, outcome)| {
                     let outcome = match outcome {
                         Outcome::Preempt(plan) if !plan.victims.is_empty() => {
-                            Outcome::Preempt(plan)
+                            let outcome = Outcome::Preempt(plan);
+                            self.record_victims(&claims[i].0, &outcome);
+                            outcome
                         }
                         Outcome::Preempt(_) | Outcome::Placed(_) => Outcome::Unschedulable(
                             Explanation::detailed(WAITING_FOR_PREEMPTION, detail.clone()),
                         ),
                         other => {
-                            self.forget(&claims[i].0);
+                            self.give_up(&claims[i].0);
                             other
                         }
                     };
@@ -826,7 +919,7 @@ impl Scheduler {
                 .collect();
         }
         for &i in members {
-            self.forget(&claims[i].0);
+            self.give_up(&claims[i].0);
         }
         let detail = format!(
             "gang {gang}: only {fit} of {min} members fit (all or nothing, preempting what \
@@ -846,13 +939,27 @@ impl Scheduler {
 
     /// Filters and scores the candidates for one claim; on success the chosen resources are
     /// returned (and not yet reserved in the batch).
-    fn place<'c>(
+    pub(crate) fn place<'c>(
         &mut self,
         snapshot: &'c Snapshot,
         ctx: &ClaimCtx<'c>,
         batch: &Batch,
     ) -> Result<Placement, Explanation> {
         let requests = &ctx.requests;
+        // A claim nominated for a node goes there if it fits (kube-scheduler tries the
+        // nominated node first too): that room was freed and held for it.
+        if let Some(node) = self.nominated_node(snapshot, ctx.key)
+            && let Ok((score, plugin_scores)) =
+                self.evaluate(snapshot, Some(node), None, ctx, batch)
+        {
+            let best = Candidate {
+                node: Some(node),
+                picks: self.scratch.picks.clone(),
+                score,
+                plugin_scores,
+            };
+            return Ok(self.placement(snapshot, &ctx.weights, requests, best, None, 1));
+        }
         // The rarest node-bound class decides which nodes are candidates at all.
         let anchor = requests
             .iter()
@@ -2017,7 +2124,12 @@ pub(crate) fn check_quotas(
     Ok(borrowing)
 }
 
-fn nomination(ctx: &ClaimCtx<'_>, owner: &str, parts: Vec<AllocatedResource>) -> Nomination {
+fn nomination(
+    ctx: &ClaimCtx<'_>,
+    owner: &str,
+    parts: Vec<AllocatedResource>,
+    victims: Vec<String>,
+) -> Nomination {
     Nomination {
         owner: owner.to_string(),
         priority: ctx.priority,
@@ -2025,6 +2137,7 @@ fn nomination(ctx: &ClaimCtx<'_>, owner: &str, parts: Vec<AllocatedResource>) ->
         tenant: ctx.tenant.map(str::to_string),
         parts,
         needs: ctx.needs.clone(),
+        victims,
     }
 }
 
@@ -2104,6 +2217,42 @@ pub(crate) struct Reservation {
     quota: Vec<(usize, usize, i128)>,
     queue: String,
     usage: Vec<(GovDim, i128)>,
+    /// A held nomination's owner, and what of its room its victims still hold (given back
+    /// to the owner's budget when the hold is released).
+    owner: String,
+    covered: Vec<((ResourceId, usize), i128)>,
+    covered_quota: Vec<((usize, usize), i128)>,
+}
+
+/// What a nominee's victims still hold, by resource dimension and by quota slot: its holds
+/// take only what goes beyond it. Shared by every nomination of one owner (a gang).
+#[derive(Default)]
+pub(crate) struct VictimBudget {
+    victims: Vec<String>,
+    dims: HashMap<(ResourceId, usize), i128>,
+    quota: HashMap<(usize, usize), i128>,
+}
+
+impl VictimBudget {
+    fn of(snapshot: &Snapshot, victims: &[&str]) -> Self {
+        let mut budget = VictimBudget {
+            victims: victims.iter().map(|v| v.to_string()).collect(),
+            ..VictimBudget::default()
+        };
+        for v in victims {
+            for part in snapshot.allocation(v).unwrap_or_default() {
+                if let Some((id, dims, _)) = snapshot.part_indices(part) {
+                    for (i, n) in dims {
+                        *budget.dims.entry((id, i)).or_insert(0) += n;
+                    }
+                }
+            }
+            for &(qi, slot, n) in snapshot.quota_contributions(v) {
+                *budget.quota.entry((qi, slot)).or_insert(0) += n;
+            }
+        }
+        budget
+    }
 }
 
 /// A claim placed earlier in the batch, as affinity and spread see it.
@@ -2123,6 +2272,10 @@ pub(crate) struct Batch {
     pub victims: HashSet<String>,
     /// Nominations held against the claim being decided, by the nominee's key.
     held: Vec<(String, Reservation)>,
+    /// Their victims: the room they free is held, so the claim cannot count them as free.
+    pub held_victims: HashSet<String>,
+    /// Per nomination owner, what its victims still hold.
+    budgets: HashMap<String, VictimBudget>,
     /// Claims placed so far in the batch, for affinity and spread; kept only when a claim
     /// of the batch has such terms or an allocation has anti-affinity.
     pub placed: Vec<PlacedClaim>,
@@ -2142,6 +2295,8 @@ impl Batch {
             queue_taken: HashMap::new(),
             victims: HashSet::new(),
             held: Vec::new(),
+            held_victims: HashSet::new(),
+            budgets: HashMap::new(),
             placed: Vec::new(),
         }
     }
@@ -2159,18 +2314,33 @@ impl Batch {
     }
 
     /// Takes what a nomination will take: its parts' capacity and quota, or (a quota
-    /// nomination) its share of the tenant and project quotas over it.
+    /// nomination without a node) its share of the tenant and project quotas over it, less
+    /// what its owner's victims (still stopping, so still counted) hold there: that room is
+    /// the nominee's already, and counting it twice would keep others out of room that is
+    /// free once they stop.
     fn hold(&mut self, snapshot: &Snapshot, nomination: &Nomination) -> Reservation {
+        let mut budget = self.budgets.remove(&nomination.owner).unwrap_or_default();
+        let mut covered = Vec::new();
         let mut overlay = Vec::new();
         for part in &nomination.parts {
             let Some((id, dims, items)) = snapshot.part_indices(part) else {
                 continue;
             };
+            let dims: Vec<(usize, i128)> = dims
+                .into_iter()
+                .map(|(i, n)| {
+                    let left = budget.dims.entry((id, i)).or_insert(0);
+                    let c = (*left).min(n).max(0);
+                    *left -= c;
+                    covered.push(((id, i), c));
+                    (i, n - c)
+                })
+                .collect();
             self.overlay.add(id, &dims, &items);
             overlay.push((id, dims, items));
         }
         let tenant = nomination.tenant.as_deref();
-        let quota = if nomination.parts.is_empty() {
+        let wanted = if nomination.parts.is_empty() {
             let mut quota = Vec::new();
             for (qi, q) in snapshot.quotas().iter().enumerate() {
                 if q.level == QuotaLevel::Pool || !q.applies_to(&nomination.namespace, tenant) {
@@ -2194,14 +2364,29 @@ impl Batch {
                 .contributions(&nomination.namespace, tenant, &nomination.parts)
                 .0
         };
+        let mut covered_quota = Vec::new();
+        let quota: Vec<(usize, usize, i128)> = wanted
+            .into_iter()
+            .map(|(qi, slot, n)| {
+                let left = budget.quota.entry((qi, slot)).or_insert(0);
+                let c = (*left).min(n).max(0);
+                *left -= c;
+                covered_quota.push(((qi, slot), c));
+                (qi, slot, n - c)
+            })
+            .collect();
         for &(qi, slot, n) in &quota {
             self.adjust_quota(qi, slot, n);
         }
+        self.budgets.insert(nomination.owner.clone(), budget);
         Reservation {
             overlay,
             quota,
             queue: String::new(),
             usage: Vec::new(),
+            owner: nomination.owner.clone(),
+            covered,
+            covered_quota,
         }
     }
 
@@ -2283,12 +2468,23 @@ impl Batch {
             quota,
             queue: queue.to_string(),
             usage,
+            owner: String::new(),
+            covered: Vec::new(),
+            covered_quota: Vec::new(),
         }
     }
 
     fn release(&mut self, reservation: Reservation) {
         for (id, dims, items) in &reservation.overlay {
             self.overlay.remove(*id, dims, items);
+        }
+        if let Some(budget) = self.budgets.get_mut(&reservation.owner) {
+            for (at, c) in reservation.covered {
+                *budget.dims.entry(at).or_insert(0) += c;
+            }
+            for (at, c) in reservation.covered_quota {
+                *budget.quota.entry(at).or_insert(0) += c;
+            }
         }
         for (qi, slot, n) in reservation.quota {
             if let Some(v) = self.quota_taken.get_mut(qi).and_then(|q| q.get_mut(slot)) {

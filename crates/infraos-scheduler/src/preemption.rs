@@ -3,7 +3,9 @@
 //! ```text
 //!   victims eligible:  priority + minPriorityGap <= the claim's (unless its policy is Never)
 //!                      or borrowing another project's share of the claim's tenant quota,
-//!                         while the claim itself stays within its own limits (reclaim)
+//!                         while the claim itself stays within its own limits, and of a
+//!                         priority no higher than the claim's (reclaim)
+//!                      never one the claim preempted before and has not been placed since
 //!   units:             an allocation, or a whole gang (preempted together)
 //!   candidates:        the allocations on the node, and, when a pool quota blocks, every
 //!                      allocation held against that pool quota, wherever it runs
@@ -12,15 +14,21 @@
 //!     priority, newest), until the claim fits; then give back every unit it fits without
 //!     (most valuable first)
 //!   choose the node whose victims have the lowest top priority, then are fewest
-//!   nominate: what the claim will take there (or its quota share) is held against claims
-//!             of lower priority until the victims have ended
+//!   nominate: what the claim will take there (capacity and quota: when it preempts for a
+//!             quota, where it lands once the victims are gone) is held against every claim
+//!             that could not preempt it once placed (lower and equal priorities) until it is
+//!             placed or decided otherwise
 //! ```
 //! A gang preempts as a whole: each member that fits nowhere looks for victims with the
 //! members before it in place and their victims gone; only if every member needed fits are
 //! the victims preempted, and then no member is placed until they have all ended.
-//! Victims only ever have strictly lower priority or hold borrowed quota the claim is owed,
-//! so preemption cannot cycle: equal priorities never preempt each other, and a reclaimed
-//! project cannot borrow back what the reclaiming claim now holds within its limits.
+//! Why preemption converges (`docs/scheduler.md#why-preemption-converges`): a victim has a
+//! strictly lower priority, or an equal or lower one and quota its project borrowed that the
+//! claim is owed. A victim therefore never preempts its preemptor back (that would need a
+//! higher priority, or the preemptor borrowing, and a reclaiming claim stays within its
+//! limits), and while the preemptor waits its nomination holds the room against the victim
+//! (whose priority is not above the preemptor's). A claim never preempts the same allocation
+//! twice before it is placed.
 
 use infraos_api::kinds::{AllocatedResource, PreemptionPolicy};
 
@@ -74,12 +82,24 @@ impl FoundVictims {
             .map(|&i| &self.units[i])
             .filter(|u| !u.preempting)
             .flat_map(|u| {
-                u.keys.iter().map(|key| Victim {
-                    allocation: key.clone(),
-                    priority: snapshot.allocation_meta(key).map_or(0, |m| m.priority),
-                    reason: u.reason.clone(),
-                })
+                // A gang member already stopping is not preempted again.
+                u.keys
+                    .iter()
+                    .filter(|key| !snapshot.allocation_meta(key).is_some_and(|m| m.preempting))
+                    .map(|key| Victim {
+                        allocation: key.clone(),
+                        priority: snapshot.allocation_meta(key).map_or(0, |m| m.priority),
+                        reason: u.reason.clone(),
+                    })
             })
+            .collect()
+    }
+
+    /// Every allocation chosen: those to preempt and those already stopping.
+    pub(crate) fn keys(&self) -> Vec<String> {
+        self.chosen
+            .iter()
+            .flat_map(|&i| self.units[i].keys.iter().cloned())
             .collect()
     }
 
@@ -117,15 +137,18 @@ impl Scheduler {
             ));
         }
         let ns = namespace_of(key);
+        // Reclaiming borrowed quota never evicts a higher priority: that victim, requeued,
+        // would go first and borrow the room back, and be reclaimed again (issue 17).
         if meta.borrowing
             && !claim_borrows
+            && meta.priority <= ctx.priority
             && ns != ctx.namespace
             && ctx.tenant.is_some()
             && snapshot.tenant_of(ns) == ctx.tenant
         {
             return Some(format!(
-                "reclaiming tenant quota borrowed by project {ns} for project {}",
-                ctx.namespace
+                "reclaiming tenant quota borrowed by project {ns} (priority {}) for project {} (priority {})",
+                meta.priority, ctx.namespace, ctx.priority
             ));
         }
         None
@@ -141,13 +164,16 @@ impl Scheduler {
         key: &str,
     ) -> Option<Unit> {
         let meta = snapshot.allocation_meta(key)?;
+        // An allocation already stopping is a unit of its own (its room comes free whatever
+        // its gang does); the rest of a gang is preempted together.
         let mut keys: Vec<String> = match &meta.group {
-            Some(group) => snapshot
+            Some(group) if !meta.preempting => snapshot
                 .gang_allocations(namespace_of(key), group)
                 .into_iter()
+                .filter(|k| !snapshot.allocation_meta(k).is_some_and(|m| m.preempting))
                 .map(str::to_string)
                 .collect(),
-            None => vec![key.to_string()],
+            _ => vec![key.to_string()],
         };
         // Sorted, so the unit reached from any of its members is the same and is counted once.
         keys.sort_unstable();
@@ -164,6 +190,16 @@ impl Scheduler {
                 return None;
             }
             let m = snapshot.allocation_meta(&k)?;
+            // Stopping for a preemptor whose room is held against this claim: its room is
+            // that preemptor's, not free for this claim to wait for.
+            if m.preempting && batch.held_victims.contains(&k) {
+                return None;
+            }
+            // Back after this claim preempted it, and the claim still unplaced: preempting it
+            // again would be a loop. (Its own victims still stopping are waited for.)
+            if !m.preempting && self.preempted_before(ctx.key, &k) {
+                return None;
+            }
             let reason = self.eligible(snapshot, ctx, claim_borrows, &k, m)?;
             unit.priority = unit.priority.max(m.priority);
             unit.borrowing |= m.borrowing;
@@ -284,6 +320,9 @@ impl Scheduler {
             }
             for key in &unit.keys {
                 batch.victims.insert(key.clone());
+                if snapshot.allocation_meta(key).is_some_and(|m| m.preempting) {
+                    continue; // a gang member already stopping
+                }
                 victims.push(Victim {
                     allocation: key.clone(),
                     priority: snapshot.allocation_meta(key).map_or(0, |m| m.priority),
@@ -325,7 +364,12 @@ impl Scheduler {
             return Outcome::Unschedulable(explanation);
         };
         let name = snapshot.node(found.node).name.clone();
-        self.nominate(ctx, ctx.key.to_string(), found.parts.clone());
+        self.nominate(
+            ctx,
+            ctx.key.to_string(),
+            found.parts.clone(),
+            found.found.keys(),
+        );
         Self::preemption_outcome(
             snapshot,
             batch,
@@ -387,7 +431,13 @@ impl Scheduler {
         let want = self.profile().feasible_to_find(candidates.len());
         let mut best: Option<(Cost, NodeId, Vec<Unit>, Vec<usize>)> = None;
         let mut found = 0;
-        for &node in candidates {
+        // The node it was nominated for first: waiting there for its own victims costs
+        // nothing, and searching elsewhere first would preempt more while they stop.
+        let nominated = self.nominated_node(snapshot, ctx.key);
+        let order = nominated
+            .into_iter()
+            .chain(candidates.iter().copied().filter(|n| Some(*n) != nominated));
+        for node in order {
             let mut units: Vec<Unit> = snapshot
                 .allocations_on_node(node)
                 .into_iter()
@@ -435,6 +485,15 @@ impl Scheduler {
         })
     }
 
+    /// The node of the claim's nomination, if it has one on a node.
+    pub(crate) fn nominated_node(&self, snapshot: &Snapshot, key: &str) -> Option<NodeId> {
+        self.nominations
+            .get(key)?
+            .parts
+            .iter()
+            .find_map(|p| snapshot.resource_by_name(&p.resource)?.node)
+    }
+
     /// Tentatively frees what `found`'s victims hold and marks them as victims (`take`), or
     /// undoes that: a gang's later members see the earlier members' victims gone.
     pub(crate) fn take_victims(
@@ -457,7 +516,10 @@ impl Scheduler {
     }
 
     /// The claim exceeds a tenant or project quota: preempt eligible allocations held
-    /// against that quota until the claim fits every quota.
+    /// against that quota until the claim fits every quota, and, if it then lacks capacity,
+    /// what makes room on a node too. Its nomination holds where it lands once they are gone
+    /// (capacity and quota), so a victim cannot take back either. If it would not fit even
+    /// then, nothing is preempted.
     pub(crate) fn preempt_for_quota(
         &mut self,
         snapshot: &Snapshot,
@@ -469,21 +531,74 @@ impl Scheduler {
         if ctx.claim.spec.group.is_some() {
             return Outcome::Unschedulable(explanation);
         }
-        match self.find_quota_victims(snapshot, ctx, batch, &block) {
-            Some(found) => {
-                // Its quota share is held against lower priorities while the victims end.
-                self.nominate(ctx, ctx.key.to_string(), Vec::new());
-                Self::preemption_outcome(
-                    snapshot,
-                    batch,
-                    &found.units,
-                    &found.chosen,
-                    None,
-                    explanation,
-                )
-            }
-            None => Outcome::Unschedulable(explanation),
+        let Some(found) = self.find_quota_victims(snapshot, ctx, batch, &block) else {
+            return Outcome::Unschedulable(explanation);
+        };
+        Self::take_victims(snapshot, batch, &found, true);
+        let landing = match check_quotas(snapshot, ctx, batch, &[]) {
+            Err(_) => None,
+            Ok(_) => match self.place(snapshot, ctx, batch) {
+                Ok(placement) => Some((placement.node, placement.resources, None)),
+                Err(e) => self
+                    .find_capacity_victims(snapshot, ctx, batch, &e)
+                    .filter(|c| !c.parts.is_empty())
+                    .map(|c| {
+                        let node = snapshot.node(c.node).name.clone();
+                        (Some(node), c.parts.clone(), Some(c.found))
+                    }),
+            },
+        };
+        Self::take_victims(snapshot, batch, &found, false);
+        let Some((node, parts, capacity)) = landing else {
+            return Outcome::Unschedulable(explanation);
+        };
+        let mut waits_for = found.keys();
+        if let Some(c) = &capacity {
+            waits_for.extend(c.keys());
         }
+        self.nominate(ctx, ctx.key.to_string(), parts, waits_for);
+        let mut sets = vec![&found];
+        if let Some(c) = &capacity {
+            sets.push(c);
+        }
+        Self::combined_outcome(snapshot, batch, &sets, node, explanation)
+    }
+
+    /// The outcome for several sets of chosen units (quota victims, then capacity victims).
+    fn combined_outcome(
+        snapshot: &Snapshot,
+        batch: &mut Batch,
+        sets: &[&FoundVictims],
+        node: Option<String>,
+        explanation: Explanation,
+    ) -> Outcome {
+        let mut victims: Vec<Victim> = Vec::new();
+        let mut waiting = 0;
+        for found in sets {
+            waiting += found.waiting();
+            for v in found.victims(snapshot) {
+                if !victims.iter().any(|x| x.allocation == v.allocation) {
+                    batch.victims.insert(v.allocation.clone());
+                    victims.push(v);
+                }
+            }
+        }
+        if victims.is_empty() {
+            let at = node.map(|n| format!(" on node {n}")).unwrap_or_default();
+            return Outcome::Unschedulable(Explanation {
+                reason: WAITING_FOR_PREEMPTION,
+                detail: Some(format!(
+                    "waiting for {waiting} preempted allocation(s){at} to end; {}",
+                    explanation.message()
+                )),
+                ..explanation
+            });
+        }
+        Outcome::Preempt(PreemptionPlan {
+            node,
+            victims,
+            explanation,
+        })
     }
 
     /// The cheapest eligible allocations held against the blocking quota whose removal lets

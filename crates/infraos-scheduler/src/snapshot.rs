@@ -4,6 +4,13 @@
 //! applying the same allocation twice (once when the plan applier commits it, once when its
 //! watch event arrives) changes nothing, and removing it gives back exactly what it took.
 //! Mutations are level-triggered upserts and removals fed by the server's watch cache.
+//!
+//! Each allocation also remembers the store revision of the state recorded for it, so that
+//! an event older than that state changes nothing ([`Snapshot::apply_allocation_at`],
+//! [`Snapshot::remove_allocation_at`]). The plan applier writes a requeued claim's new
+//! allocation under the key its old one had; the old one's deletion, delivered later by the
+//! watch, must not remove the new one (issue 17: it did, and a batch planned in that gap
+//! handed the same GPUs out twice).
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::collections::BTreeMap;
@@ -137,10 +144,17 @@ pub struct Snapshot {
     /// for items scans instead of every node with the class).
     free_item_nodes: HashMap<String, NodeSet>,
     allocations: HashMap<String, Vec<AllocatedResource>>,
+    /// The store revision of each allocation's recorded state ([`ASSUMED`] until the plan
+    /// applier's commit says which).
+    allocation_revisions: HashMap<String, u64>,
     allocations_by_resource: HashMap<String, HashSet<String>>,
     next_stamp: u64,
     pub(crate) gov: Governance,
 }
+
+/// The revision of an allocation the plan applier has assumed but not yet committed: newer
+/// than any event, so no watch event replaces or removes it meanwhile (the applier settles it).
+pub const ASSUMED: u64 = u64::MAX;
 
 /// Why an allocation cannot be applied to the current state.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -519,14 +533,75 @@ impl Snapshot {
     }
 
     /// Records what an allocation holds (replacing what it held before under the same key),
-    /// with what governance needs to know of it (priority, queue, gang, borrowing).
+    /// with what governance needs to know of it (priority, queue, gang, borrowing). The
+    /// record counts as [`ASSUMED`]: no event replaces or removes it until
+    /// [`Snapshot::confirm_allocation`] gives it its revision.
     pub fn apply_allocation(
         &mut self,
         key: &str,
         parts: &[AllocatedResource],
         meta: AllocationMeta,
     ) {
+        self.record_allocation(key, parts, meta, ASSUMED);
+    }
+
+    /// Records an allocation's state as stored at `revision`, unless the snapshot already
+    /// holds a state of it from that revision or later (an event that arrives after the
+    /// applier wrote the key again). Returns whether it was applied.
+    pub fn apply_allocation_at(
+        &mut self,
+        key: &str,
+        parts: &[AllocatedResource],
+        meta: AllocationMeta,
+        revision: u64,
+    ) -> bool {
+        if self
+            .allocation_revisions
+            .get(key)
+            .is_some_and(|&held| held >= revision)
+        {
+            return false;
+        }
+        self.record_allocation(key, parts, meta, revision);
+        true
+    }
+
+    /// Gives back what an allocation held because it ended or was deleted at `revision`,
+    /// unless what the snapshot holds under the key is from that revision or later: a newer
+    /// allocation of the same claim. Returns whether anything was removed.
+    pub fn remove_allocation_at(&mut self, key: &str, revision: u64) -> bool {
+        match self.allocation_revisions.get(key) {
+            None => false,
+            Some(&held) if held >= revision => false,
+            Some(_) => {
+                self.remove_allocation(key);
+                true
+            }
+        }
+    }
+
+    /// Gives an assumed allocation the revision its commit wrote it at.
+    pub fn confirm_allocation(&mut self, key: &str, revision: u64) {
+        if let Some(held) = self.allocation_revisions.get_mut(key) {
+            *held = revision;
+        }
+    }
+
+    /// The store revision of the allocation state recorded under `key` ([`ASSUMED`] while
+    /// uncommitted).
+    pub fn allocation_revision(&self, key: &str) -> Option<u64> {
+        self.allocation_revisions.get(key).copied()
+    }
+
+    fn record_allocation(
+        &mut self,
+        key: &str,
+        parts: &[AllocatedResource],
+        meta: AllocationMeta,
+        revision: u64,
+    ) {
         self.remove_allocation(key);
+        self.allocation_revisions.insert(key.to_string(), revision);
         for part in parts {
             self.allocations_by_resource
                 .entry(part.resource.clone())
@@ -540,8 +615,9 @@ impl Snapshot {
         self.add_governance(key, parts, meta);
     }
 
-    /// Gives back what an allocation held; a no-op for unknown keys.
+    /// Gives back what an allocation held, whatever its revision; a no-op for unknown keys.
     pub fn remove_allocation(&mut self, key: &str) {
+        self.allocation_revisions.remove(key);
         let Some(parts) = self.allocations.remove(key) else {
             return;
         };

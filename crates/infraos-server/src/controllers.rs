@@ -3,8 +3,10 @@
 
 pub(crate) mod applier;
 pub mod claims;
+mod feed;
 pub mod heartbeats;
 pub mod lease;
+mod ledger;
 pub mod nodes;
 mod pending;
 pub mod scheduler;

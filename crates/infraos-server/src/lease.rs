@@ -3,11 +3,14 @@
 //! ```text
 //!   acquire ──► Active ──renew (before expireTime)──► Active (expireTime moves)
 //!                 │ release / claim deleted ──────────► Released  (freed now)
+//!                 │ preempted (before expireTime) ────► lease cut; after it + margin: claim requeued
 //!                 └ now > expireTime + skew margin ────► Expired   (freed only then)
 //! ```
-//! A renewal after `expireTime` is refused even inside the skew margin: the agent may already
-//! have stopped the workload, and only a new allocation (with a higher fencing epoch) may run
-//! it again. The API handlers and the lease controller both go through these functions, and
+//! Expired is final. A renewal after `expireTime` is refused even inside the skew margin: the
+//! agent may already have stopped the workload, and only a new allocation (with a higher
+//! fencing epoch) may run it again. For the same reason a lease past `expireTime` cannot be
+//! marked preempted: preemption requeues its claim, and that would revive an expired lease
+//! through the back door (issue 17, finding 2). The API handlers and the lease controller both go through these functions, and
 //! commit the results with compare-and-swap on both objects.
 
 use infraos_api::kinds::{
@@ -284,19 +287,26 @@ pub fn lose(claim: Option<&mut Claim>, allocation: &mut Allocation, now: Time) {
 /// Starts preempting an allocation: its lease is cut to end `grace` from now (the agent
 /// stops the workload at `expireTime − stopGrace`, that is now), and it can no longer be
 /// renewed. Its resources are freed like any lease, after `expireTime` plus the skew margin,
-/// so the preemptor never runs beside a victim that has not stopped.
+/// so the preemptor never runs beside a victim that has not stopped. A lease already past
+/// `expireTime` is refused ([`LeaseError::Expired`]): it ends Expired, and its claim with it.
 pub fn preempt(
     claim: Option<&mut Claim>,
     allocation: &mut Allocation,
     now: Time,
     preemption: Preemption,
-) {
+) -> Result<(), LeaseError> {
     let grace = allocation
         .spec
         .workload
         .as_ref()
         .map_or(Duration::from_millis(0), |w| w.stop_grace);
     let status = allocation.status.get_or_insert_with(Default::default);
+    if !status.phase.holds_resources() {
+        return Err(LeaseError::Ended(status.phase.as_str()));
+    }
+    if !status.lease.can_renew(now) {
+        return Err(LeaseError::Expired(status.lease.expire_time));
+    }
     let cut = now.plus(grace);
     if cut < status.lease.expire_time {
         status.lease.expire_time = cut;
@@ -312,6 +322,35 @@ pub fn preempt(
         s.expire_time = Some(expire);
         s.reason = Some("Preempting".into());
         s.message = Some(message);
+    }
+    Ok(())
+}
+
+/// How an allocation whose lease is over ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Its lease ran out: final, for the allocation and its claim.
+    Expired,
+    /// Its node is not ready: the claim is requeued.
+    Lost,
+    /// It was being preempted: the claim is requeued.
+    Preempted,
+}
+
+/// How an allocation past `expireTime` plus the margin ends. Preempted only if it was marked
+/// while its lease still ran ([`preempt`] refuses later marks; a mark made after the lease
+/// ran out, by an older build, is stamped after `expireTime`): a lease that expired on its
+/// own is Expired, whatever marks it collected since.
+pub fn end_of(allocation: &Allocation, node_lost: bool) -> End {
+    let marked_in_time = allocation.status.as_ref().is_some_and(|s| {
+        s.preemption
+            .as_ref()
+            .is_some_and(|p| p.time <= s.lease.expire_time)
+    });
+    match (marked_in_time, node_lost) {
+        (true, _) => End::Preempted,
+        (false, true) => End::Lost,
+        (false, false) => End::Expired,
     }
 }
 
@@ -440,6 +479,55 @@ mod tests {
         );
     }
 
+    /// Issue 17, finding 2: a lease past its expireTime (inside the skew margin) that was
+    /// then marked preempted took the requeue path, and its claim came back Pending with a
+    /// new lease. Expired is final: the mark is refused, and the lease ends Expired.
+    #[test]
+    fn an_expired_lease_is_not_preempted_into_a_requeue() {
+        let (mut claim, mut alloc) = placed();
+        let expired_at = alloc.status.as_ref().unwrap().lease.expire_time;
+        let inside_margin = t(expired_at.unix_millis() + 1);
+        let marked = preempt(
+            Some(&mut claim),
+            &mut alloc,
+            inside_margin,
+            Preemption {
+                by: "p/urgent".into(),
+                time: inside_margin,
+                reason: "priority 100 preempts priority 0".into(),
+            },
+        );
+        assert_eq!(marked, Err(LeaseError::Expired(expired_at)));
+        assert!(alloc.status.as_ref().unwrap().preemption.is_none());
+        assert!(claim.status.as_ref().unwrap().reason.is_none());
+        assert_eq!(end_of(&alloc, false), End::Expired);
+        // Nor is it renewed inside the margin.
+        assert_eq!(
+            renew(
+                &mut claim,
+                &mut alloc,
+                inside_margin,
+                Duration::from_secs(10)
+            ),
+            Err(LeaseError::Expired(expired_at))
+        );
+        expire(
+            Some(&mut claim),
+            &mut alloc,
+            t(expired_at.unix_millis() + 6_000),
+        );
+        assert_eq!(claim.status.as_ref().unwrap().phase, ClaimPhase::Expired);
+        // A mark an older build made after expiry does not requeue either.
+        alloc.status.as_mut().unwrap().phase = AllocationPhase::Active;
+        alloc.status.as_mut().unwrap().preemption = Some(Preemption {
+            by: "p/urgent".into(),
+            time: inside_margin,
+            reason: String::new(),
+        });
+        assert_eq!(end_of(&alloc, false), End::Expired);
+        assert_eq!(end_of(&alloc, true), End::Lost);
+    }
+
     #[test]
     fn preemption_cuts_the_lease_and_requeues_the_claim() {
         let (mut claim, mut alloc) = placed();
@@ -452,7 +540,9 @@ mod tests {
                 time: t(2_000),
                 reason: "priority 100 preempts priority 0".into(),
             },
-        );
+        )
+        .unwrap();
+        assert_eq!(end_of(&alloc, false), End::Preempted);
         let status = alloc.status.as_ref().unwrap();
         assert_eq!(status.lease.expire_time, t(2_000), "no workload: no grace");
         assert!(matches!(

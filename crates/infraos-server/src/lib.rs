@@ -24,6 +24,7 @@ pub mod controllers;
 pub mod error;
 pub mod events;
 pub mod explain;
+pub mod holdings;
 pub mod init;
 pub mod join_tokens;
 pub mod leader;
@@ -38,6 +39,8 @@ pub mod pki;
 pub mod reflector;
 pub mod signing;
 pub mod state;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod update;
 

@@ -34,7 +34,7 @@ macro_rules! store_conformance_tests {
             watch_delivers_in_order_with_prefix, watch_replays_from_past_revision,
             compaction_forces_relist, concurrent_cas_loses_no_update, ledger_chains_atomically,
             oversized_writes_are_rejected, slow_watcher_sees_no_gap, survives_reopen,
-            range_at_a_past_revision, concurrent_ledger_appends_chain);
+            range_at_a_past_revision, concurrent_ledger_appends_chain, version_compares_chain);
     };
     (@each $make:expr; $($name:ident),*) => {
         $(
@@ -130,6 +130,37 @@ pub async fn create_only_compare(h: &impl Harness) {
         !s.txn(create()).await.unwrap().succeeded,
         "second create must fail"
     );
+}
+
+/// A version compare holds on the writes since creation: a writer can chain transactions
+/// on the version the previous one leaves before it has committed (the plan applier's
+/// holdings records), and one that lost its predecessor fails with it.
+pub async fn version_compares_chain(h: &impl Harness) {
+    let s = h.open().await;
+    let first = Txn::new()
+        .when(Compare::Version("/v".into(), 0))
+        .put("/v", "1");
+    assert!(s.txn(first).await.unwrap().succeeded, "version 0: absent");
+    let stale = Txn::new()
+        .when(Compare::Version("/v".into(), 0))
+        .put("/v", "x");
+    assert!(!s.txn(stale).await.unwrap().succeeded);
+    let second = Txn::new()
+        .when(Compare::Version("/v".into(), 1))
+        .put("/v", "2");
+    let third = Txn::new()
+        .when(Compare::Version("/v".into(), 2))
+        .put("/v", "3");
+    assert!(s.txn(second).await.unwrap().succeeded);
+    assert!(s.txn(third).await.unwrap().succeeded);
+    let kv = s.get("/v").await.unwrap().unwrap();
+    assert_eq!((kv.version, kv.value.as_ref()), (3, b"3".as_slice()));
+    // A chained write whose predecessor never committed fails too.
+    let orphan = Txn::new()
+        .when(Compare::Version("/v".into(), 4))
+        .put("/v", "5");
+    assert!(!s.txn(orphan).await.unwrap().succeeded);
+    assert_eq!(s.get("/v").await.unwrap().unwrap().version, 3);
 }
 
 pub async fn delete_and_recreate(h: &impl Harness) {

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::Hub;
 use crate::{
-    Compare, Event, EventKind, KeyValue, LedgerEntry, LedgerHead, Op, RangeResult, Revision, Store,
+    Event, EventKind, KeyValue, LedgerEntry, LedgerHead, Op, RangeResult, Revision, Store,
     StoreError, Txn, TxnOutcome, WatchStream, check_sizes,
 };
 
@@ -250,12 +250,13 @@ fn commit_group(
             // hundreds of claims).
             let mut proven: foldhash::HashMap<&str, Option<KeyValue>> =
                 foldhash::HashMap::default();
-            for Compare::ModRevision(key, expected) in &txn.compares {
-                let current = match kv.get(key.as_str()).map_err(redb::Error::from)? {
+            for compare in &txn.compares {
+                let key = compare.key();
+                let current = match kv.get(key).map_err(redb::Error::from)? {
                     Some(raw) => Some(decode_kv(key, raw.value())?),
                     None => None,
                 };
-                if current.as_ref().map_or(0, |c| c.mod_revision) != *expected {
+                if !compare.holds(current.as_ref()) {
                     holds = false;
                     break;
                 }
@@ -618,6 +619,7 @@ mod tests {
     use futures::StreamExt as _;
 
     use super::*;
+    use crate::Compare;
 
     /// Puts take their previous value from what the compares read; a key written twice, or
     /// deleted and written again, in one transaction must still report what was before.

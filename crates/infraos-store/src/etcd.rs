@@ -371,8 +371,13 @@ impl EtcdStore {
         let compares: Vec<EtcdCompare> = txn
             .compares
             .iter()
-            .map(|Compare::ModRevision(key, rev)| {
-                EtcdCompare::mod_revision(self.key(key), CompareOp::Equal, *rev as i64)
+            .map(|compare| match compare {
+                Compare::ModRevision(key, rev) => {
+                    EtcdCompare::mod_revision(self.key(key), CompareOp::Equal, *rev as i64)
+                }
+                Compare::Version(key, version) => {
+                    EtcdCompare::version(self.key(key), CompareOp::Equal, *version as i64)
+                }
             })
             .collect();
         // etcd refuses a key written twice in one txn: the last write wins, as applied in order.

@@ -55,9 +55,30 @@ pub struct KeyValue {
 pub enum Compare {
     /// The key's `mod_revision` equals the given one; `0` means the key must not exist.
     ModRevision(String, Revision),
+    /// The key's `version` (writes since its creation) equals the given one; `0` means the
+    /// key must not exist. Unlike a revision, the version a write will give is known before
+    /// it commits, so a writer that is the only one to write a key can chain transactions
+    /// (each compares the version the previous one will leave) without waiting for each
+    /// commit: the plan applier's holdings records (etcd's `version` compare).
+    Version(String, u64),
 }
 
 impl Compare {
+    /// The key the compare reads.
+    pub fn key(&self) -> &str {
+        match self {
+            Compare::ModRevision(key, _) | Compare::Version(key, _) => key,
+        }
+    }
+
+    /// Whether the key's current state (`None`: absent) satisfies the compare.
+    pub fn holds(&self, current: Option<&KeyValue>) -> bool {
+        match self {
+            Compare::ModRevision(_, expected) => current.map_or(0, |c| c.mod_revision) == *expected,
+            Compare::Version(_, expected) => current.map_or(0, |c| c.version) == *expected,
+        }
+    }
+
     pub fn absent(key: impl Into<String>) -> Self {
         Compare::ModRevision(key.into(), 0)
     }

@@ -1258,13 +1258,38 @@ async fn delete(
     finish(&state, &ctx, "delete", info, ns.as_deref(), &name, result).await
 }
 
-async fn delete_inner(
+/// Attempts a DELETE makes before answering 409: each re-reads the object, so only a
+/// writer that keeps changing it faster than this loses.
+const DELETE_ATTEMPTS: usize = 8;
+
+/// A DELETE carries no precondition (no resourceVersion or uid to hold the object to), so a
+/// change between its read and its write is not the caller's conflict: most often it is the
+/// server's own status write (the scheduler placing the claim, the lease controller). It is
+/// tried again on the object as it now is; 409 only when that keeps failing (issue 17: 2 of
+/// ~500 deletes under churn answered 409).
+pub(crate) async fn delete_inner(
     state: &AppState,
     ctx: &Ctx,
     info: &'static KindInfo,
     ns: Option<&str>,
     name: &str,
 ) -> Result<Response, ApiError> {
+    for _ in 0..DELETE_ATTEMPTS {
+        if let Some(response) = delete_once(state, ctx, info, ns, name).await? {
+            return Ok(response);
+        }
+    }
+    Err(ApiError::stale(info.kind, name))
+}
+
+/// One attempt; `None` when the object changed between the read and the write.
+async fn delete_once(
+    state: &AppState,
+    ctx: &Ctx,
+    info: &'static KindInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Option<Response>, ApiError> {
     if info.kind == "Allocation" {
         return Err(ApiError::method_not_allowed(
             "allocations end when their claim is released or deleted; use `infraos release` or delete the claim",
@@ -1297,7 +1322,7 @@ async fn delete_inner(
             .pointer("/metadata/deletionTimestamp")
             .is_some()
         {
-            return Ok(Json(current.value).into_response());
+            return Ok(Some(Json(current.value).into_response()));
         }
         let mut value = current.value.clone();
         value["metadata"]["deletionTimestamp"] = serde_json::to_value(now).unwrap_or_default();
@@ -1324,11 +1349,11 @@ async fn delete_inner(
             )
             .await?;
         if !out.succeeded {
-            return Err(ApiError::stale(info.kind, name));
+            return Ok(None);
         }
         observe(state, info, ns, name, out.revision, Some(&kept));
         set_revision(&mut value, out.revision);
-        return Ok((StatusCode::ACCEPTED, Json(value)).into_response());
+        return Ok(Some((StatusCode::ACCEPTED, Json(value)).into_response()));
     }
     let payload = Record {
         actor: &ctx.actor(),
@@ -1349,13 +1374,13 @@ async fn delete_inner(
     let txn = lifecycle::delete_with_scope(txn, &scoped, &ctx.actor(), (info.kind, name), now);
     let out = state.store.txn(txn).await?;
     if !out.succeeded {
-        return Err(ApiError::stale(info.kind, name));
+        return Ok(None);
     }
     observe(state, info, ns, name, out.revision, None);
     for gone in scoped.iter().filter(|s| s.kind == "RoleBinding") {
         state.rbac.observe(&gone.kv.key, out.revision, None);
     }
-    Ok(Json(current.value).into_response())
+    Ok(Some(Json(current.value).into_response()))
 }
 
 /// What goes with a Project or Tenant being deleted: its Events now (a project), and the
@@ -1395,3 +1420,7 @@ fn observe(
             .observe(&objects::key(info, ns, name), revision, value);
     }
 }
+
+#[cfg(test)]
+#[path = "delete_tests.rs"]
+mod delete_tests;

@@ -2,21 +2,30 @@
 //!
 //! ```text
 //!   prepare: plan (made on the snapshot) ─► for each placement: Snapshot::fits? ── no ─► retry
-//!                                              │ yes: assume it in the snapshot
-//!                                              ▼
+//!                                              │ yes
+//!                                    ledger: fits the committed holdings? ── no ─► refused:
+//!                                              │ yes              logged, resources audited,
+//!                                              ▼                  claim retried at the requeue
+//!                                    assume it in the snapshot, add it to the batch's records
 //!   write (off the scheduling loop, batches in order):
-//!            one transaction for the batch:  compare claim revision, allocation absent
-//!                                            put Allocation, put Claim status, append audit record
+//!            one transaction for the batch:  compare claim revision, allocation absent,
+//!                                              each holdings record's version, each Resource
+//!                                            put Allocation, put Claim status, put records,
+//!                                              append audit record
 //!            then the pending claims' statuses
 //!   settle:  ├─ committed ─► done (the watch echo of our writes is idempotent)
 //!            └─ conflict  ─► undo every assumption of the batch, retry those claims on fresh state
 //! ```
 //! The next batch is planned while one is written, on a snapshot that assumes it: if that
 //! batch then fails, the next one was planned on less room than there was, never more.
-//! Because only the applier adds allocations, and it re-checks each placement against the
-//! snapshot it then updates, capacity cannot be exceeded by any interleaving of batches
-//! (Nomad's plan applier works the same way). Unschedulable decisions are written as claim
-//! status, only when their explanation changes.
+//! The snapshot is a cache and can be wrong (issue 17 found it losing an allocation), so it
+//! is not what the invariant rests on: each placement is also checked against the holdings
+//! records (`controllers/ledger.rs`), which the batch's own transaction compares and writes.
+//! A batch commits only if every record it used is still exactly the one it checked against,
+//! so no interleaving of batches, and no error of the snapshot, can exceed a resource's
+//! capacity or hand out an item twice (Nomad's plan applier re-checks against its state
+//! store the same way). Unschedulable decisions are written as claim status, only when
+//! their explanation changes.
 
 use foldhash::HashMap;
 use std::sync::Arc;
@@ -27,6 +36,7 @@ use infraos_api::kinds::{AllocationSpec, Claim, ClaimSpec, Preemption, Unschedul
 use infraos_scheduler::{Explanation, Outcome, Plan, Snapshot, Victim};
 use infraos_store::{Compare, Txn};
 
+use super::ledger::{Ledger, LedgerWrites};
 use crate::audit::{self, Actor, Record};
 use crate::events;
 use crate::lease;
@@ -42,12 +52,12 @@ pub struct ClaimEntry {
 
 #[derive(Debug, Default)]
 pub struct Applied {
-    /// Claims now allocated, with the revision that wrote them.
-    pub committed: Vec<(String, u64)>,
     /// Claims to place again on fresher state.
     pub retry: Vec<String>,
     /// Claims that fit nowhere, with the message written to their status.
     pub unschedulable: Vec<(String, String)>,
+    /// Placements the snapshot allowed but the committed holdings refused, with why.
+    pub refused: Vec<(String, String)>,
     /// The store failed: back off before the next batch.
     pub store_failed: bool,
 }
@@ -90,8 +100,12 @@ async fn sign_instruction(
 /// What a batch writes once its placements are re-checked and assumed in the snapshot: one
 /// transaction for the allocations, and the statuses of the claims left pending.
 pub struct Writes {
+    /// The batch's sequence number (the ledger's name for it).
+    batch: u64,
     /// What each assumed placement writes, encoded by the writer (off the scheduling loop).
     placed: Vec<PlacedWrite>,
+    /// The holdings records the batch compares and writes.
+    holdings: LedgerWrites,
     now: infraos_api::Time,
     /// Claims assumed allocated in the snapshot, committed by one transaction.
     pub assumed: Vec<String>,
@@ -105,20 +119,30 @@ pub struct Writes {
 /// the allocation and the claim's Allocated status from it.
 struct PlacedWrite {
     key: String,
+    /// The allocation's uid, chosen before it is built: the holdings records name it.
+    uid: String,
     entry: ClaimEntry,
     placement: infraos_scheduler::Placement,
     position: u32,
 }
 
-/// A written batch, to be settled in the snapshot.
+/// A written batch, to be settled in the snapshot and the ledger.
 pub struct Written {
+    pub batch: u64,
     /// The revision the allocations were committed at, or `None` when they were not.
-    committed: Option<u64>,
+    pub committed: Option<u64>,
     /// The assumed claims the transaction carried.
-    assumed: Vec<String>,
+    pub assumed: Vec<String>,
     /// Assumed claims left out of it: their instruction could not be signed.
-    unsigned: Vec<String>,
-    applied: Applied,
+    pub unsigned: Vec<Unsigned>,
+    pub applied: Applied,
+}
+
+/// A placement left out of its batch's transaction after the ledger counted it.
+pub struct Unsigned {
+    pub key: String,
+    pub uid: String,
+    pub resources: Vec<String>,
 }
 
 /// Re-checks each placement against the snapshot and assumes it there, starts preempting
@@ -127,6 +151,8 @@ pub struct Written {
 pub async fn prepare(
     state: &AppState,
     snapshot: &mut Snapshot,
+    ledger: &mut Ledger,
+    batch: u64,
     plan: Plan,
     claims: &HashMap<String, ClaimEntry>,
 ) -> Writes {
@@ -148,11 +174,35 @@ pub async fn prepare(
                     applied.retry.push(decision.claim_key.clone());
                     continue;
                 }
+                let uid = uuid::Uuid::new_v4().to_string();
+                if let Err(e) = ledger.take(
+                    batch,
+                    snapshot,
+                    &decision.claim_key,
+                    &uid,
+                    &placement.resources,
+                ) {
+                    // The snapshot let through what the committed holdings refuse: it is
+                    // wrong (or behind), and this is the place that catches it.
+                    tracing::error!(
+                        claim = %decision.claim_key,
+                        node = ?placement.node,
+                        error = %e,
+                        "holdings ledger refused a placement the snapshot allowed"
+                    );
+                    ledger.refused(&placement.resources);
+                    applied.refused.push((
+                        decision.claim_key.clone(),
+                        format!("refused by the holdings ledger: {e}"),
+                    ));
+                    continue;
+                }
                 let meta = lease::allocation_meta(&entry.claim, &placement, now);
                 snapshot.apply_allocation(&decision.claim_key, &placement.resources, meta);
                 assumed.push(decision.claim_key.clone());
                 placed.push(PlacedWrite {
                     key: decision.claim_key,
+                    uid,
                     entry: entry.clone(),
                     placement,
                     position,
@@ -191,8 +241,11 @@ pub async fn prepare(
             }
         }
     }
+    let holdings = ledger.seal(batch, !assumed.is_empty());
     Writes {
+        batch,
         placed,
+        holdings,
         now,
         assumed,
         unschedulable,
@@ -205,7 +258,9 @@ pub async fn prepare(
 /// Touches no scheduler state, so it runs while the next batch is planned.
 pub async fn write(state: &AppState, writes: Writes) -> Written {
     let Writes {
+        batch,
         placed,
+        holdings,
         now,
         assumed,
         unschedulable,
@@ -221,11 +276,24 @@ pub async fn write(state: &AppState, writes: Writes) -> Written {
     for p in placed {
         let mut claim = (*p.entry.claim).clone();
         let mut allocation = lease::allocate(&mut claim, &p.placement, now, snapshot_revision);
+        allocation.metadata.uid = p.uid;
         allocation.spec.batch_position = p.position;
         if let Err(e) = sign_instruction(state, &mut allocation).await {
             tracing::error!(claim = %p.key, error = %e, "cannot sign the instruction; placing it later");
             assumed.retain(|k| k != &p.key);
-            unsigned.push(p.key);
+            let mut resources: Vec<String> = p
+                .placement
+                .resources
+                .iter()
+                .map(|r| r.resource.clone())
+                .collect();
+            resources.sort_unstable();
+            resources.dedup();
+            unsigned.push(Unsigned {
+                key: p.key,
+                uid: allocation.metadata.uid,
+                resources,
+            });
             continue;
         }
         let alloc_bytes = encode_typed(&allocation);
@@ -251,6 +319,14 @@ pub async fn write(state: &AppState, writes: Writes) -> Written {
             .put(alloc_key(&p.entry), alloc_bytes)
             .put(claim_key(&p.entry), encode_typed_mut(&mut claim))
             .append(payload);
+    }
+    // The holdings records: each compared on the version the batch's check was made
+    // against, each Resource on the revision its capacity was read at.
+    for compare in holdings.compares {
+        txn = txn.when(compare);
+    }
+    for (key, record) in holdings.puts {
+        txn = txn.put(key, record.encode());
     }
     let mut committed = None;
     if !assumed.is_empty() {
@@ -290,6 +366,7 @@ pub async fn write(state: &AppState, writes: Writes) -> Written {
         }
     }
     Written {
+        batch,
         committed,
         assumed,
         unsigned,
@@ -315,34 +392,6 @@ async fn committed_anyway(state: &AppState, key: &str, uid: &str) -> Option<u64>
         }
     }
     None
-}
-
-/// Settles a written batch: its allocations are committed, or their assumptions are undone
-/// in the snapshot and the claims placed again on fresher state. (Allocation events that
-/// arrived meanwhile are the caller's to apply after this.)
-pub fn settle(snapshot: &mut Snapshot, written: Written) -> Applied {
-    let Written {
-        committed,
-        assumed,
-        unsigned,
-        mut applied,
-    } = written;
-    for key in unsigned {
-        snapshot.remove_allocation(&key);
-        applied.retry.push(key);
-    }
-    match committed {
-        Some(revision) => applied
-            .committed
-            .extend(assumed.into_iter().map(|k| (k, revision))),
-        None => {
-            for key in &assumed {
-                snapshot.remove_allocation(key);
-            }
-            applied.retry.extend(assumed);
-        }
-    }
-    applied
 }
 
 /// What a preempting claim's status says: the victims, where, why, and what it lacks.
@@ -514,7 +563,7 @@ pub(crate) async fn stop_early(
     } else {
         stop.by
     };
-    lease::preempt(
+    let marked = lease::preempt(
         claim.as_mut(),
         &mut allocation,
         now,
@@ -524,6 +573,11 @@ pub(crate) async fn stop_early(
             reason: stop.reason.to_string(),
         },
     );
+    if let Err(e) = marked {
+        // Past its expireTime: it ends Expired (final) after the margin, freeing its room.
+        tracing::debug!(allocation = %allocation_key, error = %e, "not stopped early");
+        return Ok(false);
+    }
     let alloc_bytes = encode_typed(&allocation);
     let mut object = audit::object_ref("Allocation", Some(ns), name);
     object.uid = Some(allocation.metadata.uid.clone());

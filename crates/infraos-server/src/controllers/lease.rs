@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::audit::{self, Actor, Record};
 use crate::events;
-use crate::lease::{self, ExpiryAction};
+use crate::lease::{self, End, ExpiryAction};
 use crate::objects::{self, decode_typed, encode_typed};
 use crate::reflector::{self, Change};
 use crate::state::AppState;
@@ -163,16 +163,6 @@ async fn run(
     }
 }
 
-/// How an allocation whose lease is over ends.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum End {
-    Expired,
-    /// Its node is not ready: the claim is requeued.
-    Lost,
-    /// It was being preempted: the claim is requeued.
-    Preempted,
-}
-
 /// Expires one allocation if it is due; returns when to look again if it is not.
 async fn expire(state: &AppState, alloc_key: &str) -> Result<Option<i64>, crate::error::ApiError> {
     let Some(alloc_kv) = state.store.get(alloc_key).await? else {
@@ -213,11 +203,8 @@ async fn expire(state: &AppState, alloc_key: &str) -> Result<Option<i64>, crate:
         .as_ref()
         .and_then(|s| s.preemption.as_ref())
         .map(|p| p.by.clone());
-    let end = match (&preempted, node_lost) {
-        (Some(_), _) => End::Preempted,
-        (None, true) => End::Lost,
-        (None, false) => End::Expired,
-    };
+    // Expired is final: only a preemption marked while the lease ran requeues the claim.
+    let end = lease::end_of(&allocation, node_lost);
     match end {
         End::Preempted => lease::end_preempted(claim.as_mut(), &mut allocation, now),
         End::Lost => lease::lose(claim.as_mut(), &mut allocation, now),

@@ -30,6 +30,8 @@ use infraos_store::{Decoded, EventKind, KeyValue};
 use tokio::sync::{mpsc, watch};
 
 use super::applier::{self, ClaimEntry};
+use super::feed::AllocationFeed;
+use super::ledger::Ledger;
 use super::pending::PendingQueue;
 use crate::ServerError;
 use crate::audit::Actor;
@@ -75,8 +77,13 @@ pub(crate) enum Applied {
     AllocationHeld {
         preempting: bool,
     },
-    /// An allocation stopped holding resources.
-    AllocationEnded,
+    /// An allocation stopped holding resources: its uid and resources, and whether the
+    /// snapshot gave them back (not when it holds a newer allocation under the key).
+    AllocationEnded {
+        uid: String,
+        resources: Vec<String>,
+        removed: bool,
+    },
     /// A claim: the snapshot does not hold claims; the caller decides what to do with it.
     Claim(Box<infraos_api::kinds::Claim>),
 }
@@ -98,6 +105,8 @@ pub(crate) fn source_prefix(source: Source) -> String {
 }
 
 /// Applies one stored object to the snapshot, as the scheduler sees it (shared with replay).
+/// An allocation's state applies only if it is newer than the one the snapshot holds for
+/// its key (see [`Snapshot::apply_allocation_at`]).
 pub(crate) fn apply_object(
     snapshot: &mut Snapshot,
     source: Source,
@@ -127,11 +136,25 @@ pub(crate) fn apply_object(
                 let mut meta = AllocationMeta::of(&a.spec, a.status.as_ref(), created);
                 meta.labels = a.metadata.labels;
                 let preempting = meta.preempting;
-                snapshot.apply_allocation(id, &a.spec.resources, meta);
-                Applied::AllocationHeld { preempting }
+                if snapshot.apply_allocation_at(id, &a.spec.resources, meta, kv.mod_revision) {
+                    Applied::AllocationHeld { preempting }
+                } else {
+                    Applied::Quiet
+                }
             } else {
-                snapshot.remove_allocation(id);
-                Applied::AllocationEnded
+                let mut resources: Vec<String> = a
+                    .spec
+                    .resources
+                    .iter()
+                    .map(|p| p.resource.clone())
+                    .collect();
+                resources.sort_unstable();
+                resources.dedup();
+                Applied::AllocationEnded {
+                    removed: snapshot.remove_allocation_at(id, kv.mod_revision),
+                    uid: a.metadata.uid,
+                    resources,
+                }
             }
         }
         Source::Claims => Applied::Claim(Box::new(decode_typed::<ClaimSpec>(kv)?)),
@@ -258,13 +281,6 @@ fn is_pending(claim: &infraos_api::kinds::Claim) -> bool {
             .is_none_or(|s| s.phase == ClaimPhase::Pending)
 }
 
-/// An allocation event held back while the allocation's batch is unsettled.
-enum LastEvent {
-    Put(KeyValue),
-    /// Deleted at this revision.
-    Delete(u64),
-}
-
 const REQUEUE_INTERVAL: Duration = Duration::from_secs(1);
 /// Batches written but not yet settled: the next batch is planned while the previous one is
 /// committed (its fsync, its status writes), on a snapshot that already assumes it. With 3
@@ -272,6 +288,9 @@ const REQUEUE_INTERVAL: Duration = Duration::from_secs(1);
 /// batches share a group commit (`docs/benchmarks.md`, 2026-11-29d).
 const MAX_IN_FLIGHT: usize = 8;
 const FULL_RETRY_INTERVAL: Duration = Duration::from_secs(30);
+/// How often records are rewritten without the holders that ended (they are pruned from
+/// any record a batch writes anyway).
+const COMPACTION_INTERVAL: Duration = Duration::from_secs(5);
 
 struct Controller {
     state: AppState,
@@ -284,8 +303,13 @@ struct Controller {
     unschedulable: HashMap<String, String>,
     /// Revisions our own commits produced: claim events up to them are echoes to ignore.
     committed: HashMap<String, u64>,
-    /// Allocations our own commits wrote (already assumed in the snapshot), by revision.
-    own_allocations: HashMap<String, u64>,
+    /// How allocation events and our own assumptions reach the snapshot.
+    feed: AllocationFeed,
+    /// The committed holdings every placement is checked against before it is written.
+    ledger: Ledger,
+    /// The sequence number of the next batch.
+    next_batch: u64,
+    last_compaction: Instant,
     known: HashMap<Source, HashSet<String>>,
     synced: HashSet<Source>,
     cluster_changed: bool,
@@ -304,9 +328,6 @@ struct Controller {
     /// The claims each unsettled batch decided, oldest first: not queued again meanwhile.
     in_flight: VecDeque<Vec<String>>,
     in_flight_claims: HashSet<String>,
-    /// Allocations assumed by unsettled batches, with the last allocation event seen for the
-    /// key since: applied when the batch settles, unless it is the batch's own echo.
-    in_flight_allocs: HashMap<String, Option<LastEvent>>,
 }
 
 const QUOTA_STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -385,7 +406,10 @@ pub fn spawn(
         queue: PendingQueue::default(),
         unschedulable: HashMap::new(),
         committed: HashMap::new(),
-        own_allocations: HashMap::new(),
+        feed: AllocationFeed::default(),
+        ledger: Ledger::default(),
+        next_batch: 0,
+        last_compaction: Instant::now(),
         known: HashMap::new(),
         synced: HashSet::new(),
         cluster_changed: false,
@@ -398,7 +422,6 @@ pub fn spawn(
         from_writer,
         in_flight: VecDeque::new(),
         in_flight_claims: HashSet::new(),
-        in_flight_allocs: HashMap::new(),
     };
     Ok(tokio::spawn(controller.run(rx, shutdown)))
 }
@@ -436,6 +459,27 @@ impl Controller {
                 continue;
             }
             self.state.ready.store(true, Ordering::Release);
+            if !self.ledger.is_ready() {
+                // Loaded with nothing in flight: no allocation appears while it reads.
+                let mut failed = self.settle_all().await;
+                match self.ledger.load(&*self.state.store).await {
+                    Ok(0) => {}
+                    Ok(corrected) => {
+                        tracing::info!(corrected, "holdings records made to match the allocations")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot load the holdings records; retrying");
+                        failed = true;
+                    }
+                }
+                if failed {
+                    if reflector::sleep_or_shutdown(&mut shutdown, Duration::from_millis(500)).await
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            }
             if last_full_retry.elapsed() >= FULL_RETRY_INTERVAL {
                 self.cluster_changed = true;
                 last_full_retry = Instant::now();
@@ -452,6 +496,9 @@ impl Controller {
             }
             // Nothing stays unsettled while the loop waits.
             backoff |= self.settle_all().await;
+            if !backoff {
+                backoff |= self.tend_ledger().await;
+            }
             if !backoff {
                 self.write_quota_status().await;
             }
@@ -501,7 +548,14 @@ impl Controller {
                     .map(|old| old.difference(&names).cloned().collect())
                     .unwrap_or_default();
                 for id in gone {
-                    self.remove(source, &id);
+                    self.remove(source, &id, revision);
+                }
+                match source {
+                    // Ends may have been missed while the watch was behind: the ledger is
+                    // loaded again from the allocations before the next batch.
+                    Source::Allocations => self.ledger.invalidate(),
+                    Source::Resources => self.ledger.forget_resources(),
+                    _ => {}
                 }
                 for kv in &kvs {
                     self.upsert(source, kv, claims.next().flatten());
@@ -526,19 +580,15 @@ impl Controller {
                         EventKind::Delete => {
                             claims.next();
                             let id = object_id(&kv.key);
-                            if source == Source::Allocations
-                                && let Some(last) = self.in_flight_allocs.get_mut(&id)
-                            {
-                                *last = Some(LastEvent::Delete(kv.mod_revision));
-                                if let Some(known) = self.known.get_mut(&source) {
-                                    known.remove(&id);
-                                }
-                                continue;
-                            }
                             if let Some(known) = self.known.get_mut(&source) {
                                 known.remove(&id);
                             }
-                            self.remove(source, &id);
+                            if source == Source::Allocations {
+                                let applied = self.feed.delete(&mut self.snapshot, &id, kv);
+                                self.applied(&id, kv.mod_revision, Ok(applied));
+                                continue;
+                            }
+                            self.remove(source, &id, kv.mod_revision);
                         }
                     }
                 }
@@ -549,19 +599,13 @@ impl Controller {
     /// `decoded`: the claim `kv` holds, when decoded already.
     fn upsert(&mut self, source: Source, kv: &KeyValue, decoded: Option<DecodedClaim>) {
         let id = object_id(&kv.key);
-        if source == Source::Allocations && self.own_allocations.get(&id) == Some(&kv.mod_revision)
-        {
-            // The echo of our own commit: already assumed, no need to decode it.
-            self.own_allocations.remove(&id);
+        if source == Source::Allocations {
+            let applied = self.feed.put(&mut self.snapshot, &id, kv);
+            self.applied(&id, kv.mod_revision, applied);
             return;
         }
-        if source == Source::Allocations
-            && let Some(last) = self.in_flight_allocs.get_mut(&id)
-        {
-            // Stored while its batch is unsettled, most likely that batch's own echo: held
-            // until the batch settles, which tells.
-            *last = Some(LastEvent::Put(kv.clone()));
-            return;
+        if source == Source::Resources {
+            self.ledger.resource_seen(&id, kv.mod_revision);
         }
         match decoded {
             Some(DecodedClaim::Pending(claim)) => {
@@ -580,7 +624,16 @@ impl Controller {
             }
             None => {}
         }
-        match apply_object(&mut self.snapshot, source, &id, kv) {
+        let applied = apply_object(&mut self.snapshot, source, &id, kv);
+        self.applied(&id, kv.mod_revision, applied);
+    }
+
+    /// Acts on what applying object `id`, stored at `revision`, changed.
+    fn applied(&mut self, id: &str, revision: u64, applied: Result<Applied, ApiError>) {
+        for ended in self.feed.take_ended() {
+            self.ledger.ended(&ended.uid, ended.resources);
+        }
+        match applied {
             Ok(Applied::Cluster) => self.cluster_changed = true,
             Ok(Applied::Quiet) => {}
             Ok(Applied::AllocationHeld { preempting }) => {
@@ -589,13 +642,17 @@ impl Controller {
                     self.cluster_changed = true;
                 }
             }
-            Ok(Applied::AllocationEnded) => {
-                self.cluster_changed = true;
-                self.wake_preemptors();
+            Ok(Applied::AllocationEnded { removed, .. }) => {
+                if removed {
+                    self.cluster_changed = true;
+                    self.wake_preemptors();
+                }
             }
-            Ok(Applied::Claim(claim)) => self.upsert_claim(id, kv.mod_revision, Arc::new(*claim)),
+            Ok(Applied::Claim(claim)) => {
+                self.upsert_claim(id.to_string(), revision, Arc::new(*claim))
+            }
             Err(e) => {
-                tracing::error!(key = %kv.key, error = ?e, "cannot decode a stored object; ignoring it");
+                tracing::error!(object = %id, revision, error = ?e, "cannot decode a stored object; ignoring it");
             }
         }
     }
@@ -632,20 +689,23 @@ impl Controller {
         self.committed.remove(id);
     }
 
-    fn remove(&mut self, source: Source, id: &str) {
+    /// Object `id` of `source` is gone as of `revision`.
+    fn remove(&mut self, source: Source, id: &str, revision: u64) {
         match source {
             Source::Classes => self.snapshot.remove_class(id),
             Source::Nodes => self.snapshot.remove_node(id),
-            Source::Resources => self.snapshot.remove_resource(id),
+            Source::Resources => {
+                self.ledger.resource_gone(id);
+                self.snapshot.remove_resource(id);
+            }
             Source::Allocations => {
-                self.own_allocations.remove(id);
-                // A claim placed again by an unsettled batch: this deletes its previous
-                // allocation, not the one assumed (written, if at all, after this).
-                if !self.in_flight_allocs.contains_key(id) {
-                    self.snapshot.remove_allocation(id);
+                if matches!(
+                    self.feed.gone(&mut self.snapshot, id, revision),
+                    Applied::AllocationEnded { .. }
+                ) {
+                    self.cluster_changed = true;
+                    self.wake_preemptors();
                 }
-                self.cluster_changed = true;
-                self.wake_preemptors();
             }
             Source::Claims => self.forget_claim(id),
             Source::PriorityClasses => self.snapshot.remove_priority_class(id),
@@ -665,6 +725,14 @@ impl Controller {
     /// Decides up to one batch of the queued claims, chosen by the scheduler's fair order
     /// over all of them; returns true when the store failed.
     async fn schedule_batch(&mut self) -> bool {
+        // Records a failed batch wrote are read again before anything builds on them.
+        let unread = self.ledger.unread_all();
+        if !unread.is_empty()
+            && let Err(e) = self.ledger.refresh(&*self.state.store, &unread).await
+        {
+            tracing::warn!(error = %e, "cannot read holdings records again");
+            return true;
+        }
         let max = self.state.config.scheduler_batch.max(1);
         // The scheduler orders by fair share within a window of the queue's head (highest
         // priorities, oldest first), wide enough for that order to matter.
@@ -705,10 +773,20 @@ impl Controller {
             }
         }
         let keys: Vec<String> = plan.decisions.iter().map(|d| d.claim_key.clone()).collect();
-        let writes = applier::prepare(&self.state, &mut self.snapshot, plan, &self.claims).await;
+        let batch_id = self.next_batch;
+        self.next_batch += 1;
+        let writes = applier::prepare(
+            &self.state,
+            &mut self.snapshot,
+            &mut self.ledger,
+            batch_id,
+            plan,
+            &self.claims,
+        )
+        .await;
         self.in_flight_claims.extend(keys.iter().cloned());
         for key in &writes.assumed {
-            self.in_flight_allocs.insert(key.clone(), None);
+            self.feed.assume(key);
         }
         self.in_flight.push_back(keys);
         if self.to_writer.send(writes).await.is_err() {
@@ -732,39 +810,46 @@ impl Controller {
         for key in &keys {
             self.in_flight_claims.remove(key);
         }
-        let applied = applier::settle(&mut self.snapshot, written);
-        for (key, revision) in applied.committed {
-            let last = self.in_flight_allocs.remove(&key).flatten();
-            self.unschedulable.remove(&key);
-            match last {
-                // Our echo has come: nothing to apply.
-                Some(LastEvent::Put(kv)) if kv.mod_revision == revision => {}
-                // A later change of our allocation, or its end.
-                Some(LastEvent::Put(kv)) if kv.mod_revision > revision => {
-                    self.apply_held(&key, LastEvent::Put(kv));
-                }
-                Some(LastEvent::Delete(at)) if at > revision => {
-                    self.apply_held(&key, LastEvent::Delete(at));
-                }
-                // Nothing yet, or an older allocation of the claim (its deletion): our echo
-                // is still to come; skip decoding it then.
-                _ => {
-                    self.own_allocations.insert(key.clone(), revision);
-                }
-            }
-            // Its Allocated echo may have come already (and forgotten the claim).
-            if self.claims.remove(&key).is_some() {
-                self.committed.insert(key, revision);
-            }
+        self.ledger
+            .settle(written.batch, written.committed.is_some());
+        let mut applied = written.applied;
+        for unsigned in written.unsigned {
+            // Left out of the transaction after the ledger counted it: its holder is pruned.
+            self.ledger.ended(&unsigned.uid, unsigned.resources);
+            let effect = self.feed.not_committed(&mut self.snapshot, &unsigned.key);
+            self.applied(&unsigned.key, 0, effect);
+            applied.retry.push(unsigned.key);
         }
-        // Not committed: the assumptions are undone; what was stored meanwhile applies.
-        for key in &keys {
-            if let Some(Some(last)) = self.in_flight_allocs.remove(key) {
-                self.apply_held(key, last);
+        match written.committed {
+            Some(revision) => {
+                for key in written.assumed {
+                    let effect = self.feed.committed(&mut self.snapshot, &key, revision);
+                    self.applied(&key, revision, effect);
+                    self.unschedulable.remove(&key);
+                    // Its Allocated echo may have come already (and forgotten the claim).
+                    if self.claims.remove(&key).is_some() {
+                        self.committed.insert(key, revision);
+                    }
+                }
+            }
+            None => {
+                // The assumptions are undone; what was stored meanwhile applies.
+                for key in written.assumed {
+                    let effect = self.feed.not_committed(&mut self.snapshot, &key);
+                    self.applied(&key, 0, effect);
+                    applied.retry.push(key);
+                }
             }
         }
         for (key, message) in applied.unschedulable {
             self.unschedulable.insert(key, message);
+        }
+        if !applied.refused.is_empty() {
+            // Tried again at the next requeue, after the audit of their resources.
+            self.cluster_changed = true;
+            for (key, message) in applied.refused {
+                self.unschedulable.insert(key, message);
+            }
         }
         for key in applied.retry {
             self.refresh_claim(&key).await;
@@ -779,12 +864,31 @@ impl Controller {
         applied.store_failed
     }
 
-    /// Applies an allocation event held back while its batch was unsettled.
-    fn apply_held(&mut self, id: &str, last: LastEvent) {
-        match last {
-            LastEvent::Put(kv) => self.upsert(Source::Allocations, &kv, None),
-            LastEvent::Delete(_) => self.remove(Source::Allocations, id),
+    /// With nothing in flight: audits the resources whose records refused what the snapshot
+    /// allowed, and writes records without the holders that ended (at most every few
+    /// seconds). True when the store failed.
+    async fn tend_ledger(&mut self) -> bool {
+        if self.ledger.has_suspects() {
+            match self.ledger.audit(&*self.state.store).await {
+                Ok(0) => {}
+                Ok(pruned) => {
+                    tracing::warn!(pruned, "holdings listed allocations that had ended");
+                    self.cluster_changed = true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot audit holdings");
+                    return true;
+                }
+            }
         }
+        if self.last_compaction.elapsed() >= COMPACTION_INTERVAL {
+            self.last_compaction = Instant::now();
+            if let Err(e) = self.ledger.compact(&*self.state.store).await {
+                tracing::warn!(error = %e, "cannot compact holdings");
+                return true;
+            }
+        }
+        false
     }
 
     /// Settles every written batch; true when the store failed.
