@@ -117,6 +117,12 @@ enum BenchCommand {
         /// Loopback addresses (127.0.1.x) the idle connections come from.
         #[arg(long, default_value_t = 32)]
         idle_sources: usize,
+        /// Nice value (0 to 19) of the thread that opens and holds the idle connections. The
+        /// default, 19, models an attacker on other machines: on a shared 2-core machine, a
+        /// flood thread at the server's priority measures CPU contention, not the server.
+        /// 0 measures both on one machine.
+        #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(i32).range(0..=19))]
+        idle_nice: i32,
         /// In that window, this many claims submitted by a project member whose item selector
         /// is a CEL bomb (five nested comprehensions over lists of 100); 4xx answers are
         /// counted, not fatal.
@@ -203,6 +209,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             flood,
             idle_connections,
             idle_sources,
+            idle_nice,
             cel_bomb,
         } => {
             agents::run(agents::Options {
@@ -215,6 +222,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 flood,
                 idle_connections,
                 idle_sources,
+                idle_nice,
                 cel_bomb,
             })
             .await

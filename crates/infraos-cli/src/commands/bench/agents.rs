@@ -39,6 +39,8 @@ pub struct Options {
     pub idle_connections: usize,
     /// …from this many loopback addresses…
     pub idle_sources: usize,
+    /// …by a thread at this nice value…
+    pub idle_nice: i32,
     /// …while this many CEL-bomb claims are submitted ([`super::edge`]).
     pub cel_bomb: usize,
 }
@@ -308,6 +310,7 @@ async fn edge_window(
             admin_config,
             o.idle_connections,
             o.idle_sources,
+            o.idle_nice,
             idle_counts.clone(),
         )?)
     } else {
@@ -343,9 +346,10 @@ async fn edge_window(
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     if o.idle_connections > 0 {
         println!(
-            "idle connections: {} attempted from {} addresses in {window_s:.0}s, {} opened, {} failed to open, {} closed by the server",
+            "idle connections: {} attempted from {} addresses (flood thread at nice {}) in {window_s:.0}s, {} opened, {} failed to open, {} closed by the server",
             n(&idle_counts.attempted),
             o.idle_sources,
+            o.idle_nice,
             n(&idle_counts.opened),
             n(&idle_counts.failed),
             n(&idle_counts.closed_by_server),

@@ -177,16 +177,24 @@ impl Drop for IdleFlood {
 }
 
 /// Opens `n` idle connections (held until the returned [`IdleFlood`] is dropped), 256 at a
-/// time, from `sources` loopback addresses 127.0.1.x.
+/// time, from `sources` loopback addresses 127.0.1.x, on a thread at nice value `nice`.
 pub fn open_idle(
     admin: &ClientConfig,
     n: usize,
     sources: usize,
+    nice: i32,
     counts: Arc<IdleCounts>,
 ) -> anyhow::Result<IdleFlood> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("idle-flood")
+        .on_thread_start(move || {
+            if nice > 0
+                && let Err(e) = infraos_sys::process::lower_thread_priority(nice)
+            {
+                eprintln!("note: the idle flood runs at the usual priority: {e}");
+            }
+        })
         .enable_all()
         .build()
         .context("cannot start the idle connections' runtime")?;
