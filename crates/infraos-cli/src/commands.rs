@@ -3,7 +3,6 @@
 pub mod agent;
 pub mod apply;
 pub mod audit;
-pub mod bench;
 pub mod delete;
 pub mod describe;
 pub mod dev;

@@ -9,7 +9,6 @@ use clap::{Args, Parser, Subcommand};
 
 mod commands;
 mod output;
-mod synthetic;
 
 #[derive(Parser)]
 #[command(
@@ -65,7 +64,7 @@ enum Command {
     /// Print the client and server versions.
     Version,
     /// Benchmarks: the scheduler core, or end to end through a real server.
-    Bench(commands::bench::BenchArgs),
+    Bench(infraos_bench::BenchArgs),
 }
 
 /// Options shared by the commands that address namespaced objects.
@@ -140,7 +139,7 @@ pub fn main() -> ExitCode {
             Command::Refuse(args) => commands::lease::refuse(config.as_deref(), args).await,
             Command::Audit(args) => commands::audit::run(config.as_deref(), args).await,
             Command::Version => commands::version::run(config.as_deref()).await,
-            Command::Bench(args) => commands::bench::run(args).await,
+            Command::Bench(args) => infraos_bench::run(args).await,
         }
     });
     match result {

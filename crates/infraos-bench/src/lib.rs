@@ -1,4 +1,9 @@
-//! `infraos bench scheduler|e2e|agents|workload|signatures`: the benchmarks the closing notes
+//! `infraos bench scheduler|e2e|agents|workload|signatures`: the benchmarks and load generators
+//! the closing notes quote, kept out of the CLI so that the product binary's commands stay small
+//! and the benchmarks can grow their own dependencies. The CLI only forwards [`BenchArgs`] to
+//! [`run`]. Like the CLI, this crate is the binary's edge: errors are `anyhow`.
+//!
+//! The benchmarks the closing notes
 //! quote. `scheduler` and `e2e` end with the line `claims/s: X`; `agents` and `workload` (own
 //! modules) with a latency line; `signatures` (own module) with the SLH-DSA/Ed25519 ratios.
 //!
@@ -9,26 +14,23 @@
 //!   first submission until the watch has seen every claim allocated. It also runs the
 //!   scheduler core on the same objects in this process, as the limit to compare against.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use futures::StreamExt;
-use infraos_api::kinds::{
-    Claim, NodeSpec, PriorityClassSpec, ProjectSpec, QuotaSpec, ResourceClassSpec, ResourceSpec,
-};
-use infraos_api::object::decode;
 use infraos_client::{Client, ClientConfig};
-use infraos_scheduler::{AllocationMeta, Outcome, Profile, Scheduler, Snapshot};
-
-use crate::synthetic::{self, PROJECT, Synthetic};
+use infraos_scheduler::Profile;
 
 mod agents;
+mod e2e;
 mod edge;
+mod scheduler_core;
 mod signatures;
+mod synthetic;
 mod workload;
+
+use crate::e2e::{E2e, e2e};
+use crate::scheduler_core::scheduler_core;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -267,75 +269,6 @@ fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
-/// Builds the snapshot from the synthetic manifests and schedules every claim the way the
-/// server does (plan, re-check, apply). Returns claims/s and how many were placed.
-fn scheduler_core(s: &Synthetic, batch: usize, governance: bool) -> anyhow::Result<(f64, usize)> {
-    let mut snapshot = Snapshot::new();
-    for v in &s.setup {
-        match v["kind"].as_str() {
-            Some("ResourceClass") => {
-                let c = decode::<ResourceClassSpec>(v)?;
-                snapshot.upsert_class(c.name(), &c.spec);
-            }
-            Some("Project") => {
-                let p = decode::<ProjectSpec>(v)?;
-                snapshot.upsert_project(p.name(), &p.spec.tenant);
-            }
-            Some("Quota") => {
-                let q = decode::<QuotaSpec>(v)?;
-                snapshot.upsert_quota(q.name(), &q.spec);
-            }
-            Some("PriorityClass") => {
-                let p = decode::<PriorityClassSpec>(v)?;
-                snapshot.upsert_priority_class(p.name(), &p.spec);
-            }
-            _ => {}
-        }
-    }
-    for v in &s.nodes {
-        let n = decode::<NodeSpec>(v)?;
-        snapshot.upsert_node(n.name(), &n.metadata.labels, &n.spec, None);
-    }
-    for v in &s.resources {
-        let r = decode::<ResourceSpec>(v)?;
-        snapshot.upsert_resource(r.name(), &r.metadata.labels, &r.spec);
-    }
-    let claims: Vec<Claim> = s.claims.iter().map(decode).collect::<Result<_, _>>()?;
-    let keyed: Vec<(String, &Claim)> = claims
-        .iter()
-        .map(|c| (format!("{PROJECT}/{}", c.name()), c))
-        .collect();
-    let profile = if governance {
-        serde_norway::from_str::<ServerConfigScheduler>(synthetic::GOVERNANCE_PROFILE)?.scheduler
-    } else {
-        Profile::default()
-    };
-    let mut scheduler = Scheduler::new(profile)?;
-    let by_key: HashMap<&str, &Claim> = keyed.iter().map(|(k, c)| (k.as_str(), *c)).collect();
-    let start = Instant::now();
-    let mut placed = 0;
-    for chunk in keyed.chunks(batch.max(1)) {
-        let plan = scheduler.plan(&snapshot, chunk);
-        for d in &plan.decisions {
-            if let Outcome::Placed(p) = &d.outcome
-                && snapshot.fits(&p.resources).is_ok()
-            {
-                let claim = by_key.get(d.claim_key.as_str());
-                let meta = AllocationMeta {
-                    priority: claim
-                        .map_or(0, |c| infraos_scheduler::claim_priority(&snapshot, c).0),
-                    borrowing: p.borrowing,
-                    ..AllocationMeta::default()
-                };
-                snapshot.apply_allocation(&d.claim_key, &p.resources, meta);
-                placed += 1;
-            }
-        }
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    Ok((claims.len() as f64 / elapsed.max(1e-9), placed))
-}
-
 /// CPU time (user + system) used so far by a process, from /proc; `None` where unavailable.
 fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -426,199 +359,4 @@ async fn start_server(config_yaml: &str) -> anyhow::Result<(ChildServer, ClientC
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok((guard, config))
-}
-
-async fn create_all(
-    client: &Client,
-    objects: &[serde_json::Value],
-    concurrency: usize,
-) -> anyhow::Result<()> {
-    let mut results = futures::stream::iter(objects.iter().map(|o| {
-        let client = client.clone();
-        async move { client.apply(o).await }
-    }))
-    .buffer_unordered(concurrency);
-    while let Some(r) = results.next().await {
-        r?;
-    }
-    Ok(())
-}
-
-/// What an end-to-end run submits, and how.
-struct E2e {
-    nodes: usize,
-    claims: usize,
-    server: Option<String>,
-    concurrency: usize,
-    connections: usize,
-    batch: usize,
-    timeout: Duration,
-    governance: bool,
-    devices: bool,
-}
-
-async fn e2e(options: E2e) -> anyhow::Result<()> {
-    let E2e {
-        nodes,
-        claims,
-        server,
-        concurrency,
-        connections,
-        batch,
-        timeout,
-        governance,
-        devices,
-    } = options;
-    let synthetic = synthetic::cluster(nodes, claims, governance, devices);
-    let (guard, config) = match server {
-        Some(url) => (None, ClientConfig::load_for(None, Some(&url))?),
-        None => {
-            let profile = if governance {
-                synthetic::GOVERNANCE_PROFILE
-            } else {
-                ""
-            };
-            let (g, c) = start_server(profile).await?;
-            (Some(g), c)
-        }
-    };
-    let client = Client::new(&config)?;
-    let t = Instant::now();
-    for o in &synthetic.setup {
-        client.apply(o).await?;
-    }
-    create_all(&client, &synthetic.nodes, concurrency).await?;
-    create_all(&client, &synthetic.resources, concurrency).await?;
-    println!(
-        "setup: {nodes} nodes, {} resources through the API in {:.1}s",
-        synthetic.resources.len(),
-        t.elapsed().as_secs_f64()
-    );
-
-    // Watch claims from now on; count each claim once when it is Allocated or Unschedulable.
-    let claim_kind = super::kind("claims")?;
-    let (_, revision) = client
-        .list(claim_kind, Some(PROJECT), Some("bench=true"))
-        .await?;
-    // Only what is counted is decoded: the load generator shares the machine it measures.
-    // Bookmarks and errors carry no name (nor always metadata): decoded as empty.
-    #[derive(serde::Deserialize)]
-    struct Seen {
-        #[serde(default)]
-        metadata: SeenMeta,
-        #[serde(default)]
-        status: Option<SeenStatus>,
-    }
-    #[derive(serde::Deserialize, Default)]
-    struct SeenMeta {
-        #[serde(default)]
-        name: String,
-    }
-    #[derive(serde::Deserialize)]
-    struct SeenStatus {
-        #[serde(default)]
-        phase: Option<String>,
-        #[serde(default)]
-        reason: Option<String>,
-    }
-    let mut events = client
-        .watch_as::<Seen>(claim_kind, Some(PROJECT), None, Some(revision))
-        .await?;
-    let expected = synthetic.claims.len();
-    let watcher = tokio::spawn(async move {
-        let mut allocated = HashSet::new();
-        let mut unschedulable = HashSet::new();
-        while let Some(event) = events.next().await {
-            let Ok(event) = event else { break };
-            let name = event.object.metadata.name;
-            let status = event.object.status;
-            let phase = status.as_ref().and_then(|s| s.phase.as_deref());
-            let reason = status.as_ref().and_then(|s| s.reason.as_deref());
-            match phase {
-                Some("Allocated") => {
-                    unschedulable.remove(&name);
-                    allocated.insert(name);
-                }
-                Some("Pending") if reason == Some("Unschedulable") => {
-                    unschedulable.insert(name);
-                }
-                _ => {}
-            }
-            if allocated.len() + unschedulable.len() >= expected {
-                break;
-            }
-        }
-        (Instant::now(), allocated.len(), unschedulable.len())
-    });
-
-    // Requests are prepared before the clock starts, as load generators do.
-    let bodies: Vec<bytes::Bytes> = if batch > 1 {
-        synthetic
-            .claims
-            .chunks(batch)
-            .map(|items| {
-                serde_json::to_vec(&serde_json::json!({ "items": items })).map(bytes::Bytes::from)
-            })
-            .collect::<Result<_, _>>()?
-    } else {
-        synthetic
-            .claims
-            .iter()
-            .map(|c| serde_json::to_vec(c).map(bytes::Bytes::from))
-            .collect::<Result<_, _>>()?
-    };
-    let server_pid = guard.as_ref().map(|g| g.child.id().to_string());
-    let server_cpu_before = server_pid.as_deref().and_then(cpu_seconds);
-    let client_cpu_before = cpu_seconds("self");
-    // One client per connection (each reqwest client keeps one HTTP/2 connection).
-    let clients: Vec<Arc<Client>> = (0..connections)
-        .map(|_| Client::new(&config).map(Arc::new))
-        .collect::<Result<_, _>>()?;
-    let start = Instant::now();
-    let mut submissions = futures::stream::iter(bodies.into_iter().enumerate().map(|(i, body)| {
-        let client = Arc::clone(&clients[i % clients.len()]);
-        async move {
-            if batch > 1 {
-                client
-                    .create_batch_quiet(claim_kind, Some(PROJECT), body)
-                    .await
-            } else {
-                client.create_quiet(claim_kind, Some(PROJECT), body).await
-            }
-        }
-    }))
-    .buffer_unordered(concurrency);
-    while let Some(r) = submissions.next().await {
-        r.context("submitting a claim")?;
-    }
-    let submitted = start.elapsed().as_secs_f64();
-    println!(
-        "submitted {claims} claims in {submitted:.2}s ({:.0} creates/s, {batch} per request, {concurrency} requests in flight over {connections} connections)",
-        claims as f64 / submitted
-    );
-    let (done, allocated, unschedulable) = tokio::time::timeout(timeout, watcher)
-        .await
-        .context("timed out waiting for allocations")?
-        .context("the watch task failed")?;
-    let elapsed = done.duration_since(start).as_secs_f64();
-    println!(
-        "allocated {allocated}/{claims} claims ({unschedulable} unschedulable) in {elapsed:.2}s end to end"
-    );
-    let per_claim = |before: Option<f64>, after: Option<f64>| match (before, after) {
-        (Some(b), Some(a)) if claims > 0 => format!("{:.0}us", (a - b) * 1e6 / claims as f64),
-        _ => "n/a".to_string(),
-    };
-    println!(
-        "cpu per claim: server {}, this client {}",
-        per_claim(
-            server_cpu_before,
-            server_pid.as_deref().and_then(cpu_seconds)
-        ),
-        per_claim(client_cpu_before, cpu_seconds("self"))
-    );
-    let (core, _) = scheduler_core(&synthetic, 512, governance)?;
-    println!("scheduler core on the same cluster and claims: {core:.0} claims/s");
-    println!("claims/s: {:.0}", allocated as f64 / elapsed.max(1e-9));
-    drop(guard);
-    Ok(())
 }
