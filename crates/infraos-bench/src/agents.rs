@@ -33,6 +33,8 @@ pub struct Options {
     pub join_concurrency: usize,
     pub watch: bool,
     pub server: Option<String>,
+    /// The client config file for `server`'s CA and token (`--config`).
+    pub client_config: Option<std::path::PathBuf>,
     /// Clients flooding the API as one ordinary user during a second window.
     pub flood: usize,
     /// Connections that never speak, opened during a last window…
@@ -102,7 +104,10 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         hb_ms * 4
     );
     let (guard, admin_config): (Option<ChildServer>, ClientConfig) = match &o.server {
-        Some(url) => (None, ClientConfig::load_for(None, Some(url))?),
+        Some(url) => (
+            None,
+            ClientConfig::load_for(o.client_config.as_deref(), Some(url))?,
+        ),
         None => {
             let (g, c) = start_server(&config).await?;
             (Some(g), c)

@@ -35,6 +35,10 @@ pub(crate) struct E2e {
     pub(crate) nodes: usize,
     pub(crate) claims: usize,
     pub(crate) server: Option<String>,
+    /// The store of the server this bench starts (`None`: the embedded one).
+    pub(crate) store: Option<String>,
+    /// The client config file for `server`'s CA and token (`--config`).
+    pub(crate) client_config: Option<std::path::PathBuf>,
     pub(crate) concurrency: usize,
     pub(crate) connections: usize,
     pub(crate) batch: usize,
@@ -48,6 +52,8 @@ pub(crate) async fn e2e(options: E2e) -> anyhow::Result<()> {
         nodes,
         claims,
         server,
+        store,
+        client_config,
         concurrency,
         connections,
         batch,
@@ -57,14 +63,19 @@ pub(crate) async fn e2e(options: E2e) -> anyhow::Result<()> {
     } = options;
     let synthetic = synthetic::cluster(nodes, claims, governance, devices);
     let (guard, config) = match server {
-        Some(url) => (None, ClientConfig::load_for(None, Some(&url))?),
+        Some(url) => (
+            None,
+            ClientConfig::load_for(client_config.as_deref(), Some(&url))?,
+        ),
         None => {
-            let profile = if governance {
-                synthetic::GOVERNANCE_PROFILE
-            } else {
-                ""
-            };
-            let (g, c) = start_server(profile).await?;
+            let mut profile = String::new();
+            if let Some(store) = &store {
+                profile.push_str(&format!("store: {store}\n"));
+            }
+            if governance {
+                profile.push_str(synthetic::GOVERNANCE_PROFILE);
+            }
+            let (g, c) = start_server(&profile).await?;
             (Some(g), c)
         }
     };

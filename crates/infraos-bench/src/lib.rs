@@ -65,8 +65,12 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10_000)]
         claims: usize,
         /// Use this running server (with the client config's CA and token) instead of starting one.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "store")]
         server: Option<String>,
+        /// Start the server on this store instead of the embedded one, e.g.
+        /// `etcd://127.0.0.1:2379/bench` (needs a build with `--features etcd`).
+        #[arg(long)]
+        store: Option<String>,
         /// Requests in flight at once (many clients at a time, as in production).
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
@@ -147,7 +151,8 @@ enum BenchCommand {
     },
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+/// Runs one benchmark; `config` is the client config file (`--config`) used with `--server`.
+pub async fn run(config: Option<&std::path::Path>, args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Scheduler {
             nodes,
@@ -175,6 +180,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             nodes,
             claims,
             server,
+            store,
             concurrency,
             timeout,
             connections,
@@ -192,6 +198,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 nodes,
                 claims,
                 server,
+                store,
+                client_config: config.map(std::path::Path::to_path_buf),
                 concurrency: concurrency.max(1),
                 connections: connections.max(1),
                 batch,
@@ -221,6 +229,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 join_concurrency,
                 watch: !no_watch,
                 server,
+                client_config: config.map(std::path::Path::to_path_buf),
                 flood,
                 idle_connections,
                 idle_sources,

@@ -139,7 +139,7 @@ pub fn main() -> ExitCode {
             Command::Refuse(args) => commands::lease::refuse(config.as_deref(), args).await,
             Command::Audit(args) => commands::audit::run(config.as_deref(), args).await,
             Command::Version => commands::version::run(config.as_deref()).await,
-            Command::Bench(args) => infraos_bench::run(args).await,
+            Command::Bench(args) => infraos_bench::run(config.as_deref(), args).await,
         }
     });
     match result {

@@ -259,9 +259,15 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Compacted { .. } => ApiError::gone(e.to_string()),
             StoreError::FutureRevision { .. } => ApiError::bad_request(e.to_string()),
-            StoreError::ValueTooLarge { .. } | StoreError::KeyTooLarge { .. } => {
-                ApiError::too_large(e.to_string())
-            }
+            StoreError::ValueTooLarge { .. }
+            | StoreError::KeyTooLarge { .. }
+            | StoreError::TxnTooLarge(_) => ApiError::too_large(e.to_string()),
+            // Nothing was written; writes succeed again once an operator frees space.
+            StoreError::NoSpace(_) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "InsufficientStorage",
+                e.to_string(),
+            ),
             StoreError::Closed => ApiError::unavailable("the server is shutting down"),
             other => {
                 tracing::error!(error = %other, "store failure");

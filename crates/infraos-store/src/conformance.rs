@@ -34,7 +34,8 @@ macro_rules! store_conformance_tests {
             watch_delivers_in_order_with_prefix, watch_replays_from_past_revision,
             compaction_forces_relist, concurrent_cas_loses_no_update, ledger_chains_atomically,
             oversized_writes_are_rejected, slow_watcher_sees_no_gap, survives_reopen,
-            range_at_a_past_revision, concurrent_ledger_appends_chain, version_compares_chain);
+            range_at_a_past_revision, concurrent_ledger_appends_chain, version_compares_chain,
+            ledger_writers_fail_alone);
     };
     (@each $make:expr; $($name:ident),*) => {
         $(
@@ -497,6 +498,105 @@ pub async fn concurrent_ledger_appends_chain(h: &impl Harness) {
         prev = e.hash;
     }
     assert_eq!(s.ledger_head().await.unwrap().hash, prev);
+}
+
+/// Many ledger writers at once, some of whose compares fail: backends may commit writers
+/// together (etcd's group commit, the embedded store's group), but a writer whose compare
+/// fails changes nothing and fails alone, every other one commits with its own sequence
+/// numbers, and a writer that reads a key another one writes sees that write or none of it.
+pub async fn ledger_writers_fail_alone(h: &impl Harness) {
+    let s = h.open().await;
+    put(&*s, "/fa/taken", "x").await;
+    let head0 = s.ledger_head().await.unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..48u64 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            // Every third writer wants a key that exists: its compare fails.
+            let key = if w % 3 == 0 {
+                "/fa/taken".to_string()
+            } else {
+                format!("/fa/{w}")
+            };
+            let out = s
+                .txn(
+                    Txn::new()
+                        .when(Compare::absent(key.clone()))
+                        .put(key, w.to_string())
+                        .put(format!("/fa/log/{w}"), "written")
+                        .append(format!("fa-{w}").into_bytes()),
+                )
+                .await
+                .unwrap();
+            (w, out)
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        let (w, out) = t.await.unwrap();
+        let logged = s.get(&format!("/fa/log/{w}")).await.unwrap();
+        if w % 3 == 0 {
+            assert!(!out.succeeded, "writer {w}'s compare cannot hold");
+            assert!(out.ledger_seqs.is_empty());
+            assert!(
+                logged.is_none(),
+                "writer {w} failed but its other put landed"
+            );
+        } else {
+            assert!(out.succeeded, "writer {w} failed with the failing ones");
+            assert_eq!(out.ledger_seqs.len(), 1);
+            assert!(logged.is_some());
+            seqs.extend(out.ledger_seqs);
+        }
+    }
+    seqs.sort_unstable();
+    let expected: Vec<u64> = (head0.seq + 1..=head0.seq + 32).collect();
+    assert_eq!(
+        seqs, expected,
+        "32 writers committed, each with its own entry"
+    );
+    let entries = s.ledger_range(head0.seq + 1, 0).await.unwrap();
+    assert_eq!(entries.len(), 32, "no entry of a failed writer");
+    let mut prev = head0.hash;
+    for e in &entries {
+        assert_eq!(e.prev_hash, prev, "entry {} does not chain", e.seq);
+        assert_ne!(e.payload.as_ref(), b"fa-0");
+        prev = e.hash;
+    }
+    assert_eq!(
+        s.get("/fa/taken").await.unwrap().unwrap().value.as_ref(),
+        b"x"
+    );
+
+    // Two writers of one counter, each comparing what it read: one wins, the other sees
+    // the winner's write (a group must not apply both against the state before it).
+    put(&*s, "/fa/counter", "0").await;
+    let kv = s.get("/fa/counter").await.unwrap().unwrap();
+    let racers: Vec<_> = (0..2)
+        .map(|i| {
+            let s = Arc::clone(&s);
+            let rev = kv.mod_revision;
+            tokio::spawn(async move {
+                s.txn(
+                    Txn::new()
+                        .when(Compare::unchanged("/fa/counter", rev))
+                        .put("/fa/counter", format!("{i}"))
+                        .append(format!("counter-{i}").into_bytes()),
+                )
+                .await
+                .unwrap()
+                .succeeded
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for r in racers {
+        won += usize::from(r.await.unwrap());
+    }
+    assert_eq!(
+        won, 1,
+        "exactly one compare-and-swap on the same revision wins"
+    );
 }
 
 pub async fn oversized_writes_are_rejected(h: &impl Harness) {

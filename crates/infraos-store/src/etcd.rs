@@ -14,6 +14,13 @@
 //!
 //! Unlike the embedded store, ledger entries are keys here: a ledger-only transaction moves
 //! the revision on (etcd's revision counts every key it writes).
+//!
+//! Load: transactions that append to the ledger go through one committer per store, which
+//! sends whatever queued meanwhile as one etcd Txn within etcd's limits ([`group`]); a single
+//! transaction with more operations than `--max-txn-ops` is refused before it is sent, and
+//! etcd's own refusals for size are named ([`StoreError::TxnTooLarge`]); at most
+//! `max_in_flight` requests are outstanding at once: the rest wait for a slot (back-pressure)
+//! instead of queueing inside the gRPC channel until their deadline passes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,11 +30,14 @@ use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, TlsOptions,
     Txn as EtcdTxn, TxnOp, WatchOptions,
 };
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{
     Compare, Event, EventKind, KeyValue, LedgerEntry, LedgerHead, Op, RangeResult, Revision, Store,
     StoreError, Txn, TxnOutcome, WatchStream, check_sizes,
 };
+
+mod group;
 
 /// Where an etcd store lives and how to reach it.
 #[derive(Clone, Debug, Default)]
@@ -41,8 +51,17 @@ pub struct EtcdOptions {
     /// PEM client certificate and key, for etcd's `--client-cert-auth`.
     pub client_cert_pem: Option<(Vec<u8>, Vec<u8>)>,
     pub connect_timeout: Duration,
-    /// Each request's deadline.
+    /// Each request's deadline, counted once it has a slot (see `max_in_flight`).
     pub request_timeout: Duration,
+    /// The members' `--max-txn-ops` (etcd's default: 128): the most compares, and the most
+    /// operations, one transaction may carry.
+    pub max_txn_ops: usize,
+    /// The members' `--max-request-bytes` (etcd's default: 1.5 MiB): groups of ledger
+    /// transactions stay under it (a single larger transaction is sent as it is, and etcd
+    /// decides).
+    pub max_request_bytes: usize,
+    /// Requests outstanding at once; more wait for a slot.
+    pub max_in_flight: usize,
 }
 
 impl EtcdOptions {
@@ -54,14 +73,40 @@ impl EtcdOptions {
             client_cert_pem: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            max_txn_ops: 128,
+            max_request_bytes: 1536 * 1024,
+            max_in_flight: 128,
         }
     }
 
-    /// Parses `etcd://host:port,host:port[/root]`.
+    /// Parses `etcd://host:port,host:port[/root][?maxTxnOps=N&maxRequestBytes=N&maxInFlight=N]`.
+    /// The limits must match the members' flags when those are not etcd's defaults.
     pub fn parse_url(url: &str) -> Result<Self, StoreError> {
         let rest = url.strip_prefix("etcd://").ok_or_else(|| {
             StoreError::Backend(format!("{url:?}: an etcd store URL starts with etcd://"))
         })?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut limits = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let n = value
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    StoreError::Backend(format!(
+                        "{url:?}: {name} must be a positive integer, not {value:?}"
+                    ))
+                })?;
+            match name {
+                "maxTxnOps" | "maxRequestBytes" | "maxInFlight" => limits.push((name, n)),
+                other => {
+                    return Err(StoreError::Backend(format!(
+                        "{url:?}: unknown parameter {other:?} (known: maxTxnOps, maxRequestBytes, maxInFlight)"
+                    )));
+                }
+            }
+        }
         let (hosts, root) = match rest.split_once('/') {
             Some((hosts, root)) => (hosts, format!("/{}", root.trim_end_matches('/'))),
             None => (rest, "/infraos".to_string()),
@@ -78,6 +123,13 @@ impl EtcdOptions {
         }
         let mut options = EtcdOptions::new(endpoints);
         options.root = root;
+        for (name, n) in limits {
+            match name {
+                "maxTxnOps" => options.max_txn_ops = n.max(2),
+                "maxRequestBytes" => options.max_request_bytes = n,
+                _ => options.max_in_flight = n,
+            }
+        }
         Ok(options)
     }
 }
@@ -94,10 +146,29 @@ pub struct EtcdStore {
     data: String,
     ledger: String,
     head: String,
+    /// Slots for requests in flight.
+    slots: Arc<Semaphore>,
+    limits: group::Limits,
+    /// The ledger committer's queue ([`group`]); `None` in the committer's own handle, so that
+    /// the committer ends when the last other handle is dropped.
+    ledger_queue: Option<mpsc::Sender<group::Pending>>,
 }
 
+/// etcd's answer as the store's error: its limits and its quota are named, everything else is
+/// a backend failure.
 fn backend(e: etcd_client::Error) -> StoreError {
-    StoreError::Backend(format!("etcd: {e}"))
+    let text = e.to_string();
+    if text.contains("too many operations in txn request") {
+        StoreError::TxnTooLarge(format!(
+            "etcd: {text} (its --max-txn-ops; set maxTxnOps in the store URL to match)"
+        ))
+    } else if text.contains("request is too large") {
+        StoreError::TxnTooLarge(format!("etcd: {text} (its --max-request-bytes)"))
+    } else if text.contains("database space exceeded") {
+        StoreError::NoSpace(format!("etcd: {text}"))
+    } else {
+        StoreError::Backend(format!("etcd: {text}"))
+    }
 }
 
 /// The first key after every key starting with `prefix`.
@@ -157,6 +228,12 @@ impl EtcdStore {
             data: format!("{}/data", options.root),
             ledger: format!("{}/ledger/", options.root),
             head: format!("{}/ledger-head", options.root),
+            slots: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
+            limits: group::Limits {
+                max_txn_ops: options.max_txn_ops.max(2),
+                max_request_bytes: options.max_request_bytes,
+            },
+            ledger_queue: None,
         };
         store.current_revision().await.map_err(|e| {
             StoreError::Backend(format!(
@@ -164,7 +241,12 @@ impl EtcdStore {
                 endpoints.join(",")
             ))
         })?;
-        Ok(store)
+        let (queue, pending) = mpsc::channel(4096);
+        tokio::spawn(group::run(store.clone(), store.limits, pending));
+        Ok(EtcdStore {
+            ledger_queue: Some(queue),
+            ..store
+        })
     }
 
     fn client(&self) -> Client {
@@ -192,7 +274,9 @@ impl EtcdStore {
     {
         let mut attempt = 0u64;
         loop {
+            let slot = self.slots.acquire().await.map_err(|_| StoreError::Closed)?;
             let outcome = tokio::time::timeout(self.request_timeout, op()).await;
+            drop(slot);
             let retry = match &outcome {
                 Ok(Err(e)) => unreached(e),
                 Err(_) => {
@@ -366,10 +450,27 @@ impl EtcdStore {
         })
     }
 
-    async fn txn_once(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
-        check_sizes(&txn)?;
-        let compares: Vec<EtcdCompare> = txn
-            .compares
+    /// A transaction without ledger entries, sent as it is.
+    async fn txn_once(&self, txn: &Txn) -> Result<TxnOutcome, StoreError> {
+        let resp = self
+            .client()
+            .txn(
+                EtcdTxn::new()
+                    .when(self.compares(txn))
+                    .and_then(self.ops(txn)),
+            )
+            .await
+            .map_err(backend)?;
+        Ok(TxnOutcome {
+            succeeded: resp.succeeded(),
+            revision: revision_of(resp.header()),
+            ledger_seqs: Vec::new(),
+        })
+    }
+
+    /// A transaction's compares, on this store's keys.
+    fn compares(&self, txn: &Txn) -> Vec<EtcdCompare> {
+        txn.compares
             .iter()
             .map(|compare| match compare {
                 Compare::ModRevision(key, rev) => {
@@ -379,8 +480,12 @@ impl EtcdStore {
                     EtcdCompare::version(self.key(key), CompareOp::Equal, *version as i64)
                 }
             })
-            .collect();
-        // etcd refuses a key written twice in one txn: the last write wins, as applied in order.
+            .collect()
+    }
+
+    /// A transaction's writes, each key once: etcd refuses a key written twice in one txn, so
+    /// the last write wins, as applied in order.
+    fn ops(&self, txn: &Txn) -> Vec<TxnOp> {
         let mut ops: Vec<(&str, Option<&Bytes>)> = Vec::new();
         for op in &txn.ops {
             let (key, value) = match op {
@@ -390,64 +495,26 @@ impl EtcdStore {
             ops.retain(|(k, _)| *k != key);
             ops.push((key, value));
         }
-        let mut client = self.client();
-        loop {
-            let mut when = compares.clone();
-            let mut then: Vec<TxnOp> = ops
-                .iter()
-                .map(|(k, v)| match v {
-                    Some(v) => TxnOp::put(self.key(k), v.to_vec(), None),
-                    None => TxnOp::delete(self.key(k), None),
-                })
-                .collect();
-            let mut seqs = Vec::with_capacity(txn.ledger.len());
-            let mut head_revision = None;
-            if !txn.ledger.is_empty() {
-                let (mut head, revision) = self.read_head().await?;
-                when.push(EtcdCompare::mod_revision(
-                    self.head.as_bytes(),
-                    CompareOp::Equal,
-                    revision,
-                ));
-                head_revision = Some(revision);
-                for payload in &txn.ledger {
-                    let seq = head.seq + 1;
-                    let hash = infraos_api::audit::chain_hash(seq, &head.hash, payload);
-                    let mut raw = Vec::with_capacity(64 + payload.len());
-                    raw.extend_from_slice(&head.hash);
-                    raw.extend_from_slice(&hash);
-                    raw.extend_from_slice(payload);
-                    then.push(TxnOp::put(self.ledger_key(seq), raw, None));
-                    head = LedgerHead { seq, hash };
-                    seqs.push(seq);
-                }
-                let mut value = head.seq.to_le_bytes().to_vec();
-                value.extend_from_slice(&head.hash);
-                then.push(TxnOp::put(self.head.as_bytes(), value, None));
-            }
-            let resp = client
-                .txn(EtcdTxn::new().when(when).and_then(then))
-                .await
-                .map_err(backend)?;
-            let revision = revision_of(resp.header());
-            if resp.succeeded() {
-                return Ok(TxnOutcome {
-                    succeeded: true,
-                    revision,
-                    ledger_seqs: seqs,
-                });
-            }
-            if let Some(seen) = head_revision
-                && self.read_head().await?.1 != seen
-            {
-                continue; // another writer extended the ledger first: chain onto its head
-            }
-            return Ok(TxnOutcome {
-                succeeded: false,
-                revision,
-                ledger_seqs: Vec::new(),
-            });
-        }
+        ops.iter()
+            .map(|(k, v)| match v {
+                Some(v) => TxnOp::put(self.key(k), v.to_vec(), None),
+                None => TxnOp::delete(self.key(k), None),
+            })
+            .collect()
+    }
+
+    /// The put of the ledger entry after `head`, and the head it makes.
+    fn ledger_put(&self, head: &LedgerHead, payload: &[u8]) -> (TxnOp, LedgerHead) {
+        let seq = head.seq + 1;
+        let hash = infraos_api::audit::chain_hash(seq, &head.hash, payload);
+        let mut raw = Vec::with_capacity(64 + payload.len());
+        raw.extend_from_slice(&head.hash);
+        raw.extend_from_slice(&hash);
+        raw.extend_from_slice(payload);
+        (
+            TxnOp::put(self.ledger_key(seq), raw, None),
+            LedgerHead { seq, hash },
+        )
     }
 
     async fn watch_once(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
@@ -629,7 +696,21 @@ impl Store for EtcdStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
-        self.again(false, || self.txn_once(txn.clone())).await
+        check_sizes(&txn)?;
+        let cost = group::Cost::of(&txn);
+        if let Some(refused) = self.limits.refuse(cost, !txn.ledger.is_empty()) {
+            return Err(refused);
+        }
+        if txn.ledger.is_empty() {
+            return self.again(false, || self.txn_once(&txn)).await;
+        }
+        let queue = self.ledger_queue.as_ref().ok_or(StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(group::Pending { txn, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {

@@ -247,6 +247,49 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("the store is shutting down")]
     Closed,
+    /// One transaction is more than the backend takes at once: more compares or operations
+    /// than etcd's `--max-txn-ops`, or more bytes than its `--max-request-bytes`. Nothing was
+    /// written; the message names the limit.
+    #[error("the transaction is too large for the store: {0}")]
+    TxnTooLarge(String),
+    /// The backend refuses writes until space is freed (etcd's `--quota-backend-bytes`).
+    #[error("the store is out of space: {0}")]
+    NoSpace(String),
+}
+
+impl StoreError {
+    /// The same error again, for telling several waiters what happened to their one request
+    /// (the sources of a few variants are not `Clone`; those keep their message).
+    pub fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Compacted {
+                requested,
+                compacted,
+            } => StoreError::Compacted {
+                requested: *requested,
+                compacted: *compacted,
+            },
+            StoreError::FutureRevision { requested, current } => StoreError::FutureRevision {
+                requested: *requested,
+                current: *current,
+            },
+            StoreError::KeyTooLarge { len } => StoreError::KeyTooLarge { len: *len },
+            StoreError::ValueTooLarge { key, len } => StoreError::ValueTooLarge {
+                key: key.clone(),
+                len: *len,
+            },
+            StoreError::Corrupt { key, reason } => StoreError::Corrupt {
+                key: key.clone(),
+                reason: reason.clone(),
+            },
+            StoreError::Closed => StoreError::Closed,
+            StoreError::TxnTooLarge(m) => StoreError::TxnTooLarge(m.clone()),
+            StoreError::NoSpace(m) => StoreError::NoSpace(m.clone()),
+            StoreError::Open { .. } | StoreError::Backend(_) => {
+                StoreError::Backend(self.to_string())
+            }
+        }
+    }
 }
 
 impl From<redb::Error> for StoreError {
