@@ -26,6 +26,7 @@ mod e2e;
 mod edge;
 mod scheduler_core;
 mod signatures;
+mod store_puts;
 mod synthetic;
 mod workload;
 
@@ -149,6 +150,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// The store alone: concurrent single-key puts, the baseline for the API's writes.
+    Store {
+        /// `etcd://host:port/root`; the embedded store on a temporary data dir when absent.
+        #[arg(long)]
+        store: Option<String>,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 20_000)]
+        puts: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 /// Runs one benchmark; `config` is the client config file (`--config`) used with `--server`.
@@ -242,6 +255,20 @@ pub async fn run(config: Option<&std::path::Path>, args: BenchArgs) -> anyhow::R
             workload::run(workload::Options { claims, runs }).await
         }
         BenchCommand::Signatures { runs } => signatures::run(runs.max(1)),
+        BenchCommand::Store {
+            store,
+            clients,
+            puts,
+            runs,
+        } => {
+            store_puts::run(store_puts::Options {
+                store,
+                clients,
+                puts,
+                runs,
+            })
+            .await
+        }
     }
 }
 
