@@ -29,6 +29,7 @@ use crate::state::AppState;
 pub(crate) mod agent;
 mod approvals;
 mod audit_records;
+pub mod border;
 mod claims;
 mod explain;
 mod join;
@@ -42,7 +43,7 @@ mod signing_key;
 mod tokens;
 mod watch;
 
-pub const PREFIX: &str = "/apis/infraos.io/v1";
+pub use infraos_api::path::PREFIX;
 
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
@@ -68,40 +69,37 @@ pub fn router(state: AppState) -> Router {
             "/namespaces/{ns}/claims/{name}/explain",
             get(explain::claim),
         )
+        // The generic object routes: one handler per verb, whatever the scope; each reads
+        // the path parsed at the border (border::parse), never the route's captures.
         .route(
             "/namespaces/{ns}/{plural}",
-            get(objects::list_namespaced).post(objects::create_namespaced),
+            get(objects::list).post(objects::create),
         )
         .route(
             "/namespaces/{ns}/{plural}/{name}",
-            get(objects::get_namespaced)
-                .put(objects::update_namespaced)
-                .patch(objects::patch_namespaced)
-                .delete(objects::delete_namespaced),
+            get(objects::get)
+                .put(objects::update)
+                .patch(objects::patch)
+                .delete(objects::delete),
         )
         .route(
             "/namespaces/{ns}/{plural}/{name}/{sub}",
-            get(objects::get_namespaced_sub)
-                .put(objects::update_namespaced_sub)
-                .patch(objects::patch_namespaced_sub)
+            get(objects::get)
+                .put(objects::update)
+                .patch(objects::patch)
                 .post(claims::action),
         )
-        .route(
-            "/{plural}",
-            get(objects::list_cluster).post(objects::create_cluster),
-        )
+        .route("/{plural}", get(objects::list).post(objects::create))
         .route(
             "/{plural}/{name}",
-            get(objects::get_cluster)
-                .put(objects::update_cluster)
-                .patch(objects::patch_cluster)
-                .delete(objects::delete_cluster),
+            get(objects::get)
+                .put(objects::update)
+                .patch(objects::patch)
+                .delete(objects::delete),
         )
         .route(
             "/{plural}/{name}/{sub}",
-            get(objects::get_cluster_sub)
-                .put(objects::update_cluster_sub)
-                .patch(objects::patch_cluster_sub),
+            get(objects::get).put(objects::update).patch(objects::patch),
         );
     let agent_v1 = Router::new()
         .route("/heartbeat", post(agent::heartbeat))
@@ -119,12 +117,18 @@ pub fn router(state: AppState) -> Router {
         .nest(PREFIX, v1)
         .nest("/agent/v1", agent_v1)
         .route("/openapi/v3", get(meta::openapi))
-        // Layers wrap what is above them: authentication runs first, then the limits, then
+        // Layers wrap what is above them: authentication runs first, then the limits, the
+        // parse of the request (once, for all that follows), the audit of refusals, and
         // authorization.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::authz::authorize,
         ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            border::audit_refusals,
+        ))
+        .route_layer(axum::middleware::from_fn(border::parse))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::limits::limit,
@@ -214,27 +218,9 @@ where
 
 /// Resolves a URL's plural to a kind, checking it is served at this scope.
 pub fn kind_for(plural: &str, namespaced_path: bool) -> Result<&'static KindInfo, ApiError> {
-    let info = infraos_api::object::kind_by_plural(plural).ok_or_else(|| {
-        ApiError::no_route(format!(
-            "the server does not serve {plural:?} in infraos.io/v1 (known: {})",
-            infraos_api::object::kinds()
-                .iter()
-                .map(|k| k.plural)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-    })?;
-    if info.namespaced != namespaced_path {
-        let scope = if info.namespaced {
-            "namespaced: use /apis/infraos.io/v1/namespaces/<project>/"
-        } else {
-            "cluster-scoped: use /apis/infraos.io/v1/"
-        };
-        return Err(ApiError::no_route(format!(
-            "{} is {scope}{plural}",
-            info.kind
-        )));
-    }
+    let info =
+        infraos_api::object::kind_by_plural(plural).ok_or_else(|| border::unserved(plural))?;
+    border::check_scope(info, namespaced_path)?;
     Ok(info)
 }
 

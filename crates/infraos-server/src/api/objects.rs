@@ -8,17 +8,19 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use infraos_api::kinds::{ClaimPhase, ClaimStatus};
+use infraos_api::path::Verb;
 use infraos_api::text::{ERROR_STRING_MAX, bounded};
 use infraos_api::{KindInfo, LabelSelector, TypedObject};
 use infraos_store::{Compare, Store, Txn};
 use serde::Deserialize;
 
-use super::{BodyFormat, Ctx, kind_for, parse_value, read_body, read_bytes};
+use super::border::{ObjectPath, refused};
+use super::{BodyFormat, Ctx, parse_value, read_body, read_bytes};
 use crate::admission;
 use crate::audit::{self, Record};
 use crate::authz::{self, ListFilter, lifecycle};
@@ -103,248 +105,76 @@ pub fn selector_matches(selector: Option<&LabelSelector>, value: &serde_json::Va
     selector.is_none_or(|s| s.matches_with(labels_of(value)))
 }
 
-// ---- handlers (thin: resolve the kind, then share one implementation) ----------------------
+// ---- handlers: one per verb, over the path parsed at the border (super::border) ---------
 
-pub async fn list_cluster(
+pub async fn list(
     State(state): State<AppState>,
     filter: Option<Extension<ListFilter>>,
-    Path(plural): Path<String>,
+    path: ObjectPath,
     super::Params(params): super::Params<ListParams>,
 ) -> Result<Response, ApiError> {
-    // Namespaced kinds are listed across all projects here, as Kubernetes does.
-    let info = kind_for(&plural, false).or_else(|e| match kind_for(&plural, true) {
-        Ok(info) => Ok(info),
-        Err(_) => Err(e),
-    })?;
-    list_or_watch(state, info, None, params, filter.map(|f| f.0)).await
+    // Namespaced kinds are listed across all projects at cluster scope, as Kubernetes does.
+    let (info, p) = path.resolve(true, false)?;
+    let ns = p.namespace().map(str::to_string);
+    list_or_watch(state, info, ns, params, filter.map(|f| f.0)).await
 }
 
-pub async fn list_namespaced(
-    State(state): State<AppState>,
-    filter: Option<Extension<ListFilter>>,
-    Path((ns, plural)): Path<(String, String)>,
-    super::Params(params): super::Params<ListParams>,
-) -> Result<Response, ApiError> {
-    let info = kind_for(&plural, true)?;
-    list_or_watch(state, info, Some(ns), params, filter.map(|f| f.0)).await
-}
-
-pub async fn get_cluster(
-    State(state): State<AppState>,
-    Path((plural, name)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    get_one(&state, kind_for(&plural, false)?, None, &name).await
-}
-
-pub async fn get_namespaced(
-    State(state): State<AppState>,
-    Path((ns, plural, name)): Path<(String, String, String)>,
-) -> Result<Response, ApiError> {
-    get_one(&state, kind_for(&plural, true)?, Some(&ns), &name).await
-}
-
-pub async fn get_cluster_sub(
-    State(state): State<AppState>,
-    Path((plural, name, sub)): Path<(String, String, String)>,
-) -> Result<Response, ApiError> {
-    check_status_sub(&sub)?;
-    get_one(&state, kind_for(&plural, false)?, None, &name).await
-}
-
-pub async fn get_namespaced_sub(
-    State(state): State<AppState>,
-    Path((ns, plural, name, sub)): Path<(String, String, String, String)>,
-) -> Result<Response, ApiError> {
-    check_status_sub(&sub)?;
-    get_one(&state, kind_for(&plural, true)?, Some(&ns), &name).await
-}
-
-pub async fn create_cluster(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    Path(plural): Path<String>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    if let Some(plural) = plural.strip_suffix(BATCH_CREATE) {
-        let info = kind_for(plural, false)?;
-        return Ok(batch_create(state, ctx, info, None, request).await);
-    }
-    let info = kind_for(&plural, false)?;
-    Ok(create(state, ctx, info, None, request).await)
-}
-
-pub async fn create_namespaced(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    Path((ns, plural)): Path<(String, String)>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    if let Some(plural) = plural.strip_suffix(BATCH_CREATE) {
-        let info = kind_for(plural, true)?;
-        return Ok(batch_create(state, ctx, info, Some(ns), request).await);
-    }
-    let info = kind_for(&plural, true)?;
-    Ok(create(state, ctx, info, Some(ns), request).await)
-}
-
-pub async fn update_cluster(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    Path((plural, name)): Path<(String, String)>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    let info = kind_for(&plural, false)?;
-    Ok(write(state, ctx, info, None, name, None, Verb::Update, request).await)
-}
-
-pub async fn update_namespaced(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    Path((ns, plural, name)): Path<(String, String, String)>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    let info = kind_for(&plural, true)?;
-    Ok(write(
-        state,
-        ctx,
+pub async fn get(State(state): State<AppState>, path: ObjectPath) -> Result<Response, ApiError> {
+    let (info, p) = path.resolve(false, true)?;
+    get_one(
+        &state,
         info,
-        Some(ns),
-        name,
-        None,
-        Verb::Update,
-        request,
+        p.namespace(),
+        p.name.as_deref().unwrap_or_default(),
     )
-    .await)
+    .await
 }
 
-pub async fn update_cluster_sub(
+pub async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
-    Path((plural, name, sub)): Path<(String, String, String)>,
+    path: ObjectPath,
     request: Request,
 ) -> Result<Response, ApiError> {
-    check_status_sub(&sub)?;
-    let info = kind_for(&plural, false)?;
-    Ok(write(
-        state,
-        ctx,
-        info,
-        None,
-        name,
-        Some(sub),
-        Verb::Update,
-        request,
-    )
-    .await)
-}
-
-pub async fn update_namespaced_sub(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    Path((ns, plural, name, sub)): Path<(String, String, String, String)>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    check_status_sub(&sub)?;
-    let info = kind_for(&plural, true)?;
-    Ok(write(
-        state,
-        ctx,
-        info,
-        Some(ns),
-        name,
-        Some(sub),
-        Verb::Update,
-        request,
-    )
-    .await)
-}
-
-pub async fn patch_cluster(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    Path((plural, name)): Path<(String, String)>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    let info = kind_for(&plural, false)?;
-    Ok(write(state, ctx, info, None, name, None, Verb::Patch, request).await)
-}
-
-pub async fn patch_namespaced(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    Path((ns, plural, name)): Path<(String, String, String)>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    let info = kind_for(&plural, true)?;
-    Ok(write(state, ctx, info, Some(ns), name, None, Verb::Patch, request).await)
-}
-
-pub async fn patch_cluster_sub(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    Path((plural, name, sub)): Path<(String, String, String)>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    check_status_sub(&sub)?;
-    let info = kind_for(&plural, false)?;
-    Ok(write(
-        state,
-        ctx,
-        info,
-        None,
-        name,
-        Some(sub),
-        Verb::Patch,
-        request,
-    )
-    .await)
-}
-
-pub async fn patch_namespaced_sub(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    Path((ns, plural, name, sub)): Path<(String, String, String, String)>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    check_status_sub(&sub)?;
-    let info = kind_for(&plural, true)?;
-    Ok(write(
-        state,
-        ctx,
-        info,
-        Some(ns),
-        name,
-        Some(sub),
-        Verb::Patch,
-        request,
-    )
-    .await)
-}
-
-pub async fn delete_cluster(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    Path((plural, name)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    let info = kind_for(&plural, false)?;
-    Ok(delete(state, ctx, info, None, name).await)
-}
-
-pub async fn delete_namespaced(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    Path((ns, plural, name)): Path<(String, String, String)>,
-) -> Result<Response, ApiError> {
-    let info = kind_for(&plural, true)?;
-    Ok(delete(state, ctx, info, Some(ns), name).await)
-}
-
-fn check_status_sub(sub: &str) -> Result<(), ApiError> {
-    if sub == "status" {
-        Ok(())
+    let (info, p) = path.resolve(false, false)?;
+    let ns = p.namespace();
+    let mut name = String::new();
+    let result = if p.batch {
+        batch_create(&state, &ctx, info, ns, request, &mut name).await
     } else {
-        Err(ApiError::no_route(format!("unknown subresource {sub:?}")))
-    }
+        create_one(&state, &ctx, info, ns, request, &mut name).await
+    };
+    Ok(result.unwrap_or_else(|e| refused("create", audit::object_ref(info.kind, ns, &name), e)))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    path: ObjectPath,
+    request: Request,
+) -> Result<Response, ApiError> {
+    write(state, ctx, path, Verb::Update, request).await
+}
+
+pub async fn patch(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    path: ObjectPath,
+    request: Request,
+) -> Result<Response, ApiError> {
+    write(state, ctx, path, Verb::Patch, request).await
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    path: ObjectPath,
+) -> Result<Response, ApiError> {
+    let (info, p) = path.resolve(false, false)?;
+    let (ns, name) = (p.namespace(), p.name.as_deref().unwrap_or_default());
+    Ok(delete_object(&state, &ctx, info, ns, name)
+        .await
+        .unwrap_or_else(|e| refused("delete", audit::object_ref(info.kind, ns, name), e)))
 }
 
 // ---- reads ---------------------------------------------------------------------------------
@@ -480,53 +310,7 @@ fn decode_continue(token: &str, prefix: &str) -> Result<String, ApiError> {
 
 // ---- writes --------------------------------------------------------------------------------
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Verb {
-    Update,
-    Patch,
-}
-
-/// Finishes a mutating request: on failure, the refusal is audited too.
-async fn finish(
-    state: &AppState,
-    ctx: &Ctx,
-    verb: &str,
-    info: &KindInfo,
-    ns: Option<&str>,
-    name: &str,
-    result: Result<Response, ApiError>,
-) -> Response {
-    match result {
-        Ok(r) => r,
-        Err(e) => {
-            let object = audit::object_ref(info.kind, ns, name);
-            audit::refusal(
-                &*state.store,
-                state.clock.now(),
-                &ctx.actor(),
-                verb,
-                object,
-                &e,
-            )
-            .await;
-            e.into_response()
-        }
-    }
-}
-
-async fn create(
-    state: AppState,
-    ctx: Ctx,
-    info: &'static KindInfo,
-    ns: Option<String>,
-    request: Request,
-) -> Response {
-    let mut name = String::new();
-    let result = create_inner(&state, &ctx, info, ns.as_deref(), request, &mut name).await;
-    finish(&state, &ctx, "create", info, ns.as_deref(), &name, result).await
-}
-
-async fn create_inner(
+async fn create_one(
     state: &AppState,
     ctx: &Ctx,
     info: &'static KindInfo,
@@ -756,23 +540,11 @@ fn prefers_minimal(headers: &http::HeaderMap) -> bool {
 
 /// `POST …/<plural>:batchCreate` (Google AIP-233): `{"items": [object, …]}`, each admitted
 /// and audited as a single create would be, all written in one transaction or none.
-pub const BATCH_CREATE: &str = ":batchCreate";
+pub use infraos_api::path::BATCH_CREATE;
 /// Most objects one batch create accepts.
 pub const MAX_BATCH_ITEMS: usize = 1000;
 
 async fn batch_create(
-    state: AppState,
-    ctx: Ctx,
-    info: &'static KindInfo,
-    ns: Option<String>,
-    request: Request,
-) -> Response {
-    let mut name = String::new();
-    let result = batch_create_inner(&state, &ctx, info, ns.as_deref(), request, &mut name).await;
-    finish(&state, &ctx, "create", info, ns.as_deref(), &name, result).await
-}
-
-async fn batch_create_inner(
     state: &AppState,
     ctx: &Ctx,
     info: &'static KindInfo,
@@ -966,40 +738,40 @@ fn at_item(index: usize, mut e: ApiError) -> ApiError {
     e
 }
 
-#[allow(clippy::too_many_arguments)]
+/// An update or a merge patch, of an object or of its status.
 async fn write(
     state: AppState,
     ctx: Ctx,
-    info: &'static KindInfo,
-    ns: Option<String>,
-    name: String,
-    sub: Option<String>,
+    path: ObjectPath,
     verb: Verb,
     request: Request,
-) -> Response {
-    let verb_name = match (verb, sub.is_some()) {
+) -> Result<Response, ApiError> {
+    let (info, p) = path.resolve(false, true)?;
+    let (ns, name) = (p.namespace(), p.name.as_deref().unwrap_or_default());
+    let status_only = p.subresource.is_some();
+    let verb_name = match (verb, status_only) {
         (Verb::Update, false) => "update",
         (Verb::Update, true) => "update-status",
-        (Verb::Patch, false) => "patch",
-        (Verb::Patch, true) => "patch-status",
+        (_, false) => "patch",
+        (_, true) => "patch-status",
     };
-    let result = write_inner(
+    let result = write_object(
         &state,
         &ctx,
         info,
-        ns.as_deref(),
-        &name,
-        sub.is_some(),
+        ns,
+        name,
+        status_only,
         verb,
         verb_name,
         request,
     )
     .await;
-    finish(&state, &ctx, verb_name, info, ns.as_deref(), &name, result).await
+    Ok(result.unwrap_or_else(|e| refused(verb_name, audit::object_ref(info.kind, ns, name), e)))
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn write_inner(
+async fn write_object(
     state: &AppState,
     ctx: &Ctx,
     info: &'static KindInfo,
@@ -1057,12 +829,12 @@ async fn write_inner(
             return Err(ApiError::stale(info.kind, name));
         }
         let desired = match verb {
-            Verb::Update => body.clone(),
             Verb::Patch => {
                 let mut target = current.value.clone();
                 json_patch::merge(&mut target, &body);
                 target
             }
+            _ => body.clone(),
         };
         match commit_update(
             state,
@@ -1247,17 +1019,6 @@ async fn commit_update(
     Ok(Json(value).into_response())
 }
 
-async fn delete(
-    state: AppState,
-    ctx: Ctx,
-    info: &'static KindInfo,
-    ns: Option<String>,
-    name: String,
-) -> Response {
-    let result = delete_inner(&state, &ctx, info, ns.as_deref(), &name).await;
-    finish(&state, &ctx, "delete", info, ns.as_deref(), &name, result).await
-}
-
 /// Attempts a DELETE makes before answering 409: each re-reads the object, so only a
 /// writer that keeps changing it faster than this loses.
 const DELETE_ATTEMPTS: usize = 8;
@@ -1267,7 +1028,7 @@ const DELETE_ATTEMPTS: usize = 8;
 /// server's own status write (the scheduler placing the claim, the lease controller). It is
 /// tried again on the object as it now is; 409 only when that keeps failing (issue 17: 2 of
 /// ~500 deletes under churn answered 409).
-pub(crate) async fn delete_inner(
+pub(crate) async fn delete_object(
     state: &AppState,
     ctx: &Ctx,
     info: &'static KindInfo,
