@@ -376,6 +376,25 @@ mod tests {
         );
     }
 
+    /// Regression (45677b8): the node authorizer reads the query and the path as the border
+    /// decoded them for the handler, never a spelling of its own.
+    #[test]
+    fn the_node_authorizer_reads_the_border_decoding() {
+        let get = http::Method::GET;
+        let path = "/apis/infraos.io/v1/allocations";
+        let parsed = crate::api::border::Parsed::of(&get, path, true);
+        assert!(node_may_parsed("a", &get, path, &parsed, Some("infraos.io/node=a")).is_ok());
+        // The raw spelling is no selector: only the decoded one counts.
+        assert!(node_may_parsed("a", &get, path, &parsed, Some("infraos.io%2Fnode%3Da")).is_err());
+        // A name escaped in the path is the name the handler serves.
+        let path = "/apis/infraos.io/v1/nodes/%61";
+        let parsed = crate::api::border::Parsed::of(&get, path, false);
+        assert!(node_may_parsed("a", &get, path, &parsed, None).is_ok());
+        let path = "/apis/infraos.io/v1/nodes/%62";
+        let parsed = crate::api::border::Parsed::of(&get, path, false);
+        assert!(node_may_parsed("a", &get, path, &parsed, None).is_err());
+    }
+
     #[test]
     fn tokens_are_random_and_hashed() {
         let a = generate_token().unwrap();

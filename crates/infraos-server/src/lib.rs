@@ -27,6 +27,7 @@ pub mod explain;
 pub mod holdings;
 pub mod init;
 pub mod join_tokens;
+pub mod kinds;
 pub mod leader;
 pub mod lease;
 pub mod limits;

@@ -12,7 +12,6 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use infraos_api::kinds::{ClaimPhase, ClaimStatus};
 use infraos_api::path::Verb;
 use infraos_api::text::{ERROR_STRING_MAX, bounded};
 use infraos_api::{KindInfo, LabelSelector, TypedObject};
@@ -25,9 +24,8 @@ use crate::admission;
 use crate::audit::{self, Record};
 use crate::authz::{self, ListFilter, lifecycle};
 use crate::error::ApiError;
-use crate::objects::{
-    self, ALLOCATION_FINALIZER, Stored, decode_stored, encode_for_store, set_revision,
-};
+use crate::kinds;
+use crate::objects::{self, Stored, decode_stored, encode_for_store, set_revision};
 use crate::state::AppState;
 
 /// Query parameters of list and watch requests. All strings, parsed here so that bad values
@@ -447,8 +445,8 @@ async fn prepare_create(
         .map_err(|e| ApiError::invalid(info.kind, &name, &e))?;
     authz::check_role_name(&object)?;
     authz::check_object(state, &ctx.identity, "create", &object)?;
-    admission::default(store, &state.classes, &mut object, None).await?;
-    admission::admit(store, &state.classes, &object).await?;
+    // What the server sets, then admission: its links may read and refine it (a claim's
+    // first status, which the approval link holds back).
     let now = state.clock.now();
     {
         let meta = object.meta_mut();
@@ -456,47 +454,14 @@ async fn prepare_create(
         meta.creation_timestamp = Some(now);
         meta.generation = 1;
     }
-    if let TypedObject::Claim(claim) = &mut object {
-        if !claim
-            .metadata
-            .finalizers
-            .iter()
-            .any(|f| f == ALLOCATION_FINALIZER)
-        {
-            claim
-                .metadata
-                .finalizers
-                .push(ALLOCATION_FINALIZER.to_string());
-        }
-        claim.status = Some(ClaimStatus {
-            phase: ClaimPhase::Pending,
-            last_transition_time: Some(now),
-            ..Default::default()
-        });
-        let needed = state.rbac.approval_needed(
-            ns.unwrap_or_default(),
-            &claim.metadata.labels,
-            claim.spec.workload.as_ref(),
-        );
-        if let (Some((required, because)), Some(status)) = (needed, claim.status.as_mut()) {
-            status.phase = ClaimPhase::PendingApproval;
-            status.reason = Some("ApprovalRequired".into());
-            status.message = Some(format!(
-                "needs {required} approval(s) by someone other than {} ({}): \
-                 `infraos approve {name} -n {}`",
-                ctx.identity.subject,
-                because.join(", "),
-                ns.unwrap_or_default()
-            ));
-            status.approval = Some(infraos_api::kinds::ApprovalStatus {
-                required,
-                requester: ctx.identity.subject.clone(),
-                because,
-                approvals: Vec::new(),
-                refusal: None,
-            });
-        }
-    }
+    kinds::strategy(info).initialize(&mut object, now);
+    let attempt = admission::Attempt::new(store, &state.classes).by(admission::Requester {
+        rbac: &state.rbac,
+        subject: &ctx.identity.subject,
+        namespace: ns,
+    });
+    admission::default(&attempt, &mut object).await?;
+    admission::validate(&attempt, &object).await?;
     let bytes = object.to_vec();
     let key = objects::key(info, ns, &name);
     let mut object_ref = audit::object_ref(info.kind, ns, &name);
@@ -788,10 +753,8 @@ async fn write_object(
             info.kind
         )));
     }
-    if status_only && info.kind == "Claim" {
-        return Err(ApiError::method_not_allowed(
-            "a claim's status is written by the control plane only; use renew, release or delete",
-        ));
+    if status_only {
+        kinds::strategy(info).check_status_write()?;
     }
     let (body, format) = read_body(state, request).await?;
     if verb == Verb::Patch && format == BodyFormat::Yaml {
@@ -941,9 +904,9 @@ async fn commit_update(
     if !status_only {
         authz::check_object(state, &ctx.identity, verb_name, &object)?;
     }
-    admission::default(&*state.store, &state.classes, &mut object, Some(&old_typed)).await?;
-    admission::admit_update(&object, &old_typed)?;
-    admission::admit(&*state.store, &state.classes, &object).await?;
+    let attempt = admission::Attempt::new(&*state.store, &state.classes).updating(&old_typed);
+    admission::default(&attempt, &mut object).await?;
+    admission::validate(&attempt, &object).await?;
     // System finalizers are removed by the control plane only.
     {
         let kept: Vec<String> = old_typed
@@ -1051,11 +1014,7 @@ async fn delete_once(
     ns: Option<&str>,
     name: &str,
 ) -> Result<Option<Response>, ApiError> {
-    if info.kind == "Allocation" {
-        return Err(ApiError::method_not_allowed(
-            "allocations end when their claim is released or deleted; use `infraos release` or delete the claim",
-        ));
-    }
+    kinds::strategy(info).check_delete()?;
     let key = objects::key(info, ns, name);
     let kv = state
         .store
@@ -1063,7 +1022,7 @@ async fn delete_once(
         .await?
         .ok_or_else(|| ApiError::not_found(info.kind, name))?;
     let current = decode_stored(&kv)?;
-    admission::admit_delete(&*state.store, info, name).await?;
+    admission::validate_delete(&*state.store, info, name).await?;
     let now = state.clock.now();
     let finalizers_pending = current
         .value
@@ -1144,22 +1103,14 @@ async fn delete_once(
     Ok(Some(Json(current.value).into_response()))
 }
 
-/// What goes with a Project or Tenant being deleted: its Events now (a project), and the
-/// RoleBindings and Quotas scoped to it, returned to be deleted in the same transaction as
-/// the object.
+/// What goes with an object being deleted (a Project's events now, and the RoleBindings and
+/// Quotas scoped to a Project or Tenant), returned to be deleted in the same transaction.
 async fn scope_leftovers(
     state: &AppState,
     info: &KindInfo,
     name: &str,
 ) -> Result<Vec<lifecycle::Scoped>, ApiError> {
-    match info.kind {
-        "Project" => {
-            lifecycle::delete_project_events(&*state.store, name).await?;
-            lifecycle::scoped_to(&*state.store, info.kind, name).await
-        }
-        "Tenant" => lifecycle::scoped_to(&*state.store, info.kind, name).await,
-        _ => Ok(Vec::new()),
-    }
+    kinds::strategy(info).leftovers(&*state.store, name).await
 }
 
 /// Tells the authorizer at once about writes to what it decides on, so the next request
@@ -1172,10 +1123,7 @@ fn observe(
     revision: u64,
     value: Option<&[u8]>,
 ) {
-    if matches!(
-        info.kind,
-        "Role" | "RoleBinding" | "Project" | "Tenant" | "Policy"
-    ) {
+    if kinds::strategy(info).informs_authorizer() {
         state
             .rbac
             .observe(&objects::key(info, ns, name), revision, value);
