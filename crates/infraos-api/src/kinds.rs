@@ -50,3 +50,7 @@ crate::registry::registry! {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EmptyStatus {}
+
+#[cfg(test)]
+#[path = "kinds/registry_tests.rs"]
+mod registry_tests;

@@ -29,7 +29,6 @@ use crate::state::AppState;
 pub(crate) mod agent;
 mod approvals;
 mod audit_records;
-pub mod border;
 mod claims;
 mod explain;
 mod join;
@@ -37,7 +36,8 @@ mod join_tokens;
 mod logs;
 mod meta;
 mod objects;
-pub use objects::{BATCH_CREATE, ListParams, MAX_BATCH_ITEMS};
+pub use crate::border::{self, ListParams, Params, decode_query};
+pub use objects::{BATCH_CREATE, MAX_BATCH_ITEMS};
 pub(crate) mod revocations;
 mod signing_key;
 mod tokens;
@@ -185,34 +185,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             .get::<axum::extract::ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
         Ok(Ctx { identity, source })
-    }
-}
-
-/// Query parameters, decoded once at the border into `T`. A query that does not decode (a
-/// parameter given twice, a bad escape) is a 400 Status naming the problem, like every other
-/// error, instead of axum's plain-text rejection.
-#[derive(Clone, Debug, Default)]
-pub struct Params<T>(pub T);
-
-/// Decodes a query string (percent escapes and `+` undone) into `T`.
-pub fn decode_query<T: serde::de::DeserializeOwned>(query: Option<&str>) -> Result<T, ApiError> {
-    serde_urlencoded::from_str(query.unwrap_or(""))
-        .map_err(|e| ApiError::bad_request(format!("query string: {e}")))
-}
-
-impl<T, S> FromRequestParts<S> for Params<T>
-where
-    T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        // Decoded already by a middleware that needed it (authorization: list or watch).
-        if let Some(Params(decoded)) = parts.extensions.get::<Params<T>>() {
-            return Ok(Params(decoded.clone()));
-        }
-        decode_query(parts.uri.query()).map(Params)
     }
 }
 

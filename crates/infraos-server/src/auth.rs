@@ -83,8 +83,8 @@ pub fn node_may(
     path: &str,
     query: Option<&str>,
 ) -> Result<(), String> {
-    let params: crate::api::ListParams = crate::api::decode_query(query).unwrap_or_default();
-    let parsed = crate::api::border::Parsed::of(method, path, params.is_watch());
+    let params: crate::border::ListParams = crate::border::decode_query(query).unwrap_or_default();
+    let parsed = crate::border::Parsed::of(method, path, params.is_watch());
     node_may_parsed(
         node,
         method,
@@ -100,7 +100,7 @@ pub fn node_may_parsed(
     node: &str,
     method: &http::Method,
     path: &str,
-    parsed: &crate::api::border::Parsed,
+    parsed: &crate::border::Parsed,
     label_selector: Option<&str>,
 ) -> Result<(), String> {
     use infraos_api::path::{Resource, Target};
@@ -382,16 +382,16 @@ mod tests {
     fn the_node_authorizer_reads_the_border_decoding() {
         let get = http::Method::GET;
         let path = "/apis/infraos.io/v1/allocations";
-        let parsed = crate::api::border::Parsed::of(&get, path, true);
+        let parsed = crate::border::Parsed::of(&get, path, true);
         assert!(node_may_parsed("a", &get, path, &parsed, Some("infraos.io/node=a")).is_ok());
         // The raw spelling is no selector: only the decoded one counts.
         assert!(node_may_parsed("a", &get, path, &parsed, Some("infraos.io%2Fnode%3Da")).is_err());
         // A name escaped in the path is the name the handler serves.
         let path = "/apis/infraos.io/v1/nodes/%61";
-        let parsed = crate::api::border::Parsed::of(&get, path, false);
+        let parsed = crate::border::Parsed::of(&get, path, false);
         assert!(node_may_parsed("a", &get, path, &parsed, None).is_ok());
         let path = "/apis/infraos.io/v1/nodes/%62";
-        let parsed = crate::api::border::Parsed::of(&get, path, false);
+        let parsed = crate::border::Parsed::of(&get, path, false);
         assert!(node_may_parsed("a", &get, path, &parsed, None).is_err());
     }
 

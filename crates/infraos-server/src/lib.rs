@@ -16,6 +16,7 @@ pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod bootstrap;
+pub mod border;
 pub mod capacity;
 pub mod clock;
 pub mod config;

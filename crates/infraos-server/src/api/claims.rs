@@ -9,8 +9,8 @@ use infraos_api::kinds::{AllocationSpec, ClaimSpec, MAX_LEASE, MIN_LEASE};
 use infraos_store::{Compare, Txn};
 
 use super::Ctx;
-use super::border::{ObjectPath, refused};
 use crate::audit::{self, Record};
+use crate::border::{ObjectPath, refused};
 use crate::error::ApiError;
 use crate::lease::{self, LeaseError};
 use crate::objects::{self, decode_typed, encode_typed, set_revision};

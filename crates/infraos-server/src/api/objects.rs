@@ -16,13 +16,12 @@ use infraos_api::path::Verb;
 use infraos_api::text::{ERROR_STRING_MAX, bounded};
 use infraos_api::{KindInfo, LabelSelector, TypedObject};
 use infraos_store::{Compare, Store, Txn};
-use serde::Deserialize;
 
-use super::border::{ObjectPath, refused};
 use super::{BodyFormat, Ctx, parse_value, read_body, read_bytes};
 use crate::admission;
 use crate::audit::{self, Record};
 use crate::authz::{self, ListFilter, lifecycle};
+use crate::border::{ListParams, ObjectPath, refused};
 use crate::error::ApiError;
 use crate::kinds;
 use crate::objects::{self, Stored, decode_stored, encode_for_store, set_revision};
@@ -39,68 +38,6 @@ use list::{get_one, list_or_watch};
 pub(crate) use removal::delete_object;
 use removal::scope_leftovers;
 use replace::write;
-
-/// Query parameters of list and watch requests. All strings, parsed here so that bad values
-/// get a Status body that names them.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ListParams {
-    pub label_selector: Option<String>,
-    pub limit: Option<String>,
-    #[serde(rename = "continue")]
-    pub continue_token: Option<String>,
-    pub watch: Option<String>,
-    pub resource_version: Option<String>,
-    pub allow_watch_bookmarks: Option<String>,
-    pub timeout_seconds: Option<String>,
-}
-
-/// How a boolean parameter is switched on: `true`, `1`, or present without a value. Read
-/// from the decoded query only, so `watch=%74rue` is a watch for authorization too.
-fn truthy(v: &Option<String>) -> bool {
-    matches!(v.as_deref(), Some("true" | "1" | ""))
-}
-
-impl ListParams {
-    pub fn selector(&self) -> Result<Option<LabelSelector>, ApiError> {
-        match self.label_selector.as_deref() {
-            None | Some("") => Ok(None),
-            Some(s) => s
-                .parse()
-                .map(Some)
-                .map_err(|e| ApiError::bad_request(format!("labelSelector: {e}"))),
-        }
-    }
-
-    pub fn resource_version(&self) -> Result<Option<u64>, ApiError> {
-        match self.resource_version.as_deref() {
-            None | Some("") => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| {
-                ApiError::bad_request(format!("resourceVersion: {v:?} is not a revision number"))
-            }),
-        }
-    }
-
-    pub fn is_watch(&self) -> bool {
-        truthy(&self.watch)
-    }
-
-    pub fn bookmarks(&self) -> bool {
-        truthy(&self.allow_watch_bookmarks)
-    }
-
-    pub fn timeout(&self) -> Result<Option<std::time::Duration>, ApiError> {
-        match self.timeout_seconds.as_deref() {
-            None | Some("") => Ok(None),
-            Some(v) => v
-                .parse::<u64>()
-                .map(|s| Some(std::time::Duration::from_secs(s)))
-                .map_err(|_| {
-                    ApiError::bad_request(format!("timeoutSeconds: {v:?} is not a number"))
-                }),
-        }
-    }
-}
 
 fn labels_of<'a>(value: &'a serde_json::Value) -> impl Fn(&str) -> Option<&'a str> + Copy + 'a {
     move |k: &str| {

@@ -11,8 +11,8 @@ use infraos_api::path;
 use infraos_api::{Kind as _, TypedObject};
 
 use super::{ListFilter, READ_VERBS, Rbac, Scope, Visibility};
-use crate::api::ListParams;
 use crate::auth::Identity;
+use crate::border::ListParams;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -37,14 +37,14 @@ pub enum Target {
 }
 
 /// Maps a method and path onto RBAC attributes; `None` for paths the router will 404.
-/// `watch`: the decoded query asks for a watch ([`crate::api::ListParams::is_watch`], the
+/// `watch`: the decoded query asks for a watch ([`crate::border::ListParams::is_watch`], the
 /// very value the handler acts on).
 pub fn target(method: &http::Method, path: &str, watch: bool) -> Option<Target> {
-    of_parsed(&crate::api::border::Parsed::of(method, path, watch))
+    of_parsed(&crate::border::Parsed::of(method, path, watch))
 }
 
 /// The authorizer's view of a request parsed at the border.
-fn of_parsed(parsed: &crate::api::border::Parsed) -> Option<Target> {
+fn of_parsed(parsed: &crate::border::Parsed) -> Option<Target> {
     match parsed.0.as_ref().as_ref().ok()? {
         path::Target::Agent => Some(Target::AgentOnly),
         path::Target::OpenApi => Some(Target::Public),
@@ -76,7 +76,7 @@ pub async fn authorize(
     };
     // The request was parsed once at the border (query and path); every check here reads
     // that, as the handler will.
-    let parsed = match crate::api::border::parse_into(&mut request) {
+    let parsed = match crate::border::parse_into(&mut request) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -85,7 +85,7 @@ pub async fn authorize(
         // The node authorizer: an agent reaches its own objects and the agent API only.
         let selector = request
             .extensions()
-            .get::<crate::api::Params<ListParams>>()
+            .get::<crate::border::Params<ListParams>>()
             .and_then(|p| p.0.label_selector.clone());
         let Err(why) = crate::auth::node_may_parsed(
             node,
@@ -235,7 +235,7 @@ async fn decide(
     }
 }
 
-/// A refusal, marked for the audit layer ([`crate::api::border::audit_refusals`]): its
+/// A refusal, marked for the audit layer ([`crate::border::audit_refusals`]): its
 /// object is what the request named, or its path when it named nothing RBAC knows.
 fn refuse(path: &str, verb: &str, attrs: Option<&Attributes>, error: ApiError) -> Response {
     let object = match attrs {
@@ -254,7 +254,7 @@ fn refuse(path: &str, verb: &str, attrs: Option<&Attributes>, error: ApiError) -
         }
         None => crate::audit::object_ref("", None, path),
     };
-    crate::api::border::refused(verb, object, error)
+    crate::border::refused(verb, object, error)
 }
 
 /// The check of a decoded object whose scope is in its content (Project, Quota,

@@ -8,7 +8,7 @@
 //!                                                                    records it
 //! ```
 //! [`parse`] decodes the query and the path once; the node authorizer, RBAC and the handlers
-//! all read that one result ([`Parsed`], [`super::Params`]), so what is authorized is what is
+//! all read that one result ([`Parsed`], [`Params`]), so what is authorized is what is
 //! served however the request spells it. A handler or the authorizer that refuses a request
 //! answers [`refused`]; [`audit_refusals`] writes the audit record before the answer leaves.
 
@@ -18,14 +18,104 @@ use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use infraos_api::KindInfo;
 use infraos_api::audit::AuditObjectRef;
 use infraos_api::path::{ApiPath, ApiRequest, PathError, Resource, Target};
+use infraos_api::{KindInfo, LabelSelector};
+use serde::Deserialize;
 
-use super::{ListParams, Params};
 use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// Query parameters of list and watch requests. All strings, parsed here so that bad values
+/// get a Status body that names them.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListParams {
+    pub label_selector: Option<String>,
+    pub limit: Option<String>,
+    #[serde(rename = "continue")]
+    pub continue_token: Option<String>,
+    pub watch: Option<String>,
+    pub resource_version: Option<String>,
+    pub allow_watch_bookmarks: Option<String>,
+    pub timeout_seconds: Option<String>,
+}
+
+/// How a boolean parameter is switched on: `true`, `1`, or present without a value. Read
+/// from the decoded query only, so `watch=%74rue` is a watch for authorization too.
+fn truthy(v: &Option<String>) -> bool {
+    matches!(v.as_deref(), Some("true" | "1" | ""))
+}
+
+impl ListParams {
+    pub fn selector(&self) -> Result<Option<LabelSelector>, ApiError> {
+        match self.label_selector.as_deref() {
+            None | Some("") => Ok(None),
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|e| ApiError::bad_request(format!("labelSelector: {e}"))),
+        }
+    }
+
+    pub fn resource_version(&self) -> Result<Option<u64>, ApiError> {
+        match self.resource_version.as_deref() {
+            None | Some("") => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                ApiError::bad_request(format!("resourceVersion: {v:?} is not a revision number"))
+            }),
+        }
+    }
+
+    pub fn is_watch(&self) -> bool {
+        truthy(&self.watch)
+    }
+
+    pub fn bookmarks(&self) -> bool {
+        truthy(&self.allow_watch_bookmarks)
+    }
+
+    pub fn timeout(&self) -> Result<Option<std::time::Duration>, ApiError> {
+        match self.timeout_seconds.as_deref() {
+            None | Some("") => Ok(None),
+            Some(v) => v
+                .parse::<u64>()
+                .map(|s| Some(std::time::Duration::from_secs(s)))
+                .map_err(|_| {
+                    ApiError::bad_request(format!("timeoutSeconds: {v:?} is not a number"))
+                }),
+        }
+    }
+}
+
+/// Query parameters, decoded once at the border into `T`. A query that does not decode (a
+/// parameter given twice, a bad escape) is a 400 Status naming the problem, like every other
+/// error, instead of axum's plain-text rejection.
+#[derive(Clone, Debug, Default)]
+pub struct Params<T>(pub T);
+
+/// Decodes a query string (percent escapes and `+` undone) into `T`.
+pub fn decode_query<T: serde::de::DeserializeOwned>(query: Option<&str>) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("query string: {e}")))
+}
+
+impl<T, S> FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // Decoded already by a middleware that needed it (authorization: list or watch).
+        if let Some(Params(decoded)) = parts.extensions.get::<Params<T>>() {
+            return Ok(Params(decoded.clone()));
+        }
+        decode_query(parts.uri.query()).map(Params)
+    }
+}
 
 /// A request's path, parsed once: what every layer after [`parse`] reads.
 #[derive(Clone, Debug)]
@@ -63,7 +153,7 @@ pub fn parse_into(request: &mut Request) -> Result<Parsed, ApiError> {
     }
     let mut watch = false;
     if request.method() == http::Method::GET {
-        let params: ListParams = super::decode_query(request.uri().query())?;
+        let params: ListParams = decode_query(request.uri().query())?;
         watch = params.is_watch();
         request.extensions_mut().insert(Params(params));
     }
@@ -80,7 +170,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Parsed {
             return Ok(parsed.clone());
         }
         let params: ListParams = if parts.method == http::Method::GET {
-            super::decode_query(parts.uri.query())?
+            decode_query(parts.uri.query())?
         } else {
             ListParams::default()
         };
