@@ -79,10 +79,10 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::Object;
     use crate::kinds::{
         AllocationPhase, AllocationSpec, AllocationStatus, ClaimRef, Lease, WorkloadSpec,
     };
-    use crate::object::Object;
     use crate::signature::Algorithm;
     use crate::time::Time;
     use ed25519_dalek::Signer;

@@ -1,4 +1,5 @@
-//! The kinds of `infraos.io/v1`, one module each.
+//! The kinds of `infraos.io/v1`, one module each, and their one registry (the table below,
+//! expanded by [`crate::registry`]).
 
 mod allocation;
 mod claim;
@@ -26,22 +27,22 @@ pub use resource_class::*;
 pub use tenancy::*;
 pub use workload::*;
 
-use crate::object::Object;
-
-pub type ResourceClass = Object<ResourceClassSpec>;
-pub type Resource = Object<ResourceSpec>;
-pub type Claim = Object<ClaimSpec>;
-pub type Allocation = Object<AllocationSpec>;
-pub type Node = Object<NodeSpec>;
-pub type Tenant = Object<TenantSpec>;
-pub type Project = Object<ProjectSpec>;
-pub type Event = Object<EventSpec>;
-pub type PriorityClass = Object<PriorityClassSpec>;
-pub type Queue = Object<QueueSpec>;
-pub type Quota = Object<QuotaSpec>;
-pub type Role = Object<RoleSpec>;
-pub type RoleBinding = Object<RoleBindingSpec>;
-pub type Policy = Object<PolicySpec>;
+crate::registry::registry! {
+    ResourceClass => ResourceClassSpec,
+    Resource => ResourceSpec,
+    Claim => ClaimSpec,
+    Allocation => AllocationSpec,
+    Node => NodeSpec,
+    Tenant => TenantSpec,
+    Project => ProjectSpec,
+    Event => EventSpec,
+    PriorityClass => PriorityClassSpec,
+    Queue => QueueSpec,
+    Quota => QuotaSpec,
+    Role => RoleSpec,
+    RoleBinding => RoleBindingSpec,
+    Policy => PolicySpec,
+}
 
 /// Status with no fields yet, for kinds whose status is reserved for later use.
 #[derive(
@@ -49,3 +50,7 @@ pub type Policy = Object<PolicySpec>;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EmptyStatus {}
+
+#[cfg(test)]
+#[path = "kinds/registry_tests.rs"]
+mod registry_tests;

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use infraos_api::KindInfo;
+use infraos_api::kinds::ClaimSpec;
+use infraos_api::path::{ApiPath, BATCH_CREATE, PREFIX, Resource};
+use infraos_api::{Kind as _, KindInfo};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::Deserialize;
@@ -122,19 +124,10 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// The path of a kind's collection, or of one object.
+/// The path of a kind's collection, or of one object ([`infraos_api::path`]: the one
+/// definition of the API's URLs, which the server parses).
 pub fn path(info: &KindInfo, namespace: Option<&str>, name: Option<&str>) -> String {
-    let mut p = match namespace {
-        Some(ns) if info.namespaced => {
-            format!("/apis/infraos.io/v1/namespaces/{ns}/{}", info.plural)
-        }
-        _ => format!("/apis/infraos.io/v1/{}", info.plural),
-    };
-    if let Some(name) = name {
-        p.push('/');
-        p.push_str(name);
-    }
-    p
+    infraos_api::path::object_url(info, namespace, name)
 }
 
 impl Client {
@@ -543,7 +536,7 @@ impl Client {
         ns: Option<&str>,
         items: &[serde_json::Value],
     ) -> Result<Vec<serde_json::Value>, ClientError> {
-        let p = format!("{}:batchCreate", path(info, ns, None));
+        let p = format!("{}{BATCH_CREATE}", path(info, ns, None));
         let body = serde_json::json!({ "items": items });
         let mut list = self
             .json(self.request(reqwest::Method::POST, &p).json(&body), &p)
@@ -562,8 +555,12 @@ impl Client {
         ns: Option<&str>,
         json: bytes::Bytes,
     ) -> Result<(), ClientError> {
-        self.post_quiet(&format!("{}:batchCreate", path(info, ns, None)), json, true)
-            .await
+        self.post_quiet(
+            &format!("{}{BATCH_CREATE}", path(info, ns, None)),
+            json,
+            true,
+        )
+        .await
     }
 
     pub async fn create(
@@ -639,7 +636,9 @@ impl Client {
         action: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<serde_json::Value, ClientError> {
-        let p = format!("/apis/infraos.io/v1/namespaces/{ns}/claims/{name}/{action}");
+        let p = ApiPath::object(ClaimSpec::INFO, Some(ns), Some(name))
+            .subresource(action)
+            .to_url();
         let mut builder = self.request(reqwest::Method::POST, &p);
         if let Some(b) = body {
             builder = builder.json(b);
@@ -802,7 +801,7 @@ impl Client {
     }
 
     pub async fn audit_records(&self, from: u64, limit: usize) -> Result<AuditPage, ClientError> {
-        let p = "/apis/infraos.io/v1/auditrecords";
+        let p = &format!("{PREFIX}/{}", Resource::AuditRecords.plural());
         let url = format!("{}{p}", self.base());
         let response = self
             .send(

@@ -1,24 +1,31 @@
 //! Admission: what must hold between objects, checked after a request's object has been decoded
-//! and validated on its own (schema, fields) and before it is stored.
+//! and validated on its own (schema, fields) and before it is stored. A chain of links, each
+//! seeing every write in two phases, as Kubernetes' admission does:
 //!
-//! - namespaced objects live in an existing Project; a Project names an existing Tenant;
-//! - a Resource follows its class (dimensions, item attribute schema);
-//! - a Claim asks for existing classes the way they are counted, and its CEL selectors
-//!   type-check against the class's attribute schema;
-//! - immutable fields stay as they were; in-use objects are not deleted from under their users.
+//! ```text
+//!  default (mutating):   builtin ─→ approval ─→ …
+//!  validate:             builtin ─→ approval ─→ …      (delete: validate_delete)
+//! ```
+//! - `builtin`: namespaced objects live in an existing Project; then the kind's own rules,
+//!   from its strategy (`crate::kinds`): defaults derived from other objects, immutable
+//!   fields, references (a Project's tenant, a Resource's class, a Claim's classes and
+//!   selectors), and in-use objects not deleted from under their users;
+//! - `approval`: a new claim whose project or workload needs approval waits for it.
+//!
+//! A policy engine is one more [`Link`] in [`CHAIN`].
 
 use foldhash::HashMap;
 use std::sync::Arc;
 
-use infraos_api::kinds::{
-    ClassKind, DEFAULT_QUEUE, ITEMS_DIMENSION, PriorityClassSpec, ProjectSpec, QueueSpec,
-    QuotaSpec, ResourceClassSpec, TenantSpec,
-};
-use infraos_api::validation::Errors;
+use async_trait::async_trait;
+
+use infraos_api::kinds::{ClaimPhase, ResourceClassSpec};
 use infraos_api::{KindInfo, Object, TypedObject};
 use infraos_store::Store;
 
+use crate::authz::Rbac;
 use crate::error::ApiError;
+use crate::kinds::Lookups;
 use crate::objects::{self, decode_typed};
 
 /// Catalog objects (ResourceClasses, PriorityClasses) as last decoded, by key with their
@@ -33,7 +40,7 @@ pub struct ClassCache {
 type AnySpec = Arc<dyn std::any::Any + Send + Sync>;
 
 impl ClassCache {
-    async fn get(
+    pub(crate) async fn get(
         &self,
         store: &dyn Store,
         name: &str,
@@ -45,7 +52,7 @@ impl ClassCache {
     }
 
     /// The named cluster object of kind `K`: its name and spec.
-    async fn object<K: infraos_api::Kind + Send + Sync + 'static>(
+    pub(crate) async fn object<K: infraos_api::Kind + Send + Sync + 'static>(
         &self,
         store: &dyn Store,
         name: &str,
@@ -58,7 +65,7 @@ impl ClassCache {
     }
 
     /// `kv`'s spec, decoded once per revision.
-    fn decode<K: infraos_api::Kind + Send + Sync + 'static>(
+    pub(crate) fn decode<K: infraos_api::Kind + Send + Sync + 'static>(
         &self,
         kv: &infraos_store::KeyValue,
     ) -> Result<Arc<K>, ApiError> {
@@ -81,7 +88,8 @@ impl ClassCache {
     }
 }
 
-async fn get_typed<K: infraos_api::Kind>(
+/// A stored cluster object of kind `K` by name.
+pub(crate) async fn get_typed<K: infraos_api::Kind>(
     store: &dyn Store,
     name: &str,
 ) -> Result<Option<Object<K>>, ApiError> {
@@ -102,402 +110,189 @@ async fn require_project(store: &dyn Store, namespace: &str) -> Result<(), ApiEr
 
 use infraos_api::Kind as _;
 
-/// Fills in what the server derives from other objects: a Claim's priority, from its
-/// PriorityClass (or the global default class), as Kubernetes does for Pods. On update the
-/// stored value is kept, so a class's value changing later does not change existing claims.
-/// A RoleBinding gets the uid of the Project or Tenant it is scoped to.
-pub async fn default(
+/// A write as admission sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt<'a> {
+    pub lookups: Lookups<'a>,
+    /// The stored object, on updates.
+    pub old: Option<&'a TypedObject>,
+    /// Who asks, for links that decide by requester; `None` for the control plane's and
+    /// agents' own writes.
+    pub requester: Option<Requester<'a>>,
+}
+
+/// The user behind a request, and the authorizer's view to judge it by.
+#[derive(Clone, Copy)]
+pub struct Requester<'a> {
+    pub rbac: &'a Rbac,
+    pub subject: &'a str,
+    pub namespace: Option<&'a str>,
+}
+
+impl std::fmt::Debug for Requester<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requester")
+            .field("subject", &self.subject)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Attempt<'a> {
+    pub fn new(store: &'a dyn Store, classes: &'a ClassCache) -> Self {
+        Attempt {
+            lookups: Lookups { store, classes },
+            old: None,
+            requester: None,
+        }
+    }
+
+    pub fn updating(mut self, old: &'a TypedObject) -> Self {
+        self.old = Some(old);
+        self
+    }
+
+    pub fn by(mut self, requester: Requester<'a>) -> Self {
+        self.requester = Some(requester);
+        self
+    }
+}
+
+/// One link of the admission chain.
+#[async_trait]
+pub trait Link: Send + Sync {
+    /// Its name, for logs and errors.
+    fn name(&self) -> &'static str;
+
+    /// The mutating phase: fills in what the link derives.
+    async fn default(&self, _a: &Attempt<'_>, _object: &mut TypedObject) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    /// The validating phase: refuses what must not be stored.
+    async fn validate(&self, _a: &Attempt<'_>, _object: &TypedObject) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    /// Refuses a deletion.
+    async fn validate_delete(
+        &self,
+        _store: &dyn Store,
+        _info: &KindInfo,
+        _name: &str,
+    ) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
+/// The links, in order.
+pub static CHAIN: &[&dyn Link] = &[&Builtin, &Approval];
+
+/// The mutating phase of every link.
+pub async fn default(a: &Attempt<'_>, object: &mut TypedObject) -> Result<(), ApiError> {
+    for link in CHAIN {
+        link.default(a, object).await?;
+    }
+    Ok(())
+}
+
+/// The validating phase of every link.
+pub async fn validate(a: &Attempt<'_>, object: &TypedObject) -> Result<(), ApiError> {
+    for link in CHAIN {
+        link.validate(a, object).await?;
+    }
+    Ok(())
+}
+
+/// Every link's say on a deletion.
+pub async fn validate_delete(
     store: &dyn Store,
-    cache: &ClassCache,
-    object: &mut TypedObject,
-    old: Option<&TypedObject>,
+    info: &KindInfo,
+    name: &str,
 ) -> Result<(), ApiError> {
-    if let TypedObject::RoleBinding(binding) = object {
-        return crate::authz::lifecycle::bind_to_scope(store, binding).await;
-    }
-    let TypedObject::Claim(claim) = object else {
-        return Ok(());
-    };
-    if let Some(TypedObject::Claim(old)) = old {
-        if claim.spec.priority.is_none()
-            && claim.spec.priority_class_name == old.spec.priority_class_name
-        {
-            claim.spec.priority = old.spec.priority;
-        }
-        if claim.spec.priority_class_name.is_none() {
-            claim.spec.priority_class_name = old.spec.priority_class_name.clone();
-        }
-        return Ok(());
-    }
-    let name = claim.metadata.name.clone();
-    let class = match &claim.spec.priority_class_name {
-        Some(class_name) => match cache.object::<PriorityClassSpec>(store, class_name).await? {
-            Some(class) => Some(class),
-            None => {
-                return Err(ApiError::invalid_field(
-                    "Claim",
-                    &name,
-                    "spec.priorityClassName",
-                    format!("PriorityClass {class_name:?} not found"),
-                ));
-            }
-        },
-        None => {
-            let all = store
-                .range(&objects::prefix(PriorityClassSpec::INFO, None), None, 0)
-                .await?;
-            let mut default: Option<(String, Arc<PriorityClassSpec>)> = None;
-            for kv in &all.kvs {
-                let spec = cache.decode::<PriorityClassSpec>(kv)?;
-                // Several global defaults: the highest value wins, as documented.
-                if spec.global_default && default.as_ref().is_none_or(|(_, d)| spec.value > d.value)
-                {
-                    let name = kv.key.rsplit('/').next().unwrap_or_default().to_string();
-                    default = Some((name, spec));
-                }
-            }
-            default
-        }
-    };
-    let value = class.as_ref().map(|(_, c)| c.value);
-    if let Some(given) = claim.spec.priority
-        && Some(given) != value.or(Some(0))
-    {
-        return Err(ApiError::invalid_field(
-            "Claim",
-            &name,
-            "spec.priority",
-            "is set by the server from spec.priorityClassName; leave it out",
-        ));
-    }
-    if let Some((name, class)) = class {
-        claim.spec.priority_class_name = Some(name);
-        claim.spec.priority = Some(class.value);
+    for link in CHAIN {
+        link.validate_delete(store, info, name).await?;
     }
     Ok(())
 }
 
-/// Checks that a Quota's classes and dimensions exist and its tenant or project does.
-async fn admit_quota(
-    store: &dyn Store,
-    classes: &ClassCache,
-    quota: &Object<QuotaSpec>,
-    errors: &mut Errors,
-) -> Result<(), ApiError> {
-    if let Some(tenant) = &quota.spec.tenant
-        && get_typed::<TenantSpec>(store, tenant).await?.is_none()
-    {
-        errors.add("spec.tenant", format!("Tenant {tenant:?} not found"));
-    }
-    if let Some(project) = &quota.spec.project
-        && get_typed::<ProjectSpec>(store, project).await?.is_none()
-    {
-        errors.add("spec.project", format!("Project {project:?} not found"));
-    }
-    for (field, amounts) in [
-        ("spec.limits", &quota.spec.limits),
-        ("spec.borrowingLimit", &quota.spec.borrowing_limit),
-    ] {
-        for (class_name, dims) in amounts {
-            let Some(class) = classes.get(store, class_name).await? else {
-                errors.add(
-                    format!("{field}.{class_name}"),
-                    format!("ResourceClass {class_name:?} not found"),
-                );
-                continue;
-            };
-            for dim in dims.keys() {
-                let known = match class.kind {
-                    ClassKind::Counted => class.has_dimension(dim),
-                    ClassKind::Items => dim == ITEMS_DIMENSION,
-                };
-                if !known {
-                    let expected = match class.kind {
-                        ClassKind::Counted => {
-                            format!("class {class_name:?} has no dimension {dim:?}")
-                        }
-                        ClassKind::Items => format!(
-                            "class {class_name:?} has items: limit their number with {ITEMS_DIMENSION:?}"
-                        ),
-                    };
-                    errors.add(format!("{field}.{class_name}.{dim}"), expected);
-                }
-            }
-        }
-    }
-    Ok(())
-}
+/// The rules every object follows, and its kind's own (`crate::kinds`).
+#[derive(Debug)]
+pub struct Builtin;
 
-/// Checks a new object against the objects it refers to.
-pub async fn admit(
-    store: &dyn Store,
-    classes: &ClassCache,
-    object: &TypedObject,
-) -> Result<(), ApiError> {
-    let meta = object.meta();
-    if let Some(ns) = meta.namespace.as_deref() {
-        require_project(store, ns).await?;
+#[async_trait]
+impl Link for Builtin {
+    fn name(&self) -> &'static str {
+        "builtin"
     }
-    let kind_name = |o: &TypedObject| match o {
-        TypedObject::Claim(_) => "Claim",
-        TypedObject::Resource(_) => "Resource",
-        TypedObject::Project(_) => "Project",
-        _ => "",
-    };
-    let invalid = |errors: Errors| -> Result<(), ApiError> {
-        errors
-            .into_result()
-            .map_err(|e| ApiError::invalid(kind_name(object), &meta.name, &e))
-    };
-    match object {
-        TypedObject::Project(project) => {
-            let tenant = &project.spec.tenant;
-            if get_typed::<TenantSpec>(store, tenant).await?.is_none() {
-                let mut errors = Errors::default();
-                errors.add("spec.tenant", format!("Tenant {tenant:?} not found"));
-                return invalid(errors);
-            }
-        }
-        TypedObject::Resource(resource) => {
-            let class_name = &resource.spec.class;
-            let Some(class) = classes.get(store, class_name).await? else {
-                let mut errors = Errors::default();
-                errors.add(
-                    "spec.class",
-                    format!("ResourceClass {class_name:?} not found"),
-                );
-                return invalid(errors);
-            };
-            resource
-                .spec
-                .validate_against_class(&class)
-                .map_err(|e| ApiError::invalid("Resource", &meta.name, &e))?;
-        }
-        TypedObject::RoleBinding(binding) => {
-            let mut errors = Errors::default();
-            let spec = &binding.spec;
-            if infraos_api::kinds::builtin_role(&spec.role).is_none()
-                && get_typed::<infraos_api::kinds::RoleSpec>(store, &spec.role)
-                    .await?
-                    .is_none()
-            {
-                errors.add(
-                    "spec.role",
-                    format!(
-                        "no role {:?}: name a built-in role ({}) or a Role object",
-                        spec.role,
-                        infraos_api::kinds::BUILTIN_ROLES
-                            .iter()
-                            .map(|r| r.name)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                );
-            }
-            if let Some(project) = &spec.scope.project {
-                match get_typed::<ProjectSpec>(store, project).await? {
-                    None => errors.add(
-                        "spec.scope.project",
-                        format!("Project {project:?} not found"),
-                    ),
-                    Some(p) => {
-                        if let Some(tenant) = &spec.scope.tenant
-                            && &p.spec.tenant != tenant
-                        {
-                            errors.add(
-                                "spec.scope.tenant",
-                                format!(
-                                    "project {project:?} belongs to tenant {:?}, not {tenant:?}",
-                                    p.spec.tenant
-                                ),
-                            );
-                        }
-                    }
-                }
-            } else if let Some(tenant) = &spec.scope.tenant
-                && get_typed::<TenantSpec>(store, tenant).await?.is_none()
-            {
-                errors.add("spec.scope.tenant", format!("Tenant {tenant:?} not found"));
-            }
-            return errors
-                .into_result()
-                .map_err(|e| ApiError::invalid("RoleBinding", &meta.name, &e));
-        }
-        TypedObject::Quota(quota) => {
-            let mut errors = Errors::default();
-            admit_quota(store, classes, quota, &mut errors).await?;
-            return errors
-                .into_result()
-                .map_err(|e| ApiError::invalid("Quota", &meta.name, &e));
-        }
-        TypedObject::Claim(claim) => {
-            let mut errors = Errors::default();
-            for name in claim.spec.scoring.iter().flat_map(|s| s.weights.keys()) {
-                if !infraos_scheduler::plugins::NAMES.contains(&name.as_str()) {
-                    errors.add(
-                        format!("spec.scoring.weights.{name}"),
-                        format!(
-                            "unknown score plugin (known: {})",
-                            infraos_scheduler::plugins::NAMES.join(", ")
-                        ),
-                    );
-                }
-            }
-            if let Some(queue) = &claim.spec.queue
-                && queue != DEFAULT_QUEUE
-                && get_typed::<QueueSpec>(store, queue).await?.is_none()
-            {
-                errors.add("spec.queue", format!("Queue {queue:?} not found"));
-            }
-            // Selectors are checked against their classes' schemas by evaluating them on
-            // samples: CPU work, done together off the async workers (crate::offload).
-            let mut selector_checks = Vec::new();
-            for (i, request) in claim.spec.requests.iter().enumerate() {
-                let Some(class) = classes.get(store, &request.class).await? else {
-                    errors.add(
-                        format!("spec.requests[{i}].class"),
-                        format!("ResourceClass {:?} not found", request.class),
-                    );
-                    continue;
-                };
-                match class.kind {
-                    ClassKind::Counted => {
-                        if request.count.is_some() {
-                            errors.add(
-                                format!("spec.requests[{i}].count"),
-                                format!(
-                                    "class {:?} is counted: request an amount per dimension",
-                                    request.class
-                                ),
-                            );
-                        }
-                        for dim in request.amount.keys() {
-                            if !class.has_dimension(dim) {
-                                errors.add(
-                                    format!("spec.requests[{i}].amount.{dim}"),
-                                    format!("class {:?} has no dimension {dim:?}", request.class),
-                                );
-                            }
-                        }
-                    }
-                    ClassKind::Items => {
-                        if !request.amount.is_empty() {
-                            errors.add(
-                                format!("spec.requests[{i}].amount"),
-                                format!("class {:?} has items: request a count", request.class),
-                            );
-                        }
-                        if let (Some(selector), false) =
-                            (&request.selector, class.attributes.is_empty())
-                        {
-                            selector_checks.push((i, selector.clone(), Arc::clone(&class)));
-                        }
-                    }
-                }
-            }
-            if !selector_checks.is_empty() {
-                let failed = crate::offload::run("checking selectors", move || {
-                    selector_checks
-                        .into_iter()
-                        .filter_map(|(i, selector, class)| {
-                            selector.check(&class.attributes).err().map(|e| (i, e))
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .await?;
-                for (i, e) in failed {
-                    errors.add(format!("spec.requests[{i}].selector"), e.to_string());
-                }
-            }
-            return invalid(errors);
-        }
-        _ => {}
-    }
-    Ok(())
-}
 
-/// Checks an update against the stored object: immutable fields stay.
-pub fn admit_update(new: &TypedObject, old: &TypedObject) -> Result<(), ApiError> {
-    let name = &new.meta().name;
-    let immutable =
-        |kind: &str, field: &str| ApiError::invalid_field(kind, name, field, "field is immutable");
-    match (new, old) {
-        (TypedObject::Claim(n), TypedObject::Claim(o)) if n.spec != o.spec => {
-            Err(immutable("Claim", "spec"))
+    async fn default(&self, a: &Attempt<'_>, object: &mut TypedObject) -> Result<(), ApiError> {
+        crate::kinds::of(object)
+            .default(a.lookups, object, a.old)
+            .await
+    }
+
+    async fn validate(&self, a: &Attempt<'_>, object: &TypedObject) -> Result<(), ApiError> {
+        let strategy = crate::kinds::of(object);
+        if let Some(old) = a.old {
+            strategy.admit_update(object, old)?;
         }
-        (TypedObject::Project(n), TypedObject::Project(o)) if n.spec.tenant != o.spec.tenant => {
-            Err(immutable("Project", "spec.tenant"))
+        if let Some(ns) = object.meta().namespace.as_deref() {
+            require_project(a.lookups.store, ns).await?;
         }
-        (TypedObject::ResourceClass(n), TypedObject::ResourceClass(o))
-            if n.spec.kind != o.spec.kind =>
-        {
-            Err(immutable("ResourceClass", "spec.kind"))
-        }
-        (TypedObject::Resource(n), TypedObject::Resource(o)) if n.spec.class != o.spec.class => {
-            Err(immutable("Resource", "spec.class"))
-        }
-        (TypedObject::Resource(n), TypedObject::Resource(o)) if n.spec.node != o.spec.node => {
-            Err(immutable("Resource", "spec.node"))
-        }
-        _ => Ok(()),
+        strategy.admit(a.lookups, object).await
+    }
+
+    async fn validate_delete(
+        &self,
+        store: &dyn Store,
+        info: &KindInfo,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        crate::kinds::strategy(info).admit_delete(store, name).await
     }
 }
 
-/// Refuses to delete what others still use.
-pub async fn admit_delete(store: &dyn Store, info: &KindInfo, name: &str) -> Result<(), ApiError> {
-    use infraos_api::kinds::*;
-    match info.kind {
-        "Project" => {
-            for kind in [ClaimSpec::INFO, AllocationSpec::INFO] {
-                let inside = store
-                    .range(&objects::prefix(kind, Some(name)), None, 1)
-                    .await?;
-                if let Some(kv) = inside.kvs.first() {
-                    return Err(ApiError::conflict(
-                        "Project",
-                        name,
-                        format!("project {name:?} is not empty: it still holds {}", kv.key),
-                    ));
-                }
-            }
-        }
-        "Tenant" => {
-            let projects = store
-                .range(&objects::prefix(ProjectSpec::INFO, None), None, 0)
-                .await?;
-            for kv in &projects.kvs {
-                let project = decode_typed::<ProjectSpec>(kv)?;
-                if project.spec.tenant == name {
-                    return Err(ApiError::conflict(
-                        "Tenant",
-                        name,
-                        format!(
-                            "tenant {name:?} still owns project {:?}",
-                            project.metadata.name
-                        ),
-                    ));
-                }
-            }
-        }
-        "ResourceClass" => {
-            let resources = store
-                .range(&objects::prefix(ResourceSpec::INFO, None), None, 0)
-                .await?;
-            for kv in &resources.kvs {
-                let resource = decode_typed::<ResourceSpec>(kv)?;
-                if resource.spec.class == name {
-                    return Err(ApiError::conflict(
-                        "ResourceClass",
-                        name,
-                        format!(
-                            "class {name:?} is in use by resource {:?}",
-                            resource.metadata.name
-                        ),
-                    ));
-                }
-            }
-        }
-        _ => {}
+/// New claims that need approval (by their project's policy or their workload's tiers) wait
+/// for it in `PendingApproval`.
+#[derive(Debug)]
+pub struct Approval;
+
+#[async_trait]
+impl Link for Approval {
+    fn name(&self) -> &'static str {
+        "approval"
     }
-    Ok(())
+
+    async fn default(&self, a: &Attempt<'_>, object: &mut TypedObject) -> Result<(), ApiError> {
+        let (None, Some(requester), TypedObject::Claim(claim)) = (a.old, a.requester, object)
+        else {
+            return Ok(());
+        };
+        let ns = requester.namespace.unwrap_or_default();
+        let needed = requester.rbac.approval_needed(
+            ns,
+            &claim.metadata.labels,
+            claim.spec.workload.as_ref(),
+        );
+        if let (Some((required, because)), Some(status)) = (needed, claim.status.as_mut()) {
+            status.phase = ClaimPhase::PendingApproval;
+            status.reason = Some("ApprovalRequired".into());
+            status.message = Some(format!(
+                "needs {required} approval(s) by someone other than {} ({}): \
+                 `infraos approve {} -n {ns}`",
+                requester.subject,
+                because.join(", "),
+                claim.metadata.name,
+            ));
+            status.approval = Some(infraos_api::kinds::ApprovalStatus {
+                required,
+                requester: requester.subject.to_string(),
+                because,
+                approvals: Vec::new(),
+                refusal: None,
+            });
+        }
+        Ok(())
+    }
 }

@@ -36,13 +36,14 @@ mod join_tokens;
 mod logs;
 mod meta;
 mod objects;
-pub use objects::{BATCH_CREATE, ListParams, MAX_BATCH_ITEMS};
+pub use crate::border::{self, ListParams, Params, decode_query};
+pub use objects::{BATCH_CREATE, MAX_BATCH_ITEMS};
 pub(crate) mod revocations;
 mod signing_key;
 mod tokens;
 mod watch;
 
-pub const PREFIX: &str = "/apis/infraos.io/v1";
+pub use infraos_api::path::PREFIX;
 
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
@@ -68,40 +69,37 @@ pub fn router(state: AppState) -> Router {
             "/namespaces/{ns}/claims/{name}/explain",
             get(explain::claim),
         )
+        // The generic object routes: one handler per verb, whatever the scope; each reads
+        // the path parsed at the border (border::parse), never the route's captures.
         .route(
             "/namespaces/{ns}/{plural}",
-            get(objects::list_namespaced).post(objects::create_namespaced),
+            get(objects::list).post(objects::create),
         )
         .route(
             "/namespaces/{ns}/{plural}/{name}",
-            get(objects::get_namespaced)
-                .put(objects::update_namespaced)
-                .patch(objects::patch_namespaced)
-                .delete(objects::delete_namespaced),
+            get(objects::get)
+                .put(objects::update)
+                .patch(objects::patch)
+                .delete(objects::delete),
         )
         .route(
             "/namespaces/{ns}/{plural}/{name}/{sub}",
-            get(objects::get_namespaced_sub)
-                .put(objects::update_namespaced_sub)
-                .patch(objects::patch_namespaced_sub)
+            get(objects::get)
+                .put(objects::update)
+                .patch(objects::patch)
                 .post(claims::action),
         )
-        .route(
-            "/{plural}",
-            get(objects::list_cluster).post(objects::create_cluster),
-        )
+        .route("/{plural}", get(objects::list).post(objects::create))
         .route(
             "/{plural}/{name}",
-            get(objects::get_cluster)
-                .put(objects::update_cluster)
-                .patch(objects::patch_cluster)
-                .delete(objects::delete_cluster),
+            get(objects::get)
+                .put(objects::update)
+                .patch(objects::patch)
+                .delete(objects::delete),
         )
         .route(
             "/{plural}/{name}/{sub}",
-            get(objects::get_cluster_sub)
-                .put(objects::update_cluster_sub)
-                .patch(objects::patch_cluster_sub),
+            get(objects::get).put(objects::update).patch(objects::patch),
         );
     let agent_v1 = Router::new()
         .route("/heartbeat", post(agent::heartbeat))
@@ -119,12 +117,18 @@ pub fn router(state: AppState) -> Router {
         .nest(PREFIX, v1)
         .nest("/agent/v1", agent_v1)
         .route("/openapi/v3", get(meta::openapi))
-        // Layers wrap what is above them: authentication runs first, then the limits, then
+        // Layers wrap what is above them: authentication runs first, then the limits, the
+        // parse of the request (once, for all that follows), the audit of refusals, and
         // authorization.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::authz::authorize,
         ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            border::audit_refusals,
+        ))
+        .route_layer(axum::middleware::from_fn(border::parse))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::limits::limit,
@@ -184,57 +188,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
     }
 }
 
-/// Query parameters, decoded once at the border into `T`. A query that does not decode (a
-/// parameter given twice, a bad escape) is a 400 Status naming the problem, like every other
-/// error, instead of axum's plain-text rejection.
-#[derive(Clone, Debug, Default)]
-pub struct Params<T>(pub T);
-
-/// Decodes a query string (percent escapes and `+` undone) into `T`.
-pub fn decode_query<T: serde::de::DeserializeOwned>(query: Option<&str>) -> Result<T, ApiError> {
-    serde_urlencoded::from_str(query.unwrap_or(""))
-        .map_err(|e| ApiError::bad_request(format!("query string: {e}")))
-}
-
-impl<T, S> FromRequestParts<S> for Params<T>
-where
-    T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        // Decoded already by a middleware that needed it (authorization: list or watch).
-        if let Some(Params(decoded)) = parts.extensions.get::<Params<T>>() {
-            return Ok(Params(decoded.clone()));
-        }
-        decode_query(parts.uri.query()).map(Params)
-    }
-}
-
 /// Resolves a URL's plural to a kind, checking it is served at this scope.
 pub fn kind_for(plural: &str, namespaced_path: bool) -> Result<&'static KindInfo, ApiError> {
-    let info = infraos_api::object::kind_by_plural(plural).ok_or_else(|| {
-        ApiError::no_route(format!(
-            "the server does not serve {plural:?} in infraos.io/v1 (known: {})",
-            infraos_api::object::kinds()
-                .iter()
-                .map(|k| k.plural)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-    })?;
-    if info.namespaced != namespaced_path {
-        let scope = if info.namespaced {
-            "namespaced: use /apis/infraos.io/v1/namespaces/<project>/"
-        } else {
-            "cluster-scoped: use /apis/infraos.io/v1/"
-        };
-        return Err(ApiError::no_route(format!(
-            "{} is {scope}{plural}",
-            info.kind
-        )));
-    }
+    let info =
+        infraos_api::object::kind_by_plural(plural).ok_or_else(|| border::unserved(plural))?;
+    border::check_scope(info, namespaced_path)?;
     Ok(info)
 }
 

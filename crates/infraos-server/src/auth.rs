@@ -75,41 +75,55 @@ impl Identity {
 
 /// What a node may do, by path: its own Node, Resources and Allocations, and the agent API.
 /// Lists and watches must select `infraos.io/node=<name>`, so they return nothing else.
+/// Decodes the query and the path as the border does; the server itself calls
+/// [`node_may_parsed`] with the border's one decoding.
 pub fn node_may(
     node: &str,
     method: &http::Method,
     path: &str,
     query: Option<&str>,
 ) -> Result<(), String> {
-    if path.starts_with("/agent/v1/") {
+    let params: crate::border::ListParams = crate::border::decode_query(query).unwrap_or_default();
+    let parsed = crate::border::Parsed::of(method, path, params.is_watch());
+    node_may_parsed(
+        node,
+        method,
+        path,
+        &parsed,
+        params.label_selector.as_deref(),
+    )
+}
+
+/// [`node_may`] over a request parsed once at the border: `label_selector` is the decoded
+/// query's (regression: 45677b8, the node authorizer read the query undecoded).
+pub fn node_may_parsed(
+    node: &str,
+    method: &http::Method,
+    path: &str,
+    parsed: &crate::border::Parsed,
+    label_selector: Option<&str>,
+) -> Result<(), String> {
+    use infraos_api::path::{Resource, Target};
+    if matches!(&*parsed.0, Ok(Target::Agent)) {
         return Ok(());
     }
     let deny = |what: &str| Err(format!("node:{node} may not {what}"));
     if method != http::Method::GET {
         return deny(&format!("{method} {path}: agents write through /agent/v1"));
     }
-    let Some(rest) = path.strip_prefix(crate::api::PREFIX) else {
+    let Some(request) = parsed.api() else {
         return deny(&format!("read {path}"));
     };
-    let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
-    let (plural, name) = match parts.as_slice() {
-        [plural] => (*plural, None),
-        [plural, name] => (*plural, Some(*name)),
-        ["namespaces", _, plural] => (*plural, None),
-        ["namespaces", _, plural, name] => (*plural, Some(*name)),
+    let p = &request.path;
+    let plural = match p.resource {
+        Resource::Kind(info) if p.subresource.is_none() && !p.batch => info.plural,
         _ => return deny(&format!("read {path}")),
     };
-    match (plural, name) {
+    match (plural, p.name.as_deref()) {
         ("nodes", Some(n)) if n == node => Ok(()),
         ("allocations" | "resources", None) => {
-            let selector = query
-                .into_iter()
-                .flat_map(|q| q.split('&'))
-                .filter_map(|kv| kv.split_once('='))
-                .find(|(k, _)| *k == "labelSelector")
-                .map(|(_, v)| percent_decode(v))
-                .unwrap_or_default();
-            let pinned = selector
+            let pinned = label_selector
+                .unwrap_or_default()
                 .parse::<infraos_api::LabelSelector>()
                 .map(|s| {
                     s.requirements().iter().any(|r| {
@@ -129,30 +143,6 @@ pub fn node_may(
         }
         _ => deny(&format!("read {path}")),
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(high), Some(low)) => {
-                        out.push((high * 16 + low) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 pub fn hash_token(token: &str) -> [u8; 32] {
@@ -384,6 +374,25 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// Regression (45677b8): the node authorizer reads the query and the path as the border
+    /// decoded them for the handler, never a spelling of its own.
+    #[test]
+    fn the_node_authorizer_reads_the_border_decoding() {
+        let get = http::Method::GET;
+        let path = "/apis/infraos.io/v1/allocations";
+        let parsed = crate::border::Parsed::of(&get, path, true);
+        assert!(node_may_parsed("a", &get, path, &parsed, Some("infraos.io/node=a")).is_ok());
+        // The raw spelling is no selector: only the decoded one counts.
+        assert!(node_may_parsed("a", &get, path, &parsed, Some("infraos.io%2Fnode%3Da")).is_err());
+        // A name escaped in the path is the name the handler serves.
+        let path = "/apis/infraos.io/v1/nodes/%61";
+        let parsed = crate::border::Parsed::of(&get, path, false);
+        assert!(node_may_parsed("a", &get, path, &parsed, None).is_ok());
+        let path = "/apis/infraos.io/v1/nodes/%62";
+        let parsed = crate::border::Parsed::of(&get, path, false);
+        assert!(node_may_parsed("a", &get, path, &parsed, None).is_err());
     }
 
     #[test]

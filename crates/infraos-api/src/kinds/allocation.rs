@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::envelope::{Kind, KindInfo};
 use crate::kinds::{RenewPolicy, WorkloadSpec, WorkloadStatus};
-use crate::object::{Kind, KindInfo};
 use crate::quantity::Quantity;
 use crate::time::Time;
 

@@ -12,11 +12,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
+use crate::envelope::{Kind, KindInfo, Object};
 use crate::item_selector::ItemSelector;
 use crate::kinds::{GroupSpec, MAX_GROUP_MEMBERS, Toleration, WorkloadSpec};
 use crate::labels::{self, LabelSelector};
 use crate::names;
-use crate::object::{Kind, KindInfo, Object};
 use crate::quantity::Quantity;
 use crate::time::Time;
 use crate::validation::Errors;

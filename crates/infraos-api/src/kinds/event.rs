@@ -4,8 +4,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::EmptyStatus;
+use crate::envelope::{Kind, KindInfo};
 use crate::meta::ObjectRef;
-use crate::object::{Kind, KindInfo};
 use crate::time::Time;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -14,9 +14,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::EmptyStatus;
+use crate::envelope::{Kind, KindInfo, Object};
 use crate::labels::LabelSelector;
 use crate::names;
-use crate::object::{Kind, KindInfo, Object};
 use crate::quantity::Quantity;
 use crate::validation::Errors;
 
@@ -291,7 +291,7 @@ pub const MAX_GROUP_MEMBERS: u32 = 10_000;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::object::check;
+    use crate::envelope::check;
 
     fn quota(spec: QuotaSpec) -> Result<(), String> {
         check(&Object::new("q", None, spec)).map_err(|e| e.to_string())

@@ -3,10 +3,10 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::envelope::{Kind, KindInfo};
 use crate::kinds::{ClassAmounts, Inventory, Tier};
 use crate::labels;
 use crate::meta::Condition;
-use crate::object::{Kind, KindInfo};
 use crate::time::Time;
 use crate::validation::Errors;
 
@@ -171,7 +171,7 @@ impl Kind for NodeSpec {
         user_writable: true,
     };
 
-    fn validate(object: &crate::object::Object<Self>, errors: &mut Errors) {
+    fn validate(object: &crate::envelope::Object<Self>, errors: &mut Errors) {
         for (class, dims) in &object.spec.capacity_limits {
             for (dim, limit) in dims {
                 if limit.is_negative() {

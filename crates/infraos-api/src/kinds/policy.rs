@@ -5,9 +5,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{EmptyStatus, Tier};
+use crate::envelope::{Kind, KindInfo, Object};
 use crate::labels::LabelSelector;
 use crate::names;
-use crate::object::{Kind, KindInfo, Object};
 use crate::validation::Errors;
 
 /// The most approvers a policy may require.
@@ -135,7 +135,7 @@ mod tests {
                 }),
             },
         );
-        let err = crate::object::check(&policy).unwrap_err().to_string();
+        let err = crate::envelope::check(&policy).unwrap_err().to_string();
         assert!(err.contains("spec.approval.approvers"), "{err}");
     }
 }

@@ -9,8 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::EmptyStatus;
+use crate::envelope::{Kind, KindInfo, Object};
 use crate::names;
-use crate::object::{Kind, KindInfo, Object};
 use crate::validation::Errors;
 
 /// Every verb a rule may name. `*` stands for all of them.
@@ -87,7 +87,7 @@ pub fn canonical_rule_kind(name: &str) -> Option<String> {
         Some((b, s)) => (b, Some(s)),
         None => (name, None),
     };
-    let base = if let Some(info) = crate::object::kind_by_any_name(base) {
+    let base = if let Some(info) = super::kind_by_any_name(base) {
         info.kind.to_string()
     } else {
         let lower = base.to_ascii_lowercase();
@@ -101,7 +101,7 @@ pub fn canonical_rule_kind(name: &str) -> Option<String> {
     };
     match sub {
         None => Some(base),
-        Some("status") if crate::object::kind_by_any_name(&base).is_some() => {
+        Some("status") if super::kind_by_any_name(&base).is_some() => {
             Some(format!("{base}/status"))
         }
         Some("log") if base == "Claim" => Some("Claim/log".into()),
@@ -344,7 +344,7 @@ pub const BUILTIN_ROLES: &[BuiltinRole] = &[
         name: "viewer",
         description: "read everything but the audit chain, tokens and workload logs",
         rules: || {
-            let kinds: Vec<&str> = crate::object::kinds().iter().map(|k| k.kind).collect();
+            let kinds: Vec<&str> = super::kinds().iter().map(|k| k.kind).collect();
             vec![PolicyRule::new(READ, &kinds)]
         },
     },
@@ -405,11 +405,11 @@ mod tests {
                 rules: vec![PolicyRule::new(&["get", "fly"], &["Claim", "Gadget"])],
             },
         );
-        let err = crate::object::check(&role).unwrap_err().to_string();
+        let err = crate::envelope::check(&role).unwrap_err().to_string();
         assert!(err.contains("spec.rules[0].verbs[1]"), "{err}");
         assert!(err.contains("spec.rules[0].kinds[1]"), "{err}");
         role.spec.rules = vec![PolicyRule::new(&["get"], &["Claim"])];
-        crate::object::check(&role).unwrap();
+        crate::envelope::check(&role).unwrap();
     }
 
     #[test]

@@ -8,10 +8,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::resource_class::{ClassKind, ResourceClassSpec};
+use crate::envelope::{Kind, KindInfo, Object};
 use crate::item_selector::{AttributeValue, Item, check_attributes};
 use crate::meta::Condition;
 use crate::names;
-use crate::object::{Kind, KindInfo, Object};
 use crate::quantity::Quantity;
 use crate::validation::{Errors, ValidationErrors};
 

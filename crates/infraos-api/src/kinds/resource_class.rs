@@ -7,9 +7,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::EmptyStatus;
+use crate::envelope::{Kind, KindInfo, Object};
 use crate::item_selector::AttributeType;
 use crate::labels;
-use crate::object::{Kind, KindInfo, Object};
 use crate::validation::Errors;
 
 /// How a class is counted.

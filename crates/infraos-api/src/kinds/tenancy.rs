@@ -5,9 +5,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::EmptyStatus;
+use crate::envelope::{Kind, KindInfo, Object};
 use crate::labels::LabelSelector;
 use crate::names;
-use crate::object::{Kind, KindInfo, Object};
 use crate::validation::Errors;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

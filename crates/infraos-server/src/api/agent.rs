@@ -491,10 +491,11 @@ async fn upsert_resource(
         typed
             .check()
             .map_err(|e| ApiError::invalid("Resource", &name, &e))?;
+        let mut attempt = admission::Attempt::new(&*state.store, &state.classes);
         if let Some(old) = &old_typed {
-            admission::admit_update(&typed, old)?;
+            attempt = attempt.updating(old);
         }
-        admission::admit(&*state.store, &state.classes, &typed).await?;
+        admission::validate(&attempt, &typed).await?;
         let bytes = typed.to_vec();
         let mut object = audit::object_ref("Resource", None, &name);
         object.uid = Some(typed.meta().uid.clone());

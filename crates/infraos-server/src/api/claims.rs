@@ -1,15 +1,16 @@
 //! Claim actions: `POST .../claims/<name>/renew` extends the lease, `.../release` ends it.
 
 use axum::Json;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use infraos_api::Duration;
 use infraos_api::Kind as _;
 use infraos_api::kinds::{AllocationSpec, ClaimSpec, MAX_LEASE, MIN_LEASE};
 use infraos_store::{Compare, Txn};
 
-use super::{Ctx, kind_for};
+use super::Ctx;
 use crate::audit::{self, Record};
+use crate::border::{ObjectPath, refused};
 use crate::error::ApiError;
 use crate::lease::{self, LeaseError};
 use crate::objects::{self, decode_typed, encode_typed, set_revision};
@@ -18,44 +19,38 @@ use crate::state::AppState;
 pub async fn action(
     State(state): State<AppState>,
     ctx: Ctx,
-    Path((ns, plural, name, sub)): Path<(String, String, String, String)>,
+    path: ObjectPath,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let info = kind_for(&plural, true)?;
-    if info.kind != "Claim" || !matches!(sub.as_str(), "renew" | "release" | "approve" | "refuse") {
+    let (info, p) = path.resolve(false, false)?;
+    let (ns, name) = (
+        p.namespace().unwrap_or_default(),
+        p.name.as_deref().unwrap_or_default(),
+    );
+    let sub = p.subresource.as_deref().unwrap_or_default();
+    if info.kind != "Claim" || !matches!(sub, "renew" | "release" | "approve" | "refuse") {
         return Err(ApiError::no_route(format!(
-            "{plural}/{sub} does not accept POST"
+            "{}/{sub} does not accept POST",
+            info.plural
         )));
     }
     let result = async {
-        if matches!(sub.as_str(), "approve" | "refuse") {
-            return super::approvals::decide(&state, &ctx, &ns, &name, &sub, request).await;
+        if matches!(sub, "approve" | "refuse") {
+            return super::approvals::decide(&state, &ctx, ns, name, sub, request).await;
         }
         let duration = if sub == "renew" {
             requested_duration(&state, request).await?
         } else {
             None
         };
-        act(&state, &ctx, &ns, &name, &sub, duration, None).await
+        act(&state, &ctx, ns, name, sub, duration, None).await
     }
     .await;
-    match result {
-        Ok(r) => Ok(r),
-        Err(e) => {
-            let mut object = audit::object_ref("Claim", Some(&ns), &name);
-            object.subresource = Some(sub.clone());
-            audit::refusal(
-                &*state.store,
-                state.clock.now(),
-                &ctx.actor(),
-                &sub,
-                object,
-                &e,
-            )
-            .await;
-            Err(e)
-        }
-    }
+    Ok(result.unwrap_or_else(|e| {
+        let mut object = audit::object_ref("Claim", Some(ns), name);
+        object.subresource = Some(sub.to_string());
+        refused(sub, object, e)
+    }))
 }
 
 async fn requested_duration(

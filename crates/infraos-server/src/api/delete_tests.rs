@@ -101,7 +101,7 @@ fn claims() -> &'static KindInfo {
 #[tokio::test]
 async fn a_plain_delete_does_not_conflict_with_the_servers_own_writes() {
     let (_dir, state) = server_with_claim(2).await;
-    let response = delete_inner(&state, &crate::testing::admin(), claims(), Some("p"), "c")
+    let response = delete_object(&state, &crate::testing::admin(), claims(), Some("p"), "c")
         .await
         .expect("no conflict");
     assert_eq!(response.status(), StatusCode::ACCEPTED, "finalizers run");
@@ -121,7 +121,7 @@ async fn a_plain_delete_does_not_conflict_with_the_servers_own_writes() {
 #[tokio::test]
 async fn a_delete_racing_a_writer_forever_still_answers_409() {
     let (_dir, state) = server_with_claim(usize::MAX).await;
-    let err = delete_inner(&state, &crate::testing::admin(), claims(), Some("p"), "c")
+    let err = delete_object(&state, &crate::testing::admin(), claims(), Some("p"), "c")
         .await
         .expect_err("a conflict in the end");
     assert_eq!(err.code, StatusCode::CONFLICT, "{err:?}");

@@ -20,7 +20,7 @@ use crate::objects::{self, decode_typed, encode_typed};
 use crate::state::AppState;
 
 /// Where revocations live: `/infraos/revokednodes/<node>`.
-pub const PREFIX: &str = "/infraos/revokednodes/";
+pub use crate::authz::REVOKED_NODES as PREFIX;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -22,8 +22,9 @@ use infraos_api::{KindInfo, LabelSelector};
 use infraos_store::{EventKind, StoreError};
 use tokio::sync::mpsc;
 
-use super::objects::{ListParams, selector_matches};
+use super::objects::selector_matches;
 use crate::authz::ListFilter;
+use crate::border::ListParams;
 use crate::error::ApiError;
 use crate::objects::{self, decode_stored};
 use crate::state::AppState;

@@ -7,11 +7,12 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use infraos_api::kinds::{ProjectSpec, QuotaSpec, RoleBindingSpec, RoleSpec, VERBS, builtin_role};
+use infraos_api::path;
 use infraos_api::{Kind as _, TypedObject};
 
 use super::{ListFilter, READ_VERBS, Rbac, Scope, Visibility};
-use crate::api::ListParams;
 use crate::auth::Identity;
+use crate::border::ListParams;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -35,85 +36,28 @@ pub enum Target {
     Request(Attributes),
 }
 
-fn method_verb(method: &http::Method, collection: bool, watch: bool) -> &'static str {
-    match *method {
-        http::Method::POST => "create",
-        http::Method::PUT => "update",
-        http::Method::PATCH => "patch",
-        http::Method::DELETE => "delete",
-        _ if collection && watch => "watch",
-        _ if collection => "list",
-        _ => "get",
-    }
-}
-
 /// Maps a method and path onto RBAC attributes; `None` for paths the router will 404.
-/// `watch`: the decoded query asks for a watch ([`crate::api::ListParams::is_watch`], the
+/// `watch`: the decoded query asks for a watch ([`crate::border::ListParams::is_watch`], the
 /// very value the handler acts on).
 pub fn target(method: &http::Method, path: &str, watch: bool) -> Option<Target> {
-    if path.starts_with("/agent/v1/") {
-        return Some(Target::AgentOnly);
+    of_parsed(&crate::border::Parsed::of(method, path, watch))
+}
+
+/// The authorizer's view of a request parsed at the border.
+fn of_parsed(parsed: &crate::border::Parsed) -> Option<Target> {
+    match parsed.0.as_ref().as_ref().ok()? {
+        path::Target::Agent => Some(Target::AgentOnly),
+        path::Target::OpenApi => Some(Target::Public),
+        path::Target::Api(r) if r.path.resource == path::Resource::SigningKey => {
+            Some(Target::Public)
+        }
+        path::Target::Api(r) => Some(Target::Request(Attributes {
+            verb: r.verb.as_str().to_string(),
+            kind: r.rule_kind.clone()?,
+            namespace: r.path.namespace().map(str::to_string),
+            name: r.path.name.clone(),
+        })),
     }
-    if path == "/openapi/v3" {
-        return Some(Target::Public);
-    }
-    let rest = path.strip_prefix(crate::api::PREFIX)?;
-    let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
-    let (namespace, plural, name, sub) = match parts.as_slice() {
-        ["signingkey"] => return Some(Target::Public),
-        ["namespaces", ns, plural] => (Some(*ns), *plural, None, None),
-        ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name), None),
-        ["namespaces", ns, plural, name, sub] => (Some(*ns), *plural, Some(*name), Some(*sub)),
-        [plural] => (None, *plural, None, None),
-        [plural, name] => (None, *plural, Some(*name), None),
-        [plural, name, sub] => (None, *plural, Some(*name), Some(*sub)),
-        _ => return None,
-    };
-    // `POST …/<plural>:batchCreate` creates several objects: the verb is create.
-    let plural = match plural.strip_suffix(crate::api::BATCH_CREATE) {
-        Some(p) if *method == http::Method::POST && name.is_none() => p,
-        Some(_) => return None,
-        None => plural,
-    };
-    let base = match plural {
-        "auditrecords" => "AuditRecord".to_string(),
-        "tokens" => "Token".to_string(),
-        "jointokens" => "JoinToken".to_string(),
-        other => infraos_api::object::kind_by_plural(other)?.kind.to_string(),
-    };
-    let collection = name.is_none();
-    let mut verb = method_verb(method, collection, watch).to_string();
-    let kind = match (base.as_str(), sub) {
-        // `/auditrecords/head` and the like: reads of the chain.
-        ("AuditRecord", Some(_)) => {
-            verb = "get".into();
-            base
-        }
-        (_, None) => base,
-        (_, Some("status")) => format!("{base}/status"),
-        ("Claim", Some("log")) => "Claim/log".into(),
-        ("Claim", Some("explain")) => base,
-        // Revoking and reinstating a node change its standing.
-        ("Node", Some("revocation")) => {
-            verb = "update".into();
-            base
-        }
-        ("Claim", Some(action @ ("renew" | "release"))) if method == http::Method::POST => {
-            verb = action.to_string();
-            base
-        }
-        ("Claim", Some("approve" | "refuse")) if method == http::Method::POST => {
-            verb = "approve".into();
-            base
-        }
-        _ => return None,
-    };
-    Some(Target::Request(Attributes {
-        verb,
-        kind,
-        namespace: namespace.map(str::to_string),
-        name: name.map(str::to_string),
-    }))
 }
 
 /// Kinds outside projects whose objects belong to a tenant or project by their content.
@@ -130,28 +74,29 @@ pub async fn authorize(
     let Some(identity) = request.extensions().get::<Arc<Identity>>().cloned() else {
         return next.run(request).await;
     };
-    // The query is decoded once, here, and handed to the handler: what is authorized as a
-    // list cannot be served as a watch, however the query is spelled.
-    let mut watch = false;
-    if request.method() == http::Method::GET {
-        let params: ListParams = match crate::api::decode_query(request.uri().query()) {
-            Ok(p) => p,
-            Err(e) => return e.into_response(),
-        };
-        watch = params.is_watch();
-        request.extensions_mut().insert(crate::api::Params(params));
-    }
+    // The request was parsed once at the border (query and path); every check here reads
+    // that, as the handler will.
+    let parsed = match crate::border::parse_into(&mut request) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let target = of_parsed(&parsed);
     if let Some(node) = identity.node() {
         // The node authorizer: an agent reaches its own objects and the agent API only.
-        let Err(why) = crate::auth::node_may(
+        let selector = request
+            .extensions()
+            .get::<crate::border::Params<ListParams>>()
+            .and_then(|p| p.0.label_selector.clone());
+        let Err(why) = crate::auth::node_may_parsed(
             node,
             request.method(),
             request.uri().path(),
-            request.uri().query(),
+            &parsed,
+            selector.as_deref(),
         ) else {
             return next.run(request).await;
         };
-        let attrs = match target(request.method(), request.uri().path(), watch) {
+        let attrs = match target {
             Some(Target::Request(a)) => Some(a),
             _ => None,
         };
@@ -159,11 +104,9 @@ pub async fn authorize(
             || request.method().as_str().to_ascii_lowercase(),
             |a| a.verb.clone(),
         );
-        let (source, path) = origin(&request);
         let e = ApiError::forbidden(why);
-        return refuse(&state, source, path, &identity, &verb, attrs.as_ref(), e).await;
+        return refuse(request.uri().path(), &verb, attrs.as_ref(), e);
     }
-    let target = target(request.method(), request.uri().path(), watch);
     let attrs = match target {
         Some(Target::Public) => return next.run(request).await,
         // A path the authorizer cannot name: administrators reach the router (which explains
@@ -185,8 +128,7 @@ pub async fn authorize(
                 "{} may not use the agent API: it is for nodes with a client certificate",
                 identity.subject
             ));
-            let (source, path) = origin(&request);
-            return refuse(&state, source, path, &identity, "agent", None, e).await;
+            return refuse(request.uri().path(), "agent", None, e);
         }
         Some(Target::Request(a)) => a,
     };
@@ -203,19 +145,7 @@ pub async fn authorize(
             }
             next.run(request).await
         }
-        Err(e) => {
-            let (source, path) = origin(&request);
-            refuse(
-                &state,
-                source,
-                path,
-                &identity,
-                &attrs.verb,
-                Some(&attrs),
-                e,
-            )
-            .await
-        }
+        Err(e) => refuse(request.uri().path(), &attrs.verb, Some(&attrs), e),
     }
 }
 
@@ -305,28 +235,9 @@ async fn decide(
     }
 }
 
-/// The source address and path of a request, taken before any await (a body is not Sync).
-fn origin(request: &Request) -> (Option<String>, String) {
-    let source = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.to_string());
-    (source, request.uri().path().to_string())
-}
-
-async fn refuse(
-    state: &AppState,
-    source: Option<String>,
-    path: String,
-    identity: &Identity,
-    verb: &str,
-    attrs: Option<&Attributes>,
-    error: ApiError,
-) -> Response {
-    let actor = crate::audit::Actor {
-        subject: identity.subject.clone(),
-        source,
-    };
+/// A refusal, marked for the audit layer ([`crate::border::audit_refusals`]): its
+/// object is what the request named, or its path when it named nothing RBAC knows.
+fn refuse(path: &str, verb: &str, attrs: Option<&Attributes>, error: ApiError) -> Response {
     let object = match attrs {
         Some(a) => {
             let (kind, sub) = match a.kind.split_once('/') {
@@ -341,18 +252,9 @@ async fn refuse(
             o.subresource = sub;
             o
         }
-        None => crate::audit::object_ref("", None, &path),
+        None => crate::audit::object_ref("", None, path),
     };
-    crate::audit::refusal(
-        &*state.store,
-        state.clock.now(),
-        &actor,
-        verb,
-        object,
-        &error,
-    )
-    .await;
-    error.into_response()
+    crate::border::refused(verb, object, error)
 }
 
 /// The check of a decoded object whose scope is in its content (Project, Quota,

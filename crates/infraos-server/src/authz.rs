@@ -178,7 +178,9 @@ const ROLES: &str = "/registry/roles/";
 const BINDINGS: &str = "/registry/rolebindings/";
 const PROJECTS: &str = "/registry/projects/";
 const TENANTS: &str = "/registry/tenants/";
-const REVOKED_NODES: &str = crate::api::revocations::PREFIX;
+/// Where node revocations live in the store: `/infraos/revokednodes/<node>`. The authorizer
+/// reads them; the revocation handlers write them.
+pub const REVOKED_NODES: &str = "/infraos/revokednodes/";
 const POLICIES: &str = "/registry/policies/";
 /// Every prefix the view is fed from.
 const FED: [&str; 7] = [
