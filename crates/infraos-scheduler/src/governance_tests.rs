@@ -576,6 +576,123 @@ fn a_nomination_holds_the_preemptors_share_not_the_whole_node() {
     assert!(s.nominations.is_empty());
 }
 
+/// Issue 17: a plan that places a preemptor is not yet the end of its wait. The applier may
+/// refuse the placement, or its batch may not commit; the claim is then pending again, and
+/// until then it keeps its nomination: a claim of its priority decided before it does not
+/// take the room its victims freed (before the fix it did, and the preemptor, unable to
+/// preempt an equal priority, waited for a second round of other victims).
+#[test]
+fn a_placement_that_does_not_stick_keeps_the_nomination() {
+    let mut snap = cluster(1, 4);
+    priority_class(
+        &mut snap,
+        "high",
+        100,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    let low = claim("p", "low", 4, serde_json::json!({}));
+    place_all(&mut snap, std::slice::from_ref(&low));
+    let mut s = scheduler();
+    let high = claim(
+        "p",
+        "high",
+        4,
+        serde_json::json!({"priorityClassName": "high"}),
+    );
+    let p = plan(&mut s, &snap, &[&high]);
+    assert!(matches!(outcome_of(&p, "p/high"), Outcome::Preempt(_)));
+    snap.remove_allocation("p/low");
+    // Placed where low was; the applier refuses it (it is not applied).
+    let p = plan(&mut s, &snap, &[&high]);
+    assert_eq!(
+        placement(outcome_of(&p, "p/high")).node.as_deref(),
+        Some("n0")
+    );
+    // Back pending, decided after a claim of its priority (same queue and age, listed
+    // first): the room is still held for it.
+    let rival = claim(
+        "p",
+        "rival",
+        4,
+        serde_json::json!({"priorityClassName": "high"}),
+    );
+    let p = plan(&mut s, &snap, &[&rival, &high]);
+    let (_, message) = explanation(outcome_of(&p, "p/rival"));
+    assert!(message.contains("capacity held"), "{message}");
+    placement(outcome_of(&p, "p/high"));
+
+    // Said explicitly (as the server does when a batch does not commit): held at once, even
+    // against a plan the preemptor is not in (it waits for its requeue meanwhile).
+    s.unplaced("p/high");
+    assert_eq!(s.nominations.len(), 1);
+    let p = plan(&mut s, &snap, &[&low]);
+    let (_, message) = explanation(outcome_of(&p, "p/low"));
+    assert!(message.contains("capacity held"), "{message}");
+    // Placed again and confirmed: nothing is left of its nomination.
+    let p = plan(&mut s, &snap, &[&high]);
+    placement(outcome_of(&p, "p/high"));
+    s.forget("p/high");
+    assert!(s.nominations.is_empty() && s.placing.is_empty() && s.preempted.is_empty());
+}
+
+/// Issue 17: a preemptor decided again while its victims stop, and found short (here a
+/// claim of higher priority counts on the same victim), keeps waiting with its nomination
+/// instead of giving up; it gives up only once its victims have ended and it still does
+/// not fit. Before, it gave up at once, its room was anyone's, and it preempted again.
+#[test]
+fn a_preemptor_does_not_give_up_while_its_victims_stop() {
+    let mut snap = cluster(1, 4);
+    priority_class(
+        &mut snap,
+        "high",
+        100,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    priority_class(
+        &mut snap,
+        "top",
+        1000,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    let low = claim("p", "low", 4, serde_json::json!({}));
+    place_all(&mut snap, std::slice::from_ref(&low));
+    let mut s = scheduler();
+    let high = claim(
+        "p",
+        "high",
+        4,
+        serde_json::json!({"priorityClassName": "high"}),
+    );
+    let p = plan(&mut s, &snap, &[&high]);
+    assert!(matches!(outcome_of(&p, "p/high"), Outcome::Preempt(_)));
+    let parts = snap.allocation("p/low").unwrap().to_vec();
+    let mut m = meta(&snap, &low, false);
+    m.preempting = true;
+    snap.apply_allocation("p/low", &parts, m);
+    let top = claim(
+        "p",
+        "top",
+        4,
+        serde_json::json!({"priorityClassName": "top"}),
+    );
+    let p = plan(&mut s, &snap, &[&top]);
+    assert_eq!(
+        explanation(outcome_of(&p, "p/top")).0,
+        WAITING_FOR_PREEMPTION
+    );
+    // high is short now, but low still stops: it waits, its nomination kept.
+    let p = plan(&mut s, &snap, &[&high]);
+    let (reason, message) = explanation(outcome_of(&p, "p/high"));
+    assert_eq!(reason, WAITING_FOR_PREEMPTION, "{message}");
+    assert!(s.nominations.contains_key("p/high"));
+    // low has ended and top takes the room: high gives up, with the reason.
+    snap.remove_allocation("p/low");
+    let p = plan(&mut s, &snap, &[&top, &high]);
+    placement(outcome_of(&p, "p/top"));
+    assert_eq!(explanation(outcome_of(&p, "p/high")).0, UNSCHEDULABLE);
+    assert!(!s.nominations.contains_key("p/high"));
+}
+
 #[test]
 fn quota_preemption_holds_the_quota_for_the_preemptor() {
     let mut snap = cluster(1, 16);

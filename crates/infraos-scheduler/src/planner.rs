@@ -402,6 +402,20 @@ pub struct Scheduler {
     /// one of them again before it is placed (a victim back in the room it was preempted
     /// from means the nomination did not hold; preempting it again would be a loop).
     pub(crate) preempted: HashMap<String, HashSet<String>>,
+    /// Claims a plan placed that had a nomination or victims: what they had, kept until the
+    /// placement is confirmed ([`Scheduler::forget`]) or undone ([`Scheduler::unplaced`]).
+    /// A placement the applier refuses, or a batch that does not commit, puts the claim
+    /// back to pending; dropping its nomination at plan time let a claim of its priority
+    /// take the room its victims freed, and the preemptor preempted a second round of
+    /// other victims (issue 17). Not held meanwhile: the placement itself holds the room.
+    pub(crate) placing: HashMap<String, Placing>,
+}
+
+/// What a placed claim had while it waited, until its placement is confirmed or undone.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Placing {
+    nomination: Option<Nomination>,
+    preempted: Option<HashSet<String>>,
 }
 
 /// What a claim waiting for its preemption victims will take: its resources on the node it
@@ -446,6 +460,7 @@ impl Scheduler {
             scratch: Scratch::default(),
             nominations: HashMap::new(),
             preempted: HashMap::new(),
+            placing: HashMap::new(),
         })
     }
 
@@ -459,11 +474,50 @@ impl Scheduler {
         self.next_start = start;
     }
 
-    /// Forgets what the scheduler keeps about a claim that is placed, deleted or no longer
-    /// pending: its nomination and the victims it preempted.
+    /// Forgets what the scheduler keeps about a claim whose placement is confirmed
+    /// (committed), or that is deleted or no longer pending: its nomination and the victims
+    /// it preempted.
     pub fn forget(&mut self, claim_key: &str) {
         self.nominations.remove(claim_key);
         self.preempted.remove(claim_key);
+        self.placing.remove(claim_key);
+    }
+
+    /// A placement a plan made did not become an allocation (the applier refused it, or
+    /// its batch did not commit): the claim is pending again, with the nomination and the
+    /// memory of victims it had before that plan, so the room its victims freed stays held
+    /// for it and it does not preempt again. A no-op for a claim placed without either.
+    /// True when it had something to restore.
+    pub fn unplaced(&mut self, claim_key: &str) -> bool {
+        let Some(placing) = self.placing.remove(claim_key) else {
+            return false;
+        };
+        if let Some(n) = placing.nomination {
+            self.nominations.entry(claim_key.to_string()).or_insert(n);
+        }
+        if let Some(v) = placing.preempted {
+            self.preempted
+                .entry(claim_key.to_string())
+                .or_default()
+                .extend(v);
+        }
+        true
+    }
+
+    /// A plan placed the claim: what it had while it waited moves aside until the placement
+    /// is confirmed ([`Scheduler::forget`]) or undone ([`Scheduler::unplaced`]).
+    fn placed(&mut self, claim_key: &str) {
+        let nomination = self.nominations.remove(claim_key);
+        let preempted = self.preempted.remove(claim_key);
+        if nomination.is_some() || preempted.is_some() {
+            self.placing.insert(
+                claim_key.to_string(),
+                Placing {
+                    nomination,
+                    preempted,
+                },
+            );
+        }
     }
 
     /// The claim gave up waiting for victims (it is decided otherwise): its nomination ends,
@@ -495,13 +549,33 @@ impl Scheduler {
     /// share when `parts` is empty.
     pub(crate) fn nominate(
         &mut self,
+        snapshot: &Snapshot,
         ctx: &ClaimCtx<'_>,
         owner: String,
         parts: Vec<AllocatedResource>,
-        victims: Vec<String>,
+        mut victims: Vec<String>,
     ) {
+        self.keep_stopping_victims(snapshot, ctx.key, &mut victims);
         self.nominations
             .insert(ctx.key.to_string(), nomination(ctx, &owner, parts, victims));
+    }
+
+    /// A nomination made again (each decision while the claim waits makes it anew) keeps
+    /// the victims of the one it replaces that are still stopping: their room stays the
+    /// claim's until they end. Without this, a decision that found the claim's quota short
+    /// elsewhere (another level, another node) listed only what it found then; the claim's
+    /// own victims, no longer held for it, were counted on by another preemptor, and when
+    /// they ended the two of them were one room short: one gave up and preempted a second
+    /// round of victims (issue 17, seen in the churn scenario).
+    fn keep_stopping_victims(&self, snapshot: &Snapshot, key: &str, victims: &mut Vec<String>) {
+        let Some(old) = self.nominations.get(key) else {
+            return;
+        };
+        for v in &old.victims {
+            if !victims.contains(v) && snapshot.allocation_meta(v).is_some_and(|m| m.preempting) {
+                victims.push(v.clone());
+            }
+        }
     }
 
     /// Before deciding a claim of `owner` at `priority`: holds in the batch what every
@@ -586,6 +660,13 @@ impl Scheduler {
                 || !c.spec.anti_affinity.is_empty()
                 || !c.spec.topology_spread.is_empty()
         }) || snapshot.has_anti_affinity();
+        // A claim placed by an earlier plan and decided again: that placement did not
+        // stick, whether or not the caller said so (`unplaced`).
+        if !self.placing.is_empty() {
+            for (key, _) in claims {
+                let _ = self.unplaced(key);
+            }
+        }
         let mut batch = Batch::new(snapshot, affinity);
         let mut order = FairOrder::new(snapshot, claims, now_ms, &self.profile);
         let mut decisions = Vec::with_capacity(claims.len().min(limit));
@@ -661,6 +742,7 @@ impl Scheduler {
             Err(block) => {
                 let explanation = Explanation::detailed(QUOTA_EXCEEDED, block.message(snapshot));
                 let outcome = self.preempt_for_quota(snapshot, &ctx, batch, block, explanation);
+                let outcome = self.keep_waiting(snapshot, key, outcome);
                 self.settle_nomination(key, &outcome);
                 return Some(note_holds(outcome, batch));
             }
@@ -673,15 +755,49 @@ impl Scheduler {
             }
             Err(explanation) => self.preempt_for_capacity(snapshot, &ctx, batch, explanation),
         };
+        let outcome = self.keep_waiting(snapshot, key, outcome);
         self.settle_nomination(key, &outcome);
         Some(note_holds(outcome, batch))
+    }
+
+    /// A preemptor whose victims are still stopping does not give up: a decision that finds
+    /// no room or no quota for it now counts what they hold as taken, and they free it
+    /// within their grace. It waits with its nomination, and gives up only if it still does
+    /// not fit once they have ended. Before, a preemptor decided again between preempting
+    /// and its victims' end (any allocation ending wakes it) could find itself short, for
+    /// instance of a quota level its preemption did not cover, and give up: its room was
+    /// then anyone's, and it preempted a second round of other victims (issue 17).
+    fn keep_waiting(&self, snapshot: &Snapshot, key: &str, outcome: Outcome) -> Outcome {
+        let Outcome::Unschedulable(e) = outcome else {
+            return outcome;
+        };
+        if e.reason == WAITING_FOR_PREEMPTION {
+            return Outcome::Unschedulable(e);
+        }
+        let stopping = self.nominations.get(key).map_or(0, |n| {
+            n.victims
+                .iter()
+                .filter(|v| snapshot.allocation_meta(v).is_some_and(|m| m.preempting))
+                .count()
+        });
+        if stopping == 0 {
+            return Outcome::Unschedulable(e);
+        }
+        Outcome::Unschedulable(Explanation {
+            reason: WAITING_FOR_PREEMPTION,
+            detail: Some(format!(
+                "waiting for {stopping} preempted allocation(s) to end; {}",
+                e.message()
+            )),
+            ..e
+        })
     }
 
     /// After a claim's decision: placed, it is forgotten; waiting for victims, it keeps its
     /// nomination and remembers them; otherwise it gives up its nomination.
     fn settle_nomination(&mut self, key: &str, outcome: &Outcome) {
         match outcome {
-            Outcome::Placed(_) => self.forget(key),
+            Outcome::Placed(_) => self.placed(key),
             Outcome::Preempt(_) => self.record_victims(key, outcome),
             Outcome::Unschedulable(e) if e.reason == WAITING_FOR_PREEMPTION => {}
             Outcome::Unschedulable(_) => self.give_up(key),
@@ -871,7 +987,7 @@ impl Scheduler {
         if whole && preempting.is_empty() {
             for (i, outcome) in &outcomes {
                 match outcome {
-                    Outcome::Placed(_) => self.forget(&claims[*i].0),
+                    Outcome::Placed(_) => self.placed(&claims[*i].0),
                     Outcome::Preempt(_) => self.record_victims(&claims[*i].0, outcome),
                     Outcome::Unschedulable(_) => self.give_up(&claims[*i].0),
                 }
@@ -888,7 +1004,8 @@ impl Scheduler {
                     batch.victims.insert(v.allocation);
                 }
             }
-            for (key, n) in nominations {
+            for (key, mut n) in nominations {
+                self.keep_stopping_victims(snapshot, &key, &mut n.victims);
                 self.nominations.insert(key, n);
             }
             let detail = format!(

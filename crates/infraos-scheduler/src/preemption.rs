@@ -365,6 +365,7 @@ impl Scheduler {
         };
         let name = snapshot.node(found.node).name.clone();
         self.nominate(
+            snapshot,
             ctx,
             ctx.key.to_string(),
             found.parts.clone(),
@@ -556,7 +557,7 @@ impl Scheduler {
         if let Some(c) = &capacity {
             waits_for.extend(c.keys());
         }
-        self.nominate(ctx, ctx.key.to_string(), parts, waits_for);
+        self.nominate(snapshot, ctx, ctx.key.to_string(), parts, waits_for);
         let mut sets = vec![&found];
         if let Some(c) = &capacity {
             sets.push(c);

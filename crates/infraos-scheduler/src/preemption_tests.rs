@@ -453,6 +453,8 @@ fn check_churn(spec: &ChurnSpec) -> Result<(), TestCaseError> {
                         let mut m = meta(&snap, by_key[k].0, pl.borrowing);
                         m.node = pl.node.clone();
                         snap.apply_allocation(k, &pl.resources, m);
+                        // Applied: the placement is confirmed, as the server does at commit.
+                        s.forget(k);
                         pending.remove(k);
                         placed_at.insert(k.clone(), round);
                         preempted.retain(|(by, _)| by != k);
