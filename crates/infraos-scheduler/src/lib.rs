@@ -15,8 +15,8 @@ pub mod snapshot;
 
 pub use governance::{AllocationMeta, QuotaEntry};
 pub use planner::{
-    Decision, Explanation, Outcome, Placement, Plan, PreemptionPlan, Scheduler, Victim,
-    claim_priority,
+    Decision, Explanation, NODE_FILTERS, NodeFilter, Outcome, Placement, Plan, PreemptionPlan,
+    Scheduler, Victim, claim_priority,
 };
 pub use profile::{Profile, ProfileError};
 pub use snapshot::{FitError, Snapshot};

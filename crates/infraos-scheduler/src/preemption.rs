@@ -33,10 +33,13 @@
 use infraos_api::kinds::{AllocatedResource, PreemptionPolicy};
 
 use crate::governance::{AllocationMeta, namespace_of};
-use crate::planner::{
-    Batch, ClaimCtx, Explanation, Outcome, PreemptionPlan, QuotaBlock, Scheduler, Victim,
-    WAITING_FOR_PREEMPTION, check_quotas,
+use crate::planner::batching::Batch;
+use crate::planner::claim_ctx::ClaimCtx;
+use crate::planner::engine::Scheduler;
+use crate::planner::outcome::{
+    Explanation, Outcome, PreemptionPlan, Victim, WAITING_FOR_PREEMPTION,
 };
+use crate::planner::quota::{QuotaBlock, check_quotas};
 use crate::snapshot::{NodeId, Snapshot};
 
 /// Allocations preempted together: one, or every allocation of a gang.

@@ -39,6 +39,11 @@ pub struct Profile {
     /// Distance between different values the matrix does not list.
     #[serde(default = "default_distance")]
     pub default_network_distance: f64,
+    /// Node filters this profile does not run, by name (`tiers`, `nodeState`, `affinity`,
+    /// `antiAffinity`, `antiAffinityOfOthers`, `topologySpread`, `tenantIsolation`,
+    /// `taints`); every other one runs. An unknown name is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disabled_filters: Vec<String>,
 }
 
 fn default_distance() -> f64 {
@@ -100,6 +105,7 @@ impl Default for Profile {
             fair_sharing: FairSharing::default(),
             network_distances: BTreeMap::new(),
             default_network_distance: default_distance(),
+            disabled_filters: Vec::new(),
         }
     }
 }
@@ -118,6 +124,9 @@ pub enum ProfileError {
     BadPriorityGap,
     #[error("scheduler profile: networkDistances: {0}")]
     BadDistance(String),
+    /// The unknown name, and the known ones.
+    #[error("scheduler profile: disabledFilters: unknown filter {0:?} (known: {1})")]
+    UnknownFilter(String, String),
 }
 
 impl Profile {
