@@ -22,10 +22,18 @@ pub use profile::{Profile, ProfileError};
 pub use snapshot::{FitError, Snapshot};
 
 #[cfg(test)]
+mod constraint_tests;
+#[cfg(test)]
+mod gang_tests;
+#[cfg(test)]
 mod governance_tests;
 #[cfg(test)]
 mod preemption_tests;
 #[cfg(test)]
+mod priority_tests;
+#[cfg(test)]
 mod snapshot_tests;
+#[cfg(test)]
+mod test_fixtures;
 #[cfg(test)]
 mod tests;

@@ -73,7 +73,7 @@ pub(crate) fn run<'c>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::governance_tests::{compute_class, node as add_node};
+    use crate::test_fixtures::{compute_class, node as add_node};
     use crate::{Outcome, Profile, Scheduler};
     use infraos_api::Labels;
     use infraos_api::kinds::{Claim, NodeSpec};
