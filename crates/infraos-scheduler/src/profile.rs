@@ -221,6 +221,22 @@ mod tests {
     }
 
     #[test]
+    fn filters_are_turned_off_by_name_and_unknown_names_refused() {
+        let p: Profile =
+            serde_json::from_value(serde_json::json!({"disabledFilters": ["taints"]})).unwrap();
+        assert_eq!(p.disabled_filters, vec!["taints".to_string()]);
+        assert!(crate::Scheduler::new(p).is_ok());
+        let p: Profile =
+            serde_json::from_value(serde_json::json!({"disabledFilters": ["magic"]})).unwrap();
+        let err = crate::Scheduler::new(p).err().unwrap();
+        assert!(matches!(&err, ProfileError::UnknownFilter(name, _) if name == "magic"));
+        assert!(err.to_string().contains("known: tiers, nodeState"), "{err}");
+        // Not written out when empty: a default profile reads back as before.
+        let text = serde_json::to_string(&Profile::default()).unwrap();
+        assert!(!text.contains("disabledFilters"), "{text}");
+    }
+
+    #[test]
     fn rejects_unknown_plugins_and_bad_weights() {
         let mut p = Profile::default();
         p.scores.insert("magic".into(), 1.0);
