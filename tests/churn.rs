@@ -873,7 +873,8 @@ async fn churn_keeps_every_invariant() {
             audit.worst_prod_to_placed.1, audit.worst_prod_trail
         );
     }
-    if !violations.is_empty() {
+    // The server log (the scheduler's reasons) is kept for a long prod wait too.
+    if !violations.is_empty() || audit.worst_prod_to_placed.0 > 3000 {
         let keep = std::env::temp_dir().join(format!("infraos-churn-{seed}.log"));
         let _ = std::fs::write(&keep, server.log());
         eprintln!("churn: server log kept in {}", keep.display());

@@ -15,17 +15,25 @@ pub mod snapshot;
 
 pub use governance::{AllocationMeta, QuotaEntry};
 pub use planner::{
-    Decision, Explanation, Outcome, Placement, Plan, PreemptionPlan, Scheduler, Victim,
-    claim_priority,
+    Decision, Explanation, NODE_FILTERS, NodeFilter, Outcome, Placement, Plan, PreemptionPlan,
+    Scheduler, Victim, claim_priority,
 };
 pub use profile::{Profile, ProfileError};
 pub use snapshot::{FitError, Snapshot};
 
 #[cfg(test)]
+mod constraint_tests;
+#[cfg(test)]
+mod gang_tests;
+#[cfg(test)]
 mod governance_tests;
 #[cfg(test)]
 mod preemption_tests;
 #[cfg(test)]
+mod priority_tests;
+#[cfg(test)]
 mod snapshot_tests;
+#[cfg(test)]
+mod test_fixtures;
 #[cfg(test)]
 mod tests;

@@ -19,7 +19,8 @@ use infraos_api::kinds::{Claim, ClassKind, ITEMS_DIMENSION};
 use infraos_api::quantity::NANOS_PER_UNIT;
 
 use crate::governance::namespace_of;
-use crate::planner::{Batch, claim_priority};
+use crate::planner::batching::Batch;
+use crate::planner::claim_ctx::claim_priority;
 use crate::profile::Profile;
 use crate::snapshot::Snapshot;
 

@@ -33,10 +33,13 @@
 use infraos_api::kinds::{AllocatedResource, PreemptionPolicy};
 
 use crate::governance::{AllocationMeta, namespace_of};
-use crate::planner::{
-    Batch, ClaimCtx, Explanation, Outcome, PreemptionPlan, QuotaBlock, Scheduler, Victim,
-    WAITING_FOR_PREEMPTION, check_quotas,
+use crate::planner::batching::Batch;
+use crate::planner::claim_ctx::ClaimCtx;
+use crate::planner::engine::Scheduler;
+use crate::planner::outcome::{
+    Explanation, Outcome, PreemptionPlan, Victim, WAITING_FOR_PREEMPTION,
 };
+use crate::planner::quota::{QuotaBlock, check_quotas};
 use crate::snapshot::{NodeId, Snapshot};
 
 /// Allocations preempted together: one, or every allocation of a gang.
@@ -365,6 +368,7 @@ impl Scheduler {
         };
         let name = snapshot.node(found.node).name.clone();
         self.nominate(
+            snapshot,
             ctx,
             ctx.key.to_string(),
             found.parts.clone(),
@@ -556,7 +560,7 @@ impl Scheduler {
         if let Some(c) = &capacity {
             waits_for.extend(c.keys());
         }
-        self.nominate(ctx, ctx.key.to_string(), parts, waits_for);
+        self.nominate(snapshot, ctx, ctx.key.to_string(), parts, waits_for);
         let mut sets = vec![&found];
         if let Some(c) = &capacity {
             sets.push(c);

@@ -7,24 +7,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use infraos_api::kinds::{Claim, PreemptionPolicy};
 use proptest::prelude::*;
 
-use crate::governance_tests::{
-    claim, compute_class, key, meta, node, priority_class, quota, scheduler,
-};
 use crate::planner::{QUOTA_EXCEEDED, WAITING_FOR_PREEMPTION};
-use crate::{Outcome, Plan, Scheduler, Snapshot};
-
-fn plan_of(s: &mut Scheduler, snap: &Snapshot, claims: &[&Claim]) -> Plan {
-    let keyed: Vec<(String, &Claim)> = claims.iter().map(|c| (key(c), *c)).collect();
-    s.plan(snap, &keyed)
-}
-
-fn outcome<'p>(p: &'p Plan, k: &str) -> &'p Outcome {
-    &p.decisions
-        .iter()
-        .find(|d| d.claim_key == k)
-        .unwrap_or_else(|| panic!("no decision for {k}: {p:?}"))
-        .outcome
-}
+use crate::test_fixtures::{
+    claim, compute_class, key, meta, node, outcome_of, plan, priority_class, quota, scheduler,
+};
+use crate::{Outcome, Plan, Snapshot};
 
 fn place(snap: &mut Snapshot, p: &Plan, claims: &[&Claim]) {
     for d in &p.decisions {
@@ -93,7 +80,7 @@ fn reclaim_never_evicts_a_higher_priority_and_holds_against_equal_ones() {
         serde_json::json!({"priorityClassName": "prod"}),
     );
     let mut s = scheduler();
-    let p = plan_of(&mut s, &snap, &[&a1, &a2]);
+    let p = plan(&mut s, &snap, &[&a1, &a2]);
     place(&mut snap, &p, &[&a1, &a2]);
     assert!(snap.allocation_meta("a/a2").unwrap().borrowing);
     let b1 = claim(
@@ -102,8 +89,8 @@ fn reclaim_never_evicts_a_higher_priority_and_holds_against_equal_ones() {
         2,
         serde_json::json!({"priorityClassName": "batch"}),
     );
-    let p = plan_of(&mut s, &snap, &[&b1]);
-    let Outcome::Unschedulable(e) = outcome(&p, "b/b1") else {
+    let p = plan(&mut s, &snap, &[&b1]);
+    let Outcome::Unschedulable(e) = outcome_of(&p, "b/b1") else {
         panic!("a batch claim preempts prod: {p:?}")
     };
     assert_eq!(e.reason, QUOTA_EXCEEDED);
@@ -123,10 +110,10 @@ fn reclaim_never_evicts_a_higher_priority_and_holds_against_equal_ones() {
         serde_json::json!({"priorityClassName": "batch"}),
     );
     let mut s = scheduler();
-    let p = plan_of(&mut s, &snap, &[&a1, &a2]);
+    let p = plan(&mut s, &snap, &[&a1, &a2]);
     place(&mut snap, &p, &[&a1, &a2]);
-    let p = plan_of(&mut s, &snap, &[&b1]);
-    let Outcome::Preempt(pre) = outcome(&p, "b/b1") else {
+    let p = plan(&mut s, &snap, &[&b1]);
+    let Outcome::Preempt(pre) = outcome_of(&p, "b/b1") else {
         panic!("{p:?}")
     };
     assert!(pre.victims[0].reason.contains("reclaiming"), "{pre:?}");
@@ -134,13 +121,16 @@ fn reclaim_never_evicts_a_higher_priority_and_holds_against_equal_ones() {
     snap.remove_allocation(&victim);
     let back = if victim == "a/a1" { &a1 } else { &a2 };
     // The victim, requeued first, cannot borrow back what b1 is owed.
-    let p = plan_of(&mut s, &snap, &[back]);
+    let p = plan(&mut s, &snap, &[back]);
     assert!(
-        matches!(outcome(&p, &victim), Outcome::Unschedulable(_)),
+        matches!(outcome_of(&p, &victim), Outcome::Unschedulable(_)),
         "{p:?}"
     );
-    let p = plan_of(&mut s, &snap, &[back, &b1]);
-    assert!(matches!(outcome(&p, "b/b1"), Outcome::Placed(_)), "{p:?}");
+    let p = plan(&mut s, &snap, &[back, &b1]);
+    assert!(
+        matches!(outcome_of(&p, "b/b1"), Outcome::Placed(_)),
+        "{p:?}"
+    );
 }
 
 /// Issue 17: prod claims were placed 20–26 s after their first preemption, because another
@@ -158,7 +148,7 @@ fn a_nomination_holds_against_equal_priorities() {
     );
     let low = claim("p", "low", 4, serde_json::json!({}));
     let mut s = scheduler();
-    let p = plan_of(&mut s, &snap, &[&low]);
+    let p = plan(&mut s, &snap, &[&low]);
     place(&mut snap, &p, &[&low]);
     let first = claim(
         "p",
@@ -172,11 +162,11 @@ fn a_nomination_holds_against_equal_priorities() {
         4,
         serde_json::json!({"priorityClassName": "prod"}),
     );
-    let p = plan_of(&mut s, &snap, &[&first]);
-    assert!(matches!(outcome(&p, "p/first"), Outcome::Preempt(_)));
+    let p = plan(&mut s, &snap, &[&first]);
+    assert!(matches!(outcome_of(&p, "p/first"), Outcome::Preempt(_)));
     snap.remove_allocation("p/low");
-    let p = plan_of(&mut s, &snap, &[&second]);
-    let Outcome::Unschedulable(e) = outcome(&p, "p/second") else {
+    let p = plan(&mut s, &snap, &[&second]);
+    let Outcome::Unschedulable(e) = outcome_of(&p, "p/second") else {
         panic!("an equal priority took the nominated room: {p:?}")
     };
     assert!(
@@ -184,9 +174,9 @@ fn a_nomination_holds_against_equal_priorities() {
         "{}",
         e.message()
     );
-    let p = plan_of(&mut s, &snap, &[&second, &first]);
+    let p = plan(&mut s, &snap, &[&second, &first]);
     assert!(
-        matches!(outcome(&p, "p/first"), Outcome::Placed(_)),
+        matches!(outcome_of(&p, "p/first"), Outcome::Placed(_)),
         "{p:?}"
     );
 }
@@ -211,7 +201,7 @@ fn a_preemptor_waits_for_its_own_victims_and_never_preempts_one_twice() {
         .collect();
     let refs: Vec<&Claim> = lows.iter().collect();
     let mut s = scheduler();
-    let p = plan_of(&mut s, &snap, &refs);
+    let p = plan(&mut s, &snap, &refs);
     place(&mut snap, &p, &refs);
     let prod = claim(
         "p",
@@ -219,15 +209,15 @@ fn a_preemptor_waits_for_its_own_victims_and_never_preempts_one_twice() {
         4,
         serde_json::json!({"priorityClassName": "prod"}),
     );
-    let p = plan_of(&mut s, &snap, &[&prod]);
-    let Outcome::Preempt(pre) = outcome(&p, "p/prod") else {
+    let p = plan(&mut s, &snap, &[&prod]);
+    let Outcome::Preempt(pre) = outcome_of(&p, "p/prod") else {
         panic!("{p:?}")
     };
     let victim = pre.victims[0].allocation.clone();
     snap.mark_preempting(&victim);
     for _ in 0..3 {
-        let p = plan_of(&mut s, &snap, &[&prod]);
-        let Outcome::Unschedulable(e) = outcome(&p, "p/prod") else {
+        let p = plan(&mut s, &snap, &[&prod]);
+        let Outcome::Unschedulable(e) = outcome_of(&p, "p/prod") else {
             panic!("preempts more while its victim stops: {p:?}")
         };
         assert_eq!(e.reason, WAITING_FOR_PREEMPTION);
@@ -237,8 +227,8 @@ fn a_preemptor_waits_for_its_own_victims_and_never_preempts_one_twice() {
     let resources = snap.allocation(&victim).unwrap().to_vec();
     snap.remove_allocation(&victim);
     snap.apply_allocation(&victim, &resources, meta(&snap, back, false));
-    let p = plan_of(&mut s, &snap, &[&prod]);
-    if let Outcome::Preempt(pre) = outcome(&p, "p/prod") {
+    let p = plan(&mut s, &snap, &[&prod]);
+    if let Outcome::Preempt(pre) = outcome_of(&p, "p/prod") {
         assert!(
             pre.victims.iter().all(|v| v.allocation != victim),
             "{victim} preempted twice by p/prod: {pre:?}"
@@ -453,6 +443,8 @@ fn check_churn(spec: &ChurnSpec) -> Result<(), TestCaseError> {
                         let mut m = meta(&snap, by_key[k].0, pl.borrowing);
                         m.node = pl.node.clone();
                         snap.apply_allocation(k, &pl.resources, m);
+                        // Applied: the placement is confirmed, as the server does at commit.
+                        s.forget(k);
                         pending.remove(k);
                         placed_at.insert(k.clone(), round);
                         preempted.retain(|(by, _)| by != k);

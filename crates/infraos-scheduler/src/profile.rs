@@ -39,6 +39,11 @@ pub struct Profile {
     /// Distance between different values the matrix does not list.
     #[serde(default = "default_distance")]
     pub default_network_distance: f64,
+    /// Node filters this profile does not run, by name (`tiers`, `nodeState`, `affinity`,
+    /// `antiAffinity`, `antiAffinityOfOthers`, `topologySpread`, `tenantIsolation`,
+    /// `taints`); every other one runs. An unknown name is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disabled_filters: Vec<String>,
 }
 
 fn default_distance() -> f64 {
@@ -100,6 +105,7 @@ impl Default for Profile {
             fair_sharing: FairSharing::default(),
             network_distances: BTreeMap::new(),
             default_network_distance: default_distance(),
+            disabled_filters: Vec::new(),
         }
     }
 }
@@ -118,6 +124,9 @@ pub enum ProfileError {
     BadPriorityGap,
     #[error("scheduler profile: networkDistances: {0}")]
     BadDistance(String),
+    /// The unknown name, and the known ones.
+    #[error("scheduler profile: disabledFilters: unknown filter {0:?} (known: {1})")]
+    UnknownFilter(String, String),
 }
 
 impl Profile {
@@ -209,6 +218,22 @@ mod tests {
             ..Profile::default()
         };
         assert_eq!(all.feasible_to_find(10_000), 10_000);
+    }
+
+    #[test]
+    fn filters_are_turned_off_by_name_and_unknown_names_refused() {
+        let p: Profile =
+            serde_json::from_value(serde_json::json!({"disabledFilters": ["taints"]})).unwrap();
+        assert_eq!(p.disabled_filters, vec!["taints".to_string()]);
+        assert!(crate::Scheduler::new(p).is_ok());
+        let p: Profile =
+            serde_json::from_value(serde_json::json!({"disabledFilters": ["magic"]})).unwrap();
+        let err = crate::Scheduler::new(p).err().unwrap();
+        assert!(matches!(&err, ProfileError::UnknownFilter(name, _) if name == "magic"));
+        assert!(err.to_string().contains("known: tiers, nodeState"), "{err}");
+        // Not written out when empty: a default profile reads back as before.
+        let text = serde_json::to_string(&Profile::default()).unwrap();
+        assert!(!text.contains("disabledFilters"), "{text}");
     }
 
     #[test]

@@ -672,6 +672,13 @@ impl Controller {
         }
     }
 
+    /// A placement of `key` did not become an allocation: a preemptor keeps its nomination.
+    fn unplaced(&mut self, key: &str) {
+        if self.scheduler.unplaced(key) {
+            tracing::debug!(claim = %key, "a preemptor's placement did not stick; it keeps its nomination");
+        }
+    }
+
     /// Requeues the claims that wait for preempted allocations to end.
     fn wake_preemptors(&mut self) {
         let keys: Vec<String> = self.preemptors.iter().cloned().collect();
@@ -818,6 +825,7 @@ impl Controller {
             self.ledger.ended(&unsigned.uid, unsigned.resources);
             let effect = self.feed.not_committed(&mut self.snapshot, &unsigned.key);
             self.applied(&unsigned.key, 0, effect);
+            self.unplaced(&unsigned.key);
             applied.retry.push(unsigned.key);
         }
         match written.committed {
@@ -826,6 +834,8 @@ impl Controller {
                     let effect = self.feed.committed(&mut self.snapshot, &key, revision);
                     self.applied(&key, revision, effect);
                     self.unschedulable.remove(&key);
+                    // Placed for good: its nomination and victims are done with.
+                    self.scheduler.forget(&key);
                     // Its Allocated echo may have come already (and forgotten the claim).
                     if self.claims.remove(&key).is_some() {
                         self.committed.insert(key, revision);
@@ -837,12 +847,23 @@ impl Controller {
                 for key in written.assumed {
                     let effect = self.feed.not_committed(&mut self.snapshot, &key);
                     self.applied(&key, 0, effect);
+                    self.unplaced(&key);
                     applied.retry.push(key);
                 }
             }
         }
         for (key, message) in applied.unschedulable {
             self.unschedulable.insert(key, message);
+        }
+        // Placements that never reached the transaction (no longer fitting the snapshot,
+        // or refused by the holdings ledger): their claims keep the nominations they had,
+        // so the room their victims freed stays held for them (issue 17).
+        for key in applied
+            .retry
+            .iter()
+            .chain(applied.refused.iter().map(|(k, _)| k))
+        {
+            self.unplaced(key);
         }
         if !applied.refused.is_empty() {
             // Tried again at the next requeue, after the audit of their resources.

@@ -1,0 +1,35 @@
+//! Filter `tenantIsolation`: a node labelled for a tenant takes only that tenant's claims.
+
+use crate::planner::claim_ctx::ClaimCtx;
+use crate::planner::explanation::Reject;
+use crate::snapshot::{NodeId, Snapshot};
+
+pub(crate) fn check<'c>(
+    snapshot: &'c Snapshot,
+    node: Option<NodeId>,
+    ctx: &ClaimCtx<'c>,
+) -> Result<(), Reject<'c>> {
+    let Some(n) = node else {
+        return Ok(());
+    };
+    match &snapshot.node(n).tenant {
+        Some(owner) if ctx.tenant != Some(owner.as_str()) => Err(Reject::Isolated),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{cpu, decide, one_node};
+    use infraos_api::kinds::{NodeSpec, TENANT_LABEL};
+
+    #[test]
+    fn another_tenants_node_is_skipped() {
+        let snap = one_node(NodeSpec::default(), &[(TENANT_LABEL, "other")]);
+        assert_eq!(
+            decide(&snap, cpu(), &[]).unwrap_err(),
+            "0/1 nodes are available: 1 isolated for another tenant."
+        );
+        decide(&snap, cpu(), &["tenantIsolation"]).unwrap();
+    }
+}
