@@ -1086,7 +1086,8 @@ async fn agents_run_only_instructions_the_server_signed() {
     tamper_stored(
         &server.data_dir().join("store.redb"),
         "/registry/allocations/p/target",
-        |a| a["spec"]["workload"]["args"] = serde_json::json!(["-c", script]),
+        // The stored workload keeps the process driver's settings in `config` (schema 2).
+        |a| a["spec"]["workload"]["config"]["args"] = serde_json::json!(["-c", script]),
     );
     server.respawn_same_port().await;
     agent.spawn(None);

@@ -1,4 +1,4 @@
-//! The executor conformance suite (`infraos_agent::driver::conformance`) against each driver,
+//! The executor conformance suite (`infraos_exec::conformance`) against each driver,
 //! with the real shim: this package's `infraos` binary. Every driver added later (OCI, VM,
 //! Wasm) gets its own module here running the same suite unchanged.
 
@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use infraos_agent::driver::Driver;
-use infraos_agent::driver::process::ProcessDriver;
+use infraos_exec::driver::Driver;
+use infraos_exec::drivers::process::ProcessDriver;
 
 mod support;
 
@@ -23,11 +23,11 @@ fn process_driver() -> Arc<dyn Driver> {
 }
 
 fn process_root() -> PathBuf {
-    infraos_agent::driver::conformance::scratch("process")
+    infraos_exec::conformance::scratch("process")
 }
 
 mod process {
-    infraos_agent::driver_conformance!(super::process_driver, super::process_root);
+    infraos_exec::driver_conformance!(super::process_driver, super::process_root);
 }
 
 /// The contained defaults of the process driver (issue 16), seen from inside a workload: what
@@ -37,9 +37,9 @@ mod containment {
     use std::path::{Path, PathBuf};
     use std::time::Duration;
 
-    use infraos_agent::driver::conformance::task;
-    use infraos_agent::driver::process::ProcessDriver;
-    use infraos_agent::driver::{Driver, DriverError, TaskConfig, TaskState};
+    use infraos_exec::conformance::task;
+    use infraos_exec::driver::{Driver, DriverError, TaskConfig, TaskState};
+    use infraos_exec::drivers::process::ProcessDriver;
 
     struct Secrets {
         dir: tempfile::TempDir,
@@ -86,7 +86,7 @@ mod containment {
     async fn a_contained_run_has_no_privilege_and_sees_no_secret() {
         let secrets = secrets();
         let driver = driver(secrets.dir.path());
-        let root = infraos_agent::driver::conformance::scratch("containment");
+        let root = infraos_exec::conformance::scratch("containment");
         let token = secrets.dir.path().join("admin.token");
         let script = format!(
             "grep -E '^(Uid|Gid|Groups|CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; \
@@ -151,7 +151,7 @@ mod containment {
     async fn a_named_user_runs_as_itself_without_its_groups_or_capabilities() {
         let secrets = secrets();
         let driver = driver(secrets.dir.path());
-        let root = infraos_agent::driver::conformance::scratch("containment-named");
+        let root = infraos_exec::conformance::scratch("containment-named");
         // `sync` is uid 4 on Debian: a real host user, not root.
         let mut named = task(&root, "named", "id; grep CapEff /proc/self/status");
         named.spec.user = Some("sync".into());
@@ -170,7 +170,7 @@ mod containment {
     async fn explicit_root_keeps_only_the_default_capabilities_and_the_read_only_view() {
         let secrets = secrets();
         let driver = driver(secrets.dir.path());
-        let root = infraos_agent::driver::conformance::scratch("containment-privileged");
+        let root = infraos_exec::conformance::scratch("containment-privileged");
         let token = secrets.dir.path().join("admin.token");
         let mut t = task(
             &root,
@@ -196,7 +196,7 @@ mod containment {
     async fn writable_paths_are_writable_and_never_uncover_a_hidden_one() {
         let secrets = secrets();
         let driver = driver(secrets.dir.path());
-        let root = infraos_agent::driver::conformance::scratch("containment-writable");
+        let root = infraos_exec::conformance::scratch("containment-writable");
         let granted = tempfile::Builder::new()
             .prefix("infraos-granted-")
             .tempdir_in("/var/lib")

@@ -4,18 +4,18 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-pub mod driver;
 pub mod identity;
-pub mod logs;
 pub mod reconcile;
 pub mod resources;
 pub mod runner;
 pub mod serve;
-pub mod shim;
 pub mod workloads;
 
 pub use config::AgentConfig;
-pub use runner::run;
+/// The workload shim (`infraos __shim`), which the `infraos` binary runs for the process
+/// driver; it lives with the drivers in `infraos-exec`.
+pub use infraos_exec::shim;
+pub use runner::{run, run_with};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -34,7 +34,7 @@ pub enum AgentError {
     #[error("config: {0}")]
     Config(String),
     #[error(transparent)]
-    Driver(#[from] driver::DriverError),
+    Driver(#[from] infraos_exec::DriverError),
 }
 
 impl AgentError {
@@ -63,10 +63,9 @@ pub fn write_atomic(path: &std::path::Path, contents: &[u8], mode: u32) -> Resul
     std::fs::rename(&tmp, path).map_err(|e| AgentError::io(path, e))
 }
 
-/// Milliseconds since the epoch, as the API's time type.
+/// The system clock's now, for callers outside a running agent (the CLI's `dev`, which checks
+/// an identity before starting one); a running agent reads its [`infraos_api::time::Clock`].
 pub fn now() -> infraos_api::Time {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    infraos_api::Time::from_unix_millis(ms)
+    use infraos_api::time::Clock as _;
+    infraos_api::time::SystemClock.now()
 }

@@ -256,12 +256,11 @@ mod tests {
 
     fn spec(policy: RestartPolicy) -> WorkloadSpec {
         WorkloadSpec {
-            command: "/bin/true".into(),
             restart: RestartSpec {
                 policy,
                 ..Default::default()
             },
-            ..Default::default()
+            ..WorkloadSpec::process("/bin/true", Vec::new())
         }
     }
 

@@ -1,8 +1,28 @@
 //! The node's Resources, derived from its inventory: `<node>-compute` (allocatable cpu and
 //! memory: capacity minus the reserve) and, with GPUs, `<node>-gpu` (one item per GPU).
 
+use std::collections::BTreeMap;
+
 use infraos_api::Quantity;
-use infraos_api::kinds::{Inventory, Resource};
+use infraos_api::kinds::{DRIVER_LABEL_PREFIX, DriverFingerprint, Inventory, Resource};
+
+/// Labels the node's Resources with each healthy driver (`driver.infraos.io/process: "true"`),
+/// so a claim's `selector` can ask for a node that has one.
+pub fn with_driver_labels(
+    mut resources: Vec<Resource>,
+    fingerprints: &BTreeMap<String, DriverFingerprint>,
+) -> Vec<Resource> {
+    for r in &mut resources {
+        for (name, fingerprint) in fingerprints {
+            if fingerprint.healthy {
+                r.metadata
+                    .labels
+                    .insert(format!("{DRIVER_LABEL_PREFIX}{name}"), "true".to_string());
+            }
+        }
+    }
+    resources
+}
 
 pub fn from_inventory(
     node: &str,
@@ -77,5 +97,34 @@ mod tests {
         assert_eq!(rs[0].spec.capacity["memory"].to_string(), "15Gi");
         assert_eq!(rs[1].spec.items[0].name, "gpu0");
         assert_eq!(rs[1].metadata.name, "n1-gpu");
+    }
+
+    #[test]
+    fn healthy_drivers_label_every_resource() {
+        let mut inv = Inventory::default();
+        inv.cpu.cores = 2;
+        let fingerprints = BTreeMap::from([
+            (
+                "process".to_string(),
+                DriverFingerprint {
+                    healthy: true,
+                    ..Default::default()
+                },
+            ),
+            ("vm".to_string(), DriverFingerprint::default()),
+        ]);
+        let rs = with_driver_labels(
+            from_inventory("n1", &inv, Quantity::from_milli(0), Quantity::from_milli(0)),
+            &fingerprints,
+        );
+        let labels = &rs[0].metadata.labels;
+        assert_eq!(
+            labels.get("driver.infraos.io/process").map(String::as_str),
+            Some("true")
+        );
+        assert!(!labels.contains_key("driver.infraos.io/vm"));
+        for (key, _) in labels.iter() {
+            infraos_api::labels::validate_key(key).unwrap();
+        }
     }
 }

@@ -81,8 +81,8 @@ async fn logs(
     if !dir.is_dir() {
         return (StatusCode::NOT_FOUND, "no such workload on this node").into_response();
     }
-    let path = crate::logs::log_path(&dir, &stream);
-    let (head, offset) = match crate::logs::tail(&path, params.tail) {
+    let path = infraos_exec::logs::log_path(&dir, &stream);
+    let (head, offset) = match infraos_exec::logs::tail(&path, params.tail) {
         Ok(r) => r,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
@@ -103,9 +103,9 @@ async fn logs(
                 return None;
             }
             loop {
-                let ended =
-                    dir.join(crate::shim::EXIT).exists() || dir.join(crate::shim::FAILED).exists();
-                match crate::logs::read_from(&path, offset) {
+                let ended = dir.join(infraos_exec::shim::EXIT).exists()
+                    || dir.join(infraos_exec::shim::FAILED).exists();
+                match infraos_exec::logs::read_from(&path, offset) {
                     Ok((data, next)) if !data.is_empty() => {
                         return Some((
                             Ok(bytes::Bytes::from(data)),

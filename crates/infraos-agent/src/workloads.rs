@@ -9,8 +9,8 @@ use infraos_api::Time;
 use infraos_api::kinds::{RenewPolicy, WorkloadSpec, WorkloadState, WorkloadStatus};
 use serde::{Deserialize, Serialize};
 
-use crate::driver::TaskHandle;
 use crate::{AgentError, write_atomic};
+use infraos_exec::TaskHandle;
 
 pub const RECORD: &str = "record.json";
 

@@ -18,7 +18,20 @@ use crate::signature::{PublicKey, Purpose, Signature, SignatureError};
 /// The bytes signed for an allocation's workload; `None` when it has no workload or no
 /// lease yet (nothing to instruct).
 pub fn body(allocation: &Allocation) -> Option<Vec<u8>> {
-    let workload = allocation.spec.workload.as_ref()?;
+    let workload = serde_json::to_value(allocation.spec.workload.as_ref()?).ok()?;
+    body_with(allocation, workload)
+}
+
+/// The body as a server signed it before workloads had a `config` (the process driver's
+/// fields beside the others), so that instructions signed then still verify.
+fn legacy_body(allocation: &Allocation) -> Option<Vec<u8>> {
+    body_with(
+        allocation,
+        allocation.spec.workload.as_ref()?.legacy_value()?,
+    )
+}
+
+fn body_with(allocation: &Allocation, workload: serde_json::Value) -> Option<Vec<u8>> {
     let epoch = allocation.status.as_ref()?.lease.fencing_epoch;
     let mut value = serde_json::json!({
         "allocation": allocation.metadata.uid,
@@ -27,7 +40,7 @@ pub fn body(allocation: &Allocation) -> Option<Vec<u8>> {
         "claim": {"name": allocation.spec.claim.name, "uid": allocation.spec.claim.uid},
         "node": allocation.spec.node,
         "fencingEpoch": epoch,
-        "workload": serde_json::to_value(workload).ok()?,
+        "workload": workload,
     });
     // Only when there are approvers, so instructions signed before the field existed verify.
     if !allocation.spec.approved_by.is_empty() {
@@ -64,8 +77,14 @@ pub fn check(
         .signature
         .as_ref()
         .ok_or(InstructionError::Unsigned)?;
-    crate::signature::verify(key, Purpose::Instruction, &body, signature)
-        .map_err(InstructionError::BadSignature)?;
+    if let Err(e) = crate::signature::verify(key, Purpose::Instruction, &body, signature) {
+        let legacy = legacy_body(allocation).is_some_and(|b| {
+            crate::signature::verify(key, Purpose::Instruction, &b, signature).is_ok()
+        });
+        if !legacy {
+            return Err(InstructionError::BadSignature(e));
+        }
+    }
     let epoch = allocation
         .status
         .as_ref()
@@ -97,10 +116,7 @@ mod tests {
                     uid: "claim-uid".into(),
                 },
                 node: Some("n1".into()),
-                workload: Some(WorkloadSpec {
-                    command: "/bin/true".into(),
-                    ..Default::default()
-                }),
+                workload: Some(WorkloadSpec::process("/bin/true", Vec::new())),
                 ..Default::default()
             },
         );
@@ -141,7 +157,7 @@ mod tests {
 
         let mut tampered = a.clone();
         if let Some(w) = tampered.spec.workload.as_mut() {
-            w.command = "/bin/sh".into();
+            w.config.insert("command", "/bin/sh");
         }
         assert!(matches!(
             check(&tampered, &pk, None),
@@ -163,6 +179,25 @@ mod tests {
         sign(&forger, &mut forged);
         assert!(matches!(
             check(&forged, &pk, None),
+            Err(InstructionError::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn instructions_signed_over_the_old_workload_shape_still_verify() {
+        let (sk, pk) = keys();
+        let mut a = allocation(3);
+        let old = legacy_body(&a).unwrap();
+        assert_ne!(Some(&old), body(&a).as_ref());
+        let message = crate::signature::signed_message(Purpose::Instruction, &old);
+        a.spec.signature =
+            Some(Signature::from_bytes(Algorithm::Ed25519, &sk.sign(&message).to_bytes()).unwrap());
+        assert_eq!(check(&a, &pk, None), Ok(()));
+        if let Some(w) = a.spec.workload.as_mut() {
+            w.config.insert("command", "/bin/sh");
+        }
+        assert!(matches!(
+            check(&a, &pk, None),
             Err(InstructionError::BadSignature(_))
         ));
     }

@@ -1,7 +1,9 @@
 //! Wall-clock instants in objects, serialized as RFC 3339 in UTC with millisecond precision.
 //!
 //! The API crate never reads the clock itself: callers pass `now` in, so the scheduler and the
-//! controllers stay pure and tests control time.
+//! controllers stay pure and tests control time. The edges that do read it (the agent; the
+//! server may re-export it) do so through [`Clock`], defined here so that neither has to
+//! depend on the other for it; nothing in this crate calls [`SystemClock`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -77,6 +79,27 @@ impl JsonSchema for Time {
         schemars::json_schema!({"type": "string", "format": "date-time"})
     }
 }
+
+/// The one clock an edge process reads (a trait, so a test or a simulation can supply its
+/// own).
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Time;
+}
+
+/// The system's wall clock, read in milliseconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Time {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Time::from_unix_millis(ms)
+    }
+}
+
+pub type SharedClock = std::sync::Arc<dyn Clock>;
 
 #[cfg(test)]
 mod tests {

@@ -67,6 +67,7 @@ fn agent_info() -> AgentInfo {
         drivers: vec!["process".into()],
         address: None,
         certificate_expires: None,
+        fingerprints: Default::default(),
     }
 }
 

@@ -35,7 +35,10 @@ pub const SCHEMA_KEY: &str = "/coordination/schema";
 /// The layout of stored objects this build reads and writes. A leader records it; a replica
 /// of an older build then refuses to lead (it would write objects the newer one misreads),
 /// while it still serves the API during a rolling upgrade.
-pub const SCHEMA_VERSION: u64 = 1;
+///
+/// 2: a workload's driver settings moved into `spec.workload.config` (an older build cannot
+/// read the new shape; this one still reads the old, see `infraos-api` `kinds/workload/legacy.rs`).
+pub const SCHEMA_VERSION: u64 = 2;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

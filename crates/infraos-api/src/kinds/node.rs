@@ -1,5 +1,7 @@
 //! Node: a machine that can hold resources, registered by its agent or by an operator.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -147,6 +149,27 @@ pub struct AgentInfo {
     /// Until when the agent's current client certificate is valid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_expires: Option<Time>,
+    /// What each driver the agent has found on the node, by driver name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fingerprints: BTreeMap<String, DriverFingerprint>,
+}
+
+/// The prefix of the label an agent puts on its node's Resources for each healthy driver it
+/// has (`driver.infraos.io/process: "true"`), so a claim's `selector` can ask for one.
+pub const DRIVER_LABEL_PREFIX: &str = "driver.infraos.io/";
+
+/// A driver as its agent found it on the node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DriverFingerprint {
+    /// Whether it can run workloads now.
+    pub healthy: bool,
+    /// Why not, or what limits it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// What it found (`cgroup: v2`, `userNamespaces: "true"`…).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
 }
 
 impl NodeStatus {

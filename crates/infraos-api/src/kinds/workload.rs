@@ -17,33 +17,26 @@ use crate::quantity::Quantity;
 use crate::time::Time;
 use crate::validation::Errors;
 
+mod config;
+mod legacy;
+mod resource_limits;
+
+pub use config::{ConfigPlacement, DriverConfig, KNOWN_DRIVERS, PROCESS_DRIVER, ProcessConfig};
+pub use resource_limits::{DEFAULT_PIDS, ResourceLimits};
+
 pub const MAX_ARGS: usize = 256;
 pub const MAX_ENV: usize = 256;
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Driver {
-    /// A host process in its own cgroup and namespaces.
-    #[default]
-    Process,
-}
+/// The driver a workload names when it names none (the only one before drivers had names).
+pub const DEFAULT_DRIVER: &str = PROCESS_DRIVER;
 
-impl Driver {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Driver::Process => "process",
-        }
-    }
-
-    /// The capability tier a node needs to run this driver.
-    pub fn tier(self) -> Tier {
-        match self {
-            Driver::Process => Tier::Execute,
-        }
-    }
+/// The capability tier a node needs to run a driver at all: every driver runs code on the
+/// node, so `execute`; what a workload asks for beyond that adds its own tiers.
+pub fn driver_tier(_driver: &str) -> Tier {
+    Tier::Execute
 }
 
 /// Capability tiers granted to a node (DESIGN §5): the server never dispatches beyond them and
@@ -90,19 +83,23 @@ impl Tier {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+/// What to run for a claim: a driver by name, that driver's own `config` (checked against its
+/// schema, see [`DriverConfig`]), and what every driver honours: environment, user, network,
+/// privileges, limits, restarts and the stop grace.
+///
+/// The stored shape is `{driver, config: {command, args, workingDir}, …}`; the shape from
+/// before drivers had configs (`{driver: process, command, args, workingDir, …}`) is still
+/// read and turned into it (`workload/legacy.rs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", try_from = "legacy::WorkloadWire")]
 pub struct WorkloadSpec {
-    #[serde(default)]
-    pub driver: Driver,
-    /// The program: an absolute path, or a name looked up on the agent's PATH.
-    pub command: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
+    /// The driver that runs it (`process`); nodes publish the drivers they have.
+    pub driver: String,
+    /// The driver's own settings; for `process`: `command`, `args`, `workingDir`.
+    #[serde(default, skip_serializing_if = "DriverConfig::is_empty")]
+    pub config: DriverConfig,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub working_dir: Option<String>,
     /// Run as this user (a name, or `uid[:gid]`). Unset: an unprivileged uid of the agent's
     /// own, one per allocation. `root` (or uid 0) is a privileged request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -136,6 +133,10 @@ pub struct WorkloadSpec {
     /// workload is high-risk and waits for approval.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tiers: Vec<Tier>,
+    /// Where the driver's settings were written, so errors name them where the user did.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub written: ConfigPlacement,
 }
 
 /// Tiers whose use makes a workload high-risk.
@@ -205,7 +206,7 @@ impl WorkloadSpec {
     /// those its privileged requests imply (root or other capabilities: `privileged`; the host
     /// network or network capabilities: `network`; writable host paths: `storage`).
     pub fn required_tiers(&self) -> Vec<Tier> {
-        let mut tiers = vec![self.driver.tier()];
+        let mut tiers = vec![driver_tier(&self.driver)];
         let mut add = |t: Tier| {
             if !tiers.contains(&t) {
                 tiers.push(t);
@@ -291,6 +292,27 @@ fn default_stop_grace() -> Duration {
     DEFAULT_STOP_GRACE
 }
 
+impl Default for WorkloadSpec {
+    /// A `process` workload with nothing set (tests build on it).
+    fn default() -> Self {
+        WorkloadSpec {
+            driver: DEFAULT_DRIVER.to_string(),
+            config: DriverConfig::default(),
+            env: BTreeMap::new(),
+            user: None,
+            restart: RestartSpec::default(),
+            limits: WorkloadLimits::default(),
+            isolate_network: false,
+            host_network: false,
+            capabilities: Vec::new(),
+            writable_paths: Vec::new(),
+            stop_grace: Duration::default(),
+            tiers: Vec::new(),
+            written: ConfigPlacement::default(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum RestartPolicy {
     #[default]
@@ -370,9 +392,7 @@ impl WorkloadSpec {
     /// Checks what needs no other object; `allocated` is the claim's total per counted
     /// dimension (`cpu`, `memory`), which the limits must not exceed.
     pub fn validate(&self, at: &str, allocated: &BTreeMap<String, Quantity>, errors: &mut Errors) {
-        if self.command.trim().is_empty() {
-            errors.add(format!("{at}.command"), "a command is required");
-        }
+        self.validate_config(at, errors);
         for (i, t) in self.tiers.iter().enumerate() {
             if *t == Tier::Inventory {
                 errors.add(
@@ -380,15 +400,6 @@ impl WorkloadSpec {
                     "inventory is not a tier a workload uses (execute, network, storage)",
                 );
             }
-        }
-        if self.command.contains('\0') || self.args.iter().any(|a| a.contains('\0')) {
-            errors.add(format!("{at}.args"), "must not contain NUL bytes");
-        }
-        if self.args.len() > MAX_ARGS {
-            errors.add(
-                format!("{at}.args"),
-                format!("at most {MAX_ARGS} arguments"),
-            );
         }
         if self.env.len() > MAX_ENV {
             errors.add(format!("{at}.env"), format!("at most {MAX_ENV} variables"));
@@ -406,11 +417,6 @@ impl WorkloadSpec {
             if value.contains('\0') {
                 errors.add(format!("{at}.env.{key}"), "must not contain NUL bytes");
             }
-        }
-        if let Some(dir) = &self.working_dir
-            && !dir.starts_with('/')
-        {
-            errors.add(format!("{at}.workingDir"), "must be an absolute path");
         }
         if self.host_network && self.isolate_network {
             errors.add(

@@ -137,7 +137,7 @@ fn put<T: Serialize>(dir: &Path, file: &str, value: &T) {
 }
 
 fn now_ms() -> i64 {
-    crate::now().unix_millis()
+    crate::now_ms()
 }
 
 /// The shim's entry point; returns the process exit code. Call before any thread starts.

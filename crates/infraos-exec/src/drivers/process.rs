@@ -13,16 +13,20 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use infraos_api::kinds::{UserSpec, WorkloadSpec, parse_user};
+use infraos_api::kinds::{
+    DriverFingerprint, PROCESS_DRIVER, ResourceLimits, UserSpec, WorkloadSpec, parse_user,
+};
 use infraos_sys::cgroup::{Cgroup, Hierarchy};
 use infraos_sys::mounts::MountView;
 use infraos_sys::users::Credentials;
+use serde::{Deserialize, Serialize};
 
-use super::{Deadline, Driver, DriverError, ExitResult, TaskConfig, TaskHandle, TaskState};
+use crate::driver::{
+    Capabilities, Deadline, Driver, DriverError, ExitResult, Isolation, Signal, TaskConfig,
+    TaskHandle, TaskState, TaskStats,
+};
 use crate::shim::{self, ShimContainment, ShimSpec};
 
-/// Most processes a workload may have unless it says otherwise.
-pub const DEFAULT_PIDS: u64 = 4096;
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct ProcessDriver {
@@ -73,6 +77,31 @@ impl ProcessDriver {
 
     fn cgroup(&self, id: &str) -> Option<Cgroup> {
         self.hierarchy.as_ref().map(|h| Cgroup::open(h, id))
+    }
+}
+
+/// The process driver's part of a [`TaskHandle`]: the supervising process (the shim) and its
+/// start time, proof against pid reuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessState {
+    pub shim_pid: i32,
+    pub shim_ticks: u64,
+}
+
+impl ProcessState {
+    /// The state in `handle`, if it is one of ours.
+    pub fn of(handle: &TaskHandle) -> Option<ProcessState> {
+        serde_json::from_value(handle.driver_state.clone()).ok()
+    }
+}
+
+/// The API's limits as this driver enforces them: a cgroup's.
+pub fn cgroup_limits(limits: &ResourceLimits) -> infraos_sys::cgroup::Limits {
+    infraos_sys::cgroup::Limits {
+        cpu_millis: limits.cpu_millis,
+        memory_bytes: limits.memory_bytes,
+        pids: limits.pids,
     }
 }
 
@@ -187,22 +216,55 @@ fn writable_paths(spec: &WorkloadSpec, hidden: &[PathBuf]) -> Result<Vec<PathBuf
 fn write_deadline(dir: &std::path::Path, deadline: Deadline) -> Result<(), DriverError> {
     let bytes = serde_json::to_vec(&deadline).map_err(|e| DriverError::Failed(e.to_string()))?;
     crate::write_atomic(&dir.join(shim::DEADLINE), &bytes, 0o644)
-        .map_err(|e| DriverError::Failed(format!("deadline: {e}")))
+        .map_err(|e| DriverError::Failed(format!("deadline: {}: {e}", dir.display())))
 }
 
 #[async_trait::async_trait]
 impl Driver for ProcessDriver {
     fn name(&self) -> &'static str {
-        "process"
+        PROCESS_DRIVER
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            send_signals: true,
+            recover: true,
+            enforces_deadline: true,
+            isolation: Isolation::Namespaces,
+        }
+    }
+
+    fn fingerprint(&self) -> DriverFingerprint {
+        let mut attributes = std::collections::BTreeMap::new();
+        attributes.insert(
+            "cgroup".to_string(),
+            self.hierarchy
+                .as_ref()
+                .map_or("none", |h| h.version())
+                .to_string(),
+        );
+        attributes.insert(
+            "userNamespaces".to_string(),
+            self.user_namespaces.to_string(),
+        );
+        DriverFingerprint {
+            healthy: true,
+            detail: self
+                .hierarchy
+                .is_none()
+                .then(|| "no cgroups: workloads run without limits".to_string()),
+            attributes,
+        }
     }
 
     async fn start(&self, task: &TaskConfig) -> Result<TaskHandle, DriverError> {
         let spec = &task.spec;
+        let config = spec.process_config().map_err(DriverError::Refused)?;
         let path_env = spec.env.get("PATH").cloned();
-        let program = resolve_program(&spec.command, path_env.as_deref())?;
+        let program = resolve_program(&config.command, path_env.as_deref())?;
         let creds = run_as(spec, task.workload_uid)?;
         let writable = writable_paths(spec, &self.hidden)?;
-        let cwd = PathBuf::from(spec.working_dir.as_deref().unwrap_or("/"));
+        let cwd = PathBuf::from(config.working_dir.as_deref().unwrap_or("/"));
         if !cwd.is_dir() {
             return Err(DriverError::Refused(format!(
                 "workingDir {} does not exist on this node",
@@ -216,7 +278,7 @@ impl Driver for ProcessDriver {
         }
         let cgroup = match &self.hierarchy {
             Some(h) => Some(
-                Cgroup::create(h, &task.id, &task.limits)
+                Cgroup::create(h, &task.id, &cgroup_limits(&task.limits))
                     .map_err(|e| DriverError::Failed(format!("cgroup: {e}")))?,
             ),
             None => None,
@@ -231,7 +293,7 @@ impl Driver for ProcessDriver {
         }
         let shim_spec = ShimSpec {
             program,
-            args: spec.args.clone(),
+            args: config.args,
             env,
             cwd,
             cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
@@ -255,7 +317,7 @@ impl Driver for ProcessDriver {
         let bytes =
             serde_json::to_vec(&shim_spec).map_err(|e| DriverError::Failed(e.to_string()))?;
         crate::write_atomic(&task.dir.join(shim::SPEC), &bytes, 0o600)
-            .map_err(|e| DriverError::Failed(e.to_string()))?;
+            .map_err(|e| DriverError::Failed(format!("{}: {e}", task.dir.display())))?;
         write_deadline(&task.dir, task.deadline)?;
         let undo = |reason: String| {
             if let Some(c) = &cgroup {
@@ -298,15 +360,18 @@ impl Driver for ProcessDriver {
                 shim::read::<shim::Started>(&task.dir, shim::STARTED),
                 shim::read::<shim::ShimProcess>(&task.dir, shim::SHIM),
             ) {
+                let state = ProcessState {
+                    shim_pid: shim_process.pid,
+                    shim_ticks: shim_process.ticks,
+                };
                 return Ok(TaskHandle {
                     id: task.id.clone(),
                     driver: self.name().into(),
                     dir: task.dir.clone(),
-                    shim_pid: shim_process.pid,
-                    shim_ticks: shim_process.ticks,
-                    pid: started.pid,
+                    pid: Some(started.pid),
                     started_at_ms: started.at_ms,
                     uid: Some(creds.uid),
+                    driver_state: serde_json::to_value(state).map_err(|e| undo(e.to_string()))?,
                 });
             }
             if Instant::now() >= deadline {
@@ -318,26 +383,31 @@ impl Driver for ProcessDriver {
     }
 
     async fn wait(&self, handle: &TaskHandle) -> TaskState {
-        let waited = match infraos_sys::process::pidfd_open(handle.shim_pid) {
+        let Some(state) = ProcessState::of(handle) else {
+            return self.inspect(handle);
+        };
+        let waited = match infraos_sys::process::pidfd_open(state.shim_pid) {
             // A pidfd turns readable when its process exits, child of ours or not.
-            Ok(fd) if infraos_sys::process::is_alive(handle.shim_pid, handle.shim_ticks) => {
+            Ok(fd) if infraos_sys::process::is_alive(state.shim_pid, state.shim_ticks) => {
                 infraos_sys::process::exited(fd).await.is_ok()
             }
             _ => false,
         };
         if !waited {
             // No pidfd (the shim is gone or pidfds are unsupported): poll.
-            while infraos_sys::process::is_alive(handle.shim_pid, handle.shim_ticks) {
+            while infraos_sys::process::is_alive(state.shim_pid, state.shim_ticks) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        reap(handle.shim_pid);
+        reap(state.shim_pid);
         self.inspect(handle)
     }
 
     async fn stop(&self, handle: &TaskHandle, grace: Duration) -> Result<(), DriverError> {
         let Some(cgroup) = self.cgroup(&handle.id) else {
-            let _ = infraos_sys::process::signal(handle.pid, nix::sys::signal::Signal::SIGKILL);
+            if let Some(pid) = handle.pid {
+                let _ = infraos_sys::process::signal(pid, Signal::SIGKILL);
+            }
             return Ok(());
         };
         cgroup.signal_all(nix::sys::signal::Signal::SIGTERM);
@@ -363,10 +433,37 @@ impl Driver for ProcessDriver {
                 lease_expired: exit.lease_expired,
             });
         }
-        if infraos_sys::process::is_alive(handle.shim_pid, handle.shim_ticks) {
+        if ProcessState::of(handle)
+            .is_some_and(|s| infraos_sys::process::is_alive(s.shim_pid, s.shim_ticks))
+        {
             return TaskState::Running;
         }
         TaskState::Lost
+    }
+
+    fn signal(&self, handle: &TaskHandle, signal: Signal) -> Result<(), DriverError> {
+        if let Some(cgroup) = self.cgroup(&handle.id) {
+            cgroup.signal_all(signal);
+            return Ok(());
+        }
+        let pid = handle.pid.ok_or_else(|| {
+            DriverError::Failed(format!("task {} has no process to signal", handle.id))
+        })?;
+        infraos_sys::process::signal(pid, signal)
+            .map_err(|e| DriverError::Failed(format!("signal {signal}: {e}")))
+    }
+
+    fn stats(&self, handle: &TaskHandle) -> Result<TaskStats, DriverError> {
+        let cgroup = self
+            .cgroup(&handle.id)
+            .ok_or_else(|| DriverError::Unsupported {
+                driver: PROCESS_DRIVER.to_string(),
+                what: "stats without cgroups",
+            })?;
+        Ok(TaskStats {
+            memory_bytes: cgroup.memory_current(),
+            pids: u64::try_from(cgroup.pids().len()).ok(),
+        })
     }
 
     fn set_deadline(&self, handle: &TaskHandle, deadline: Deadline) -> Result<(), DriverError> {

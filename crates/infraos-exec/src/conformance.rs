@@ -18,27 +18,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use infraos_api::kinds::WorkloadSpec;
+use infraos_api::kinds::{ResourceLimits, WorkloadSpec};
 
-use super::{Deadline, Driver, DriverError, TaskConfig, TaskHandle, TaskState};
+use crate::driver::{Deadline, Driver, DriverError, TaskConfig, TaskHandle, TaskState};
 
 /// Makes a driver instance; each call stands for a fresh agent process.
 pub type MakeDriver = fn() -> Arc<dyn Driver>;
 
 fn now_ms() -> i64 {
-    crate::now().unix_millis()
+    crate::now_ms()
 }
 
 /// A task running `script` under `/bin/sh`, with its own directory under `root`.
 pub fn task(root: &Path, id: &str, script: &str) -> TaskConfig {
     TaskConfig {
         id: format!("conformance-{id}-{}", std::process::id()),
-        spec: WorkloadSpec {
-            command: "/bin/sh".into(),
-            args: vec!["-c".into(), script.into()],
-            ..WorkloadSpec::default()
-        },
-        limits: infraos_sys::cgroup::Limits {
+        spec: WorkloadSpec::process("/bin/sh", vec!["-c".into(), script.into()]),
+        limits: ResourceLimits {
             memory_bytes: Some(64 << 20),
             cpu_millis: Some(500),
             pids: Some(64),
@@ -53,8 +49,10 @@ pub fn task(root: &Path, id: &str, script: &str) -> TaskConfig {
     }
 }
 
-fn pid_alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+fn pid_alive(pid: Option<i32>) -> bool {
+    pid.is_some_and(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    })
 }
 
 async fn start(driver: &dyn Driver, task: &TaskConfig) -> TaskHandle {
@@ -77,8 +75,8 @@ async fn wait_within(driver: &dyn Driver, handle: &TaskHandle, limit: Duration) 
 
 /// Leaves nothing behind: the workload, its cgroup, its task dir.
 fn finish(driver: &dyn Driver, handle: Option<&TaskHandle>, task: &TaskConfig) {
-    if let Some(h) = handle {
-        let _ = infraos_sys::process::signal(h.pid, nix::sys::signal::Signal::SIGKILL);
+    if let Some(pid) = handle.and_then(|h| h.pid) {
+        let _ = infraos_sys::process::signal(pid, nix::sys::signal::Signal::SIGKILL);
     }
     driver.cleanup(&task.id);
     let _ = std::fs::remove_dir_all(&task.dir);
@@ -101,8 +99,7 @@ pub async fn runs_to_completion_with_its_exit_code(make: MakeDriver, root: &Path
 pub async fn refuses_a_program_that_does_not_exist(make: MakeDriver, root: &Path) {
     let driver = make();
     let mut task = task(root, "missing", "");
-    task.spec.command = "/no/such/program".into();
-    task.spec.args.clear();
+    task.spec = WorkloadSpec::process("/no/such/program", Vec::new());
     match driver.start(&task).await {
         Err(DriverError::Refused(reason)) => {
             assert!(reason.contains("/no/such/program"), "{reason}")
@@ -220,28 +217,27 @@ macro_rules! driver_conformance {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn runs_to_completion_with_its_exit_code() {
             let root: std::path::PathBuf = $root();
-            $crate::driver::conformance::runs_to_completion_with_its_exit_code($make, &root).await
+            $crate::conformance::runs_to_completion_with_its_exit_code($make, &root).await
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn refuses_a_program_that_does_not_exist() {
             let root: std::path::PathBuf = $root();
-            $crate::driver::conformance::refuses_a_program_that_does_not_exist($make, &root).await
+            $crate::conformance::refuses_a_program_that_does_not_exist($make, &root).await
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn stop_ends_everything_within_the_grace() {
             let root: std::path::PathBuf = $root();
-            $crate::driver::conformance::stop_ends_everything_within_the_grace($make, &root).await
+            $crate::conformance::stop_ends_everything_within_the_grace($make, &root).await
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn a_new_instance_recovers_a_running_task() {
             let root: std::path::PathBuf = $root();
-            $crate::driver::conformance::a_new_instance_recovers_a_running_task($make, &root).await
+            $crate::conformance::a_new_instance_recovers_a_running_task($make, &root).await
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn honours_its_lease_bound_without_the_agent() {
             let root: std::path::PathBuf = $root();
-            $crate::driver::conformance::honours_its_lease_bound_without_the_agent($make, &root)
-                .await
+            $crate::conformance::honours_its_lease_bound_without_the_agent($make, &root).await
         }
     };
 }
