@@ -12,15 +12,15 @@ use infraos_api::kinds::{AllocationPhase, AllocationSpec, ClaimSpec, EventSpec};
 use infraos_store::{Compare, Txn};
 use tokio::sync::{mpsc, watch};
 
+use crate::Context;
+use crate::ControlError;
 use crate::audit::{self, Actor, Record};
-use crate::error::ApiError;
 use crate::objects::{self, ALLOCATION_FINALIZER, decode_typed, encode_typed};
 use crate::reflector::{self, Change};
-use crate::state::AppState;
 
 const EVENT_GC_EVERY: Duration = Duration::from_secs(60);
 
-pub fn spawn(state: AppState, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+pub fn spawn(state: Context, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::channel(4096);
     tokio::spawn(reflector::run(
         state.store.clone(),
@@ -33,7 +33,7 @@ pub fn spawn(state: AppState, shutdown: watch::Receiver<bool>) -> tokio::task::J
 }
 
 async fn run(
-    state: AppState,
+    state: Context,
     mut rx: mpsc::Receiver<Change<()>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -74,7 +74,7 @@ async fn run(
                         tracing::warn!(claim = %kv.key, "finalizing kept conflicting; will retry on the next change")
                     }
                     Err(e) => {
-                        tracing::warn!(claim = %kv.key, error = %e.message, "finalizing failed");
+                        tracing::warn!(claim = %kv.key, error = %e, "finalizing failed");
                         if reflector::sleep_or_shutdown(&mut shutdown, Duration::from_millis(200))
                             .await
                         {
@@ -92,7 +92,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Releases and removes the allocation of a claim being deleted; true when done.
-async fn finalize(state: &AppState, claim_key: &str) -> Result<bool, ApiError> {
+async fn finalize(state: &Context, claim_key: &str) -> Result<bool, ControlError> {
     let Some(claim_kv) = state.store.get(claim_key).await? else {
         return Ok(true);
     };
@@ -173,7 +173,7 @@ async fn finalize(state: &AppState, claim_key: &str) -> Result<bool, ApiError> {
 }
 
 /// Deletes events whose last occurrence is older than the TTL.
-async fn collect_events(state: &AppState) {
+async fn collect_events(state: &Context) {
     let cutoff = state.clock.now().unix_millis() - state.config.event_ttl.as_millis() as i64;
     let prefix = objects::prefix(EventSpec::INFO, None);
     let mut after: Option<String> = None;

@@ -14,17 +14,17 @@ use infraos_api::kinds::{AllocationSpec, ClaimSpec};
 use infraos_store::{Compare, Txn};
 use tokio::sync::{mpsc, watch};
 
+use crate::Context;
 use crate::audit::{self, Actor, Record};
 use crate::events;
 use crate::lease::{self, End, ExpiryAction};
 use crate::objects::{self, decode_typed, encode_typed};
 use crate::reflector::{self, Change};
-use crate::state::AppState;
 
 /// Longest sleep between checks, so wall-clock jumps are noticed promptly.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
 
-pub fn spawn(state: AppState, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+pub fn spawn(state: Context, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::channel(4096);
     tokio::spawn(reflector::run(
         state.store.clone(),
@@ -95,7 +95,7 @@ impl Timers {
 }
 
 async fn run(
-    state: AppState,
+    state: Context,
     mut rx: mpsc::Receiver<Change<()>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -164,7 +164,7 @@ async fn run(
 }
 
 /// Expires one allocation if it is due; returns when to look again if it is not.
-async fn expire(state: &AppState, alloc_key: &str) -> Result<Option<i64>, crate::error::ApiError> {
+async fn expire(state: &Context, alloc_key: &str) -> Result<Option<i64>, crate::ControlError> {
     let Some(alloc_kv) = state.store.get(alloc_key).await? else {
         return Ok(None);
     };
@@ -304,11 +304,11 @@ async fn expire(state: &AppState, alloc_key: &str) -> Result<Option<i64>, crate:
 /// are stopped (their workloads get their stop grace) and requeued, so the gang is placed
 /// whole again rather than left running short of a member.
 async fn stop_gang(
-    state: &AppState,
+    state: &Context,
     ns: &str,
     group: &str,
     lost: &infraos_api::kinds::Allocation,
-) -> Result<(), crate::error::ApiError> {
+) -> Result<(), crate::ControlError> {
     let prefix = objects::prefix(AllocationSpec::INFO, Some(ns));
     let members = state.store.range(&prefix, None, 0).await?;
     let by = format!("gang {ns}/{group}");
@@ -324,7 +324,7 @@ async fn stop_gang(
         if member.spec.group.as_deref() != Some(group) || member.name() == lost.name() {
             continue;
         }
-        let stop = super::applier::Stop {
+        let stop = crate::controllers::applier::Stop {
             by: &by,
             reason: &reason,
             actor: "lease-controller",
@@ -332,8 +332,13 @@ async fn stop_gang(
             event_reason: "GangMemberLost",
             done: "stopped",
         };
-        super::applier::stop_early(state, &format!("{ns}/{}", member.name()), stop, Vec::new())
-            .await?;
+        crate::controllers::applier::stop_early(
+            state,
+            &format!("{ns}/{}", member.name()),
+            stop,
+            Vec::new(),
+        )
+        .await?;
     }
     Ok(())
 }

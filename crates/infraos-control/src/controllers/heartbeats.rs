@@ -14,13 +14,13 @@ use std::time::Duration;
 use infraos_store::{EventKind, Txn};
 use tokio::sync::{mpsc, watch};
 
+use crate::Context;
 use crate::reflector::{self, Change};
-use crate::state::AppState;
 
 pub const PREFIX: &str = "/coordination/heartbeats/";
 
 pub fn spawn(
-    state: AppState,
+    state: Context,
     identity: String,
     shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -36,7 +36,7 @@ pub fn spawn(
 }
 
 async fn run(
-    state: AppState,
+    state: Context,
     identity: String,
     mut rx: mpsc::Receiver<Change<()>>,
     mut shutdown: watch::Receiver<bool>,

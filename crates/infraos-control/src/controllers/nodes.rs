@@ -19,15 +19,15 @@ use infraos_api::kinds::NodeSpec;
 use infraos_api::meta::Condition;
 use tokio::sync::{mpsc, watch};
 
+use crate::Context;
 use crate::audit::Actor;
 use crate::objects::{self, decode_typed};
 use crate::reflector::{self, Change};
-use crate::state::AppState;
-use crate::update::{Audit, Decision, Target, update};
+use crate::write::{Audit, Decision, Target, update};
 
 const TICK: Duration = Duration::from_millis(500);
 
-pub fn spawn(state: AppState, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+pub fn spawn(state: Context, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(reflector::run(
         state.store.clone(),
@@ -57,7 +57,7 @@ pub fn desired_ready(
 }
 
 async fn run(
-    state: AppState,
+    state: Context,
     mut rx: mpsc::Receiver<Change<()>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -125,7 +125,7 @@ async fn run(
 }
 
 fn observe(
-    state: &AppState,
+    state: &Context,
     nodes: &mut HashMap<String, Seen>,
     kv: &infraos_store::KeyValue,
     now_ms: i64,
@@ -151,14 +151,14 @@ fn has_ready(status: &infraos_api::kinds::NodeStatus) -> bool {
     status.conditions.iter().any(|c| c.type_ == "Ready")
 }
 
-async fn set_ready(state: &AppState, name: &str, ready: bool) -> Result<(), crate::ApiError> {
+async fn set_ready(state: &Context, name: &str, ready: bool) -> Result<(), crate::ControlError> {
     let actor = Actor::system("node-lifecycle");
     let target = Target {
         namespace: None,
         name,
         actor: &actor,
     };
-    let missing = || crate::ApiError::not_found("Node", name);
+    let missing = || crate::ControlError::not_found("Node", name);
     let written = update::<NodeSpec, _>(state, target, missing, |node, now| {
         let last_beat = state
             .liveness
@@ -213,7 +213,7 @@ async fn set_ready(state: &AppState, name: &str, ready: bool) -> Result<(), crat
             Ok(())
         }
         // Deleted meanwhile: nothing to mark.
-        Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => Ok(()),
+        Err(crate::ControlError::NotFound { .. }) => Ok(()),
         Err(e) => Err(e),
     }
 }

@@ -3,9 +3,9 @@
 
 pub(crate) mod applier;
 pub mod claims;
+pub mod expiry;
 mod feed;
 pub mod heartbeats;
-pub mod lease;
 mod ledger;
 pub mod nodes;
 mod pending;
