@@ -30,8 +30,11 @@ pub mod lease;
 pub mod liveness;
 pub mod objects;
 pub mod reflector;
+pub mod runtime;
 pub mod signing;
 pub mod supervisor;
+#[cfg(test)]
+mod testing;
 pub mod write;
 
 pub use clock::{Clock, SharedClock, SystemClock};
