@@ -7,42 +7,47 @@
 //!                                                                   ▼
 //!        every second: alive = now − last beat < grace ; alive ≠ Ready? ──► write Ready
 //! ```
+//! It runs on the controller runtime over the Nodes: a reconcile writes the transition when
+//! one is due and asks to be requeued when the node's last beat would be a grace period old
+//! (a NotReady node: every half second, and at once when its first beat arrives).
+//!
 //! A NotReady node's allocations are not touched here: they become Lost only when their own
 //! lease ends (the lease controller), so a partition shorter than a lease stops nothing.
 
-use foldhash::{HashMap, HashMapExt};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use infraos_api::Kind as _;
-use infraos_api::kinds::NodeSpec;
+use infraos_api::kinds::{Node, NodeSpec};
 use infraos_api::meta::Condition;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::Context;
 use crate::audit::Actor;
-use crate::objects::{self, decode_typed};
-use crate::reflector::{self, Change};
+use crate::objects;
+use crate::runtime::{self, Action, Reconciler};
 use crate::write::{Audit, Decision, Target, update};
+use crate::{Context, ControlError};
 
+/// How often a NotReady node is looked at again, besides the wake-up of its first beat.
 const TICK: Duration = Duration::from_millis(500);
 
-pub fn spawn(state: Context, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
-    let (tx, rx) = mpsc::channel(1024);
-    tokio::spawn(reflector::run(
-        state.store.clone(),
-        objects::prefix(NodeSpec::INFO, None),
-        (),
-        tx,
-        shutdown.clone(),
-    ));
-    tokio::spawn(run(state, rx, shutdown))
-}
-
-/// What the controller knows of an agent-run node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Seen {
-    ready: bool,
+pub fn spawn(ctx: Context, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    let grace_ms = i64::try_from(ctx.config.node_grace_period.as_millis()).unwrap_or(i64::MAX);
+    let config = runtime::Config {
+        // Many at once (a fleet starting, a rack going dark): concurrent writes share the
+        // store's group commits instead of paying one commit each.
+        concurrency: 64,
+        ..runtime::Config::new(objects::prefix(NodeSpec::INFO, None))
+    };
+    runtime::spawn(
+        Lifecycle {
+            grace_ms,
+            liveness: ctx.liveness.clone(),
+        },
+        config,
+        ctx,
+        shutdown,
+    )
 }
 
 /// The pure decision: the `Ready` status a node should have, if it differs from `seen`.
@@ -56,94 +61,64 @@ pub fn desired_ready(
     (alive != seen_ready).then_some(alive)
 }
 
-async fn run(
-    state: Context,
-    mut rx: mpsc::Receiver<Change<()>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut nodes: HashMap<String, Seen> = HashMap::new();
-    let grace_ms = i64::try_from(state.config.node_grace_period.as_millis()).unwrap_or(i64::MAX);
-    loop {
-        tokio::select! {
-            change = rx.recv() => {
-                let Some(change) = change else { return };
-                let now = state.clock.now().unix_millis();
-                match change {
-                    Change::Resync(_, kvs, _) => {
-                        nodes.clear();
-                        state.liveness.clear_tiers();
-                        for kv in &kvs {
-                            observe(&state, &mut nodes, kv, now);
-                        }
-                    }
-                    Change::Events(_, events) => {
-                        for event in events.iter() {
-                            if event.kind == infraos_store::EventKind::Delete {
-                                let name = event.kv.key.rsplit('/').next().unwrap_or_default();
-                                nodes.remove(name);
-                                state.liveness.forget(name);
-                            } else {
-                                observe(&state, &mut nodes, &event.kv, now);
-                            }
-                        }
-                    }
-                }
-                continue;
-            }
-            _ = tokio::time::sleep(TICK) => {}
-            _ = state.liveness.changed.notified() => {}
-            _ = shutdown.changed() => return,
-        }
-        let now = state.clock.now().unix_millis();
-        let due: Vec<(String, bool)> = nodes
-            .iter()
-            .filter_map(|(name, seen)| {
-                let last = state.liveness.last_beat(name)?;
-                desired_ready(seen.ready, last, now, grace_ms).map(|r| (name.clone(), r))
-            })
-            .collect();
-        // Many at once (a fleet starting, a rack going dark): concurrent writes share the
-        // store's group commits instead of paying one commit each.
-        let mut writes = futures::stream::iter(due.into_iter().map(|(name, ready)| {
-            let state = &state;
-            async move { (set_ready(state, &name, ready).await, name, ready) }
-        }))
-        .buffer_unordered(64);
-        while let Some((result, name, ready)) = writes.next().await {
-            match result {
-                Ok(()) => {
-                    if let Some(seen) = nodes.get_mut(&name) {
-                        seen.ready = ready;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(node = %name, error = %e, "updating node readiness failed")
-                }
-            }
-        }
-    }
+/// Marks nodes Ready and NotReady from their heartbeats.
+pub struct Lifecycle {
+    grace_ms: i64,
+    liveness: Arc<crate::liveness::Liveness>,
 }
 
-fn observe(
-    state: &Context,
-    nodes: &mut HashMap<String, Seen>,
-    kv: &infraos_store::KeyValue,
-    now_ms: i64,
-) {
-    let Ok(node) = decode_typed::<NodeSpec>(kv) else {
-        return;
-    };
-    state.liveness.set_tiers(node.name(), &node.spec.tiers);
-    let Some(status) = node.status.as_ref().filter(|s| s.agent.is_some()) else {
-        return;
-    };
-    state.liveness.adopt(node.name(), now_ms);
-    nodes.insert(
-        node.name().to_string(),
-        Seen {
-            ready: status.is_ready() && has_ready(status),
-        },
-    );
+impl Reconciler for Lifecycle {
+    type Object = Node;
+    type Error = ControlError;
+
+    fn name(&self) -> &'static str {
+        "node-lifecycle"
+    }
+
+    async fn reconcile(
+        &self,
+        _key: &str,
+        node: Arc<Node>,
+        ctx: &Context,
+    ) -> Result<Action, ControlError> {
+        let name = node.name();
+        ctx.liveness.set_tiers(name, &node.spec.tiers);
+        let Some(status) = node.status.as_ref().filter(|s| s.agent.is_some()) else {
+            return Ok(Action::await_change());
+        };
+        let now = ctx.clock.now().unix_millis();
+        ctx.liveness.adopt(name, now);
+        let seen = status.is_ready() && has_ready(status);
+        let Some(last) = ctx.liveness.last_beat(name) else {
+            return Ok(Action::requeue(TICK));
+        };
+        let ready = match desired_ready(seen, last, now, self.grace_ms) {
+            Some(ready) => {
+                set_ready(ctx, name, ready).await?;
+                ready
+            }
+            None => seen,
+        };
+        Ok(if ready {
+            // Looked at again when the last beat would be a grace period old.
+            let stale_in = last.saturating_add(self.grace_ms).saturating_sub(now);
+            Action::requeue(Duration::from_millis(
+                u64::try_from(stale_in).unwrap_or(0) + 1,
+            ))
+        } else {
+            Action::requeue(TICK)
+        })
+    }
+
+    fn deleted(&self, key: &str) {
+        self.liveness
+            .forget(key.rsplit('/').next().unwrap_or_default());
+    }
+
+    fn woken(&self) -> impl std::future::Future<Output = ()> + Send {
+        // A node heard from for the first time (or again after a restart): look now.
+        self.liveness.changed.notified()
+    }
 }
 
 /// An agent-run node is ready only once the controller has said so.
@@ -151,14 +126,14 @@ fn has_ready(status: &infraos_api::kinds::NodeStatus) -> bool {
     status.conditions.iter().any(|c| c.type_ == "Ready")
 }
 
-async fn set_ready(state: &Context, name: &str, ready: bool) -> Result<(), crate::ControlError> {
+async fn set_ready(state: &Context, name: &str, ready: bool) -> Result<(), ControlError> {
     let actor = Actor::system("node-lifecycle");
     let target = Target {
         namespace: None,
         name,
         actor: &actor,
     };
-    let missing = || crate::ControlError::not_found("Node", name);
+    let missing = || ControlError::not_found("Node", name);
     let written = update::<NodeSpec, _>(state, target, missing, |node, now| {
         let last_beat = state
             .liveness
