@@ -7,83 +7,96 @@
 //!                                           replica B, the leader: Liveness::merge ◄─┘
 //! ```
 //! One small write per replica per half heartbeat interval, whatever the number of agents:
-//! heartbeats stay out of the store's hot path, as on a single server.
+//! heartbeats stay out of the store's hot path, as on a single server. The merge runs on the
+//! controller runtime over the replicas' records; the publishing is a plain timer.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use infraos_store::{EventKind, Txn};
-use tokio::sync::{mpsc, watch};
+use infraos_store::Txn;
+use tokio::sync::watch;
 
 use crate::Context;
-use crate::reflector::{self, Change};
+use crate::runtime::{self, Action, Reconciler};
 
 pub const PREFIX: &str = "/coordination/heartbeats/";
 
+/// One replica's record: node → the time of its last beat there (ms).
+type Beats = HashMap<String, i64>;
+
 pub fn spawn(
-    state: Context,
+    ctx: Context,
     identity: String,
     shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(reflector::run(
-        state.store.clone(),
-        PREFIX.to_string(),
-        (),
-        tx,
+    let own_key = format!("{PREFIX}{identity}");
+    let config = runtime::Config {
+        resync: None,
+        ..runtime::Config::new(PREFIX)
+    };
+    runtime::spawn(
+        Merge {
+            own_key: own_key.clone(),
+        },
+        config,
+        ctx.clone(),
         shutdown.clone(),
-    ));
-    tokio::spawn(run(state, identity, rx, shutdown))
+    );
+    tokio::spawn(publish(ctx, own_key, shutdown))
 }
 
-async fn run(
-    state: Context,
-    identity: String,
-    mut rx: mpsc::Receiver<Change<()>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let own_key = format!("{PREFIX}{identity}");
-    let interval = (state.config.heartbeat_interval.as_std() / 2)
-        .clamp(Duration::from_millis(100), Duration::from_secs(5));
-    let keep_ms = 2 * state.config.node_grace_period.as_millis() as i64;
-    let mut tick = tokio::time::interval(interval);
-    let mut published: std::collections::HashMap<String, i64> = Default::default();
-    let merge = |kv: &infraos_store::KeyValue| {
-        if kv.key == own_key {
-            return;
-        }
-        match serde_json::from_slice::<std::collections::HashMap<String, i64>>(&kv.value) {
-            Ok(beats) => {
-                for (node, at) in beats {
-                    state.liveness.merge(&node, at);
-                }
+/// Merges the other replicas' records into this one's liveness.
+struct Merge {
+    own_key: String,
+}
+
+impl Reconciler for Merge {
+    type Object = Beats;
+    type Error = std::convert::Infallible;
+
+    fn name(&self) -> &'static str {
+        "heartbeats"
+    }
+
+    async fn reconcile(
+        &self,
+        key: &str,
+        beats: Arc<Beats>,
+        ctx: &Context,
+    ) -> Result<Action, Self::Error> {
+        if key != self.own_key {
+            for (node, at) in beats.iter() {
+                ctx.liveness.merge(node, *at);
             }
-            Err(e) => tracing::warn!(key = %kv.key, error = %e, "bad heartbeat record"),
         }
-    };
+        Ok(Action::await_change())
+    }
+}
+
+/// Writes this replica's record every half heartbeat interval when it changed; removes it
+/// at shutdown.
+async fn publish(ctx: Context, own_key: String, mut shutdown: watch::Receiver<bool>) {
+    let interval = (ctx.config.heartbeat_interval.as_std() / 2)
+        .clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let keep_ms = 2 * ctx.config.node_grace_period.as_millis() as i64;
+    let mut tick = tokio::time::interval(interval);
+    let mut published = Beats::default();
     loop {
         tokio::select! {
-            change = rx.recv() => match change {
-                Some(Change::Resync((), kvs, _)) => kvs.iter().for_each(&merge),
-                Some(Change::Events((), events)) => {
-                    for e in events.iter().filter(|e| e.kind == EventKind::Put) {
-                        merge(&e.kv);
-                    }
-                }
-                None => return,
-            },
             _ = tick.tick() => {
-                let now = state.clock.now().unix_millis();
-                let beats = state.liveness.local_since(now - keep_ms);
+                let now = ctx.clock.now().unix_millis();
+                let beats = ctx.liveness.local_since(now - keep_ms);
                 if beats != published {
                     let value = serde_json::to_vec(&beats).unwrap_or_default();
-                    match state.store.txn(Txn::new().put(own_key.clone(), value)).await {
+                    match ctx.store.txn(Txn::new().put(own_key.clone(), value)).await {
                         Ok(_) => published = beats,
                         Err(e) => tracing::warn!(error = %e, "cannot share heartbeats"),
                     }
                 }
             }
             _ = shutdown.changed() => {
-                let _ = state.store.txn(Txn::new().delete(own_key.clone())).await;
+                let _ = ctx.store.txn(Txn::new().delete(own_key.clone())).await;
                 return;
             }
         }
