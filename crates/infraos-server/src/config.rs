@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ServerError;
 
-pub const CONFIG_FILE: &str = "server.yaml";
+pub use infraos_control::datadir::CONFIG_FILE;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -210,6 +210,48 @@ impl ServerConfig {
     }
 
     pub fn store_path(&self) -> PathBuf {
-        self.data_dir.join("store.redb")
+        infraos_control::datadir::store_path(&self.data_dir)
+    }
+
+    /// The part of the configuration the controllers read.
+    pub fn control(&self) -> infraos_control::ControlConfig {
+        infraos_control::ControlConfig {
+            lease_skew_margin: self.lease_skew_margin,
+            scheduler_batch: self.scheduler_batch,
+            scheduler: self.scheduler.clone(),
+            event_ttl: self.event_ttl,
+            heartbeat_interval: self.heartbeat_interval,
+            node_grace_period: self.node_grace_period,
+            audit_checkpoint_records: self.audit_checkpoint_records,
+            audit_checkpoint_interval: self.audit_checkpoint_interval,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Moved here from `signing.rs` (now in infraos-control): it loads a ServerConfig.
+    #[test]
+    fn an_unknown_algorithm_in_server_yaml_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), "signatureAlgorithm: rsa\n").unwrap();
+        let err = ServerConfig::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("signatureAlgorithm"), "{err}");
+        assert!(
+            err.contains("unknown signature algorithm \"rsa\" (known: ed25519, slh-dsa-sha2-128s)"),
+            "{err}"
+        );
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "signatureAlgorithm: slh-dsa-sha2-128s\nauditCheckpointRecords: 0\n",
+        )
+        .unwrap();
+        let err = ServerConfig::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("auditCheckpointRecords: must be at least 1"),
+            "{err}"
+        );
     }
 }

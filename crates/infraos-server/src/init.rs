@@ -1,4 +1,5 @@
 //! `infraos server init`: the data dir's CA, server certificate, admin token and signing key.
+//! The layout is `infraos_control::datadir`'s:
 //!
 //! ```text
 //!   D/ca.crt       the cluster CA (clients trust it; agents' certificates will chain to it)
@@ -13,8 +14,7 @@
 //! ```
 //! Initialising an initialised dir changes nothing and reveals no secret again.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use infraos_store::{Compare, Store, Txn};
@@ -23,11 +23,7 @@ use crate::ServerError;
 use crate::auth::{TokenRecord, token_key};
 use crate::signing::ServerKey;
 
-pub const CA_CERT: &str = "ca.crt";
-pub const CA_KEY: &str = "ca.key";
-pub const SERVER_CERT: &str = "server.crt";
-pub const SERVER_KEY: &str = "server.key";
-pub const ADMIN_TOKEN: &str = "admin.token";
+pub use infraos_control::datadir::{ADMIN_TOKEN, CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY};
 
 #[derive(Debug)]
 pub struct InitOutcome {
@@ -55,8 +51,10 @@ pub async fn init_data_dir(dir: &Path, extra_sans: &[String]) -> Result<InitOutc
         write_certificates(dir, extra_sans)?;
     }
     let (key, signing_key_created) = ServerKey::ensure(dir, config.signature_algorithm)?;
-    let store =
-        infraos_store::embedded::EmbeddedStore::open(&dir.join("store.redb"), Default::default())?;
+    let store = infraos_store::embedded::EmbeddedStore::open(
+        &infraos_control::datadir::store_path(dir),
+        Default::default(),
+    )?;
     let admin_token = ensure_admin_token(dir, &store).await?;
     Ok(InitOutcome {
         admin_token,
@@ -173,17 +171,8 @@ async fn ensure_admin_token(dir: &Path, store: &dyn Store) -> Result<Option<Stri
 
 /// Writes a file atomically (temp file + rename) with the given mode from the start.
 pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), ServerError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| ServerError::io(&tmp, e))?;
-    f.write_all(contents)
-        .map_err(|e| ServerError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| ServerError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ServerError::io(path, e))?;
-    Ok(())
+    infraos_control::datadir::write_file(path, contents, mode).map_err(|e| ServerError::Io {
+        path: e.path,
+        source: e.source,
+    })
 }

@@ -1,6 +1,7 @@
-//! The InfraOS control plane (DESIGN §3): HTTPS API → authentication → admission → store →
-//! audit, and the controllers (scheduler, leases, claim finalizer) as level-triggered loops
-//! over watches of the store.
+//! The InfraOS control plane's HTTP edge (DESIGN §3, §9): HTTPS API → authentication → limits
+//! → authorization → admission → store → audit. The controllers (scheduler, leases, claim
+//! finalizer), object writes with audit, leader election and explain live in
+//! `infraos-control`; the modules re-exported below keep their old paths here.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -12,130 +13,45 @@ use tokio::sync::watch;
 pub mod admission;
 pub mod agents;
 pub mod api;
-pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod bootstrap;
 pub mod border;
 pub mod capacity;
-pub mod clock;
 pub mod config;
 pub mod connections;
-pub mod controllers;
+mod control;
 pub mod error;
-pub mod events;
-pub mod explain;
-pub mod holdings;
 pub mod init;
 pub mod join_tokens;
 pub mod kinds;
-pub mod leader;
-pub mod lease;
 pub mod limits;
-pub mod liveness;
-pub mod objects;
 pub mod offload;
 pub mod oidc;
 pub mod openapi;
 pub mod pki;
-pub mod reflector;
-pub mod signing;
 pub mod state;
 #[cfg(test)]
 mod testing;
 pub mod tls;
 pub mod update;
 
+pub use infraos_control::{
+    ControlError, audit, clock, controllers, datadir, events, explain, holdings, leader, lease,
+    liveness, objects, reflector, signing,
+};
+
 pub use clock::{Clock, SharedClock, SystemClock};
 pub use config::ServerConfig;
 pub use error::{ApiError, ServerError};
 
-/// The file a running server writes its URL to, so scripts and tests can find a port chosen
-/// by the OS (`--listen 127.0.0.1:0`).
-pub const URL_FILE: &str = "server.url";
+pub use datadir::URL_FILE;
 
 /// A running server; dropping it does not stop it, [`Server::shutdown`] does.
 pub struct Server {
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-/// Runs the controllers while this replica leads, each term on a store fenced by the term's
-/// epoch; stops them when leadership is lost, and at shutdown.
-async fn supervise(state: state::AppState, mut shutdown: watch::Receiver<bool>) {
-    type Running = (
-        leader::Term,
-        watch::Sender<bool>,
-        Vec<tokio::task::JoinHandle<()>>,
-    );
-    let mut running: Option<Running> = None;
-    let mut status = state.leader.clone();
-    let stop = |r: Running| async move {
-        let (_, tx, handles) = r;
-        let _ = tx.send(true);
-        for h in handles {
-            h.abort();
-            let _ = h.await;
-        }
-    };
-    loop {
-        let current = status.borrow_and_update().clone();
-        let same = running
-            .as_ref()
-            .is_some_and(|(t, ..)| Some(t) == current.term.as_ref());
-        if !same {
-            if let Some(r) = running.take() {
-                stop(r).await;
-            }
-            if let Some(term) = current.term.clone() {
-                let fenced = if term.epoch > 0 {
-                    state.with_store(Arc::new(leader::FencedStore::new(
-                        state.store.clone(),
-                        &term,
-                    )))
-                } else {
-                    state.clone()
-                };
-                let (tx, rx) = watch::channel(false);
-                match spawn_controllers(fenced, rx) {
-                    Ok(handles) => running = Some((term, tx, handles)),
-                    Err(e) => tracing::error!(error = %e, "cannot start the controllers"),
-                }
-            } else if current.holder.is_some() {
-                // A follower serves the API as soon as it knows who leads.
-                state
-                    .ready
-                    .store(true, std::sync::atomic::Ordering::Release);
-            }
-        }
-        tokio::select! {
-            changed = status.changed() => {
-                if changed.is_err() {
-                    // No election (the embedded store), or it ended: act until shutdown.
-                    let _ = shutdown.changed().await;
-                    break;
-                }
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
-    if let Some(r) = running.take() {
-        stop(r).await;
-    }
-}
-
-fn spawn_controllers(
-    state: state::AppState,
-    stop: watch::Receiver<bool>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, ServerError> {
-    Ok(vec![
-        controllers::scheduler::spawn(state.clone(), stop.clone())?,
-        controllers::lease::spawn(state.clone(), stop.clone()),
-        controllers::claims::spawn(state.clone(), stop.clone()),
-        audit::checkpoint::spawn(state.clone(), stop.clone()),
-        controllers::nodes::spawn(state, stop),
-    ])
 }
 
 /// Connections the kernel completes and queues for `accept` (clamped to `net.core.somaxconn`):
@@ -265,22 +181,26 @@ impl Server {
             None => None,
         };
         let limits = Arc::new(limits::Limits::new(config.api_limits.clone()));
-        let state = state::AppState::new(state::Shared {
+        let control = infraos_control::Context {
             store,
+            clock,
+            config: Arc::new(config.control()),
+            liveness: Arc::new(liveness::Liveness::default()),
+            ready: Arc::new(AtomicBool::new(false)),
+            signer: Arc::new(signer),
+        };
+        let state = state::AppState::new(state::Shared {
+            control,
             config: Arc::new(config),
             rbac,
             oidc,
             limits,
             classes: Arc::new(admission::ClassCache::default()),
-            clock,
-            ready: Arc::new(AtomicBool::new(false)),
             openapi: Arc::new(openapi::document()),
             ca,
-            liveness: Arc::new(liveness::Liveness::default()),
             join_locks: Arc::new(join_tokens::JoinLocks::default()),
             agents,
             leader: leader_rx,
-            signer: Arc::new(signer),
         });
         bootstrap::ensure_builtin_classes(&state).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -289,7 +209,7 @@ impl Server {
         let mut tasks = Vec::new();
         if elect {
             tasks.push(controllers::heartbeats::spawn(
-                state.clone(),
+                state.control.clone(),
                 identity.clone(),
                 shutdown_rx.clone(),
             ));
@@ -309,7 +229,11 @@ impl Server {
             state.limits.clone(),
             shutdown_rx.clone(),
         ));
-        tasks.push(tokio::spawn(supervise(state.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(infraos_control::supervisor::supervise(
+            state.control.clone(),
+            state.leader.clone(),
+            shutdown_rx.clone(),
+        )));
         let app = api::router(state.clone()).layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(

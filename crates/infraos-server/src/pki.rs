@@ -11,7 +11,7 @@ use std::sync::Arc;
 use infraos_api::Time;
 use sha2::{Digest, Sha256};
 
-use crate::init::{CA_CERT, CA_KEY};
+use infraos_control::datadir::{CA_CERT, CA_KEY};
 
 pub const NODE_PREFIX: &str = "node:";
 pub const SERVER_CLIENT_CN: &str = "system:server";

@@ -1,12 +1,11 @@
-//! What every request handler and controller shares.
+//! What every request handler shares: the controllers' [`Context`] (store, clock, heartbeats,
+//! readiness, signing key) and the edge's own parts (configuration, RBAC, limits, the CA).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
-use infraos_store::Store;
+use infraos_control::Context;
 
 use crate::admission::ClassCache;
-use crate::clock::SharedClock;
 use crate::config::ServerConfig;
 
 /// One pointer: every middleware and handler takes the state by value, and a clone of one
@@ -18,13 +17,6 @@ impl AppState {
     pub fn new(shared: Shared) -> AppState {
         AppState(Arc::new(shared))
     }
-
-    /// The same state writing through another store (a leadership term's fenced one).
-    pub fn with_store(&self, store: Arc<dyn Store>) -> AppState {
-        let mut shared = (*self.0).clone();
-        shared.store = store;
-        AppState(Arc::new(shared))
-    }
 }
 
 impl std::ops::Deref for AppState {
@@ -34,9 +26,12 @@ impl std::ops::Deref for AppState {
     }
 }
 
-#[derive(Clone)]
 pub struct Shared {
-    pub store: Arc<dyn Store>,
+    /// What the controllers share with the handlers. `state.store`, `state.clock`,
+    /// `state.liveness`, `state.ready` and `state.signer` reach it through `Deref`, and a
+    /// `&AppState` is a `&Context` wherever one is asked for.
+    pub control: Context,
+    /// The whole configuration; the controllers get its control part (`control.config`).
     pub config: Arc<ServerConfig>,
     /// Roles, bindings, projects and API tokens, for authentication and authorization.
     pub rbac: Arc<crate::authz::Rbac>,
@@ -45,18 +40,19 @@ pub struct Shared {
     /// Per-identity rates, requests in flight, deadlines.
     pub limits: Arc<crate::limits::Limits>,
     pub classes: Arc<ClassCache>,
-    pub clock: SharedClock,
-    /// Set once the controllers have synced their caches.
-    pub ready: Arc<AtomicBool>,
     pub openapi: Arc<serde_json::Value>,
     pub ca: crate::pki::SharedCa,
-    pub liveness: Arc<crate::liveness::Liveness>,
     /// Joins with the same token, one at a time.
     pub join_locks: Arc<crate::join_tokens::JoinLocks>,
     /// How the server calls agents (logs), with its `system:server` client certificate.
     pub agents: Arc<crate::agents::AgentDialer>,
     /// This replica's view of the leader election (always leading on the embedded store).
     pub leader: tokio::sync::watch::Receiver<crate::leader::Status>,
-    /// The server's signing key (audit checkpoints, signed heads).
-    pub signer: Arc<crate::signing::ServerKey>,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Context;
+    fn deref(&self) -> &Context {
+        &self.control
+    }
 }

@@ -24,22 +24,26 @@ pub(crate) async fn state(dir: &Path, store: Arc<dyn Store>) -> AppState {
     let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
     let agents = Arc::new(crate::agents::AgentDialer::new(&ca, clock.now()).unwrap());
     let (_, leader) = watch::channel(crate::leader::Status::default());
-    AppState::new(Shared {
+    let control = infraos_control::Context {
         store,
+        clock,
+        config: Arc::new(config.control()),
+        liveness: Arc::new(crate::liveness::Liveness::default()),
+        ready: Arc::new(AtomicBool::new(false)),
+        signer: Arc::new(signer),
+    };
+    AppState::new(Shared {
+        control,
         limits: Arc::new(crate::limits::Limits::new(config.api_limits.clone())),
         config: Arc::new(config),
         rbac: Arc::new(crate::authz::Rbac::default()),
         oidc: None,
         classes: Arc::new(crate::admission::ClassCache::default()),
-        clock,
-        ready: Arc::new(AtomicBool::new(false)),
         openapi: Arc::new(crate::openapi::document()),
         ca,
-        liveness: Arc::new(crate::liveness::Liveness::default()),
         join_locks: Arc::new(crate::join_tokens::JoinLocks::default()),
         agents,
         leader,
-        signer: Arc::new(signer),
     })
 }
 

@@ -85,7 +85,7 @@ fn check(body: &CreateToken, ctx: &Ctx) -> Result<(), ApiError> {
 
 pub async fn create(State(state): State<AppState>, ctx: Ctx, request: Request) -> Response {
     let mut subject = String::new();
-    let result = async {
+    let result: Result<CreatedToken, ApiError> = async {
         let (bytes, _) = super::read_bytes(&state, request).await?;
         let body: CreateToken = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request(format!("token: {e}")))?;

@@ -37,11 +37,11 @@ use infraos_scheduler::{Explanation, Outcome, Plan, Snapshot, Victim};
 use infraos_store::{Compare, Txn};
 
 use super::ledger::{Ledger, LedgerWrites};
+use crate::Context as AppState;
 use crate::audit::{self, Actor, Record};
 use crate::events;
 use crate::lease;
 use crate::objects::{self, encode_typed, encode_typed_mut};
-use crate::state::AppState;
 
 /// A claim as the scheduler last saw it in the store.
 #[derive(Clone, Debug)]

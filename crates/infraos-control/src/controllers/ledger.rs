@@ -476,7 +476,7 @@ impl Ledger {
             if !a.holds() {
                 continue;
             }
-            let key = super::scheduler::object_id(&kv.key);
+            let key = crate::objects::object_id(&kv.key);
             for r in a.resources() {
                 if let Some(holder) = Holder::of(&a.metadata.uid, &r, &a.spec.resources) {
                     expected.entry(r).or_default().insert(&key, holder);

@@ -18,11 +18,9 @@ use std::path::Path;
 use infraos_api::signature::{Algorithm, PublicKey, Purpose, Signature, signed_message};
 use infraos_store::{Compare, Store, StoreError, Txn};
 
-use crate::ServerError;
-use crate::init::write_file;
+use crate::datadir::{FileError, write_file};
+pub use crate::datadir::{SIGNING_KEY, SIGNING_PUB};
 
-pub const SIGNING_KEY: &str = "signing.key";
-pub const SIGNING_PUB: &str = "signing.pub";
 /// The cluster's public key in the store: the first replica records it, the others must match.
 pub const STORE_KEY: &str = "/coordination/signing-key";
 
@@ -56,6 +54,8 @@ pub enum SigningError {
     },
     #[error("recording the signing key: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// The private half, per algorithm.
@@ -200,12 +200,12 @@ impl ServerKey {
 
     /// The data dir's key, if it has one; `signing.pub` is rewritten when missing and must
     /// match when present.
-    pub fn load(dir: &Path) -> Result<Option<Self>, ServerError> {
+    pub fn load(dir: &Path) -> Result<Option<Self>, SigningError> {
         let key_path = dir.join(SIGNING_KEY);
         let text = match std::fs::read_to_string(&key_path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(ServerError::io(&key_path, e)),
+            Err(e) => return Err(FileError::new(&key_path, e).into()),
         };
         let key = Self::parse_secret(&text).map_err(|reason| SigningError::Malformed {
             path: key_path.display().to_string(),
@@ -218,35 +218,33 @@ impl ServerKey {
                     return Err(SigningError::PairMismatch {
                         key_path: key_path.display().to_string(),
                         pub_path: pub_path.display().to_string(),
-                    }
-                    .into());
+                    });
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => key.write_public(dir)?,
-            Err(e) => return Err(ServerError::io(&pub_path, e)),
+            Err(e) => return Err(FileError::new(&pub_path, e).into()),
         }
         Ok(Some(key))
     }
 
-    fn write_public(&self, dir: &Path) -> Result<(), ServerError> {
-        write_file(
+    fn write_public(&self, dir: &Path) -> Result<(), SigningError> {
+        Ok(write_file(
             &dir.join(SIGNING_PUB),
             format!("{}\n", self.public).as_bytes(),
             0o644,
-        )
+        )?)
     }
 
     /// The data dir's key, created with `algorithm` when there is none. Returns whether it was
     /// created. An existing key of another algorithm is an error (see the module comment).
-    pub fn ensure(dir: &Path, algorithm: Algorithm) -> Result<(Self, bool), ServerError> {
+    pub fn ensure(dir: &Path, algorithm: Algorithm) -> Result<(Self, bool), SigningError> {
         if let Some(key) = Self::load(dir)? {
             if key.algorithm() != algorithm {
                 return Err(SigningError::AlgorithmChanged {
                     path: dir.join(SIGNING_KEY).display().to_string(),
                     configured: algorithm,
                     found: key.algorithm(),
-                }
-                .into());
+                });
             }
             return Ok((key, false));
         }
@@ -354,36 +352,6 @@ mod tests {
             .to_string();
         assert!(
             err.contains("signatureAlgorithm: server.yaml asks for slh-dsa-sha2-128s but"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn an_unknown_algorithm_in_server_yaml_names_the_field() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join(crate::config::CONFIG_FILE),
-            "signatureAlgorithm: rsa\n",
-        )
-        .unwrap();
-        let err = crate::config::ServerConfig::load(dir.path())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("signatureAlgorithm"), "{err}");
-        assert!(
-            err.contains("unknown signature algorithm \"rsa\" (known: ed25519, slh-dsa-sha2-128s)"),
-            "{err}"
-        );
-        std::fs::write(
-            dir.path().join(crate::config::CONFIG_FILE),
-            "signatureAlgorithm: slh-dsa-sha2-128s\nauditCheckpointRecords: 0\n",
-        )
-        .unwrap();
-        let err = crate::config::ServerConfig::load(dir.path())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("auditCheckpointRecords: must be at least 1"),
             "{err}"
         );
     }

@@ -22,7 +22,7 @@ use infraos_api::signature::Purpose;
 use infraos_store::{Store, StoreError, Txn};
 use tokio::sync::watch;
 
-use crate::state::AppState;
+use crate::Context;
 
 /// Most records read back at the start of a term to find the last checkpoint.
 const LOOKBACK: u64 = 5000;
@@ -91,11 +91,11 @@ async fn find_last(store: &dyn Store, policy: &Policy, now: Time) -> Result<Last
     }))
 }
 
-pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+pub fn spawn(state: Context, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(state, stop))
 }
 
-async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+async fn run(state: Context, mut stop: watch::Receiver<bool>) {
     let policy = Policy {
         records: state.config.audit_checkpoint_records.max(1),
         interval_ms: i64::try_from(state.config.audit_checkpoint_interval.as_millis())
@@ -131,11 +131,11 @@ async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
 
 /// Appends a checkpoint when one is due; returns it.
 async fn tick(
-    state: &AppState,
+    state: &Context,
     policy: &Policy,
     last: Last,
     now: Time,
-) -> Result<Option<Last>, crate::ServerError> {
+) -> Result<Option<Last>, crate::ControlError> {
     let head = state.store.ledger_head().await?;
     if !policy.due(head.seq, last, now) {
         return Ok(None);

@@ -24,11 +24,11 @@ use infraos_api::kinds::{
 use infraos_scheduler::{Outcome, Scheduler, Snapshot};
 use serde::Serialize;
 
+use crate::Context;
+use crate::ControlError;
 use crate::controllers::applier::preemption_message;
-use crate::controllers::scheduler::{SOURCES, Source, apply_object, object_id, source_prefix};
-use crate::error::ApiError;
-use crate::objects::{self, decode_typed};
-use crate::state::AppState;
+use crate::controllers::scheduler::{SOURCES, Source, apply_object, source_prefix};
+use crate::objects::{self, decode_typed, object_id};
 
 /// The replay of one claim's decision.
 #[derive(Clone, Debug, Serialize)]
@@ -153,18 +153,18 @@ pub type Shown<'a> = &'a (dyn Fn(&str) -> bool + Send + Sync);
 /// Replays the decision recorded for claim `ns/name`, or, with `at`, decides it afresh on
 /// the store as it was at that revision. Other claims are named only where `shown` says so.
 pub async fn replay(
-    state: &AppState,
+    state: &Context,
     ns: &str,
     name: &str,
     at: Option<u64>,
     shown: Shown<'_>,
-) -> Result<Replay, ApiError> {
+) -> Result<Replay, ControlError> {
     let claim_key = objects::key(ClaimSpec::INFO, Some(ns), name);
     let claim_kv = state
         .store
         .get(&claim_key)
         .await?
-        .ok_or_else(|| ApiError::not_found("Claim", name))?;
+        .ok_or_else(|| ControlError::not_found("Claim", name))?;
     let claim: Claim = decode_typed(&claim_kv)?;
     let recorded = match at {
         Some(_) => None,
@@ -219,7 +219,7 @@ pub async fn replay(
         }
     }
     let mut scheduler = Scheduler::new(state.config.scheduler.clone())
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(|e| ControlError::internal(e.to_string()))?;
     scheduler.set_scan_start(recorded.as_ref().map_or(0, |r| r.scan_start as usize));
     let now = recorded
         .as_ref()
@@ -230,7 +230,7 @@ pub async fn replay(
         .into_iter()
         .find(|d| d.claim_key == own)
         .map(|d| d.outcome)
-        .ok_or_else(|| ApiError::internal("the replay reached no decision for the claim"))?;
+        .ok_or_else(|| ControlError::internal("the replay reached no decision for the claim"))?;
     let replayed = view(outcome, revision, shown);
     let matches = recorded.as_ref().map(|r| r.view.same_as(&replayed));
     let note = (matches == Some(false)).then(|| {
@@ -254,17 +254,17 @@ pub async fn replay(
 /// The decision recorded for a claim: its pending explanation while it waits, else its
 /// allocation's placement.
 async fn recorded(
-    state: &AppState,
+    state: &Context,
     ns: &str,
     name: &str,
     claim: &Claim,
     claim_revision: u64,
-) -> Result<Recorded, ApiError> {
+) -> Result<Recorded, ControlError> {
     let status = claim.status.as_ref();
     let pending = status.is_none_or(|s| s.phase == ClaimPhase::Pending);
     if pending {
         let Some(s) = status.filter(|s| s.unschedulable.is_some()) else {
-            return Err(ApiError::conflict(
+            return Err(ControlError::conflict(
                 "Claim",
                 name,
                 "the scheduler has recorded no decision for this claim yet",
@@ -287,7 +287,7 @@ async fn recorded(
     }
     let key = objects::key(AllocationSpec::INFO, Some(ns), name);
     let kv = state.store.get(&key).await?.ok_or_else(|| {
-        ApiError::conflict(
+        ControlError::conflict(
             "Claim",
             name,
             "the claim's allocation is gone: there is no decision left to replay",
@@ -313,9 +313,9 @@ async fn recorded(
     })
 }
 
-fn history_error(e: infraos_store::StoreError, revision: u64) -> ApiError {
+fn history_error(e: infraos_store::StoreError, revision: u64) -> ControlError {
     match e {
-        infraos_store::StoreError::Compacted { compacted, .. } => ApiError::gone(format!(
+        infraos_store::StoreError::Compacted { compacted, .. } => ControlError::gone(format!(
             "cannot replay at revision {revision}: the store keeps history only after revision \
              {compacted} (the embedded store keeps its last watchHistory changes in memory)"
         )),

@@ -4,85 +4,83 @@
 //! deletionTimestamp; this controller then, in one transaction, marks the allocation released
 //! (audited), deletes it, and removes the finalizer — which deletes the claim when no other
 //! finalizer holds it. Events older than the configured TTL are collected here too.
+//!
+//! It runs on the controller runtime over the claims being deleted (selected on their bytes,
+//! so the others cost no decoding). A finalization that keeps losing its compare-and-swap
+//! fails the reconcile, and the runtime's backoff tries it again: it never waits for another
+//! change to the claim.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use infraos_api::Kind as _;
-use infraos_api::kinds::{AllocationPhase, AllocationSpec, ClaimSpec, EventSpec};
+use infraos_api::kinds::{AllocationPhase, AllocationSpec, Claim, ClaimSpec, EventSpec};
 use infraos_store::{Compare, Txn};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::audit::{self, Actor, Record};
-use crate::error::ApiError;
 use crate::objects::{self, ALLOCATION_FINALIZER, decode_typed, encode_typed};
-use crate::reflector::{self, Change};
-use crate::state::AppState;
+use crate::runtime::{self, Action, Reconciler};
+use crate::{Context, ControlError};
 
 const EVENT_GC_EVERY: Duration = Duration::from_secs(60);
 
-pub fn spawn(state: AppState, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
-    let (tx, rx) = mpsc::channel(4096);
-    tokio::spawn(reflector::run(
-        state.store.clone(),
-        objects::prefix(ClaimSpec::INFO, None),
-        (),
-        tx,
-        shutdown.clone(),
-    ));
-    tokio::spawn(run(state, rx, shutdown))
+/// Compare-and-swap attempts in one reconcile before it fails (and backs off).
+const ATTEMPTS: usize = 5;
+
+/// Starts the finalizer and the event collector.
+pub fn spawn(ctx: Context, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(collect_events_every(ctx.clone(), shutdown.clone()));
+    runtime::spawn(Finalizer, config(), ctx, shutdown)
 }
 
-async fn run(
-    state: AppState,
-    mut rx: mpsc::Receiver<Change<()>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+fn config() -> runtime::Config {
+    runtime::Config {
+        select: Some(deleting),
+        ..runtime::Config::new(objects::prefix(ClaimSpec::INFO, None))
+    }
+}
+
+/// Cheap pre-filter on the raw bytes: most claims are not being deleted.
+fn deleting(bytes: &[u8]) -> bool {
+    contains(bytes, b"\"deletionTimestamp\"")
+}
+
+/// Finalizes claims being deleted.
+pub struct Finalizer;
+
+impl Reconciler for Finalizer {
+    type Object = Claim;
+    type Error = ControlError;
+
+    fn name(&self) -> &'static str {
+        "claim-finalizer"
+    }
+
+    async fn reconcile(
+        &self,
+        key: &str,
+        claim: Arc<Claim>,
+        ctx: &Context,
+    ) -> Result<Action, ControlError> {
+        if claim.metadata.deletion_timestamp.is_none() {
+            return Ok(Action::await_change());
+        }
+        for _ in 0..ATTEMPTS {
+            if finalize(ctx, key).await? {
+                return Ok(Action::await_change());
+            }
+        }
+        Err(ControlError::stale("Claim", claim.name()))
+    }
+}
+
+async fn collect_events_every(ctx: Context, mut shutdown: watch::Receiver<bool>) {
     let mut gc = tokio::time::interval(EVENT_GC_EVERY);
     loop {
-        let kvs = tokio::select! {
-            change = rx.recv() => match change {
-                Some(Change::Resync((), kvs, _)) => kvs,
-                Some(Change::Events((), events)) => events
-                    .iter()
-                    .filter(|e| e.kind == infraos_store::EventKind::Put)
-                    .map(|e| e.kv.clone())
-                    .collect(),
-                None => return,
-            },
-            _ = gc.tick() => {
-                collect_events(&state).await;
-                continue;
-            }
+        tokio::select! {
+            _ = gc.tick() => collect_events(&ctx).await,
             _ = shutdown.changed() => return,
-        };
-        for kv in kvs {
-            // Cheap pre-filter on the raw bytes: most claim events are not deletions.
-            if !contains(&kv.value, b"\"deletionTimestamp\"") {
-                continue;
-            }
-            let deleting = serde_json::from_slice::<serde_json::Value>(&kv.value)
-                .ok()
-                .is_some_and(|v| v.pointer("/metadata/deletionTimestamp").is_some());
-            if !deleting {
-                continue;
-            }
-            for attempt in 0..5 {
-                match finalize(&state, &kv.key).await {
-                    Ok(true) => break,
-                    Ok(false) if attempt < 4 => continue,
-                    Ok(false) => {
-                        tracing::warn!(claim = %kv.key, "finalizing kept conflicting; will retry on the next change")
-                    }
-                    Err(e) => {
-                        tracing::warn!(claim = %kv.key, error = %e.message, "finalizing failed");
-                        if reflector::sleep_or_shutdown(&mut shutdown, Duration::from_millis(200))
-                            .await
-                        {
-                            return;
-                        }
-                    }
-                }
-            }
         }
     }
 }
@@ -92,7 +90,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Releases and removes the allocation of a claim being deleted; true when done.
-async fn finalize(state: &AppState, claim_key: &str) -> Result<bool, ApiError> {
+async fn finalize(state: &Context, claim_key: &str) -> Result<bool, ControlError> {
     let Some(claim_kv) = state.store.get(claim_key).await? else {
         return Ok(true);
     };
@@ -173,7 +171,7 @@ async fn finalize(state: &AppState, claim_key: &str) -> Result<bool, ApiError> {
 }
 
 /// Deletes events whose last occurrence is older than the TTL.
-async fn collect_events(state: &AppState) {
+async fn collect_events(state: &Context) {
     let cutoff = state.clock.now().unix_millis() - state.config.event_ttl.as_millis() as i64;
     let prefix = objects::prefix(EventSpec::INFO, None);
     let mut after: Option<String> = None;
@@ -204,5 +202,52 @@ async fn collect_events(state: &AppState) {
         if !page.more {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::testing;
+
+    /// Regression: the finalizer gave up after five conflicts and "retried on the next
+    /// change", so a claim deleted while conflicts persisted waited for a relist or a
+    /// restart. Now the runtime's backoff retries it without any further change.
+    #[tokio::test]
+    async fn a_claim_deleted_while_conflicts_persist_is_finalized_without_another_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let flaky = testing::Flaky::new(testing::store(dir.path()));
+        let claim: Claim = serde_json::from_value(serde_json::json!({
+            "apiVersion": "infraos.io/v1", "kind": "Claim",
+            "metadata": {"name": "c", "namespace": "p", "uid": "u-1",
+                         "finalizers": [ALLOCATION_FINALIZER],
+                         "deletionTimestamp": "2026-11-29T10:00:00Z"},
+            "spec": {"requests": [{"name": "cpu", "class": "cpu", "count": 1}]}
+        }))
+        .unwrap();
+        let key = objects::key(ClaimSpec::INFO, Some("p"), "c");
+        flaky
+            .inner
+            .txn(Txn::new().put(key.clone(), encode_typed(&claim)))
+            .await
+            .unwrap();
+        // Three reconciles' worth of lost races.
+        flaky.conflicts.store(3 * ATTEMPTS, Ordering::SeqCst);
+        let ctx = testing::context(flaky.clone());
+        let (_stop, stop_rx) = watch::channel(false);
+        let _controller = spawn(ctx, stop_rx);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while flaky.inner.get(&key).await.unwrap().is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the claim was not finalized; {} transactions refused",
+                flaky.refused.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(flaky.refused.load(Ordering::SeqCst), 3 * ATTEMPTS);
     }
 }

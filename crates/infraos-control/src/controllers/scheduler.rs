@@ -33,13 +33,13 @@ use super::applier::{self, ClaimEntry};
 use super::feed::AllocationFeed;
 use super::ledger::Ledger;
 use super::pending::PendingQueue;
-use crate::ServerError;
+use crate::Context as AppState;
+use crate::ControlError as ServerError;
+use crate::ControlError as ApiError;
 use crate::audit::Actor;
-use crate::error::ApiError;
 use crate::objects::{self, decode_typed};
 use crate::reflector::{self, Change};
-use crate::state::AppState;
-use crate::update::{self, Audit, Decision, Target};
+use crate::write::{self as update, Audit, Decision, Target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Source {
@@ -426,13 +426,7 @@ pub fn spawn(
     Ok(tokio::spawn(controller.run(rx, shutdown)))
 }
 
-/// `namespace/name` from a key `/registry/<plural>/<namespace>/<name>`, or the name of a
-/// cluster-scoped object.
-pub(crate) fn object_id(key: &str) -> String {
-    let mut parts = key.trim_start_matches("/registry/").splitn(2, '/');
-    parts.next();
-    parts.next().unwrap_or_default().to_string()
-}
+pub(crate) use crate::objects::object_id;
 
 impl Controller {
     async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut shutdown: watch::Receiver<bool>) {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use infraos_api::{Kind, KindInfo, Object};
 use infraos_store::KeyValue;
 
-use crate::error::ApiError;
+use crate::ControlError;
 
 /// Claims carry it until their allocation is released, so deleting a claim frees its
 /// resources before the claim disappears.
@@ -20,6 +20,14 @@ pub fn key(info: &KindInfo, namespace: Option<&str>, name: &str) -> String {
         Some(ns) if info.namespaced => format!("/registry/{}/{ns}/{name}", info.plural),
         _ => format!("/registry/{}/{name}", info.plural),
     }
+}
+
+/// `namespace/name` from a key `/registry/<plural>/<namespace>/<name>`, or the name of a
+/// cluster-scoped object.
+pub fn object_id(key: &str) -> String {
+    let mut parts = key.trim_start_matches("/registry/").splitn(2, '/');
+    parts.next();
+    parts.next().unwrap_or_default().to_string()
 }
 
 /// The prefix of all objects of a kind, or of one namespace's.
@@ -40,9 +48,9 @@ pub struct Stored {
     pub revision: u64,
 }
 
-pub fn decode_stored(kv: &KeyValue) -> Result<Stored, ApiError> {
+pub fn decode_stored(kv: &KeyValue) -> Result<Stored, ControlError> {
     let mut value: serde_json::Value = serde_json::from_slice(&kv.value)
-        .map_err(|e| ApiError::internal(format!("stored object {} is corrupt: {e}", kv.key)))?;
+        .map_err(|e| ControlError::internal(format!("stored object {} is corrupt: {e}", kv.key)))?;
     set_revision(&mut value, kv.mod_revision);
     Ok(Stored {
         value,
@@ -53,9 +61,9 @@ pub fn decode_stored(kv: &KeyValue) -> Result<Stored, ApiError> {
 
 /// Decodes a stored object the control plane wrote into its typed form. Its revision is
 /// `kv.mod_revision`; `metadata.resourceVersion` stays unset, as in the stored form.
-pub fn decode_typed<K: Kind>(kv: &KeyValue) -> Result<Object<K>, ApiError> {
+pub fn decode_typed<K: Kind>(kv: &KeyValue) -> Result<Object<K>, ControlError> {
     infraos_api::object::decode_trusted(&kv.value)
-        .map_err(|e| ApiError::internal(format!("stored object {} is corrupt: {e}", kv.key)))
+        .map_err(|e| ControlError::internal(format!("stored object {} is corrupt: {e}", kv.key)))
 }
 
 /// The stored JSON with `resourceVersion` spliced into its metadata, without parsing it.

@@ -111,6 +111,14 @@ pub fn object_ref(kind: &str, namespace: Option<&str>, name: &str) -> AuditObjec
     }
 }
 
+/// What an audit record of a refusal says of it: the answer's status code, its reason word
+/// and message. The HTTP edge's error implements it; the audit trail knows no HTTP.
+pub trait Refused {
+    fn code(&self) -> u16;
+    fn reason(&self) -> &str;
+    fn message(&self) -> &str;
+}
+
 /// Records a refused request: it changed nothing, but the attempt is part of the trail.
 pub async fn refusal(
     store: &dyn Store,
@@ -118,15 +126,15 @@ pub async fn refusal(
     actor: &Actor,
     verb: &str,
     object: AuditObjectRef,
-    error: &crate::error::ApiError,
+    error: &impl Refused,
 ) {
     let payload = Record {
         actor,
         verb,
         object,
-        code: error.code.as_u16(),
+        code: error.code(),
         // The message says why (the field, the missing binding); it never holds secrets.
-        reason: Some(format!("{}: {}", error.reason, error.message)),
+        reason: Some(format!("{}: {}", error.reason(), error.message())),
         before: None,
         after: None,
         node: None,

@@ -24,7 +24,7 @@ use infraos_store::KeyValue;
 
 use super::ledger::AllocationProbe;
 use super::scheduler::{Applied, Source, apply_object};
-use crate::error::ApiError;
+use crate::ControlError as ApiError;
 
 /// An allocation event held back while the allocation's batch is unsettled.
 enum LastEvent {

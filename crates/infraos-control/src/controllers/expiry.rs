@@ -1,44 +1,44 @@
 //! The lease controller: frees allocations whose lease ran out, once `expireTime` plus the
 //! clock-skew margin has passed (DESIGN §2), and marks their claims Expired.
 //!
-//! It keeps a timer per active allocation, fed by a watch. When one fires it re-reads both
-//! objects and decides again with [`lease::expiry_action`] (level-triggered: a renewal that
-//! landed meanwhile simply moves the timer), then commits with compare-and-swap on both.
+//! It runs on the controller runtime over the allocations: a reconcile of an active one
+//! asks to be requeued when its lease is due (a timer per allocation, kept by the runtime's
+//! queue). When due, it re-reads both objects and decides again with
+//! [`lease::expiry_action`] (level-triggered: a renewal that landed meanwhile simply moves the
+//! timer), then commits with compare-and-swap on both.
 
-use foldhash::HashMap;
-use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use infraos_api::Kind as _;
 use infraos_api::kinds::{AllocationSpec, ClaimSpec};
 use infraos_store::{Compare, Txn};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::audit::{self, Actor, Record};
 use crate::events;
 use crate::lease::{self, End, ExpiryAction};
 use crate::objects::{self, decode_typed, encode_typed};
-use crate::reflector::{self, Change};
-use crate::state::AppState;
+use crate::runtime::{self, Action, Reconciler};
+use crate::{Context, ControlError};
 
-/// Longest sleep between checks, so wall-clock jumps are noticed promptly.
-const MAX_SLEEP: Duration = Duration::from_millis(500);
+/// Longest wait before an active allocation is looked at again, so a jump of the wall clock
+/// (which the runtime's timers do not follow) is noticed within it.
+const MAX_WAIT: Duration = Duration::from_secs(5);
 
-pub fn spawn(state: AppState, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
-    let (tx, rx) = mpsc::channel(4096);
-    tokio::spawn(reflector::run(
-        state.store.clone(),
-        objects::prefix(AllocationSpec::INFO, None),
-        (),
-        tx,
-        shutdown.clone(),
-    ));
-    tokio::spawn(run(state, rx, shutdown))
+pub fn spawn(ctx: Context, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    runtime::spawn(
+        Expiry,
+        runtime::Config::new(objects::prefix(AllocationSpec::INFO, None)),
+        ctx,
+        shutdown,
+    )
 }
 
-/// The part of an Allocation the timers need.
+/// The part of an Allocation the timers need: the cache holds only this, so an allocation's
+/// status report costs a partial parse here, not a full decode.
 #[derive(serde::Deserialize)]
-struct LeaseView {
+pub struct LeaseView {
     #[serde(default)]
     status: Option<LeaseViewStatus>,
 }
@@ -55,116 +55,48 @@ struct LeaseViewLease {
     expire_time: infraos_api::Time,
 }
 
-#[derive(Default)]
-struct Timers {
-    due: BTreeSet<(i64, String)>,
-    by_key: HashMap<String, i64>,
-}
+/// Frees allocations whose lease ran out.
+pub struct Expiry;
 
-impl Timers {
-    fn set(&mut self, key: String, at_ms: i64) {
-        if let Some(old) = self.by_key.insert(key.clone(), at_ms) {
-            self.due.remove(&(old, key.clone()));
-        }
-        self.due.insert((at_ms, key));
+impl Reconciler for Expiry {
+    type Object = LeaseView;
+    type Error = ControlError;
+
+    fn name(&self) -> &'static str {
+        "lease-controller"
     }
 
-    fn clear(&mut self, key: &str) {
-        if let Some(old) = self.by_key.remove(key) {
-            self.due.remove(&(old, key.to_string()));
-        }
-    }
-
-    fn pop_due(&mut self, now_ms: i64) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Some((at, _)) = self.due.first() {
-            if *at > now_ms {
-                break;
+    async fn reconcile(
+        &self,
+        key: &str,
+        view: Arc<LeaseView>,
+        ctx: &Context,
+    ) -> Result<Action, ControlError> {
+        let free_at = match &view.status {
+            Some(s) if s.phase.holds_resources() => {
+                s.lease.expire_time.plus(ctx.config.lease_skew_margin)
             }
-            if let Some((_, key)) = self.due.pop_first() {
-                self.by_key.remove(&key);
-                out.push(key);
-            }
-        }
-        out
-    }
-
-    fn next_ms(&self) -> Option<i64> {
-        self.due.first().map(|(at, _)| *at)
-    }
-}
-
-async fn run(
-    state: AppState,
-    mut rx: mpsc::Receiver<Change<()>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let margin = state.config.lease_skew_margin;
-    let mut timers = Timers::default();
-    let consider =
-        |timers: &mut Timers, key: &str, kv: &infraos_store::KeyValue, now: infraos_api::Time| {
-            // Only the phase and expiry matter here; the rest of the object is skipped unparsed.
-            match serde_json::from_slice::<LeaseView>(&kv.value) {
-                Ok(view) => match view.status {
-                    Some(s) if s.phase.holds_resources() => {
-                        let free_at = s.lease.expire_time.plus(margin);
-                        if now > free_at {
-                            timers.set(key.to_string(), now.unix_millis());
-                        } else {
-                            timers.set(key.to_string(), free_at.unix_millis() + 1);
-                        }
-                    }
-                    _ => timers.clear(key),
-                },
-                Err(e) => tracing::error!(%key, error = %e, "cannot decode allocation"),
-            }
+            _ => return Ok(Action::await_change()),
         };
-    loop {
-        let now = state.clock.now();
-        let sleep = timers
-            .next_ms()
-            .map(|at| Duration::from_millis(at.saturating_sub(now.unix_millis()).max(0) as u64))
-            .unwrap_or(MAX_SLEEP)
-            .min(MAX_SLEEP);
-        tokio::select! {
-            change = rx.recv() => {
-                let now = state.clock.now();
-                match change {
-                    Some(Change::Resync((), kvs, _)) => {
-                        timers = Timers::default();
-                        for kv in &kvs {
-                            consider(&mut timers, &kv.key, kv, now);
-                        }
-                    }
-                    Some(Change::Events((), events)) => {
-                        for e in events.iter() {
-                            match e.kind {
-                                infraos_store::EventKind::Put => consider(&mut timers, &e.kv.key, &e.kv, now),
-                                infraos_store::EventKind::Delete => timers.clear(&e.kv.key),
-                            }
-                        }
-                    }
-                    None => return,
-                }
-            }
-            _ = tokio::time::sleep(sleep) => {}
-            _ = shutdown.changed() => return,
+        let now = ctx.clock.now();
+        if now <= free_at {
+            return Ok(wait_until(free_at.unix_millis() + 1, now.unix_millis()));
         }
-        for key in timers.pop_due(state.clock.now().unix_millis()) {
-            match expire(&state, &key).await {
-                Ok(Some(at)) => timers.set(key, at),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(%key, error = %e, "expiring a lease failed; retrying");
-                    timers.set(key, state.clock.now().unix_millis() + 1000);
-                }
-            }
-        }
+        Ok(match expire(ctx, key).await? {
+            Some(at_ms) => wait_until(at_ms, ctx.clock.now().unix_millis()),
+            None => Action::await_change(),
+        })
     }
+}
+
+/// Looks again at `at_ms` (wall clock), or within [`MAX_WAIT`].
+fn wait_until(at_ms: i64, now_ms: i64) -> Action {
+    let ms = u64::try_from(at_ms.saturating_sub(now_ms)).unwrap_or(0);
+    Action::requeue(Duration::from_millis(ms).min(MAX_WAIT))
 }
 
 /// Expires one allocation if it is due; returns when to look again if it is not.
-async fn expire(state: &AppState, alloc_key: &str) -> Result<Option<i64>, crate::error::ApiError> {
+async fn expire(state: &Context, alloc_key: &str) -> Result<Option<i64>, ControlError> {
     let Some(alloc_kv) = state.store.get(alloc_key).await? else {
         return Ok(None);
     };
@@ -304,11 +236,11 @@ async fn expire(state: &AppState, alloc_key: &str) -> Result<Option<i64>, crate:
 /// are stopped (their workloads get their stop grace) and requeued, so the gang is placed
 /// whole again rather than left running short of a member.
 async fn stop_gang(
-    state: &AppState,
+    state: &Context,
     ns: &str,
     group: &str,
     lost: &infraos_api::kinds::Allocation,
-) -> Result<(), crate::error::ApiError> {
+) -> Result<(), ControlError> {
     let prefix = objects::prefix(AllocationSpec::INFO, Some(ns));
     let members = state.store.range(&prefix, None, 0).await?;
     let by = format!("gang {ns}/{group}");
@@ -324,7 +256,7 @@ async fn stop_gang(
         if member.spec.group.as_deref() != Some(group) || member.name() == lost.name() {
             continue;
         }
-        let stop = super::applier::Stop {
+        let stop = crate::controllers::applier::Stop {
             by: &by,
             reason: &reason,
             actor: "lease-controller",
@@ -332,8 +264,13 @@ async fn stop_gang(
             event_reason: "GangMemberLost",
             done: "stopped",
         };
-        super::applier::stop_early(state, &format!("{ns}/{}", member.name()), stop, Vec::new())
-            .await?;
+        crate::controllers::applier::stop_early(
+            state,
+            &format!("{ns}/{}", member.name()),
+            stop,
+            Vec::new(),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -343,14 +280,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timers_fire_in_order_and_can_move() {
-        let mut t = Timers::default();
-        t.set("b".into(), 20);
-        t.set("a".into(), 10);
-        t.set("c".into(), 30);
-        t.set("c".into(), 5);
-        t.clear("b");
-        assert_eq!(t.pop_due(15), vec!["c".to_string(), "a".to_string()]);
-        assert_eq!(t.next_ms(), None);
+    fn waits_are_to_the_millisecond_and_capped() {
+        assert_eq!(
+            wait_until(1_250, 1_000).requeue_after(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(wait_until(900, 1_000).requeue_after(), Some(Duration::ZERO));
+        assert_eq!(wait_until(1_000_000, 0).requeue_after(), Some(MAX_WAIT));
     }
 }
