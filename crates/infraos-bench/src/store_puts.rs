@@ -61,7 +61,9 @@ async fn open(url: Option<&str>, dir: &std::path::Path) -> anyhow::Result<Arc<dy
         #[cfg(feature = "etcd")]
         Some(url) => {
             let options = infraos_store::etcd::EtcdOptions::parse_url(url)?;
-            Ok(Arc::new(infraos_store::etcd::EtcdStore::connect(options).await?))
+            Ok(Arc::new(
+                infraos_store::etcd::EtcdStore::connect(options).await?,
+            ))
         }
         #[cfg(not(feature = "etcd"))]
         Some(url) => anyhow::bail!("{url}: this infraos was built without the etcd backend"),
