@@ -294,6 +294,7 @@ async fn chaos_keeps_every_invariant() {
         collected.clone(),
     );
     // Each agent publishes its own compute resource; pin capacity so the check is exact.
+    let agents_count = agents.len();
     for a in &agents {
         let name = a.name.clone();
         eventually(Duration::from_secs(60), "agent node ready", || {
@@ -313,8 +314,25 @@ async fn chaos_keeps_every_invariant() {
         })
         .await;
     }
+    // Ready comes from the first heartbeat; the compute resource is reported beside it, so it
+    // may land a moment later.
+    let resources = eventually(
+        Duration::from_secs(60),
+        "every agent's compute resource",
+        || {
+            let c = c.clone();
+            async move {
+                let (resources, _) = c.list(kind("resources"), None, None).await.ok()?;
+                let compute = resources
+                    .iter()
+                    .filter(|r| r["spec"]["class"] == "compute" && r["spec"]["node"].is_string())
+                    .count();
+                (compute == agents_count).then_some(resources)
+            }
+        },
+    )
+    .await;
     let mut capacity: HashMap<String, i64> = HashMap::new();
-    let (resources, _) = c.list(kind("resources"), None, None).await.unwrap();
     for r in &resources {
         if r["spec"]["class"] == "compute"
             && let Some(node) = r["spec"]["node"].as_str()
