@@ -5,9 +5,9 @@
 # `--max-request-bytes 1.5 MiB`) on loopback ports, then per run, interleaved:
 #   bench store  (raw puts, 64 clients)         on etcd
 #   bench e2e --batch BATCH and --batch 1       on the embedded store and on etcd
-# BATCH defaults to 50: a batch create writes each claim with its own audit entry in one
-# transaction (2 operations a claim + the ledger head), so 63 is the most a default etcd
-# (--max-txn-ops 128) takes; a larger one is refused with 413 naming the limit.
+# BATCH defaults to 100: a batch create writes each claim (a compare and a put) and one block
+# of audit entries in one transaction, plus the ledger head's compare and put, so 126 is the
+# most a default etcd (--max-txn-ops 128) takes; a larger one is refused with 413 naming it.
 # and prints medians and etcd/embedded ratios.
 #   cargo build --release --features etcd --bin infraos
 #   scripts/bench-etcd.sh target/release/infraos 5 10000 10000
@@ -16,7 +16,7 @@ bin=${1:?usage: bench-etcd.sh BIN [RUNS] [NODES] [CLAIMS] [BATCH]}
 runs=${2:-5}
 nodes=${3:-10000}
 claims=${4:-10000}
-batch_size=${5:-50}
+batch_size=${5:-100}
 etcd=$(command -v etcd || true)
 [[ -n $etcd ]] || { echo "etcd is not installed: apt-get install -y etcd-server" >&2; exit 1; }
 dir=$(mktemp -d)

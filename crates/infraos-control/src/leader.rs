@@ -119,6 +119,12 @@ impl Store for FencedStore {
     async fn ledger_head(&self) -> Result<LedgerHead, StoreError> {
         self.inner.ledger_head().await
     }
+    /// The fence's compare rides on every transaction.
+    fn txn_limits(&self) -> infraos_store::TxnLimits {
+        let mut limits = self.inner.txn_limits();
+        limits.compares = limits.compares.saturating_sub(1);
+        limits
+    }
 }
 
 /// How the election is timed.

@@ -117,4 +117,7 @@ impl Store for Flaky {
     async fn ledger_head(&self) -> Result<LedgerHead, StoreError> {
         self.inner.ledger_head().await
     }
+    fn txn_limits(&self) -> infraos_store::TxnLimits {
+        self.inner.txn_limits()
+    }
 }

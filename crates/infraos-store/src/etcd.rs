@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   {root}/data{key}          objects, as the embedded store keeps them (revisions are etcd's)
-//!   {root}/ledger/{seq:020}   ledger entries: prev hash ‖ hash ‖ payload
+//!   {root}/ledger/{first:020}.{count}   the ledger entries one transaction appends ([`blocks`])
 //!   {root}/ledger-head        seq (8 bytes, little-endian) ‖ hash of the newest entry
 //! ```
 //! A transaction is one etcd `Txn`: the caller's compares, plus (when it appends to the
@@ -12,8 +12,8 @@
 //! compares failed. Watches map onto etcd watches with `prev_kv`; a compacted start revision
 //! is `StoreError::Compacted`, as for the embedded store.
 //!
-//! Unlike the embedded store, ledger entries are keys here: a ledger-only transaction moves
-//! the revision on (etcd's revision counts every key it writes).
+//! Unlike the embedded store, ledger entries are keys here (one block per transaction): a
+//! ledger-only transaction moves the revision on (etcd's revision counts every key it writes).
 //!
 //! Load: transactions that append to the ledger go through one committer per store, which
 //! sends whatever queued meanwhile as one etcd Txn within etcd's limits ([`group`]); a single
@@ -27,16 +27,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, TlsOptions,
-    Txn as EtcdTxn, TxnOp, WatchOptions,
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, SortOrder,
+    SortTarget, TlsOptions, Txn as EtcdTxn, TxnOp, WatchOptions,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{
     Compare, Event, EventKind, KeyValue, LedgerEntry, LedgerHead, Op, RangeResult, Revision, Store,
-    StoreError, Txn, TxnOutcome, WatchStream, check_sizes,
+    StoreError, Txn, TxnCost, TxnLimits, TxnOutcome, WatchStream, check_sizes,
 };
 
+mod blocks;
 mod group;
 
 /// Where an etcd store lives and how to reach it.
@@ -368,8 +369,9 @@ impl EtcdStore {
         }
     }
 
-    fn ledger_key(&self, seq: u64) -> String {
-        format!("{}{seq:020}", self.ledger)
+    /// The key of a ledger block, from its suffix ([`blocks`]).
+    fn ledger_block_key(&self, suffix: String) -> String {
+        format!("{}{suffix}", self.ledger)
     }
 }
 
@@ -503,20 +505,6 @@ impl EtcdStore {
             .collect()
     }
 
-    /// The put of the ledger entry after `head`, and the head it makes.
-    fn ledger_put(&self, head: &LedgerHead, payload: &[u8]) -> (TxnOp, LedgerHead) {
-        let seq = head.seq + 1;
-        let hash = infraos_api::audit::chain_hash(seq, &head.hash, payload);
-        let mut raw = Vec::with_capacity(64 + payload.len());
-        raw.extend_from_slice(&head.hash);
-        raw.extend_from_slice(&hash);
-        raw.extend_from_slice(payload);
-        (
-            TxnOp::put(self.ledger_key(seq), raw, None),
-            LedgerHead { seq, hash },
-        )
-    }
-
     async fn watch_once(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
         // A start revision etcd has compacted away is refused here, as the embedded store does.
         let current = self.current_revision().await?;
@@ -622,45 +610,50 @@ impl EtcdStore {
         from: u64,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
-        let mut options = GetOptions::new().with_range(prefix_end(self.ledger.as_bytes()));
-        if limit > 0 {
-            options = options.with_limit(limit as i64);
-        }
+        let from = from.max(1);
         let mut client = self.client();
-        let resp = client
-            .get(self.ledger_key(from.max(1)), Some(options))
+        // The key holding `from`: the last one that sorts before every later entry's key.
+        let holding = client
+            .get(
+                self.ledger.as_bytes(),
+                Some(
+                    GetOptions::new()
+                        .with_range(self.ledger_block_key(blocks::range_end_for(from)))
+                        .with_sort(SortTarget::Key, SortOrder::Descend)
+                        .with_limit(1)
+                        .with_keys_only(),
+                ),
+            )
             .await
             .map_err(backend)?;
-        resp.kvs()
-            .iter()
-            .map(|kv| {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                let seq = key
-                    .strip_prefix(&self.ledger)
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or_else(|| StoreError::Corrupt {
-                        key: key.clone(),
-                        reason: "not a ledger entry key".into(),
-                    })?;
-                let raw = kv.value();
-                if raw.len() < 64 {
-                    return Err(StoreError::Corrupt {
-                        key,
-                        reason: "entry shorter than its two hashes".into(),
-                    });
-                }
-                let mut prev_hash = [0u8; 32];
-                let mut hash = [0u8; 32];
-                prev_hash.copy_from_slice(&raw[..32]);
-                hash.copy_from_slice(&raw[32..64]);
-                Ok(LedgerEntry {
-                    seq,
-                    prev_hash,
-                    hash,
-                    payload: Bytes::copy_from_slice(&raw[64..]),
-                })
-            })
-            .collect()
+        let start = match holding.kvs().first() {
+            Some(kv) => kv.key().to_vec(),
+            None => self.ledger.as_bytes().to_vec(),
+        };
+        let mut options = GetOptions::new().with_range(prefix_end(self.ledger.as_bytes()));
+        if limit > 0 {
+            // Every key holds one entry or more; the first may hold some before `from`.
+            options = options.with_limit(limit.saturating_add(1) as i64);
+        }
+        let resp = client.get(start, Some(options)).await.map_err(backend)?;
+        let mut out = Vec::new();
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let entries = key
+                .strip_prefix(&self.ledger)
+                .ok_or_else(|| "not a ledger key".to_string())
+                .and_then(|suffix| blocks::decode(suffix, kv.value()))
+                .map_err(|reason| StoreError::Corrupt {
+                    key: key.clone(),
+                    reason,
+                })?;
+            out.extend(entries.into_iter().filter(|e| e.seq >= from));
+            if limit > 0 && out.len() >= limit {
+                out.truncate(limit);
+                break;
+            }
+        }
+        Ok(out)
     }
 
     async fn ledger_head_once(&self) -> Result<LedgerHead, StoreError> {
@@ -697,8 +690,7 @@ impl Store for EtcdStore {
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         check_sizes(&txn)?;
-        let cost = group::Cost::of(&txn);
-        if let Some(refused) = self.limits.refuse(cost, !txn.ledger.is_empty()) {
+        if let Some(refused) = self.limits.refuse(TxnCost::of(&txn)) {
             return Err(refused);
         }
         if txn.ledger.is_empty() {
@@ -732,6 +724,10 @@ impl Store for EtcdStore {
 
     async fn ledger_head(&self) -> Result<LedgerHead, StoreError> {
         self.again(true, || self.ledger_head_once()).await
+    }
+
+    fn txn_limits(&self) -> TxnLimits {
+        self.limits.for_writers()
     }
 }
 

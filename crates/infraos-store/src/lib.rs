@@ -154,6 +154,91 @@ impl Txn {
     }
 }
 
+/// What a transaction costs against a backend's limits on one request. The ledger entries
+/// of one request cost one write on every backend (etcd keeps them as one block), however many
+/// they are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxnCost {
+    pub compares: usize,
+    /// Puts and deletes (a key written twice counts twice: an upper bound).
+    pub writes: usize,
+    pub ledger_entries: usize,
+    /// Keys, values and ledger payloads, with a little for their framing.
+    pub bytes: usize,
+}
+
+impl TxnCost {
+    /// Bytes a ledger entry adds besides its payload (two hashes, the block's framing).
+    pub const LEDGER_ENTRY_OVERHEAD: usize = 64 + 48;
+    /// Bytes an operation or compare adds besides its key and value.
+    pub const OP_OVERHEAD: usize = 16;
+
+    pub fn of(txn: &Txn) -> TxnCost {
+        let ops: usize = txn
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(k, v) => k.len() + v.len() + Self::OP_OVERHEAD,
+                Op::Delete(k) => k.len() + Self::OP_OVERHEAD,
+            })
+            .sum();
+        let compares: usize = txn
+            .compares
+            .iter()
+            .map(|c| c.key().len() + Self::OP_OVERHEAD)
+            .sum();
+        let ledger: usize = txn
+            .ledger
+            .iter()
+            .map(|p| p.len() + Self::LEDGER_ENTRY_OVERHEAD)
+            .sum();
+        TxnCost {
+            compares: txn.compares.len(),
+            writes: txn.ops.len(),
+            ledger_entries: txn.ledger.len(),
+            bytes: ops + compares + ledger,
+        }
+    }
+
+    /// Operations the request carries: its writes and, when it appends, one for the ledger.
+    pub fn ops(&self) -> usize {
+        self.writes + usize::from(self.ledger_entries > 0)
+    }
+
+    pub fn plus(self, other: TxnCost) -> TxnCost {
+        TxnCost {
+            compares: self.compares + other.compares,
+            writes: self.writes + other.writes,
+            ledger_entries: self.ledger_entries + other.ledger_entries,
+            bytes: self.bytes + other.bytes,
+        }
+    }
+}
+
+/// The most one transaction may carry on a backend, so that a writer with a lot to write (the
+/// plan applier) can split it into transactions the backend takes: etcd refuses more than
+/// `--max-txn-ops` compares or operations, or more than `--max-request-bytes`, in one request.
+/// What the backend adds itself (the ledger head's compare and put) is already taken off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnLimits {
+    pub compares: usize,
+    pub ops: usize,
+    pub bytes: usize,
+}
+
+impl TxnLimits {
+    /// No limit (the embedded store).
+    pub const UNBOUNDED: TxnLimits = TxnLimits {
+        compares: usize::MAX,
+        ops: usize::MAX,
+        bytes: usize::MAX,
+    };
+
+    pub fn admits(&self, cost: TxnCost) -> bool {
+        cost.compares <= self.compares && cost.ops() <= self.ops && cost.bytes <= self.bytes
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxnOutcome {
     pub succeeded: bool,
@@ -331,6 +416,12 @@ pub trait Store: Send + Sync + 'static {
     async fn ledger_range(&self, from: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError>;
 
     async fn ledger_head(&self) -> Result<LedgerHead, StoreError>;
+
+    /// The most one transaction may carry here ([`TxnLimits`]). A wrapper that adds compares
+    /// to every transaction (the leader's fence) takes them off.
+    fn txn_limits(&self) -> TxnLimits {
+        TxnLimits::UNBOUNDED
+    }
 }
 
 pub(crate) fn check_sizes(txn: &Txn) -> Result<(), StoreError> {

@@ -78,6 +78,9 @@ impl Store for ReadMemo {
     async fn ledger_head(&self) -> Result<LedgerHead, StoreError> {
         self.inner.ledger_head().await
     }
+    fn txn_limits(&self) -> crate::TxnLimits {
+        self.inner.txn_limits()
+    }
 }
 
 #[cfg(test)]

@@ -50,6 +50,112 @@ mod limits {
         assert!(store.get("/wide/0").await.unwrap().is_none());
     }
 
+    /// A batch create of 100 objects, each with its audit entry, fits one default etcd
+    /// transaction: the entries of one request are one key (a block).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hundred_audited_writes_fit_one_default_transaction() {
+        let etcd = EtcdProcess::start().await;
+        let url = format!("etcd://{}/blocks", etcd.endpoint);
+        let store = EtcdStore::connect(EtcdOptions::parse_url(&url).unwrap())
+            .await
+            .unwrap();
+        let limits = store.txn_limits();
+        assert_eq!((limits.compares, limits.ops), (127, 127));
+        let mut txn = Txn::new();
+        for i in 0..100 {
+            txn = txn
+                .when(infraos_store::Compare::absent(format!("/batch/{i}")))
+                .put(format!("/batch/{i}"), "v")
+                .append(format!("created {i}").into_bytes());
+        }
+        let out = store.txn(txn).await.unwrap();
+        assert!(out.succeeded);
+        assert_eq!(out.ledger_seqs, (1..=100).collect::<Vec<u64>>());
+        // A few more transactions, grouped or not, then read the chain back whole and in part.
+        let writes = (0..20).map(|i| {
+            let store = store.clone();
+            async move {
+                store
+                    .txn(Txn::new().append(format!("more {i}").into_bytes()))
+                    .await
+                    .unwrap()
+            }
+        });
+        futures::future::join_all(writes).await;
+        let all = store.ledger_range(0, 0).await.unwrap();
+        assert_eq!(all.len(), 120);
+        let mut prev = [0u8; 32];
+        for (i, e) in all.iter().enumerate() {
+            assert_eq!(e.seq, i as u64 + 1);
+            assert_eq!(e.prev_hash, prev);
+            assert_eq!(
+                e.hash,
+                infraos_api::audit::chain_hash(e.seq, &prev, &e.payload)
+            );
+            prev = e.hash;
+        }
+        assert_eq!(&all[41].payload[..], b"created 41");
+        let part = store.ledger_range(50, 10).await.unwrap();
+        assert_eq!(
+            part.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (50..60).collect::<Vec<u64>>()
+        );
+        let tail = store.ledger_range(119, 5).await.unwrap();
+        assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), [119, 120]);
+        assert!(store.ledger_range(121, 0).await.unwrap().is_empty());
+        assert_eq!(store.ledger_head().await.unwrap().seq, 120);
+    }
+
+    /// A ledger written one key per entry (before blocks) still reads, and grows in blocks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ledger_of_single_entry_keys_still_reads_and_grows() {
+        let etcd = EtcdProcess::start().await;
+        let mut client = etcd_client::Client::connect([etcd.endpoint.clone()], None)
+            .await
+            .unwrap();
+        let mut prev = [0u8; 32];
+        for seq in 1..=3u64 {
+            let payload = format!("old {seq}");
+            let hash = infraos_api::audit::chain_hash(seq, &prev, payload.as_bytes());
+            let mut raw = prev.to_vec();
+            raw.extend_from_slice(&hash);
+            raw.extend_from_slice(payload.as_bytes());
+            client
+                .put(format!("/old/ledger/{seq:020}"), raw, None)
+                .await
+                .unwrap();
+            prev = hash;
+        }
+        let mut head = 3u64.to_le_bytes().to_vec();
+        head.extend_from_slice(&prev);
+        client.put("/old/ledger-head", head, None).await.unwrap();
+
+        let url = format!("etcd://{}/old", etcd.endpoint);
+        let store = EtcdStore::connect(EtcdOptions::parse_url(&url).unwrap())
+            .await
+            .unwrap();
+        let out = store
+            .txn(
+                Txn::new()
+                    .append(b"new 4".to_vec())
+                    .append(b"new 5".to_vec()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.ledger_seqs, [4, 5]);
+        let all = store.ledger_range(1, 0).await.unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        assert_eq!(all[3].prev_hash, prev);
+        assert_eq!(&all[1].payload[..], b"old 2");
+        let from_two = store.ledger_range(2, 2).await.unwrap();
+        assert_eq!(from_two.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+        let from_five = store.ledger_range(5, 0).await.unwrap();
+        assert_eq!(from_five.iter().map(|e| e.seq).collect::<Vec<_>>(), [5]);
+    }
+
     #[test]
     fn limits_in_the_store_url_parse_or_name_the_parameter() {
         let o = EtcdOptions::parse_url("etcd://e:2379/r?maxTxnOps=1024&maxInFlight=64").unwrap();

@@ -34,7 +34,7 @@ use futures::future::join_all;
 use infraos_api::Kind as _;
 use infraos_api::kinds::{AllocationSpec, Claim, ClaimSpec, Preemption, Unschedulable};
 use infraos_scheduler::{Explanation, Outcome, Plan, Snapshot, Victim};
-use infraos_store::{Compare, Txn};
+use infraos_store::{Compare, Txn, TxnCost, TxnLimits};
 
 use super::ledger::{Ledger, LedgerWrites};
 use crate::Context as AppState;
@@ -48,6 +48,8 @@ use crate::objects::{self, encode_typed, encode_typed_mut};
 pub struct ClaimEntry {
     pub claim: Arc<Claim>,
     pub revision: u64,
+    /// Its stored bytes (0: not known), which its placement's transaction is sized by.
+    pub size: usize,
 }
 
 #[derive(Debug, Default)]
@@ -113,6 +115,24 @@ pub struct Writes {
     snapshot_revision: u64,
     /// What is known before writing (placements that no longer fit, preemption failures).
     applied: Applied,
+    /// The claims this batch decided (placed, or left pending with a status to write).
+    pub decided: Vec<String>,
+}
+
+impl Writes {
+    fn new(batch: u64, now: infraos_api::Time, snapshot_revision: u64) -> Writes {
+        Writes {
+            batch,
+            placed: Vec::new(),
+            holdings: LedgerWrites::default(),
+            now,
+            assumed: Vec::new(),
+            unschedulable: Vec::new(),
+            snapshot_revision,
+            applied: Applied::default(),
+            decided: Vec::new(),
+        }
+    }
 }
 
 /// One placement to write: its claim as decided on, and where it goes. The writer builds
@@ -146,22 +166,33 @@ pub struct Unsigned {
 }
 
 /// Re-checks each placement against the snapshot and assumes it there, starts preempting
-/// victims, and prepares the batch's writes. Nothing of the batch is written yet but the
-/// preemptions (rare, and each its own compare-and-swap).
+/// victims, and prepares the plan's writes: one batch (one transaction) while the store takes
+/// it whole, several in order otherwise ([`infraos_store::TxnLimits`]: a default etcd takes
+/// about 30 placements in one). Each batch has its own sequence number (`next_batch`), so the
+/// ledger chains them as it chains plans, and one that fails takes with it only the later ones
+/// that build on the same records. A gang's members go in one batch: all or none. Nothing is
+/// written yet but the preemptions (rare, and each its own compare-and-swap).
 pub async fn prepare(
     state: &AppState,
     snapshot: &mut Snapshot,
     ledger: &mut Ledger,
-    batch: u64,
+    next_batch: &mut u64,
     plan: Plan,
     claims: &HashMap<String, ClaimEntry>,
-) -> Writes {
-    let mut applied = Applied::default();
+) -> Vec<Writes> {
+    let limits = state.store.txn_limits();
+    let sizes = Sizes::of(state);
     let now = state.clock.now();
-    let mut placed = Vec::new();
-    let mut assumed = Vec::new();
-    let mut unschedulable = Vec::new();
     let snapshot_revision = plan.snapshot_revision;
+    let mut sequence = || {
+        let batch = *next_batch;
+        *next_batch += 1;
+        batch
+    };
+    let mut batch = Writes::new(sequence(), now, snapshot_revision);
+    // Placements by unit (a gang, or one claim), in the order of their first decision.
+    let mut units: Vec<Vec<(u32, String, infraos_scheduler::Placement)>> = Vec::new();
+    let mut unit_of: HashMap<String, usize> = HashMap::default();
     for (position, decision) in plan.decisions.into_iter().enumerate() {
         let Some(entry) = claims.get(&decision.claim_key) else {
             continue;
@@ -169,49 +200,26 @@ pub async fn prepare(
         let position = u32::try_from(position).unwrap_or(u32::MAX);
         match decision.outcome {
             Outcome::Placed(placement) => {
-                if let Err(e) = snapshot.fits(&placement.resources) {
-                    tracing::debug!(claim = %decision.claim_key, error = %e, "placement no longer fits");
-                    applied.retry.push(decision.claim_key.clone());
-                    continue;
-                }
-                let uid = uuid::Uuid::new_v4().to_string();
-                if let Err(e) = ledger.take(
-                    batch,
-                    snapshot,
-                    &decision.claim_key,
-                    &uid,
-                    &placement.resources,
-                ) {
-                    // The snapshot let through what the committed holdings refuse: it is
-                    // wrong (or behind), and this is the place that catches it.
-                    tracing::error!(
-                        claim = %decision.claim_key,
-                        node = ?placement.node,
-                        error = %e,
-                        "holdings ledger refused a placement the snapshot allowed"
-                    );
-                    ledger.refused(&placement.resources);
-                    applied.refused.push((
-                        decision.claim_key.clone(),
-                        format!("refused by the holdings ledger: {e}"),
-                    ));
-                    continue;
-                }
-                let meta = lease::allocation_meta(&entry.claim, &placement, now);
-                snapshot.apply_allocation(&decision.claim_key, &placement.resources, meta);
-                assumed.push(decision.claim_key.clone());
-                placed.push(PlacedWrite {
-                    key: decision.claim_key,
-                    uid,
-                    entry: entry.clone(),
-                    placement,
-                    position,
+                let unit = match &entry.claim.spec.group {
+                    Some(group) => {
+                        let ns = decision.claim_key.split_once('/').map_or("", |(ns, _)| ns);
+                        format!("gang:{ns}/{}", group.name)
+                    }
+                    None => decision.claim_key.clone(),
+                };
+                let index = *unit_of.entry(unit).or_insert_with(|| {
+                    units.push(Vec::new());
+                    units.len() - 1
                 });
+                units[index].push((position, decision.claim_key, placement));
             }
             Outcome::Unschedulable(explanation) => {
                 let mut why = Why::from(&explanation);
                 why.position = position;
-                unschedulable.push((decision.claim_key.clone(), entry.clone(), why));
+                batch.decided.push(decision.claim_key.clone());
+                batch
+                    .unschedulable
+                    .push((decision.claim_key, entry.clone(), why));
             }
             Outcome::Preempt(preemption) => {
                 let mut started = Vec::new();
@@ -221,15 +229,16 @@ pub async fn prepare(
                         Ok(false) => {}
                         Err(e) => {
                             tracing::warn!(victim = %victim.allocation, error = %e, "preempting failed");
-                            applied.store_failed = true;
+                            batch.applied.store_failed = true;
                         }
                     }
                 }
                 let own = decision.claim_key.split_once('/').map_or("", |(ns, _)| ns);
                 let message = preemption_message(&preemption, &|victim| same_project(victim, own));
                 tracing::info!(claim = %decision.claim_key, victims = started.len(), "preempting");
-                unschedulable.push((
-                    decision.claim_key.clone(),
+                batch.decided.push(decision.claim_key.clone());
+                batch.unschedulable.push((
+                    decision.claim_key,
                     entry.clone(),
                     Why {
                         reason: "Preempting",
@@ -241,16 +250,190 @@ pub async fn prepare(
             }
         }
     }
-    let holdings = ledger.seal(batch, !assumed.is_empty());
-    Writes {
-        batch,
-        placed,
-        holdings,
-        now,
-        assumed,
-        unschedulable,
-        snapshot_revision,
-        applied,
+    // The statuses of claims left pending are written with the first batch; each placement
+    // goes with the batch whose transaction carries it.
+    let mut sealed: Vec<Writes> = Vec::new();
+    let mut cost = TxnCost::default();
+    for unit in units {
+        let mut members = Vec::with_capacity(unit.len());
+        for (position, key, placement) in unit {
+            let Some(entry) = claims.get(&key) else {
+                continue;
+            };
+            if let Err(e) = snapshot.fits(&placement.resources) {
+                tracing::debug!(claim = %key, error = %e, "placement no longer fits");
+                batch.decided.push(key.clone());
+                batch.applied.retry.push(key);
+                continue;
+            }
+            members.push((position, key, placement, entry));
+        }
+        if members.is_empty() {
+            continue;
+        }
+        let mut unit_cost = sizes.unit_cost(ledger, batch.batch, &members);
+        if !limits.admits(cost.plus(unit_cost)) && !batch.placed.is_empty() {
+            let next = Writes::new(sequence(), now, snapshot_revision);
+            let full = std::mem::replace(&mut batch, next);
+            sealed.push(seal(ledger, full));
+            cost = TxnCost::default();
+            unit_cost = sizes.unit_cost(ledger, batch.batch, &members);
+        }
+        if !limits.admits(unit_cost) {
+            let message = too_large_message(&unit_cost, &limits, members.len());
+            tracing::warn!(claims = members.len(), %message, "placement too large for one transaction");
+            for (position, key, _, entry) in members {
+                batch.decided.push(key.clone());
+                batch.unschedulable.push((
+                    key,
+                    entry.clone(),
+                    Why {
+                        reason: TOO_LARGE_FOR_STORE,
+                        message: message.clone(),
+                        explanation: Explanation {
+                            reason: TOO_LARGE_FOR_STORE,
+                            detail: Some(message.clone()),
+                            candidate_kind: "nodes",
+                            ..Explanation::default()
+                        },
+                        position,
+                    },
+                ));
+            }
+            continue;
+        }
+        cost = cost.plus(unit_cost);
+        for (position, key, placement, entry) in members {
+            batch.decided.push(key.clone());
+            let uid = uuid::Uuid::new_v4().to_string();
+            if let Err(e) = ledger.take(batch.batch, snapshot, &key, &uid, &placement.resources) {
+                // The snapshot let through what the committed holdings refuse: it is wrong
+                // (or behind), and this is the place that catches it.
+                tracing::error!(
+                    claim = %key,
+                    node = ?placement.node,
+                    error = %e,
+                    "holdings ledger refused a placement the snapshot allowed"
+                );
+                ledger.refused(&placement.resources);
+                batch
+                    .applied
+                    .refused
+                    .push((key, format!("refused by the holdings ledger: {e}")));
+                continue;
+            }
+            let meta = lease::allocation_meta(&entry.claim, &placement, now);
+            snapshot.apply_allocation(&key, &placement.resources, meta);
+            batch.assumed.push(key.clone());
+            batch.placed.push(PlacedWrite {
+                key,
+                uid,
+                entry: entry.clone(),
+                placement,
+                position,
+            });
+        }
+    }
+    sealed.push(seal(ledger, batch));
+    sealed
+}
+
+/// The reason a claim stays pending when placing it (with its gang) takes more than one
+/// transaction of the store can carry.
+pub const TOO_LARGE_FOR_STORE: &str = "TooLargeForStore";
+
+fn too_large_message(cost: &TxnCost, limits: &TxnLimits, claims: usize) -> String {
+    let what = if claims > 1 {
+        format!("placing this gang's {claims} members together")
+    } else {
+        "placing this claim".to_string()
+    };
+    format!(
+        "{what} takes {} compares, {} operations and about {} bytes in one transaction; \
+         the store takes at most {} compares, {} operations and {} bytes (etcd's \
+         --max-txn-ops and --max-request-bytes, named in the store URL as maxTxnOps and \
+         maxRequestBytes)",
+        cost.compares,
+        cost.ops(),
+        cost.bytes,
+        limits.compares,
+        limits.ops,
+        limits.bytes
+    )
+}
+
+/// Seals a batch's holdings records into its writes.
+fn seal(ledger: &mut Ledger, mut batch: Writes) -> Writes {
+    batch.holdings = ledger.seal(batch.batch, !batch.assumed.is_empty());
+    batch
+}
+
+/// What sizes a placement's share of a transaction (bytes are estimates, on the safe side:
+/// the allocation copies the claim's spec, and its audit entry the allocation).
+struct Sizes {
+    /// The instruction's signature as stored (base64 of 64 bytes for Ed25519, of 7,856 for
+    /// SLH-DSA).
+    signature: usize,
+}
+
+/// Bytes one holder adds to a holdings record (a claim key, a uid, amounts and items).
+const HOLDER_BYTES: usize = 256;
+/// Bytes of an allocation, claim status and audit entry besides the claim's own.
+const PLACEMENT_OVERHEAD: usize = 2048;
+/// Bytes of each placed resource in the allocation and its audit entry.
+const RESOURCE_BYTES: usize = 512;
+
+impl Sizes {
+    fn of(state: &AppState) -> Sizes {
+        use infraos_api::signature::Algorithm;
+        let raw = match state.signer.algorithm() {
+            Algorithm::Ed25519 => 64,
+            Algorithm::SlhDsaSha2_128s => 7856,
+        };
+        Sizes {
+            signature: raw * 4 / 3 + 256,
+        }
+    }
+
+    /// What a unit's placements add to batch `batch`'s transaction: per placement, the claim's
+    /// compare and the allocation's, their two puts and an audit entry; per resource whose
+    /// record the batch does not write yet, the record's version compare, the Resource's
+    /// revision compare, and the record's put.
+    fn unit_cost(
+        &self,
+        ledger: &Ledger,
+        batch: u64,
+        members: &[(u32, String, infraos_scheduler::Placement, &ClaimEntry)],
+    ) -> TxnCost {
+        let mut resources: Vec<&str> = members
+            .iter()
+            .flat_map(|(_, _, p, _)| p.resources.iter().map(|r| r.resource.as_str()))
+            .collect();
+        resources.sort_unstable();
+        resources.dedup();
+        let (records, record_bytes) = ledger.records_cost(batch, &resources, HOLDER_BYTES);
+        let mut bytes = record_bytes;
+        for (_, key, placement, entry) in members {
+            let claim = if entry.size > 0 {
+                entry.size
+            } else {
+                serde_json::to_vec(&*entry.claim).map_or(64 * 1024, |v| v.len())
+            };
+            let allocation = claim
+                + self.signature
+                + placement.resources.len() * RESOURCE_BYTES
+                + PLACEMENT_OVERHEAD;
+            // The claim's put, the allocation's, and the audit entry holding the allocation.
+            bytes += claim + 2 * allocation + 4 * (key.len() + 64);
+            bytes += placement.resources.len() * HOLDER_BYTES;
+        }
+        let n = members.len();
+        TxnCost {
+            compares: 2 * n + 2 * records,
+            writes: 2 * n + records,
+            ledger_entries: n,
+            bytes,
+        }
     }
 }
 
@@ -266,6 +449,7 @@ pub async fn write(state: &AppState, writes: Writes) -> Written {
         unschedulable,
         snapshot_revision,
         mut applied,
+        decided: _,
     } = writes;
     let actor = Actor::system("scheduler");
     let mut txn = Txn::new();
@@ -754,3 +938,7 @@ mod tests {
         assert_eq!(as_seen_from("mine/low", "mine"), "mine/low");
     }
 }
+
+#[cfg(test)]
+#[path = "applier_tests.rs"]
+mod limits_tests;

@@ -279,6 +279,33 @@ impl Ledger {
         }
     }
 
+    /// How many of `resources`' records batch `batch` does not write yet, and their bytes as
+    /// it would write them (`holder_bytes` a holder): what placing on them adds to its
+    /// transaction besides the placements themselves.
+    pub fn records_cost(
+        &self,
+        batch: u64,
+        resources: &[&str],
+        holder_bytes: usize,
+    ) -> (usize, usize) {
+        let mut records = 0;
+        let mut bytes = 0;
+        for r in resources {
+            let entry = self.entries.get(*r);
+            if entry.is_some_and(|e| e.chain.back().is_some_and(|l| l.batch == batch)) {
+                continue;
+            }
+            let holders = entry.map_or(0, |e| {
+                e.chain
+                    .back()
+                    .map_or(e.stored.holders.len(), |l| l.value.holders.len())
+            });
+            records += 1;
+            bytes += (holders + 1) * holder_bytes + holdings::key(r).len();
+        }
+        (records, bytes)
+    }
+
     /// What batch `batch`'s transaction must compare and write. A batch that places nothing
     /// writes nothing: its links are dropped.
     pub fn seal(&mut self, batch: u64, placed_any: bool) -> LedgerWrites {

@@ -603,7 +603,7 @@ impl Controller {
         }
         match decoded {
             Some(DecodedClaim::Pending(claim)) => {
-                self.upsert_claim(id, kv.mod_revision, claim);
+                self.upsert_claim(id, kv.mod_revision, claim, kv.value.len());
                 return;
             }
             Some(DecodedClaim::NotPending) => {
@@ -618,8 +618,12 @@ impl Controller {
             }
             None => {}
         }
-        let applied = apply_object(&mut self.snapshot, source, &id, kv);
-        self.applied(&id, kv.mod_revision, applied);
+        match apply_object(&mut self.snapshot, source, &id, kv) {
+            Ok(Applied::Claim(claim)) => {
+                self.upsert_claim(id, kv.mod_revision, Arc::new(*claim), kv.value.len())
+            }
+            applied => self.applied(&id, kv.mod_revision, applied),
+        }
     }
 
     /// Acts on what applying object `id`, stored at `revision`, changed.
@@ -643,7 +647,8 @@ impl Controller {
                 }
             }
             Ok(Applied::Claim(claim)) => {
-                self.upsert_claim(id.to_string(), revision, Arc::new(*claim))
+                // Its stored size is not known here: the applier estimates it.
+                self.upsert_claim(id.to_string(), revision, Arc::new(*claim), 0)
             }
             Err(e) => {
                 tracing::error!(object = %id, revision, error = ?e, "cannot decode a stored object; ignoring it");
@@ -651,7 +656,15 @@ impl Controller {
         }
     }
 
-    fn upsert_claim(&mut self, id: String, revision: u64, claim: Arc<infraos_api::kinds::Claim>) {
+    /// `size`: the claim's stored bytes (0 when not known), which the applier sizes its
+    /// transactions by.
+    fn upsert_claim(
+        &mut self,
+        id: String,
+        revision: u64,
+        claim: Arc<infraos_api::kinds::Claim>,
+        size: usize,
+    ) {
         if self.committed.get(&id).is_some_and(|&r| r > revision) {
             return; // an event from before our own commit
         }
@@ -659,8 +672,14 @@ impl Controller {
             self.forget_claim(&id);
             return;
         }
-        self.claims
-            .insert(id.clone(), ClaimEntry { claim, revision });
+        self.claims.insert(
+            id.clone(),
+            ClaimEntry {
+                claim,
+                revision,
+                size,
+            },
+        );
         if !self.unschedulable.contains_key(&id) {
             self.enqueue(id);
         }
@@ -773,29 +792,32 @@ impl Controller {
                 self.preemptors.remove(&d.claim_key);
             }
         }
-        let keys: Vec<String> = plan.decisions.iter().map(|d| d.claim_key.clone()).collect();
-        let batch_id = self.next_batch;
-        self.next_batch += 1;
-        let writes = applier::prepare(
+        // One plan may be written as several transactions (the store's limit on one), each
+        // its own batch for the ledger, written in order.
+        let batches = applier::prepare(
             &self.state,
             &mut self.snapshot,
             &mut self.ledger,
-            batch_id,
+            &mut self.next_batch,
             plan,
             &self.claims,
         )
         .await;
-        self.in_flight_claims.extend(keys.iter().cloned());
-        for key in &writes.assumed {
-            self.feed.assume(key);
-        }
-        self.in_flight.push_back(keys);
-        if self.to_writer.send(writes).await.is_err() {
-            return true; // shutting down
+        for writes in &batches {
+            self.in_flight_claims.extend(writes.decided.iter().cloned());
+            for key in &writes.assumed {
+                self.feed.assume(key);
+            }
         }
         let mut store_failed = false;
-        while self.in_flight.len() >= MAX_IN_FLIGHT {
-            store_failed |= self.settle_next().await;
+        for writes in batches {
+            self.in_flight.push_back(writes.decided.clone());
+            if self.to_writer.send(writes).await.is_err() {
+                return true; // shutting down
+            }
+            while self.in_flight.len() >= MAX_IN_FLIGHT {
+                store_failed |= self.settle_next().await;
+            }
         }
         store_failed
     }
@@ -989,7 +1011,7 @@ impl Controller {
                 Ok(c) => {
                     self.committed.remove(id);
                     self.unschedulable.remove(id);
-                    self.upsert_claim(id.to_string(), kv.mod_revision, Arc::new(c));
+                    self.upsert_claim(id.to_string(), kv.mod_revision, Arc::new(c), kv.value.len());
                 }
                 Err(e) => tracing::error!(claim = %id, error = ?e, "cannot decode claim"),
             },

@@ -63,6 +63,9 @@ impl Store for Meddling {
     async fn ledger_head(&self) -> Result<LedgerHead, StoreError> {
         self.inner.ledger_head().await
     }
+    fn txn_limits(&self) -> infraos_store::TxnLimits {
+        self.inner.txn_limits()
+    }
 }
 
 const CLAIM_KEY: &str = "/registry/claims/p/c";

@@ -12,7 +12,7 @@
 //!                        │  stop before a transaction that reads or writes a key the group
 //!                        │  already writes (one etcd Txn sees only the state before it)
 //!                        ├─► one etcd Txn: every compare + head unchanged,
-//!                        │   every op + the chained entries + the new head
+//!                        │   every op + one block of the chained entries + the new head
 //!                        ├─ succeeded: each caller gets the revision and its sequence numbers
 //!                        ├─ failed, head moved (another server wrote): read it, same group again
 //!                        └─ failed, head unchanged (a caller's compare): each transaction
@@ -29,8 +29,9 @@ use std::collections::{HashSet, VecDeque};
 use etcd_client::{Compare as EtcdCompare, CompareOp, Txn as EtcdTxn, TxnOp};
 use tokio::sync::{mpsc, oneshot};
 
+use super::blocks::LedgerBlock;
 use super::{EtcdStore, revision_of};
-use crate::{LedgerHead, Op, StoreError, Txn, TxnOutcome};
+use crate::{LedgerHead, Op, StoreError, Txn, TxnCost, TxnLimits, TxnOutcome};
 
 /// Bytes of a request etcd adds around keys and values (gRPC and protobuf framing): the budget
 /// leaves this much room under `--max-request-bytes`.
@@ -44,46 +45,6 @@ pub(super) struct Pending {
     pub reply: oneshot::Sender<Result<TxnOutcome, StoreError>>,
 }
 
-/// What a transaction costs against etcd's limits, once its ops are deduplicated.
-#[derive(Clone, Copy, Default)]
-pub(super) struct Cost {
-    pub compares: usize,
-    pub ops: usize,
-    pub bytes: usize,
-}
-
-impl Cost {
-    pub fn of(txn: &Txn) -> Cost {
-        let bytes = txn
-            .ops
-            .iter()
-            .map(|op| match op {
-                Op::Put(k, v) => k.len() + v.len() + 16,
-                Op::Delete(k) => k.len() + 16,
-            })
-            .sum::<usize>()
-            + txn
-                .compares
-                .iter()
-                .map(|c| c.key().len() + 16)
-                .sum::<usize>()
-            + txn.ledger.iter().map(|p| p.len() + 64 + 48).sum::<usize>();
-        Cost {
-            compares: txn.compares.len(),
-            ops: txn.ops.len() + txn.ledger.len(),
-            bytes,
-        }
-    }
-
-    fn plus(self, other: Cost) -> Cost {
-        Cost {
-            compares: self.compares + other.compares,
-            ops: self.ops + other.ops,
-            bytes: self.bytes + other.bytes,
-        }
-    }
-}
-
 /// etcd's limits on one request, as the cluster is configured.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Limits {
@@ -92,23 +53,31 @@ pub(super) struct Limits {
 }
 
 impl Limits {
+    /// What one transaction may carry with the ledger head's compare and put, and the framing,
+    /// taken off (what [`crate::Store::txn_limits`] tells writers).
+    pub fn for_writers(&self) -> TxnLimits {
+        TxnLimits {
+            compares: self.max_txn_ops.saturating_sub(1),
+            ops: self.max_txn_ops.saturating_sub(1),
+            bytes: self.max_request_bytes.saturating_sub(FRAMING_ALLOWANCE),
+        }
+    }
+
     /// Whether a group of this cost (plus the head's compare and put) fits one etcd Txn.
-    fn fits(&self, cost: Cost) -> bool {
-        cost.compares < self.max_txn_ops
-            && cost.ops < self.max_txn_ops
-            && cost.bytes + FRAMING_ALLOWANCE <= self.max_request_bytes
+    fn fits(&self, cost: TxnCost) -> bool {
+        self.for_writers().admits(cost)
     }
 
     /// The refusal of a single transaction with more compares or operations than one etcd Txn
     /// takes (with the ledger head's compare and put when it appends), if it has.
-    pub fn refuse(&self, cost: Cost, appends: bool) -> Option<StoreError> {
-        let head = usize::from(appends);
-        let most = (cost.ops + head).max(cost.compares + head);
+    pub fn refuse(&self, cost: TxnCost) -> Option<StoreError> {
+        let head = usize::from(cost.ledger_entries > 0);
+        let most = (cost.ops() + head).max(cost.compares + head);
         (most > self.max_txn_ops).then(|| {
             StoreError::TxnTooLarge(format!(
-                "{} operations and {} compares (ledger entries included) exceed the limit of {} \
-                 per transaction (etcd's --max-txn-ops; maxTxnOps in the store URL)",
-                cost.ops + head,
+                "{} operations and {} compares (the audit ledger's included) exceed the limit of \
+                 {} per transaction (etcd's --max-txn-ops; maxTxnOps in the store URL)",
+                cost.ops() + head,
                 cost.compares + head,
                 self.max_txn_ops
             ))
@@ -140,11 +109,11 @@ pub(super) async fn run(store: EtcdStore, limits: Limits, mut queue: mpsc::Recei
                 None => return,
             },
         };
-        let mut cost = Cost::of(&first.txn);
+        let mut cost = TxnCost::of(&first.txn);
         let mut written: HashSet<String> = writes(&first.txn).map(str::to_string).collect();
         let mut group = vec![first];
         while let Ok(next) = queue.try_recv() {
-            let with = cost.plus(Cost::of(&next.txn));
+            let with = cost.plus(TxnCost::of(&next.txn));
             if !limits.fits(with) || conflicts(&next.txn, &written) {
                 carried = Some(next);
                 break;
@@ -210,19 +179,23 @@ async fn attempt(
         };
         let mut when: Vec<EtcdCompare> = Vec::new();
         let mut then: Vec<TxnOp> = Vec::new();
-        let mut tip = start.clone();
+        let mut block = LedgerBlock::after(&start);
         let mut seqs = Vec::with_capacity(group.len());
         for pending in group {
             when.extend(store.compares(&pending.txn));
             then.extend(store.ops(&pending.txn));
-            let mut mine = Vec::with_capacity(pending.txn.ledger.len());
-            for payload in &pending.txn.ledger {
-                let (op, next) = store.ledger_put(&tip, payload);
-                then.push(op);
-                mine.push(next.seq);
-                tip = next;
-            }
-            seqs.push(mine);
+            seqs.push(
+                pending
+                    .txn
+                    .ledger
+                    .iter()
+                    .map(|payload| block.push(payload))
+                    .collect::<Vec<u64>>(),
+            );
+        }
+        let tip = block.tip.clone();
+        if let Some((key, value)) = block.finish() {
+            then.push(TxnOp::put(store.ledger_block_key(key), value, None));
         }
         when.push(EtcdCompare::mod_revision(
             store.head.as_bytes(),
