@@ -45,6 +45,8 @@ const GPUS: [(&str, &str, u32); 4] = [
 ];
 const BATCH: i64 = 10;
 const PROD: i64 = 1000;
+/// The server's lease skew margin (`leaseSkewMargin: 1s` below), in ms.
+const SKEW_MS: i64 = 1000;
 /// CEL selectors a GPU claim may carry, with the check the checker applies to what it holds.
 /// Whether an item of (model, memoryGiB) passes a selector.
 type ItemTest = fn(&str, u32) -> bool;
@@ -538,6 +540,12 @@ struct Preemptions {
     worst_prod_to_placed: (i64, String),
     /// That claim's preemptions, as the audit trail tells them, to explain a long wait.
     worst_prod_trail: Vec<String>,
+    /// The longest time from a prod preemptor's last victim ending to its placement, in ms:
+    /// the scheduler's share of the wait (requeue, one cycle, the commit).
+    worst_prod_freed_to_placed_ms: i64,
+    /// The latest a victim ended past its deadline (preempted + grace + skew margin), in ms:
+    /// the lease controller's share.
+    worst_end_past_deadline_ms: i64,
     /// Preemptors that preempted and were never placed (deleted, or given up).
     unplaced: usize,
 }
@@ -565,6 +573,10 @@ fn check_preemptions(entries: &[(u64, Value)], made: &Made) -> Preemptions {
     let mut since_placed: HashMap<String, HashSet<String>> = HashMap::new();
     let mut first: HashMap<String, i64> = HashMap::new();
     let mut trail: HashMap<String, Vec<String>> = HashMap::new();
+    // Each victim being stopped: its preemptor and when it was preempted.
+    let mut stopping: HashMap<String, (String, i64)> = HashMap::new();
+    // Each preemptor: when its latest victim ended.
+    let mut freed: HashMap<String, i64> = HashMap::new();
     for (seq, e) in entries {
         let key = format!(
             "{}/{}",
@@ -578,9 +590,14 @@ fn check_preemptions(entries: &[(u64, Value)], made: &Made) -> Preemptions {
         match e["verb"].as_str() {
             Some("allocate") => {
                 since_placed.remove(&key);
+                let freed_at = freed.remove(&key);
                 if let Some(t) = first.remove(&key) {
                     out.worst_to_placed_ms = out.worst_to_placed_ms.max(at - t);
                     let prod = made.claims.get(&key).is_some_and(|c| c.0 == PROD);
+                    if prod && let Some(f) = freed_at {
+                        out.worst_prod_freed_to_placed_ms =
+                            out.worst_prod_freed_to_placed_ms.max(at - f);
+                    }
                     let steps = trail.remove(&key).unwrap_or_default();
                     if prod && at - t > out.worst_prod_to_placed.0 {
                         out.worst_prod_to_placed = (at - t, key.clone());
@@ -599,6 +616,7 @@ fn check_preemptions(entries: &[(u64, Value)], made: &Made) -> Preemptions {
                         .push(format!("preempt record {seq}: {text:?}"));
                     continue;
                 };
+                stopping.insert(key.clone(), (by.to_string(), at));
                 let t0 = *first.entry(by.to_string()).or_insert(at);
                 trail
                     .entry(by.to_string())
@@ -625,6 +643,16 @@ fn check_preemptions(entries: &[(u64, Value)], made: &Made) -> Preemptions {
                     out.violations.push(format!(
                         "audit {seq}: {key} (priority {v}) preempted by {by} ({b}): {why}"
                     ));
+                }
+            }
+            Some("end-preempted") => {
+                if let Some((by, preempted)) = stopping.remove(&key) {
+                    // Victims here run no workload: a grace of 0.
+                    let deadline = preempted + SKEW_MS;
+                    out.worst_end_past_deadline_ms =
+                        out.worst_end_past_deadline_ms.max(at - deadline);
+                    let latest = freed.entry(by).or_insert(at);
+                    *latest = (*latest).max(at);
                 }
             }
             _ => {}
@@ -852,7 +880,8 @@ async fn churn_keeps_every_invariant() {
     eprintln!(
         "churn: seed {seed}: {seconds} s, {ops} operations, {} claims, {} placements, {} \
          preemptions ({} reclaims, {} preemptors never placed), {} expirations, checked at {} \
-         revisions up to {}, worst first preemption to placed {} ms (prod: {} ms, {}), violations {}",
+         revisions up to {}, worst first preemption to placed {} ms (prod: {} ms, {}; prod from \
+         its last victim's end: {} ms; victims' end past grace + skew: {} ms), violations {}",
         made.names.len(),
         ch.placements,
         audit.preemptions,
@@ -864,6 +893,8 @@ async fn churn_keeps_every_invariant() {
         audit.worst_to_placed_ms,
         audit.worst_prod_to_placed.0,
         audit.worst_prod_to_placed.1,
+        audit.worst_prod_freed_to_placed_ms,
+        audit.worst_end_past_deadline_ms,
         violations.len()
     );
     if audit.worst_prod_to_placed.0 > 3000 {

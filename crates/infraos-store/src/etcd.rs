@@ -6,7 +6,7 @@
 //!   {root}/ledger-head        seq (8 bytes, little-endian) ‖ hash of the newest entry
 //! ```
 //! A transaction is one etcd `Txn`: the caller's compares, plus (when it appends to the
-//! ledger) a compare on the head key's revision, so two writers can never both extend the
+//! ledger) a compare on the head key's value, so two writers can never both extend the
 //! chain from the same head. When it fails, the head is read again: if it moved, the ledger
 //! lost the race and the transaction is retried on the new head; otherwise the caller's
 //! compares failed. Watches map onto etcd watches with `prev_kv`; a compacted start revision
@@ -690,7 +690,8 @@ impl Store for EtcdStore {
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         check_sizes(&txn)?;
-        if let Some(refused) = self.limits.refuse(TxnCost::of(&txn)) {
+        let cost = TxnCost::of(&txn);
+        if let Some(refused) = self.limits.refuse(cost) {
             return Err(refused);
         }
         if txn.ledger.is_empty() {
@@ -699,7 +700,7 @@ impl Store for EtcdStore {
         let queue = self.ledger_queue.as_ref().ok_or(StoreError::Closed)?;
         let (reply, answer) = oneshot::channel();
         queue
-            .send(group::Pending { txn, reply })
+            .send(group::Pending { txn, cost, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?

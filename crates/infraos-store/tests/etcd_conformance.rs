@@ -106,6 +106,64 @@ mod limits {
         assert_eq!(store.ledger_head().await.unwrap().seq, 120);
     }
 
+    /// Two servers' committers (each pipelining its groups) extending one chain at once, with
+    /// some writes whose compare fails: every other write commits once, with its own sequence
+    /// numbers, only the failing ones fail, and the chain is whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_pipelined_committers_keep_one_chain() {
+        let etcd = EtcdProcess::start().await;
+        let url = format!("etcd://{}/two", etcd.endpoint);
+        let a = EtcdStore::connect(EtcdOptions::parse_url(&url).unwrap())
+            .await
+            .unwrap();
+        let b = EtcdStore::connect(EtcdOptions::parse_url(&url).unwrap())
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for w in 0..16u64 {
+            let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                let mut failed = 0;
+                for i in 0..25u64 {
+                    let mut txn = Txn::new()
+                        .put(format!("/two/{w}/{i}"), "v")
+                        .append(format!("{w}-{i}").into_bytes());
+                    // Every fifth write requires a key that never exists to exist.
+                    if i % 5 == 4 {
+                        txn = txn.when(infraos_store::Compare::unchanged("/two/never", 7));
+                    }
+                    let out = store.txn(txn).await.unwrap();
+                    assert_eq!(out.succeeded, i % 5 != 4, "writer {w} write {i}");
+                    if out.succeeded {
+                        seqs.extend(out.ledger_seqs);
+                    } else {
+                        failed += 1;
+                    }
+                }
+                (seqs, failed)
+            }));
+        }
+        let mut all = Vec::new();
+        let mut failed = 0;
+        for t in tasks {
+            let (seqs, f) = t.await.unwrap();
+            all.extend(seqs);
+            failed += f;
+        }
+        assert_eq!(failed, 16 * 5);
+        all.sort_unstable();
+        assert_eq!(all, (1..=16 * 20).collect::<Vec<u64>>());
+        let entries = a.ledger_range(1, 0).await.unwrap();
+        assert_eq!(entries.len(), 16 * 20);
+        let mut prev = [0u8; 32];
+        for e in &entries {
+            assert_eq!(e.prev_hash, prev, "entry {} chains", e.seq);
+            prev = e.hash;
+        }
+        assert_eq!(b.ledger_head().await.unwrap().hash, prev);
+    }
+
     /// A ledger written one key per entry (before blocks) still reads, and grows in blocks.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_ledger_of_single_entry_keys_still_reads_and_grows() {
