@@ -18,6 +18,11 @@
 //! `INFRAOS_CHAOS_SECONDS` (default 45: the short run `.ci/run` does) and
 //! `INFRAOS_CHAOS_SEED` (default 1) choose the run; `scripts/chaos.sh` runs long ones. Needs
 //! root (agents run workloads in cgroups) and a build with the `etcd` feature.
+//!
+//! `INFRAOS_CHAOS_LOAD` (claims per second, default 0) adds a background load throughout the
+//! faults: claims without workloads in their own project, on fifty synthetic nodes of their own
+//! class, submitted in batches every 100 ms with 5 s leases that expire. The invariants above
+//! are checked for the workload claims; the load's placements per second are reported.
 #![cfg(feature = "etcd")]
 // Test code: a panic is how a test reports failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -346,6 +351,15 @@ async fn chaos_keeps_every_invariant() {
         }
     }
     assert_eq!(capacity.len(), 3, "{resources:?}");
+    let load_rate: u64 = std::env::var("INFRAOS_CHAOS_LOAD")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let load = if load_rate > 0 {
+        Some(Load::start(&c, load_rate).await)
+    } else {
+        None
+    };
 
     // ---- load and faults ------------------------------------------------------------------
     let mut acknowledged: Vec<String> = Vec::new();
@@ -464,6 +478,10 @@ async fn chaos_keeps_every_invariant() {
         }
         tokio::time::sleep(rng.millis(50, 250)).await;
     }
+    let load = match load {
+        Some(load) => Some(load.stop(started.elapsed()).await),
+        None => None,
+    };
     // ---- heal -------------------------------------------------------------------------------
     if let Some((fault, _)) = active.take() {
         match fault {
@@ -534,12 +552,12 @@ async fn chaos_keeps_every_invariant() {
     .unwrap();
     // A last write under the prefix marks the end of the history to read.
     let last = store
-        .txn(infraos_store::Txn::new().put("/registry/allocations/~chaos-end", "{}"))
+        .txn(infraos_store::Txn::new().put("/registry/allocations/p/~chaos-end", "{}"))
         .await
         .unwrap()
         .revision;
     let mut history = store
-        .watch("/registry/allocations/", 0)
+        .watch("/registry/allocations/p/", 0)
         .await
         .expect("etcd keeps the whole history (never compacted here)");
     let mut events: Vec<infraos_store::Event> = Vec::new();
@@ -580,9 +598,10 @@ async fn chaos_keeps_every_invariant() {
     eprintln!(
         "chaos: seed {seed}: {} claims acknowledged, {} ran workloads ({moved} ran more than once, \
          {overlaps_checked} run pairs checked), faults {faults:?}, capacity and quota checked at \
-         {revisions} revisions up to {last}, worst reclaim {reclaim_worst:?}, violations {}",
+         {revisions} revisions up to {last}, worst reclaim {reclaim_worst:?}, {}violations {}",
         acknowledged.len(),
         runs.len(),
+        load.map(|l| l.summary()).unwrap_or_default(),
         violations.len()
     );
     if !violations.is_empty() {
@@ -614,6 +633,204 @@ async fn chaos_keeps_every_invariant() {
         "no workload ever ran: the harness tested nothing"
     );
     assert!(faults.values().sum::<u32>() > 0, "no fault was injected");
+}
+
+/// Synthetic nodes the background load is placed on.
+const LOAD_NODES: usize = 50;
+/// Claims per create request of the background load.
+const LOAD_BATCH: u64 = 100;
+
+/// The background load: its submitter and the watch that counts its placements.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Stops the counting watch (a few seconds after the submissions, to see the last land).
+    counted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    submitter: tokio::task::JoinHandle<(u64, u64)>,
+    counter: tokio::task::JoinHandle<u64>,
+    rate: u64,
+}
+
+/// What the load did.
+struct LoadFigures {
+    rate: u64,
+    seconds: f64,
+    acknowledged: u64,
+    refused: u64,
+    placed: u64,
+}
+
+impl LoadFigures {
+    fn summary(&self) -> String {
+        format!(
+            "load {}/s asked: {} claims acknowledged ({} requests refused), {} placed in {:.0} s \
+             ({:.0} claims/s), ",
+            self.rate,
+            self.acknowledged,
+            self.refused,
+            self.placed,
+            self.seconds,
+            self.placed as f64 / self.seconds
+        )
+    }
+}
+
+impl Load {
+    async fn start(c: &Client, rate: u64) -> Load {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let mut yaml = String::from(
+            "apiVersion: infraos.io/v1\nkind: ResourceClass\nmetadata: {name: slot}\n\
+             spec: {kind: counted, dimensions: [{name: slots}]}\n---\n\
+             apiVersion: infraos.io/v1\nkind: Project\nmetadata: {name: load}\nspec: {tenant: t}\n",
+        );
+        for i in 0..LOAD_NODES {
+            yaml += &format!(
+                "---\napiVersion: infraos.io/v1\nkind: Node\nmetadata: {{name: load-{i}}}\nspec: {{}}\n\
+                 ---\napiVersion: infraos.io/v1\nkind: Resource\nmetadata: {{name: load-{i}-slots}}\n\
+                 spec: {{class: slot, node: load-{i}, capacity: {{slots: \"1000000\"}}}}\n"
+            );
+        }
+        apply_yaml(c, &yaml).await;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let counted = std::sync::Arc::new(AtomicBool::new(false));
+        // Count each load claim once, when it is first seen Allocated.
+        #[derive(serde::Deserialize, Default)]
+        struct Seen {
+            #[serde(default)]
+            metadata: SeenMeta,
+            #[serde(default)]
+            status: Option<SeenStatus>,
+        }
+        #[derive(serde::Deserialize, Default)]
+        struct SeenMeta {
+            #[serde(default)]
+            name: String,
+            #[serde(default, rename = "resourceVersion")]
+            resource_version: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct SeenStatus {
+            #[serde(default)]
+            phase: Option<String>,
+        }
+        let counter = {
+            let c = c.clone();
+            let stop = counted.clone();
+            tokio::spawn(async move {
+                let mut placed = std::collections::HashSet::new();
+                let mut from = None;
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok(mut events) = c.watch_as::<Seen>(kind("claims"), Some("load"), None, from).await
+                    else {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    };
+                    loop {
+                        let next = tokio::time::timeout(Duration::from_millis(500), events.next()).await;
+                        let event = match next {
+                            Err(_) if stop.load(Ordering::SeqCst) => break,
+                            Err(_) => continue,
+                            Ok(Some(Ok(event))) => event,
+                            Ok(_) => break,
+                        };
+                        if let Ok(rv) = event.object.metadata.resource_version.parse::<u64>() {
+                            from = Some(rv);
+                        }
+                        let allocated = event
+                            .object
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.phase.as_deref())
+                            == Some("Allocated");
+                        if allocated {
+                            placed.insert(event.object.metadata.name);
+                        }
+                    }
+                }
+                placed.len() as u64
+            })
+        };
+        let submitter = {
+            let c = c.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let per_tick = (rate / 10).max(1);
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                let mut n = 0u64;
+                let mut requests = futures::stream::FuturesUnordered::new();
+                let (mut acknowledged, mut refused) = (0u64, 0u64);
+                while !stop.load(Ordering::SeqCst) {
+                    tick.tick().await;
+                    let mut left = per_tick;
+                    while left > 0 {
+                        let size = left.min(LOAD_BATCH);
+                        left -= size;
+                        let items: Vec<Value> = (0..size)
+                            .map(|_| {
+                                n += 1;
+                                json!({
+                                    "apiVersion": "infraos.io/v1", "kind": "Claim",
+                                    "metadata": {"name": format!("l{n}"), "namespace": "load"},
+                                    "spec": {
+                                        "requests": [{"class": "slot", "amount": {"slots": "1"}}],
+                                        "lease": {"duration": "5s"}
+                                    }
+                                })
+                            })
+                            .collect();
+                        let body = bytes::Bytes::from(
+                            serde_json::to_vec(&json!({ "items": items })).unwrap(),
+                        );
+                        let c = c.clone();
+                        requests.push(async move {
+                            (size, c.create_batch_quiet(kind("claims"), Some("load"), body).await)
+                        });
+                    }
+                    // Collect what answered; at most a few seconds of requests outstanding.
+                    while requests.len() > 64 {
+                        if let Some((size, r)) = requests.next().await {
+                            if r.is_ok() { acknowledged += size } else { refused += 1 }
+                        }
+                    }
+                    while let Some(Some((size, r))) =
+                        futures::FutureExt::now_or_never(requests.next())
+                    {
+                        if r.is_ok() { acknowledged += size } else { refused += 1 }
+                    }
+                }
+                while let Some((size, r)) = requests.next().await {
+                    if r.is_ok() { acknowledged += size } else { refused += 1 }
+                }
+                (acknowledged, refused)
+            })
+        };
+        Load {
+            stop,
+            counted,
+            submitter,
+            counter,
+            rate,
+        }
+    }
+
+    /// Stops submitting, lets the last placements land, and counts.
+    async fn stop(self, elapsed: Duration) -> LoadFigures {
+        use std::sync::atomic::Ordering;
+        let (acknowledged, refused) = {
+            self.stop.store(true, Ordering::SeqCst);
+            self.submitter.await.unwrap()
+        };
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        self.counted.store(true, Ordering::SeqCst);
+        let placed = self.counter.await.unwrap();
+        LoadFigures {
+            rate: self.rate,
+            seconds: elapsed.as_secs_f64(),
+            acknowledged,
+            refused,
+            placed,
+        }
+    }
 }
 
 /// Capacity and quota at every revision of the allocation history, and the latest reclaim of
