@@ -22,6 +22,7 @@ pub mod config;
 pub mod connections;
 mod control;
 pub mod error;
+pub mod identity;
 pub mod init;
 pub mod join_tokens;
 pub mod kinds;
@@ -224,7 +225,11 @@ impl Server {
         } else {
             drop(leader_tx);
         }
-        tasks.push(authz::spawn_feed(&state, shutdown_rx.clone()));
+        tasks.push(authz::spawn_feed(
+            state.rbac.clone(),
+            state.store.clone(),
+            shutdown_rx.clone(),
+        ));
         tasks.push(limits::spawn_sweeper(
             state.limits.clone(),
             shutdown_rx.clone(),

@@ -50,7 +50,7 @@ pub(crate) async fn state(dir: &Path, store: Arc<dyn Store>) -> AppState {
 /// The request context of the administrator.
 pub(crate) fn admin() -> crate::api::Ctx {
     crate::api::Ctx {
-        identity: Arc::new(crate::auth::Identity {
+        identity: Arc::new(crate::identity::Identity {
             subject: "user:admin".into(),
             groups: vec!["system:masters".into()],
             token: None,
