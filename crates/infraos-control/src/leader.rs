@@ -266,7 +266,7 @@ pub async fn release(store: &dyn Store, identity: &str) {
 /// exactly while it may act.
 pub async fn run(
     store: Arc<dyn Store>,
-    clock: crate::clock::SharedClock,
+    clock: crate::SharedClock,
     identity: String,
     timing: Timing,
     status: watch::Sender<Status>,

@@ -38,13 +38,13 @@ pub mod tls;
 pub mod update;
 
 pub use infraos_control::{
-    ControlError, audit, clock, controllers, datadir, events, explain, holdings, leader, lease,
-    liveness, objects, reflector, signing,
+    ControlError, audit, controllers, datadir, events, explain, holdings, leader, lease, liveness,
+    objects, reflector, signing,
 };
 
-pub use clock::{Clock, SharedClock, SystemClock};
 pub use config::ServerConfig;
 pub use error::{ApiError, ServerError};
+pub use infraos_api::time::{Clock, SharedClock, SystemClock};
 
 pub use datadir::URL_FILE;
 

@@ -21,7 +21,7 @@ pub(crate) async fn state(dir: &Path, store: Arc<dyn Store>) -> AppState {
     };
     let (signer, _) = crate::signing::ServerKey::ensure(dir, config.signature_algorithm).unwrap();
     let ca = Arc::new(crate::pki::Ca::load(dir).unwrap());
-    let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
+    let clock: crate::SharedClock = Arc::new(crate::SystemClock);
     let agents = Arc::new(crate::agents::AgentDialer::new(&ca, clock.now()).unwrap());
     let (_, leader) = watch::channel(crate::leader::Status::default());
     let control = infraos_control::Context {
