@@ -40,6 +40,15 @@ pub enum Resource {
     SigningKey,
 }
 
+/// The server's own collections that role rules name (by [`Resource::rule_kind`]) besides the
+/// kinds: the one list of them, from which RBAC's `EXTRA_RULE_KINDS` and its rule-kind
+/// canonicalisation are built. `/signingkey` is not among them: anyone signed in reads it.
+pub const RULE_COLLECTIONS: [Resource; 3] = [
+    Resource::AuditRecords,
+    Resource::Tokens,
+    Resource::JoinTokens,
+];
+
 impl Resource {
     /// The resource a URL plural names; `None` for one the server does not serve.
     pub fn from_plural(plural: &str) -> Option<Resource> {
@@ -52,7 +61,7 @@ impl Resource {
     }
 
     /// Its name in role rules: the kind, or `AuditRecord`, `Token`, `JoinToken`.
-    pub fn rule_kind(&self) -> &'static str {
+    pub const fn rule_kind(&self) -> &'static str {
         match self {
             Resource::Kind(info) => info.kind,
             Resource::AuditRecords => "AuditRecord",

@@ -21,13 +21,13 @@ use infraos_api::Kind as _;
 use infraos_api::kinds::{
     AllocationSpec, Claim, ClaimPhase, ClaimSpec, RunnerUp, ScoreBreakdown, Unschedulable,
 };
-use infraos_scheduler::{Outcome, Scheduler, Snapshot};
+use infraos_scheduler::{Outcome, Scheduler};
 use serde::Serialize;
 
 use crate::Context;
 use crate::ControlError;
 use crate::controllers::applier::preemption_message;
-use crate::controllers::scheduler::{SOURCES, Source, apply_object, source_prefix};
+use crate::controllers::scheduler;
 use crate::objects::{self, decode_typed, object_id};
 
 /// The replay of one claim's decision.
@@ -175,20 +175,15 @@ pub async fn replay(
         (None, Some(r)) => r.revision,
         (None, None) => 0,
     };
-    let mut snapshot = Snapshot::new();
-    for source in SOURCES {
-        if source == Source::Claims {
-            continue;
-        }
-        let range = state
-            .store
-            .range_at(&source_prefix(source), revision)
+    let store = &state.store;
+    let mut snapshot = scheduler::snapshot_from(|prefix| async move {
+        store
+            .range_at(&prefix, revision)
             .await
-            .map_err(|e| history_error(e, revision))?;
-        for kv in &range.kvs {
-            apply_object(&mut snapshot, source, &object_id(&kv.key), kv)?;
-        }
-    }
+            .map(|range| range.kvs)
+            .map_err(|e| history_error(e, revision))
+    })
+    .await?;
     snapshot.set_revision(revision);
     let own = format!("{ns}/{name}");
     let mut assumed = Vec::new();
@@ -196,7 +191,7 @@ pub async fn replay(
     if let Some(r) = &recorded
         && r.read_at > revision
     {
-        let prefix = source_prefix(Source::Allocations);
+        let prefix = objects::prefix(AllocationSpec::INFO, None);
         let later = state
             .store
             .range_at(&prefix, r.read_at)
@@ -209,7 +204,7 @@ pub async fn replay(
             }
             let allocation: infraos_api::kinds::Allocation = decode_typed(kv)?;
             if r.assumed(kv, &allocation.spec) {
-                apply_object(&mut snapshot, Source::Allocations, &id, kv)?;
+                scheduler::assume_allocation(&mut snapshot, &id, kv)?;
                 if shown(&id) {
                     assumed.push(id);
                 } else {

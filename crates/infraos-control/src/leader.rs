@@ -20,10 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use infraos_store::{
-    Compare, LedgerEntry, LedgerHead, RangeResult, Revision, Store, StoreError, Txn, TxnOutcome,
-    WatchStream,
-};
+use infraos_store::{Compare, Revision, Store, StoreError, Txn, TxnOutcome};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -83,41 +80,16 @@ impl FencedStore {
     }
 }
 
+/// Passes every call through but `txn`, which gains the fence.
 #[async_trait::async_trait]
-impl Store for FencedStore {
-    async fn get(&self, key: &str) -> Result<Option<infraos_store::KeyValue>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn range(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<RangeResult, StoreError> {
-        self.inner.range(prefix, start_after, limit).await
-    }
-    async fn range_at(&self, prefix: &str, revision: Revision) -> Result<RangeResult, StoreError> {
-        self.inner.range_at(prefix, revision).await
+impl infraos_store::Wrapper for FencedStore {
+    fn inner(&self) -> &dyn Store {
+        &*self.inner
     }
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         self.inner
             .txn(txn.when(Compare::unchanged(EPOCH_KEY, self.fence_revision)))
             .await
-    }
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-        self.inner.watch(prefix, after).await
-    }
-    async fn current_revision(&self) -> Result<Revision, StoreError> {
-        self.inner.current_revision().await
-    }
-    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        self.inner.compact(revision).await
-    }
-    async fn ledger_range(&self, from: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.inner.ledger_range(from, limit).await
-    }
-    async fn ledger_head(&self) -> Result<LedgerHead, StoreError> {
-        self.inner.ledger_head().await
     }
     /// The fence's compare rides on every transaction.
     fn txn_limits(&self) -> infraos_store::TxnLimits {
@@ -272,7 +244,7 @@ pub async fn release(store: &dyn Store, identity: &str) {
 /// exactly while it may act.
 pub async fn run(
     store: Arc<dyn Store>,
-    clock: crate::clock::SharedClock,
+    clock: crate::SharedClock,
     identity: String,
     timing: Timing,
     status: watch::Sender<Status>,

@@ -19,7 +19,6 @@ use infraos_scheduler::Profile;
 use infraos_store::{Store, StoreError};
 
 pub mod audit;
-pub mod clock;
 pub mod controllers;
 pub mod datadir;
 pub mod events;
@@ -37,7 +36,8 @@ pub mod supervisor;
 mod testing;
 pub mod write;
 
-pub use clock::{Clock, SharedClock, SystemClock};
+/// The clock is `infraos-api`'s, the one the agent and the executors read too.
+pub use infraos_api::time::{Clock, SharedClock, SystemClock};
 
 /// Why a control-plane operation failed. The HTTP edge maps each to its status (404, 409,
 /// 410, 500, 503), so the variants say what happened, not how to answer.

@@ -6,9 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use infraos_store::{
-    LedgerEntry, LedgerHead, RangeResult, Revision, Store, StoreError, Txn, TxnOutcome, WatchStream,
-};
+use infraos_store::{Revision, Store, StoreError, Txn, TxnOutcome, WatchStream};
 
 use crate::Context;
 
@@ -68,20 +66,9 @@ fn take(n: &AtomicUsize) -> bool {
 }
 
 #[async_trait::async_trait]
-impl Store for Flaky {
-    async fn get(&self, key: &str) -> Result<Option<infraos_store::KeyValue>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn range(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<RangeResult, StoreError> {
-        self.inner.range(prefix, start_after, limit).await
-    }
-    async fn range_at(&self, prefix: &str, revision: Revision) -> Result<RangeResult, StoreError> {
-        self.inner.range_at(prefix, revision).await
+impl infraos_store::Wrapper for Flaky {
+    fn inner(&self) -> &dyn Store {
+        &*self.inner
     }
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         if take(&self.conflicts) {
@@ -104,20 +91,5 @@ impl Store for Flaky {
             return Ok(Box::pin(stream));
         }
         self.inner.watch(prefix, after).await
-    }
-    async fn current_revision(&self) -> Result<Revision, StoreError> {
-        self.inner.current_revision().await
-    }
-    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        self.inner.compact(revision).await
-    }
-    async fn ledger_range(&self, from: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.inner.ledger_range(from, limit).await
-    }
-    async fn ledger_head(&self) -> Result<LedgerHead, StoreError> {
-        self.inner.ledger_head().await
-    }
-    fn txn_limits(&self) -> infraos_store::TxnLimits {
-        self.inner.txn_limits()
     }
 }

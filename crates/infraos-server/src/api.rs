@@ -22,8 +22,8 @@ use axum::routing::{get, post};
 use infraos_api::KindInfo;
 
 use crate::audit::Actor;
-use crate::auth::Identity;
 use crate::error::ApiError;
+use crate::identity::Identity;
 use crate::state::AppState;
 
 pub(crate) mod agent;
@@ -130,7 +130,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .route_layer(axum::middleware::from_fn(border::parse))
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.limits.clone(),
             crate::limits::limit,
         ))
         .route_layer(axum::middleware::from_fn(

@@ -34,9 +34,8 @@ use infraos_api::{KindInfo, Time};
 use infraos_store::{Event, EventKind, KeyValue, Store};
 use parking_lot::RwLock;
 
-use crate::auth::{Identity, TOKEN_PREFIX, TokenRecord};
+use crate::identity::{Identity, TOKEN_PREFIX, TokenRecord};
 use crate::reflector::{self, Change};
-use crate::state::AppState;
 
 /// Kinds every signed-in user may read: what claims refer to, and the roles that exist.
 const CATALOG: &[&str] = &["ResourceClass", "PriorityClass", "Queue", "Role"];
@@ -618,13 +617,14 @@ fn quota_scope(rbac: &Rbac, tenant: Option<String>, project: Option<String>, wri
 /// Keeps the view current on this replica: one reflector per prefix, on every replica
 /// (followers serve the API too).
 pub fn spawn_feed(
-    state: &AppState,
+    rbac: Arc<Rbac>,
+    store: Arc<dyn Store>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Change<&'static str>>(64);
     for prefix in FED {
         tokio::spawn(reflector::run(
-            state.store.clone(),
+            store.clone(),
             prefix.to_string(),
             prefix,
             tx.clone(),
@@ -632,7 +632,6 @@ pub fn spawn_feed(
         ));
     }
     drop(tx);
-    let rbac = state.rbac.clone();
     tokio::spawn(async move {
         while let Some(change) = rx.recv().await {
             match change {

@@ -23,8 +23,8 @@ use infraos_api::path::{ApiPath, ApiRequest, PathError, Resource, Target};
 use infraos_api::{KindInfo, LabelSelector};
 use serde::Deserialize;
 
-use crate::auth::Identity;
 use crate::error::ApiError;
+use crate::identity::Identity;
 use crate::state::AppState;
 
 /// Query parameters of list and watch requests. All strings, parsed here so that bad values

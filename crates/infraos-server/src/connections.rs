@@ -558,7 +558,7 @@ pub async fn mark_authenticated(
 ) -> axum::response::Response {
     if request
         .extensions()
-        .get::<Arc<crate::auth::Identity>>()
+        .get::<Arc<crate::identity::Identity>>()
         .is_some()
         && let Some(conn) = request.extensions().get::<Arc<Conn>>()
     {

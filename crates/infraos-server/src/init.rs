@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use infraos_store::{Compare, Store, Txn};
 
 use crate::ServerError;
-use crate::auth::{TokenRecord, token_key};
+use crate::identity::{TokenRecord, token_key};
 use crate::signing::ServerKey;
 
 pub use infraos_control::datadir::{ADMIN_TOKEN, CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY};
@@ -133,7 +133,7 @@ pub async fn ensure_admin_record(dir: &Path, store: &dyn Store) -> Result<(), Se
         groups: vec!["system:masters".into()],
         ..Default::default()
     };
-    let key = token_key(&crate::auth::hash_token(token));
+    let key = token_key(&crate::identity::hash_token(token));
     let value = serde_json::to_vec(&record).map_err(|e| ServerError::Cert(e.to_string()))?;
     store
         .txn(
@@ -150,13 +150,13 @@ async fn ensure_admin_token(dir: &Path, store: &dyn Store) -> Result<Option<Stri
     if path.exists() {
         return Ok(None);
     }
-    let token = crate::auth::generate_token()?;
+    let token = crate::identity::generate_token()?;
     let record = TokenRecord {
         subject: "admin".into(),
         groups: vec!["system:masters".into()],
         ..Default::default()
     };
-    let key = token_key(&crate::auth::hash_token(&token));
+    let key = token_key(&crate::identity::hash_token(&token));
     let value = serde_json::to_vec(&record).map_err(|e| ServerError::Cert(e.to_string()))?;
     store
         .txn(

@@ -71,7 +71,7 @@ impl JoinTokenRecord {
 }
 
 pub fn key_for(token: &str) -> (String, String) {
-    let hash = hex::encode(crate::auth::hash_token(token));
+    let hash = hex::encode(crate::identity::hash_token(token));
     let id = hash[..12].to_string();
     (format!("{PREFIX}{hash}"), id)
 }

@@ -22,6 +22,7 @@ pub mod config;
 pub mod connections;
 mod control;
 pub mod error;
+pub mod identity;
 pub mod init;
 pub mod join_tokens;
 pub mod kinds;
@@ -37,13 +38,13 @@ pub mod tls;
 pub mod update;
 
 pub use infraos_control::{
-    ControlError, audit, clock, controllers, datadir, events, explain, holdings, leader, lease,
-    liveness, objects, reflector, signing,
+    ControlError, audit, controllers, datadir, events, explain, holdings, leader, lease, liveness,
+    objects, reflector, signing,
 };
 
-pub use clock::{Clock, SharedClock, SystemClock};
 pub use config::ServerConfig;
 pub use error::{ApiError, ServerError};
+pub use infraos_api::time::{Clock, SharedClock, SystemClock};
 
 pub use datadir::URL_FILE;
 
@@ -224,7 +225,11 @@ impl Server {
         } else {
             drop(leader_tx);
         }
-        tasks.push(authz::spawn_feed(&state, shutdown_rx.clone()));
+        tasks.push(authz::spawn_feed(
+            state.rbac.clone(),
+            state.store.clone(),
+            shutdown_rx.clone(),
+        ));
         tasks.push(limits::spawn_sweeper(
             state.limits.clone(),
             shutdown_rx.clone(),

@@ -30,9 +30,8 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use crate::auth::Identity;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::identity::Identity;
 
 /// `apiLimits:` in server.yaml.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -295,16 +294,17 @@ pub fn spawn_sweeper(
     })
 }
 
-/// The tower middleware, between authentication and authorization.
-pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// The tower middleware, between authentication and authorization. It takes only the
+/// limits, not the whole `AppState`, which holds them.
+pub async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
     let Some(identity) = request.extensions().get::<Arc<Identity>>().cloned() else {
         return next.run(request).await;
     };
-    let permit = match state.limits.admit(&identity).await {
+    let permit = match limits.admit(&identity).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let deadline = state.limits.config.request_timeout;
+    let deadline = limits.config.request_timeout;
     let response = with_deadline(deadline, next.run(request)).await;
     drop(permit);
     response

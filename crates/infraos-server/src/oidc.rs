@@ -12,7 +12,7 @@ use jsonwebtoken::{DecodingKey, Validation};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Identity;
+use crate::identity::Identity;
 
 /// `oidc:` in server.yaml.
 #[derive(Clone, Debug, Serialize, Deserialize)]

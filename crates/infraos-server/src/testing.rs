@@ -21,7 +21,7 @@ pub(crate) async fn state(dir: &Path, store: Arc<dyn Store>) -> AppState {
     };
     let (signer, _) = crate::signing::ServerKey::ensure(dir, config.signature_algorithm).unwrap();
     let ca = Arc::new(crate::pki::Ca::load(dir).unwrap());
-    let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
+    let clock: crate::SharedClock = Arc::new(crate::SystemClock);
     let agents = Arc::new(crate::agents::AgentDialer::new(&ca, clock.now()).unwrap());
     let (_, leader) = watch::channel(crate::leader::Status::default());
     let control = infraos_control::Context {
@@ -50,7 +50,7 @@ pub(crate) async fn state(dir: &Path, store: Arc<dyn Store>) -> AppState {
 /// The request context of the administrator.
 pub(crate) fn admin() -> crate::api::Ctx {
     crate::api::Ctx {
-        identity: Arc::new(crate::auth::Identity {
+        identity: Arc::new(crate::identity::Identity {
             subject: "user:admin".into(),
             groups: vec!["system:masters".into()],
             token: None,

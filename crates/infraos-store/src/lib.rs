@@ -26,8 +26,10 @@ pub mod embedded;
 pub mod etcd;
 mod hub;
 mod memo;
+mod wrapper;
 
 pub use memo::ReadMemo;
+pub use wrapper::Wrapper;
 
 /// A store revision. `0` means "before anything was written".
 pub type Revision = u64;

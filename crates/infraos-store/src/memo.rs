@@ -10,10 +10,7 @@ use std::sync::Arc;
 use foldhash::HashMap;
 use parking_lot::Mutex;
 
-use crate::{
-    KeyValue, LedgerEntry, LedgerHead, RangeResult, Revision, Store, StoreError, Txn, TxnOutcome,
-    WatchStream,
-};
+use crate::{KeyValue, Store, StoreError, Txn, TxnOutcome};
 
 /// `get`s answered once per key; every other call goes to the store underneath.
 pub struct ReadMemo {
@@ -31,7 +28,11 @@ impl ReadMemo {
 }
 
 #[async_trait::async_trait]
-impl Store for ReadMemo {
+impl crate::Wrapper for ReadMemo {
+    fn inner(&self) -> &dyn Store {
+        &*self.inner
+    }
+
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         if let Some(found) = self.gets.lock().get(key) {
             return Ok(found.clone());
@@ -41,45 +42,9 @@ impl Store for ReadMemo {
         Ok(found)
     }
 
-    async fn range(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<RangeResult, StoreError> {
-        self.inner.range(prefix, start_after, limit).await
-    }
-
-    async fn range_at(&self, prefix: &str, revision: Revision) -> Result<RangeResult, StoreError> {
-        self.inner.range_at(prefix, revision).await
-    }
-
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         self.gets.lock().clear();
         self.inner.txn(txn).await
-    }
-
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-        self.inner.watch(prefix, after).await
-    }
-
-    async fn current_revision(&self) -> Result<Revision, StoreError> {
-        self.inner.current_revision().await
-    }
-
-    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        self.inner.compact(revision).await
-    }
-
-    async fn ledger_range(&self, from: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.inner.ledger_range(from, limit).await
-    }
-
-    async fn ledger_head(&self) -> Result<LedgerHead, StoreError> {
-        self.inner.ledger_head().await
-    }
-    fn txn_limits(&self) -> crate::TxnLimits {
-        self.inner.txn_limits()
     }
 }
 

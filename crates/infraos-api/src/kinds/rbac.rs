@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::EmptyStatus;
 use crate::envelope::{Kind, KindInfo, Object};
 use crate::names;
+use crate::path::RULE_COLLECTIONS;
 use crate::validation::Errors;
 
 /// Every verb a rule may name. `*` stands for all of them.
@@ -18,9 +19,18 @@ pub const VERBS: &[&str] = &[
     "get", "list", "watch", "create", "update", "patch", "delete", "renew", "release", "approve",
 ];
 
-/// What rules may name besides the kinds the object API serves: the audit chain, API tokens,
-/// join tokens, and subresources (`Kind/status`, `Claim/log`).
-pub const EXTRA_RULE_KINDS: &[&str] = &["AuditRecord", "Token", "JoinToken", "Claim/log"];
+/// What rules may name besides the kinds the object API serves: the server's own collections
+/// ([`RULE_COLLECTIONS`]: the audit chain, API tokens, join tokens) and `Claim/log`.
+pub const EXTRA_RULE_KINDS: &[&str] = &{
+    let mut out = [""; RULE_COLLECTIONS.len() + 1];
+    let mut i = 0;
+    while i < RULE_COLLECTIONS.len() {
+        out[i] = RULE_COLLECTIONS[i].rule_kind();
+        i += 1;
+    }
+    out[i] = "Claim/log";
+    out
+};
 
 /// The group every administrator token is in; bound to `cluster-admin` at cluster scope.
 pub const ADMINS_GROUP: &str = "system:masters";
@@ -91,13 +101,10 @@ pub fn canonical_rule_kind(name: &str) -> Option<String> {
         info.kind.to_string()
     } else {
         let lower = base.to_ascii_lowercase();
-        let known = ["AuditRecord", "Token", "JoinToken"]
-            .into_iter()
-            .find(|k| {
-                let k_lower = k.to_ascii_lowercase();
-                lower == k_lower || lower == format!("{k_lower}s")
-            })?;
-        known.to_string()
+        let known = RULE_COLLECTIONS
+            .iter()
+            .find(|r| lower == r.rule_kind().to_ascii_lowercase() || lower == r.plural())?;
+        known.rule_kind().to_string()
     };
     match sub {
         None => Some(base),

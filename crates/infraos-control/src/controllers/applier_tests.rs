@@ -11,9 +11,7 @@ use infraos_api::kinds::{
 };
 use infraos_api::{Labels, Object};
 use infraos_scheduler::{Decision, Placement};
-use infraos_store::{
-    LedgerEntry, LedgerHead, RangeResult, Revision, Store, StoreError, TxnOutcome, WatchStream,
-};
+use infraos_store::{Store, StoreError, TxnOutcome};
 
 use super::*;
 use crate::testing;
@@ -29,20 +27,9 @@ struct Limited {
 }
 
 #[async_trait::async_trait]
-impl Store for Limited {
-    async fn get(&self, key: &str) -> Result<Option<infraos_store::KeyValue>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn range(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<RangeResult, StoreError> {
-        self.inner.range(prefix, start_after, limit).await
-    }
-    async fn range_at(&self, prefix: &str, revision: Revision) -> Result<RangeResult, StoreError> {
-        self.inner.range_at(prefix, revision).await
+impl infraos_store::Wrapper for Limited {
+    fn inner(&self) -> &dyn Store {
+        &*self.inner
     }
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         let cost = TxnCost::of(&txn);
@@ -50,29 +37,14 @@ impl Store for Limited {
             self.refused.fetch_add(1, Ordering::SeqCst);
             return Err(StoreError::TxnTooLarge(format!("{cost:?}")));
         }
-        let allocates = txn.ops.iter().any(|op| {
-            matches!(op, infraos_store::Op::Put(k, _) if k.starts_with("/allocations/") || k.contains("/allocations/"))
-        });
+        let allocates = txn.ops.iter().any(
+            |op| matches!(op, infraos_store::Op::Put(k, _) if k.contains("/allocations/")),
+        );
         let out = self.inner.txn(txn).await?;
         if allocates && out.succeeded {
             self.committed.lock().unwrap().push(cost);
         }
         Ok(out)
-    }
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-        self.inner.watch(prefix, after).await
-    }
-    async fn current_revision(&self) -> Result<Revision, StoreError> {
-        self.inner.current_revision().await
-    }
-    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        self.inner.compact(revision).await
-    }
-    async fn ledger_range(&self, from: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.inner.ledger_range(from, limit).await
-    }
-    async fn ledger_head(&self) -> Result<LedgerHead, StoreError> {
-        self.inner.ledger_head().await
     }
     fn txn_limits(&self) -> TxnLimits {
         self.limits

@@ -42,7 +42,7 @@ use crate::reflector::{self, Change};
 use crate::write::{self as update, Audit, Decision, Target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Source {
+pub(super) enum Source {
     Classes,
     Nodes,
     Resources,
@@ -55,7 +55,7 @@ pub(crate) enum Source {
     Tenants,
 }
 
-pub(crate) const SOURCES: [Source; 10] = [
+const SOURCES: [Source; 10] = [
     Source::Classes,
     Source::Nodes,
     Source::Resources,
@@ -69,7 +69,7 @@ pub(crate) const SOURCES: [Source; 10] = [
 ];
 
 /// What applying one stored object to the snapshot changed.
-pub(crate) enum Applied {
+pub(super) enum Applied {
     /// Capacity, constraints or quotas: unschedulable claims may fit now.
     Cluster,
     /// Nothing that changes where claims fit.
@@ -89,7 +89,7 @@ pub(crate) enum Applied {
 }
 
 /// The store prefix a source reflects.
-pub(crate) fn source_prefix(source: Source) -> String {
+fn source_prefix(source: Source) -> String {
     match source {
         Source::Classes => objects::prefix(ResourceClassSpec::INFO, None),
         Source::Nodes => objects::prefix(NodeSpec::INFO, None),
@@ -107,7 +107,7 @@ pub(crate) fn source_prefix(source: Source) -> String {
 /// Applies one stored object to the snapshot, as the scheduler sees it (shared with replay).
 /// An allocation's state applies only if it is newer than the one the snapshot holds for
 /// its key (see [`Snapshot::apply_allocation_at`]).
-pub(crate) fn apply_object(
+pub(super) fn apply_object(
     snapshot: &mut Snapshot,
     source: Source,
     id: &str,
@@ -184,6 +184,38 @@ pub(crate) fn apply_object(
             Applied::Cluster
         }
     })
+}
+
+/// Replay's way in (`explain.rs`): the snapshot this loop's cache would hold, built from the
+/// objects `list` returns for each store prefix the cache reflects (claims excepted: the
+/// snapshot holds none), each applied as the loop applies it. The caller chooses how to list
+/// (explain reads the store at a past revision) and sets the snapshot's revision.
+pub(crate) async fn snapshot_from<L, F>(mut list: L) -> Result<Snapshot, ApiError>
+where
+    L: FnMut(String) -> F,
+    F: std::future::Future<Output = Result<Vec<KeyValue>, ApiError>>,
+{
+    let mut snapshot = Snapshot::new();
+    for source in SOURCES {
+        if source == Source::Claims {
+            continue;
+        }
+        for kv in &list(source_prefix(source)).await? {
+            apply_object(&mut snapshot, source, &object_id(&kv.key), kv)?;
+        }
+    }
+    Ok(snapshot)
+}
+
+/// Adds to a replayed snapshot an allocation the scheduler had assumed when it decided (its
+/// own earlier commits), as the loop applies an allocation it reads: only when newer than
+/// the one held under its key.
+pub(crate) fn assume_allocation(
+    snapshot: &mut Snapshot,
+    id: &str,
+    kv: &KeyValue,
+) -> Result<(), ApiError> {
+    apply_object(snapshot, Source::Allocations, id, kv).map(drop)
 }
 
 /// What reaches the loop: a change, with its claims already decoded when it comes from the

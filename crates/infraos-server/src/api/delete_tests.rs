@@ -5,10 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use infraos_store::embedded::{EmbeddedOptions, EmbeddedStore};
-use infraos_store::{
-    LedgerEntry, LedgerHead, Op, RangeResult, Revision, Store, StoreError, Txn, TxnOutcome,
-    WatchStream,
-};
+use infraos_store::{Op, Store, StoreError, Txn, TxnOutcome};
 
 use super::*;
 
@@ -22,15 +19,9 @@ struct Meddling {
 }
 
 #[async_trait::async_trait]
-impl Store for Meddling {
-    async fn get(&self, key: &str) -> Result<Option<infraos_store::KeyValue>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn range(&self, p: &str, a: Option<&str>, l: usize) -> Result<RangeResult, StoreError> {
-        self.inner.range(p, a, l).await
-    }
-    async fn range_at(&self, p: &str, r: Revision) -> Result<RangeResult, StoreError> {
-        self.inner.range_at(p, r).await
+impl infraos_store::Wrapper for Meddling {
+    fn inner(&self) -> &dyn Store {
+        &self.inner
     }
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         let touches = txn.ops.iter().any(|op| match op {
@@ -47,24 +38,6 @@ impl Store for Meddling {
             }
         }
         self.inner.txn(txn).await
-    }
-    async fn watch(&self, p: &str, after: Revision) -> Result<WatchStream, StoreError> {
-        self.inner.watch(p, after).await
-    }
-    async fn current_revision(&self) -> Result<Revision, StoreError> {
-        self.inner.current_revision().await
-    }
-    async fn compact(&self, r: Revision) -> Result<(), StoreError> {
-        self.inner.compact(r).await
-    }
-    async fn ledger_range(&self, f: u64, l: usize) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.inner.ledger_range(f, l).await
-    }
-    async fn ledger_head(&self) -> Result<LedgerHead, StoreError> {
-        self.inner.ledger_head().await
-    }
-    fn txn_limits(&self) -> infraos_store::TxnLimits {
-        self.inner.txn_limits()
     }
 }
 

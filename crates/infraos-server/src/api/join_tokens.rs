@@ -106,7 +106,7 @@ pub async fn create(State(state): State<AppState>, ctx: Ctx, request: Request) -
         let token = format!(
             "{}{}",
             join_tokens::TOKEN_PREFIX,
-            crate::auth::generate_token()
+            crate::identity::generate_token()
                 .map_err(|e| ApiError::internal(e.to_string()))?
                 .trim_start_matches("ios_")
         );

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Ctx;
 use crate::audit::{self, Record};
-use crate::auth::{self, TokenRecord};
 use crate::error::ApiError;
+use crate::identity::{self, TokenRecord};
 use crate::state::AppState;
 
 const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -91,9 +91,9 @@ pub async fn create(State(state): State<AppState>, ctx: Ctx, request: Request) -
             .map_err(|e| ApiError::bad_request(format!("token: {e}")))?;
         subject.clone_from(&body.subject);
         check(&body, &ctx)?;
-        let token = auth::generate_token().map_err(|e| ApiError::internal(e.to_string()))?;
-        let hash = auth::hash_token(&token);
-        let key = auth::token_key(&hash);
+        let token = identity::generate_token().map_err(|e| ApiError::internal(e.to_string()))?;
+        let hash = identity::hash_token(&token);
+        let key = identity::token_key(&hash);
         let now = state.clock.now();
         let mut groups = body.groups.clone();
         groups.sort();
@@ -155,7 +155,7 @@ async fn all(state: &AppState) -> Result<Vec<(String, TokenRecord)>, ApiError> {
     loop {
         let page = state
             .store
-            .range(auth::TOKEN_PREFIX, after.as_deref(), 5000)
+            .range(identity::TOKEN_PREFIX, after.as_deref(), 5000)
             .await?;
         for kv in &page.kvs {
             let record = serde_json::from_slice(&kv.value)

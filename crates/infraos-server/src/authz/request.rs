@@ -11,9 +11,9 @@ use infraos_api::path;
 use infraos_api::{Kind as _, TypedObject};
 
 use super::{ListFilter, READ_VERBS, Rbac, Scope, Visibility};
-use crate::auth::Identity;
 use crate::border::ListParams;
 use crate::error::ApiError;
+use crate::identity::Identity;
 use crate::state::AppState;
 
 /// A request in RBAC terms.
