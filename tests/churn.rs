@@ -617,6 +617,10 @@ fn check_preemptions(entries: &[(u64, Value)], made: &Made) -> Preemptions {
                     continue;
                 };
                 stopping.insert(key.clone(), (by.to_string(), at));
+                if !first.contains_key(by) {
+                    // A new wait: ends seen before it are not its victims'.
+                    freed.remove(by);
+                }
                 let t0 = *first.entry(by.to_string()).or_insert(at);
                 trail
                     .entry(by.to_string())
@@ -651,8 +655,11 @@ fn check_preemptions(entries: &[(u64, Value)], made: &Made) -> Preemptions {
                     let deadline = preempted + SKEW_MS;
                     out.worst_end_past_deadline_ms =
                         out.worst_end_past_deadline_ms.max(at - deadline);
-                    let latest = freed.entry(by).or_insert(at);
-                    *latest = (*latest).max(at);
+                    // Only while its preemptor still waits (it may be placed elsewhere first).
+                    if first.contains_key(&by) {
+                        let latest = freed.entry(by).or_insert(at);
+                        *latest = (*latest).max(at);
+                    }
                 }
             }
             _ => {}
