@@ -153,7 +153,11 @@ impl TestServer {
         let child = Command::new(bin())
             .args(["server", "--listen", listen, "--data-dir"])
             .arg(&dir)
-            .env("RUST_LOG", "info")
+            // INFRAOS_TEST_SERVER_LOG: a filter for the servers' logs when chasing a failure.
+            .env(
+                "RUST_LOG",
+                std::env::var("INFRAOS_TEST_SERVER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
