@@ -719,13 +719,16 @@ impl Load {
                 let mut placed = std::collections::HashSet::new();
                 let mut from = None;
                 while !stop.load(Ordering::SeqCst) {
-                    let Ok(mut events) = c.watch_as::<Seen>(kind("claims"), Some("load"), None, from).await
+                    let Ok(mut events) = c
+                        .watch_as::<Seen>(kind("claims"), Some("load"), None, from)
+                        .await
                     else {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     };
                     loop {
-                        let next = tokio::time::timeout(Duration::from_millis(500), events.next()).await;
+                        let next =
+                            tokio::time::timeout(Duration::from_millis(500), events.next()).await;
                         let event = match next {
                             Err(_) if stop.load(Ordering::SeqCst) => break,
                             Err(_) => continue,
@@ -783,23 +786,39 @@ impl Load {
                         );
                         let c = c.clone();
                         requests.push(async move {
-                            (size, c.create_batch_quiet(kind("claims"), Some("load"), body).await)
+                            (
+                                size,
+                                c.create_batch_quiet(kind("claims"), Some("load"), body)
+                                    .await,
+                            )
                         });
                     }
                     // Collect what answered; at most a few seconds of requests outstanding.
                     while requests.len() > 64 {
                         if let Some((size, r)) = requests.next().await {
-                            if r.is_ok() { acknowledged += size } else { refused += 1 }
+                            if r.is_ok() {
+                                acknowledged += size
+                            } else {
+                                refused += 1
+                            }
                         }
                     }
                     while let Some(Some((size, r))) =
                         futures::FutureExt::now_or_never(requests.next())
                     {
-                        if r.is_ok() { acknowledged += size } else { refused += 1 }
+                        if r.is_ok() {
+                            acknowledged += size
+                        } else {
+                            refused += 1
+                        }
                     }
                 }
                 while let Some((size, r)) = requests.next().await {
-                    if r.is_ok() { acknowledged += size } else { refused += 1 }
+                    if r.is_ok() {
+                        acknowledged += size
+                    } else {
+                        refused += 1
+                    }
                 }
                 (acknowledged, refused)
             })

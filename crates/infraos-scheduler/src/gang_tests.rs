@@ -265,3 +265,70 @@ fn a_gang_on_one_node_is_one_victim_counted_once() {
         "the whole gang, not the 1-CPU claim too"
     );
 }
+
+/// Issue 17: a gang whose victims are still stopping, decided again (any allocation's end
+/// wakes it), finds a member short of a quota level that a victim another member preempted
+/// will free: it waits for them with its places held. Before, it gave up (`GangIncomplete`)
+/// and preempted one more victim a round later, again and again while its victims stopped.
+#[test]
+fn a_gang_waits_for_its_stopping_victims_instead_of_giving_up() {
+    let mut snap = cluster(2, 4);
+    snap.upsert_project("p", "t");
+    snap.upsert_project("q", "u");
+    priority_class(
+        &mut snap,
+        "top",
+        1000,
+        PreemptionPolicy::PreemptLowerPriority,
+    );
+    quota(
+        &mut snap,
+        "tq",
+        serde_json::json!({"tenant": "t", "limits": {"compute": {"cpu": "8"}}}),
+    );
+    // One node holds a claim of the gang's tenant, the other one of another tenant.
+    let mine = claim("p", "mine", 4, serde_json::json!({}));
+    let theirs = claim("q", "theirs", 4, serde_json::json!({}));
+    place_all(&mut snap, &[mine.clone(), theirs.clone()]);
+    let member = |name: &str| {
+        claim(
+            "p",
+            name,
+            4,
+            serde_json::json!({"priorityClassName": "top", "group": {"name": "g", "minMembers": 2}}),
+        )
+    };
+    let (a, b) = (member("a"), member("b"));
+    let mut s = scheduler();
+    let p = plan(&mut s, &snap, &[&a, &b]);
+    let mut victims = Vec::new();
+    for k in ["p/a", "p/b"] {
+        if let Outcome::Preempt(plan) = outcome_of(&p, k) {
+            victims.extend(plan.victims.iter().map(|v| v.allocation.clone()));
+        }
+    }
+    victims.sort();
+    assert_eq!(victims, ["p/mine", "q/theirs"], "{p:?}");
+    // The victims stop (preempted, their leases cut); the gang is decided again meanwhile,
+    // members in the other order.
+    for c in [&mine, &theirs] {
+        let k = key(c);
+        let parts = snap.allocation(&k).unwrap().to_vec();
+        let mut m = meta(&snap, c, false);
+        m.preempting = true;
+        snap.apply_allocation(&k, &parts, m);
+    }
+    for order in [[&b, &a], [&a, &b]] {
+        let p = plan(&mut s, &snap, &order);
+        for k in ["p/a", "p/b"] {
+            let (reason, message) = explanation(outcome_of(&p, k));
+            assert_eq!(reason, WAITING_FOR_PREEMPTION, "{k}: {message}");
+        }
+    }
+    // The victims have ended: the gang is placed whole, without a second round.
+    snap.remove_allocation("p/mine");
+    snap.remove_allocation("q/theirs");
+    let p = plan(&mut s, &snap, &[&a, &b]);
+    placement(outcome_of(&p, "p/a"));
+    placement(outcome_of(&p, "p/b"));
+}

@@ -826,6 +826,7 @@ async fn write_unschedulable(
     if current.and_then(|s| s.message.as_deref()) == Some(message.as_str()) {
         return StatusWrite::Recorded(key, message);
     }
+    tracing::debug!(claim = %key, reason, %message, "pending");
     let now = state.clock.now();
     let mut claim = (*entry.claim).clone();
     let status = claim.status.get_or_insert_with(Default::default);

@@ -37,9 +37,10 @@ impl infraos_store::Wrapper for Limited {
             self.refused.fetch_add(1, Ordering::SeqCst);
             return Err(StoreError::TxnTooLarge(format!("{cost:?}")));
         }
-        let allocates = txn.ops.iter().any(
-            |op| matches!(op, infraos_store::Op::Put(k, _) if k.contains("/allocations/")),
-        );
+        let allocates = txn
+            .ops
+            .iter()
+            .any(|op| matches!(op, infraos_store::Op::Put(k, _) if k.contains("/allocations/")));
         let out = self.inner.txn(txn).await?;
         if allocates && out.succeeded {
             self.committed.lock().unwrap().push(cost);

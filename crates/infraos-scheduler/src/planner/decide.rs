@@ -154,12 +154,7 @@ impl Scheduler {
         if e.reason == WAITING_FOR_PREEMPTION {
             return Outcome::Unschedulable(e);
         }
-        let stopping = self.nominations.get(key).map_or(0, |n| {
-            n.victims
-                .iter()
-                .filter(|v| snapshot.allocation_meta(v).is_some_and(|m| m.preempting))
-                .count()
-        });
+        let stopping = self.stopping_victims(snapshot, key);
         if stopping == 0 {
             return Outcome::Unschedulable(e);
         }
@@ -170,6 +165,16 @@ impl Scheduler {
                 e.message()
             )),
             ..e
+        })
+    }
+
+    /// How many of the victims claim `key` preempted are still stopping.
+    pub(crate) fn stopping_victims(&self, snapshot: &Snapshot, key: &str) -> usize {
+        self.nominations.get(key).map_or(0, |n| {
+            n.victims
+                .iter()
+                .filter(|v| snapshot.allocation_meta(v).is_some_and(|m| m.preempting))
+                .count()
         })
     }
 

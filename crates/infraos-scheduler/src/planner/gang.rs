@@ -245,6 +245,33 @@ impl Scheduler {
                 })
                 .collect();
         }
+        // Victims its members preempted are still stopping: what the gang lacks now (room, or
+        // a quota level) they free within their grace. It waits for them with its places
+        // held, as a single preemptor does, instead of giving up and preempting again a round
+        // later (issue 17: a gang evicted one more victim a second while its last ones stopped).
+        let stopping: usize = members
+            .iter()
+            .map(|&i| self.stopping_victims(snapshot, &claims[i].0))
+            .sum();
+        if stopping > 0 {
+            let detail = format!(
+                "gang {gang}: waiting for {stopping} preempted allocation(s) to end; {fit} of \
+                 {min} members fit before they have{}",
+                first_failure.map(|f| format!("; {f}")).unwrap_or_default()
+            );
+            return outcomes
+                .into_iter()
+                .map(|(i, _)| {
+                    (
+                        i,
+                        Outcome::Unschedulable(Explanation::detailed(
+                            WAITING_FOR_PREEMPTION,
+                            detail.clone(),
+                        )),
+                    )
+                })
+                .collect();
+        }
         for &i in members {
             self.give_up(&claims[i].0);
         }
