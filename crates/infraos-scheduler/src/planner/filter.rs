@@ -27,29 +27,29 @@ pub(crate) mod topology_spread;
 
 use super::claim_ctx::ClaimCtx;
 use super::explanation::Reject;
-use crate::snapshot::{NodeId, Snapshot};
+use crate::snapshot::NodeEntry;
 
 pub(crate) use list::FilterSet;
 pub use list::{NODE_FILTERS, NodeFilter};
 
 impl NodeFilter {
     /// Checks candidate `node` (`None`: a placement on pools only) for the claim of `ctx`.
+    /// The caller looks the node's entry up once per candidate, not once per filter.
     #[inline]
     pub(crate) fn check<'c>(
         self,
-        snapshot: &'c Snapshot,
-        node: Option<NodeId>,
+        node: Option<&'c NodeEntry>,
         ctx: &ClaimCtx<'c>,
     ) -> Result<(), Reject<'c>> {
         match self {
-            NodeFilter::Tiers => tiers::check(snapshot, node, ctx),
-            NodeFilter::NodeState => node_state::check(snapshot, node),
-            NodeFilter::Affinity => affinity::check(snapshot, node, ctx),
-            NodeFilter::AntiAffinity => anti_affinity::check(snapshot, node, ctx),
-            NodeFilter::AntiAffinityOfOthers => anti_affinity_of_others::check(snapshot, node, ctx),
-            NodeFilter::TopologySpread => topology_spread::check(snapshot, node, ctx),
-            NodeFilter::TenantIsolation => tenant_isolation::check(snapshot, node, ctx),
-            NodeFilter::Taints => taints::check(snapshot, node, ctx),
+            NodeFilter::Tiers => tiers::check(node, ctx),
+            NodeFilter::NodeState => node_state::check(node),
+            NodeFilter::Affinity => affinity::check(node, ctx),
+            NodeFilter::AntiAffinity => anti_affinity::check(node, ctx),
+            NodeFilter::AntiAffinityOfOthers => anti_affinity_of_others::check(node, ctx),
+            NodeFilter::TopologySpread => topology_spread::check(node, ctx),
+            NodeFilter::TenantIsolation => tenant_isolation::check(node, ctx),
+            NodeFilter::Taints => taints::check(node, ctx),
         }
     }
 }
@@ -58,21 +58,41 @@ impl NodeFilter {
 #[inline]
 pub(crate) fn run<'c>(
     set: FilterSet,
-    snapshot: &'c Snapshot,
-    node: Option<NodeId>,
+    node: Option<&'c NodeEntry>,
     ctx: &ClaimCtx<'c>,
 ) -> Result<(), Reject<'c>> {
-    for filter in NODE_FILTERS {
+    in_order(|filter| {
         if set.runs(filter) {
-            filter.check(snapshot, node, ctx)?;
+            filter.check(node, ctx)
+        } else {
+            Ok(())
         }
-    }
-    Ok(())
+    })
+}
+
+/// Calls `step` with each filter of [`NODE_FILTERS`], in that order, until one fails.
+///
+/// Written out rather than a loop over the array: LLVM kept `for filter in NODE_FILTERS`
+/// as a loop that dispatched each filter through a jump table, which cost about a sixth of
+/// `evaluate` at `bench scheduler --claims 100000` (perf annotate). With a constant
+/// argument at each call the `match` in [`NodeFilter::check`] folds away. A test checks that
+/// this order is the array's.
+#[inline(always)]
+fn in_order<E>(mut step: impl FnMut(NodeFilter) -> Result<(), E>) -> Result<(), E> {
+    step(NodeFilter::Tiers)?;
+    step(NodeFilter::NodeState)?;
+    step(NodeFilter::Affinity)?;
+    step(NodeFilter::AntiAffinity)?;
+    step(NodeFilter::AntiAffinityOfOthers)?;
+    step(NodeFilter::TopologySpread)?;
+    step(NodeFilter::TenantIsolation)?;
+    step(NodeFilter::Taints)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::snapshot::Snapshot;
     use crate::test_fixtures::{compute_class, node as add_node};
     use crate::{Outcome, Profile, Scheduler};
     use infraos_api::Labels;
@@ -147,6 +167,16 @@ pub(crate) mod tests {
         off: &[&str],
     ) -> Result<(), String> {
         decide_all(snap, &[first, spec], off)
+    }
+
+    #[test]
+    fn filters_run_in_the_order_of_the_list() {
+        let mut seen = Vec::new();
+        let _ = in_order(|f| {
+            seen.push(f);
+            Ok::<(), ()>(())
+        });
+        assert_eq!(seen, NODE_FILTERS);
     }
 
     #[test]

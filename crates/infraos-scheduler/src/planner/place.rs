@@ -239,22 +239,24 @@ impl Scheduler {
     ) -> Result<(f64, [f64; MAX_PLUGINS]), Reject<'c>> {
         let (requests, selector, colocate) = (&ctx.requests, ctx.selector, ctx.colocate);
         let overlay = &batch.overlay;
-        super::filter::run(self.filters, snapshot, node, ctx)?;
+        // Looked up once per candidate: every filter and the fit below read it.
+        let node_entry = node.map(|n| snapshot.node(n));
+        super::filter::run(self.filters, node_entry, ctx)?;
         // The topology values every pool must share: the node's, or the anchor pool's.
         let reference: Vec<Option<&str>> = if colocate.is_empty() {
             Vec::new()
         } else {
             colocate
                 .iter()
-                .map(|key| match (node, anchor_pool) {
-                    (Some(n), _) => snapshot.node(n).labels.get(key).map(String::as_str),
+                .map(|key| match (node_entry, anchor_pool) {
+                    (Some(n), _) => n.labels.get(key).map(String::as_str),
                     (None, Some(p)) => snapshot.resource(p).and_then(|r| snapshot.label(r, key)),
                     (None, None) => None,
                 })
                 .collect()
         };
         self.scratch.clear();
-        let on_node: &[ResourceId] = node.map_or(&[], |n| snapshot.node(n).resources.as_slice());
+        let on_node: &[ResourceId] = node_entry.map_or(&[], |n| n.resources.as_slice());
         for (index, request) in requests.iter().enumerate() {
             let pools = request.pools;
             let anchor = [anchor_pool.unwrap_or_default()];
@@ -332,8 +334,8 @@ impl Scheduler {
             } else {
                 0.0
             },
-            affinity: match node {
-                Some(n) if w[plugins::AFFINITY] > 0.0 => ctx.soft_score(snapshot.node(n)),
+            affinity: match node_entry {
+                Some(n) if w[plugins::AFFINITY] > 0.0 => ctx.soft_score(n),
                 _ => 100.0,
             },
         };
