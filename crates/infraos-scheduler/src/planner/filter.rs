@@ -30,7 +30,7 @@ use super::explanation::Reject;
 use crate::snapshot::NodeEntry;
 
 pub(crate) use list::FilterSet;
-pub use list::{NODE_FILTERS, NodeFilter};
+pub use list::{NODE_FILTERS, NodeFilter, RESOURCE_FILTERS, ResourceFilter};
 
 impl NodeFilter {
     /// Checks candidate `node` (`None`: a placement on pools only) for the claim of `ctx`.
@@ -55,6 +55,7 @@ impl NodeFilter {
 }
 
 /// Runs the filters of `set` on candidate `node`, in order; the first rejection wins.
+/// The filters that keep tenants apart run even where `set` leaves them out.
 #[inline]
 pub(crate) fn run<'c>(
     set: FilterSet,
@@ -62,7 +63,7 @@ pub(crate) fn run<'c>(
     ctx: &ClaimCtx<'c>,
 ) -> Result<(), Reject<'c>> {
     in_order(|filter| {
-        if set.runs(filter) {
+        if !filter.can_disable() || set.runs(filter) {
             filter.check(node, ctx)
         } else {
             Ok(())
@@ -195,5 +196,14 @@ pub(crate) mod tests {
         assert!(set.runs(NodeFilter::NodeState));
         let err = FilterSet::without(&["magic".into()]).unwrap_err();
         assert!(err.to_string().contains("magic") && err.to_string().contains("nodeState"));
+        let set = FilterSet::without(&["selector".into(), "colocate".into()]).unwrap();
+        assert!(!set.runs_on_resources(ResourceFilter::Selector));
+        assert!(!set.runs_on_resources(ResourceFilter::Colocate));
+        assert!(set.runs_on_resources(ResourceFilter::ResourceIsolation));
+        assert!(set.runs(NodeFilter::Taints));
+        for name in ["tenantIsolation", "resourceIsolation", "tenantPlacement"] {
+            let err = FilterSet::without(&[name.into()]).unwrap_err();
+            assert!(err.to_string().contains("security promise"), "{err}");
+        }
     }
 }

@@ -1,4 +1,5 @@
 //! Filter `tenantIsolation`: a node labelled for a tenant takes only that tenant's claims.
+//! A security promise: no profile may turn it off.
 
 use crate::planner::claim_ctx::ClaimCtx;
 use crate::planner::explanation::Reject;
@@ -27,6 +28,11 @@ mod tests {
             decide(&snap, cpu(), &[]).unwrap_err(),
             "0/1 nodes are available: 1 isolated for another tenant."
         );
-        decide(&snap, cpu(), &["tenantIsolation"]).unwrap();
+        // A security promise: no profile turns it off (see `resource_filter::tests::refused`).
+        let err = crate::planner::resource_filter::tests::refused("tenantIsolation");
+        assert!(
+            err.contains("cannot be turned off") && err.contains("security promise"),
+            "{err}"
+        );
     }
 }
