@@ -29,7 +29,7 @@ pub(crate) struct ResourceCheck<'c, 'r> {
 
 impl ResourceFilter {
     /// Checks `resource` for a request of the claim of `check.ctx`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn check<'c>(
         self,
         check: &ResourceCheck<'c, '_>,
@@ -44,32 +44,35 @@ impl ResourceFilter {
     }
 }
 
+/// Expands `$step!(filter)` for each filter of `RESOURCE_FILTERS`, in that order: written
+/// out for the reason given at `node_filters_in_order` (`filter.rs`). A test checks that
+/// this order is the array's.
+macro_rules! resource_filters_in_order {
+    ($step:ident) => {
+        $step!(ResourceFilter::ResourceIsolation);
+        $step!(ResourceFilter::TenantPlacement);
+        $step!(ResourceFilter::Selector);
+        $step!(ResourceFilter::Colocate);
+    };
+}
+
 /// Runs the resource filters of `set` on `resource`, in order; the first rejection wins.
 /// The filters that keep tenants apart run even where `set` leaves them out.
-#[inline]
+#[inline(always)]
 pub(crate) fn run<'c>(
     set: FilterSet,
     check: &ResourceCheck<'c, '_>,
     resource: &'c ResourceEntry,
 ) -> Result<(), Reject<'c>> {
-    in_order(|filter| {
-        if !filter.can_disable() || set.runs_on_resources(filter) {
-            filter.check(check, resource)
-        } else {
-            Ok(())
-        }
-    })
-}
-
-/// Calls `step` with each filter of `RESOURCE_FILTERS`, in that order, until one fails:
-/// written out for the reason given at the node filters' `in_order` (a loop over the array
-/// stays a loop with a jump table). A test checks that this order is the array's.
-#[inline(always)]
-fn in_order<E>(mut step: impl FnMut(ResourceFilter) -> Result<(), E>) -> Result<(), E> {
-    step(ResourceFilter::ResourceIsolation)?;
-    step(ResourceFilter::TenantPlacement)?;
-    step(ResourceFilter::Selector)?;
-    step(ResourceFilter::Colocate)
+    macro_rules! step {
+        ($filter:expr) => {
+            if !$filter.can_disable() || set.runs_on_resources($filter) {
+                $filter.check(check, resource)?;
+            }
+        };
+    }
+    resource_filters_in_order!(step);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -92,10 +95,12 @@ pub(crate) mod tests {
     #[test]
     fn filters_run_in_the_order_of_the_list() {
         let mut seen = Vec::new();
-        let _ = super::in_order(|f| {
-            seen.push(f);
-            Ok::<(), ()>(())
-        });
+        macro_rules! push {
+            ($filter:expr) => {
+                seen.push($filter)
+            };
+        }
+        resource_filters_in_order!(push);
         assert_eq!(seen, RESOURCE_FILTERS);
     }
 
