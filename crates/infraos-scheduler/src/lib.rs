@@ -16,7 +16,7 @@ pub mod snapshot;
 pub use governance::{AllocationMeta, QuotaEntry};
 pub use planner::{
     Decision, Explanation, NODE_FILTERS, NodeFilter, Outcome, Placement, Plan, PreemptionPlan,
-    Scheduler, Victim, claim_priority,
+    RESOURCE_FILTERS, ResourceFilter, Scheduler, Victim, claim_priority,
 };
 pub use profile::{Profile, ProfileError};
 pub use snapshot::{FitError, Snapshot};

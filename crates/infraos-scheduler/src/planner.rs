@@ -8,7 +8,8 @@
 //!  claim_ctx    a claim compiled against the classes, with its constraints and quotas
 //!  batching     what the batch took so far: overlay, quota, holds of nominations
 //!  quota        tenant and project quotas (pre-filter), pool quotas (per candidate)
-//!  filter       the node filters, a static list; any can be turned off per profile
+//!  filter       the node filters, a static list; a profile may turn off all but isolation
+//!  resource_filter  the resource filters (isolation, tenant placement, selector, colocate)
 //!  score        weighted plugins, normalization of relative ones
 //!  place        candidates from a rotating start: filter, fit, score, best one wins
 //!  nominations  what preemptors wait for, held against lower and equal priorities
@@ -22,8 +23,9 @@
 //!    candidates = nodes holding the rarest node-bound class       (or pools, if none is)
 //!    from a rotating start, for each candidate:
 //!      filter: the profile's node filters (registered, ready, schedulable, affinity, …)
-//!              each request: a resource on the node, else a pool, that matches the label
-//!              selector, the CEL item selector, the topology (colocate) and has room
+//!              each request: a resource on the node, else a pool, that passes the resource
+//!              filters (isolation, tenant placement, label selector, colocate) and has
+//!              room (for items: enough free ones the CEL item selector matches)
 //!      score:  weighted plugins (binpack, spread) on utilization after placement
 //!      stop after enough feasible candidates (sampling, as kube-scheduler does)
 //!    best candidate ──► Placed (+ score breakdown, runner-up), reserved in the batch overlay
@@ -48,11 +50,12 @@ pub(crate) mod nominations;
 pub(crate) mod outcome;
 pub(crate) mod place;
 pub(crate) mod quota;
+pub(crate) mod resource_filter;
 pub(crate) mod score;
 
 pub use claim_ctx::claim_priority;
 pub use engine::Scheduler;
-pub use filter::{NODE_FILTERS, NodeFilter};
+pub use filter::{NODE_FILTERS, NodeFilter, RESOURCE_FILTERS, ResourceFilter};
 pub use outcome::{
     Decision, Explanation, GANG_INCOMPLETE, Outcome, Placement, Plan, PreemptionPlan,
     QUOTA_EXCEEDED, UNSCHEDULABLE, Victim, WAITING_FOR_PREEMPTION,

@@ -9,20 +9,10 @@ use proptest::prelude::*;
 
 use crate::planner::{QUOTA_EXCEEDED, WAITING_FOR_PREEMPTION};
 use crate::test_fixtures::{
-    claim, compute_class, key, meta, node, outcome_of, plan, priority_class, quota, scheduler,
+    claim, compute_class, key, meta, node, outcome_of, plan, priority_class, quota, record,
+    record_placed, scheduler,
 };
-use crate::{Outcome, Plan, Snapshot};
-
-fn place(snap: &mut Snapshot, p: &Plan, claims: &[&Claim]) {
-    for d in &p.decisions {
-        if let Outcome::Placed(pl) = &d.outcome {
-            let c = claims.iter().find(|c| key(c) == d.claim_key).unwrap();
-            let mut m = meta(snap, c, pl.borrowing);
-            m.node = pl.node.clone();
-            snap.apply_allocation(&d.claim_key, &pl.resources, m);
-        }
-    }
-}
+use crate::{Outcome, Snapshot};
 
 /// A tenant `t` of projects `a` and `b`, each entitled to 2 CPUs and allowed to borrow 2 of
 /// the tenant's 4, on a cluster with room to spare; priority classes `batch` (10) and
@@ -81,7 +71,7 @@ fn reclaim_never_evicts_a_higher_priority_and_holds_against_equal_ones() {
     );
     let mut s = scheduler();
     let p = plan(&mut s, &snap, &[&a1, &a2]);
-    place(&mut snap, &p, &[&a1, &a2]);
+    record_placed(&mut snap, &p, &[&a1, &a2]);
     assert!(snap.allocation_meta("a/a2").unwrap().borrowing);
     let b1 = claim(
         "b",
@@ -111,7 +101,7 @@ fn reclaim_never_evicts_a_higher_priority_and_holds_against_equal_ones() {
     );
     let mut s = scheduler();
     let p = plan(&mut s, &snap, &[&a1, &a2]);
-    place(&mut snap, &p, &[&a1, &a2]);
+    record_placed(&mut snap, &p, &[&a1, &a2]);
     let p = plan(&mut s, &snap, &[&b1]);
     let Outcome::Preempt(pre) = outcome_of(&p, "b/b1") else {
         panic!("{p:?}")
@@ -149,7 +139,7 @@ fn a_nomination_holds_against_equal_priorities() {
     let low = claim("p", "low", 4, serde_json::json!({}));
     let mut s = scheduler();
     let p = plan(&mut s, &snap, &[&low]);
-    place(&mut snap, &p, &[&low]);
+    record_placed(&mut snap, &p, &[&low]);
     let first = claim(
         "p",
         "first",
@@ -202,7 +192,7 @@ fn a_preemptor_waits_for_its_own_victims_and_never_preempts_one_twice() {
     let refs: Vec<&Claim> = lows.iter().collect();
     let mut s = scheduler();
     let p = plan(&mut s, &snap, &refs);
-    place(&mut snap, &p, &refs);
+    record_placed(&mut snap, &p, &refs);
     let prod = claim(
         "p",
         "prod",
@@ -440,9 +430,7 @@ fn check_churn(spec: &ChurnSpec) -> Result<(), TestCaseError> {
                 match &d.outcome {
                     Outcome::Placed(pl) => {
                         prop_assert!(snap.fits(&pl.resources).is_ok(), "{k} placed over capacity");
-                        let mut m = meta(&snap, by_key[k].0, pl.borrowing);
-                        m.node = pl.node.clone();
-                        snap.apply_allocation(k, &pl.resources, m);
+                        record(&mut snap, by_key[k].0, pl);
                         // Applied: the placement is confirmed, as the server does at commit.
                         s.forget(k);
                         pending.remove(k);

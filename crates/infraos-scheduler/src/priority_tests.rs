@@ -162,10 +162,7 @@ fn a_claim_waits_for_victims_already_being_preempted() {
     );
     let low = claim("p", "low", 4, serde_json::json!({}));
     place_all(&mut snap, std::slice::from_ref(&low));
-    let parts = snap.allocation("p/low").unwrap().to_vec();
-    let mut m = meta(&snap, &low, false);
-    m.preempting = true;
-    snap.apply_allocation("p/low", &parts, m);
+    mark_preempting(&mut snap, &low);
     let high = claim(
         "p",
         "high",
@@ -206,10 +203,7 @@ fn what_victims_free_is_held_for_the_preemptor() {
     assert!(matches!(outcome_of(&p, "p/high"), Outcome::Preempt(_)));
     // The victims are being preempted; the first one ends, the second has not yet.
     for c in [&a, &b] {
-        let parts = snap.allocation(&key(c)).unwrap().to_vec();
-        let mut m = meta(&snap, c, false);
-        m.preempting = true;
-        snap.apply_allocation(&key(c), &parts, m);
+        mark_preempting(&mut snap, c);
     }
     snap.remove_allocation("p/a");
     // The requeued victim must not take the 2 CPUs that came free while high waits.
@@ -361,10 +355,7 @@ fn a_preemptor_does_not_give_up_while_its_victims_stop() {
     );
     let p = plan(&mut s, &snap, &[&high]);
     assert!(matches!(outcome_of(&p, "p/high"), Outcome::Preempt(_)));
-    let parts = snap.allocation("p/low").unwrap().to_vec();
-    let mut m = meta(&snap, &low, false);
-    m.preempting = true;
-    snap.apply_allocation("p/low", &parts, m);
+    mark_preempting(&mut snap, &low);
     let top = claim(
         "p",
         "top",

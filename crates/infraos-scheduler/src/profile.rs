@@ -39,9 +39,11 @@ pub struct Profile {
     /// Distance between different values the matrix does not list.
     #[serde(default = "default_distance")]
     pub default_network_distance: f64,
-    /// Node filters this profile does not run, by name (`tiers`, `nodeState`, `affinity`,
-    /// `antiAffinity`, `antiAffinityOfOthers`, `topologySpread`, `tenantIsolation`,
-    /// `taints`); every other one runs. An unknown name is refused.
+    /// Filters this profile does not run, by name: node filters (`tiers`, `nodeState`,
+    /// `affinity`, `antiAffinity`, `antiAffinityOfOthers`, `topologySpread`, `taints`) and
+    /// resource filters (`selector`, `colocate`); every other one runs. An unknown name is
+    /// refused, and so are the filters that keep tenants apart (`tenantIsolation`,
+    /// `resourceIsolation`, `tenantPlacement`): those are security promises.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disabled_filters: Vec<String>,
 }
@@ -124,9 +126,15 @@ pub enum ProfileError {
     BadPriorityGap,
     #[error("scheduler profile: networkDistances: {0}")]
     BadDistance(String),
-    /// The unknown name, and the known ones.
+    /// The unknown name, and the known ones a profile may turn off.
     #[error("scheduler profile: disabledFilters: unknown filter {0:?} (known: {1})")]
     UnknownFilter(String, String),
+    /// A filter that keeps tenants apart: a security promise no profile may drop.
+    #[error(
+        "scheduler profile: disabledFilters: {0:?} cannot be turned off: it keeps tenants \
+         apart (isolation, placement), a security promise rather than a placement preference"
+    )]
+    SecurityFilter(String),
 }
 
 impl Profile {
@@ -231,6 +239,21 @@ mod tests {
         let err = crate::Scheduler::new(p).err().unwrap();
         assert!(matches!(&err, ProfileError::UnknownFilter(name, _) if name == "magic"));
         assert!(err.to_string().contains("known: tiers, nodeState"), "{err}");
+        // The filters that keep tenants apart are not for a profile to drop.
+        for name in ["tenantIsolation", "resourceIsolation", "tenantPlacement"] {
+            let p = Profile {
+                disabled_filters: vec![name.to_string()],
+                ..Profile::default()
+            };
+            let err = crate::Scheduler::new(p).err().unwrap();
+            assert!(matches!(&err, ProfileError::SecurityFilter(n) if n == name));
+            assert!(err.to_string().contains("security promise"), "{err}");
+        }
+        let p: Profile = serde_json::from_value(
+            serde_json::json!({"disabledFilters": ["selector", "colocate"]}),
+        )
+        .unwrap();
+        assert!(crate::Scheduler::new(p).is_ok());
         // Not written out when empty: a default profile reads back as before.
         let text = serde_json::to_string(&Profile::default()).unwrap();
         assert!(!text.contains("disabledFilters"), "{text}");

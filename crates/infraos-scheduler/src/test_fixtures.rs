@@ -119,6 +119,33 @@ pub(crate) fn meta(snap: &Snapshot, c: &Claim, borrowing: bool) -> AllocationMet
     }
 }
 
+/// Records claim `c`'s placement `p` in the snapshot, as the applier's commit would.
+pub(crate) fn record(snap: &mut Snapshot, c: &Claim, p: &Placement) {
+    let mut m = meta(snap, c, p.borrowing);
+    m.node = p.node.clone();
+    snap.apply_allocation(&key(c), &p.resources, m);
+}
+
+/// Marks claim `c`'s allocation as being preempted (its victim's grace has begun).
+pub(crate) fn mark_preempting(snap: &mut Snapshot, c: &Claim) {
+    let k = key(c);
+    let parts = snap.allocation(&k).unwrap().to_vec();
+    let mut m = meta(snap, c, false);
+    m.preempting = true;
+    snap.apply_allocation(&k, &parts, m);
+}
+
+/// Records every placement of a plan without re-checking it, and leaves preemption victims
+/// in place (tests that model their grace remove them later).
+pub(crate) fn record_placed(snap: &mut Snapshot, p: &Plan, claims: &[&Claim]) {
+    for d in &p.decisions {
+        if let Outcome::Placed(pl) = &d.outcome {
+            let c = claims.iter().find(|c| key(c) == d.claim_key).unwrap();
+            record(snap, c, pl);
+        }
+    }
+}
+
 /// Applies a plan the way the server's applier does: placements that still fit are recorded,
 /// preemption victims are removed at once (their grace is not modelled here).
 pub(crate) fn apply(
@@ -131,9 +158,7 @@ pub(crate) fn apply(
         match &d.outcome {
             Outcome::Placed(p) => {
                 if snap.fits(&p.resources).is_ok() {
-                    let mut m = meta(snap, &claims[&d.claim_key], p.borrowing);
-                    m.node = p.node.clone();
-                    snap.apply_allocation(&d.claim_key, &p.resources, m);
+                    record(snap, &claims[&d.claim_key], p);
                 }
             }
             Outcome::Preempt(p) => {

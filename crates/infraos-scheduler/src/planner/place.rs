@@ -1,11 +1,13 @@
-//! Placement: candidates from a rotating start, each run through the filters and the
-//! fit of every request, scored by the weighted plugins; the best one wins.
+//! Placement: candidates from a rotating start, each run through the node filters, then
+//! every request fitted to the first resource that passes the resource filters and has
+//! room, scored by the weighted plugins; the best one wins.
 
 use super::batching::{Batch, Overlay};
 use super::claim_ctx::{ClaimCtx, Need, Request};
 use super::engine::{Candidate, MAX_PLUGINS, Pick, Scheduler};
 use super::explanation::{Reject, closer};
 use super::outcome::{Explanation, Placement, UNSCHEDULABLE};
+use super::resource_filter::ResourceCheck;
 use super::score::{normalize, round2, weighted_total};
 use crate::plugins;
 use crate::plugins::ScoreInput;
@@ -237,24 +239,31 @@ impl Scheduler {
         ctx: &ClaimCtx<'c>,
         batch: &Batch,
     ) -> Result<(f64, [f64; MAX_PLUGINS]), Reject<'c>> {
-        let (requests, selector, colocate) = (&ctx.requests, ctx.selector, ctx.colocate);
+        let (requests, colocate) = (&ctx.requests, ctx.colocate);
         let overlay = &batch.overlay;
-        super::filter::run(self.filters, snapshot, node, ctx)?;
+        // Looked up once per candidate: every filter and the fit below read it.
+        let node_entry = node.map(|n| snapshot.node(n));
+        super::filter::run(self.filters, node_entry, ctx)?;
         // The topology values every pool must share: the node's, or the anchor pool's.
         let reference: Vec<Option<&str>> = if colocate.is_empty() {
             Vec::new()
         } else {
             colocate
                 .iter()
-                .map(|key| match (node, anchor_pool) {
-                    (Some(n), _) => snapshot.node(n).labels.get(key).map(String::as_str),
+                .map(|key| match (node_entry, anchor_pool) {
+                    (Some(n), _) => n.labels.get(key).map(String::as_str),
                     (None, Some(p)) => snapshot.resource(p).and_then(|r| snapshot.label(r, key)),
                     (None, None) => None,
                 })
                 .collect()
         };
+        let check = ResourceCheck {
+            snapshot,
+            ctx,
+            reference: &reference,
+        };
         self.scratch.clear();
-        let on_node: &[ResourceId] = node.map_or(&[], |n| snapshot.node(n).resources.as_slice());
+        let on_node: &[ResourceId] = node_entry.map_or(&[], |n| n.resources.as_slice());
         for (index, request) in requests.iter().enumerate() {
             let pools = request.pools;
             let anchor = [anchor_pool.unwrap_or_default()];
@@ -271,33 +280,9 @@ impl Scheduler {
                 if entry.class_id != Some(request.class.id) {
                     continue;
                 }
-                if let Some(owner) = &entry.tenant
-                    && ctx.tenant != Some(owner.as_str())
-                {
-                    worst = closer(worst, Reject::Isolated);
+                if let Err(reason) = super::resource_filter::run(self.filters, &check, entry) {
+                    worst = closer(worst, reason);
                     continue;
-                }
-                if let Some(sel) = ctx.tenant_placement
-                    && !sel.matches_with(|k| snapshot.label(entry, k))
-                {
-                    worst = closer(worst, Reject::TenantPlacement);
-                    continue;
-                }
-                if let Some(sel) = selector
-                    && !sel.matches_with(|k| snapshot.label(entry, k))
-                {
-                    worst = closer(worst, Reject::SelectorMismatch);
-                    continue;
-                }
-                if entry.node.is_none() && !colocate.is_empty() {
-                    let same = colocate
-                        .iter()
-                        .zip(&reference)
-                        .all(|(key, want)| want.is_some() && snapshot.label(entry, key) == *want);
-                    if !same {
-                        worst = closer(worst, Reject::TopologyMismatch);
-                        continue;
-                    }
                 }
                 if let Some(utilization) = self.fit(id, entry, request, overlay) {
                     self.scratch.utilizations.push(utilization);
@@ -332,8 +317,8 @@ impl Scheduler {
             } else {
                 0.0
             },
-            affinity: match node {
-                Some(n) if w[plugins::AFFINITY] > 0.0 => ctx.soft_score(snapshot.node(n)),
+            affinity: match node_entry {
+                Some(n) if w[plugins::AFFINITY] > 0.0 => ctx.soft_score(n),
                 _ => 100.0,
             },
         };

@@ -1,13 +1,13 @@
 //! Filter `nodeState`: the node is registered, ready and schedulable (not cordoned).
 
 use crate::planner::explanation::Reject;
-use crate::snapshot::{NodeId, Snapshot};
+use crate::snapshot::NodeEntry;
 
-pub(crate) fn check<'c>(snapshot: &'c Snapshot, node: Option<NodeId>) -> Result<(), Reject<'c>> {
-    let Some(n) = node else {
+#[inline]
+pub(crate) fn check(node: Option<&NodeEntry>) -> Result<(), Reject<'static>> {
+    let Some(entry) = node else {
         return Ok(());
     };
-    let entry = snapshot.node(n);
     if !entry.registered {
         return Err(Reject::NodeNotRegistered);
     }

@@ -2,17 +2,14 @@
 
 use crate::planner::claim_ctx::ClaimCtx;
 use crate::planner::explanation::Reject;
-use crate::snapshot::{NodeId, Snapshot};
+use crate::snapshot::NodeEntry;
 
-pub(crate) fn check<'c>(
-    snapshot: &'c Snapshot,
-    node: Option<NodeId>,
-    ctx: &ClaimCtx<'c>,
-) -> Result<(), Reject<'c>> {
-    let Some(n) = node else {
+#[inline]
+pub(crate) fn check<'c>(node: Option<&'c NodeEntry>, ctx: &ClaimCtx<'c>) -> Result<(), Reject<'c>> {
+    let Some(entry) = node else {
         return Ok(());
     };
-    for (key, value) in &snapshot.node(n).taints {
+    for (key, value) in &entry.taints {
         let tolerated = ctx
             .claim
             .spec

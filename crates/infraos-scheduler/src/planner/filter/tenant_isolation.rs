@@ -1,18 +1,16 @@
 //! Filter `tenantIsolation`: a node labelled for a tenant takes only that tenant's claims.
+//! A security promise: no profile may turn it off.
 
 use crate::planner::claim_ctx::ClaimCtx;
 use crate::planner::explanation::Reject;
-use crate::snapshot::{NodeId, Snapshot};
+use crate::snapshot::NodeEntry;
 
-pub(crate) fn check<'c>(
-    snapshot: &'c Snapshot,
-    node: Option<NodeId>,
-    ctx: &ClaimCtx<'c>,
-) -> Result<(), Reject<'c>> {
-    let Some(n) = node else {
+#[inline]
+pub(crate) fn check<'c>(node: Option<&'c NodeEntry>, ctx: &ClaimCtx<'c>) -> Result<(), Reject<'c>> {
+    let Some(entry) = node else {
         return Ok(());
     };
-    match &snapshot.node(n).tenant {
+    match &entry.tenant {
         Some(owner) if ctx.tenant != Some(owner.as_str()) => Err(Reject::Isolated),
         _ => Ok(()),
     }
@@ -30,6 +28,11 @@ mod tests {
             decide(&snap, cpu(), &[]).unwrap_err(),
             "0/1 nodes are available: 1 isolated for another tenant."
         );
-        decide(&snap, cpu(), &["tenantIsolation"]).unwrap();
+        // A security promise: no profile turns it off (see `resource_filter::tests::refused`).
+        let err = crate::planner::resource_filter::tests::refused("tenantIsolation");
+        assert!(
+            err.contains("cannot be turned off") && err.contains("security promise"),
+            "{err}"
+        );
     }
 }

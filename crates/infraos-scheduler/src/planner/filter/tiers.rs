@@ -3,20 +3,17 @@
 
 use crate::planner::claim_ctx::ClaimCtx;
 use crate::planner::explanation::Reject;
-use crate::snapshot::{NodeId, Snapshot};
+use crate::snapshot::NodeEntry;
 
-pub(crate) fn check<'c>(
-    snapshot: &'c Snapshot,
-    node: Option<NodeId>,
-    ctx: &ClaimCtx<'c>,
-) -> Result<(), Reject<'c>> {
+#[inline]
+pub(crate) fn check<'c>(node: Option<&'c NodeEntry>, ctx: &ClaimCtx<'c>) -> Result<(), Reject<'c>> {
     if ctx.needs_tiers.is_empty() {
         return Ok(());
     }
-    let Some(n) = node else {
+    let Some(entry) = node else {
         return Err(Reject::WorkloadNeedsNode);
     };
-    let held = snapshot.node(n).tiers;
+    let held = entry.tiers;
     match ctx.needs_tiers.iter().find(|t| held & t.bit() == 0) {
         Some(tier) => Err(Reject::MissingTier(tier.as_str())),
         None => Ok(()),
