@@ -56,7 +56,7 @@ impl ServerProcess {
             .arg(data)
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,tower_http=off".into()),
             )
             .stdin(std::process::Stdio::null())
             .spawn()
@@ -168,10 +168,16 @@ async fn seed(o: &Options, data: &Path) -> anyhow::Result<f64> {
     let server = ServerProcess::spawn(data)?;
     let client = connect(data, start + o.timeout).await?;
     wait_ready(&client, start + o.timeout).await?;
+    let t = Instant::now();
     let mut cluster = synthetic::cluster(o.nodes, o.allocations, false, false);
     for claim in &mut cluster.claims {
         fit_everywhere(claim);
     }
+    println!(
+        "seed: server ready {:.1}s after its start, objects generated in {:.1}s",
+        start.elapsed().as_secs_f64() - t.elapsed().as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
     for object in &cluster.setup {
         client.apply(object).await?;
     }
@@ -185,7 +191,9 @@ async fn seed(o: &Options, data: &Path) -> anyhow::Result<f64> {
         t.elapsed().as_secs_f64()
     );
     let claims = kind("claims")?;
-    let (_, revision) = client.list(claims, Some(PROJECT), Some("bench=true")).await?;
+    let (_, revision) = client
+        .list(claims, Some(PROJECT), Some("bench=true"))
+        .await?;
     let events = client
         .watch_as::<Seen>(claims, Some(PROJECT), None, Some(revision))
         .await?;
@@ -207,9 +215,14 @@ async fn seed(o: &Options, data: &Path) -> anyhow::Result<f64> {
     }
     // The applier's holdings records and the quota status are written after the last
     // allocation: stop once the server has gone quiet, not in the middle of that.
+    let t = Instant::now();
     wait_quiet(&server, start + o.timeout).await;
+    let quiet = t.elapsed().as_secs_f64();
     let stop = server.stop()?;
-    println!("seed: server stopped in {:.2}s", stop.as_secs_f64());
+    println!(
+        "seed: server quiet {quiet:.1}s after the last allocation, stopped in {:.2}s",
+        stop.as_secs_f64()
+    );
     Ok(start.elapsed().as_secs_f64())
 }
 
@@ -225,8 +238,9 @@ fn dir_mib(dir: &Path) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// One GPU per GPU claim instead of one or two: the synthetic claims ask for ~12% more GPUs
-/// than the synthetic cluster has, and the seeded store must hold only allocated claims.
+/// One GPU of any model per GPU claim instead of one or two, some only H100s: the synthetic
+/// claims ask for ~12% more GPUs (and more H100s) than the synthetic cluster has, and the
+/// seeded store must hold allocated claims only, not a queue of unschedulable ones.
 fn fit_everywhere(claim: &mut Value) {
     if let Some(requests) = claim
         .pointer_mut("/spec/requests")
@@ -234,6 +248,7 @@ fn fit_everywhere(claim: &mut Value) {
     {
         for r in requests.iter_mut().filter(|r| r["class"] == "gpu") {
             r["count"] = json!(1);
+            r["selector"] = json!("item.attributes.memoryGiB >= 40");
         }
     }
     claim["spec"]["lease"] = json!({"duration": SEED_LEASE});
@@ -429,7 +444,10 @@ async fn wait_ready(client: &Client, deadline: Instant) -> anyhow::Result<()> {
         {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "the server was not ready in time");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the server was not ready in time"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
