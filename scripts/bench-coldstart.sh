@@ -23,7 +23,7 @@ client=$(port); peer=$(port)
   --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
   --initial-cluster "c0=http://127.0.0.1:$peer" --auto-compaction-retention 5m >"$dir/etcd.log" 2>&1 &
 etcd_pid=$!
-trap 'kill $etcd_pid 2>/dev/null; wait $etcd_pid 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill $etcd_pid 2>/dev/null; wait $etcd_pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$client") 2>/dev/null && break
   sleep 0.1
@@ -34,7 +34,9 @@ for store in embedded etcd; do
   args=(bench coldstart --nodes "$nodes" --allocations "$allocations" --runs "$runs")
   [[ $store == etcd ]] && args+=(--store "etcd://127.0.0.1:$client/coldstart")
   echo "== $store: $bin ${args[*]}"
-  out=$("$bin" "${args[@]}" 2>&1 | tee /dev/stderr) || { echo "$store failed" >&2; exit 1; }
+  "$bin" "${args[@]}" >"$dir/$store.out" 2>&1 || { cat "$dir/$store.out" >&2; echo "$store failed" >&2; exit 1; }
+  cat "$dir/$store.out"
+  out=$(<"$dir/$store.out")
   for f in seed_s ready_s first_allocated_s ready_to_allocated_s rss_ready_mib; do
     value[$store-$f]=$(last "$f" "$out")
   done
