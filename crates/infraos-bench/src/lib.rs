@@ -1,7 +1,8 @@
-//! `infraos bench scheduler|e2e|agents|workload|signatures`: the benchmarks and load generators
-//! the closing notes quote, kept out of the CLI so that the product binary's commands stay small
-//! and the benchmarks can grow their own dependencies. The CLI only forwards [`BenchArgs`] to
-//! [`run`]. Like the CLI, this crate is the binary's edge: errors are `anyhow`.
+//! `infraos bench scheduler|e2e|agents|workload|signatures|store|coldstart`: the benchmarks and
+//! load generators the closing notes quote, kept out of the CLI so that the product binary's
+//! commands stay small and the benchmarks can grow their own dependencies. The CLI only
+//! forwards [`BenchArgs`] to [`run`]. Like the CLI, this crate is the binary's edge: errors
+//! are `anyhow`.
 //!
 //! The benchmarks the closing notes
 //! quote. `scheduler` and `e2e` end with the line `claims/s: X`; `agents` and `workload` (own
@@ -13,6 +14,8 @@
 //!   through the API, then M claims submitted concurrently over HTTPS; claims/s counts from the
 //!   first submission until the watch has seen every claim allocated. It also runs the
 //!   scheduler core on the same objects in this process, as the limit to compare against.
+//! - `coldstart` (own module): a server restarted on a store seeded with many nodes and
+//!   allocations; time to ready and to the first new claim allocated.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,7 @@ use infraos_client::{Client, ClientConfig};
 use infraos_scheduler::Profile;
 
 mod agents;
+mod coldstart;
 mod e2e;
 mod edge;
 mod scheduler_core;
@@ -162,6 +166,24 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// A server restarted on a large store: seeds it through a real server (nodes, resources,
+    /// claims its scheduler allocates), stops it, then restarts a fresh one `--runs` times:
+    /// time to ready, time to the first new claim allocated, RSS.
+    Coldstart {
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        /// Claims seeded and allocated before the restarts.
+        #[arg(long, default_value_t = 100_000)]
+        allocations: usize,
+        /// `etcd://host:port/prefix` (an unused prefix); the embedded store when absent.
+        #[arg(long)]
+        store: Option<String>,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Longest wait for one step (the seeded allocations, a restart), in seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+    },
 }
 
 /// Runs one benchmark; `config` is the client config file (`--config`) used with `--server`.
@@ -266,6 +288,22 @@ pub async fn run(config: Option<&std::path::Path>, args: BenchArgs) -> anyhow::R
                 clients,
                 puts,
                 runs,
+            })
+            .await
+        }
+        BenchCommand::Coldstart {
+            nodes,
+            allocations,
+            store,
+            runs,
+            timeout,
+        } => {
+            coldstart::run(coldstart::Options {
+                nodes,
+                allocations,
+                store,
+                runs,
+                timeout: Duration::from_secs(timeout),
             })
             .await
         }

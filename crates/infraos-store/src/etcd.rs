@@ -37,6 +37,9 @@ use crate::{
     StoreError, Txn, TxnCost, TxnLimits, TxnOutcome, WatchStream, check_sizes,
 };
 
+/// The largest range answer read: far above any page the callers ask for.
+const MAX_RANGE_ANSWER: usize = 1 << 30;
+
 mod blocks;
 mod group;
 
@@ -254,6 +257,15 @@ impl EtcdStore {
         self.client.read().clone()
     }
 
+    /// A client for ranges, whose answers may exceed gRPC's default 4 MiB: a page of 5,000
+    /// allocations is ~5.5 MB, and a server restarted on a store holding that many could not
+    /// list them (found by `bench coldstart`). The answer holds only what was stored.
+    fn reader(&self) -> etcd_client::KvClient {
+        self.client()
+            .kv_client()
+            .max_decoding_message_size(MAX_RANGE_ANSWER)
+    }
+
     /// A fresh connection to every member, for when the current one stopped answering.
     async fn reconnect(&self) {
         match Client::connect(self.endpoints.as_ref(), Some(self.connect.clone())).await {
@@ -402,8 +414,11 @@ impl EtcdStore {
         if limit > 0 {
             options = options.with_limit(limit as i64 + 1);
         }
-        let mut client = self.client();
-        let resp = client.get(start, Some(options)).await.map_err(backend)?;
+        let resp = self
+            .reader()
+            .get(start, Some(options))
+            .await
+            .map_err(backend)?;
         let revision = revision_of(resp.header());
         let mut kvs = resp
             .kvs()
@@ -435,8 +450,8 @@ impl EtcdStore {
         let options = GetOptions::new()
             .with_range(prefix_end(full.as_bytes()))
             .with_revision(revision as i64);
-        let mut client = self.client();
-        let resp = client
+        let resp = self
+            .reader()
             .get(full, Some(options))
             .await
             .map_err(|e| Self::at_revision_error(e, revision))?;
@@ -635,7 +650,11 @@ impl EtcdStore {
             // Every key holds one entry or more; the first may hold some before `from`.
             options = options.with_limit(limit.saturating_add(1) as i64);
         }
-        let resp = client.get(start, Some(options)).await.map_err(backend)?;
+        let resp = self
+            .reader()
+            .get(start, Some(options))
+            .await
+            .map_err(backend)?;
         let mut out = Vec::new();
         for kv in resp.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
