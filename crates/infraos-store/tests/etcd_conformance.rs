@@ -164,6 +164,34 @@ mod limits {
         assert_eq!(b.ledger_head().await.unwrap().hash, prev);
     }
 
+    /// A range whose answer exceeds gRPC's default 4 MiB (a restart listing thousands of
+    /// allocations) is read whole: before, it failed and was retried for ever, and a server
+    /// restarted on such a store never became ready.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_range_answer_over_four_mebibytes_is_read() {
+        let etcd = EtcdProcess::start().await;
+        let url = format!("etcd://{}/big", etcd.endpoint);
+        let store = EtcdStore::connect(EtcdOptions::parse_url(&url).unwrap())
+            .await
+            .unwrap();
+        let value = vec![b'x'; 256 * 1024];
+        for i in 0..24 {
+            let out = store
+                .txn(Txn::new().put(format!("/big/{i:02}"), value.clone()))
+                .await
+                .unwrap();
+            assert!(out.succeeded);
+        }
+        let all = store.range("/big/", None, 0).await.unwrap();
+        assert_eq!(all.kvs.len(), 24);
+        assert!(all.kvs.iter().all(|kv| kv.value.len() == value.len()));
+        let revision = store.current_revision().await.unwrap();
+        assert_eq!(
+            store.range_at("/big/", revision).await.unwrap().kvs.len(),
+            24
+        );
+    }
+
     /// A ledger written one key per entry (before blocks) still reads, and grows in blocks.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_ledger_of_single_entry_keys_still_reads_and_grows() {
