@@ -23,4 +23,5 @@ pub mod heartbeats;
 mod ledger;
 pub mod nodes;
 mod pending;
+pub(crate) mod preemption_text;
 pub mod scheduler;

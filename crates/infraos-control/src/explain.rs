@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::Context;
 use crate::ControlError;
-use crate::controllers::applier::preemption_message;
+use crate::controllers::preemption_text::preemption_message;
 use crate::controllers::scheduler;
 use crate::objects::{self, decode_typed, object_id};
 
