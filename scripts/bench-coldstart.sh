@@ -13,21 +13,7 @@ bin=${1:?usage: bench-coldstart.sh BIN [RUNS] [NODES] [ALLOCATIONS]}
 runs=${2:-3}
 nodes=${3:-10000}
 allocations=${4:-100000}
-etcd=$(command -v etcd || true)
-[[ -n $etcd ]] || { echo "etcd is not installed: apt-get install -y etcd-server" >&2; exit 1; }
-dir=$(mktemp -d)
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-client=$(port); peer=$(port)
-"$etcd" --name c0 --data-dir "$dir/etcd" --log-level error \
-  --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
-  --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-  --initial-cluster "c0=http://127.0.0.1:$peer" --auto-compaction-retention 5m >"$dir/etcd.log" 2>&1 &
-etcd_pid=$!
-trap 'kill $etcd_pid 2>/dev/null; wait $etcd_pid 2>/dev/null || true; rm -rf "$dir"' EXIT
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$client") 2>/dev/null && break
-  sleep 0.1
-done
+. "$(dirname "$0")/etcd-member.sh"
 declare -A value
 last() { grep -m1 "^$1:" <<<"$2" | grep -oE '[0-9.]+$'; }
 for store in embedded etcd; do

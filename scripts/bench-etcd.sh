@@ -17,21 +17,7 @@ runs=${2:-5}
 nodes=${3:-10000}
 claims=${4:-10000}
 batch_size=${5:-100}
-etcd=$(command -v etcd || true)
-[[ -n $etcd ]] || { echo "etcd is not installed: apt-get install -y etcd-server" >&2; exit 1; }
-dir=$(mktemp -d)
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-client=$(port); peer=$(port)
-"$etcd" --name b0 --data-dir "$dir/etcd" --log-level error \
-  --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
-  --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-  --initial-cluster "b0=http://127.0.0.1:$peer" --auto-compaction-retention 5m >"$dir/etcd.log" 2>&1 &
-etcd_pid=$!
-trap 'kill $etcd_pid 2>/dev/null; wait $etcd_pid 2>/dev/null || true; rm -rf "$dir"' EXIT
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$client") 2>/dev/null && break
-  sleep 0.1
-done
+. "$(dirname "$0")/etcd-member.sh"
 declare -A rate
 last() { grep -m1 "$1" <<<"$2" | grep -oE '[0-9.]+$'; }
 for run in $(seq 1 "$runs"); do
